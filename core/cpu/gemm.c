@@ -1,0 +1,59 @@
+/* gemm.c (cpu): batched matrix products through OpenBLAS. Each inner matrix is read in
+ * whichever layout it has (row- or column-major), so transposed views need no copy. */
+#include "cpu.h"
+
+#include <cblas.h>
+
+/* a 2-d operand's layout for cblas (row-major calls): transposed or not, and its lead */
+static void operand(const tc_tensor *t, CBLAS_TRANSPOSE *tr, int *ld) {
+    int64_t rows = t->shape[1], cols = t->shape[2], rs = t->stride[1], cs = t->stride[2];
+    if (cs == 1 && (rows <= 1 || rs >= cols)) { *tr = CblasNoTrans; *ld = (int)(rows <= 1 ? cols : rs); }
+    else if (rs == 1 && (cols <= 1 || cs >= rows)) { *tr = CblasTrans; *ld = (int)(cols <= 1 ? rows : cs); }
+    else { *tr = CblasNoTrans; *ld = (int)(cols > 0 ? cols : 1); }
+    if (*ld < 1) *ld = 1;
+}
+
+/* f16 and bf16 go through f32 copies: correct, and the CPU is not where they are fast */
+static int gemm_via_f32(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alpha, double beta) {
+    tc_tensor *af = tc_empty_like(a, TC_F32), *bf = tc_empty_like(b, TC_F32), *cf = tc_empty_like(c, TC_F32);
+    int rc = af && bf && cf ? TC_OK : TC_ERR;
+    if (rc == TC_OK) {
+        tc_cpu_copy(af, a);
+        tc_cpu_copy(bf, b);
+        tc_cpu_copy(cf, c);
+        rc = tc_cpu_gemm(cf, af, bf, alpha, beta);
+        if (rc == TC_OK) tc_cpu_copy(c, cf);
+    }
+    tc_tensor_release(af);
+    tc_tensor_release(bf);
+    tc_tensor_release(cf);
+    return rc;
+}
+
+int tc_cpu_gemm(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alpha, double beta) {
+    if (a->dtype != TC_F32 && a->dtype != TC_F64) return gemm_via_f32(c, a, b, alpha, beta);
+    int64_t B = c->shape[0], M = c->shape[1], N = c->shape[2], K = a->shape[2];
+    if (M == 0 || N == 0) return TC_OK;
+    CBLAS_TRANSPOSE ta, tb;
+    int lda, ldb;
+    operand(a, &ta, &lda);
+    operand(b, &tb, &ldb);
+    size_t es = tc_dtype_size(c->dtype);
+    for (int64_t i = 0; i < B; i++) {
+        const char *pa = (const char *)tc_data(a) + i * a->stride[0] * (int64_t)es;
+        const char *pb = (const char *)tc_data(b) + i * b->stride[0] * (int64_t)es;
+        char *pc = (char *)tc_data(c) + i * M * N * (int64_t)es;
+        if (K == 0) { /* cblas leaves C alone when K is 0; the product is zero */
+            for (int64_t j = 0; j < M * N; j++)
+                tc_store(pc + j * (int64_t)es, c->dtype, beta * tc_load(pc + j * (int64_t)es, c->dtype));
+            continue;
+        }
+        if (c->dtype == TC_F32)
+            cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, (float)alpha, (const float *)pa, lda,
+                        (const float *)pb, ldb, (float)beta, (float *)pc, (int)N);
+        else
+            cblas_dgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, alpha, (const double *)pa, lda,
+                        (const double *)pb, ldb, beta, (double *)pc, (int)N);
+    }
+    return TC_OK;
+}

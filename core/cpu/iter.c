@@ -1,0 +1,102 @@
+/* iter.c: the strided iterator under every CPU elementwise kernel, and element load and
+ * store for any dtype. Dims are merged where all operands allow, so a contiguous tensor
+ * is one run of numel elements; large runs are split across threads. */
+#include "cpu.h"
+
+#include <string.h>
+
+void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
+    const tc_tensor *t0 = ts[0];
+    it->nops = nops;
+    it->ndim = 0;
+    for (int k = 0; k < nops; k++) {
+        it->base[k] = (char *)tc_data(ts[k]);
+        it->esize[k] = tc_dtype_size(ts[k]->dtype);
+    }
+    /* keep dims of size != 1, outermost first, merging a dim into the previous kept one
+     * when every operand steps through both as one */
+    for (int d = 0; d < t0->ndim; d++) {
+        if (t0->shape[d] == 1) continue;
+        int j = it->ndim;
+        bool merge = j > 0;
+        for (int k = 0; k < nops && merge; k++)
+            merge = it->stride[k][j - 1] == ts[k]->stride[d] * t0->shape[d];
+        if (merge) {
+            it->shape[j - 1] *= t0->shape[d];
+            for (int k = 0; k < nops; k++) it->stride[k][j - 1] = ts[k]->stride[d];
+        } else {
+            it->shape[j] = t0->shape[d];
+            for (int k = 0; k < nops; k++) it->stride[k][j] = ts[k]->stride[d];
+            it->ndim++;
+        }
+    }
+    if (it->ndim == 0) { /* a single element */
+        it->ndim = 1;
+        it->shape[0] = tc_numel(t0) ? 1 : 0;
+        for (int k = 0; k < nops; k++) it->stride[k][0] = 1;
+    }
+    for (int d = 0; d < it->ndim; d++)
+        if (it->shape[d] == 0) it->shape[0] = 0;
+}
+
+#define PARALLEL_MIN 65536
+
+void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
+    int nd = it->ndim, nops = it->nops;
+    int64_t inner = it->shape[nd - 1], st[4];
+    for (int k = 0; k < nops; k++) st[k] = it->stride[k][nd - 1];
+    if (inner == 0) return;
+    int64_t outer = 1;
+    for (int d = 0; d < nd - 1; d++) outer *= it->shape[d];
+    if (outer == 1 && inner >= PARALLEL_MIN) { /* one long run: split it */
+        int64_t chunks = inner / (PARALLEL_MIN / 2);
+#pragma omp parallel for schedule(static)
+        for (int64_t c = 0; c < chunks; c++) {
+            int64_t lo = inner * c / chunks, hi = inner * (c + 1) / chunks;
+            char *p[4];
+            for (int k = 0; k < nops; k++) p[k] = it->base[k] + lo * st[k] * (int64_t)it->esize[k];
+            fn(hi - lo, p, st, ctx);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) if (outer * inner >= PARALLEL_MIN && outer > 1)
+    for (int64_t o = 0; o < outer; o++) {
+        char *p[4];
+        int64_t rem = o;
+        for (int k = 0; k < nops; k++) p[k] = it->base[k];
+        for (int d = nd - 2; d >= 0; d--) {
+            int64_t i = rem % it->shape[d];
+            rem /= it->shape[d];
+            for (int k = 0; k < nops; k++) p[k] += i * it->stride[k][d] * (int64_t)it->esize[k];
+        }
+        fn(inner, p, st, ctx);
+    }
+}
+
+double tc_load(const void *p, tc_dtype dt) {
+    switch (dt) {
+    case TC_F32: return *(const float *)p;
+    case TC_F64: return *(const double *)p;
+    case TC_F16: return tc_f16_to_f32(*(const uint16_t *)p);
+    case TC_BF16: return tc_bf16_to_f32(*(const uint16_t *)p);
+    case TC_I32: return *(const int32_t *)p;
+    case TC_I64: return (double)*(const int64_t *)p;
+    case TC_U8: return *(const uint8_t *)p;
+    case TC_BOOL: return *(const uint8_t *)p != 0;
+    default: return 0;
+    }
+}
+
+void tc_store(void *p, tc_dtype dt, double v) {
+    switch (dt) {
+    case TC_F32: *(float *)p = (float)v; break;
+    case TC_F64: *(double *)p = v; break;
+    case TC_F16: *(uint16_t *)p = tc_f32_to_f16((float)v); break;
+    case TC_BF16: *(uint16_t *)p = tc_f32_to_bf16((float)v); break;
+    case TC_I32: *(int32_t *)p = (int32_t)v; break;
+    case TC_I64: *(int64_t *)p = (int64_t)v; break;
+    case TC_U8: *(uint8_t *)p = (uint8_t)(int64_t)v; break;
+    case TC_BOOL: *(uint8_t *)p = v != 0; break;
+    default: break;
+    }
+}

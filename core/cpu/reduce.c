@@ -1,0 +1,137 @@
+/* reduce.c (cpu): reductions over the trailing dims of a strided view (sum, mean, max,
+ * min, prod, logsumexp) and max/min with indices along the last dim. Sums accumulate in
+ * double, so long f32 reductions do not drift. */
+#include "cpu.h"
+
+#include <math.h>
+
+/* x's first ndim - nred dims index the output; the rest are reduced */
+typedef struct {
+    int nout, nred;
+    int64_t oshape[TC_MAX_DIMS], ostride[TC_MAX_DIMS];
+    int64_t rshape[TC_MAX_DIMS], rstride[TC_MAX_DIMS];
+    int64_t rcount;
+} red_layout;
+
+static void layout(red_layout *l, const tc_tensor *x, int nred) {
+    l->nout = x->ndim - nred;
+    l->nred = nred;
+    l->rcount = 1;
+    for (int i = 0; i < l->nout; i++) { l->oshape[i] = x->shape[i]; l->ostride[i] = x->stride[i]; }
+    for (int i = 0; i < nred; i++) {
+        l->rshape[i] = x->shape[l->nout + i];
+        l->rstride[i] = x->stride[l->nout + i];
+        l->rcount *= l->rshape[i];
+    }
+}
+
+/* element offset of the k-th element of a multi-dim index space */
+static int64_t offset_of(int64_t k, int n, const int64_t *shape, const int64_t *stride) {
+    int64_t off = 0;
+    for (int d = n - 1; d >= 0; d--) {
+        off += (k % shape[d]) * stride[d];
+        k /= shape[d];
+    }
+    return off;
+}
+
+/* reduced elements contiguous in x (the last dims form one run of stride 1)? */
+static bool reduced_contiguous(const red_layout *l) {
+    int64_t st = 1;
+    for (int d = l->nred - 1; d >= 0; d--) {
+        if (l->rshape[d] != 1 && l->rstride[d] != st) return false;
+        st *= l->rshape[d];
+    }
+    return true;
+}
+
+static double reduce_one(const char *base, tc_dtype dt, const red_layout *l, bool run, tc_op op) {
+    int64_t n = l->rcount;
+    size_t es = tc_dtype_size(dt);
+    double acc = op == TC_OP_PROD ? 1 : op == TC_OP_MAX || op == TC_OP_LOGSUMEXP ? -INFINITY : op == TC_OP_MIN ? INFINITY : 0;
+#define ELEM(i) (run ? (dt == TC_F32 ? (double)((const float *)base)[i] : tc_load(base + (i) * (int64_t)es, dt)) \
+                     : tc_load(base + offset_of(i, l->nred, l->rshape, l->rstride) * (int64_t)es, dt))
+    switch (op) {
+    case TC_OP_SUM:
+    case TC_OP_MEAN:
+        if (run && dt == TC_F32) {
+            const float *p = (const float *)base;
+            double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int64_t i = 0;
+            for (; i + 4 <= n; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
+            for (; i < n; i++) s0 += p[i];
+            acc = (s0 + s1) + (s2 + s3);
+        } else
+            for (int64_t i = 0; i < n; i++) acc += ELEM(i);
+        return op == TC_OP_MEAN ? (n ? acc / (double)n : NAN) : acc;
+    case TC_OP_PROD:
+        for (int64_t i = 0; i < n; i++) acc *= ELEM(i);
+        return acc;
+    case TC_OP_MAX:
+        for (int64_t i = 0; i < n; i++) { double v = ELEM(i); if (v > acc || isnan(v)) acc = v; if (isnan(acc)) break; }
+        return acc;
+    case TC_OP_MIN:
+        for (int64_t i = 0; i < n; i++) { double v = ELEM(i); if (v < acc || isnan(v)) acc = v; if (isnan(acc)) break; }
+        return acc;
+    case TC_OP_LOGSUMEXP: {
+        for (int64_t i = 0; i < n; i++) { double v = ELEM(i); if (v > acc) acc = v; }
+        if (isinf(acc)) return acc;
+        double s = 0;
+        for (int64_t i = 0; i < n; i++) s += exp(ELEM(i) - acc);
+        return acc + log(s);
+    }
+    default: return NAN;
+    }
+#undef ELEM
+}
+
+int tc_cpu_reduce(tc_tensor *out, const tc_tensor *x, tc_op op, int nred) {
+    red_layout l;
+    layout(&l, x, nred);
+    bool run = reduced_contiguous(&l);
+    int64_t nout = tc_numel(out);
+    size_t es = tc_dtype_size(x->dtype), eo = tc_dtype_size(out->dtype);
+    const char *xb = tc_data(x);
+    char *ob = tc_data(out);
+    /* a sum over a leading dim of a contiguous tensor (bias gradients): add rows */
+    if ((op == TC_OP_SUM || op == TC_OP_MEAN) && !run && x->dtype == TC_F32 && out->dtype == TC_F32 &&
+        l.nout == 1 && l.nred == 1 && l.ostride[0] == 1 && l.rstride[0] == l.oshape[0]) {
+        double *acc = calloc((size_t)nout, sizeof *acc);
+        if (!acc) return tc_error("reduce: out of memory");
+        for (int64_t r = 0; r < l.rcount; r++) {
+            const float *row = (const float *)xb + r * l.rstride[0];
+            for (int64_t i = 0; i < nout; i++) acc[i] += row[i];
+        }
+        for (int64_t i = 0; i < nout; i++)
+            ((float *)ob)[i] = (float)(op == TC_OP_MEAN ? acc[i] / (double)l.rcount : acc[i]);
+        free(acc);
+        return TC_OK;
+    }
+#pragma omp parallel for schedule(static) if (nout > 1 && nout * l.rcount >= 65536)
+    for (int64_t o = 0; o < nout; o++) {
+        const char *base = xb + offset_of(o, l.nout, l.oshape, l.ostride) * (int64_t)es;
+        tc_store(ob + o * (int64_t)eo, out->dtype, reduce_one(base, x->dtype, &l, run, op));
+    }
+    return TC_OK;
+}
+
+int tc_cpu_arg_reduce(tc_tensor *values, tc_tensor *indices, const tc_tensor *x, tc_op op) {
+    red_layout l;
+    layout(&l, x, 1);
+    int64_t nout = 1;
+    for (int i = 0; i < l.nout; i++) nout *= l.oshape[i];
+    size_t es = tc_dtype_size(x->dtype);
+    const char *xb = tc_data(x);
+    for (int64_t o = 0; o < nout; o++) {
+        const char *base = xb + offset_of(o, l.nout, l.oshape, l.ostride) * (int64_t)es;
+        double best = tc_load(base, x->dtype);
+        int64_t bi = 0;
+        for (int64_t i = 1; i < l.rcount && !isnan(best); i++) {
+            double v = tc_load(base + i * l.rstride[0] * (int64_t)es, x->dtype);
+            if (isnan(v) || (op == TC_OP_MAX || op == TC_OP_ARGMAX ? v > best : v < best)) { best = v; bi = i; }
+        }
+        if (values) tc_store((char *)tc_data(values) + o * (int64_t)es, values->dtype, best);
+        if (indices) ((int64_t *)tc_data(indices))[o] = bi + 1;
+    }
+    return TC_OK;
+}

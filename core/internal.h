@@ -1,0 +1,133 @@
+/* internal.h: what core/ files share and no one else sees: the autograd node, the
+ * helpers every op uses to record itself on the tape, and the device kernel table.
+ * Ops in core/ops/ validate and shape, record autograd, then call tc_kern(dev)->... */
+#ifndef TOCHA_INTERNAL_H
+#define TOCHA_INTERNAL_H
+
+#include "tocha.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- autograd nodes ------------------------------------------------------------ */
+#define TC_MAX_SAVED 6
+
+/* gy: gradient of the node's output; gx[i]: fill with a new reference (or leave NULL)
+ * for each input i with tc_needs_grad(n, i). Gradients may have the broadcast shape:
+ * the engine sums them down to the input's shape and casts to its dtype. */
+typedef int (*tc_backward_fn)(tc_node *n, tc_tensor *gy, tc_tensor **gx);
+
+typedef struct {
+    tc_node *node;     /* input's grad_fn (non-leaf) */
+    tc_tensor *leaf;   /* or the input itself, a leaf that requires grad */
+    int ndim;
+    int64_t shape[TC_MAX_DIMS];
+    tc_dtype dtype;
+} tc_edge;
+
+struct tc_node {
+    int refcount;
+    tc_op op;
+    uint64_t seq;              /* creation order: reverse seq order is a topological order */
+    tc_backward_fn backward;
+    int nin;
+    tc_edge *next;             /* nin entries; node and leaf both NULL: no grad needed */
+    int nsaved;
+    tc_tensor *saved[TC_MAX_SAVED];   /* detached aliases */
+    uint32_t saved_version[TC_MAX_SAVED];
+    double d[6];               /* op parameters */
+    int64_t i[2 * TC_MAX_DIMS];
+    void *ctx;
+    void (*free_ctx)(void *);
+    bool released;             /* saved state freed by a backward without retain_graph */
+    tc_tensor *pending;        /* gradient being accumulated during a backward pass */
+};
+
+/* A node for op over ins, or NULL when grad mode is off or no input requires grad
+ * (then the op records nothing). ins may hold NULLs (optional inputs). */
+tc_node *tc_node_new(tc_op op, int nin, tc_tensor **ins, tc_backward_fn fn);
+static inline bool tc_needs_grad(const tc_node *n, int i) { return n->next[i].node || n->next[i].leaf; }
+void tc_node_save(tc_node *n, tc_tensor *t);      /* t may be NULL; saved[k] stays NULL */
+tc_tensor *tc_saved(tc_node *n, int k);           /* borrowed; NULL */
+void tc_node_retain(tc_node *n);
+void tc_node_release(tc_node *n);
+/* makes out the output of n (consumes the reference to n); returns out */
+tc_tensor *tc_attach(tc_tensor *out, tc_node *n);
+/* sums g over broadcast dims down to the given shape (new reference) */
+tc_tensor *tc_sum_to(tc_tensor *g, int ndim, const int64_t *shape);
+/* checks that an in-place write to t is allowed under autograd, and bumps its version */
+int tc_check_inplace(tc_tensor *t, const char *op);
+
+/* an alias of x sharing its storage with no autograd history */
+tc_tensor *tc_alias(tc_tensor *x);
+bool tc_same_shape(const tc_tensor *a, const tc_tensor *b);
+int tc_check_same_device(const char *op, tc_tensor *a, tc_tensor *b);
+/* a tensor shaped like x (contiguous, same device), of dtype dt */
+tc_tensor *tc_empty_like(const tc_tensor *x, tc_dtype dt);
+
+/* ---- device kernels ----------------------------------------------------------------
+ * A kernel computes; it never allocates autograd state and never sees Lua. Unless a
+ * signature says otherwise, outputs are contiguous and inputs may be any strided view
+ * of the output's shape (broadcast inputs have stride 0). */
+typedef struct tc_kernels {
+    /* storage */
+    void *(*alloc)(size_t nbytes);
+    void (*free)(void *p);
+    /* elementwise (kern_elem) */
+    int (*copy)(tc_tensor *dst, const tc_tensor *src);          /* dst any strides, dtypes may differ */
+    int (*fill)(tc_tensor *dst, double v);                      /* dst any strides */
+    int (*unary)(tc_tensor *out, const tc_tensor *x, tc_op op, double a, double b);
+    int (*unary_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x,
+                          const tc_tensor *y, tc_op op, double a, double b);
+    int (*binary)(tc_tensor *out, const tc_tensor *a, const tc_tensor *b, tc_op op);
+    int (*where)(tc_tensor *out, const tc_tensor *c, const tc_tensor *a, const tc_tensor *b);
+    /* reductions: x's last nred dims are reduced; out has x's leading dims */
+    int (*reduce)(tc_tensor *out, const tc_tensor *x, tc_op op, int nred);
+    /* along x's last dim: values (x's dtype) and 1-based i64 indices, either may be NULL */
+    int (*arg_reduce)(tc_tensor *values, tc_tensor *indices, const tc_tensor *x, tc_op op);
+    /* c[b] = alpha * a[b] @ b[b] + beta * c[b]; a [B, M, K], b [B, K, N], c [B, M, N]
+     * contiguous; a and b: each inner matrix has a unit stride in one of its dims */
+    int (*gemm)(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alpha, double beta);
+    /* random: t contiguous; element i takes lane i % 4 of counter offset + i / 4 */
+    int (*fill_uniform)(tc_tensor *t, uint64_t seed, uint64_t offset, double lo, double hi);
+    int (*fill_normal)(tc_tensor *t, uint64_t seed, uint64_t offset, double mean, double std);
+
+    /* indexing (kern_index) */
+    int (*index_select)(tc_tensor *out, const tc_tensor *x, int dim, const tc_tensor *idx);
+    int (*index_add)(tc_tensor *out, int dim, const tc_tensor *idx, const tc_tensor *src);
+    int (*gather)(tc_tensor *out, const tc_tensor *x, int dim, const tc_tensor *idx);
+    int (*scatter_add)(tc_tensor *out, int dim, const tc_tensor *idx, const tc_tensor *src);
+
+    /* neural-net ops (kern_nn) */
+    int (*conv2d)(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
+                  const tc_conv_params *p);
+    int (*conv2d_backward)(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                           const tc_tensor *x, const tc_tensor *w, const tc_conv_params *p);
+    int (*avg_pool2d)(tc_tensor *y, const tc_tensor *x, const tc_pool_params *p);
+    int (*avg_pool2d_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_pool_params *p);
+    int (*max_pool2d)(tc_tensor *y, tc_tensor *argmax, const tc_tensor *x, const tc_pool_params *p);
+    int (*max_pool2d_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *argmax);
+    int (*interpolate)(tc_tensor *y, const tc_tensor *x, tc_interp_mode mode, bool align_corners);
+    int (*interpolate_backward)(tc_tensor *gx, const tc_tensor *gy, tc_interp_mode mode, bool align_corners);
+    int (*pad)(tc_tensor *y, const tc_tensor *x, const int64_t *pads, tc_pad_mode mode, double value);
+    int (*pad_backward)(tc_tensor *gx, const tc_tensor *gy, const int64_t *pads, tc_pad_mode mode);
+
+    /* norms, softmax, losses, attention (kern_norm) */
+    int (*softmax)(tc_tensor *y, const tc_tensor *x, bool log);                 /* rows: last dim */
+    int (*softmax_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *y, bool log);
+    int (*layer_norm)(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
+                      const tc_tensor *w, const tc_tensor *b, double eps);
+    int (*layer_norm_backward)(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
+                               const tc_tensor *w);
+    int (*group_norm)(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
+                      const tc_tensor *w, const tc_tensor *b, int groups, double eps);
+    int (*group_norm_backward)(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
+                               const tc_tensor *w, int groups);
+} tc_kernels;
+
+const tc_kernels *tc_kern(tc_device dev); /* NULL (with an error set) if the device is not built in */
+extern const tc_kernels tc_cpu_kernels;
+
+#endif

@@ -1,0 +1,386 @@
+/* elementwise.c: unary, scalar and broadcasting binary ops, where, and the copies
+ * (contiguous, clone, to, copy_, fill_, in-place arithmetic). Each op's derivative rule
+ * sits next to it; unary derivatives are one fused kernel (kernels->unary_backward). */
+#include "../internal.h"
+
+#include <math.h>
+#include <stdio.h>
+
+/* a stride-0 view of x with the given (broadcast) shape, outside autograd */
+static tc_tensor *broadcast_view(tc_tensor *x, int ndim, const int64_t *shape) {
+    int64_t st[TC_MAX_DIMS];
+    int lead = ndim - x->ndim;
+    for (int i = 0; i < ndim; i++)
+        st[i] = i < lead || x->shape[i - lead] != shape[i] ? 0 : x->stride[i - lead];
+    return tc_tensor_make(x->storage, x->dtype, ndim, shape, st, x->offset);
+}
+
+int tc_broadcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
+                       int64_t *out, const char *op) {
+    int n = na > nb ? na : nb;
+    for (int i = 0; i < n; i++) {
+        int64_t a = i < n - na ? 1 : sa[i - (n - na)], b = i < n - nb ? 1 : sb[i - (n - nb)];
+        if (a != b && a != 1 && b != 1) {
+            char x[128], y[128];
+            tc_shape_str(na, sa, x, sizeof x);
+            tc_shape_str(nb, sb, y, sizeof y);
+            return tc_error("%s: shapes %s and %s cannot be broadcast together (dimension %d: %lld vs %lld)",
+                            op, x, y, i + 1, (long long)a, (long long)b);
+        }
+        out[i] = a == 1 ? b : a;
+    }
+    *nout = n;
+    return TC_OK;
+}
+
+/* x converted to dtype dt (a new reference; x itself when it already is) */
+static tc_tensor *as_dtype(tc_tensor *x, tc_dtype dt) {
+    return x->dtype == dt ? tc_tensor_retain(x) : tc_to(x, dt, x->storage->device);
+}
+
+/* ---- copies ---------------------------------------------------------------------- */
+static int identity_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
+    (void)n;
+    gx[0] = tc_tensor_retain(gy);
+    return TC_OK;
+}
+
+static int to_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
+    tc_device dev = {(tc_device_type)n->i[0], (int)n->i[1]};
+    gx[0] = tc_to(gy, n->next[0].dtype, dev);
+    return gx[0] ? TC_OK : TC_ERR;
+}
+
+static tc_tensor *copy_of(tc_tensor *x, tc_dtype dt, tc_device dev, tc_op op) {
+    tc_tensor *out = tc_empty(x->ndim, x->shape, dt, dev);
+    if (!out) return NULL;
+    const tc_kernels *k = tc_kern(dev.type == TC_CPU ? x->storage->device : dev);
+    if (!k || k->copy(out, x) != TC_OK) { tc_tensor_release(out); return NULL; }
+    tc_node *n = tc_dtype_is_float(dt) ? tc_node_new(op, 1, &x, op == TC_OP_TO ? to_backward : identity_backward) : NULL;
+    if (n) { n->i[0] = x->storage->device.type; n->i[1] = x->storage->device.index; }
+    return tc_attach(out, n);
+}
+
+tc_tensor *tc_contiguous(tc_tensor *x) {
+    if (tc_is_contiguous(x)) return tc_tensor_retain(x);
+    return copy_of(x, x->dtype, x->storage->device, TC_OP_CONTIGUOUS);
+}
+
+tc_tensor *tc_clone(tc_tensor *x) { return copy_of(x, x->dtype, x->storage->device, TC_OP_CLONE); }
+
+tc_tensor *tc_to(tc_tensor *x, tc_dtype dt, tc_device dev) {
+    if (x->dtype == dt && tc_device_eq(x->storage->device, dev)) return tc_tensor_retain(x);
+    if (!tc_kern(dev)) return NULL;
+    return copy_of(x, dt, dev, TC_OP_TO);
+}
+
+tc_tensor *tc_detach(tc_tensor *x) {
+    tc_tensor *t = tc_alias(x);
+    if (t) t->is_view = true;
+    return t;
+}
+
+int tc_copy_(tc_tensor *dst, tc_tensor *src) {
+    if (tc_check_same_device("copy_", dst, src) != TC_OK) return TC_ERR;
+    if (tc_grad_enabled() && src->requires_grad)
+        return tc_error("copy_: copying from a tensor that requires grad is not recorded by autograd; "
+                        "use clone() or an out-of-place op, or wrap it in T.no_grad");
+    int n;
+    int64_t sh[TC_MAX_DIMS];
+    if (tc_broadcast_shape(dst->ndim, dst->shape, src->ndim, src->shape, &n, sh, "copy_") != TC_OK) return TC_ERR;
+    if (n != dst->ndim || memcmp(sh, dst->shape, (size_t)n * sizeof *sh) != 0) {
+        char a[128], b[128];
+        tc_shape_str(src->ndim, src->shape, a, sizeof a);
+        tc_shape_str(dst->ndim, dst->shape, b, sizeof b);
+        return tc_error("copy_: source of shape %s does not broadcast to destination %s", a, b);
+    }
+    if (tc_check_inplace(dst, "copy_") != TC_OK) return TC_ERR;
+    tc_tensor *s = broadcast_view(src, dst->ndim, dst->shape);
+    if (!s) return TC_ERR;
+    int rc = tc_kern(dst->storage->device)->copy(dst, s);
+    tc_tensor_release(s);
+    return rc;
+}
+
+int tc_fill_(tc_tensor *dst, double value) {
+    if (tc_check_inplace(dst, "fill_") != TC_OK) return TC_ERR;
+    return tc_kern(dst->storage->device)->fill(dst, value);
+}
+
+int tc_zero_(tc_tensor *dst) { return tc_fill_(dst, 0); }
+
+/* ---- unary ops ------------------------------------------------------------------------- */
+/* which of x and y each derivative needs; ops without a derivative are not recorded */
+static void unary_needs(tc_op op, bool *nx, bool *ny, bool *diff) {
+    *nx = *ny = false;
+    *diff = true;
+    switch (op) {
+    case TC_OP_NEG: case TC_OP_ADD_SCALAR: case TC_OP_MUL_SCALAR: case TC_OP_RSUB_SCALAR: break;
+    case TC_OP_EXP: case TC_OP_SQRT: case TC_OP_RSQRT: case TC_OP_TANH: case TC_OP_SIGMOID:
+    case TC_OP_RPOW_SCALAR: case TC_OP_RECIPROCAL: case TC_OP_RDIV_SCALAR: *ny = true; break;
+    case TC_OP_SIGN: case TC_OP_LOGICAL_NOT: case TC_OP_ISFINITE: *diff = false; break;
+    default: *nx = true; break;
+    }
+}
+
+static bool float_op(tc_op op) {
+    switch (op) {
+    case TC_OP_NEG: case TC_OP_ABS: case TC_OP_RELU: case TC_OP_SIGN: case TC_OP_SQUARE:
+    case TC_OP_ADD_SCALAR: case TC_OP_MUL_SCALAR: case TC_OP_RSUB_SCALAR: case TC_OP_CLAMP:
+    case TC_OP_LOGICAL_NOT: case TC_OP_ISFINITE: return false;
+    default: return true;
+    }
+}
+
+static int unary_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
+    tc_tensor *x = tc_saved(n, 0), *y = tc_saved(n, 1);
+    tc_tensor *g = tc_empty_like(gy, gy->dtype);
+    if (!g) return TC_ERR;
+    if (tc_kern(gy->storage->device)->unary_backward(g, gy, x, y, n->op, n->d[0], n->d[1]) != TC_OK) {
+        tc_tensor_release(g);
+        return TC_ERR;
+    }
+    gx[0] = g;
+    return TC_OK;
+}
+
+tc_tensor *tc_unary_s(tc_op op, tc_tensor *x, double a, double b) {
+    tc_dtype dt = x->dtype;
+    if (!tc_dtype_is_float(dt) && (float_op(op) || ((op == TC_OP_ADD_SCALAR || op == TC_OP_MUL_SCALAR ||
+                                                    op == TC_OP_RSUB_SCALAR) && (a != floor(a) || b != floor(b)))))
+        dt = TC_F32;
+    if (dt == TC_BOOL && op != TC_OP_LOGICAL_NOT && op != TC_OP_ISFINITE) dt = TC_I64;
+    tc_dtype out_dt = op == TC_OP_LOGICAL_NOT || op == TC_OP_ISFINITE ? TC_BOOL : dt;
+    tc_tensor *xc = as_dtype(x, dt);
+    if (!xc) return NULL;
+    tc_tensor *out = tc_empty_like(x, out_dt);
+    if (!out || tc_kern(x->storage->device)->unary(out, xc, op, a, b) != TC_OK) {
+        tc_tensor_release(out);
+        tc_tensor_release(xc);
+        return NULL;
+    }
+    bool nx, ny, diff;
+    unary_needs(op, &nx, &ny, &diff);
+    tc_node *n = diff ? tc_node_new(op, 1, &x, unary_backward) : NULL;
+    if (n) {
+        tc_node_save(n, nx ? xc : NULL);
+        tc_node_save(n, ny ? out : NULL);
+        n->d[0] = a;
+        n->d[1] = b;
+    }
+    tc_tensor_release(xc);
+    return tc_attach(out, n);
+}
+
+tc_tensor *tc_unary(tc_op op, tc_tensor *x) { return tc_unary_s(op, x, 0, 0); }
+
+/* ---- binary ops ------------------------------------------------------------------------ */
+static bool is_comparison(tc_op op) { return op >= TC_OP_EQ && op <= TC_OP_LOGICAL_OR; }
+
+static tc_tensor *mul3(tc_tensor *a, tc_tensor *b, tc_tensor *c) {
+    tc_tensor *t = tc_binary(TC_OP_MUL, a, b);
+    if (!t || !c) return t;
+    tc_tensor *r = tc_binary(TC_OP_MUL, t, c);
+    tc_tensor_release(t);
+    return r;
+}
+
+static int binary_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
+    tc_tensor *a = tc_saved(n, 0), *b = tc_saved(n, 1), *y = tc_saved(n, 2);
+    bool ga = tc_needs_grad(n, 0), gb = tc_needs_grad(n, 1);
+    switch (n->op) {
+    case TC_OP_ADD:
+        if (ga) gx[0] = tc_tensor_retain(gy);
+        if (gb) gx[1] = tc_tensor_retain(gy);
+        return TC_OK;
+    case TC_OP_SUB:
+        if (ga) gx[0] = tc_tensor_retain(gy);
+        if (gb && !(gx[1] = tc_unary(TC_OP_NEG, gy))) return TC_ERR;
+        return TC_OK;
+    case TC_OP_MUL:
+        if (ga && !(gx[0] = tc_binary(TC_OP_MUL, gy, b))) return TC_ERR;
+        if (gb && !(gx[1] = tc_binary(TC_OP_MUL, gy, a))) return TC_ERR;
+        return TC_OK;
+    case TC_OP_DIV:
+        if (ga && !(gx[0] = tc_binary(TC_OP_DIV, gy, b))) return TC_ERR;
+        if (gb) { /* -gy * y / b */
+            tc_tensor *t = mul3(gy, y, NULL), *u = t ? tc_binary(TC_OP_DIV, t, b) : NULL;
+            gx[1] = u ? tc_unary(TC_OP_NEG, u) : NULL;
+            tc_tensor_release(t);
+            tc_tensor_release(u);
+            if (!gx[1]) return TC_ERR;
+        }
+        return TC_OK;
+    case TC_OP_POW:
+        if (ga) { /* gy * b * a^(b-1) */
+            tc_tensor *bm1 = tc_unary_s(TC_OP_ADD_SCALAR, b, -1, 0);
+            tc_tensor *p = bm1 ? tc_binary(TC_OP_POW, a, bm1) : NULL;
+            gx[0] = p ? mul3(gy, b, p) : NULL;
+            tc_tensor_release(bm1);
+            tc_tensor_release(p);
+            if (!gx[0]) return TC_ERR;
+        }
+        if (gb) { /* gy * y * log(a), taking 0 where a == 0 and b >= 0 as PyTorch does */
+            tc_tensor *la = tc_unary(TC_OP_LOG, a);
+            tc_tensor *t = la ? mul3(gy, y, la) : NULL;
+            tc_tensor *zero = t ? tc_scalar_tensor(0, t->dtype, t->storage->device) : NULL;
+            tc_tensor *az = zero ? tc_binary(TC_OP_EQ, a, zero) : NULL;
+            gx[1] = az ? tc_where(az, zero, t) : NULL;
+            tc_tensor_release(la);
+            tc_tensor_release(t);
+            tc_tensor_release(zero);
+            tc_tensor_release(az);
+            if (!gx[1]) return TC_ERR;
+        }
+        return TC_OK;
+    case TC_OP_MAXIMUM:
+    case TC_OP_MINIMUM: { /* the larger (smaller) input takes gy; ties split it in half */
+        tc_tensor *half = tc_unary_s(TC_OP_MUL_SCALAR, gy, 0.5, 0);
+        tc_tensor *zero = tc_scalar_tensor(0, gy->dtype, gy->storage->device);
+        tc_tensor *eq = tc_binary(TC_OP_EQ, a, b);
+        tc_tensor *win = tc_binary(n->op == TC_OP_MAXIMUM ? TC_OP_GT : TC_OP_LT, a, b);
+        tc_tensor *lose = tc_binary(n->op == TC_OP_MAXIMUM ? TC_OP_LT : TC_OP_GT, a, b);
+        int rc = half && zero && eq && win && lose ? TC_OK : TC_ERR;
+        for (int side = 0; side < 2 && rc == TC_OK; side++) {
+            if (!tc_needs_grad(n, side)) continue;
+            tc_tensor *mine = side ? lose : win, *t = tc_where(mine, gy, zero);
+            gx[side] = t ? tc_where(eq, half, t) : NULL;
+            tc_tensor_release(t);
+            if (!gx[side]) rc = TC_ERR;
+        }
+        tc_tensor *all[] = {half, zero, eq, win, lose};
+        for (int i = 0; i < 5; i++) tc_tensor_release(all[i]);
+        return rc;
+    }
+    default:
+        return tc_error("no derivative for %s", tc_op_name(n->op));
+    }
+}
+
+tc_tensor *tc_binary(tc_op op, tc_tensor *a, tc_tensor *b) {
+    const char *name = tc_op_name(op);
+    if (tc_check_same_device(name, a, b) != TC_OK) return NULL;
+    int n;
+    int64_t sh[TC_MAX_DIMS];
+    if (tc_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &n, sh, name) != TC_OK) return NULL;
+    tc_dtype dt = tc_promote(a->dtype, b->dtype);
+    if (op == TC_OP_DIV || op == TC_OP_POW) {
+        if (!tc_dtype_is_float(dt) && op == TC_OP_DIV) dt = TC_F32;
+    }
+    if (dt == TC_BOOL && !is_comparison(op) && op != TC_OP_MUL) dt = TC_I64;
+    tc_tensor *ac = as_dtype(a, dt), *bc = as_dtype(b, dt);
+    tc_tensor *ea = ac ? broadcast_view(ac, n, sh) : NULL, *eb = bc ? broadcast_view(bc, n, sh) : NULL;
+    tc_tensor *out = ea && eb ? tc_empty(n, sh, is_comparison(op) ? TC_BOOL : dt, a->storage->device) : NULL;
+    int rc = out ? tc_kern(a->storage->device)->binary(out, ea, eb, op) : TC_ERR;
+    tc_tensor_release(ea);
+    tc_tensor_release(eb);
+    tc_node *node = NULL;
+    if (rc == TC_OK && !is_comparison(op)) {
+        tc_tensor *ins[2] = {a, b};
+        node = tc_node_new(op, 2, ins, binary_backward);
+    }
+    if (node) {
+        bool keep = op == TC_OP_MUL || op == TC_OP_DIV || op == TC_OP_POW || op == TC_OP_MAXIMUM || op == TC_OP_MINIMUM;
+        tc_node_save(node, keep && (op != TC_OP_DIV) ? ac : NULL);
+        tc_node_save(node, keep ? bc : NULL);
+        tc_node_save(node, op == TC_OP_DIV || op == TC_OP_POW ? out : NULL);
+    }
+    tc_tensor_release(ac);
+    tc_tensor_release(bc);
+    if (rc != TC_OK) { tc_tensor_release(out); return NULL; }
+    return tc_attach(out, node);
+}
+
+/* ---- where -------------------------------------------------------------------------------- */
+static int where_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
+    tc_tensor *c = tc_saved(n, 0);
+    tc_tensor *zero = tc_scalar_tensor(0, gy->dtype, gy->storage->device);
+    if (!zero) return TC_ERR;
+    int rc = TC_OK;
+    if (tc_needs_grad(n, 1) && !(gx[1] = tc_where(c, gy, zero))) rc = TC_ERR;
+    if (rc == TC_OK && tc_needs_grad(n, 2) && !(gx[2] = tc_where(c, zero, gy))) rc = TC_ERR;
+    tc_tensor_release(zero);
+    return rc;
+}
+
+tc_tensor *tc_where(tc_tensor *cond, tc_tensor *a, tc_tensor *b) {
+    if (tc_check_same_device("where", cond, a) != TC_OK || tc_check_same_device("where", a, b) != TC_OK)
+        return NULL;
+    int n1, n;
+    int64_t s1[TC_MAX_DIMS], sh[TC_MAX_DIMS];
+    if (tc_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &n1, s1, "where") != TC_OK ||
+        tc_broadcast_shape(cond->ndim, cond->shape, n1, s1, &n, sh, "where") != TC_OK)
+        return NULL;
+    tc_dtype dt = tc_promote(a->dtype, b->dtype);
+    tc_tensor *cc = as_dtype(cond, TC_BOOL), *ac = as_dtype(a, dt), *bc = as_dtype(b, dt);
+    tc_tensor *ec = cc ? broadcast_view(cc, n, sh) : NULL, *ea = ac ? broadcast_view(ac, n, sh) : NULL,
+              *eb = bc ? broadcast_view(bc, n, sh) : NULL;
+    tc_tensor *out = ec && ea && eb ? tc_empty(n, sh, dt, a->storage->device) : NULL;
+    int rc = out ? tc_kern(a->storage->device)->where(out, ec, ea, eb) : TC_ERR;
+    tc_tensor *ins[3] = {NULL, a, b};
+    tc_node *node = rc == TC_OK ? tc_node_new(TC_OP_WHERE, 3, ins, where_backward) : NULL;
+    if (node) tc_node_save(node, cc);
+    tc_tensor *tmp[] = {cc, ac, bc, ec, ea, eb};
+    for (int i = 0; i < 6; i++) tc_tensor_release(tmp[i]);
+    if (rc != TC_OK) { tc_tensor_release(out); return NULL; }
+    return tc_attach(out, node);
+}
+
+/* ---- in-place arithmetic ------------------------------------------------------------------ */
+/* Under autograd, a non-leaf that is not a view takes the out-of-place result's history
+ * (PyTorch's rebase); a leaf that requires grad is refused by tc_check_inplace. */
+static int inplace_result(tc_tensor *x, tc_tensor *r, const char *op) {
+    if (!r) return TC_ERR;
+    bool track = tc_grad_enabled() && r->requires_grad;
+    if (track && x->is_view) {
+        tc_tensor_release(r);
+        return tc_error("%s: in-place operation on a view of a tensor under autograd is not supported; "
+                        "use the out-of-place op", op);
+    }
+    bool prev = tc_set_grad_enabled(false);
+    int rc = tc_check_inplace(x, op);
+    if (rc == TC_OK) {
+        tc_tensor *s = broadcast_view(r, x->ndim, x->shape);
+        rc = s ? tc_kern(x->storage->device)->copy(x, s) : TC_ERR;
+        tc_tensor_release(s);
+    }
+    tc_set_grad_enabled(prev);
+    if (rc == TC_OK && track) {
+        tc_node_retain(r->grad_fn);
+        tc_attach(x, r->grad_fn);
+    }
+    tc_tensor_release(r);
+    return rc;
+}
+
+int tc_binary_(tc_op op, tc_tensor *a, tc_tensor *b) {
+    const char *name = tc_op_name(op);
+    if (tc_grad_enabled() && a->requires_grad && !a->grad_fn) return tc_check_inplace(a, name);
+    int n;
+    int64_t sh[TC_MAX_DIMS];
+    if (tc_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &n, sh, name) != TC_OK) return TC_ERR;
+    if (n != a->ndim || memcmp(sh, a->shape, (size_t)n * sizeof *sh) != 0) {
+        char x[128], y[128];
+        tc_shape_str(a->ndim, a->shape, x, sizeof x);
+        tc_shape_str(b->ndim, b->shape, y, sizeof y);
+        return tc_error("%s_: the result of shape %s @ %s would not fit the destination %s", name, x, y, x);
+    }
+    /* fast path: nothing to record, destination contiguous and of the compute dtype */
+    if (!(tc_grad_enabled() && (a->requires_grad || b->requires_grad)) && tc_is_contiguous(a) &&
+        tc_promote(a->dtype, b->dtype) == a->dtype && !is_comparison(op) &&
+        tc_device_eq(a->storage->device, b->storage->device) && (op != TC_OP_DIV || tc_dtype_is_float(a->dtype))) {
+        tc_tensor *eb = broadcast_view(b, a->ndim, a->shape);
+        if (!eb) return TC_ERR;
+        a->storage->version++;
+        int rc = tc_kern(a->storage->device)->binary(a, a, eb, op);
+        tc_tensor_release(eb);
+        return rc;
+    }
+    return inplace_result(a, tc_binary(op, a, b), name);
+}
+
+int tc_unary_(tc_op op, tc_tensor *x, double a, double b) {
+    const char *name = tc_op_name(op);
+    if (tc_grad_enabled() && x->requires_grad && !x->grad_fn) return tc_check_inplace(x, name);
+    return inplace_result(x, tc_unary_s(op, x, a, b), name);
+}

@@ -1,0 +1,142 @@
+/* matmul.c: bmm is the primitive (3-D, one GEMM per batch through the kernel table);
+ * matmul, linear and outer reshape and broadcast around it with views, so their
+ * gradients come from bmm's rule: ga = gy @ b^T, gb = a^T @ gy. */
+#include "../internal.h"
+
+#include <stdio.h>
+
+/* x itself when each inner matrix has a unit stride in one dim (GEMM can read it),
+ * else a contiguous copy */
+static tc_tensor *gemm_ready(tc_tensor *x) {
+    if (x->stride[2] == 1 || x->stride[1] == 1 || x->shape[1] <= 1 || x->shape[2] <= 1)
+        return tc_tensor_retain(x);
+    return tc_contiguous(x);
+}
+
+static int bmm_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
+    tc_tensor *a = tc_saved(n, 0), *b = tc_saved(n, 1);
+    if (tc_needs_grad(n, 0)) {
+        tc_tensor *bt = tc_transpose(b, 1, 2);
+        gx[0] = bt ? tc_bmm(gy, bt) : NULL;
+        tc_tensor_release(bt);
+        if (!gx[0]) return TC_ERR;
+    }
+    if (tc_needs_grad(n, 1)) {
+        tc_tensor *at = tc_transpose(a, 1, 2);
+        gx[1] = at ? tc_bmm(at, gy) : NULL;
+        tc_tensor_release(at);
+        if (!gx[1]) return TC_ERR;
+    }
+    return TC_OK;
+}
+
+static tc_tensor *size_mismatch(const char *op, tc_tensor *a, tc_tensor *b) {
+    char x[128], y[128];
+    tc_shape_str(a->ndim, a->shape, x, sizeof x);
+    tc_shape_str(b->ndim, b->shape, y, sizeof y);
+    tc_error("%s: size mismatch %s @ %s", op, x, y);
+    return NULL;
+}
+
+tc_tensor *tc_bmm(tc_tensor *a, tc_tensor *b) {
+    if (a->ndim != 3 || b->ndim != 3) {
+        tc_error("bmm: expected 3-d tensors, got %d-d and %d-d", a->ndim, b->ndim);
+        return NULL;
+    }
+    if (a->shape[0] != b->shape[0] || a->shape[2] != b->shape[1]) return size_mismatch("bmm", a, b);
+    if (tc_check_same_device("bmm", a, b) != TC_OK) return NULL;
+    if (a->dtype != b->dtype || !tc_dtype_is_float(a->dtype)) {
+        tc_error("bmm: expected floating point tensors of one dtype, got %s and %s", tc_dtype_name(a->dtype),
+                 tc_dtype_name(b->dtype));
+        return NULL;
+    }
+    int64_t sh[3] = {a->shape[0], a->shape[1], b->shape[2]};
+    tc_tensor *ar = gemm_ready(a), *br = gemm_ready(b);
+    tc_tensor *out = ar && br ? tc_empty(3, sh, a->dtype, a->storage->device) : NULL;
+    int rc = out ? tc_kern(a->storage->device)->gemm(out, ar, br, 1.0, 0.0) : TC_ERR;
+    tc_tensor *ins[2] = {a, b};
+    tc_node *n = rc == TC_OK ? tc_node_new(TC_OP_MATMUL, 2, ins, bmm_backward) : NULL;
+    if (n) {
+        tc_node_save(n, tc_needs_grad(n, 1) ? ar : NULL);
+        tc_node_save(n, tc_needs_grad(n, 0) ? br : NULL);
+    }
+    tc_tensor_release(ar);
+    tc_tensor_release(br);
+    if (rc != TC_OK) { tc_tensor_release(out); return NULL; }
+    return tc_attach(out, n);
+}
+
+/* the general case: promote 1-d operands, broadcast batch dims, fold into one bmm */
+tc_tensor *tc_matmul(tc_tensor *a, tc_tensor *b) {
+    if (a->ndim == 0 || b->ndim == 0) {
+        tc_error("matmul: both arguments need at least 1 dimension (got %d-d and %d-d)", a->ndim, b->ndim);
+        return NULL;
+    }
+    int64_t ka = a->shape[a->ndim - 1], kb = b->shape[b->ndim >= 2 ? b->ndim - 2 : 0];
+    if (ka != kb) return size_mismatch("matmul", a, b);
+    tc_tensor *a2 = a->ndim == 1 ? tc_unsqueeze(a, 0) : tc_tensor_retain(a);
+    tc_tensor *b2 = b->ndim == 1 ? tc_unsqueeze(b, 1) : tc_tensor_retain(b);
+    tc_tensor *out = NULL, *a3 = NULL, *b3 = NULL, *y = NULL;
+    if (!a2 || !b2) goto done;
+    int64_t m = a2->shape[a2->ndim - 2], k = ka, n = b2->shape[b2->ndim - 1];
+    int nbatch;
+    int64_t batch[TC_MAX_DIMS];
+    if (tc_broadcast_shape(a2->ndim - 2, a2->shape, b2->ndim - 2, b2->shape, &nbatch, batch, "matmul") != TC_OK)
+        goto done;
+    int64_t nb = tc_shape_numel(nbatch, batch);
+    if (b2->ndim == 2) { /* fold a's batch into rows: one large GEMM (the linear-layer case) */
+        int64_t s3[3] = {1, nb * m, k};
+        a3 = tc_reshape(a2, 3, s3);
+        b3 = tc_unsqueeze(b2, 0);
+    } else {
+        int64_t ea[TC_MAX_DIMS], eb[TC_MAX_DIMS];
+        memcpy(ea, batch, sizeof batch);
+        memcpy(eb, batch, sizeof batch);
+        ea[nbatch] = m; ea[nbatch + 1] = k;
+        eb[nbatch] = k; eb[nbatch + 1] = n;
+        tc_tensor *xa = tc_expand(a2, nbatch + 2, ea), *xb = tc_expand(b2, nbatch + 2, eb);
+        int64_t sa[3] = {nb, m, k}, sb[3] = {nb, k, n};
+        a3 = xa ? tc_reshape(xa, 3, sa) : NULL;
+        b3 = xb ? tc_reshape(xb, 3, sb) : NULL;
+        tc_tensor_release(xa);
+        tc_tensor_release(xb);
+    }
+    if (!a3 || !b3 || !(y = tc_bmm(a3, b3))) goto done;
+    int64_t osh[TC_MAX_DIMS];
+    int ond = 0;
+    for (int i = 0; i < nbatch; i++) osh[ond++] = batch[i];
+    if (a->ndim > 1) osh[ond++] = m;
+    if (b->ndim > 1) osh[ond++] = n;
+    out = tc_reshape(y, ond, osh);
+done:
+    tc_tensor_release(a2);
+    tc_tensor_release(b2);
+    tc_tensor_release(a3);
+    tc_tensor_release(b3);
+    tc_tensor_release(y);
+    return out;
+}
+
+tc_tensor *tc_linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
+    if (w->ndim != 2) { tc_error("linear: weight must be 2-d [out, in], got %d-d", w->ndim); return NULL; }
+    if (x->ndim == 0 || x->shape[x->ndim - 1] != w->shape[1]) return size_mismatch("linear", x, w);
+    tc_tensor *wt = tc_transpose(w, 0, 1);
+    tc_tensor *y = wt ? tc_matmul(x, wt) : NULL;
+    tc_tensor_release(wt);
+    if (!y || !b) return y;
+    tc_tensor *r = tc_binary(TC_OP_ADD, y, b);
+    tc_tensor_release(y);
+    return r;
+}
+
+tc_tensor *tc_outer(tc_tensor *a, tc_tensor *b) {
+    if (a->ndim != 1 || b->ndim != 1) {
+        tc_error("outer: expected 1-d tensors, got %d-d and %d-d", a->ndim, b->ndim);
+        return NULL;
+    }
+    tc_tensor *ac = tc_unsqueeze(a, 1), *bc = tc_unsqueeze(b, 0);
+    tc_tensor *r = ac && bc ? tc_binary(TC_OP_MUL, ac, bc) : NULL;
+    tc_tensor_release(ac);
+    tc_tensor_release(bc);
+    return r;
+}

@@ -1,0 +1,376 @@
+/* tensor.c: errors, dtypes, devices, refcounted storage and tensor headers.
+ * A tensor is storage + dtype + shape + strides + offset; views share storage.
+ * The view ops themselves live in ops/view.c. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+/* ---- errors ------------------------------------------------------------------- */
+static _Thread_local char last_error[1024];
+
+int tc_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return TC_ERR;
+}
+
+const char *tc_last_error(void) { return last_error[0] ? last_error : "unknown error"; }
+
+/* ---- ops ---------------------------------------------------------------------- */
+#define TC_OP_NAME_(name, str) str,
+static const char *const op_names[] = {TC_OP_LIST(TC_OP_NAME_)};
+#undef TC_OP_NAME_
+_Static_assert(sizeof op_names / sizeof op_names[0] == TC_OP_COUNT, "op name table out of sync");
+
+const char *tc_op_name(tc_op op) { return (unsigned)op < TC_OP_COUNT ? op_names[op] : "?"; }
+
+/* ---- dtypes ------------------------------------------------------------------- */
+static const struct { const char *name; size_t size; bool is_float; } dtypes[] = {
+    [TC_F32] = {"f32", 4, true},  [TC_F64] = {"f64", 8, true}, [TC_F16] = {"f16", 2, true},
+    [TC_BF16] = {"bf16", 2, true}, [TC_I32] = {"i32", 4, false}, [TC_I64] = {"i64", 8, false},
+    [TC_U8] = {"u8", 1, false},   [TC_BOOL] = {"bool", 1, false},
+};
+_Static_assert(sizeof dtypes / sizeof dtypes[0] == TC_NDTYPES, "dtype table out of sync");
+
+const char *tc_dtype_name(tc_dtype dt) { return (unsigned)dt < TC_NDTYPES ? dtypes[dt].name : "?"; }
+size_t tc_dtype_size(tc_dtype dt) { return dtypes[dt].size; }
+bool tc_dtype_is_float(tc_dtype dt) { return dtypes[dt].is_float; }
+
+int tc_dtype_from_name(const char *name) {
+    for (int i = 0; i < TC_NDTYPES; i++)
+        if (strcmp(name, dtypes[i].name) == 0) return i;
+    return -1;
+}
+
+/* PyTorch's rule for tensor-tensor ops: floats beat ints; among floats the wider wins
+ * (f16 with bf16 gives f32); among ints the wider wins; bool loses to everything. */
+tc_dtype tc_promote(tc_dtype a, tc_dtype b) {
+    if (a == b) return a;
+    bool fa = tc_dtype_is_float(a), fb = tc_dtype_is_float(b);
+    if (fa && !fb) return a;
+    if (fb && !fa) return b;
+    if (fa) {
+        if (a == TC_F64 || b == TC_F64) return TC_F64;
+        return TC_F32; /* any other mix of f32, f16, bf16 */
+    }
+    static const int rank[] = {[TC_BOOL] = 0, [TC_U8] = 1, [TC_I32] = 2, [TC_I64] = 3};
+    return rank[a] > rank[b] ? a : b;
+}
+
+/* ---- devices ------------------------------------------------------------------ */
+const tc_device TC_DEV_CPU = {TC_CPU, 0};
+
+int tc_device_parse(const char *s, tc_device *out) {
+    if (strcmp(s, "cpu") == 0) { *out = TC_DEV_CPU; return TC_OK; }
+    if (strncmp(s, "cuda", 4) == 0) {
+        out->type = TC_CUDA;
+        out->index = 0;
+        if (s[4] == 0) return TC_OK;
+        char *end;
+        long i = s[4] == ':' ? strtol(s + 5, &end, 10) : -1;
+        if (i >= 0 && s[5] != 0 && *end == 0) { out->index = (int)i; return TC_OK; }
+    }
+    return tc_error("unknown device '%s' (expected \"cpu\", \"cuda\" or \"cuda:N\")", s);
+}
+
+void tc_device_str(tc_device d, char *buf, size_t n) {
+    if (d.type == TC_CPU) snprintf(buf, n, "cpu");
+    else snprintf(buf, n, "cuda:%d", d.index);
+}
+
+bool tc_device_eq(tc_device a, tc_device b) { return a.type == b.type && a.index == b.index; }
+
+/* ---- half precision ------------------------------------------------------------- */
+float tc_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000 | (man << 13);            /* inf, nan */
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13); /* normal */
+    else if (man == 0) bits = sign;                                      /* zero */
+    else {                                                               /* subnormal */
+        float f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t tc_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t ax = x & 0x7fffffff;
+    if (ax >= 0x7f800000) return sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0); /* inf, nan */
+    if (ax >= 0x477ff000) return sign | 0x7c00;                               /* overflow */
+    if (ax < 0x38800000) {                                                    /* subnormal */
+        float a;
+        memcpy(&a, &ax, 4);
+        return sign | (uint16_t)lrintf(a * 16777216.0f); /* 2^24, ties to even */
+    }
+    uint32_t r = ax + 0xfff + ((ax >> 13) & 1); /* round to nearest even */
+    return sign | (uint16_t)((r - 0x38000000) >> 13);
+}
+
+float tc_bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t tc_f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40);
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+/* ---- storage ------------------------------------------------------------------- */
+static size_t mem_total, mem_in_use;
+
+size_t tc_mem_allocated_total(void) { return __atomic_load_n(&mem_total, __ATOMIC_RELAXED); }
+size_t tc_mem_in_use(void) { return __atomic_load_n(&mem_in_use, __ATOMIC_RELAXED); }
+
+tc_storage *tc_storage_new(size_t nbytes, tc_device dev) {
+    const tc_kernels *k = tc_kern(dev);
+    if (!k) return NULL;
+    tc_storage *s = calloc(1, sizeof *s);
+    if (!s) { tc_error("out of memory"); return NULL; }
+    s->data = k->alloc(nbytes ? nbytes : 1);
+    if (!s->data) {
+        free(s);
+        tc_error("out of memory allocating %zu bytes", nbytes);
+        return NULL;
+    }
+    s->refcount = 1;
+    s->nbytes = nbytes;
+    s->device = dev;
+    __atomic_add_fetch(&mem_total, nbytes, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&mem_in_use, nbytes, __ATOMIC_RELAXED);
+    return s;
+}
+
+tc_storage *tc_storage_wrap(void *data, size_t nbytes, void (*release)(void *), void *ctx) {
+    tc_storage *s = calloc(1, sizeof *s);
+    if (!s) { tc_error("out of memory"); return NULL; }
+    s->refcount = 1;
+    s->data = data;
+    s->nbytes = nbytes;
+    s->device = TC_DEV_CPU;
+    s->release = release;
+    s->release_ctx = ctx;
+    return s;
+}
+
+void tc_storage_retain(tc_storage *s) { __atomic_add_fetch(&s->refcount, 1, __ATOMIC_RELAXED); }
+
+void tc_storage_release(tc_storage *s) {
+    if (!s || __atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
+    if (s->release) s->release(s->release_ctx);
+    else {
+        tc_kern(s->device)->free(s->data);
+        __atomic_sub_fetch(&mem_in_use, s->nbytes, __ATOMIC_RELAXED);
+    }
+    free(s);
+}
+
+/* ---- tensors ----------------------------------------------------------------------- */
+tc_tensor *tc_tensor_make(tc_storage *s, tc_dtype dt, int ndim, const int64_t *shape,
+                          const int64_t *stride, int64_t offset) {
+    tc_tensor *t = calloc(1, sizeof *t);
+    if (!t) { tc_error("out of memory"); return NULL; }
+    t->refcount = 1;
+    t->storage = s;
+    tc_storage_retain(s);
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->offset = offset;
+    int64_t st = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        t->shape[i] = shape[i];
+        t->stride[i] = stride ? stride[i] : st;
+        st *= shape[i];
+    }
+    return t;
+}
+
+tc_tensor *tc_tensor_retain(tc_tensor *t) {
+    __atomic_add_fetch(&t->refcount, 1, __ATOMIC_RELAXED);
+    return t;
+}
+
+void tc_tensor_release(tc_tensor *t) {
+    if (!t || __atomic_sub_fetch(&t->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
+    tc_storage_release(t->storage);
+    tc_tensor_release(t->grad);
+    tc_node_release(t->grad_fn);
+    free(t);
+}
+
+int64_t tc_shape_numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    return n;
+}
+
+int64_t tc_numel(const tc_tensor *t) { return tc_shape_numel(t->ndim, t->shape); }
+
+bool tc_is_contiguous(const tc_tensor *t) {
+    int64_t st = 1;
+    for (int i = t->ndim - 1; i >= 0; i--) {
+        if (t->shape[i] != 1 && t->stride[i] != st) return false;
+        st *= t->shape[i];
+    }
+    return true;
+}
+
+void *tc_data(const tc_tensor *t) {
+    return (char *)t->storage->data + t->offset * (int64_t)tc_dtype_size(t->dtype);
+}
+
+int tc_wrap_dim(int dim, int ndim, const char *op) {
+    int n = ndim > 0 ? ndim : 1;
+    if (dim < -n || dim >= n)
+        return tc_error("%s: dimension %d out of range for a %d-d tensor", op,
+                        dim < 0 ? dim : dim + 1, ndim);
+    return dim < 0 ? dim + n : dim;
+}
+
+void tc_shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
+    size_t len = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, i ? " x %lld" : "%lld", (long long)shape[i]);
+    if (len < n) snprintf(buf + len, n - len, "]");
+}
+
+bool tc_same_shape(const tc_tensor *a, const tc_tensor *b) {
+    if (a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
+
+int tc_check_same_device(const char *op, tc_tensor *a, tc_tensor *b) {
+    if (tc_device_eq(a->storage->device, b->storage->device)) return TC_OK;
+    char da[16], db[16];
+    tc_device_str(a->storage->device, da, sizeof da);
+    tc_device_str(b->storage->device, db, sizeof db);
+    return tc_error("%s: tensors on different devices (%s and %s)", op, da, db);
+}
+
+tc_tensor *tc_alias(tc_tensor *x) {
+    tc_tensor *t = tc_tensor_make(x->storage, x->dtype, x->ndim, x->shape, x->stride, x->offset);
+    if (t) t->is_view = x->is_view;
+    return t;
+}
+
+/* ---- creation --------------------------------------------------------------------- */
+tc_tensor *tc_empty(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev) {
+    if (ndim < 0 || ndim > TC_MAX_DIMS) {
+        tc_error("tensors have at most %d dimensions (asked for %d)", TC_MAX_DIMS, ndim);
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            tc_error("negative dimension %lld in a shape", (long long)shape[i]);
+            return NULL;
+        }
+    tc_storage *s = tc_storage_new((size_t)tc_shape_numel(ndim, shape) * tc_dtype_size(dt), dev);
+    if (!s) return NULL;
+    tc_tensor *t = tc_tensor_make(s, dt, ndim, shape, NULL, 0);
+    tc_storage_release(s);
+    return t;
+}
+
+tc_tensor *tc_empty_like(const tc_tensor *x, tc_dtype dt) {
+    return tc_empty(x->ndim, x->shape, dt, x->storage->device);
+}
+
+tc_tensor *tc_full(int ndim, const int64_t *shape, double value, tc_dtype dt, tc_device dev) {
+    tc_tensor *t = tc_empty(ndim, shape, dt, dev);
+    if (t && tc_kern(dev)->fill(t, value) != TC_OK) { tc_tensor_release(t); return NULL; }
+    return t;
+}
+
+tc_tensor *tc_zeros(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev) {
+    return tc_full(ndim, shape, 0, dt, dev);
+}
+
+tc_tensor *tc_scalar_tensor(double v, tc_dtype dt, tc_device dev) { return tc_full(0, NULL, v, dt, dev); }
+
+/* values are computed in f64 on the host and copied; these are small setup tensors */
+static tc_tensor *from_f64(const double *v, int64_t n, tc_dtype dt, tc_device dev) {
+    tc_tensor *h = tc_empty(1, &n, TC_F64, TC_DEV_CPU);
+    if (!h) return NULL;
+    memcpy(tc_data(h), v, (size_t)n * sizeof(double));
+    tc_tensor *t = tc_to(h, dt, dev);
+    tc_tensor_release(h);
+    return t;
+}
+
+tc_tensor *tc_arange(double start, double end, double step, tc_dtype dt, tc_device dev) {
+    if (step == 0 || !isfinite(start) || !isfinite(end) || !isfinite(step)) {
+        tc_error("arange: step must be non-zero and bounds finite");
+        return NULL;
+    }
+    double nf = ceil((end - start) / step);
+    int64_t n = nf > 0 ? (int64_t)nf : 0;
+    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    if (!v) { tc_error("out of memory"); return NULL; }
+    for (int64_t i = 0; i < n; i++) v[i] = start + (double)i * step;
+    tc_tensor *t = from_f64(v, n, dt, dev);
+    free(v);
+    return t;
+}
+
+tc_tensor *tc_linspace(double start, double end, int64_t n, tc_dtype dt, tc_device dev) {
+    if (n < 0) { tc_error("linspace: number of steps must be non-negative"); return NULL; }
+    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    if (!v) { tc_error("out of memory"); return NULL; }
+    double step = n > 1 ? (end - start) / (double)(n - 1) : 0;
+    /* like PyTorch: fill the second half from the end, so the last value is exact */
+    for (int64_t i = 0; i < n; i++) v[i] = i < n / 2 ? start + step * (double)i : end - step * (double)(n - 1 - i);
+    tc_tensor *t = from_f64(v, n, dt, dev);
+    free(v);
+    return t;
+}
+
+double tc_get(const tc_tensor *t, const int64_t *index) {
+    int64_t off = 0;
+    for (int i = 0; i < t->ndim; i++) off += index[i] * t->stride[i];
+    const char *p = (const char *)tc_data(t) + off * (int64_t)tc_dtype_size(t->dtype);
+    switch (t->dtype) {
+    case TC_F32: return *(const float *)p;
+    case TC_F64: return *(const double *)p;
+    case TC_F16: return tc_f16_to_f32(*(const uint16_t *)p);
+    case TC_BF16: return tc_bf16_to_f32(*(const uint16_t *)p);
+    case TC_I32: return *(const int32_t *)p;
+    case TC_I64: return (double)*(const int64_t *)p;
+    case TC_U8: return *(const uint8_t *)p;
+    case TC_BOOL: return *(const uint8_t *)p != 0;
+    default: return 0;
+    }
+}
+
+int tc_item(const tc_tensor *t, double *out) {
+    if (tc_numel(t) != 1) {
+        char s[128];
+        tc_shape_str(t->ndim, t->shape, s, sizeof s);
+        return tc_error("item: only one-element tensors can be converted to a number (shape %s)", s);
+    }
+    if (t->storage->device.type != TC_CPU) {
+        tc_tensor *h = tc_to((tc_tensor *)t, t->dtype, TC_DEV_CPU);
+        if (!h) return TC_ERR;
+        int64_t idx[TC_MAX_DIMS] = {0};
+        *out = tc_get(h, idx);
+        tc_tensor_release(h);
+        return TC_OK;
+    }
+    int64_t idx[TC_MAX_DIMS] = {0};
+    *out = tc_get(t, idx);
+    return TC_OK;
+}

@@ -1,0 +1,64 @@
+/* ltocha.h: what the binding files share. The binding is thin: check Lua arguments,
+ * call a tc_* function, push the result. Errors travel one road: a tc_* failure becomes
+ * luaL_error with tc_last_error(). Dims and positions are 1-based in Lua, 0-based in C. */
+#ifndef LTOCHA_H
+#define LTOCHA_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "tocha.h"
+
+#define TCL_TENSOR "tocha.Tensor"
+
+/* module state, shared by every binding function as upvalue 1 */
+typedef struct {
+    size_t gc_mark;      /* tc_mem_allocated_total() at the last collection */
+    size_t gc_in_use;    /* tc_mem_in_use() after it */
+    lua_State *L;        /* the thread running backward, for Lua-written derivatives */
+} tcl_state;
+tcl_state *tcl_getstate(lua_State *L);
+/* registers fns into the table on top of the stack, each with the module state as upvalue */
+void tcl_register(lua_State *L, const luaL_Reg *fns);
+
+/* ---- tensors on the Lua stack ----------------------------------------------------------- */
+tc_tensor *tcl_check(lua_State *L, int idx);  /* raises unless a tensor */
+tc_tensor *tcl_opt(lua_State *L, int idx);    /* NULL for nil or none */
+tc_tensor *tcl_test(lua_State *L, int idx);   /* NULL unless a tensor */
+/* Result protocol (STYLE rule 3): push an empty slot first, then fill it, then finish:
+ *   tc_tensor **slot = tcl_slot(L); *slot = tc_add(...); return tcl_done(L, *slot);
+ * so no tensor is ever held by C when an error is raised. */
+tc_tensor **tcl_slot(lua_State *L);
+int tcl_done(lua_State *L, tc_tensor *t);      /* raises tc_last_error() if t is NULL; returns 1 */
+void tcl_push(lua_State *L, tc_tensor *t);     /* pushes an owned tensor (raises on NULL) */
+/* tensor or number at idx; numbers become 0-d tensors pushed on the stack (like's dtype
+ * for floats, f32 for a number meeting an integer tensor when non-integral) */
+tc_tensor *tcl_operand(lua_State *L, int idx, const tc_tensor *like);
+int tcl_error(lua_State *L);                   /* raises tc_last_error() */
+void tcl_check_rc(lua_State *L, int rc);       /* raises unless TC_OK */
+
+/* ---- arguments ------------------------------------------------------------------------- */
+int tcl_checkdim(lua_State *L, int idx);       /* 1-based (or negative) Lua dim -> C dim */
+int tcl_optdim(lua_State *L, int idx, int def);
+/* a shape given as a table {2, 3} or as numbers from idx on; returns ndim */
+int tcl_checkshape(lua_State *L, int idx, int64_t *shape);
+/* dims given as a number or a table of numbers; returns how many (0 for nil) */
+int tcl_optdims(lua_State *L, int idx, int *dims);
+tc_dtype tcl_checkdtype(lua_State *L, int idx);
+tc_device tcl_checkdevice(lua_State *L, int idx);
+/* fields of an options table at idx (absent table or field: the default) */
+double tcl_optnumber(lua_State *L, int idx, const char *k, double def);
+int tcl_optbool(lua_State *L, int idx, const char *k, int def);
+tc_tensor *tcl_opttensor(lua_State *L, int idx, const char *k); /* pushed on the stack when present */
+/* reads dtype/device from an options table (defaults f32, cpu) */
+void tcl_optdtype_device(lua_State *L, int idx, tc_dtype *dt, tc_device *dev);
+
+/* ---- the families: each file exports its functions for T and its tensor methods ------- */
+extern const luaL_Reg tcl_tensor_funcs[], tcl_tensor_methods[];     /* ltensor.c */
+extern const luaL_Reg tcl_autograd_funcs[], tcl_autograd_methods[]; /* lautograd.c */
+extern const luaL_Reg tcl_index_funcs[], tcl_index_methods[];       /* lindex.c */
+extern const luaL_Reg tcl_nn_funcs[];   /* lnn.c: conv, pools, interpolate, pad, into T._nn */
+extern const luaL_Reg tcl_norm_funcs[]; /* lnorm.c: softmax, losses, norms, dropout, attention, into T._nn */
+extern const luaL_Reg tcl_io_funcs[];                               /* lio.c */
+
+#endif

@@ -1,0 +1,105 @@
+/* main.c: build/tocha, a runner like `lua` with the engine built in.
+ *   tocha script.lua args...   runs the script with `arg` filled as lua does
+ *   tocha -e 'code'            runs a chunk
+ *   tocha                      a REPL: expressions print their values
+ * `require "tocha"` resolves to the built-in module; the Lua library is found next to
+ * the binary (../lua), so the runner works from any directory. */
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int luaopen_tocha(lua_State *L);
+
+static int traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+static int report(lua_State *L, int status) {
+    if (status != LUA_OK) {
+        fprintf(stderr, "tocha: %s\n", lua_tostring(L, -1));
+        fflush(stderr);
+        lua_pop(L, 1);
+    }
+    return status;
+}
+
+static int docall(lua_State *L, int narg, int nres) {
+    int base = lua_gettop(L) - narg;
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    int status = lua_pcall(L, narg, nres, base);
+    lua_remove(L, base);
+    return status;
+}
+
+/* arg[0] = script, arg[1..] = its arguments, arg[-1] = the runner */
+static void create_arg_table(lua_State *L, char **argv, int argc, int script) {
+    lua_createtable(L, argc - script - 1, script + 1);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - script);
+    }
+    lua_setglobal(L, "arg");
+}
+
+static int run_script(lua_State *L, char **argv, int argc, int script) {
+    create_arg_table(L, argv, argc, script);
+    int status = luaL_loadfile(L, argv[script]);
+    if (status == LUA_OK) {
+        int n = argc - script - 1;
+        luaL_checkstack(L, n, "too many arguments");
+        for (int i = script + 1; i < argc; i++) lua_pushstring(L, argv[i]);
+        status = docall(L, n, LUA_MULTRET);
+    }
+    return report(L, status);
+}
+
+/* the REPL: try "return <line>" first so expressions print */
+static void repl(lua_State *L) {
+    char line[4096];
+    printf("tocha (Lua 5.4): T = require \"tocha\" is loaded; Ctrl-D exits\n");
+    if (luaL_dostring(L, "T = require 'tocha'") != LUA_OK) report(L, LUA_ERRRUN);
+    for (;;) {
+        if (isatty(0)) { printf("> "); fflush(stdout); }
+        if (!fgets(line, sizeof line, stdin)) break;
+        lua_settop(L, 0);
+        lua_pushfstring(L, "return %s", line);
+        if (luaL_loadbuffer(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=stdin") != LUA_OK) {
+            lua_pop(L, 2);
+            if (luaL_loadbuffer(L, line, strlen(line), "=stdin") != LUA_OK) { report(L, LUA_ERRSYNTAX); continue; }
+        } else lua_remove(L, 1);
+        if (report(L, docall(L, 0, LUA_MULTRET)) != LUA_OK) continue;
+        int n = lua_gettop(L);
+        if (n > 0) {
+            lua_getglobal(L, "print");
+            lua_insert(L, 1);
+            report(L, docall(L, n, 0));
+        }
+    }
+    printf("\n");
+}
+
+int main(int argc, char **argv) {
+    lua_State *L = luaL_newstate();
+    if (!L) { fprintf(stderr, "tocha: cannot create a Lua state (out of memory)\n"); return 1; }
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_tocha);
+    lua_setfield(L, -2, "tocha");
+    lua_pop(L, 1);
+    int status = LUA_OK;
+    if (argc >= 3 && strcmp(argv[1], "-e") == 0) {
+        create_arg_table(L, argv, argc, 1);
+        status = report(L, luaL_loadstring(L, argv[2]) || docall(L, 0, 0));
+    } else if (argc >= 2 && strcmp(argv[1], "-") != 0) status = run_script(L, argv, argc, 1);
+    else repl(L);
+    lua_close(L);
+    return status == LUA_OK ? 0 : 1;
+}
