@@ -15,7 +15,7 @@ WARN    = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Werro
 SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 OPT     = $(if $(filter 1,$(SAN)),-O1 -g $(SANFLAGS),-O2 -g)
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(OPT) $(WARN) -Icore -I$(LUA_INC) -I$(BLAS_INC)
-LDLIBS  = -lopenblas -lm -lpthread -ldl -fopenmp
+LDLIBS  = -lopenblas -lpng -ljpeg -lzstd -lm -lpthread -ldl -fopenmp
 LDFLAGS += $(if $(filter 1,$(SAN)),$(SANFLAGS))
 
 CORE_SRC = $(wildcard core/*.c core/ops/*.c core/cpu/*.c core/io/*.c)

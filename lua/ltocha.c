@@ -407,6 +407,12 @@ int luaopen_tocha(lua_State *L) {
     tcl_register(L, tcl_nn_funcs);
     tcl_register(L, tcl_norm_funcs);
     lua_setfield(L, -2, "_nn");
+    lua_newtable(L);
+    tcl_register(L, tcl_optim_funcs);
+    lua_setfield(L, -2, "_optim");
+    lua_newtable(L);
+    tcl_register(L, tcl_image_funcs);
+    lua_setfield(L, -2, "_image");
 
     /* the Lua half of the module (printing, no_grad, checkpoint, ...) extends T in place */
     lua_getglobal(L, "require");
