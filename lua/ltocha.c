@@ -233,6 +233,11 @@ static int tensor_index(lua_State *L) {
     case 'd':
         if (!strcmp(k, "dtype")) { lua_pushstring(L, tc_dtype_name(t->dtype)); return 1; }
         if (!strcmp(k, "device")) { tc_device_str(t->storage->device, buf, sizeof buf); lua_pushstring(L, buf); return 1; }
+        if (!strcmp(k, "data")) { /* x.data: x detached, sharing its storage */
+            tc_tensor **slot = tcl_slot(L);
+            *slot = tc_detach(t);
+            return tcl_done(L, *slot);
+        }
         break;
     case 'g':
         if (!strcmp(k, "grad")) {
@@ -286,6 +291,27 @@ static int tensor_newindex(lua_State *L) {
     }
     if (!strcmp(k, "requires_grad")) {
         tcl_check_rc(L, tc_requires_grad_(t, lua_toboolean(L, 3)));
+        return 0;
+    }
+    if (!strcmp(k, "data")) { /* x.data = y (PyTorch's): x takes y's storage, dtype and shape in
+                                 place, so whoever holds x (an optimizer) sees the change */
+        tc_tensor *src = tcl_check(L, 3);
+        if (t->grad_fn) return luaL_error(L, "cannot set .data of a non-leaf tensor (%s)", tc_grad_fn_name(t));
+        bool same = t->dtype == src->dtype && tc_device_eq(t->storage->device, src->storage->device) &&
+                    t->ndim == src->ndim && memcmp(t->shape, src->shape, sizeof(int64_t) * (size_t)t->ndim) == 0;
+        tc_storage_retain(src->storage);
+        tc_storage_release(t->storage);
+        t->storage = src->storage;
+        t->dtype = src->dtype;
+        t->ndim = src->ndim;
+        memcpy(t->shape, src->shape, sizeof t->shape);
+        memcpy(t->stride, src->stride, sizeof t->stride);
+        t->offset = src->offset;
+        t->is_view = src->is_view;
+        if (!same) { /* a grad of the old dtype/device/shape no longer fits */
+            tc_tensor_release(t->grad);
+            t->grad = NULL;
+        }
         return 0;
     }
     return luaL_error(L, "cannot set field '%s' of a tensor", k);
@@ -403,6 +429,7 @@ int luaopen_tocha(lua_State *L) {
     tcl_register(L, tcl_autograd_funcs);
     tcl_register(L, tcl_index_funcs);
     tcl_register(L, tcl_io_funcs);
+    tcl_register(L, tcl_sys_funcs);
     lua_newtable(L);
     tcl_register(L, tcl_nn_funcs);
     tcl_register(L, tcl_norm_funcs);

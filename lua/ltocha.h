@@ -60,6 +60,7 @@ extern const luaL_Reg tcl_index_funcs[], tcl_index_methods[];       /* lindex.c 
 extern const luaL_Reg tcl_nn_funcs[];   /* lnn.c: conv, pools, interpolate, pad, into T._nn */
 extern const luaL_Reg tcl_norm_funcs[]; /* lnorm.c: softmax, losses, norms, dropout, attention, into T._nn */
 extern const luaL_Reg tcl_io_funcs[];                               /* lio.c */
+extern const luaL_Reg tcl_sys_funcs[];    /* lsys.c: clock, threads */
 extern const luaL_Reg tcl_optim_funcs[];  /* loptim.c: fused optimizer steps, into T._optim */
 extern const luaL_Reg tcl_image_funcs[];  /* limage.c: image codecs, transforms, loader, into T._image */
 
