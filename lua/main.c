@@ -94,6 +94,13 @@ int main(int argc, char **argv) {
     lua_pushcfunction(L, luaopen_tocha);
     lua_setfield(L, -2, "tocha");
     lua_pop(L, 1);
+    /* load the engine now: it also puts the Lua library on package.path, so
+     * require "tocha.nn" works first thing in a script */
+    if (luaL_dostring(L, "require 'tocha'") != LUA_OK) {
+        report(L, LUA_ERRRUN);
+        lua_close(L);
+        return 1;
+    }
     int status = LUA_OK;
     if (argc >= 3 && strcmp(argv[1], "-e") == 0) {
         create_arg_table(L, argv, argc, 1);

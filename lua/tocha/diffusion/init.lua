@@ -1,0 +1,9 @@
+-- tocha.diffusion: noise schedules and samplers with one interface
+-- (set_timesteps(n), timesteps, scale_model_input(x, t), step(model_output, t, x, opts)
+-- -> prev, pred_x0) and the training-side helpers (add_noise, get_velocity, snr,
+-- min_snr_weights). Configs take diffusers' option names and defaults.
+local D = {}
+D.Schedule = require "tocha.diffusion.schedule"
+D.DDIM = require("tocha.diffusion.ddim").new
+D.DDPM = require("tocha.diffusion.ddpm").new
+return D

@@ -1,0 +1,85 @@
+# tests/ref/gen_schedulers.py: reference trajectories from diffusers' schedulers for
+# tests/test_diffusion.lua. Run by hand (pip install torch diffusers):
+#   python3 tests/ref/gen_schedulers.py   -> tests/ref/schedulers_ref.lua
+# For each config: timesteps for n steps, then a short trajectory where the "model" is a
+# fixed function of (x, t) and every noise draw is taken from a recorded list, so the
+# Lua side can replay it exactly.
+import math, os
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+torch.manual_seed(0)
+SHAPE = (1, 2, 3, 3)
+x_init = torch.randn(SHAPE, dtype=torch.float64)
+NOISES = [torch.randn(SHAPE, dtype=torch.float64) for _ in range(60)]
+
+
+def model(x, t):
+    return 0.5 * x + math.cos(t * 0.01) * NOISES[0]
+
+
+SD = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+CASES = [
+    ("ddim_sd", DDIMScheduler, dict(SD, steps_offset=1, set_alpha_to_one=False, clip_sample=False), 10, dict(eta=0.0)),
+    ("ddim_eta", DDIMScheduler, dict(SD, steps_offset=1, set_alpha_to_one=False, clip_sample=False), 8, dict(eta=0.7)),
+    ("ddim_v_trailing_zsnr", DDIMScheduler, dict(SD, prediction_type="v_prediction", timestep_spacing="trailing",
+                                                  rescale_betas_zero_snr=True, clip_sample=False), 7, dict(eta=0.0)),
+    ("ddim_linspace_clip", DDIMScheduler, dict(beta_schedule="linear", timestep_spacing="linspace"), 9, dict(eta=0.0)),
+    ("ddim_cos_sample", DDIMScheduler, dict(beta_schedule="squaredcos_cap_v2", prediction_type="sample",
+                                             clip_sample=False), 6, dict(eta=0.0)),
+    ("ddpm_sd", DDPMScheduler, dict(SD, clip_sample=False), 10, dict()),
+    ("ddpm_large_v", DDPMScheduler, dict(SD, variance_type="fixed_large", prediction_type="v_prediction",
+                                         timestep_spacing="trailing", clip_sample=False), 6, dict()),
+]
+
+
+def lua_list(vals, fmt="%.17g"):
+    return "{" + ", ".join(fmt % v for v in vals) + "}"
+
+
+out = ["-- made by tests/ref/gen_schedulers.py from diffusers; do not edit", "return {"]
+out.append("  shape = {%s}," % ", ".join(map(str, SHAPE)))
+out.append("  x_init = %s," % lua_list(x_init.flatten().tolist()))
+out.append("  noises = {")
+for n in NOISES[:12]:
+    out.append("    %s," % lua_list(n.flatten().tolist()))
+out.append("  },")
+out.append("  cases = {")
+for name, cls, cfg, steps, kw in CASES:
+    s = cls(**cfg)
+    s.set_timesteps(steps)
+    x = x_init.clone()
+    states = []
+    k = 1
+    for t in s.timesteps.tolist():
+        mo = model(x, t)
+        noise = NOISES[k]
+        if cls is DDIMScheduler:
+            r = s.step(mo.float(), t, x.float(), variance_noise=noise.float() if kw.get("eta", 0) > 0 else None, **kw)
+        else:
+            import diffusers.schedulers.scheduling_ddpm as m
+            orig = m.randn_tensor
+            m.randn_tensor = lambda *a, **kk: noise.float()
+            r = s.step(mo.float(), t, x.float())
+            m.randn_tensor = orig
+        x = r.prev_sample.double()
+        states.append((t, k, x.flatten().tolist(), r.pred_original_sample.double().flatten().tolist()))
+        k = k + 1 if k < 11 else 1
+    cfg_lua = ", ".join("%s = %s" % (kk, ("%r" % vv).replace("'", '"').replace("True", "true").replace("False", "false"))
+                        for kk, vv in cfg.items())
+    kw_lua = ", ".join("%s = %r" % kv for kv in kw.items())
+    out.append("    %s = { sampler = %r, steps = %d, config = {%s}, opts = {%s}," %
+               (name, "DDIM" if cls is DDIMScheduler else "DDPM", steps, cfg_lua, kw_lua))
+    out.append("      timesteps = %s," % lua_list(s.timesteps.tolist(), "%d"))
+    out.append("      alphas_cumprod_last = %.17g," % s.alphas_cumprod[-1].item())
+    out.append("      trajectory = {")
+    for t, k2, xs, x0 in states:
+        out.append("        { t = %d, noise = %d, prev = %s, x0 = %s }," % (t, k2, lua_list(xs, "%.9g"), lua_list(x0, "%.9g")))
+    out.append("      },")
+    out.append("    },")
+out.append("  },")
+out.append("}")
+path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schedulers_ref.lua")
+with open(path, "w") as f:
+    f.write("\n".join(out) + "\n")
+print("wrote", path)

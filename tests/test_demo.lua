@@ -1,0 +1,27 @@
+-- tests/test_demo.lua: the demo trains to a useful accuracy, and a long training loop's
+-- resident memory stays flat without the script calling collectgarbage.
+local tocha_bin = arg[-1] or "./build/tocha"
+
+local function run(args)
+  local p = io.popen(tocha_bin .. " experiments/mlp.lua " .. args .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  assert(ok, "demo failed:\n" .. out)
+  return out
+end
+
+return {
+  ["mlp demo learns the spirals"] = function()
+    local out = run("--steps 600 --quiet")
+    local acc = tonumber(out:match("test accuracy: ([%d.]+)%%"))
+    assert(acc and acc > 90, "accuracy too low:\n" .. out)
+  end,
+
+  ["memory stays flat over 5000 steps"] = function()
+    local out = run("--steps 5000 --quiet --rss --batch 64 --hidden 32")
+    local early = tonumber(out:match("rss_at_200_kb (%d+)"))
+    local late = tonumber(out:match("rss_at_end_kb (%d+)"))
+    assert(early and late, out)
+    assert(late <= early * 1.10, string.format("RSS grew from %d kB at step 200 to %d kB at the end", early, late))
+  end,
+}

@@ -1,0 +1,67 @@
+-- tests/test_diffusion.lua: noise schedules and samplers against diffusers' reference
+-- trajectories (tests/ref/gen_schedulers.py), and the training-side helpers.
+local T = require "tocha"
+local D = require "tocha.diffusion"
+local ref = dofile("tests/ref/schedulers_ref.lua")
+
+local function tensor(vals) return T.tensor(vals, { dtype = "f64" }):view(ref.shape) end
+
+local tests = {}
+
+for name, case in pairs(ref.cases) do
+  tests["matches diffusers: " .. name] = function()
+    local s = D[case.sampler](case.config)
+    s:set_timesteps(case.steps)
+    assert(#s.timesteps == #case.timesteps, "number of timesteps")
+    for i, t in ipairs(case.timesteps) do
+      assert(s.timesteps[i] == t, string.format("timestep %d: %d vs %d", i, s.timesteps[i], t))
+    end
+    local ab = s.alphas_cumprod[#s.alphas_cumprod]
+    assert(math.abs(ab - case.alphas_cumprod_last) <= 1e-6 * math.abs(case.alphas_cumprod_last) + 1e-12)
+    local x = tensor(ref.x_init)
+    local eps0 = tensor(ref.noises[1])
+    for i, st in ipairs(case.trajectory) do
+      local out = x * 0.5 + eps0 * math.cos(st.t * 0.01)
+      local opts = { noise = tensor(ref.noises[st.noise + 1]) }
+      for k, v in pairs(case.opts) do opts[k] = v end
+      local prev, x0 = s:step(out, st.t, s:scale_model_input(x, st.t), opts)
+      T.testing.assert_close(x0, tensor(st.x0), { rtol = 1e-5, atol = 1e-6, msg = name .. " x0 at step " .. i })
+      T.testing.assert_close(prev, tensor(st.prev), { rtol = 1e-5, atol = 1e-6, msg = name .. " prev at step " .. i })
+      x = tensor(st.prev) -- follow the reference so errors do not compound
+    end
+  end
+end
+
+tests["add_noise, get_velocity and snr agree with their definitions"] = function()
+  local s = D.DDPM { beta_schedule = "scaled_linear", beta_start = 0.00085, beta_end = 0.012 }
+  local x0, noise = T.randn({ 3, 2, 4, 4 }, { dtype = "f64" }), T.randn({ 3, 2, 4, 4 }, { dtype = "f64" })
+  local ts = T.tensor({ 0, 499, 999 }, { dtype = "i64" })
+  local xt = s:add_noise(x0, noise, ts)
+  local v = s:get_velocity(x0, noise, ts)
+  for i, t in ipairs({ 0, 499, 999 }) do
+    local ab = s.alphas_cumprod[t + 1]
+    T.testing.assert_close(xt[i], x0[i] * math.sqrt(ab) + noise[i] * math.sqrt(1 - ab))
+    T.testing.assert_close(v[i], noise[i] * math.sqrt(ab) - x0[i] * math.sqrt(1 - ab))
+  end
+  local snr = s:snr(ts)
+  T.testing.assert_close(snr[1], T.tensor(s.alphas_cumprod[1] / (1 - s.alphas_cumprod[1])), { rtol = 1e-6 })
+  local w = s:min_snr_weights(ts, 5)
+  assert(math.abs(w[1]:item() - 5 / snr[1]:item()) < 1e-5, "min-snr clips high-SNR weights")
+  assert(math.abs(w[3]:item() - 1) < 1e-6, "min-snr keeps low-SNR weights at 1")
+end
+
+tests["bad configs and calls give clear errors"] = function()
+  local ok, err = pcall(D.DDIM, { beta_schedule = "nope" })
+  assert(not ok and err:find("unknown beta_schedule"), err)
+  ok, err = pcall(D.DDIM, { prediction_type = "noise" })
+  assert(not ok and err:find("prediction_type"), err)
+  ok, err = pcall(D.DDIM, { betas = 3 })
+  assert(not ok and err:find("unknown scheduler option 'betas'"), err)
+  local s = D.DDIM {}
+  ok, err = pcall(s.set_timesteps, s, 5000)
+  assert(not ok and err:find("1..1000"), err)
+  ok, err = pcall(s.step, s, T.zeros({ 1 }), 10, T.zeros({ 1 }))
+  assert(not ok and err:find("set_timesteps"), err)
+end
+
+return tests
