@@ -14,17 +14,24 @@ for name, case in pairs(ref.cases) do
     s:set_timesteps(case.steps)
     assert(#s.timesteps == #case.timesteps, "number of timesteps")
     for i, t in ipairs(case.timesteps) do
-      assert(s.timesteps[i] == t, string.format("timestep %d: %d vs %d", i, s.timesteps[i], t))
+      assert(math.abs(s.timesteps[i] - t) <= 1e-6 * math.abs(t), string.format("timestep %d: %.9g vs %.9g", i, s.timesteps[i], t))
+    end
+    for i, v in ipairs(case.sigmas or {}) do
+      assert(math.abs(s.sigmas[i] - v) <= 1e-6 * v, string.format("sigma %d: %.9g vs %.9g", i, s.sigmas[i], v))
+    end
+    if case.init_noise_sigma then
+      assert(math.abs(s.init_noise_sigma - case.init_noise_sigma) <= 1e-6 * case.init_noise_sigma, "init_noise_sigma")
     end
     local ab = s.alphas_cumprod[#s.alphas_cumprod]
     assert(math.abs(ab - case.alphas_cumprod_last) <= 1e-6 * math.abs(case.alphas_cumprod_last) + 1e-12)
     local x = tensor(ref.x_init)
     local eps0 = tensor(ref.noises[1])
     for i, st in ipairs(case.trajectory) do
-      local out = x * 0.5 + eps0 * math.cos(st.t * 0.01)
+      local t = s.timesteps[i] -- the fixture prints f32 values to 9 digits: use our exact ones
+      local out = s:scale_model_input(x, t) * 0.5 + eps0 * math.cos(t * 0.01)
       local opts = { noise = tensor(ref.noises[st.noise + 1]) }
       for k, v in pairs(case.opts) do opts[k] = v end
-      local prev, x0 = s:step(out, st.t, s:scale_model_input(x, st.t), opts)
+      local prev, x0 = s:step(out, t, x, opts)
       T.testing.assert_close(x0, tensor(st.x0), { rtol = 1e-5, atol = 1e-6, msg = name .. " x0 at step " .. i })
       T.testing.assert_close(prev, tensor(st.prev), { rtol = 1e-5, atol = 1e-6, msg = name .. " prev at step " .. i })
       x = tensor(st.prev) -- follow the reference so errors do not compound

@@ -6,7 +6,9 @@
 # Lua side can replay it exactly.
 import math, os
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+import importlib
+from diffusers import (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+                       HeunDiscreteScheduler)
 
 torch.manual_seed(0)
 SHAPE = (1, 2, 3, 3)
@@ -28,6 +30,15 @@ CASES = [
     ("ddim_cos_sample", DDIMScheduler, dict(beta_schedule="squaredcos_cap_v2", prediction_type="sample",
                                              clip_sample=False), 6, dict(eta=0.0)),
     ("ddpm_sd", DDPMScheduler, dict(SD, clip_sample=False), 10, dict()),
+    ("euler_sd", EulerDiscreteScheduler, dict(SD, steps_offset=1), 10, dict()),
+    ("euler_karras_v", EulerDiscreteScheduler, dict(SD, use_karras_sigmas=True, prediction_type="v_prediction"), 8, dict()),
+    ("euler_linspace", EulerDiscreteScheduler, dict(SD, timestep_spacing="linspace"), 7, dict()),
+    ("euler_trailing", EulerDiscreteScheduler, dict(SD, timestep_spacing="trailing"), 7, dict()),
+    ("euler_ancestral_sd", EulerAncestralDiscreteScheduler, dict(SD, steps_offset=1), 8, dict()),
+    ("euler_ancestral_v_linspace", EulerAncestralDiscreteScheduler, dict(SD, prediction_type="v_prediction",
+                                                                         timestep_spacing="linspace"), 6, dict()),
+    ("heun_sd", HeunDiscreteScheduler, dict(SD), 6, dict()),
+    ("heun_karras_v", HeunDiscreteScheduler, dict(SD, use_karras_sigmas=True, prediction_type="v_prediction"), 5, dict()),
     ("ddpm_large_v", DDPMScheduler, dict(SD, variance_type="fixed_large", prediction_type="v_prediction",
                                          timestep_spacing="trailing", clip_sample=False), 6, dict()),
 ]
@@ -52,29 +63,34 @@ for name, cls, cfg, steps, kw in CASES:
     states = []
     k = 1
     for t in s.timesteps.tolist():
-        mo = model(x, t)
+        mi = s.scale_model_input(x.float(), t).double()
+        mo = 0.5 * mi + math.cos(t * 0.01) * NOISES[0]
         noise = NOISES[k]
+        mod = importlib.import_module(cls.__module__)
+        orig = getattr(mod, "randn_tensor", None)
+        mod.randn_tensor = lambda *a, **kk: noise.float()
         if cls is DDIMScheduler:
             r = s.step(mo.float(), t, x.float(), variance_noise=noise.float() if kw.get("eta", 0) > 0 else None, **kw)
         else:
-            import diffusers.schedulers.scheduling_ddpm as m
-            orig = m.randn_tensor
-            m.randn_tensor = lambda *a, **kk: noise.float()
             r = s.step(mo.float(), t, x.float())
-            m.randn_tensor = orig
+        mod.randn_tensor = orig
         x = r.prev_sample.double()
         states.append((t, k, x.flatten().tolist(), r.pred_original_sample.double().flatten().tolist()))
         k = k + 1 if k < 11 else 1
     cfg_lua = ", ".join("%s = %s" % (kk, ("%r" % vv).replace("'", '"').replace("True", "true").replace("False", "false"))
                         for kk, vv in cfg.items())
     kw_lua = ", ".join("%s = %r" % kv for kv in kw.items())
-    out.append("    %s = { sampler = %r, steps = %d, config = {%s}, opts = {%s}," %
-               (name, "DDIM" if cls is DDIMScheduler else "DDPM", steps, cfg_lua, kw_lua))
-    out.append("      timesteps = %s," % lua_list(s.timesteps.tolist(), "%d"))
+    sampler = {DDIMScheduler: "DDIM", DDPMScheduler: "DDPM", EulerDiscreteScheduler: "Euler",
+               EulerAncestralDiscreteScheduler: "EulerAncestral", HeunDiscreteScheduler: "Heun"}[cls]
+    out.append("    %s = { sampler = %r, steps = %d, config = {%s}, opts = {%s}," % (name, sampler, steps, cfg_lua, kw_lua))
+    if hasattr(s, "sigmas"):
+        out.append("      sigmas = %s," % lua_list(s.sigmas.tolist(), "%.9g"))
+        out.append("      init_noise_sigma = %.9g," % float(s.init_noise_sigma))
+    out.append("      timesteps = %s," % lua_list(s.timesteps.tolist(), "%.9g"))
     out.append("      alphas_cumprod_last = %.17g," % s.alphas_cumprod[-1].item())
     out.append("      trajectory = {")
     for t, k2, xs, x0 in states:
-        out.append("        { t = %d, noise = %d, prev = %s, x0 = %s }," % (t, k2, lua_list(xs, "%.9g"), lua_list(x0, "%.9g")))
+        out.append("        { t = %.9g, noise = %d, prev = %s, x0 = %s }," % (t, k2, lua_list(xs, "%.9g"), lua_list(x0, "%.9g")))
     out.append("      },")
     out.append("    },")
 out.append("  },")

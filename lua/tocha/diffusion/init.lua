@@ -6,4 +6,7 @@ local D = {}
 D.Schedule = require "tocha.diffusion.schedule"
 D.DDIM = require("tocha.diffusion.ddim").new
 D.DDPM = require("tocha.diffusion.ddpm").new
+D.Euler = require("tocha.diffusion.euler").Euler
+D.EulerAncestral = require("tocha.diffusion.euler").EulerAncestral
+D.Heun = require("tocha.diffusion.heun").Heun
 return D
