@@ -8,7 +8,7 @@ import math, os
 import torch
 import importlib
 from diffusers import (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
-                       HeunDiscreteScheduler)
+                       HeunDiscreteScheduler, DPMSolverMultistepScheduler)
 
 torch.manual_seed(0)
 SHAPE = (1, 2, 3, 3)
@@ -39,6 +39,12 @@ CASES = [
                                                                          timestep_spacing="linspace"), 6, dict()),
     ("heun_sd", HeunDiscreteScheduler, dict(SD), 6, dict()),
     ("heun_karras_v", HeunDiscreteScheduler, dict(SD, use_karras_sigmas=True, prediction_type="v_prediction"), 5, dict()),
+    ("dpmpp2m_sd", DPMSolverMultistepScheduler, dict(SD), 10, dict()),
+    ("dpmpp2m_karras", DPMSolverMultistepScheduler, dict(SD, use_karras_sigmas=True), 12, dict()),
+    ("dpmpp2m_v_heun_leading", DPMSolverMultistepScheduler, dict(SD, prediction_type="v_prediction", solver_type="heun",
+                                                                  timestep_spacing="leading", steps_offset=1), 8, dict()),
+    ("dpmpp2m_long_trailing", DPMSolverMultistepScheduler, dict(SD, timestep_spacing="trailing"), 20, dict()),
+    ("dpmpp1_sample", DPMSolverMultistepScheduler, dict(SD, solver_order=1, prediction_type="sample"), 6, dict()),
     ("ddpm_large_v", DDPMScheduler, dict(SD, variance_type="fixed_large", prediction_type="v_prediction",
                                          timestep_spacing="trailing", clip_sample=False), 6, dict()),
 ]
@@ -75,13 +81,15 @@ for name, cls, cfg, steps, kw in CASES:
             r = s.step(mo.float(), t, x.float())
         mod.randn_tensor = orig
         x = r.prev_sample.double()
-        states.append((t, k, x.flatten().tolist(), r.pred_original_sample.double().flatten().tolist()))
+        x0 = r.pred_original_sample if hasattr(r, "pred_original_sample") else s.model_outputs[-1]
+        states.append((t, k, x.flatten().tolist(), x0.double().flatten().tolist()))
         k = k + 1 if k < 11 else 1
     cfg_lua = ", ".join("%s = %s" % (kk, ("%r" % vv).replace("'", '"').replace("True", "true").replace("False", "false"))
                         for kk, vv in cfg.items())
     kw_lua = ", ".join("%s = %r" % kv for kv in kw.items())
     sampler = {DDIMScheduler: "DDIM", DDPMScheduler: "DDPM", EulerDiscreteScheduler: "Euler",
-               EulerAncestralDiscreteScheduler: "EulerAncestral", HeunDiscreteScheduler: "Heun"}[cls]
+               EulerAncestralDiscreteScheduler: "EulerAncestral", HeunDiscreteScheduler: "Heun",
+               DPMSolverMultistepScheduler: "DPMSolverMultistep"}[cls]
     out.append("    %s = { sampler = %r, steps = %d, config = {%s}, opts = {%s}," % (name, sampler, steps, cfg_lua, kw_lua))
     if hasattr(s, "sigmas"):
         out.append("      sigmas = %s," % lua_list(s.sigmas.tolist(), "%.9g"))

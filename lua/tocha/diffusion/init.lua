@@ -9,4 +9,5 @@ D.DDPM = require("tocha.diffusion.ddpm").new
 D.Euler = require("tocha.diffusion.euler").Euler
 D.EulerAncestral = require("tocha.diffusion.euler").EulerAncestral
 D.Heun = require("tocha.diffusion.heun").Heun
+D.DPMSolverMultistep = require("tocha.diffusion.dpmsolver").DPMSolverMultistep
 return D

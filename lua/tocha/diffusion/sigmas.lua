@@ -49,7 +49,7 @@ local function interp(self, t)
 end
 
 -- the float timestep whose interpolated log-sigma is sigma (diffusers' _sigma_to_t)
-local function sigma_to_t(self, sigma)
+function K:sigma_to_t(sigma)
   local ls = math.log(math.max(sigma, 1e-10))
   local logs = {}
   for i, s in ipairs(self.train_sigmas) do logs[i] = math.log(s) end
@@ -73,7 +73,7 @@ function K:sigma_schedule(n)
     for i = 1, n do
       local ramp = n > 1 and (i - 1) / (n - 1) or 0
       sigmas[i] = (a + ramp * (b - a)) ^ rho
-      ts[i] = sigma_to_t(self, sigmas[i])
+      ts[i] = self:sigma_to_t(sigmas[i])
     end
   end
   for i, s in ipairs(sigmas) do sigmas[i] = f32(s) end

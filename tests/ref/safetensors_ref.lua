@@ -1,0 +1,37 @@
+-- made by tests/ref/gen_safetensors.py with safetensors 0.8.0, torch 2.15.0+cu132: the expected contents
+-- of the fixture files beside it (values flat in row-major order, hex: the raw bytes)
+return {
+  ["safetensors_all_dtypes"] = {
+    __metadata__ = {["format"] = "pt", ["note"] = "café \u{22}quoted\u{22}\u{a}\u{2603}", ["source"] = "gen_safetensors.py"},
+    ["bf16"] = {dtype = "bf16", shape = {2, 6}, values = {0x0.0p+0, -0x0.0p+0, 0x1.0000000000000p+0, -0x1.0000000000000p+1, 0x1.fe00000000000p+127, 0x1.0000000000000p-133, 1/0, -1/0, 0/0, 0/0, 0x1.9200000000000p+1, -0x1.5600000000000p-2},
+      hex = "00000080803f00c07f7f0100807f80ffc07fa17f4940abbe"},
+    ["bool"] = {dtype = "bool", shape = {5}, values = {true, false, false, true, true},
+      hex = "0100000101"},
+    ["f16"] = {dtype = "f16", shape = {3, 4}, values = {0x0.0p+0, -0x0.0p+0, 0x1.0000000000000p+0, -0x1.0000000000000p+1, 0x1.ffc0000000000p+15, 0x1.0000000000000p-24, 0x1.ff80000000000p-15, 1/0, -1/0, 0/0, 0/0, 0x1.5540000000000p-2},
+      hex = "00000080003c00c0ff7b0100ff03007c00fc007e017d5535"},
+    ["f32"] = {dtype = "f32", shape = {3, 4}, values = {1/0, -0x0.0p+0, 0x1.16c2000000000p-133, 0x1.23096c0000000p-1, -0x1.15a3420000000p+0, -0x1.660a5a0000000p+0, 0x1.9d06f40000000p-2, 0x1.ad11ca0000000p-1, -0x1.7042880000000p-1, -0x1.9d06160000000p-2, -0x1.317a300000000p-1, 0x1.74cf8c0000000p-3},
+      hex = "0000807f00000080c2160100b684113fa1d18abf2d05b3bf7a83ce3ee588563f442138bf0b83cebe18bd18bfc6673a3e"},
+    ["f64"] = {dtype = "f64", shape = {2, 3}, values = {-0x1.b69e0d630b475p-1, 0x1.19c131e7df150p+0, -0x1.123955c471384p+0, 0x1.f6959316295ecp-4, -0x1.21f45d35e3047p-1, 0x0.0000000000001p-1022},
+      hex = "75b430d6e069ebbf50f17d1e139cf13f8413475c9523f1bfec9562315969bf3f47305ed3451fe2bf0100000000000000"},
+    ["i32"] = {dtype = "i32", shape = {5}, values = {-2147483648, -1, 0, 1, 2147483647},
+      hex = "00000080ffffffff0000000001000000ffffff7f"},
+    ["i64"] = {dtype = "i64", shape = {6}, values = {math.mininteger, -9007199254740993, -1, 0, 9007199254740993, 9223372036854775807},
+      hex = "0000000000000080ffffffffffffdfffffffffffffffffff00000000000000000100000000002000ffffffffffffff7f"},
+    ["layer.0.weight"] = {dtype = "f32", shape = {2, 3, 4}, values = {0x0.0p+0, 0x1.0000000000000p-3, 0x1.0000000000000p-2, 0x1.8000000000000p-2, 0x1.0000000000000p-1, 0x1.4000000000000p-1, 0x1.8000000000000p-1, 0x1.c000000000000p-1, 0x1.0000000000000p+0, 0x1.2000000000000p+0, 0x1.4000000000000p+0, 0x1.6000000000000p+0, 0x1.8000000000000p+0, 0x1.a000000000000p+0, 0x1.c000000000000p+0, 0x1.e000000000000p+0, 0x1.0000000000000p+1, 0x1.1000000000000p+1, 0x1.2000000000000p+1, 0x1.3000000000000p+1, 0x1.4000000000000p+1, 0x1.5000000000000p+1, 0x1.6000000000000p+1, 0x1.7000000000000p+1},
+      hex = "000000000000003e0000803e0000c03e0000003f0000203f0000403f0000603f0000803f0000903f0000a03f0000b03f0000c03f0000d03f0000e03f0000f03f0000004000000840000010400000184000002040000028400000304000003840"},
+    ["u8"] = {dtype = "u8", shape = {2, 3}, values = {0, 1, 127, 128, 254, 255},
+      hex = "00017f80feff"},
+  },
+  ["safetensors_shapes"] = {
+    ["empty"] = {dtype = "f32", shape = {0, 3}, values = {},
+      hex = ""},
+    ["empty_i64"] = {dtype = "i64", shape = {2, 0}, values = {},
+      hex = ""},
+    ["four_d"] = {dtype = "i32", shape = {2, 1, 3, 2}, values = {-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6},
+      hex = "fbfffffffcfffffffdfffffffeffffffffffffff00000000010000000200000003000000040000000500000006000000"},
+    ["one"] = {dtype = "u8", shape = {1}, values = {7},
+      hex = "07"},
+    ["scalar"] = {dtype = "f32", shape = {}, values = {0x1.4000000000000p+1},
+      hex = "00002040"},
+  },
+}
