@@ -8,7 +8,7 @@ import math, os
 import torch
 import importlib
 from diffusers import (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
-                       HeunDiscreteScheduler, DPMSolverMultistepScheduler)
+                       HeunDiscreteScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler)
 
 torch.manual_seed(0)
 SHAPE = (1, 2, 3, 3)
@@ -45,6 +45,11 @@ CASES = [
                                                                   timestep_spacing="leading", steps_offset=1), 8, dict()),
     ("dpmpp2m_long_trailing", DPMSolverMultistepScheduler, dict(SD, timestep_spacing="trailing"), 20, dict()),
     ("dpmpp1_sample", DPMSolverMultistepScheduler, dict(SD, solver_order=1, prediction_type="sample"), 6, dict()),
+    ("unipc_sd", UniPCMultistepScheduler, dict(SD), 10, dict()),
+    ("unipc_order3_karras", UniPCMultistepScheduler, dict(SD, solver_order=3, use_karras_sigmas=True), 12, dict()),
+    ("unipc_bh1_v_trailing", UniPCMultistepScheduler, dict(SD, solver_type="bh1", prediction_type="v_prediction", final_sigmas_type="sigma_min",
+                                                            timestep_spacing="trailing"), 8, dict()),
+    ("unipc_long", UniPCMultistepScheduler, dict(SD, disable_corrector=[0, 3]), 20, dict()),
     ("ddpm_large_v", DDPMScheduler, dict(SD, variance_type="fixed_large", prediction_type="v_prediction",
                                          timestep_spacing="trailing", clip_sample=False), 6, dict()),
 ]
@@ -84,12 +89,13 @@ for name, cls, cfg, steps, kw in CASES:
         x0 = r.pred_original_sample if hasattr(r, "pred_original_sample") else s.model_outputs[-1]
         states.append((t, k, x.flatten().tolist(), x0.double().flatten().tolist()))
         k = k + 1 if k < 11 else 1
-    cfg_lua = ", ".join("%s = %s" % (kk, ("%r" % vv).replace("'", '"').replace("True", "true").replace("False", "false"))
+    cfg_lua = ", ".join("%s = %s" % (kk, ("%r" % vv).replace("'", '"').replace("True", "true").replace("False", "false")
+                                     .replace("[", "{").replace("]", "}"))
                         for kk, vv in cfg.items())
     kw_lua = ", ".join("%s = %r" % kv for kv in kw.items())
     sampler = {DDIMScheduler: "DDIM", DDPMScheduler: "DDPM", EulerDiscreteScheduler: "Euler",
                EulerAncestralDiscreteScheduler: "EulerAncestral", HeunDiscreteScheduler: "Heun",
-               DPMSolverMultistepScheduler: "DPMSolverMultistep"}[cls]
+               DPMSolverMultistepScheduler: "DPMSolverMultistep", UniPCMultistepScheduler: "UniPC"}[cls]
     out.append("    %s = { sampler = %r, steps = %d, config = {%s}, opts = {%s}," % (name, sampler, steps, cfg_lua, kw_lua))
     if hasattr(s, "sigmas"):
         out.append("      sigmas = %s," % lua_list(s.sigmas.tolist(), "%.9g"))
@@ -103,7 +109,9 @@ for name, cls, cfg, steps, kw in CASES:
     out.append("    },")
 out.append("  },")
 out.append("}")
+text = "\n".join(out) + "\n"
+assert "nan" not in text and "inf" not in text.replace("info", ""), "a reference trajectory is not finite"
 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schedulers_ref.lua")
 with open(path, "w") as f:
-    f.write("\n".join(out) + "\n")
+    f.write(text)
 print("wrote", path)

@@ -51,7 +51,8 @@ local function dpm_timesteps(self, n)
   return ts
 end
 
-function DPM:set_timesteps(n)
+--- timesteps and sigmas of the multistep solvers (DPM-Solver, UniPC), shared with unipc.lua
+function DPM.multistep_schedule(self, n)
   local ts = dpm_timesteps(self, n)
   local sig = self.train_sigmas
   local sigmas = {}
@@ -70,8 +71,12 @@ function DPM:set_timesteps(n)
   local last = self.config.final_sigmas_type == "zero" and 0 or sig[1]
   for i, v in ipairs(sigmas) do sigmas[i] = f32(v) end
   sigmas[#sigmas + 1] = f32(last)
-  self.timesteps, self.sigmas = ts, sigmas
-  self.num_inference_steps = #ts
+  return ts, sigmas
+end
+
+function DPM:set_timesteps(n)
+  self.timesteps, self.sigmas = self:multistep_schedule(n)
+  self.num_inference_steps = #self.timesteps
   self.model_outputs, self.lower_order_nums, self.step_index = {}, 0, nil
 end
 
@@ -119,4 +124,4 @@ function DPM:step(model_output, t, x)
   return prev, x0
 end
 
-return { DPMSolverMultistep = new }
+return { DPMSolverMultistep = new, class = DPM }

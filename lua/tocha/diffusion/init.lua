@@ -10,4 +10,5 @@ D.Euler = require("tocha.diffusion.euler").Euler
 D.EulerAncestral = require("tocha.diffusion.euler").EulerAncestral
 D.Heun = require("tocha.diffusion.heun").Heun
 D.DPMSolverMultistep = require("tocha.diffusion.dpmsolver").DPMSolverMultistep
+D.UniPC = require("tocha.diffusion.unipc").UniPC
 return D
