@@ -57,6 +57,29 @@ tests["add_noise, get_velocity and snr agree with their definitions"] = function
   assert(math.abs(w[3]:item() - 1) < 1e-6, "min-snr keeps low-SNR weights at 1")
 end
 
+tests["the worked example in docs/schedulers.md reproduces DDIM"] = function()
+  local f = assert(io.open("docs/schedulers.md"))
+  local text = f:read("a")
+  f:close()
+  local code = text:match("```lua\n(%-%- my_ddim%.lua.-)```")
+  assert(code, "example not found in docs/schedulers.md")
+  local MyDDIM = assert(load(code, "=my_ddim.lua"))()
+  local cfg = { beta_schedule = "scaled_linear", beta_start = 0.00085, beta_end = 0.012, clip_sample = false,
+                set_alpha_to_one = true, prediction_type = "v_prediction" }
+  local mine, ref = MyDDIM.new(cfg), D.DDIM(cfg)
+  mine:set_timesteps(20)
+  ref:set_timesteps(20)
+  local x = T.randn({ 2, 3, 4, 4 }, { dtype = "f64" })
+  local y = x
+  for i, t in ipairs(ref.timesteps) do
+    assert(mine.timesteps[i] == t)
+    local out = x * 0.3 + math.sin(t)
+    x = ref:step(out, t, x)
+    y = mine:step(y * 0.3 + math.sin(t), t, y)
+    T.testing.assert_close(y, x, { rtol = 1e-12, atol = 1e-12 })
+  end
+end
+
 tests["bad configs and calls give clear errors"] = function()
   local ok, err = pcall(D.DDIM, { beta_schedule = "nope" })
   assert(not ok and err:find("unknown beta_schedule"), err)
