@@ -221,6 +221,9 @@ tc_tensor *tc_masked_fill(tc_tensor *x, tc_tensor *mask, double value);
 tc_tensor *tc_cat(int n, tc_tensor **xs, int dim);
 tc_tensor *tc_stack(int n, tc_tensor **xs, int dim);
 tc_tensor *tc_embedding(tc_tensor *index, tc_tensor *weight, int64_t padding_idx); /* padding_idx 0: none */
+/* in place (mask must broadcast to x; version counters as tc_binary_) */
+int tc_masked_fill_(tc_tensor *x, tc_tensor *mask, double value);
+int tc_scatter_add_(tc_tensor *x, int dim, tc_tensor *index, tc_tensor *src);
 
 /* ---- neural-net ops ---------------------------------------------------------------- */
 typedef struct {
@@ -287,5 +290,128 @@ typedef struct {
 int tc_safetensors_save(const char *path, const tc_tensor_dict *d);
 int tc_safetensors_load(const char *path, tc_tensor_dict *out); /* mmap-backed tensors */
 void tc_tensor_dict_free(tc_tensor_dict *d);
+
+/* ---- optimizers ------------------------------------------------------------------------
+ * Fused in-place updates of one parameter tensor and its state, following PyTorch's
+ * single-tensor updates (torch.optim.SGD, Adam, AdamW). They run with grad mode off and bump
+ * the version of what they write. param and state tensors: contiguous, f32 or f64, one dtype
+ * and device; grad: param's shape, any layout and float dtype. */
+typedef struct {
+    double lr, momentum, dampening, weight_decay;
+    bool nesterov;
+    bool first; /* the first step with momentum: the buffer starts as the gradient */
+} tc_sgd_opts;
+int tc_sgd_step_(tc_tensor *param, tc_tensor *grad, tc_tensor *momentum_buf /* NULL if momentum 0 */,
+                 const tc_sgd_opts *o);
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    int64_t step;   /* steps taken, this one included (1 on the first) */
+    bool amsgrad;
+    bool decoupled; /* AdamW: decay the weights, not the gradient */
+} tc_adam_opts;
+int tc_adam_step_(tc_tensor *param, tc_tensor *grad, tc_tensor *exp_avg, tc_tensor *exp_avg_sq,
+                  tc_tensor *max_exp_avg_sq /* NULL unless amsgrad */, const tc_adam_opts *o);
+/* shadow -= (1 - decay) * (shadow - param), diffusers' EMAModel update */
+int tc_ema_update_(tc_tensor *shadow, tc_tensor *param, double decay);
+/* the p-norm of n tensors taken together (p = INFINITY: the largest |x|), accumulated in double */
+int tc_total_norm(int n, tc_tensor **xs, double p, double *out);
+
+/* ---- images and data (core/io/image.c, transform.c, shard.c, loader.c) -------------------------
+ * Images are u8 [H, W, C] tensors: C = 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA. Errors about a file
+ * name the file and the reason (corrupt, truncated, unreadable). */
+typedef enum { TC_IMAGE_UNKNOWN, TC_IMAGE_PNG, TC_IMAGE_JPEG } tc_image_format;
+tc_image_format tc_image_sniff(const void *data, size_t n);  /* from the first bytes */
+tc_image_format tc_image_format_for(const char *path);       /* .jpg/.jpeg: JPEG, else PNG */
+/* channels: 0 keeps the file's, 1/3/4 convert (gray <-> RGB; alpha dropped, or opaque when added) */
+tc_tensor *tc_image_decode(const void *data, size_t n, int channels, const char *name);
+tc_tensor *tc_image_read(const char *path, int channels);
+/* img u8 [H, W, C] or [H, W]; *out is malloc'd. quality: JPEG 1-100, PNG zlib level 0-9;
+ * -1: the defaults (JPEG 90, PNG 6) */
+int tc_image_encode(tc_tensor *img, tc_image_format fmt, int quality, void **out, size_t *n);
+int tc_image_write(const char *path, tc_tensor *img, int quality); /* format from the extension */
+int tc_read_file(const char *path, void **data, size_t *n);        /* whole file, malloc'd */
+
+/* transforms of u8 [H, W, C] images (any strides); each returns a new contiguous image */
+typedef enum { TC_RESIZE_NEAREST, TC_RESIZE_BILINEAR, TC_RESIZE_BICUBIC, TC_RESIZE_AREA,
+               TC_RESIZE_LANCZOS } tc_resize_mode;
+/* PIL's Image.resize, bit for bit: separable filters widened by the scale when shrinking
+ * (antialiasing; AREA is PIL's BOX). antialias = false keeps the filter's own width, which
+ * for BILINEAR is torch's interpolate(align_corners = false) */
+tc_tensor *tc_image_resize(tc_tensor *img, int64_t h, int64_t w, tc_resize_mode mode, bool antialias);
+tc_tensor *tc_image_crop(tc_tensor *img, int64_t top, int64_t left, int64_t h, int64_t w); /* 0-based */
+tc_tensor *tc_image_hflip(tc_tensor *img);
+/* u8 [..., H, W, C] -> f32 [..., C, H, W] in [-1, 1] (v / 127.5 - 1) */
+tc_tensor *tc_image_to_float(tc_tensor *img);
+/* float [..., C, H, W] in [lo, hi] -> u8 [..., H, W, C]: floor(255 (x - lo) / (hi - lo) + 0.5), clamped */
+tc_tensor *tc_image_to_u8(tc_tensor *x, double lo, double hi);
+
+/* a pipeline: decode to `channels`, then ops in order. Random ops draw from Philox at
+ * (seed, counter + op position), so a sample's augmentation is fixed by (seed, counter)
+ * on whichever thread runs it. TO_FLOAT may only come last. */
+typedef enum { TC_TF_RESIZE, TC_TF_CENTER_CROP, TC_TF_RANDOM_CROP, TC_TF_HFLIP, TC_TF_TO_FLOAT } tc_tf_kind;
+typedef struct {
+    tc_tf_kind kind;
+    int64_t h, w;          /* RESIZE: w = 0 scales the shorter side to h (torchvision's Resize(int)) */
+    tc_resize_mode mode;   /* RESIZE */
+    bool antialias;        /* RESIZE */
+    double p;              /* HFLIP: probability of flipping */
+} tc_transform;
+#define TC_MAX_TRANSFORMS 16
+typedef struct {
+    int channels;          /* decoding: 0 keeps the file's */
+    int nops;
+    tc_transform ops[TC_MAX_TRANSFORMS];
+} tc_pipeline;
+int tc_pipeline_check(const tc_pipeline *p);
+tc_tensor *tc_pipeline_run(const tc_pipeline *p, tc_tensor *img, uint64_t seed, uint64_t counter);
+/* the same, writing into dst (contiguous, of exactly the output's shape and dtype) */
+int tc_pipeline_run_into(const tc_pipeline *p, tc_tensor *img, uint64_t seed, uint64_t counter, tc_tensor *dst);
+/* when every image comes out the same shape (channels fixed, a resize to h x w or a crop
+ * fixes the size): that shape ([C, H, W] after TO_FLOAT, else [H, W, C]) and dtype; else false */
+bool tc_pipeline_out_shape(const tc_pipeline *p, int64_t shape[3], tc_dtype *dt);
+
+/* zstd frames with a content checksum (shards hold one per sample) */
+int tc_zstd_compress(const void *src, size_t n, int level, void **out, size_t *outn);
+int tc_zstd_decompress(const void *src, size_t n, void **out, size_t *outn, const char *what);
+#define TC_SHARD_MAGIC "TOCHASH1" /* the first 8 bytes of a shard file */
+
+/* where samples' encoded image bytes live: files, or zstd frames in shard files */
+typedef struct tc_source tc_source;
+tc_source *tc_source_files(int64_t n, const char *const *paths);
+/* sample i is the frame of size[i] bytes at offset[i] in shard_paths[shard[i]] (0-based) */
+tc_source *tc_source_shards(int nshards, const char *const *shard_paths, int64_t n, const int32_t *shard,
+                            const uint64_t *offset, const uint64_t *size, const char *const *names);
+tc_source *tc_source_retain(tc_source *s);
+void tc_source_release(tc_source *s);
+int64_t tc_source_len(const tc_source *s);
+const char *tc_source_name(const tc_source *s, int64_t i);
+int tc_source_read(const tc_source *s, int64_t i, void **data, size_t *n); /* encoded bytes, malloc'd */
+tc_tensor *tc_source_load(const tc_source *s, int64_t i, const tc_pipeline *p, uint64_t seed, uint64_t counter);
+
+/* the data loader's worker pool: whole batches are decoded and transformed on pthreads
+ * into a ring of `depth` slots; with 0 workers tc_loader_take runs the batch itself */
+typedef struct tc_loader tc_loader;
+typedef struct {
+    tc_source *src;        /* NULL: the sample is bad and err says why */
+    int64_t index;
+    const tc_pipeline *pipe;
+    uint64_t seed, counter;
+    const char *err;
+} tc_loader_sample;
+typedef struct {
+    int n;
+    tc_tensor *batch;      /* [n, ...] when submitted with one, else NULL */
+    tc_tensor **items;     /* else one result per sample (NULL where it failed) */
+    char **errors;         /* per sample: NULL or why it failed */
+} tc_loader_batch;
+tc_loader *tc_loader_new(int workers, int depth);
+void tc_loader_free(tc_loader *l);
+int tc_loader_pending(const tc_loader *l);
+/* queues a batch (copies samples); batch: a tensor [n, ...] to write into, or NULL */
+int tc_loader_submit(tc_loader *l, int n, const tc_loader_sample *samples, tc_tensor *batch);
+int tc_loader_take(tc_loader *l, tc_loader_batch *out); /* the oldest batch; the caller owns it */
+void tc_loader_batch_free(tc_loader_batch *b);
+/* epoch `epoch`'s order of n samples (0-based), a Fisher-Yates shuffle driven by Philox */
+void tc_permutation(int64_t n, uint64_t seed, uint64_t epoch, int64_t *out);
 
 #endif
