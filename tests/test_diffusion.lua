@@ -80,6 +80,60 @@ tests["the worked example in docs/schedulers.md reproduces DDIM"] = function()
   end
 end
 
+-- a stand-in text stack: the "encoder" maps each prompt's ids to one number per row
+local fake_tok = { encode = function(_, prompts)
+  local rows = {}
+  for i, p in ipairs(prompts) do rows[i] = { #p } end
+  return { input_ids = T.tensor(rows, { dtype = "i64" }) }
+end }
+local function fake_encoder(ids) return ids:double():view(ids.shape[1], 1, 1) end
+
+tests["sample: guidance batches cond and uncond, is deterministic, keeps the RNG stream"] = function()
+  local calls = {}
+  local function model(x, ts, ctx)
+    calls[#calls + 1] = { batch = x.shape[1], t = ts[1]:item() }
+    assert(ts.dtype == "i64" and ts.shape[1] == x.shape[1])
+    return x * 0.1 + ctx:view(ctx.shape[1], 1, 1, 1) * 0.01
+  end
+  local function run(seed)
+    return D.sample { model = model, text_encoder = fake_encoder, tokenizer = fake_tok, prompts = { "ab", "abcd" },
+      scheduler = D.DDIM { clip_sample = false }, steps = 5, height = 4, width = 4, channels = 3, seed = seed,
+      guidance_scale = 3 }
+  end
+  T.manual_seed(7)
+  local before = T.get_rng_state()
+  local a = run(11)
+  local after = T.get_rng_state()
+  assert(after.seed == before.seed and after.offset == before.offset, "the caller's RNG stream is untouched")
+  assert(#calls == 5 and calls[1].batch == 4, "one batched model call per step")
+  T.testing.assert_close(run(11), a, { rtol = 0, atol = 0 })
+  assert(not run(12):allclose(a), "another seed, another sample")
+  -- the same loop written out: uncond rows first, guidance 3
+  local s = D.DDIM { clip_sample = false }
+  s:set_timesteps(5)
+  T.manual_seed(11)
+  local x = T.randn({ 2, 3, 4, 4 }, { dtype = "f64" })
+  local ctx = T.tensor({ 0, 0, 2, 4 }, { dtype = "f64" })
+  for _, t in ipairs(s.timesteps) do
+    local out = T.cat({ x, x }, 1) * 0.1 + ctx:view(4, 1, 1, 1) * 0.01
+    local u, c = out:narrow(1, 1, 2), out:narrow(1, 3, 2)
+    x = s:step(u + (c - u) * 3, t, x)
+  end
+  T.testing.assert_close(a, x, { rtol = 1e-12, atol = 1e-12 })
+end
+
+tests["sample: guidance_rescale mixes toward the conditional std"] = function()
+  local function model(x, _, ctx) return x * (ctx:view(ctx.shape[1], 1, 1, 1) * 0.1 + 0.2) end
+  local o = { model = model, text_encoder = fake_encoder, tokenizer = fake_tok, prompts = { "abc" }, steps = 3,
+    height = 2, width = 2, channels = 1, seed = 1, guidance_scale = 5 }
+  o.scheduler = D.Euler {}
+  local plain = D.sample(o)
+  o.scheduler, o.guidance_rescale = D.Euler {}, 0.7
+  local rescaled = D.sample(o)
+  assert(not plain:allclose(rescaled), "rescale changes the result")
+  assert(rescaled:isfinite():logical_not():sum():item() == 0)
+end
+
 tests["bad configs and calls give clear errors"] = function()
   local ok, err = pcall(D.DDIM, { beta_schedule = "nope" })
   assert(not ok and err:find("unknown beta_schedule"), err)
@@ -92,6 +146,8 @@ tests["bad configs and calls give clear errors"] = function()
   assert(not ok and err:find("1..1000"), err)
   ok, err = pcall(s.step, s, T.zeros({ 1 }), 10, T.zeros({ 1 }))
   assert(not ok and err:find("set_timesteps"), err)
+  ok, err = pcall(D.sample, { model = function() end })
+  assert(not ok and err:find("missing option"), err)
 end
 
 return tests

@@ -11,4 +11,5 @@ D.EulerAncestral = require("tocha.diffusion.euler").EulerAncestral
 D.Heun = require("tocha.diffusion.heun").Heun
 D.DPMSolverMultistep = require("tocha.diffusion.dpmsolver").DPMSolverMultistep
 D.UniPC = require("tocha.diffusion.unipc").UniPC
+D.sample = require "tocha.diffusion.sample"
 return D

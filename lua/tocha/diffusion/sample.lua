@@ -1,0 +1,69 @@
+-- tocha/diffusion/sample.lua: text-to-image sampling with classifier-free guidance. The
+-- conditional and unconditional passes run as one batch; the result is deterministic for
+-- a seed and leaves the caller's random stream as it was.
+local T = require "tocha"
+
+local function encode(text_encoder, tokenizer, prompts)
+  local ids = tokenizer:encode(prompts).input_ids
+  local out = text_encoder(ids)
+  if type(out) == "table" and not T.is_tensor(out) then out = out.last_hidden_state or out[1] end
+  return out
+end
+
+-- Lin et al. 2023, section 3.4: rescale the guided prediction to the conditional one's
+-- standard deviation, then mix by phi
+local function rescale(guided, cond, phi)
+  local dims = {}
+  for d = 2, #guided.shape do dims[#dims + 1] = d end
+  local std_cond = cond:std(dims, true)
+  local std_guided = guided:std(dims, true)
+  local rescaled = guided * (std_cond / std_guided)
+  return rescaled * phi + guided * (1 - phi)
+end
+
+--- sample{model, text_encoder, tokenizer, scheduler, prompts, negative_prompts, guidance_scale = 7.5,
+---   guidance_rescale = 0, steps = 50, seed, height, width, channels = 4, eta, progress}
+--- model(x, timesteps, context) predicts what the scheduler's prediction_type says.
+--- Returns the final samples [B, channels, height, width] in the model's space.
+local function sample(o)
+  for _, k in ipairs({ "model", "text_encoder", "tokenizer", "scheduler", "prompts", "height", "width" }) do
+    if o[k] == nil then error("sample: missing option '" .. k .. "'", 2) end
+  end
+  local prompts = type(o.prompts) == "string" and { o.prompts } or o.prompts
+  local B = #prompts
+  local negatives = o.negative_prompts or {}
+  if type(negatives) == "string" then negatives = { negatives } end
+  local neg = {}
+  for i = 1, B do neg[i] = negatives[i] or negatives[1] or "" end
+  local scale = o.guidance_scale or 7.5
+  local cfg = scale > 1
+  local s = o.scheduler
+  local saved_rng = T.get_rng_state()
+  if o.seed then T.manual_seed(o.seed) end
+  local ok, result = pcall(T.no_grad, function()
+    local context = encode(o.text_encoder, o.tokenizer, prompts)
+    if cfg then context = T.cat({ encode(o.text_encoder, o.tokenizer, neg), context }, 1) end
+    s:set_timesteps(o.steps or 50)
+    local x = T.randn({ B, o.channels or 4, o.height, o.width }, { dtype = context.dtype, device = context.device })
+    x = x * (s.init_noise_sigma or 1)
+    for i, t in ipairs(s.timesteps) do
+      local inp = s:scale_model_input(x, t)
+      if cfg then inp = T.cat({ inp, inp }, 1) end
+      local ts = T.full({ inp.shape[1] }, t, { dtype = "i64", device = inp.device })
+      local out = o.model(inp, ts, context)
+      if cfg then
+        local uncond, cond = out:narrow(1, 1, B), out:narrow(1, B + 1, B)
+        out = uncond + (cond - uncond) * scale
+        if (o.guidance_rescale or 0) > 0 then out = rescale(out, cond, o.guidance_rescale) end
+      end
+      x = s:step(out, t, x, { eta = o.eta })
+      if o.progress then o.progress(i, #s.timesteps) end
+    end
+    return x
+  end)
+  if o.seed then T.set_rng_state(saved_rng) end
+  if not ok then error(result, 0) end
+  return result
+end
+
+return sample
