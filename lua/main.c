@@ -1,6 +1,7 @@
 /* main.c: build/tocha, a runner like `lua` with the engine built in.
  *   tocha script.lua args...   runs the script with `arg` filled as lua does
  *   tocha -e 'code'            runs a chunk
+ *   tocha <command> args...    runs lua/tocha/cli/<command>.lua (e.g. tocha pack, tocha plot)
  *   tocha                      a REPL: expressions print their values
  * `require "tocha"` resolves to the built-in module; the Lua library is found next to
  * the binary (../lua), so the runner works from any directory. */
@@ -61,6 +62,37 @@ static int run_script(lua_State *L, char **argv, int argc, int script) {
     return report(L, status);
 }
 
+/* a word that is not a file names a command: lua/tocha/cli/<word>.lua returns
+ * function(args) taking the remaining arguments as a list of strings */
+static int is_command(const char *s) {
+    if (!*s || access(s, F_OK) == 0) return 0;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || *p == '_')) return 0;
+    return 1;
+}
+
+static int run_command(lua_State *L, char **argv, int argc) {
+    create_arg_table(L, argv, argc, 1);
+    lua_getglobal(L, "require");
+    lua_pushfstring(L, "tocha.cli.%s", argv[1]);
+    int status = docall(L, 1, 1);
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        if (msg && strstr(msg, "not found")) {
+            lua_pop(L, 1);
+            fprintf(stderr, "tocha: '%s' is neither a script nor a command (tocha pack, tocha plot, ...)\n", argv[1]);
+            return LUA_ERRRUN;
+        }
+        return report(L, status);
+    }
+    lua_createtable(L, argc - 2, 0);
+    for (int i = 2; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - 1);
+    }
+    return report(L, docall(L, 1, 0));
+}
+
 /* the REPL: try "return <line>" first so expressions print */
 static void repl(lua_State *L) {
     char line[4096];
@@ -105,7 +137,8 @@ int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "-e") == 0) {
         create_arg_table(L, argv, argc, 1);
         status = report(L, luaL_loadstring(L, argv[2]) || docall(L, 0, 0));
-    } else if (argc >= 2 && strcmp(argv[1], "-") != 0) status = run_script(L, argv, argc, 1);
+    } else if (argc >= 2 && is_command(argv[1])) status = run_command(L, argv, argc);
+    else if (argc >= 2 && strcmp(argv[1], "-") != 0) status = run_script(L, argv, argc, 1);
     else repl(L);
     lua_close(L);
     return status == LUA_OK ? 0 : 1;
