@@ -41,21 +41,26 @@ probe:
 
 $(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "  CC    $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libtocha.a: $(CORE_OBJ)
-	ar rcs $@ $^
+	@echo "  AR    $@"
+	@rm -f $@ && ar rcs $@ $^
 
 # the runner links Lua statically, so it starts on machines without liblua
 $(BUILD)/tocha: $(BUILD)/obj/lua/main.o $(BIND_OBJ) $(BUILD)/libtocha.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LUA_A) $(LDLIBS) -Wl,-E
+	@echo "  LINK  $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LUA_A) $(LDLIBS) -Wl,-E
 
 # the module takes Lua's symbols from the interpreter that loads it
 $(BUILD)/tocha.so: $(BIND_OBJ) $(BUILD)/libtocha.a
-	$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
+	@echo "  LINK  $@"
+	@$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_c: $(CTEST_SRC) $(BUILD)/libtocha.a
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CTEST_SRC) $(BUILD)/libtocha.a $(LDLIBS)
+	@echo "  LINK  $@"
+	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CTEST_SRC) $(BUILD)/libtocha.a $(LDLIBS)
 
 deps:
 	@sh scripts/deps.sh
