@@ -414,4 +414,49 @@ void tc_loader_batch_free(tc_loader_batch *b);
 /* epoch `epoch`'s order of n samples (0-based), a Fisher-Yates shuffle driven by Philox */
 void tc_permutation(int64_t n, uint64_t seed, uint64_t epoch, int64_t *out);
 
+/* ---- run logs (core/io/tensorboard.c, crc32c.c) -------------------------------------------------
+ * A tc_logfile appends to one file through a memory buffer that a background thread writes out
+ * every flush_secs (<= 0: no thread); tc_logfile_flush, close and process exit (atexit) write it
+ * too. Only whole units (an event record, a JSON line) reach the file, so a killed process loses
+ * at most the last interval and never leaves a unit half written. A failed write (a full disk)
+ * is undone, its data kept for the next try, and its error returned by the next call. */
+typedef struct tc_logfile tc_logfile;
+int tc_mkdirs(const char *path);                                  /* mkdir -p */
+tc_logfile *tc_logfile_open(const char *path, double flush_secs); /* appends; makes parent dirs */
+int tc_logfile_write(tc_logfile *f, const void *data, size_t n);  /* one unit */
+int tc_logfile_flush(tc_logfile *f);
+int tc_logfile_close(tc_logfile *f); /* flushes and frees, also when the flush fails */
+const char *tc_logfile_path(const tc_logfile *f);
+int64_t tc_logfile_bytes(const tc_logfile *f); /* bytes written to the file so far */
+
+/* TensorBoard event files: dir/events.out.tfevents.<secs>.<host>.<pid>.<n><suffix>, records of
+ * Event protos (encoded here by hand) in TFRecord framing. wall_time < 0: now. */
+tc_logfile *tc_tb_open(const char *dir, const char *suffix, double flush_secs);
+int tc_tb_scalar(tc_logfile *f, const char *tag, double value, int64_t step, double wall_time);
+/* img: u8 [H, W, C], C = 1 to 4, written as PNG */
+int tc_tb_image(tc_logfile *f, const char *tag, tc_tensor *img, int64_t step, double wall_time);
+/* `bins` equal-width buckets over the finite values (any float or integer dtype, any device);
+ * *nonfinite (when not NULL) gets how many values were NaN or infinite and left out */
+int tc_tb_histogram(tc_logfile *f, const char *tag, tc_tensor *x, int bins, int64_t step,
+                    double wall_time, int64_t *nonfinite);
+int tc_tb_text(tc_logfile *f, const char *tag, const char *text, size_t n, int64_t step, double wall_time);
+typedef enum { TC_HPARAM_NUMBER, TC_HPARAM_STRING, TC_HPARAM_BOOL } tc_hparam_type;
+typedef struct {
+    const char *name;
+    tc_hparam_type type;
+    double number;
+    const char *string;
+    bool boolean;
+} tc_hparam;
+/* the HParams plugin's session data: an experiment (these hparams, these metric tags), a session
+ * start with the values, a session end (success). Metric values are scalars of those tags. */
+int tc_tb_hparams(tc_logfile *f, int n, const tc_hparam *hp, int nmetrics, const char *const *metric_tags,
+                  double wall_time);
+/* TFRecord reading: the record at data[*pos] (pos advances past it). Returns 1 with the record,
+ * 0 at the end, 2 when the data ends inside a record (a file still being written), TC_ERR on a
+ * CRC mismatch */
+int tc_tfrecord_next(const void *data, size_t n, size_t *pos, const void **rec, size_t *len);
+uint32_t tc_crc32c(uint32_t crc, const void *data, size_t n); /* crc: 0 to start */
+uint32_t tc_crc32c_mask(uint32_t crc);
+
 #endif
