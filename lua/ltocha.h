@@ -63,5 +63,7 @@ extern const luaL_Reg tcl_io_funcs[];                               /* lio.c */
 extern const luaL_Reg tcl_sys_funcs[];    /* lsys.c: clock, threads */
 extern const luaL_Reg tcl_optim_funcs[];  /* loptim.c: fused optimizer steps, into T._optim */
 extern const luaL_Reg tcl_image_funcs[];  /* limage.c: image codecs, transforms, loader, into T._image */
+extern const luaL_Reg tcl_log_funcs[];    /* llog.c: T._log() -> log files, TensorBoard writer, canvas */
+extern const luaL_Reg tcl_shapes_funcs[]; /* lshapes.c: synthetic shapes, into T._shapes */
 
 #endif
