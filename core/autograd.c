@@ -124,29 +124,37 @@ tc_tensor *tc_attach(tc_tensor *out, tc_node *n) {
     return out;
 }
 
+/* "mul" -> "MulBackward", "log_softmax" -> "LogSoftmaxBackward", "CustomFunction" -> "CustomFunctionBackward" */
 const char *tc_grad_fn_name(const tc_tensor *t) {
     static _Thread_local char buf[64];
     if (!t->grad_fn) return NULL;
-    const char *s = tc_op_name(t->grad_fn->op);
-    /* "mul" -> "MulBackward", "log_softmax" -> "LogSoftmaxBackward" */
     size_t j = 0;
     bool up = true;
-    for (; *s && j < sizeof buf - 10; s++) {
+    for (const char *s = tc_op_name(t->grad_fn->op); *s && j < sizeof buf - 10; s++) {
         if (*s == '_') { up = true; continue; }
         buf[j++] = up && *s >= 'a' && *s <= 'z' ? (char)(*s - 32) : *s;
         up = false;
     }
-    if (t->grad_fn->op == TC_OP_CUSTOM) j = (size_t)snprintf(buf, sizeof buf, "CustomFunction");
-    snprintf(buf + j, sizeof buf - j, "%s", t->grad_fn->op == TC_OP_CUSTOM ? "Backward" : "Backward");
+    snprintf(buf + j, sizeof buf - j, "Backward");
     return buf;
 }
 
 /* ---- helpers ops use ------------------------------------------------------------- */
 tc_tensor *tc_sum_to(tc_tensor *g, int ndim, const int64_t *shape) {
     int lead = g->ndim - ndim;
+    bool fits = lead >= 0;
     int dims[TC_MAX_DIMS], nd = 0;
-    for (int i = 0; i < g->ndim; i++)
+    for (int i = 0; i < g->ndim && fits; i++) {
         if (i < lead || (shape[i - lead] == 1 && g->shape[i] != 1)) dims[nd++] = i;
+        else fits = g->shape[i] == shape[i - lead];
+    }
+    if (!fits) {
+        char a[128], b[128];
+        tc_shape_str(g->ndim, g->shape, a, sizeof a);
+        tc_shape_str(ndim, shape, b, sizeof b);
+        tc_error("a gradient of shape %s does not fit a tensor of shape %s", a, b);
+        return NULL;
+    }
     if (nd == 0) return tc_tensor_retain(g);
     tc_tensor *s = tc_reduce(TC_OP_SUM, g, nd, dims, true);
     if (!s || lead == 0) return s;
@@ -159,6 +167,10 @@ int tc_check_inplace(tc_tensor *t, const char *op) {
     if (!grad_disabled && t->requires_grad && !t->grad_fn)
         return tc_error("%s: a leaf tensor that requires grad is used in an in-place operation "
                         "(wrap the update in T.no_grad)", op);
+    for (int i = 0; i < t->ndim; i++)
+        if (t->stride[i] == 0 && t->shape[i] > 1)
+            return tc_error("%s: the destination is an expanded tensor (several of its elements share one "
+                            "memory location); clone() it first", op);
     t->storage->version++;
     return TC_OK;
 }
@@ -239,7 +251,7 @@ static int collect(int nroots, tc_node **roots, node_list *out) {
     }
     free(stack.v);
     for (size_t i = 0; i < out->len; i++) out->v[i]->seq &= ~(1ull << 63);
-    qsort(out->v, out->len, sizeof *out->v, by_seq_desc);
+    if (out->len > 1) qsort(out->v, out->len, sizeof *out->v, by_seq_desc); /* v is NULL when empty */
     return rc;
 }
 
@@ -250,6 +262,16 @@ static int accumulate(tc_tensor **slot, tc_tensor *g) {
     tc_tensor_release(*slot);
     *slot = s;
     return TC_OK;
+}
+
+/* A leaf's .grad is the user's to update in place (optimizers do), so it never shares
+ * memory with a gradient that the graph or the caller still holds: the first gradient is
+ * kept only when nothing else refers to it, later ones are added into it in place. */
+static int accumulate_grad(tc_tensor *leaf, tc_tensor *g) {
+    if (leaf->grad) return tc_binary_(TC_OP_ADD, leaf->grad, g);
+    bool owned = g->refcount == 1 && g->storage->refcount == 1 && tc_is_contiguous(g);
+    leaf->grad = owned ? tc_tensor_retain(g) : tc_clone(g);
+    return leaf->grad ? TC_OK : TC_ERR;
 }
 
 static int check_versions(tc_node *n) {
@@ -278,7 +300,7 @@ static int run_backward(int nroots, tc_tensor **roots, tc_tensor **grads, bool r
             if (cap) {
                 for (int c = 0; c < ncap; c++)
                     if (cap[c] == roots[r]) rc = accumulate(&result[c], grads[r]);
-            } else rc = accumulate(&roots[r]->grad, grads[r]);
+            } else rc = accumulate_grad(roots[r], grads[r]);
         } else rc = accumulate(&rn[r]->pending, grads[r]);
     }
     for (size_t k = 0; k < order.len && rc == TC_OK; k++) {
@@ -316,7 +338,7 @@ static int run_backward(int nroots, tc_tensor **roots, tc_tensor **grads, bool r
             else if (cap) {
                 for (int c = 0; c < ncap && rc == TC_OK; c++)
                     if (cap[c] == e->leaf) rc = accumulate(&result[c], g2);
-            } else rc = accumulate(&e->leaf->grad, g2);
+            } else rc = accumulate_grad(e->leaf, g2);
             tc_tensor_release(g2);
         }
         if (gx != gx_small) free(gx);
@@ -333,25 +355,31 @@ static int run_backward(int nroots, tc_tensor **roots, tc_tensor **grads, bool r
     return rc;
 }
 
-static tc_tensor *implicit_grad(tc_tensor *root, const char *op) {
-    if (tc_numel(root) != 1) {
-        char s[128];
-        tc_shape_str(root->ndim, root->shape, s, sizeof s);
-        tc_error("%s: grad can be implicitly created only for one-element outputs (shape %s); pass a gradient", op, s);
+/* the gradient that seeds a root: the one given (of the root's shape; converted to its
+ * dtype and device), or an implicit 1 for a one-element root */
+static tc_tensor *seed_grad(tc_tensor *root, tc_tensor *grad, const char *op) {
+    char a[128], b[128];
+    if (!grad) {
+        if (tc_numel(root) == 1) return tc_full(root->ndim, root->shape, 1, root->dtype, root->storage->device);
+        tc_shape_str(root->ndim, root->shape, a, sizeof a);
+        tc_error("%s: grad can be implicitly created only for one-element outputs (shape %s); pass a gradient",
+                 op, a);
         return NULL;
     }
-    return tc_full(root->ndim, root->shape, 1, root->dtype, root->storage->device);
+    if (!tc_same_shape(grad, root)) {
+        tc_shape_str(grad->ndim, grad->shape, a, sizeof a);
+        tc_shape_str(root->ndim, root->shape, b, sizeof b);
+        tc_error("%s: a gradient of shape %s was given for an output of shape %s", op, a, b);
+        return NULL;
+    }
+    return tc_to(grad, root->dtype, root->storage->device);
 }
 
 int tc_backward(tc_tensor *root, tc_tensor *grad, bool retain_graph) {
     if (!root->requires_grad)
         return tc_error("backward: the tensor does not require grad and has no grad_fn");
-    tc_tensor *g = grad ? tc_tensor_retain(grad) : implicit_grad(root, "backward");
+    tc_tensor *g = seed_grad(root, grad, "backward");
     if (!g) return TC_ERR;
-    if (!tc_same_shape(g, root)) {
-        tc_tensor_release(g);
-        return tc_error("backward: gradient shape does not match the tensor's");
-    }
     int rc = run_backward(1, &root, &g, retain_graph, 0, NULL, NULL);
     tc_tensor_release(g);
     return rc;
@@ -370,8 +398,7 @@ int tc_autograd_grad(int nout, tc_tensor **outs, tc_tensor **grad_outs, int nin,
         gs[i] = NULL;
         if (rc != TC_OK) continue;
         if (!outs[i]->requires_grad) rc = tc_error("autograd.grad: output %d does not require grad", i + 1);
-        else if (grad_outs && grad_outs[i]) gs[i] = tc_tensor_retain(grad_outs[i]);
-        else if (!(gs[i] = implicit_grad(outs[i], "autograd.grad"))) rc = TC_ERR;
+        else if (!(gs[i] = seed_grad(outs[i], grad_outs ? grad_outs[i] : NULL, "autograd.grad"))) rc = TC_ERR;
     }
     if (rc == TC_OK) rc = run_backward(nout, outs, gs, retain_graph, nin, ins, result);
     for (int i = 0; i < nout; i++) tc_tensor_release(gs[i]);

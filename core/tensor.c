@@ -212,6 +212,8 @@ void tc_tensor_release(tc_tensor *t) {
 }
 
 int64_t tc_shape_numel(int ndim, const int64_t *shape) {
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] == 0) return 0; /* before a product of the other sizes could overflow */
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= shape[i];
     return n;
@@ -269,6 +271,18 @@ tc_tensor *tc_alias(tc_tensor *x) {
 }
 
 /* ---- creation --------------------------------------------------------------------- */
+/* elements of a shape of non-negative sizes, or -1 when the sizes multiply past int64;
+ * zeros count as 1 there, since strides are products of the other sizes */
+static int64_t checked_numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    bool empty = false;
+    for (int i = 0; i < ndim; i++) {
+        empty |= shape[i] == 0;
+        if (__builtin_mul_overflow(n, shape[i] ? shape[i] : 1, &n)) return -1;
+    }
+    return empty ? 0 : n;
+}
+
 tc_tensor *tc_empty(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev) {
     if (ndim < 0 || ndim > TC_MAX_DIMS) {
         tc_error("tensors have at most %d dimensions (asked for %d)", TC_MAX_DIMS, ndim);
@@ -279,7 +293,14 @@ tc_tensor *tc_empty(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev) 
             tc_error("negative dimension %lld in a shape", (long long)shape[i]);
             return NULL;
         }
-    tc_storage *s = tc_storage_new((size_t)tc_shape_numel(ndim, shape) * tc_dtype_size(dt), dev);
+    int64_t n = checked_numel(ndim, shape), nbytes;
+    if (n < 0 || __builtin_mul_overflow(n, (int64_t)tc_dtype_size(dt), &nbytes)) {
+        char sh[160];
+        tc_shape_str(ndim, shape, sh, sizeof sh);
+        tc_error("a tensor of shape %s is too large", sh);
+        return NULL;
+    }
+    tc_storage *s = tc_storage_new((size_t)nbytes, dev);
     if (!s) return NULL;
     tc_tensor *t = tc_tensor_make(s, dt, ndim, shape, NULL, 0);
     tc_storage_release(s);
@@ -318,6 +339,10 @@ tc_tensor *tc_arange(double start, double end, double step, tc_dtype dt, tc_devi
         return NULL;
     }
     double nf = ceil((end - start) / step);
+    if (nf > 0x1p53) {
+        tc_error("arange: too many elements (%g)", nf);
+        return NULL;
+    }
     int64_t n = nf > 0 ? (int64_t)nf : 0;
     double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
     if (!v) { tc_error("out of memory"); return NULL; }
@@ -332,8 +357,10 @@ tc_tensor *tc_linspace(double start, double end, int64_t n, tc_dtype dt, tc_devi
     double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
     if (!v) { tc_error("out of memory"); return NULL; }
     double step = n > 1 ? (end - start) / (double)(n - 1) : 0;
-    /* like PyTorch: fill the second half from the end, so the last value is exact */
-    for (int64_t i = 0; i < n; i++) v[i] = i < n / 2 ? start + step * (double)i : end - step * (double)(n - 1 - i);
+    /* like PyTorch: fill the second half from the end, so the last value is exact (a single
+     * step is the start) */
+    for (int64_t i = 0; i < n; i++)
+        v[i] = n == 1 || i < n / 2 ? start + step * (double)i : end - step * (double)(n - 1 - i);
     tc_tensor *t = from_f64(v, n, dt, dev);
     free(v);
     return t;

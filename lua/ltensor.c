@@ -244,7 +244,7 @@ static int t_empty_like(lua_State *L) { return like(L, 4); }
 static int t_full_like(lua_State *L) { return like(L, 5); }
 
 static int t_is_tensor(lua_State *L) {
-    lua_pushboolean(L, tcl_test(L, 1) != NULL);
+    lua_pushboolean(L, luaL_testudata(L, 1, TCL_TENSOR) != NULL);
     return 1;
 }
 
@@ -278,24 +278,42 @@ static int t_set_rng_state(lua_State *L) {
 }
 
 /* ---- reading values out ---------------------------------------------------------------------- */
-static int m_item(lua_State *L) {
-    tc_tensor *t = tcl_check(L, 1);
-    double v;
-    tcl_check_rc(L, tc_item(t, &v));
+/* x itself when on the CPU, else a host copy pushed on the stack */
+static tc_tensor *on_host(lua_State *L, tc_tensor *t) {
+    if (t->storage->device.type == TC_CPU) return t;
+    tc_tensor **slot = tcl_slot(L);
+    *slot = tc_to(t, t->dtype, TC_DEV_CPU);
+    if (!*slot) tcl_error(L);
+    return *slot;
+}
+
+/* one element of a host tensor as a Lua value; i64 is read as an integer, exact past 2^53 */
+static void push_element(lua_State *L, const tc_tensor *t, const int64_t *idx) {
+    if (t->dtype == TC_I64) {
+        int64_t off = 0;
+        for (int i = 0; i < t->ndim; i++) off += idx[i] * t->stride[i];
+        lua_pushinteger(L, ((const int64_t *)tc_data(t))[off]);
+        return;
+    }
+    double v = tc_get(t, idx);
     if (t->dtype == TC_BOOL) lua_pushboolean(L, v != 0);
     else if (!tc_dtype_is_float(t->dtype)) lua_pushinteger(L, (lua_Integer)v);
     else lua_pushnumber(L, v);
+}
+
+static int m_item(lua_State *L) {
+    tc_tensor *t = tcl_check(L, 1);
+    if (tc_numel(t) != 1) {
+        double v;
+        tcl_check_rc(L, tc_item(t, &v)); /* raises: its message says why */
+    }
+    int64_t idx[TC_MAX_DIMS] = {0};
+    push_element(L, on_host(L, t), idx);
     return 1;
 }
 
-static void push_value(lua_State *L, tc_dtype dt, double v) {
-    if (dt == TC_BOOL) lua_pushboolean(L, v != 0);
-    else if (!tc_dtype_is_float(dt)) lua_pushinteger(L, (lua_Integer)v);
-    else lua_pushnumber(L, v);
-}
-
 static void tolist_rec(lua_State *L, const tc_tensor *t, int d, int64_t *idx) {
-    if (d == t->ndim) { push_value(L, t->dtype, tc_get(t, idx)); return; }
+    if (d == t->ndim) { push_element(L, t, idx); return; }
     lua_createtable(L, (int)t->shape[d], 0);
     for (int64_t i = 0; i < t->shape[d]; i++) {
         idx[d] = i;
@@ -305,13 +323,7 @@ static void tolist_rec(lua_State *L, const tc_tensor *t, int d, int64_t *idx) {
 }
 
 static int m_tolist(lua_State *L) {
-    tc_tensor *t = tcl_check(L, 1);
-    if (t->storage->device.type != TC_CPU) {
-        tc_tensor **slot = tcl_slot(L);
-        *slot = tc_to(t, t->dtype, TC_DEV_CPU);
-        if (!*slot) return tcl_error(L);
-        t = *slot;
-    }
+    tc_tensor *t = on_host(L, tcl_check(L, 1));
     int64_t idx[TC_MAX_DIMS] = {0};
     luaL_checkstack(L, t->ndim + 4, "tolist");
     tolist_rec(L, t, 0, idx);
@@ -372,19 +384,22 @@ static int m_to(lua_State *L) {
     return tcl_done(L, *slot);
 }
 
-#define SIMPLE(name, call)                                                  \
+/* a method of x and up to nargs - 1 more arguments; settop pins the arguments below the
+ * result slot (absent ones become nil), so call may read any of them */
+#define SIMPLE(name, nargs, call)                                           \
     static int name(lua_State *L) {                                         \
         tc_tensor *x = tcl_check(L, 1);                                     \
+        lua_settop(L, nargs);                                               \
         tc_tensor **slot = tcl_slot(L);                                     \
         *slot = call;                                                       \
         return tcl_done(L, *slot);                                          \
     }
-SIMPLE(m_contiguous, tc_contiguous(x))
-SIMPLE(m_clone, tc_clone(x))
-SIMPLE(m_detach, tc_detach(x))
-SIMPLE(m_float, tc_to(x, TC_F32, x->storage->device))
-SIMPLE(m_double, tc_to(x, TC_F64, x->storage->device))
-SIMPLE(m_long, tc_to(x, TC_I64, x->storage->device))
+SIMPLE(m_contiguous, 1, tc_contiguous(x))
+SIMPLE(m_clone, 1, tc_clone(x))
+SIMPLE(m_detach, 1, tc_detach(x))
+SIMPLE(m_float, 1, tc_to(x, TC_F32, x->storage->device))
+SIMPLE(m_double, 1, tc_to(x, TC_F64, x->storage->device))
+SIMPLE(m_long, 1, tc_to(x, TC_I64, x->storage->device))
 
 static int m_copy_(lua_State *L) {
     tc_tensor *x = tcl_check(L, 1), *src = tcl_check(L, 2);
@@ -464,16 +479,16 @@ static int m_permute(lua_State *L) {
     return tcl_done(L, *slot);
 }
 
-SIMPLE(m_transpose, tc_transpose(x, tcl_checkdim(L, 2), tcl_checkdim(L, 3)))
-SIMPLE(m_t, x->ndim < 2 ? tc_view(x, x->ndim, x->shape) : tc_transpose(x, 0, 1))
-SIMPLE(m_narrow, tc_narrow(x, tcl_checkdim(L, 2), luaL_checkinteger(L, 3) - 1, luaL_checkinteger(L, 4)))
-SIMPLE(m_select, tc_select(x, tcl_checkdim(L, 2), luaL_checkinteger(L, 3) - 1))
-SIMPLE(m_squeeze, tc_squeeze(x, tcl_optdim(L, 2, TC_ALL_DIMS)))
-SIMPLE(m_unsqueeze, tc_unsqueeze(x, tcl_checkdim(L, 2)))
-SIMPLE(m_flatten, tc_flatten(x, tcl_optdim(L, 2, 0), tcl_optdim(L, 3, -1)))
+SIMPLE(m_transpose, 3, tc_transpose(x, tcl_checkdim(L, 2), tcl_checkdim(L, 3)))
+SIMPLE(m_t, 1, x->ndim < 2 ? tc_view(x, x->ndim, x->shape) : tc_transpose(x, 0, 1))
+SIMPLE(m_narrow, 4, tc_narrow(x, tcl_checkdim(L, 2), luaL_checkinteger(L, 3) - 1, luaL_checkinteger(L, 4)))
+SIMPLE(m_select, 3, tc_select(x, tcl_checkdim(L, 2), luaL_checkinteger(L, 3) - 1))
+SIMPLE(m_squeeze, 2, tc_squeeze(x, tcl_optdim(L, 2, TC_ALL_DIMS)))
+SIMPLE(m_unsqueeze, 2, tc_unsqueeze(x, tcl_checkdim(L, 2)))
+SIMPLE(m_flatten, 3, tc_flatten(x, tcl_optdim(L, 2, 0), tcl_optdim(L, 3, -1)))
 
 /* ---- elementwise ---------------------------------------------------------------------------------------- */
-#define UNARY(name, op) SIMPLE(name, tc_unary(op, x))
+#define UNARY(name, op) SIMPLE(name, 1, tc_unary(op, x))
 UNARY(m_neg, TC_OP_NEG)
 UNARY(m_exp, TC_OP_EXP)
 UNARY(m_log, TC_OP_LOG)
@@ -518,7 +533,7 @@ static int m_clamp(lua_State *L) {
     return tcl_done(L, *slot);
 }
 
-SIMPLE(m_leaky_relu, tc_unary_s(TC_OP_LEAKY_RELU, x, luaL_optnumber(L, 2, 0.01), 0))
+SIMPLE(m_leaky_relu, 2, tc_unary_s(TC_OP_LEAKY_RELU, x, luaL_optnumber(L, 2, 0.01), 0))
 
 static int m_pow(lua_State *L) {
     tc_tensor *x = tcl_check(L, 1);
@@ -652,9 +667,9 @@ static int m_min(lua_State *L) { return maxmin(L, TC_OP_MIN); }
 
 static int argmaxmin(lua_State *L, tc_op op) {
     tc_tensor *x = tcl_check(L, 1);
-    int d = tcl_optdim(L, 2, TC_ALL_DIMS);
+    int d = tcl_optdim(L, 2, TC_ALL_DIMS), keep = lua_toboolean(L, 3);
     tc_tensor **slot = tcl_slot(L);
-    *slot = tc_argmax(op, x, d, lua_toboolean(L, 3));
+    *slot = tc_argmax(op, x, d, keep);
     return tcl_done(L, *slot);
 }
 static int m_argmax(lua_State *L) { return argmaxmin(L, TC_OP_ARGMAX); }
@@ -688,9 +703,9 @@ static int m_norm(lua_State *L) {
     else if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "fro") == 0) p = 2;
     else if (!lua_isnoneornil(L, 2)) return luaL_argerror(L, 2, "p must be a number, \"fro\" or \"inf\"");
     int dims[TC_MAX_DIMS];
-    int n = tcl_optdims(L, 3, dims);
+    int n = tcl_optdims(L, 3, dims), keep = lua_toboolean(L, 4);
     tc_tensor **slot = tcl_slot(L);
-    *slot = tc_norm(x, p, n, dims, lua_toboolean(L, 4));
+    *slot = tc_norm(x, p, n, dims, keep);
     return tcl_done(L, *slot);
 }
 

@@ -20,14 +20,15 @@ void tcl_register(lua_State *L, const luaL_Reg *fns) {
 
 /* Lua sees 8 bytes per tensor; the storage it holds lives outside the Lua heap. So after
  * enough tensor bytes have been allocated since the last collection (a quarter of what is
- * in use, at least 16 MiB, at most 1 GiB), run one: memory stays flat without the script
- * calling collectgarbage. */
+ * in use, at least 4 MiB, at most 1 GiB), run one: memory stays flat without the script
+ * calling collectgarbage. The floor bounds the garbage a small model's loop leaves between
+ * collections; a full collection of a training script's small Lua heap is cheap. */
 static void pace_collector(lua_State *L) {
     tcl_state *st = lua_touserdata(L, lua_upvalueindex(1));
     if (!st) return;
     size_t total = tc_mem_allocated_total(), since = total - st->gc_mark;
     size_t limit = st->gc_in_use / 4;
-    if (limit < (16u << 20)) limit = 16u << 20;
+    if (limit < (4u << 20)) limit = 4u << 20;
     if (limit > (1u << 30)) limit = 1u << 30;
     if (since < limit) return;
     st->gc_mark = total;
@@ -84,8 +85,7 @@ static int tensor_release(lua_State *L) {
 }
 
 tc_tensor *tcl_operand(lua_State *L, int idx, const tc_tensor *like) {
-    tc_tensor *t = tcl_test(L, idx);
-    if (t) return t;
+    if (luaL_testudata(L, idx, TCL_TENSOR)) return tcl_check(L, idx); /* raises if released */
     if (!lua_isnumber(L, idx) && !lua_isboolean(L, idx))
         luaL_typeerror(L, idx, "tensor or number");
     double v = lua_isboolean(L, idx) ? lua_toboolean(L, idx) : lua_tonumber(L, idx);
@@ -126,6 +126,7 @@ int tcl_checkshape(lua_State *L, int idx, int64_t *shape) {
         }
         return n;
     }
+    luaL_argexpected(L, lua_isnoneornil(L, idx) || lua_type(L, idx) == LUA_TNUMBER, idx, "shape (table or numbers)");
     int top = lua_gettop(L);
     for (int i = idx; i <= top && lua_type(L, i) == LUA_TNUMBER; i++) {
         luaL_argcheck(L, n < TC_MAX_DIMS, i, "too many dimensions");
@@ -212,15 +213,23 @@ static void push_shape(lua_State *L, const tc_tensor *t) {
     }
 }
 
+/* x[i]'s 1-based (or negative, from the end) position along the first dim, 0-based */
+static int64_t check_position(lua_State *L, const tc_tensor *t, lua_Integer i) {
+    if (t->ndim == 0) luaL_error(L, "select: cannot index a 0-d tensor");
+    int64_t n = t->shape[0];
+    if (i == 0) luaL_error(L, "index 0 is invalid (indices are 1-based)");
+    if (i > n || i < -n)
+        luaL_error(L, "select: index %I out of range for dimension 1 of size %I", i, (lua_Integer)n);
+    return i > 0 ? i - 1 : n + i;
+}
+
 /* upvalue 2: the methods table */
 static int tensor_index(lua_State *L) {
     tc_tensor *t = tcl_check(L, 1);
     if (lua_type(L, 2) == LUA_TNUMBER) { /* x[i]: select along the first dim */
-        lua_Integer i = luaL_checkinteger(L, 2);
-        int64_t n = t->ndim ? t->shape[0] : 0;
+        int64_t pos = check_position(L, t, luaL_checkinteger(L, 2));
         tc_tensor **slot = tcl_slot(L);
-        if (i == 0) return luaL_error(L, "index 0 is invalid (indices are 1-based)");
-        *slot = tc_select(t, 0, i > 0 ? i - 1 : n + i);
+        *slot = tc_select(t, 0, pos);
         return tcl_done(L, *slot);
     }
     const char *k = luaL_checkstring(L, 2);
@@ -269,14 +278,13 @@ static int tensor_index(lua_State *L) {
 static int tensor_newindex(lua_State *L) {
     tc_tensor *t = tcl_check(L, 1);
     if (lua_type(L, 2) == LUA_TNUMBER) { /* x[i] = v */
-        lua_Integer i = luaL_checkinteger(L, 2);
-        int64_t n = t->ndim ? t->shape[0] : 0;
-        if (i == 0) return luaL_error(L, "index 0 is invalid (indices are 1-based)");
+        int64_t pos = check_position(L, t, luaL_checkinteger(L, 2));
         tc_tensor **slot = tcl_slot(L);
-        *slot = tc_select(t, 0, i > 0 ? i - 1 : n + i);
+        *slot = tc_select(t, 0, pos);
         if (!*slot) return tcl_error(L);
         tc_tensor *row = *slot;
         if (lua_isnumber(L, 3)) tcl_check_rc(L, tc_fill_(row, lua_tonumber(L, 3)));
+        else if (lua_isboolean(L, 3)) tcl_check_rc(L, tc_fill_(row, lua_toboolean(L, 3)));
         else tcl_check_rc(L, tc_copy_(row, tcl_check(L, 3)));
         return 0;
     }
@@ -430,6 +438,7 @@ int luaopen_tocha(lua_State *L) {
     tcl_register(L, tcl_index_funcs);
     tcl_register(L, tcl_io_funcs);
     tcl_register(L, tcl_sys_funcs);
+    tcl_register(L, tcl_log_funcs);
     lua_newtable(L);
     tcl_register(L, tcl_nn_funcs);
     tcl_register(L, tcl_norm_funcs);
@@ -440,6 +449,9 @@ int luaopen_tocha(lua_State *L) {
     lua_newtable(L);
     tcl_register(L, tcl_image_funcs);
     lua_setfield(L, -2, "_image");
+    lua_newtable(L);
+    tcl_register(L, tcl_shapes_funcs);
+    lua_setfield(L, -2, "_shapes");
 
     /* the Lua half of the module (printing, no_grad, checkpoint, ...) extends T in place */
     lua_getglobal(L, "require");

@@ -14,10 +14,11 @@ return {
   ["mlp demo learns the spirals"] = function()
     local out = run("--steps 600 --quiet")
     local acc = tonumber(out:match("test accuracy: ([%d.]+)%%"))
-    assert(acc and acc > 90, "accuracy too low:\n" .. out)
+    assert(acc and acc > 90 and acc <= 100, "accuracy out of range:\n" .. out)
   end,
 
   ["memory stays flat over 5000 steps"] = function()
+    if os.getenv("ASAN_OPTIONS") then skip("resident memory means nothing under AddressSanitizer's quarantine") end
     local out = run("--steps 5000 --quiet --rss --batch 64 --hidden 32")
     local early = tonumber(out:match("rss_at_200_kb (%d+)"))
     local late = tonumber(out:match("rss_at_end_kb (%d+)"))

@@ -68,7 +68,7 @@
     case TC_OP_POW_SCALAR: F((a) == 0 ? 0 : (a) * pow(x, (a) - 1));                       \
     case TC_OP_RPOW_SCALAR: F((y) * log(a));                                              \
     case TC_OP_RSUB_SCALAR: F(-1);                                                        \
-    case TC_OP_RDIV_SCALAR: F(-(y) / (a) * (y));                                          \
+    case TC_OP_RDIV_SCALAR: F(-(a) / ((x) * (x)));                                        \
     case TC_OP_CLAMP: F((x) >= (a) && (x) <= (b) ? 1 : 0);                                \
     case TC_OP_LEAKY_RELU: F((x) > 0 ? 1 : (a));
 

@@ -4,13 +4,18 @@
 
 #include <cblas.h>
 
-/* a 2-d operand's layout for cblas (row-major calls): transposed or not, and its lead */
-static void operand(const tc_tensor *t, CBLAS_TRANSPOSE *tr, int *ld) {
-    int64_t rows = t->shape[1], cols = t->shape[2], rs = t->stride[1], cs = t->stride[2];
-    if (cs == 1 && (rows <= 1 || rs >= cols)) { *tr = CblasNoTrans; *ld = (int)(rows <= 1 ? cols : rs); }
-    else if (rs == 1 && (cols <= 1 || cs >= rows)) { *tr = CblasTrans; *ld = (int)(cols <= 1 ? rows : cs); }
-    else { *tr = CblasNoTrans; *ld = (int)(cols > 0 ? cols : 1); }
-    if (*ld < 1) *ld = 1;
+/* how cblas (row-major calls) reads an inner matrix of t [B, R, C]: NoTrans when the
+ * elements of a row are adjacent (ld: the row stride), Trans when those of a column are
+ * (ld: the column stride). A size-1 dim's stride is free. The op layer only passes
+ * matrices that fit one of the two (a copy otherwise). */
+static int operand(const tc_tensor *t, CBLAS_TRANSPOSE *tr, int *ld) {
+    int64_t r = t->shape[1], c = t->shape[2], rs = t->stride[1], cs = t->stride[2];
+    int64_t lead;
+    if ((cs == 1 || c == 1) && (r == 1 || rs >= c)) { *tr = CblasNoTrans; lead = r == 1 ? c : rs; }
+    else if ((rs == 1 || r == 1) && (c == 1 || cs >= r)) { *tr = CblasTrans; lead = c == 1 ? r : cs; }
+    else return tc_error("gemm: an operand's strides cannot be read by BLAS");
+    *ld = (int)(lead > 1 ? lead : 1);
+    return TC_OK;
 }
 
 /* f16 and bf16 go through f32 copies: correct, and the CPU is not where they are fast */
@@ -36,16 +41,16 @@ int tc_cpu_gemm(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alp
     if (M == 0 || N == 0) return TC_OK;
     CBLAS_TRANSPOSE ta, tb;
     int lda, ldb;
-    operand(a, &ta, &lda);
-    operand(b, &tb, &ldb);
+    if (operand(a, &ta, &lda) != TC_OK || operand(b, &tb, &ldb) != TC_OK) return TC_ERR;
     size_t es = tc_dtype_size(c->dtype);
     for (int64_t i = 0; i < B; i++) {
         const char *pa = (const char *)tc_data(a) + i * a->stride[0] * (int64_t)es;
         const char *pb = (const char *)tc_data(b) + i * b->stride[0] * (int64_t)es;
         char *pc = (char *)tc_data(c) + i * M * N * (int64_t)es;
-        if (K == 0) { /* cblas leaves C alone when K is 0; the product is zero */
+        if (K == 0) { /* cblas leaves C alone when K is 0; the product is zero (and beta = 0
+                         * means C is not read: it may hold garbage, even NaN) */
             for (int64_t j = 0; j < M * N; j++)
-                tc_store(pc + j * (int64_t)es, c->dtype, beta * tc_load(pc + j * (int64_t)es, c->dtype));
+                tc_store(pc + j * (int64_t)es, c->dtype, beta == 0 ? 0 : beta * tc_load(pc + j * (int64_t)es, c->dtype));
             continue;
         }
         if (c->dtype == TC_F32)

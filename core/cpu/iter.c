@@ -13,6 +13,12 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
         it->base[k] = (char *)tc_data(ts[k]);
         it->esize[k] = tc_dtype_size(ts[k]->dtype);
     }
+    if (tc_numel(t0) == 0) { /* nothing to visit (and merging the other sizes could overflow) */
+        it->ndim = 1;
+        it->shape[0] = 0;
+        for (int k = 0; k < nops; k++) it->stride[k][0] = 1;
+        return;
+    }
     /* keep dims of size != 1, outermost first, merging a dim into the previous kept one
      * when every operand steps through both as one */
     for (int d = 0; d < t0->ndim; d++) {
@@ -32,11 +38,9 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
     }
     if (it->ndim == 0) { /* a single element */
         it->ndim = 1;
-        it->shape[0] = tc_numel(t0) ? 1 : 0;
+        it->shape[0] = 1;
         for (int k = 0; k < nops; k++) it->stride[k][0] = 1;
     }
-    for (int d = 0; d < it->ndim; d++)
-        if (it->shape[d] == 0) it->shape[0] = 0;
 }
 
 #define PARALLEL_MIN 65536
@@ -87,15 +91,29 @@ double tc_load(const void *p, tc_dtype dt) {
     }
 }
 
+/* float to integer by truncation, as a C cast, but total: NaN gives 0 and values out of
+ * range saturate, where the cast would be undefined behaviour */
+static int64_t to_i64(double v) {
+    if (v != v) return 0;
+    if (v >= 0x1p63) return INT64_MAX;
+    if (v < -0x1p63) return INT64_MIN;
+    return (int64_t)v;
+}
+
+static int32_t to_i32(double v) {
+    int64_t i = to_i64(v);
+    return i > INT32_MAX ? INT32_MAX : i < INT32_MIN ? INT32_MIN : (int32_t)i;
+}
+
 void tc_store(void *p, tc_dtype dt, double v) {
     switch (dt) {
     case TC_F32: *(float *)p = (float)v; break;
     case TC_F64: *(double *)p = v; break;
     case TC_F16: *(uint16_t *)p = tc_f32_to_f16((float)v); break;
     case TC_BF16: *(uint16_t *)p = tc_f32_to_bf16((float)v); break;
-    case TC_I32: *(int32_t *)p = (int32_t)v; break;
-    case TC_I64: *(int64_t *)p = (int64_t)v; break;
-    case TC_U8: *(uint8_t *)p = (uint8_t)(int64_t)v; break;
+    case TC_I32: *(int32_t *)p = to_i32(v); break;
+    case TC_I64: *(int64_t *)p = to_i64(v); break;
+    case TC_U8: *(uint8_t *)p = (uint8_t)to_i64(v); break; /* wraps modulo 256, as PyTorch */
     case TC_BOOL: *(uint8_t *)p = v != 0; break;
     default: break;
     }

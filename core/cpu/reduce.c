@@ -90,6 +90,7 @@ int tc_cpu_reduce(tc_tensor *out, const tc_tensor *x, tc_op op, int nred) {
     layout(&l, x, nred);
     bool run = reduced_contiguous(&l);
     int64_t nout = tc_numel(out);
+    if (nout == 0) return TC_OK; /* however many (empty) rows there are */
     size_t es = tc_dtype_size(x->dtype), eo = tc_dtype_size(out->dtype);
     const char *xb = tc_data(x);
     char *ob = tc_data(out);

@@ -80,34 +80,89 @@ tc_tensor *tc_detach(tc_tensor *x) {
     return t;
 }
 
-int tc_copy_(tc_tensor *dst, tc_tensor *src) {
-    if (tc_check_same_device("copy_", dst, src) != TC_OK) return TC_ERR;
-    if (tc_grad_enabled() && src->requires_grad)
-        return tc_error("copy_: copying from a tensor that requires grad is not recorded by autograd; "
-                        "use clone() or an out-of-place op, or wrap it in T.no_grad");
-    int n;
-    int64_t sh[TC_MAX_DIMS];
-    if (tc_broadcast_shape(dst->ndim, dst->shape, src->ndim, src->shape, &n, sh, "copy_") != TC_OK) return TC_ERR;
-    if (n != dst->ndim || memcmp(sh, dst->shape, (size_t)n * sizeof *sh) != 0) {
-        char a[128], b[128];
-        tc_shape_str(src->ndim, src->shape, a, sizeof a);
-        tc_shape_str(dst->ndim, dst->shape, b, sizeof b);
-        return tc_error("copy_: source of shape %s does not broadcast to destination %s", a, b);
+/* ---- in-place writes ------------------------------------------------------------------
+ * An in-place op computes its result out of place, then writes it into x. Under autograd
+ * (grad mode on and the result requires grad) x takes the result's history, as PyTorch's
+ * rebase does; the op reads a clone of x, so what it saves for backward is x's old value,
+ * while whatever saved x itself sees the version bump. A view cannot be rebased (its base
+ * would not see the new history), and a leaf that requires grad is refused by
+ * tc_check_inplace. */
+static bool tracked(const tc_tensor *x, const tc_tensor *other) {
+    return tc_grad_enabled() && (x->requires_grad || (other && other->requires_grad));
+}
+
+static int start_write(tc_tensor *x, bool track, const char *op) {
+    if (track && x->is_view)
+        return tc_error("%s: in-place operation on a view of a tensor under autograd is not supported; "
+                        "use the out-of-place op", op);
+    return tc_check_inplace(x, op);
+}
+
+/* x's values now come from r alone: under autograd x takes r's history (none when r has
+ * none, since x's old values no longer matter) */
+static void take_history(tc_tensor *x, tc_tensor *r) {
+    tc_node *n = r ? r->grad_fn : NULL;
+    if (n) tc_node_retain(n);
+    tc_node_release(x->grad_fn);
+    x->grad_fn = n;
+    x->requires_grad = n != NULL;
+}
+
+/* writes r (broadcast to x's shape, converted to x's dtype) into x; consumes r */
+static int write_back(tc_tensor *x, tc_tensor *r, bool track, const char *op) {
+    if (!r) return TC_ERR;
+    int rc = start_write(x, track, op);
+    if (rc == TC_OK) {
+        tc_tensor *s = broadcast_view(r, x->ndim, x->shape);
+        rc = s ? tc_kern(x->storage->device)->copy(x, s) : TC_ERR;
+        tc_tensor_release(s);
     }
-    if (tc_check_inplace(dst, "copy_") != TC_OK) return TC_ERR;
-    tc_tensor *s = broadcast_view(src, dst->ndim, dst->shape);
-    if (!s) return TC_ERR;
-    int rc = tc_kern(dst->storage->device)->copy(dst, s);
-    tc_tensor_release(s);
+    if (rc == TC_OK && track) take_history(x, r);
+    tc_tensor_release(r);
     return rc;
 }
 
-int tc_fill_(tc_tensor *dst, double value) {
-    if (tc_check_inplace(dst, "fill_") != TC_OK) return TC_ERR;
-    return tc_kern(dst->storage->device)->fill(dst, value);
+/* the source of an in-place op on x: x itself, or under autograd a clone holding its old value */
+static tc_tensor *inplace_source(tc_tensor *x, bool track) {
+    return track ? tc_clone(x) : tc_tensor_retain(x);
 }
 
-int tc_zero_(tc_tensor *dst) { return tc_fill_(dst, 0); }
+/* src must broadcast to dst's shape exactly */
+static int check_fits(const char *op, tc_tensor *dst, tc_tensor *src) {
+    int n;
+    int64_t sh[TC_MAX_DIMS];
+    if (tc_broadcast_shape(dst->ndim, dst->shape, src->ndim, src->shape, &n, sh, op) != TC_OK) return TC_ERR;
+    if (n == dst->ndim && memcmp(sh, dst->shape, (size_t)n * sizeof *sh) == 0) return TC_OK;
+    char a[128], b[128];
+    tc_shape_str(src->ndim, src->shape, a, sizeof a);
+    tc_shape_str(dst->ndim, dst->shape, b, sizeof b);
+    return tc_error("%s: an operand of shape %s does not broadcast to the destination's shape %s", op, a, b);
+}
+
+/* copy_ is differentiable: under autograd dst takes the history of src (broadcast and
+ * converted). A source on another device, or sharing dst's memory, is copied first. */
+int tc_copy_(tc_tensor *dst, tc_tensor *src) {
+    if (check_fits("copy_", dst, src) != TC_OK) return TC_ERR;
+    bool track = tracked(dst, src);
+    tc_tensor *r;
+    if (track || src->storage == dst->storage || !tc_device_eq(src->storage->device, dst->storage->device)) {
+        tc_tensor *e = tc_expand(src, dst->ndim, dst->shape);
+        r = e ? copy_of(e, dst->dtype, dst->storage->device, TC_OP_TO) : NULL;
+        tc_tensor_release(e);
+    } else r = tc_tensor_retain(src);
+    return write_back(dst, r, track, "copy_");
+}
+
+static int fill_named(tc_tensor *dst, double value, const char *op) {
+    bool track = tracked(dst, NULL);
+    if (start_write(dst, track, op) != TC_OK) return TC_ERR;
+    int rc = tc_kern(dst->storage->device)->fill(dst, value);
+    if (rc == TC_OK && track) take_history(dst, NULL);
+    return rc;
+}
+
+int tc_fill_(tc_tensor *dst, double value) { return fill_named(dst, value, "fill_"); }
+int tc_zero_(tc_tensor *dst) { return fill_named(dst, 0, "zero_"); }
 
 /* ---- unary ops ------------------------------------------------------------------------- */
 /* which of x and y each derivative needs; ops without a derivative are not recorded */
@@ -117,7 +172,7 @@ static void unary_needs(tc_op op, bool *nx, bool *ny, bool *diff) {
     switch (op) {
     case TC_OP_NEG: case TC_OP_ADD_SCALAR: case TC_OP_MUL_SCALAR: case TC_OP_RSUB_SCALAR: break;
     case TC_OP_EXP: case TC_OP_SQRT: case TC_OP_RSQRT: case TC_OP_TANH: case TC_OP_SIGMOID:
-    case TC_OP_RPOW_SCALAR: case TC_OP_RECIPROCAL: case TC_OP_RDIV_SCALAR: *ny = true; break;
+    case TC_OP_RPOW_SCALAR: case TC_OP_RECIPROCAL: *ny = true; break;
     case TC_OP_SIGN: case TC_OP_LOGICAL_NOT: case TC_OP_ISFINITE: *diff = false; break;
     default: *nx = true; break;
     }
@@ -144,12 +199,18 @@ static int unary_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     return TC_OK;
 }
 
+/* the dtype an op computes in: integers stay integers only through ops that map them to
+ * integers (with integral scalars); bool becomes i64 except in the logical ops */
+static tc_dtype unary_dtype(tc_op op, tc_dtype dt, double a, double b) {
+    if (tc_dtype_is_float(dt)) return dt;
+    bool scalar = op == TC_OP_ADD_SCALAR || op == TC_OP_MUL_SCALAR || op == TC_OP_RSUB_SCALAR || op == TC_OP_CLAMP;
+    if (float_op(op) || (scalar && (a != floor(a) || b != floor(b)))) return TC_F32;
+    if (dt == TC_BOOL && op != TC_OP_LOGICAL_NOT && op != TC_OP_ISFINITE) return TC_I64;
+    return dt;
+}
+
 tc_tensor *tc_unary_s(tc_op op, tc_tensor *x, double a, double b) {
-    tc_dtype dt = x->dtype;
-    if (!tc_dtype_is_float(dt) && (float_op(op) || ((op == TC_OP_ADD_SCALAR || op == TC_OP_MUL_SCALAR ||
-                                                    op == TC_OP_RSUB_SCALAR) && (a != floor(a) || b != floor(b)))))
-        dt = TC_F32;
-    if (dt == TC_BOOL && op != TC_OP_LOGICAL_NOT && op != TC_OP_ISFINITE) dt = TC_I64;
+    tc_dtype dt = unary_dtype(op, x->dtype, a, b);
     tc_dtype out_dt = op == TC_OP_LOGICAL_NOT || op == TC_OP_ISFINITE ? TC_BOOL : dt;
     tc_tensor *xc = as_dtype(x, dt);
     if (!xc) return NULL;
@@ -185,6 +246,22 @@ static tc_tensor *mul3(tc_tensor *a, tc_tensor *b, tc_tensor *c) {
     return r;
 }
 
+/* x op 0, a bool tensor */
+static tc_tensor *compare_zero(tc_op op, tc_tensor *x) {
+    tc_tensor *z = tc_scalar_tensor(0, x->dtype, x->storage->device);
+    tc_tensor *r = z ? tc_binary(op, x, z) : NULL;
+    tc_tensor_release(z);
+    return r;
+}
+
+/* t with zeros where mask holds */
+static tc_tensor *zero_where(tc_tensor *mask, tc_tensor *t) {
+    tc_tensor *z = tc_scalar_tensor(0, t->dtype, t->storage->device);
+    tc_tensor *r = z ? tc_where(mask, z, t) : NULL;
+    tc_tensor_release(z);
+    return r;
+}
+
 static int binary_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_tensor *a = tc_saved(n, 0), *b = tc_saved(n, 1), *y = tc_saved(n, 2);
     bool ga = tc_needs_grad(n, 0), gb = tc_needs_grad(n, 1);
@@ -211,28 +288,28 @@ static int binary_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
             if (!gx[1]) return TC_ERR;
         }
         return TC_OK;
-    case TC_OP_POW:
-        if (ga) { /* gy * b * a^(b-1) */
+    case TC_OP_POW: {
+        int rc = TC_OK;
+        if (ga) { /* gy * b * a^(b-1), taking 0 where b == 0 as PyTorch does */
             tc_tensor *bm1 = tc_unary_s(TC_OP_ADD_SCALAR, b, -1, 0);
             tc_tensor *p = bm1 ? tc_binary(TC_OP_POW, a, bm1) : NULL;
-            gx[0] = p ? mul3(gy, b, p) : NULL;
-            tc_tensor_release(bm1);
-            tc_tensor_release(p);
-            if (!gx[0]) return TC_ERR;
+            tc_tensor *t = p ? mul3(gy, b, p) : NULL;
+            tc_tensor *bz = t ? compare_zero(TC_OP_EQ, b) : NULL;
+            if (!bz || !(gx[0] = zero_where(bz, t))) rc = TC_ERR;
+            tc_tensor *tmp[] = {bm1, p, t, bz};
+            for (int i = 0; i < 4; i++) tc_tensor_release(tmp[i]);
         }
-        if (gb) { /* gy * y * log(a), taking 0 where a == 0 and b >= 0 as PyTorch does */
+        if (gb && rc == TC_OK) { /* gy * y * log(a), taking 0 where a == 0 and b >= 0 */
             tc_tensor *la = tc_unary(TC_OP_LOG, a);
             tc_tensor *t = la ? mul3(gy, y, la) : NULL;
-            tc_tensor *zero = t ? tc_scalar_tensor(0, t->dtype, t->storage->device) : NULL;
-            tc_tensor *az = zero ? tc_binary(TC_OP_EQ, a, zero) : NULL;
-            gx[1] = az ? tc_where(az, zero, t) : NULL;
-            tc_tensor_release(la);
-            tc_tensor_release(t);
-            tc_tensor_release(zero);
-            tc_tensor_release(az);
-            if (!gx[1]) return TC_ERR;
+            tc_tensor *az = t ? compare_zero(TC_OP_EQ, a) : NULL, *bp = az ? compare_zero(TC_OP_GE, b) : NULL;
+            tc_tensor *m = bp ? tc_binary(TC_OP_LOGICAL_AND, az, bp) : NULL;
+            if (!m || !(gx[1] = zero_where(m, t))) rc = TC_ERR;
+            tc_tensor *tmp[] = {la, t, az, bp, m};
+            for (int i = 0; i < 5; i++) tc_tensor_release(tmp[i]);
         }
-        return TC_OK;
+        return rc;
+    }
     case TC_OP_MAXIMUM:
     case TC_OP_MINIMUM: { /* the larger (smaller) input takes gy; ties split it in half */
         tc_tensor *half = tc_unary_s(TC_OP_MUL_SCALAR, gy, 0.5, 0);
@@ -264,9 +341,7 @@ tc_tensor *tc_binary(tc_op op, tc_tensor *a, tc_tensor *b) {
     int64_t sh[TC_MAX_DIMS];
     if (tc_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &n, sh, name) != TC_OK) return NULL;
     tc_dtype dt = tc_promote(a->dtype, b->dtype);
-    if (op == TC_OP_DIV || op == TC_OP_POW) {
-        if (!tc_dtype_is_float(dt) && op == TC_OP_DIV) dt = TC_F32;
-    }
+    if (op == TC_OP_DIV && !tc_dtype_is_float(dt)) dt = TC_F32; /* true division, as PyTorch */
     if (dt == TC_BOOL && !is_comparison(op) && op != TC_OP_MUL) dt = TC_I64;
     tc_tensor *ac = as_dtype(a, dt), *bc = as_dtype(b, dt);
     tc_tensor *ea = ac ? broadcast_view(ac, n, sh) : NULL, *eb = bc ? broadcast_view(bc, n, sh) : NULL;
@@ -279,11 +354,12 @@ tc_tensor *tc_binary(tc_op op, tc_tensor *a, tc_tensor *b) {
         tc_tensor *ins[2] = {a, b};
         node = tc_node_new(op, 2, ins, binary_backward);
     }
-    if (node) {
-        bool keep = op == TC_OP_MUL || op == TC_OP_DIV || op == TC_OP_POW || op == TC_OP_MAXIMUM || op == TC_OP_MINIMUM;
-        tc_node_save(node, keep && (op != TC_OP_DIV) ? ac : NULL);
-        tc_node_save(node, keep ? bc : NULL);
-        tc_node_save(node, op == TC_OP_DIV || op == TC_OP_POW ? out : NULL);
+    if (node) { /* saved: a, b, out; each only where a derivative reads it */
+        bool ga = tc_needs_grad(node, 0), gb = tc_needs_grad(node, 1);
+        bool minmax = op == TC_OP_MAXIMUM || op == TC_OP_MINIMUM;
+        tc_node_save(node, (op == TC_OP_MUL && gb) || op == TC_OP_POW || minmax ? ac : NULL);
+        tc_node_save(node, (op == TC_OP_MUL && ga) || op == TC_OP_DIV || op == TC_OP_POW || minmax ? bc : NULL);
+        tc_node_save(node, (op == TC_OP_DIV || op == TC_OP_POW) && gb ? out : NULL);
     }
     tc_tensor_release(ac);
     tc_tensor_release(bc);
@@ -327,60 +403,34 @@ tc_tensor *tc_where(tc_tensor *cond, tc_tensor *a, tc_tensor *b) {
 }
 
 /* ---- in-place arithmetic ------------------------------------------------------------------ */
-/* Under autograd, a non-leaf that is not a view takes the out-of-place result's history
- * (PyTorch's rebase); a leaf that requires grad is refused by tc_check_inplace. */
-static int inplace_result(tc_tensor *x, tc_tensor *r, const char *op) {
-    if (!r) return TC_ERR;
-    bool track = tc_grad_enabled() && r->requires_grad;
-    if (track && x->is_view) {
-        tc_tensor_release(r);
-        return tc_error("%s: in-place operation on a view of a tensor under autograd is not supported; "
-                        "use the out-of-place op", op);
-    }
-    bool prev = tc_set_grad_enabled(false);
-    int rc = tc_check_inplace(x, op);
-    if (rc == TC_OK) {
-        tc_tensor *s = broadcast_view(r, x->ndim, x->shape);
-        rc = s ? tc_kern(x->storage->device)->copy(x, s) : TC_ERR;
-        tc_tensor_release(s);
-    }
-    tc_set_grad_enabled(prev);
-    if (rc == TC_OK && track) {
-        tc_node_retain(r->grad_fn);
-        tc_attach(x, r->grad_fn);
-    }
-    tc_tensor_release(r);
-    return rc;
-}
-
 int tc_binary_(tc_op op, tc_tensor *a, tc_tensor *b) {
-    const char *name = tc_op_name(op);
-    if (tc_grad_enabled() && a->requires_grad && !a->grad_fn) return tc_check_inplace(a, name);
-    int n;
-    int64_t sh[TC_MAX_DIMS];
-    if (tc_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &n, sh, name) != TC_OK) return TC_ERR;
-    if (n != a->ndim || memcmp(sh, a->shape, (size_t)n * sizeof *sh) != 0) {
-        char x[128], y[128];
-        tc_shape_str(a->ndim, a->shape, x, sizeof x);
-        tc_shape_str(b->ndim, b->shape, y, sizeof y);
-        return tc_error("%s_: the result of shape %s @ %s would not fit the destination %s", name, x, y, x);
-    }
-    /* fast path: nothing to record, destination contiguous and of the compute dtype */
-    if (!(tc_grad_enabled() && (a->requires_grad || b->requires_grad)) && tc_is_contiguous(a) &&
-        tc_promote(a->dtype, b->dtype) == a->dtype && !is_comparison(op) &&
-        tc_device_eq(a->storage->device, b->storage->device) && (op != TC_OP_DIV || tc_dtype_is_float(a->dtype))) {
+    char name[32];
+    snprintf(name, sizeof name, "%s_", tc_op_name(op));
+    if (tc_check_same_device(name, a, b) != TC_OK || check_fits(name, a, b) != TC_OK) return TC_ERR;
+    bool track = tracked(a, b);
+    /* fast path: nothing to record, a contiguous and of the compute dtype, and b not
+     * overlapping a (unless it is a itself: each element is read before it is written) */
+    if (!track && tc_is_contiguous(a) && tc_promote(a->dtype, b->dtype) == a->dtype && !is_comparison(op) &&
+        (op != TC_OP_DIV || tc_dtype_is_float(a->dtype)) && (b->storage != a->storage || b == a)) {
+        if (tc_check_inplace(a, name) != TC_OK) return TC_ERR;
         tc_tensor *eb = broadcast_view(b, a->ndim, a->shape);
         if (!eb) return TC_ERR;
-        a->storage->version++;
         int rc = tc_kern(a->storage->device)->binary(a, a, eb, op);
         tc_tensor_release(eb);
         return rc;
     }
-    return inplace_result(a, tc_binary(op, a, b), name);
+    tc_tensor *src = inplace_source(a, track);
+    tc_tensor *r = src ? tc_binary(op, src, b) : NULL;
+    tc_tensor_release(src);
+    return write_back(a, r, track, name);
 }
 
 int tc_unary_(tc_op op, tc_tensor *x, double a, double b) {
-    const char *name = tc_op_name(op);
-    if (tc_grad_enabled() && x->requires_grad && !x->grad_fn) return tc_check_inplace(x, name);
-    return inplace_result(x, tc_unary_s(op, x, a, b), name);
+    bool track = tracked(x, NULL);
+    tc_tensor *src = inplace_source(x, track);
+    tc_tensor *r = src ? tc_unary_s(op, src, a, b) : NULL;
+    tc_tensor_release(src);
+    char name[32];
+    snprintf(name, sizeof name, "%s_", tc_op_name(op));
+    return write_back(x, r, track, name);
 }

@@ -5,12 +5,19 @@
 
 #include <stdio.h>
 
-/* x itself when each inner matrix has a unit stride in one dim (GEMM can read it),
- * else a contiguous copy */
+/* Can BLAS read each inner matrix of x [B, R, C] in place? It needs one unit stride (a size-1
+ * dim's stride is free) and the other at least as large as the unit-stride dim's size, which
+ * rules out the stride-0 rows of an expanded matrix. */
+static bool blas_readable(const tc_tensor *x) {
+    int64_t r = x->shape[1], c = x->shape[2], rs = x->stride[1], cs = x->stride[2];
+    bool row_major = (cs == 1 || c == 1) && (r == 1 || rs >= c);
+    bool col_major = (rs == 1 || r == 1) && (c == 1 || cs >= r);
+    return row_major || col_major;
+}
+
+/* x itself when BLAS can read it, else a contiguous copy */
 static tc_tensor *gemm_ready(tc_tensor *x) {
-    if (x->stride[2] == 1 || x->stride[1] == 1 || x->shape[1] <= 1 || x->shape[2] <= 1)
-        return tc_tensor_retain(x);
-    return tc_contiguous(x);
+    return blas_readable(x) ? tc_tensor_retain(x) : tc_contiguous(x);
 }
 
 static int bmm_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
@@ -38,18 +45,21 @@ static tc_tensor *size_mismatch(const char *op, tc_tensor *a, tc_tensor *b) {
     return NULL;
 }
 
+/* operands of one float dtype, on one device */
+static int check_operands(const char *op, tc_tensor *a, tc_tensor *b) {
+    if (a->dtype != b->dtype || !tc_dtype_is_float(a->dtype))
+        return tc_error("%s: expected floating point tensors of one dtype, got %s and %s", op,
+                        tc_dtype_name(a->dtype), tc_dtype_name(b->dtype));
+    return tc_check_same_device(op, a, b);
+}
+
 tc_tensor *tc_bmm(tc_tensor *a, tc_tensor *b) {
     if (a->ndim != 3 || b->ndim != 3) {
         tc_error("bmm: expected 3-d tensors, got %d-d and %d-d", a->ndim, b->ndim);
         return NULL;
     }
     if (a->shape[0] != b->shape[0] || a->shape[2] != b->shape[1]) return size_mismatch("bmm", a, b);
-    if (tc_check_same_device("bmm", a, b) != TC_OK) return NULL;
-    if (a->dtype != b->dtype || !tc_dtype_is_float(a->dtype)) {
-        tc_error("bmm: expected floating point tensors of one dtype, got %s and %s", tc_dtype_name(a->dtype),
-                 tc_dtype_name(b->dtype));
-        return NULL;
-    }
+    if (check_operands("bmm", a, b) != TC_OK) return NULL;
     int64_t sh[3] = {a->shape[0], a->shape[1], b->shape[2]};
     tc_tensor *ar = gemm_ready(a), *br = gemm_ready(b);
     tc_tensor *out = ar && br ? tc_empty(3, sh, a->dtype, a->storage->device) : NULL;
@@ -74,6 +84,7 @@ tc_tensor *tc_matmul(tc_tensor *a, tc_tensor *b) {
     }
     int64_t ka = a->shape[a->ndim - 1], kb = b->shape[b->ndim >= 2 ? b->ndim - 2 : 0];
     if (ka != kb) return size_mismatch("matmul", a, b);
+    if (check_operands("matmul", a, b) != TC_OK) return NULL;
     tc_tensor *a2 = a->ndim == 1 ? tc_unsqueeze(a, 0) : tc_tensor_retain(a);
     tc_tensor *b2 = b->ndim == 1 ? tc_unsqueeze(b, 1) : tc_tensor_retain(b);
     tc_tensor *out = NULL, *a3 = NULL, *b3 = NULL, *y = NULL;
@@ -120,6 +131,13 @@ done:
 tc_tensor *tc_linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
     if (w->ndim != 2) { tc_error("linear: weight must be 2-d [out, in], got %d-d", w->ndim); return NULL; }
     if (x->ndim == 0 || x->shape[x->ndim - 1] != w->shape[1]) return size_mismatch("linear", x, w);
+    if (b && (b->ndim > 1 || (b->ndim == 1 && b->shape[0] != w->shape[0]))) {
+        char sb[128], sw[128];
+        tc_shape_str(b->ndim, b->shape, sb, sizeof sb);
+        tc_shape_str(w->ndim, w->shape, sw, sizeof sw);
+        tc_error("linear: bias of shape %s does not match weight of shape %s", sb, sw);
+        return NULL;
+    }
     tc_tensor *wt = tc_transpose(w, 0, 1);
     tc_tensor *y = wt ? tc_matmul(x, wt) : NULL;
     tc_tensor_release(wt);

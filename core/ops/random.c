@@ -112,15 +112,30 @@ tc_tensor *tc_randperm(int64_t n, tc_dtype dt, tc_device dev) {
     return r;
 }
 
-/* rows of probs (1-d or 2-d, unnormalised weights); inverse-CDF sampling on the host */
+/* one category (0-based) drawn from weights w[0..cats) of sum total, by inverse CDF; a
+ * category of weight 0 is never drawn, even where rounding leaves u at the very end */
+static int64_t draw_category(const double *w, int64_t cats, double total, uint32_t word) {
+    double u = ((double)word + 0.5) / 4294967296.0 * total, acc = 0;
+    int64_t last = 0;
+    for (int64_t c = 0; c < cats; c++) {
+        if (w[c] <= 0) continue;
+        acc += w[c];
+        last = c;
+        if (u < acc) break;
+    }
+    return last;
+}
+
+/* rows of probs (1-d or 2-d, unnormalised weights); without replacement a drawn category's
+ * weight is set to 0 for the rest of its row */
 tc_tensor *tc_multinomial(tc_tensor *probs, int64_t n, bool replacement) {
     if (probs->ndim != 1 && probs->ndim != 2) {
         tc_error("multinomial: probabilities must be 1-d or 2-d (got %d-d)", probs->ndim);
         return NULL;
     }
     int64_t rows = probs->ndim == 2 ? probs->shape[0] : 1, cats = probs->shape[probs->ndim - 1];
-    if (!replacement && n > cats) {
-        tc_error("multinomial: cannot draw %lld samples without replacement from %lld categories",
+    if (n < 0 || cats == 0) {
+        tc_error("multinomial: need a non-negative number of samples and at least one category (got %lld, %lld)",
                  (long long)n, (long long)cats);
         return NULL;
     }
@@ -130,29 +145,29 @@ tc_tensor *tc_multinomial(tc_tensor *probs, int64_t n, bool replacement) {
     tc_tensor *out = pc ? tc_empty(2, osh, TC_I64, TC_DEV_CPU) : NULL;
     double *w = out ? malloc((size_t)cats * sizeof *w) : NULL;
     int rc = w ? TC_OK : TC_ERR;
+    if (out && !w) tc_error("multinomial: out of memory");
     uint64_t off = tc_rng_reserve(((uint64_t)(rows * n) + 3) / 4);
     for (int64_t r = 0; r < rows && rc == TC_OK; r++) {
         const double *src = (const double *)tc_data(pc) + r * cats;
-        double total = 0;
-        for (int64_t c = 0; c < cats; c++) {
-            if (!(src[c] >= 0) || isinf(src[c])) { rc = tc_error("multinomial: probabilities must be finite and non-negative"); break; }
+        int64_t positive = 0;
+        for (int64_t c = 0; c < cats && rc == TC_OK; c++) {
+            if (!(src[c] >= 0) || isinf(src[c])) rc = tc_error("multinomial: probabilities must be finite and non-negative");
             w[c] = src[c];
-            total += w[c];
+            positive += w[c] > 0;
         }
-        if (rc == TC_OK && !(total > 0)) rc = tc_error("multinomial: a row of probabilities sums to zero");
+        if (rc == TC_OK && positive == 0) rc = tc_error("multinomial: a row of probabilities sums to zero");
+        if (rc == TC_OK && !replacement && n > positive)
+            rc = tc_error("multinomial: cannot draw %lld samples without replacement from %lld categories "
+                          "of non-zero probability", (long long)n, (long long)positive);
         for (int64_t s = 0; s < n && rc == TC_OK; s++) {
+            double total = 0; /* summed afresh each draw: no drift as weights are removed */
+            for (int64_t c = 0; c < cats; c++) total += w[c];
             uint64_t i = (uint64_t)(r * n + s);
             uint32_t wd[4];
             tc_philox(rng_seed, off + i / 4, wd);
-            double u = ((double)wd[i % 4] + 0.5) / 4294967296.0 * total, acc = 0;
-            int64_t c = 0;
-            for (; c < cats - 1; c++) {
-                acc += w[c];
-                if (u < acc && w[c] > 0) break;
-            }
-            while (w[c] <= 0 && c > 0) c--;
+            int64_t c = draw_category(w, cats, total, wd[i % 4]);
             ((int64_t *)tc_data(out))[r * n + s] = c + 1;
-            if (!replacement) { total -= w[c]; w[c] = 0; if (total <= 0 && s + 1 < n) rc = tc_error("multinomial: not enough non-zero categories to draw without replacement"); }
+            if (!replacement) w[c] = 0;
         }
     }
     free(w);

@@ -43,6 +43,35 @@ static tc_tensor *expand_back(tc_tensor *gy, const tc_edge *e, const int64_t *ma
     return r;
 }
 
+/* the reduced dims of a node, from its mask bits */
+static int reduced_dims(const tc_node *n, int *d) {
+    int nd = 0;
+    for (int i = 0; i < n->next[0].ndim; i++)
+        if ((n->i[0] >> i) & 1) d[nd++] = i;
+    return nd;
+}
+
+/* prod: each element's gradient is the product of the others in its slice: y / x where the
+ * slice holds no zero; where it holds one zero, that element gets the product of the rest
+ * and the others 0; with two or more zeros, all 0 */
+static tc_tensor *prod_share(tc_node *n, tc_tensor *x, tc_tensor *y) {
+    int d[TC_MAX_DIMS], nd = reduced_dims(n, d);
+    tc_tensor *zero = tc_scalar_tensor(0, x->dtype, x->storage->device);
+    tc_tensor *one = tc_scalar_tensor(1, x->dtype, x->storage->device);
+    tc_tensor *ye = expand_back(y, &n->next[0], &n->i[0]);
+    tc_tensor *isz = zero && one && ye ? tc_binary(TC_OP_EQ, x, zero) : NULL;
+    tc_tensor *x1 = isz ? tc_where(isz, one, x) : NULL;               /* zeros replaced by 1 */
+    tc_tensor *rest = x1 ? tc_reduce(TC_OP_PROD, x1, nd, d, true) : NULL; /* product of the non-zeros */
+    tc_tensor *nzeros = rest ? tc_reduce(TC_OP_SUM, isz, nd, d, true) : NULL;
+    tc_tensor *lone = nzeros ? tc_binary(TC_OP_EQ, nzeros, one) : NULL;
+    tc_tensor *at_zero = lone ? tc_where(lone, rest, zero) : NULL;
+    tc_tensor *others = at_zero ? tc_binary(TC_OP_DIV, ye, x1) : NULL;   /* 0 whenever the slice has a zero */
+    tc_tensor *share = others ? tc_where(isz, at_zero, others) : NULL;
+    tc_tensor *tmp[] = {zero, one, ye, isz, x1, rest, nzeros, lone, at_zero, others};
+    for (int i = 0; i < 10; i++) tc_tensor_release(tmp[i]);
+    return share;
+}
+
 static int reduce_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_edge *e = &n->next[0];
     tc_tensor *g = expand_back(gy, e, &n->i[0]);
@@ -53,12 +82,10 @@ static int reduce_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     case TC_OP_MEAN: r = tc_unary_s(TC_OP_MUL_SCALAR, g, 1.0 / n->d[0], 0); break;
     case TC_OP_MAX:
     case TC_OP_MIN: { /* ties share the gradient evenly, as torch.amax */
+        int d[TC_MAX_DIMS], nd = reduced_dims(n, d);
         tc_tensor *ye = expand_back(y, e, &n->i[0]);
         tc_tensor *m = ye ? tc_binary(TC_OP_EQ, x, ye) : NULL;
         tc_tensor *mf = m ? tc_to(m, gy->dtype, gy->storage->device) : NULL;
-        int d[TC_MAX_DIMS], nd = 0;
-        for (int i = 0; i < e->ndim; i++)
-            if ((n->i[0] >> i) & 1) d[nd++] = i;
         tc_tensor *cnt = mf ? tc_reduce(TC_OP_SUM, mf, nd, d, true) : NULL;
         tc_tensor *share = cnt ? tc_binary(TC_OP_DIV, mf, cnt) : NULL;
         r = share ? tc_binary(TC_OP_MUL, g, share) : NULL;
@@ -66,12 +93,10 @@ static int reduce_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
         for (int i = 0; i < 5; i++) tc_tensor_release(tmp[i]);
         break;
     }
-    case TC_OP_PROD: { /* gy * y / x */
-        tc_tensor *ye = expand_back(y, e, &n->i[0]);
-        tc_tensor *q = ye ? tc_binary(TC_OP_DIV, ye, x) : NULL;
-        r = q ? tc_binary(TC_OP_MUL, g, q) : NULL;
-        tc_tensor_release(ye);
-        tc_tensor_release(q);
+    case TC_OP_PROD: {
+        tc_tensor *share = prod_share(n, x, y);
+        r = share ? tc_binary(TC_OP_MUL, g, share) : NULL;
+        tc_tensor_release(share);
         break;
     }
     case TC_OP_LOGSUMEXP: { /* gy * exp(x - y) */
@@ -210,9 +235,13 @@ int tc_max_dim(tc_op op, tc_tensor *x, int dim, bool keepdim, tc_tensor **values
     int d = tc_wrap_dim(dim, x->ndim, name);
     if (d < 0) return TC_ERR;
     if (x->ndim == 0) { /* a scalar is its own max, at position 1 */
-        *values = tc_alias(x);
+        *values = tc_view(x, 0, NULL);
         *indices = tc_full(0, NULL, 1, TC_I64, x->storage->device);
-        return TC_OK;
+        if (*values && *indices) return TC_OK;
+        tc_tensor_release(*values);
+        tc_tensor_release(*indices);
+        *values = *indices = NULL;
+        return TC_ERR;
     }
     if (x->shape[d] == 0) return tc_error("%s: cannot reduce over an empty dimension", name);
     bool mask[TC_MAX_DIMS] = {0};
@@ -244,6 +273,7 @@ int tc_max_dim(tc_op op, tc_tensor *x, int dim, bool keepdim, tc_tensor **values
 
 tc_tensor *tc_argmax(tc_op op, tc_tensor *x, int dim, bool keepdim) {
     tc_op vop = op == TC_OP_ARGMAX ? TC_OP_MAX : TC_OP_MIN;
+    if (dim != TC_ALL_DIMS && tc_wrap_dim(dim, x->ndim, tc_op_name(op)) < 0) return NULL;
     if (dim == TC_ALL_DIMS) {
         int64_t n = tc_numel(x);
         tc_tensor *flat = tc_reshape(x, 1, &n);

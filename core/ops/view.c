@@ -51,24 +51,35 @@ static tc_tensor *make_view(tc_tensor *x, int ndim, const int64_t *shape, const 
     return tc_attach(t, n);
 }
 
+/* elements of a shape of non-negative sizes, or -1 when the sizes multiply past int64;
+ * zeros count as 1 there, since strides are products of the other sizes */
+static int64_t checked_numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    bool empty = false;
+    for (int i = 0; i < ndim; i++) {
+        empty |= shape[i] == 0;
+        if (__builtin_mul_overflow(n, shape[i] ? shape[i] : 1, &n)) return -1;
+    }
+    return empty ? 0 : n;
+}
+
 /* resolves one -1 and checks the element count */
 static int infer_shape(const char *op, const tc_tensor *x, int ndim, const int64_t *in, int64_t *out) {
     int infer = -1;
-    int64_t known = 1;
     if (ndim > TC_MAX_DIMS) return tc_error("%s: at most %d dimensions", op, TC_MAX_DIMS);
     for (int i = 0; i < ndim; i++) {
-        out[i] = in[i];
+        out[i] = in[i] == -1 ? 1 : in[i];
         if (in[i] == -1) {
             if (infer >= 0) return tc_error("%s: only one dimension can be -1", op);
             infer = i;
         } else if (in[i] < 0) return tc_error("%s: invalid size %lld", op, (long long)in[i]);
-        else known *= in[i];
     }
-    int64_t n = tc_numel(x);
+    int64_t n = tc_numel(x), known = checked_numel(ndim, out); /* the -1 counted as 1 */
     if (infer >= 0) {
-        if (known == 0 || n % known != 0) goto bad;
+        if (known <= 0 || n % known != 0) goto bad;
         out[infer] = n / known;
     } else if (known != n) goto bad;
+    if (checked_numel(ndim, out) < 0) goto bad;
     return TC_OK;
 bad:;
     char a[128], b[128];
@@ -140,7 +151,6 @@ tc_tensor *tc_permute(tc_tensor *x, const int *perm) {
 }
 
 tc_tensor *tc_transpose(tc_tensor *x, int d0, int d1) {
-    if (x->ndim == 0) return tc_alias(x);
     int a = tc_wrap_dim(d0, x->ndim, "transpose"), b = a < 0 ? a : tc_wrap_dim(d1, x->ndim, "transpose");
     if (a < 0 || b < 0) return NULL;
     int perm[TC_MAX_DIMS];
@@ -172,7 +182,7 @@ tc_tensor *tc_select(tc_tensor *x, int dim, int64_t index) {
     int d = tc_wrap_dim(dim, x->ndim, "select");
     if (d < 0) return NULL;
     if (index < 0 || index >= x->shape[d]) {
-        tc_error("index %lld out of range for dimension %d of size %lld", (long long)index + 1, d + 1,
+        tc_error("select: index %lld out of range for dimension %d of size %lld", (long long)index + 1, d + 1,
                  (long long)x->shape[d]);
         return NULL;
     }
@@ -197,6 +207,7 @@ tc_tensor *tc_expand(tc_tensor *x, int ndim, const int64_t *shape) {
             if (i < lead) { tc_error("expand: -1 is not allowed for a new leading dimension"); return NULL; }
             want = have;
         }
+        if (want < 0) { tc_error("expand: invalid size %lld", (long long)want); return NULL; }
         if (have != want && have != 1) {
             char a[128], b[128];
             tc_shape_str(x->ndim, x->shape, a, sizeof a);
@@ -206,6 +217,12 @@ tc_tensor *tc_expand(tc_tensor *x, int ndim, const int64_t *shape) {
         }
         sh[i] = want;
         st[i] = i < lead || have != want ? 0 : x->stride[i - lead];
+    }
+    if (checked_numel(ndim, sh) < 0) {
+        char b[160];
+        tc_shape_str(ndim, sh, b, sizeof b);
+        tc_error("expand: a tensor of shape %s is too large", b);
+        return NULL;
     }
     return make_view(x, ndim, sh, st, x->offset, TC_OP_EXPAND, expand_backward, NULL, 0);
 }

@@ -1,0 +1,365 @@
+/* test_core.c: C unit tests of the engine core: storage and tensor lifetimes, view strides,
+ * half-precision conversions, the Philox generator against known answers, broadcasting and
+ * error messages, and graphs too deep to free recursively. Prints "N passed, N failed" last. */
+#include "tocha.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                    \
+    do {                                                                               \
+        if (cond) passed++;                                                            \
+        else { failed++; printf("FAIL  %s:%d: %s\n", __FILE__, __LINE__, #cond); }     \
+    } while (0)
+
+/* the last error contains want */
+#define CHECK_ERR(want) CHECK(strstr(tc_last_error(), want) != NULL)
+
+static tc_tensor *zeros(int ndim, const int64_t *shape) { return tc_zeros(ndim, shape, TC_F32, TC_DEV_CPU); }
+
+static bool f32_bits_eq(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
+
+/* ---- storage and tensor lifetimes ------------------------------------------------------ */
+static void test_refcounts(void) {
+    size_t base = tc_mem_in_use();
+    int64_t sh[2] = {4, 6};
+    tc_tensor *x = zeros(2, sh);
+    CHECK(x && x->refcount == 1 && x->storage->refcount == 1);
+    CHECK(tc_mem_in_use() == base + 4 * 6 * sizeof(float));
+    tc_tensor *t = tc_transpose(x, 0, 1);
+    CHECK(t && t->storage == x->storage && x->storage->refcount == 2 && t->is_view);
+    tc_tensor_release(x); /* the view keeps the storage alive */
+    CHECK(t->storage->refcount == 1 && tc_mem_in_use() == base + 4 * 6 * sizeof(float));
+    CHECK(tc_get(t, (int64_t[]){5, 3}) == 0);
+    tc_tensor_retain(t);
+    CHECK(t->refcount == 2);
+    tc_tensor_release(t);
+    tc_tensor_release(t);
+    CHECK(tc_mem_in_use() == base);
+    CHECK(tc_mem_allocated_total() >= 4 * 6 * sizeof(float));
+    tc_tensor_release(NULL); /* a no-op, like free(NULL) */
+}
+
+/* a borrowed buffer is handed back through its release function, once */
+static int released_count;
+static void count_release(void *ctx) { released_count += *(int *)ctx; }
+
+static void test_wrapped_storage(void) {
+    float data[6] = {1, 2, 3, 4, 5, 6};
+    int one = 1;
+    tc_storage *s = tc_storage_wrap(data, sizeof data, count_release, &one);
+    tc_tensor *t = tc_tensor_make(s, TC_F32, 2, (int64_t[]){2, 3}, NULL, 0);
+    tc_storage_release(s);
+    CHECK(t && tc_get(t, (int64_t[]){1, 2}) == 6 && t->stride[0] == 3 && t->stride[1] == 1);
+    tc_tensor *v = tc_narrow(t, 1, 1, 2);
+    tc_tensor_release(t);
+    CHECK(released_count == 0 && v && tc_get(v, (int64_t[]){1, 0}) == 5);
+    tc_tensor_release(v);
+    CHECK(released_count == 1);
+}
+
+/* ---- view strides ----------------------------------------------------------------------- */
+static bool strides_are(const tc_tensor *t, int n, const int64_t *st) {
+    if (!t || t->ndim != n) return false;
+    for (int i = 0; i < n; i++)
+        if (t->shape[i] != 1 && t->stride[i] != st[i]) return false;
+    return true;
+}
+
+static void test_view_strides(void) {
+    tc_tensor *x = zeros(3, (int64_t[]){2, 3, 4});
+    tc_tensor *v = tc_view(x, 2, (int64_t[]){6, 4});
+    CHECK(strides_are(v, 2, (int64_t[]){4, 1}) && v->storage == x->storage);
+    tc_tensor_release(v);
+    v = tc_view(x, 3, (int64_t[]){4, -1, 2}); /* -1 inferred */
+    CHECK(v && v->shape[1] == 3 && strides_are(v, 3, (int64_t[]){6, 2, 1}));
+    tc_tensor_release(v);
+
+    /* a transposed tensor: splitting or merging its own dims is fine, mixing them is not */
+    tc_tensor *t = tc_transpose(x, 1, 2); /* [2, 4, 3] strides [12, 1, 4] */
+    v = tc_view(t, 4, (int64_t[]){2, 2, 2, 3});
+    CHECK(strides_are(v, 4, (int64_t[]){12, 2, 1, 4}));
+    tc_tensor_release(v);
+    CHECK(tc_view(t, 2, (int64_t[]){2, 12}) == NULL);
+    CHECK_ERR("view: the tensor's strides are incompatible");
+    v = tc_view(t, 3, (int64_t[]){2, 4, 3}); /* the same shape: always a view */
+    CHECK(strides_are(v, 3, (int64_t[]){12, 1, 4}));
+    tc_tensor_release(v);
+    v = tc_reshape(t, 2, (int64_t[]){2, 12}); /* reshape copies instead */
+    CHECK(v && v->storage != x->storage && tc_is_contiguous(v));
+    tc_tensor_release(v);
+
+    /* size-1 dims carry any stride and may be added or dropped freely */
+    v = tc_view(t, 5, (int64_t[]){1, 2, 4, 1, 3});
+    CHECK(strides_are(v, 5, (int64_t[]){0, 12, 1, 0, 4}));
+    tc_tensor_release(v);
+
+    /* narrowing the last dim breaks the merge of the last two dims, not of the first two */
+    tc_tensor *n = tc_narrow(x, 2, 1, 2); /* [2, 3, 2] strides [12, 4, 1] offset 1 */
+    v = tc_view(n, 2, (int64_t[]){6, 2});
+    CHECK(strides_are(v, 2, (int64_t[]){4, 1}) && v->offset == 1);
+    tc_tensor_release(v);
+    CHECK(tc_view(n, 2, (int64_t[]){2, 6}) == NULL);
+    tc_tensor_release(n);
+
+    /* an expanded (stride 0) dim can be split but not merged with a real one */
+    tc_tensor *row = zeros(1, (int64_t[]){3});
+    tc_tensor *e = tc_expand(row, 2, (int64_t[]){4, 3}); /* strides [0, 1] */
+    v = tc_view(e, 3, (int64_t[]){2, 2, 3});
+    CHECK(strides_are(v, 3, (int64_t[]){0, 0, 1}));
+    tc_tensor_release(v);
+    CHECK(tc_view(e, 1, (int64_t[]){12}) == NULL);
+    tc_tensor_release(e);
+    tc_tensor_release(row);
+
+    /* 0-d and empty tensors */
+    tc_tensor *s = tc_scalar_tensor(3, TC_F32, TC_DEV_CPU);
+    v = tc_view(s, 2, (int64_t[]){1, 1});
+    CHECK(v && v->ndim == 2 && tc_get(v, (int64_t[]){0, 0}) == 3);
+    tc_tensor_release(v);
+    v = tc_view(s, 0, NULL);
+    CHECK(v && v->ndim == 0);
+    tc_tensor_release(v);
+    tc_tensor_release(s);
+    tc_tensor *z = zeros(2, (int64_t[]){0, 5});
+    v = tc_view(z, 3, (int64_t[]){5, 0, 7});
+    CHECK(v && v->shape[1] == 0);
+    tc_tensor_release(v);
+    v = tc_view(z, 1, (int64_t[]){-1});
+    CHECK(v && v->ndim == 1 && v->shape[0] == 0);
+    tc_tensor_release(v);
+    CHECK(tc_view(z, 2, (int64_t[]){-1, 0}) == NULL); /* -1 next to a 0 is ambiguous */
+    tc_tensor_release(z);
+
+    /* bad shapes */
+    CHECK(tc_view(x, 2, (int64_t[]){5, 5}) == NULL);
+    CHECK_ERR("view: shape [5 x 5] is invalid for a tensor of shape [2 x 3 x 4] (24 elements)");
+    CHECK(tc_view(x, 2, (int64_t[]){-1, -1}) == NULL);
+    CHECK_ERR("only one dimension can be -1");
+    CHECK(tc_view(x, 2, (int64_t[]){-2, -12}) == NULL);
+    CHECK_ERR("invalid size");
+    tc_tensor_release(t);
+    tc_tensor_release(x);
+}
+
+/* ---- half precision --------------------------------------------------------------------- */
+static void test_f16(void) {
+    /* every finite f16 survives f16 -> f32 -> f16, and NaNs stay NaN */
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = tc_f16_to_f32((uint16_t)h);
+        bool nan = (h & 0x7c00) == 0x7c00 && (h & 0x3ff);
+        if (nan ? !isnan(f) || !isnan(tc_f16_to_f32(tc_f32_to_f16(f))) : tc_f32_to_f16(f) != h) bad++;
+    }
+    CHECK(bad == 0);
+    CHECK(tc_f16_to_f32(0x0001) == ldexpf(1, -24));            /* smallest subnormal */
+    CHECK(tc_f16_to_f32(0x03ff) == ldexpf(1023, -24));         /* largest subnormal */
+    CHECK(tc_f16_to_f32(0x0400) == ldexpf(1, -14));            /* smallest normal */
+    CHECK(tc_f16_to_f32(0x7bff) == 65504.0f);
+    CHECK(isinf(tc_f16_to_f32(0x7c00)) && tc_f16_to_f32(0xfc00) < 0);
+    CHECK(f32_bits_eq(tc_f16_to_f32(0x8000), -0.0f));
+    /* rounding: to nearest, ties to even, in the normal and the subnormal range */
+    CHECK(tc_f32_to_f16(1.0f + ldexpf(1, -11)) == 0x3c00);     /* tie: down to even */
+    CHECK(tc_f32_to_f16(1.0f + 3 * ldexpf(1, -11)) == 0x3c02); /* tie: up to even */
+    CHECK(tc_f32_to_f16(1.0f + ldexpf(1, -11) + ldexpf(1, -20)) == 0x3c01);
+    CHECK(tc_f32_to_f16(ldexpf(1, -25)) == 0x0000);            /* tie between 0 and 2^-24 */
+    CHECK(tc_f32_to_f16(3 * ldexpf(1, -25)) == 0x0002);        /* tie: up to even */
+    CHECK(tc_f32_to_f16(ldexpf(1, -25) * 1.0001f) == 0x0001);
+    CHECK(tc_f32_to_f16(ldexpf(1, -14) - ldexpf(1, -25)) == 0x0400); /* rounds up into the normals */
+    CHECK(tc_f32_to_f16(65519.0f) == 0x7bff && tc_f32_to_f16(65520.0f) == 0x7c00); /* overflow */
+    CHECK(tc_f32_to_f16(-1e10f) == 0xfc00 && tc_f32_to_f16(INFINITY) == 0x7c00);
+    CHECK(tc_f32_to_f16(1e-10f) == 0 && tc_f32_to_f16(-1e-10f) == 0x8000);
+    uint16_t qn = tc_f32_to_f16(NAN);
+    CHECK((qn & 0x7c00) == 0x7c00 && (qn & 0x200)); /* a quiet NaN */
+}
+
+static void test_bf16(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = tc_bf16_to_f32((uint16_t)h);
+        bool nan = (h & 0x7f80) == 0x7f80 && (h & 0x7f);
+        if (nan ? !isnan(f) || !isnan(tc_bf16_to_f32(tc_f32_to_bf16(f))) : tc_f32_to_bf16(f) != h) bad++;
+    }
+    CHECK(bad == 0);
+    CHECK(tc_f32_to_bf16(1.0f + ldexpf(1, -8)) == 0x3f80);     /* tie: down to even */
+    CHECK(tc_f32_to_bf16(1.0f + 3 * ldexpf(1, -8)) == 0x3f82); /* tie: up to even */
+    CHECK(tc_f32_to_bf16(1.0f + ldexpf(1, -8) + ldexpf(1, -20)) == 0x3f81);
+    CHECK(tc_f32_to_bf16(3.4e38f) == 0x7f80);                   /* rounds past the largest finite */
+    CHECK(tc_f32_to_bf16(1e-40f) == 0x0001 && tc_bf16_to_f32(0x0001) > 0); /* subnormals kept */
+    uint16_t qn = tc_f32_to_bf16(NAN);
+    CHECK((qn & 0x7f80) == 0x7f80 && (qn & 0x7f));
+    /* a NaN whose payload lies only in the low bits must not round into infinity */
+    uint32_t low_nan = 0x7f800001;
+    float f;
+    memcpy(&f, &low_nan, 4);
+    CHECK(isnan(tc_bf16_to_f32(tc_f32_to_bf16(f))));
+}
+
+/* conversions inside tensors go through the same rules, for every pair of dtypes */
+static void test_dtype_copies(void) {
+    const double vals[] = {0, 1, 2, 3.75, 100, 127}; /* exact in every dtype once truncated */
+    tc_tensor *src = tc_empty(1, (int64_t[]){6}, TC_F64, TC_DEV_CPU);
+    memcpy(tc_data(src), vals, sizeof vals);
+    int bad = 0;
+    for (int a = 0; a < TC_NDTYPES; a++) {
+        tc_tensor *x = tc_to(src, (tc_dtype)a, TC_DEV_CPU);
+        for (int b = 0; b < TC_NDTYPES; b++) {
+            tc_tensor *y = tc_to(x, (tc_dtype)b, TC_DEV_CPU);
+            for (int64_t i = 0; i < 6; i++) {
+                double v = vals[i];
+                if (a == TC_BOOL || b == TC_BOOL) v = v != 0;
+                else if (!tc_dtype_is_float((tc_dtype)a) || !tc_dtype_is_float((tc_dtype)b)) v = trunc(v);
+                if (tc_get(y, &i) != v) bad++;
+            }
+            tc_tensor_release(y);
+        }
+        tc_tensor_release(x);
+    }
+    tc_tensor_release(src);
+    CHECK(bad == 0);
+}
+
+/* ---- Philox 4x32-10 --------------------------------------------------------------------- */
+/* tc_philox packs the 64-bit counter into words 0-1 (words 2-3 zero) and the 64-bit seed
+ * into the key. The first row is Random123's known answer for key 0, counter 0; the others
+ * come from the reference implementation in tests/ref/gen_core.py (--philox), which is
+ * itself checked there against all of Random123's philox4x32-10 vectors. */
+static const struct { uint64_t seed, counter; uint32_t words[4]; } philox_kat[] = {
+    {0x0ull, 0x0ull, {0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}},
+    {0x0ull, 0x1ull, {0xf8e4cca4, 0x5cb200db, 0xb1a574eb, 0x097eff67}},
+    {0x2aull, 0x0ull, {0x9ceaf053, 0x77f5493b, 0x12bf50ad, 0x5742b3d7}},
+    {0x2aull, 0x7ull, {0x5bbd83b1, 0x68784c85, 0x172067aa, 0x2e6b75b7}},
+    {0x100000005ull, 0x100000003ull, {0x7ee89035, 0x68127fa1, 0x781846a7, 0x5432528b}},
+    {0xffffffffffffffffull, 0xffffffffffffffffull, {0x4d18d7d2, 0x430ac65a, 0xbd2fa22a, 0x0afae10d}},
+    {0x3d30f19cd101ull, 0x75bcd15ull, {0x025e1364, 0xb184fc6a, 0x5bf7202e, 0x0155baf1}},
+};
+
+static void test_philox(void) {
+    for (size_t i = 0; i < sizeof philox_kat / sizeof philox_kat[0]; i++) {
+        uint32_t w[4];
+        tc_philox(philox_kat[i].seed, philox_kat[i].counter, w);
+        CHECK(memcmp(w, philox_kat[i].words, sizeof w) == 0);
+    }
+    /* the state: a draw of n numbers advances the offset by ceil(n / 4) counters */
+    tc_manual_seed(5);
+    uint64_t s, o;
+    tc_rng_get(&s, &o);
+    CHECK(s == 5 && o == 0);
+    tc_tensor *u = tc_rand(1, (int64_t[]){10}, TC_F32, TC_DEV_CPU);
+    tc_rng_get(&s, &o);
+    CHECK(o == 3);
+    uint32_t w[4];
+    tc_philox(5, 2, w); /* element 9 is lane 1 of counter 2 */
+    CHECK(tc_get(u, (int64_t[]){9}) == ldexp((double)(w[1] >> 8), -24));
+    tc_tensor_release(u);
+}
+
+/* ---- broadcasting and error messages ------------------------------------------------------- */
+static void test_broadcast(void) {
+    int n;
+    int64_t out[TC_MAX_DIMS];
+    CHECK(tc_broadcast_shape(3, (int64_t[]){3, 1, 4}, 2, (int64_t[]){2, 4}, &n, out, "add") == TC_OK);
+    CHECK(n == 3 && out[0] == 3 && out[1] == 2 && out[2] == 4);
+    CHECK(tc_broadcast_shape(0, NULL, 2, (int64_t[]){2, 0}, &n, out, "add") == TC_OK);
+    CHECK(n == 2 && out[0] == 2 && out[1] == 0);
+    CHECK(tc_broadcast_shape(1, (int64_t[]){1}, 1, (int64_t[]){0}, &n, out, "add") == TC_OK && out[0] == 0);
+    CHECK(tc_broadcast_shape(2, (int64_t[]){2, 3}, 1, (int64_t[]){4}, &n, out, "mul") == TC_ERR);
+    CHECK_ERR("mul: shapes [2 x 3] and [4] cannot be broadcast together (dimension 2: 3 vs 4)");
+    CHECK(tc_broadcast_shape(2, (int64_t[]){2, 3}, 2, (int64_t[]){0, 3}, &n, out, "sub") == TC_ERR);
+
+    tc_tensor *a = zeros(2, (int64_t[]){4, 3});
+    CHECK(tc_matmul(a, a) == NULL);
+    CHECK_ERR("matmul: size mismatch [4 x 3] @ [4 x 3]");
+    tc_tensor *b = zeros(1, (int64_t[]){4});
+    CHECK(tc_binary(TC_OP_ADD, a, b) == NULL);
+    CHECK_ERR("add: shapes [4 x 3] and [4] cannot be broadcast");
+    tc_tensor_release(b);
+    CHECK(tc_wrap_dim(2, 2, "sum") == TC_ERR);
+    CHECK_ERR("sum: dimension 3 out of range for a 2-d tensor");
+    CHECK(tc_wrap_dim(-1, 2, "sum") == 1 && tc_wrap_dim(-3, 2, "sum") == TC_ERR);
+    CHECK(tc_wrap_dim(-1, 0, "sum") == 0 && tc_wrap_dim(1, 0, "sum") == TC_ERR);
+    tc_tensor_release(a);
+    char buf[64];
+    tc_shape_str(0, NULL, buf, sizeof buf);
+    CHECK(strcmp(buf, "[]") == 0);
+    tc_shape_str(3, (int64_t[]){2, 0, 7}, buf, sizeof buf);
+    CHECK(strcmp(buf, "[2 x 0 x 7]") == 0);
+    CHECK(tc_empty(1, (int64_t[]){-3}, TC_F32, TC_DEV_CPU) == NULL);
+    CHECK_ERR("negative dimension -3");
+    tc_device d;
+    CHECK(tc_device_parse("cuda:1", &d) == TC_OK && d.type == TC_CUDA && d.index == 1);
+    CHECK(tc_device_parse("cpu", &d) == TC_OK && d.type == TC_CPU);
+    CHECK(tc_device_parse("cuda:", &d) == TC_ERR && tc_device_parse("tpu", &d) == TC_ERR);
+    CHECK(tc_dtype_from_name("bf16") == TC_BF16 && tc_dtype_from_name("float") == -1);
+    CHECK(tc_promote(TC_F16, TC_BF16) == TC_F32 && tc_promote(TC_I32, TC_F16) == TC_F16);
+    CHECK(tc_promote(TC_U8, TC_I32) == TC_I32 && tc_promote(TC_BOOL, TC_U8) == TC_U8);
+}
+
+/* ---- autograd from C ---------------------------------------------------------------------- */
+/* a chain of 200,000 ops: building, backward and freeing it must not recurse on the C stack */
+static void test_deep_graph(void) {
+    size_t base = tc_mem_in_use();
+    tc_tensor *x = tc_scalar_tensor(1, TC_F64, TC_DEV_CPU);
+    tc_requires_grad_(x, true);
+    tc_tensor *y = tc_tensor_retain(x);
+    for (int i = 0; i < 200000; i++) {
+        tc_tensor *z = tc_unary_s(TC_OP_MUL_SCALAR, y, 1.0, 0);
+        tc_tensor_release(y);
+        y = z;
+    }
+    CHECK(tc_backward(y, NULL, true) == TC_OK && x->grad && tc_get(x->grad, NULL) == 1);
+    tc_tensor_release(y); /* frees the retained graph through the work list */
+    CHECK(tc_mem_in_use() == base + 2 * sizeof(double));
+    tc_tensor_release(x);
+    CHECK(tc_mem_in_use() == base);
+}
+
+static int double_it(void *ctx, tc_tensor *gy, int nin, tc_tensor **gx) {
+    (*(int *)ctx)++;
+    CHECK(nin == 1);
+    gx[0] = tc_unary_s(TC_OP_MUL_SCALAR, gy, 2, 0);
+    return gx[0] ? TC_OK : TC_ERR;
+}
+
+static int ctx_freed;
+static void free_ctx(void *ctx) { (void)ctx; ctx_freed++; }
+
+static void test_custom_function(void) {
+    tc_tensor *x = tc_full(1, (int64_t[]){3}, 1.5, TC_F64, TC_DEV_CPU);
+    tc_requires_grad_(x, true);
+    int calls = 0;
+    tc_tensor *y = tc_custom_attach(x, 1, &x, double_it, &calls, free_ctx);
+    CHECK(y && y->grad_fn && strcmp(tc_grad_fn_name(y), "CustomFunctionBackward") == 0);
+    tc_tensor *g = tc_full(1, (int64_t[]){3}, 1, TC_F64, TC_DEV_CPU);
+    CHECK(tc_backward(y, g, false) == TC_OK && calls == 1);
+    CHECK(tc_get(x->grad, (int64_t[]){2}) == 2 && ctx_freed == 1); /* freed with the graph */
+    CHECK(tc_backward(y, g, false) == TC_ERR);
+    CHECK_ERR("second time");
+    tc_tensor_release(y);
+    tc_tensor_release(g);
+    /* nothing requires grad: a plain result, and the context is freed at once */
+    tc_tensor *c = tc_zeros(0, NULL, TC_F64, TC_DEV_CPU);
+    tc_tensor *r = tc_custom_attach(c, 1, &c, double_it, &calls, free_ctx);
+    CHECK(r && !r->grad_fn && ctx_freed == 2);
+    tc_tensor_release(r);
+    tc_tensor_release(c);
+    tc_tensor_release(x);
+}
+
+int main(void) {
+    test_refcounts();
+    test_wrapped_storage();
+    test_view_strides();
+    test_f16();
+    test_bf16();
+    test_dtype_copies();
+    test_philox();
+    test_broadcast();
+    test_deep_graph();
+    test_custom_function();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}

@@ -1,0 +1,138 @@
+-- test_errors.lua: bad input is a Lua error that names the op and what was wrong, never a
+-- crash: wrong argument types, shape mismatches, out-of-range (and 0) dims, dtype mismatches,
+-- and a sweep calling every core method and function with junk arguments.
+local T = require "tocha"
+
+local function errors(pattern, f, ...)
+  local ok, err = pcall(f, ...)
+  assert(not ok, "expected an error matching '" .. pattern .. "'")
+  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
+end
+
+-- the core's methods and functions (other families are tested in their own files)
+local METHODS = {
+  "item", "tolist", "numel", "dim", "size", "stride", "is_contiguous", "storage_id", "to", "contiguous", "clone",
+  "detach", "float", "double", "long", "copy_", "fill_", "zero_", "uniform_", "normal_", "view", "reshape",
+  "expand", "expand_as", "permute", "transpose", "t", "narrow", "select", "squeeze", "unsqueeze", "flatten",
+  "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "silu", "gelu", "softplus",
+  "sign", "reciprocal", "square", "logical_not", "isfinite", "clamp", "leaky_relu", "pow", "add", "sub", "mul",
+  "div", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "add_", "sub_",
+  "mul_", "div_", "clamp_", "sum", "mean", "prod", "logsumexp", "amax", "amin", "max", "min", "argmax", "argmin",
+  "var", "std", "norm", "matmul", "bmm", "outer", "backward", "requires_grad_", "split", "chunk", "allclose",
+}
+local FUNCS = {
+  "zeros", "ones", "empty", "full", "rand", "randn", "randint", "randperm", "multinomial", "arange", "linspace",
+  "tensor", "zeros_like", "ones_like", "rand_like", "randn_like", "empty_like", "full_like", "manual_seed",
+  "set_rng_state", "where", "matmul", "bmm", "outer", "maximum", "minimum", "linear",
+}
+local JUNK = { "abc", {}, { 1, "x" }, 0, -99, 99, 2.5, true, function() end, math.huge, 0 / 0, -1 }
+
+return {
+  ["wrong argument types"] = function()
+    local x = T.zeros(2, 3)
+    errors("shape (table or numbers) expected, got string", x.view, x, "a")
+    errors("bad shape: element 2 is not an integer", x.view, x, { 6, "a" })
+    errors("shape (table or numbers) expected, got string", T.zeros, "3")
+    errors("number has no integer representation", T.zeros, 2.5)
+    errors("(tocha.Tensor expected, got table)", T.matmul, x, {})
+    errors("(tocha.Tensor expected, got no value)", T.matmul, x)
+    errors("unknown dtype 'float'", x.to, x, { dtype = "float" })
+    errors("unknown device 'gpu'", T.zeros, 2, { device = "gpu" })
+    errors("device cuda:0 is not available", T.zeros, 2, { device = "cuda" })
+    errors("tensor or number expected, got table", x.add, x, {})
+    errors("gelu: approximate must be \"none\" or \"tanh\"", x.gelu, x, "fast")
+    errors("option 'correction' must be a number", x.var, x, 1, false, { correction = "yes" })
+    errors("tensor was released (used after <close>)", function()
+      local y = T.zeros(2)
+      y:release()
+      return y + 1
+    end)
+    errors("expected {seed = integer, offset = integer}", T.set_rng_state, { seed = "x" })
+  end,
+
+  ["shape mismatches name the op and the shapes"] = function()
+    local a, b = T.zeros(2, 3), T.zeros(4, 3)
+    errors("add: shapes [2 x 3] and [4 x 3] cannot be broadcast together (dimension 1: 2 vs 4)", function() return a + b end)
+    errors("mul: shapes", function() return a * b end)
+    errors("maximum: shapes", T.maximum, a, b)
+    errors("where: shapes", T.where, T.ones(5):gt(0), a, a)
+    errors("matmul: size mismatch [4 x 3] @ [4 x 3]", T.matmul, b, b)
+    errors("copy_: shapes [2 x 3] and [4 x 3] cannot be broadcast", a.copy_, a, b)
+    errors("view: shape [7] is invalid for a tensor of shape [2 x 3] (6 elements)", a.view, a, 7)
+    errors("backward: a gradient of shape [4 x 3] was given for an output of shape [2 x 3]", function()
+      (T.zeros(2, 3, { requires_grad = true }) * 2):backward(b)
+    end)
+  end,
+
+  ["dims are 1-based: 0 and out-of-range dims are errors"] = function()
+    local x = T.zeros(2, 3)
+    for _, f in ipairs({
+      function() return x:sum(0) end, function() return x:mean({ 1, 0 }) end, function() return x:transpose(0, 1) end,
+      function() return x:narrow(0, 1, 1) end, function() return x:select(0, 1) end, function() return x:size(0) end,
+      function() return x:unsqueeze(0) end, function() return x:max(0) end, function() return x:argmax(0) end,
+      function() return x:permute(0, 1) end, function() return x:flatten(0) end, function() return x:squeeze(0) end,
+    }) do
+      errors("dimension 0 is invalid", f)
+    end
+    errors("sum: dimension 3 out of range for a 2-d tensor", x.sum, x, 3)
+    errors("sum: dimension -3 out of range for a 2-d tensor", x.sum, x, -3)
+    errors("narrow: dimension 5 out of range", x.narrow, x, 5, 1, 1)
+    errors("dimension out of range", x.sum, x, 100)
+    errors("select: index 3 out of range for dimension 1 of size 2", function() return x[3] end)
+    errors("select: index -3 out of range for dimension 1 of size 2", function() return x[-3] end)
+    assert(x:sum(-1):numel() == 2 and x:sum(-2):numel() == 3)
+  end,
+
+  ["dtype mismatches and unsupported dtypes"] = function()
+    errors("matmul: expected floating point tensors of one dtype, got f32 and f16", T.matmul, T.zeros(2, 2), T.zeros(2, 2, { dtype = "f16" }))
+    errors("rand: dtype must be floating point (got i64)", T.rand, 2, { dtype = "i64" })
+    errors("randn: dtype must be floating point (got bool)", T.randn, 2, { dtype = "bool" })
+    errors("requires_grad_: only floating point tensors can require gradients (got u8)", function()
+      T.zeros(2, { dtype = "u8" }):requires_grad_()
+    end)
+    errors("randint: high (3) must be greater than low (5)", T.randint, 5, 3, { 2 })
+  end,
+
+  ["huge shapes are errors, not overflows"] = function()
+    errors("a tensor of shape [1099511627776 x 1099511627776] is too large", T.zeros, 2 ^ 40, 2 ^ 40)
+    errors("is too large", T.zeros, 2 ^ 40, 2 ^ 40, 0) -- its strides would overflow
+    errors("is too large", T.empty, 2 ^ 60, 4, { dtype = "f64" })
+    errors("expand: a tensor of shape [1099511627776 x 1099511627776] is too large", function()
+      return T.zeros(1):expand(2 ^ 40, 2 ^ 40)
+    end)
+    errors("view: shape [-1 x 4611686018427387904 x 4611686018427387904] is invalid", function()
+      return T.zeros(0):view(-1, 2 ^ 62, 2 ^ 62)
+    end)
+    errors("arange: too many elements", T.arange, 0, 1e30)
+    assert(T.zeros(2 ^ 40, 0):numel() == 0 and T.zeros(2 ^ 40, 0):sum(1):numel() == 0)
+  end,
+
+  ["junk arguments never crash a core method or function"] = function()
+    local calls = 0
+    for _, name in ipairs(METHODS) do
+      local m = T._methods[name] or assert(T._methods.split and name and T[name] or nil, name)
+      for _, j in ipairs(JUNK) do
+        for _, x in ipairs({ T.randn(2, 3), T.zeros({}), T.zeros(0, 2), T.ones(2, { dtype = "i32" }) }) do
+          pcall(m, x, j)
+          pcall(m, x, j, j)
+          pcall(m, x, 1, j)
+          calls = calls + 3
+        end
+      end
+      pcall(m, 42)
+      pcall(m, nil)
+    end
+    for _, name in ipairs(FUNCS) do
+      local f = assert(T[name], name)
+      for _, j in ipairs(JUNK) do
+        pcall(f, j)
+        pcall(f, j, j)
+        pcall(f, T.ones(2), j)
+        pcall(f, { 2, 2 }, j)
+        calls = calls + 4
+      end
+    end
+    T.manual_seed(0)
+    assert(calls > 3000 and (T.ones(2) + 1):sum():item() == 4, "still working")
+  end,
+}
