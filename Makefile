@@ -9,13 +9,17 @@ SAN     ?= 0
 BUILD   ?= $(if $(filter 1,$(SAN)),build-san,build)
 LUA_INC ?= $(firstword $(wildcard /usr/include/lua5.4) /usr/include)
 LUA_A   ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liblua5.4.a /usr/lib/*/liblua5.4.a /usr/local/lib/liblua.a))
-BLAS_INC ?= $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas) /usr/include)
+# OpenBLAS built on OpenMP shares one thread pool with tocha's own kernels; the pthread
+# build's threads and OpenMP's spinning ones would fight over the cores
+BLAS_DIR ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-openmp /usr/lib/x86_64-linux-gnu/openblas-pthread))
+BLAS_INC ?= $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-openmp /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas) /usr/include)
 
 WARN    = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Werror
 SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 OPT     = $(if $(filter 1,$(SAN)),-O1 -g $(SANFLAGS),-O2 -g)
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(OPT) $(WARN) -Icore -I$(LUA_INC) -I$(BLAS_INC)
-LDLIBS  = -lopenblas -lpng -ljpeg -lzstd -lm -lpthread -ldl -fopenmp
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(OPT) $(WARN) -Icore -I$(LUA_INC) -I$(BLAS_INC) $(shell pkg-config --cflags cairo 2>/dev/null)
+BLAS_LD = -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
+LDLIBS  = $(if $(BLAS_DIR),$(BLAS_LD)) -lopenblas -lpng -ljpeg -lzstd -lcairo -lm -lpthread -ldl -fopenmp
 LDFLAGS += $(if $(filter 1,$(SAN)),$(SANFLAGS))
 
 CORE_SRC = $(wildcard core/*.c core/ops/*.c core/cpu/*.c core/io/*.c)
@@ -37,7 +41,7 @@ probe:
 	 echo "  Lua 5.4:  $$lua"; echo "  OpenBLAS: $$blas"; \
 	 echo "  nvcc:     $$nvcc (CUDA kernels: issue 6)"; echo "  cuBLAS:   $$cublas"; echo "  cuDNN:    $$cudnn"; \
 	 if [ $$lua = missing ]; then echo "error: Lua 5.4 not found: apt-get install liblua5.4-dev (or run scripts/deps.sh)"; exit 1; fi; \
-	 if [ $$blas = missing ]; then echo "error: OpenBLAS not found: apt-get install libopenblas-dev (or run scripts/deps.sh)"; exit 1; fi
+	 if [ $$blas = missing ]; then echo "error: OpenBLAS not found: apt-get install libopenblas-openmp-dev (or run scripts/deps.sh)"; exit 1; fi
 
 $(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h)
 	@mkdir -p $(dir $@)
