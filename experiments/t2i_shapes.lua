@@ -1,0 +1,182 @@
+-- experiments/t2i_shapes.lua: the default experiment. A text encoder and a UNet learn
+-- together, from nothing, to draw captioned shapes ("a small red circle on the left") on
+-- two CPU cores, then draw held-out prompts, which tocha.eval.shapes grades.
+--   tocha experiments/t2i_shapes.lua [--steps 3000] [--lr 1e-3] [--sampler ddim] ... (--help)
+local T = require "tocha"
+local nn = require "tocha.nn"
+local F = require "tocha.nn.functional"
+local optim = require "tocha.optim"
+local lr_sched = require "tocha.lr"
+local ckpt = require "tocha.checkpoint"
+local D = require "tocha.diffusion"
+local text = require "tocha.text"
+local models = require "tocha.models"
+local shapes = require "tocha.data.shapes"
+local eval = require "tocha.eval.shapes"
+local image = require "tocha.image"
+local log = require "tocha.log"
+local run = require "tocha.run"
+
+local defaults = {
+  steps = { 3000, help = "optimizer steps" },
+  batch = { 32, help = "images per step" },
+  lr = { 2e-3, help = "peak learning rate (AdamW)" },
+  warmup = { 100, help = "linear warmup steps before the cosine decay" },
+  weight_decay = { 1e-2, help = "AdamW decoupled weight decay" },
+  clip = { 1.0, help = "gradient clipping: max global norm (0: off)" },
+  ema = { true, help = "keep an exponential moving average of the weights for sampling" },
+  ema_decay = { 0.995, help = "EMA decay (with diffusers' warmup of the decay)" },
+  caption_dropout = { 0.1, help = "fraction of captions replaced by \"\" (for classifier-free guidance)" },
+  prediction = { "epsilon", help = "what the UNet predicts", choices = { "epsilon", "v_prediction" } },
+  min_snr = { 5.0, help = "Min-SNR-gamma loss weighting (0: off)" },
+  pairs = { 0.3, help = "fraction of training images with two objects" },
+  size = { 32, help = "image size in pixels" },
+  seed = { 0, help = "seed for the weights, the data order and the sampling noise" },
+  sampler = { "ddim", help = "sampler for the final samples",
+              choices = { "ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp2m", "unipc" } },
+  sample_steps = { 50, help = "sampler steps" },
+  guidance = { 7.5, help = "classifier-free guidance scale" },
+  eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end" },
+  checkpoint_every = { 500, help = "steps between checkpoints (0: none)" },
+  resume = { false, help = "continue from the newest checkpoint in --checkpoint_dir" },
+  checkpoint_dir = { "", help = "where checkpoints go (default: the run directory)" },
+  log_every = { 25, help = "steps between logged scalars" },
+  threads = { 2, help = "CPU threads" },
+  out = { "", help = "where samples.png goes (default: the run directory)" },
+}
+
+local r = run { name = "t2i_shapes", config = defaults }
+local cfg = r.config
+T.set_num_threads(cfg.threads)
+T.manual_seed(cfg.seed)
+
+-- the tokenizer learns its vocabulary from every caption the data can produce
+local train_ds = shapes { size = cfg.size, seed = cfg.seed, objects = { 1, 2 } }
+local corpus = shapes.prompts { split = "all", objects = { 1, 2 } }
+local tok = text.train_bpe(corpus, 700, { max_length = 32 })
+local text_encoder = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = tok.vocab_size + 1 })
+local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size = cfg.size })
+local model = nn.ModuleDict { text_encoder = text_encoder, unet = unet } -- one state dict for both
+local params = model:parameters()
+
+local function no_decay(name) return name:find("bias") or name:find("norm") or name:find("embedding") end
+local decay, plain = {}, {}
+for name, p in model:named_parameters() do
+  if no_decay(name) then plain[#plain + 1] = p else decay[#decay + 1] = p end
+end
+local opt = optim.AdamW({ { params = decay }, { params = plain, weight_decay = 0 } },
+  { lr = cfg.lr, weight_decay = cfg.weight_decay })
+local schedule = lr_sched.cosine { lr = cfg.lr, steps = cfg.steps, warmup = cfg.warmup }
+local ema = cfg.ema and optim.EMA(params, { decay = cfg.ema_decay }) or nil
+local noise_sched = D.DDPM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction }
+
+print(string.format("text encoder %d parameters, unet %d, vocabulary %d", text_encoder:num_parameters(),
+  unet:num_parameters(), tok.vocab_size))
+
+-- resume: model, optimizer, EMA, RNG and the step all come back as they were saved
+local ckdir = cfg.checkpoint_dir ~= "" and cfg.checkpoint_dir or r:path("checkpoints")
+local start = 0
+if cfg.resume then
+  local dir = ckpt.latest(ckdir)
+  if not dir then error("--resume: no checkpoint in " .. ckdir) end
+  local state = ckpt.load(dir, { model = model, optimizer = opt, ema = ema })
+  start = state.step
+  print(string.format("resumed from %s at step %d", dir, start))
+end
+
+-- one training step on a batch of fresh scenes; returns the loss
+local function train_step(step)
+  local n_pairs = math.floor(cfg.batch * cfg.pairs + 0.5)
+  local first = step * cfg.batch + 1 -- the data position is the step: resuming needs nothing else
+  local b = train_ds:batch(first, cfg.batch)
+  local captions = b.caption
+  if n_pairs < cfg.batch then -- most images hold one object: redraw those from the single-object stream
+    local singles = shapes { size = cfg.size, seed = cfg.seed + 1, objects = { 1 } }:batch(first, cfg.batch - n_pairs)
+    b.image = T.cat({ singles.image, b.image:narrow(1, 1, n_pairs) }, 1)
+    for i = 1, cfg.batch - n_pairs do captions[i] = singles.caption[i] end
+  end
+  local drop = T.rand({ cfg.batch }):tolist()
+  for i = 1, cfg.batch do if drop[i] < cfg.caption_dropout then captions[i] = "" end end
+  local ids = tok:encode(captions).input_ids
+  local x0 = b.image
+  local noise = T.randn_like(x0)
+  local ts = T.randint(0, noise_sched.config.num_train_timesteps, { cfg.batch })
+  local xt = noise_sched:add_noise(x0, noise, ts)
+  local target = cfg.prediction == "epsilon" and noise or noise_sched:get_velocity(x0, noise, ts)
+  local context = text_encoder(ids)
+  local pred = unet(xt, ts, context)
+  local per_sample = F.mse_loss(pred, target, { reduction = "none" }):mean({ 2, 3, 4 })
+  local loss
+  if cfg.min_snr > 0 then loss = (per_sample * noise_sched:min_snr_weights(ts, cfg.min_snr)):mean()
+  else loss = per_sample:mean() end
+  loss:backward()
+  if cfg.clip > 0 then optim.clip_grad_norm(params, cfg.clip) end
+  opt:set_lr(schedule(step))
+  opt:step()
+  opt:zero_grad()
+  if ema then ema:update() end
+  return loss
+end
+
+local writer = r:writer()
+local progress = log.progress { total = cfg.steps, smooth = { "loss" } }
+local every_log = log.every(cfg.log_every)
+local t0 = T.clock()
+for step = start, cfg.steps - 1 do
+  local loss = train_step(step)
+  local done = step + 1
+  progress:update(done, { loss = loss, lr = schedule(step) })
+  if every_log(done) then
+    writer:add_scalar("train/loss", loss, done)
+    writer:add_scalar("train/lr", schedule(step), done)
+  end
+  if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps) then
+    ckpt.save(ckdir, { model = model, optimizer = opt, ema = ema, step = done, keep = 2 })
+  end
+end
+progress:close()
+local train_secs = T.clock() - t0
+
+-- sampling with the EMA weights
+if ema then ema:store(); ema:copy_to(params) end
+local SAMPLERS = {
+  ddim = function() return D.DDIM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction,
+                                     clip_sample = true, set_alpha_to_one = true } end,
+  ddpm = function() return D.DDPM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
+  euler = function() return D.Euler { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
+  euler_ancestral = function() return D.EulerAncestral { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
+  heun = function() return D.Heun { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
+  dpmpp2m = function() return D.DPMSolverMultistep { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
+  unipc = function() return D.UniPC { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
+}
+local function draw(prompts, seed)
+  local out = {}
+  for i = 1, #prompts, 50 do
+    local chunk = table.move(prompts, i, math.min(i + 49, #prompts), 1, {})
+    out[#out + 1] = D.sample { model = function(x, ts, ctx) return unet(x, ts, ctx) end,
+      text_encoder = function(ids) return text_encoder(ids) end, tokenizer = tok,
+      scheduler = SAMPLERS[cfg.sampler](), prompts = chunk, guidance_scale = cfg.guidance,
+      steps = cfg.sample_steps, seed = seed + i, height = cfg.size, width = cfg.size, channels = 3 }
+  end
+  return T.cat(out, 1):clamp(-1, 1)
+end
+
+model:eval()
+local grid_prompts = shapes.prompts { split = "test", objects = { 1, 2 }, n = 16, seed = cfg.seed }
+local grid = draw(grid_prompts, cfg.seed)
+local out_dir = cfg.out ~= "" and cfg.out or r.dir
+os.execute("mkdir -p '" .. out_dir:gsub("'", "'\\''") .. "'")
+image.save(out_dir .. "/samples.png", image.grid(grid, 4))
+local f = assert(io.open(out_dir .. "/samples.txt", "w"))
+for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) end
+f:close()
+writer:add_images("samples", (grid + 1) * 0.5, cfg.steps)
+
+local eval_prompts = shapes.prompts { split = "test", objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
+local result = eval.evaluate(draw(eval_prompts, cfg.seed + 1000), eval_prompts)
+print(string.format("\nheld-out single-object prompts (%d samples, %s %d steps, guidance %.1f):",
+  cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
+print(eval.format(result))
+print(string.format("training: %d steps in %.0f s; samples: %s/samples.png", cfg.steps - start, train_secs, out_dir))
+r:finish { ["eval/color"] = result.color, ["eval/shape"] = result.shape, ["eval/position"] = result.position,
+           ["eval/all"] = result.all, ["train/seconds"] = train_secs }
