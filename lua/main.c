@@ -71,6 +71,7 @@ static int is_command(const char *s) {
     return 1;
 }
 
+/* returns the command's exit status, or -1 when it raised */
 static int run_command(lua_State *L, char **argv, int argc) {
     create_arg_table(L, argv, argc, 1);
     lua_getglobal(L, "require");
@@ -81,16 +82,21 @@ static int run_command(lua_State *L, char **argv, int argc) {
         if (msg && strstr(msg, "not found")) {
             lua_pop(L, 1);
             fprintf(stderr, "tocha: '%s' is neither a script nor a command (tocha pack, tocha plot, ...)\n", argv[1]);
-            return LUA_ERRRUN;
+            return -1;
         }
-        return report(L, status);
+        report(L, status);
+        return -1;
     }
     lua_createtable(L, argc - 2, 0);
     for (int i = 2; i < argc; i++) {
         lua_pushstring(L, argv[i]);
         lua_rawseti(L, -2, i - 1);
     }
-    return report(L, docall(L, 1, 0));
+    status = report(L, docall(L, 1, 1));
+    if (status != LUA_OK) return -1;
+    int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0; /* the command's exit status */
+    lua_pop(L, 1);
+    return code;
 }
 
 /* the REPL: try "return <line>" first so expressions print */
@@ -137,7 +143,11 @@ int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "-e") == 0) {
         create_arg_table(L, argv, argc, 1);
         status = report(L, luaL_loadstring(L, argv[2]) || docall(L, 0, 0));
-    } else if (argc >= 2 && is_command(argv[1])) status = run_command(L, argv, argc);
+    } else if (argc >= 2 && is_command(argv[1])) {
+        int code = run_command(L, argv, argc);
+        lua_close(L);
+        return code < 0 ? 1 : code;
+    }
     else if (argc >= 2 && strcmp(argv[1], "-") != 0) status = run_script(L, argv, argc, 1);
     else repl(L);
     lua_close(L);

@@ -345,4 +345,17 @@ return function(T)
         nbad, a:numel(), worst, a[worst]:item(), e[worst]:item(), opts.msg or ""), 2)
     end
   end
+
+  ---------------------------------------------------------------------------
+  -- the library's modules on first use: T.nn, T.optim, T.run{...}, ... are
+  -- require "tocha.nn", ... (T.run and T.log as the issue texts spell them)
+  ---------------------------------------------------------------------------
+  local LAZY = { nn = true, optim = true, lr = true, checkpoint = true, data = true, image = true, log = true,
+                 run = true, diffusion = true, text = true, models = true, json = true }
+  setmetatable(T, { __index = function(t, k)
+    if not LAZY[k] then return nil end
+    local m = require("tocha." .. k)
+    rawset(t, k, m)
+    return m
+  end })
 end

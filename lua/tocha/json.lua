@@ -124,7 +124,10 @@ local function encode(v, sort, out)
   elseif ty == "number" then
     if v ~= v or v == math.huge or v == -math.huge then out[#out + 1] = "null" -- JSON has no NaN or inf
     elseif math.type(v) == "integer" then out[#out + 1] = tostring(v)
-    else out[#out + 1] = string.format("%.17g", v) end
+    else -- the shortest form that reads back as the same double
+      local short = string.format("%.15g", v)
+      out[#out + 1] = tonumber(short) == v and short or string.format("%.17g", v)
+    end
   elseif ty == "string" then out[#out + 1] = encode_string(v)
   elseif ty == "table" then
     if is_list(v) and next(v) ~= nil then
