@@ -1,0 +1,206 @@
+-- tests/test_conv.lua: conv2d and conv_transpose2d against PyTorch (forward and the three
+-- gradients, tests/ref/gen_conv.py), f64 gradient checks, strided inputs, half precision
+-- through f32, and the error messages.
+local T = require "tocha"
+local F = require "tocha.nn.functional"
+local ref = dofile("tests/ref/conv_ref.lua")
+
+local tests = {}
+
+local function tensor(vals, shape, dtype, grad)
+  return T.tensor(vals, { dtype = dtype or "f64" }):view(shape):requires_grad_(grad or false)
+end
+
+local function opts_of(c)
+  return { stride = c.stride, padding = c.padding, dilation = c.dilation, groups = c.groups,
+    output_padding = c.output_padding }
+end
+
+local function run(c, dtype, grad)
+  local x, w = tensor(c.x, c.xshape, dtype, grad), tensor(c.w, c.wshape, dtype, grad)
+  local b = c.b and tensor(c.b, { #c.b }, dtype, grad)
+  local op = c.op == "conv2d" and F.conv2d or F.conv_transpose2d
+  local o = opts_of(c)
+  if c.op == "conv2d" then o.output_padding = nil end
+  return op(x, w, b, o), x, w, b
+end
+
+for name, c in pairs(ref) do
+  tests["matches PyTorch: " .. name .. " (f64, forward and gradients)"] = function()
+    local y, x, w, b = run(c, "f64", true)
+    for i, s in ipairs(c.yshape) do assert(y.shape[i] == s, "output shape") end
+    T.testing.assert_close(y, tensor(c.y, c.yshape), { rtol = 1e-10, atol = 1e-9, msg = name .. " y" })
+    y:backward(tensor(c.gy, c.yshape))
+    T.testing.assert_close(x.grad, c.gx and tensor(c.gx, c.xshape), { rtol = 1e-10, atol = 1e-9, msg = name .. " gx" })
+    T.testing.assert_close(w.grad, tensor(c.gw, c.wshape), { rtol = 1e-10, atol = 1e-9, msg = name .. " gw" })
+    if b then T.testing.assert_close(b.grad, tensor(c.gb, { #c.gb }), { rtol = 1e-10, atol = 1e-9, msg = name .. " gb" }) end
+  end
+  tests["matches PyTorch: " .. name .. " (f32 forward)"] = function()
+    local y = run(c, "f32", false)
+    assert(y.dtype == "f32")
+    T.testing.assert_close(y, tensor(c.y, c.yshape), { rtol = 1e-5, atol = 1e-4, msg = name })
+  end
+end
+
+tests["gradcheck conv2d: stride, padding, dilation, groups, bias"] = function()
+  local function mk(...) return T.randn({ ... }, { dtype = "f64", requires_grad = true }) end
+  local x, w, b = mk(1, 4, 5, 4), mk(4, 2, 3, 2), mk(4)
+  T.testing.gradcheck(function(a, k, c)
+    return F.conv2d(a, k, c, { stride = { 2, 1 }, padding = { 1, 2 }, dilation = { 1, 2 }, groups = 2 })
+  end, { x, w, b })
+  local x1, w1 = mk(1, 3, 4, 4), mk(2, 3, 1, 1)
+  T.testing.gradcheck(function(a, k) return F.conv2d(a, k) end, { x1, w1 })
+end
+
+tests["gradcheck conv_transpose2d: stride, output_padding, dilation, groups, bias"] = function()
+  local function mk(...) return T.randn({ ... }, { dtype = "f64", requires_grad = true }) end
+  local x, w, b = mk(1, 4, 3, 3), mk(4, 1, 3, 2), mk(2)
+  T.testing.gradcheck(function(a, k, c)
+    return F.conv_transpose2d(a, k, c, { stride = 2, padding = { 1, 0 }, output_padding = { 1, 0 },
+      dilation = { 1, 2 }, groups = 2 })
+  end, { x, w, b })
+end
+
+tests["only the inputs that require grad get one"] = function()
+  local x = T.randn({ 2, 3, 5, 5 }, { dtype = "f64" })
+  local w = T.randn({ 4, 3, 3, 3 }, { dtype = "f64", requires_grad = true })
+  F.conv2d(x, w, nil, { padding = 1 }):sum():backward()
+  assert(x.grad == nil and w.grad ~= nil)
+  local x2 = T.randn({ 2, 3, 5, 5 }, { dtype = "f64", requires_grad = true })
+  local w2 = T.randn({ 4, 3, 3, 3 }, { dtype = "f64" })
+  local b2 = T.randn({ 4 }, { dtype = "f64", requires_grad = true })
+  F.conv2d(x2, w2, b2):sum():backward()
+  assert(x2.grad ~= nil and w2.grad == nil)
+  T.testing.assert_close(b2.grad, T.full({ 4 }, 2 * 3 * 3, { dtype = "f64" }))
+  assert(not T.no_grad(function() return F.conv2d(x2, w2, b2) end).requires_grad)
+end
+
+tests["non-contiguous input and weight give the contiguous result"] = function()
+  local xs = T.randn({ 3, 6, 7, 4 }, { dtype = "f64" })   -- N, H, W, C
+  local x = xs:permute(1, 4, 2, 3)                          -- N, C, H, W view
+  assert(not x:is_contiguous())
+  local wbig = T.randn({ 5, 4, 3, 5 }, { dtype = "f64" })
+  local w = wbig:narrow(4, 2, 3)                            -- [5, 4, 3, 3] view
+  local o = { stride = 2, padding = 1 }
+  T.testing.assert_close(F.conv2d(x, w, nil, o), F.conv2d(x:contiguous(), w:contiguous(), nil, o), { rtol = 1e-12, atol = 1e-12 })
+  local wt = T.randn({ 4, 2, 3, 3 }, { dtype = "f64" })
+  T.testing.assert_close(F.conv_transpose2d(x, wt, nil, o), F.conv_transpose2d(x:contiguous(), wt, nil, o),
+    { rtol = 1e-12, atol = 1e-12 })
+  -- a gradient that reaches the conv as a broadcast (stride-0) tensor
+  local xg = x:detach():requires_grad_(true)
+  F.conv2d(xg, w, nil, o):sum():backward()
+  local xc = x:contiguous():requires_grad_(true)
+  F.conv2d(xc, w:contiguous(), nil, o):sum():backward()
+  T.testing.assert_close(xg.grad, xc.grad, { rtol = 1e-12, atol = 1e-12 })
+end
+
+tests["batch larger than the thread count, and a batch of one"] = function()
+  local x = T.randn({ 5, 3, 6, 6 }, { dtype = "f64", requires_grad = true })
+  local w = T.randn({ 4, 3, 3, 3 }, { dtype = "f64", requires_grad = true })
+  local y = F.conv2d(x, w, nil, { padding = 1 })
+  local gy = T.randn(y.shape, { dtype = "f64" })
+  y:backward(gy)
+  local gw = w.grad:clone()
+  local sum = nil
+  for i = 1, 5 do
+    local xi = x:detach():narrow(1, i, 1)
+    local wi = w:detach():requires_grad_(true)
+    local yi = F.conv2d(xi, wi, nil, { padding = 1 })
+    T.testing.assert_close(yi, y:detach():narrow(1, i, 1), { rtol = 1e-12, atol = 1e-12 })
+    yi:backward(gy:narrow(1, i, 1))
+    sum = sum and sum + wi.grad or wi.grad
+  end
+  T.testing.assert_close(gw, sum, { rtol = 1e-10, atol = 1e-10 })
+end
+
+-- conv2d as a sum over kernel taps of [O, C] @ shifted input: an independent reference
+-- (pad, narrow, matmul), differentiable through their own rules
+local function conv_by_taps(x, w, pad, stride)
+  local N, C, H, W = table.unpack(x.shape)
+  local O, _, kh, kw = table.unpack(w.shape)
+  local OH, OW = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
+  local xp = F.pad(x, { pad, pad + stride, pad, pad + stride }) -- room to take OH * stride rows
+  local y = nil
+  for i = 1, kh do
+    for j = 1, kw do
+      local rows = xp:narrow(3, i, OH * stride):narrow(4, j, OW * stride)
+      rows = rows:reshape(N, C, OH, stride, OW, stride):narrow(4, 1, 1):narrow(6, 1, 1)
+      local term = w:narrow(3, i, 1):narrow(4, j, 1):reshape(O, C):matmul(rows:reshape(N, C, OH * OW))
+      y = y and y + term or term
+    end
+  end
+  return y:reshape(N, O, OH, OW)
+end
+
+tests["images cut into several bands match a tap-by-tap reference (forward and gradients)"] = function()
+  -- a 1 MiB column buffer holds 14 output rows of 16 channels x 3 x 3 x 64 columns of f64
+  -- (28 rows of 32 columns), so these images take 3 and 2 bands
+  for _, case in ipairs({ { 2, 40, 1 }, { 1, 72, 2 } }) do
+    local n, h, stride = table.unpack(case)
+    local x = T.randn({ n, 16, h, 64 }, { dtype = "f64", requires_grad = true })
+    local w = T.randn({ 3, 16, 3, 3 }, { dtype = "f64", requires_grad = true })
+    local y = F.conv2d(x, w, nil, { padding = 1, stride = stride })
+    local x2, w2 = x:detach():requires_grad_(true), w:detach():requires_grad_(true)
+    local y2 = conv_by_taps(x2, w2, 1, stride)
+    T.testing.assert_close(y, y2, { rtol = 1e-10, atol = 1e-10 })
+    local gy = T.randn(y.shape, { dtype = "f64" })
+    y:backward(gy)
+    y2:backward(gy)
+    T.testing.assert_close(x.grad, x2.grad, { rtol = 1e-10, atol = 1e-10 })
+    T.testing.assert_close(w.grad, w2.grad, { rtol = 1e-10, atol = 1e-9 })
+  end
+end
+
+tests["f16 and bf16 go through f32"] = function()
+  local x = T.randn({ 2, 3, 6, 6 })
+  local w = T.randn({ 4, 3, 3, 3 }) * 0.2
+  local b = T.randn({ 4 })
+  local y32 = F.conv2d(x, w, b, { padding = 1 })
+  for _, dt in ipairs({ "f16", "bf16" }) do
+    local y = F.conv2d(x:to(dt), w:to(dt), b:to(dt), { padding = 1 })
+    assert(y.dtype == dt)
+    T.testing.assert_close(y, y32, { rtol = 0.05, atol = 0.05, msg = dt })
+    local xt = x:to(dt):requires_grad_(true)
+    F.conv_transpose2d(xt, w:permute(2, 1, 3, 4):to(dt), nil, { padding = 1 }):sum():backward()
+    assert(xt.grad.dtype == dt)
+  end
+end
+
+tests["zero-size batch"] = function()
+  local x = T.zeros({ 0, 3, 5, 5 }, { requires_grad = true })
+  local w = T.randn({ 2, 3, 3, 3 }, { requires_grad = true })
+  local y = F.conv2d(x, w, nil, { padding = 1 })
+  assert(y.shape[1] == 0 and y.shape[2] == 2)
+  y:sum():backward()
+  T.testing.assert_close(w.grad, T.zeros({ 2, 3, 3, 3 }))
+end
+
+local function fails(pattern, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error matching " .. pattern)
+  assert(tostring(err):find(pattern, 1, true), "wrong message: " .. tostring(err))
+end
+
+tests["errors name the op and the shapes"] = function()
+  local x = T.randn({ 2, 3, 8, 8 })
+  fails("conv2d: input [2 x 3 x 8 x 8] has 3 channels but weight [4 x 5 x 3 x 3] expects 5",
+    F.conv2d, x, T.randn({ 4, 5, 3, 3 }))
+  fails("conv2d: input [2 x 3 x 8 x 8] has 3 channels, not divisible by groups = 2",
+    F.conv2d, x, T.randn({ 4, 1, 3, 3 }), nil, { groups = 2 })
+  fails("conv2d: weight [3 x 2 x 3 x 3] has 3 output channels, not divisible by groups = 2",
+    F.conv2d, T.randn({ 2, 4, 8, 8 }), T.randn({ 3, 2, 3, 3 }), nil, { groups = 2 })
+  fails("conv2d: output size [2 x 4 x 0 x 0] is not positive (input [2 x 3 x 2 x 2], weight [4 x 3 x 3 x 3])",
+    F.conv2d, T.randn({ 2, 3, 2, 2 }), T.randn({ 4, 3, 3, 3 }))
+  fails("conv2d: bias [3] does not match the 4 output channels",
+    F.conv2d, x, T.randn({ 4, 3, 3, 3 }), T.randn({ 3 }))
+  fails("conv2d: expected a 4-d input [N, C, H, W], got [3 x 8 x 8]", F.conv2d, T.randn({ 3, 8, 8 }), T.randn({ 4, 3, 3, 3 }))
+  fails("conv2d: expected floating point input, weight and bias of one dtype, got f32, f64 and none",
+    F.conv2d, x, T.randn({ 4, 3, 3, 3 }, { dtype = "f64" }))
+  fails("conv2d: stride and dilation must be positive", F.conv2d, x, T.randn({ 4, 3, 3, 3 }), nil, { stride = 0 })
+  fails("conv_transpose2d: input [2 x 3 x 8 x 8] has 3 channels but weight [4 x 2 x 3 x 3] expects 4",
+    F.conv_transpose2d, x, T.randn({ 4, 2, 3, 3 }))
+  fails("conv_transpose2d: output_padding (2 x 2) must be smaller than stride (2 x 2) or dilation (1 x 1)",
+    F.conv_transpose2d, x, T.randn({ 3, 2, 3, 3 }), nil, { stride = 2, output_padding = 2 })
+end
+
+return tests
