@@ -5,6 +5,7 @@
 #   make SAN=1    AddressSanitizer + UndefinedBehaviorSanitizer build (in build-san/)
 
 CC      ?= cc
+CUDA    ?= 1
 SAN     ?= 0
 BUILD   ?= $(if $(filter 1,$(SAN)),build-san,build)
 LUA_INC ?= $(firstword $(wildcard /usr/include/lua5.4) /usr/include)
@@ -36,10 +37,11 @@ probe:
 	@lua=$$(test -f "$(LUA_A)" && test -f "$(LUA_INC)/lua.h" && echo found || echo missing); \
 	 blas=$$(test -f "$(BLAS_INC)/cblas.h" && echo found || echo missing); \
 	 nvcc=$$(command -v nvcc >/dev/null 2>&1 && echo found || echo missing); \
+	 [ "$(CUDA)" = 0 ] && nvcc="disabled (CUDA=0)"; \
 	 cublas=$$(ls /usr/local/cuda/lib64/libcublas.so* >/dev/null 2>&1 && echo found || echo missing); \
 	 cudnn=$$(ls /usr/include/cudnn.h /usr/include/*/cudnn.h /usr/local/cuda/include/cudnn.h 2>/dev/null | grep -q . && echo found || echo missing); \
 	 echo "  Lua 5.4:  $$lua"; echo "  OpenBLAS: $$blas"; \
-	 echo "  nvcc:     $$nvcc (CUDA kernels: issue 6)"; echo "  cuBLAS:   $$cublas"; echo "  cuDNN:    $$cudnn"; \
+	 echo "  nvcc:     $$nvcc (the cuda device is not written yet: CPU only)"; echo "  cuBLAS:   $$cublas"; echo "  cuDNN:    $$cudnn"; \
 	 if [ $$lua = missing ]; then echo "error: Lua 5.4 not found: apt-get install liblua5.4-dev (or run scripts/deps.sh)"; exit 1; fi; \
 	 if [ $$blas = missing ]; then echo "error: OpenBLAS not found: apt-get install libopenblas-openmp-dev (or run scripts/deps.sh)"; exit 1; fi
 
