@@ -8,7 +8,7 @@
 static int m_backward(lua_State *L) {
     tc_tensor *x = tcl_check(L, 1);
     tc_tensor *g = tcl_test(L, 2);
-    int opts = g ? 3 : 2;
+    int opts = lua_istable(L, 2) ? 2 : 3; /* backward({opts}) or backward(grad or nil, {opts}) */
     int retain = tcl_optbool(L, opts, "retain_graph", 0);
     tcl_getstate(L)->L = L;
     tcl_check_rc(L, tc_backward(x, g, retain));
