@@ -27,7 +27,7 @@ local defaults = {
   ema = { true, help = "keep an exponential moving average of the weights for sampling" },
   ema_decay = { 0.995, help = "EMA decay (with diffusers' warmup of the decay)" },
   caption_dropout = { 0.1, help = "fraction of captions replaced by \"\" (for classifier-free guidance)" },
-  prediction = { "epsilon", help = "what the UNet predicts", choices = { "epsilon", "v_prediction" } },
+  prediction = { "epsilon", help = "what the UNet predicts", choices = { "epsilon", "v_prediction", "sample" } },
   min_snr = { 5.0, help = "Min-SNR-gamma loss weighting (0: off)" },
   pairs = { 0.3, help = "fraction of training images with two objects" },
   size = { 32, help = "image size in pixels" },
@@ -102,7 +102,8 @@ local function train_step(step)
   local noise = T.randn_like(x0)
   local ts = T.randint(0, noise_sched.config.num_train_timesteps, { cfg.batch })
   local xt = noise_sched:add_noise(x0, noise, ts)
-  local target = cfg.prediction == "epsilon" and noise or noise_sched:get_velocity(x0, noise, ts)
+  local target = cfg.prediction == "epsilon" and noise or cfg.prediction == "sample" and x0
+    or noise_sched:get_velocity(x0, noise, ts)
   local context = text_encoder(ids)
   local pred = unet(xt, ts, context)
   local per_sample = F.mse_loss(pred, target, { reduction = "none" }):mean({ 2, 3, 4 })

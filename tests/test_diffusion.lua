@@ -55,6 +55,10 @@ tests["add_noise, get_velocity and snr agree with their definitions"] = function
   local w = s:min_snr_weights(ts, 5)
   assert(math.abs(w[1]:item() - 5 / snr[1]:item()) < 1e-5, "min-snr clips high-SNR weights")
   assert(math.abs(w[3]:item() - 1) < 1e-6, "min-snr keeps low-SNR weights at 1")
+  local sv = D.DDPM { beta_schedule = "scaled_linear", beta_start = 0.00085, beta_end = 0.012, prediction_type = "v_prediction" }
+  T.testing.assert_close(sv:min_snr_weights(ts, 5), snr:minimum(T.full({ 3 }, 5)) / (snr + 1), { rtol = 1e-6 })
+  local sx = D.DDPM { beta_schedule = "scaled_linear", beta_start = 0.00085, beta_end = 0.012, prediction_type = "sample" }
+  T.testing.assert_close(sx:min_snr_weights(ts, 5), snr:minimum(T.full({ 3 }, 5)), { rtol = 1e-6 })
 end
 
 tests["the worked example in docs/schedulers.md reproduces DDIM"] = function()

@@ -148,11 +148,14 @@ function S:snr(ts)
 end
 
 --- min_snr_weights(ts, gamma): Min-SNR-gamma loss weights (Hang et al. 2023) as diffusers'
---- train_text_to_image computes them: min(snr, gamma) / snr for epsilon, / (snr + 1) for v
+--- train_text_to_image computes them: min(snr, gamma) / snr for epsilon, / (snr + 1) for v;
+--- for sample (x0) prediction, whose plain loss is already snr times epsilon's, min(snr, gamma)
 function S:min_snr_weights(ts, gamma)
   local snr = self:snr(ts)
   local clipped = snr:minimum(T.full(snr.shape, gamma))
-  if self.config.prediction_type == "v_prediction" then return clipped / (snr + 1) end
+  local p = self.config.prediction_type
+  if p == "v_prediction" then return clipped / (snr + 1) end
+  if p == "sample" then return clipped end
   return clipped / snr
 end
 
