@@ -1,0 +1,38 @@
+-- tests/test_t2i.lua: a short run of the default experiment, end to end: train a few
+-- steps, checkpoint, resume, sample a grid and grade it (the accuracy of so short a run
+-- means nothing; that every piece runs does).
+local tocha_bin = arg[-1] or "./build/tocha"
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+return {
+  ["t2i_shapes trains, checkpoints, resumes and grades its samples"] = function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local base = string.format("TOCHA_RUNS=%s/runs %s experiments/t2i_shapes.lua --batch 4 --size 16 "
+      .. "--eval_samples 4 --sample_steps 3 --checkpoint_every 2 --checkpoint_dir %s/ck --out %s/out --threads 1 ",
+      dir, tocha_bin, dir, dir)
+    local ok, out = sh(base .. "--steps 2")
+    assert(ok, out)
+    assert(out:find("held%-out single%-object prompts") and out:find("samples: "), out)
+    ok, out = sh(base .. "--steps 4 --resume")
+    assert(ok, out)
+    assert(out:find("resumed from .*step%-2 at step 2"), out)
+    local f = io.open(dir .. "/out/samples.png", "rb")
+    assert(f and f:read(8) == "\137PNG\r\n\26\n", "samples.png written")
+    f:close()
+    f = assert(io.open(dir .. "/out/samples.txt"))
+    local n = 0
+    for line in f:lines() do if line:match("^%s*%d+  a") then n = n + 1 end end
+    f:close()
+    assert(n == 16, "16 captions beside the grid, got " .. n)
+    ok, out = sh(tocha_bin .. " experiments/t2i_shapes.lua --stepz 3")
+    assert(not ok and out:find("steps"), "a mistyped option is refused with a suggestion:\n" .. out)
+    os.execute("rm -rf '" .. dir .. "'")
+  end,
+}
