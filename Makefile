@@ -1,7 +1,7 @@
 # tocha: one build. CPU always; CUDA when nvcc is found (CUDA=0 forces it off).
 #   make          build/tocha (the runner) and build/tocha.so (for stock lua5.4)
 #   make test     C and Lua tests, ending with "N passed, N failed"
-#   make demo     the default experiment
+#   make demo     the default experiment: text-to-image on captioned shapes (about 10 minutes)
 #   make SAN=1    AddressSanitizer + UndefinedBehaviorSanitizer build (in build-san/)
 
 CC      ?= cc
@@ -77,7 +77,7 @@ test: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	./$(BUILD)/tocha experiments/mlp.lua
+	./$(BUILD)/tocha experiments/t2i_shapes.lua --out runs/demo
 
 bench: all
 	sh bench/run.sh
