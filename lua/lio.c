@@ -43,7 +43,7 @@ static int io_save(lua_State *L) {
         if (lua_type(L, -2) != LUA_TSTRING)
             return luaL_error(L, "save: tensor names must be strings (got a %s key)", luaL_typename(L, -2));
         const char *name = check_text(L, -2, "tensor name");
-        tc_tensor **p = luaL_testudata(L, -1, TCL_TENSOR);
+        tc_tensor **p = tcl_toslot(L, -1);
         if (!p) return luaL_error(L, "save: value for '%s' is not a tensor (got %s)", name, luaL_typename(L, -1));
         if (!*p) return luaL_error(L, "save: tensor '%s' was released (used after <close>)", name);
         d.names[d.count] = (char *)name;

@@ -244,7 +244,7 @@ static int t_empty_like(lua_State *L) { return like(L, 4); }
 static int t_full_like(lua_State *L) { return like(L, 5); }
 
 static int t_is_tensor(lua_State *L) {
-    lua_pushboolean(L, luaL_testudata(L, 1, TCL_TENSOR) != NULL);
+    lua_pushboolean(L, tcl_toslot(L, 1) != NULL);
     return 1;
 }
 

@@ -37,15 +37,35 @@ static void pace_collector(lua_State *L) {
 }
 
 /* ---- tensor userdata ---------------------------------------------------------------------- */
+/* The metatable also sits in the registry under a light-userdata key: checking a tensor
+ * argument is then two pointer lookups, not a string lookup by name (a measurable share
+ * of a small op's cost). */
+static const char METATABLE_KEY = 0;
+
+tc_tensor **tcl_toslot(lua_State *L, int idx) {
+    void *p = lua_touserdata(L, idx);
+    if (!p || !lua_getmetatable(L, idx)) return NULL;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &METATABLE_KEY);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same ? p : NULL;
+}
+
 tc_tensor *tcl_test(lua_State *L, int idx) {
-    tc_tensor **p = luaL_testudata(L, idx, TCL_TENSOR);
+    tc_tensor **p = tcl_toslot(L, idx);
     return p ? *p : NULL;
 }
 
 tc_tensor *tcl_check(lua_State *L, int idx) {
-    tc_tensor **p = luaL_checkudata(L, idx, TCL_TENSOR);
+    tc_tensor **p = tcl_toslot(L, idx);
+    if (!p) luaL_typeerror(L, idx, TCL_TENSOR);
     if (!*p) luaL_argerror(L, idx, "tensor was released (used after <close>)");
     return *p;
+}
+
+static void set_tensor_metatable(lua_State *L) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &METATABLE_KEY);
+    lua_setmetatable(L, -2);
 }
 
 tc_tensor *tcl_opt(lua_State *L, int idx) { return lua_isnoneornil(L, idx) ? NULL : tcl_check(L, idx); }
@@ -53,7 +73,7 @@ tc_tensor *tcl_opt(lua_State *L, int idx) { return lua_isnoneornil(L, idx) ? NUL
 tc_tensor **tcl_slot(lua_State *L) {
     tc_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
     *p = NULL; /* closed until filled */
-    luaL_setmetatable(L, TCL_TENSOR);
+    set_tensor_metatable(L);
     return p;
 }
 
@@ -69,7 +89,7 @@ void tcl_push(lua_State *L, tc_tensor *t) {
     if (!t) { tcl_error(L); return; }
     tc_tensor **p = lua_newuserdatauv(L, sizeof *p, 0);
     *p = t; /* cannot fail after this line */
-    luaL_setmetatable(L, TCL_TENSOR);
+    set_tensor_metatable(L);
 }
 
 void tcl_check_rc(lua_State *L, int rc) {
@@ -78,14 +98,15 @@ void tcl_check_rc(lua_State *L, int rc) {
 
 /* one release for __gc and __close */
 static int tensor_release(lua_State *L) {
-    tc_tensor **p = luaL_checkudata(L, 1, TCL_TENSOR);
+    tc_tensor **p = tcl_toslot(L, 1);
+    if (!p) return luaL_typeerror(L, 1, TCL_TENSOR);
     tc_tensor_release(*p);
     *p = NULL;
     return 0;
 }
 
 tc_tensor *tcl_operand(lua_State *L, int idx, const tc_tensor *like) {
-    if (luaL_testudata(L, idx, TCL_TENSOR)) return tcl_check(L, idx); /* raises if released */
+    if (tcl_toslot(L, idx)) return tcl_check(L, idx); /* raises if released */
     if (!lua_isnumber(L, idx) && !lua_isboolean(L, idx))
         luaL_typeerror(L, idx, "tensor or number");
     double v = lua_isboolean(L, idx) ? lua_toboolean(L, idx) : lua_tonumber(L, idx);
@@ -423,6 +444,8 @@ int luaopen_tocha(lua_State *L) {
     lua_setfield(L, -2, "release");
 
     luaL_newmetatable(L, TCL_TENSOR);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &METATABLE_KEY);
     tcl_register(L, meta);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY);
     lua_pushvalue(L, -3); /* methods */

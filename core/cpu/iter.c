@@ -45,6 +45,19 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
 
 #define PARALLEL_MIN 65536
 
+/* the o-th innermost run: its operands' addresses from the outer multi-index */
+static void outer_run(const tc_iter *it, int64_t o, const int64_t *st, tc_iter_fn fn, void *ctx) {
+    char *p[4];
+    int64_t rem = o;
+    for (int k = 0; k < it->nops; k++) p[k] = it->base[k];
+    for (int d = it->ndim - 2; d >= 0; d--) {
+        int64_t i = rem % it->shape[d];
+        rem /= it->shape[d];
+        for (int k = 0; k < it->nops; k++) p[k] += i * it->stride[k][d] * (int64_t)it->esize[k];
+    }
+    fn(it->shape[it->ndim - 1], p, st, ctx);
+}
+
 void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
     int nd = it->ndim, nops = it->nops;
     int64_t inner = it->shape[nd - 1], st[4];
@@ -63,18 +76,15 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
         }
         return;
     }
-#pragma omp parallel for schedule(static) if (outer * inner >= PARALLEL_MIN && outer > 1)
-    for (int64_t o = 0; o < outer; o++) {
-        char *p[4];
-        int64_t rem = o;
-        for (int k = 0; k < nops; k++) p[k] = it->base[k];
-        for (int d = nd - 2; d >= 0; d--) {
-            int64_t i = rem % it->shape[d];
-            rem /= it->shape[d];
-            for (int k = 0; k < nops; k++) p[k] += i * it->stride[k][d] * (int64_t)it->esize[k];
-        }
-        fn(inner, p, st, ctx);
+    /* small work runs here without entering OpenMP at all: even a parallel region with
+     * a false if-clause costs more than a 16-element add */
+    bool parallel = outer > 1 && outer * inner >= PARALLEL_MIN;
+    if (!parallel) {
+        for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
+        return;
     }
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
 }
 
 double tc_load(const void *p, tc_dtype dt) {

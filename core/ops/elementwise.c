@@ -8,6 +8,8 @@
 
 /* a stride-0 view of x with the given (broadcast) shape, outside autograd */
 static tc_tensor *broadcast_view(tc_tensor *x, int ndim, const int64_t *shape) {
+    if (x->ndim == ndim && memcmp(x->shape, shape, (size_t)ndim * sizeof *shape) == 0)
+        return tc_tensor_retain(x); /* already that shape: no header to make (the common case) */
     int64_t st[TC_MAX_DIMS];
     int lead = ndim - x->ndim;
     for (int i = 0; i < ndim; i++)
