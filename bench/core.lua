@@ -34,8 +34,9 @@ do
   bench("gemm_1024", 10, function() return a:matmul(b) end)
 end
 
--- MLP training step: 784-1024-1024-10, batch 256, AdamW as a plain Lua loop
+-- MLP training step: 784-1024-1024-10, batch 256, cross-entropy, AdamW (tocha.optim's fused step)
 do
+  local optim = require "tocha.optim"
   local sizes = { 784, 1024, 1024, 10 }
   local params = {}
   for i = 1, 3 do
@@ -43,31 +44,18 @@ do
     params[#params + 1] = (T.rand({ sizes[i + 1], sizes[i] }) * 2 - 1):mul(bound):requires_grad_()
     params[#params + 1] = (T.rand({ sizes[i + 1] }) * 2 - 1):mul(bound):requires_grad_()
   end
-  local m, v = {}, {}
-  for i, p in ipairs(params) do m[i] = T.zeros_like(p); v[i] = T.zeros_like(p) end
+  local opt = optim.AdamW(params, { lr = 1e-3, weight_decay = 1e-2 })
   local x = T.randn({ 256, 784 })
   local y = T.randint(1, 11, { 256 })
-  local t = 0
   bench("mlp_train_step", 20, function()
     local h = x
     for i = 1, 3 do
       h = F.linear(h, params[2 * i - 1], params[2 * i])
       if i < 3 then h = h:relu() end
     end
-    local loss = F.cross_entropy(h, y)
-    loss:backward()
-    t = t + 1
-    T.no_grad(function()
-      for i, p in ipairs(params) do
-        local g = p.grad
-        p:mul_(1 - 1e-3 * 1e-2)
-        m[i]:mul_(0.9):add_(g, 0.1)
-        v[i]:mul_(0.999):add_(g * g, 0.001)
-        local denom = (v[i] / (1 - 0.999 ^ t)):sqrt():add_(1e-8)
-        p:sub_(m[i] / denom * (1e-3 / (1 - 0.9 ^ t)))
-        p.grad = nil
-      end
-    end)
+    F.cross_entropy(h, y):backward()
+    opt:step()
+    opt:zero_grad()
   end)
 end
 

@@ -36,7 +36,7 @@ for i in range(3):
     bound = 1 / math.sqrt(sizes[i])
     params.append(((torch.rand(sizes[i + 1], sizes[i]) * 2 - 1) * bound).requires_grad_())
     params.append(((torch.rand(sizes[i + 1]) * 2 - 1) * bound).requires_grad_())
-opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=False)
+opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)  # PyTorch's default on CPU
 x = torch.randn(256, 784)
 y = torch.randint(0, 10, (256,))
 def mlp_step():

@@ -22,6 +22,6 @@ row() { # name scale unit peer_out peer_key peer_name
 row add_chain_per_op 10 us "$torch_out" add_chain_per_op "PyTorch eager"
 row gemm_1024 1000 ms "$blas_out" gemm_1024_openblas "OpenBLAS sgemm directly"
 row gemm_1024 1000 ms "$torch_out" gemm_1024 "PyTorch"
-row mlp_train_step 1000 ms "$torch_out" mlp_train_step "PyTorch (AdamW, foreach=False)"
+row mlp_train_step 1000 ms "$torch_out" mlp_train_step "PyTorch (its default AdamW)"
 row conv2d_fwd_bwd 1000 ms "$torch_out" conv2d_fwd_bwd "PyTorch"
 echo "(add_chain_per_op: time per add = total / 100000, shown in us; threads: $THREADS)"
