@@ -199,7 +199,9 @@ tc_storage *tc_storage_new(size_t nbytes, tc_device dev) {
     s->refcount = 1;
     s->nbytes = nbytes;
     s->device = dev;
-    __atomic_add_fetch(&mem_total, nbytes, __ATOMIC_RELAXED);
+    /* the pacing total also charges what a tensor costs besides its data (its header, its
+     * storage, its Lua userdata), so a loop of tiny tensors is collected often enough too */
+    __atomic_add_fetch(&mem_total, nbytes + 512, __ATOMIC_RELAXED);
     __atomic_add_fetch(&mem_in_use, nbytes, __ATOMIC_RELAXED);
     return s;
 }

@@ -85,7 +85,8 @@ bool tc_is_contiguous(const tc_tensor *t);
 void *tc_data(const tc_tensor *t); /* address of the first element */
 int tc_wrap_dim(int dim, int ndim, const char *op); /* normalises negative dims; TC_ERR if out of range */
 void tc_shape_str(int ndim, const int64_t *shape, char *buf, size_t n); /* "[4 x 3]" */
-/* bytes ever allocated for tensor storage (monotonic; the binding paces Lua's collector with it) */
+/* bytes ever allocated for tensor storage, plus 512 per storage for what a tensor costs besides
+ * its data (monotonic; the binding paces Lua's collector with it) */
 size_t tc_mem_allocated_total(void);
 size_t tc_mem_in_use(void);
 

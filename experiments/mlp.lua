@@ -101,9 +101,9 @@ for step = 1, config.steps do
   if config.rss and step == 200 then print("rss_at_200_kb " .. rss_kb()) end
 end
 
+if config.rss then print("rss_at_end_kb " .. rss_kb()) end -- the training loop's, before evaluation
 local correct = T.no_grad(function()
   return forward(test_x):argmax(2):eq(test_y):sum():item()
 end)
-if config.rss then print("rss_at_end_kb " .. rss_kb()) end
 print(string.format("test accuracy: %.1f%% (%d/%d) after %d steps in %ds", 100 * correct / test_x.shape[1],
   correct, test_x.shape[1], config.steps, os.time() - t0))

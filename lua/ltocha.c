@@ -20,7 +20,7 @@ void tcl_register(lua_State *L, const luaL_Reg *fns) {
 
 /* Lua sees 8 bytes per tensor; the storage it holds lives outside the Lua heap. So after
  * enough tensor bytes have been allocated since the last collection (a quarter of what is
- * in use, at least 4 MiB, at most 1 GiB), run one: memory stays flat without the script
+ * in use, at least 2 MiB, at most 1 GiB), run one: memory stays flat without the script
  * calling collectgarbage. The floor bounds the garbage a small model's loop leaves between
  * collections; a full collection of a training script's small Lua heap is cheap. */
 static void pace_collector(lua_State *L) {
@@ -28,7 +28,7 @@ static void pace_collector(lua_State *L) {
     if (!st) return;
     size_t total = tc_mem_allocated_total(), since = total - st->gc_mark;
     size_t limit = st->gc_in_use / 4;
-    if (limit < (4u << 20)) limit = 4u << 20;
+    if (limit < (2u << 20)) limit = 2u << 20;
     if (limit > (1u << 30)) limit = 1u << 30;
     if (since < limit) return;
     st->gc_mark = total;
