@@ -255,8 +255,14 @@ static int collect(int nroots, tc_node **roots, node_list *out) {
     return rc;
 }
 
+/* the sum goes into the pending gradient itself when nothing else can see it (a new
+ * tensor per residual and skip connection would cost an allocation and its page faults) */
 static int accumulate(tc_tensor **slot, tc_tensor *g) {
     if (!*slot) { *slot = tc_tensor_retain(g); return TC_OK; }
+    tc_tensor *t = *slot;
+    if (t->refcount == 1 && t->storage->refcount == 1 && !t->storage->release && tc_is_contiguous(t) &&
+        tc_same_shape(t, g) && t->dtype == g->dtype)
+        return tc_binary_(TC_OP_ADD, t, g);
     tc_tensor *s = tc_binary(TC_OP_ADD, *slot, g);
     if (!s) return TC_ERR;
     tc_tensor_release(*slot);

@@ -1,7 +1,9 @@
 /* attention.c (cpu): dropout, and scaled dot-product attention with its fused backward.
  * Attention works one batch slice at a time with an [L, S] scores buffer, two OpenBLAS
- * GEMMs forward (QK^T, PV) and four backward; both share the Philox dropout rule. */
+ * GEMMs forward (QK^T, PV) and four backward; both share the Philox dropout rule. f32
+ * without dropout has its own path: float scores and slices spread over the threads. */
 #include "cpu.h"
+#include "vecmath.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -231,6 +233,123 @@ static int sdpa_backward_typed(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_t
     return TC_OK;
 }
 
+/* ---- f32 without dropout: float scores, vectorised softmax, batch slices in parallel -----
+ * Each thread takes whole slices with its own [L, S] buffers; OpenBLAS (the OpenMP build)
+ * runs single-threaded inside the parallel region, so the small GEMMs do not fight. */
+static bool f32_path(const tc_tensor *q, const tc_tensor *mask, const tc_sdpa_params *p) {
+    return q->dtype == TC_F32 && p->dropout_p == 0 && (!mask || mask->dtype == TC_BOOL || mask->dtype == TC_F32);
+}
+
+/* row l of slice b's scores, masked in place: + a float mask, -inf where not attended */
+static void mask_row_f32(const attn *a, int64_t b, int64_t l, float *r) {
+    if (a->p->causal)
+        for (int64_t s = l + 1; s < a->S; s++) r[s] = -INFINITY;
+    const tc_tensor *m = a->mask;
+    if (!m) return;
+    int nb = a->nb;
+    int64_t ms = m->stride[nb + 1], off = tc_cpu_offset_of(b, nb, m->shape, m->stride) + l * m->stride[nb];
+    if (m->dtype == TC_BOOL) {
+        const uint8_t *mp = (const uint8_t *)tc_data(m) + off;
+        for (int64_t s = 0; s < a->S; s++)
+            if (!mp[s * ms]) r[s] = -INFINITY;
+    } else {
+        const float *mp = (const float *)tc_data(m) + off;
+        for (int64_t s = 0; s < a->S; s++) r[s] += mp[s * ms];
+    }
+}
+
+/* softmax of r in place; returns the logsumexp (-inf, and r all 0, where nothing is attended) */
+TC_SIMD_CLONES
+static float softmax_row_f32(float *restrict r, int64_t n) {
+    float m = tc_maxf(r, n), s = 0;
+    if (m == -INFINITY) {
+        for (int64_t i = 0; i < n; i++) r[i] = 0;
+        return -INFINITY;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) r[i] = tc_expf(r[i] - m);
+#pragma omp simd reduction(+ : s) /* apart: gcc vectorises no reduction around tc_expf's selects */
+    for (int64_t i = 0; i < n; i++) s += r[i];
+    float inv = 1 / s;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) r[i] *= inv;
+    return m + logf(s);
+}
+
+/* the probabilities again from the masked scores and the row's logsumexp */
+TC_SIMD_CLONES
+static void probs_row_f32(float *restrict r, int64_t n, float lse) {
+    if (lse == -INFINITY) {
+        for (int64_t i = 0; i < n; i++) r[i] = 0;
+        return;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) r[i] = tc_expf(r[i] - lse);
+}
+
+/* dS = P * (dP - rowsum(P dP)), in place of dP */
+TC_SIMD_CLONES
+static void dscores_row_f32(float *restrict dp, const float *restrict pr, int64_t n) {
+    double d = 0;
+#pragma omp simd reduction(+ : d)
+    for (int64_t i = 0; i < n; i++) d += (double)(pr[i] * dp[i]);
+    float df = (float)d;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) dp[i] = pr[i] * (dp[i] - df);
+}
+
+static bool slices_in_parallel(const attn *a) { return a->B > 1 && a->B * a->L * a->S >= PAR_MIN; }
+
+static int sdpa_f32(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
+                    const tc_tensor *mask, const tc_sdpa_params *p) {
+    attn a = attn_of(q, k, v, mask, p);
+    int64_t L = a.L, S = a.S, Ev = a.Ev, LS = L * S + 1;
+    float *bufs = malloc((size_t)omp_get_max_threads() * (size_t)LS * sizeof *bufs); /* [L, S] per thread */
+    if (!bufs) return tc_error("scaled_dot_product_attention: out of memory");
+    float *op = tc_data(out), *lp = tc_data(lse);
+#pragma omp parallel for schedule(static) if (slices_in_parallel(&a))
+    for (int64_t b = 0; b < a.B; b++) {
+        float *sc = bufs + (size_t)omp_get_thread_num() * (size_t)LS;
+        gemm(TC_F32, L, S, a.E, p->scale, mat_of(q, b), transposed(mat_of(k, b)), 0, sc);
+        for (int64_t l = 0; l < L; l++) {
+            mask_row_f32(&a, b, l, sc + l * S);
+            lp[b * L + l] = softmax_row_f32(sc + l * S, S);
+        }
+        gemm(TC_F32, L, Ev, S, 1, dense(sc, S), mat_of(v, b), 0, op + b * L * Ev);
+    }
+    free(bufs);
+    return TC_OK;
+}
+
+/* as sdpa_backward_typed without dropout and the mask's gradient */
+static int sdpa_backward_f32(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const tc_tensor *gout, const tc_tensor *q,
+                             const tc_tensor *k, const tc_tensor *v, const tc_tensor *mask, const tc_tensor *lse,
+                             const tc_sdpa_params *p) {
+    attn a = attn_of(q, k, v, mask, p);
+    int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev, LS = L * S + 1;
+    float *bufs = malloc((size_t)omp_get_max_threads() * 2 * (size_t)LS * sizeof *bufs); /* P and dP, per thread */
+    if (!bufs) return tc_error("scaled_dot_product_attention backward: out of memory");
+    const float *lp = tc_data(lse);
+#pragma omp parallel for schedule(static) if (slices_in_parallel(&a))
+    for (int64_t b = 0; b < a.B; b++) {
+        float *pb = bufs + (size_t)omp_get_thread_num() * 2 * (size_t)LS, *db = pb + LS;
+        gemm(TC_F32, L, S, E, p->scale, mat_of(q, b), transposed(mat_of(k, b)), 0, pb);
+        for (int64_t l = 0; l < L; l++) {
+            mask_row_f32(&a, b, l, pb + l * S);
+            probs_row_f32(pb + l * S, S, lp[b * L + l]);
+        }
+        mat go = mat_of(gout, b);
+        if (gv) gemm(TC_F32, S, Ev, L, 1, transposed(dense(pb, S)), go, 0, (float *)tc_data(gv) + b * S * Ev);
+        if (!gq && !gk) continue;
+        gemm(TC_F32, L, S, Ev, 1, go, transposed(mat_of(v, b)), 0, db);
+        for (int64_t l = 0; l < L; l++) dscores_row_f32(db + l * S, pb + l * S, S);
+        if (gq) gemm(TC_F32, L, E, S, p->scale, dense(db, S), mat_of(k, b), 0, (float *)tc_data(gq) + b * L * E);
+        if (gk) gemm(TC_F32, S, E, L, p->scale, transposed(dense(db, S)), mat_of(q, b), 0, (float *)tc_data(gk) + b * S * E);
+    }
+    free(bufs);
+    return TC_OK;
+}
+
 /* ---- f16 and bf16: through f32 copies (the CPU is not where they are fast) --------------- */
 static tc_tensor *f32_copy(const tc_tensor *t) {
     if (!t) return NULL;
@@ -245,6 +364,7 @@ static bool narrow_float(tc_dtype dt) { return dt == TC_F16 || dt == TC_BF16; }
 
 int tc_cpu_sdpa(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
                 const tc_tensor *mask, const tc_sdpa_params *p) {
+    if (f32_path(q, mask, p)) return sdpa_f32(out, lse, q, k, v, mask, p);
     if (!narrow_float(q->dtype)) return sdpa_typed(out, lse, q, k, v, mask, p);
     tc_tensor *qf = f32_copy(q), *kf = f32_copy(k), *vf = f32_copy(v), *of = f32_out(out);
     int rc = qf && kf && vf && of ? sdpa_typed(of, lse, qf, kf, vf, mask, p) : TC_ERR;
@@ -257,6 +377,7 @@ int tc_cpu_sdpa(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_ten
 int tc_cpu_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor *gmask, const tc_tensor *gout,
                          const tc_tensor *q, const tc_tensor *k, const tc_tensor *v, const tc_tensor *mask,
                          const tc_tensor *lse, const tc_sdpa_params *p) {
+    if (f32_path(q, mask, p) && !gmask) return sdpa_backward_f32(gq, gk, gv, gout, q, k, v, mask, lse, p);
     if (!narrow_float(q->dtype)) return sdpa_backward_typed(gq, gk, gv, gmask, gout, q, k, v, mask, lse, p);
     tc_tensor *qf = f32_copy(q), *kf = f32_copy(k), *vf = f32_copy(v), *gof = f32_copy(gout);
     tc_tensor *gqf = f32_out(gq), *gkf = f32_out(gk), *gvf = f32_out(gv);

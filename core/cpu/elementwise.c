@@ -1,7 +1,9 @@
 /* elementwise.c (cpu): copy, fill, unary ops and their derivatives, binary ops and where.
  * f32 and f64 get typed loops (one switch per run, not per element); other dtypes go
- * through a double-precision path with load/store. */
+ * through a double-precision path with load/store. Contiguous f32 runs of the hot ops take
+ * vectorised loops (vecmath.h) first. */
 #include "cpu.h"
+#include "vecmath.h"
 
 #include <string.h>
 #include <tgmath.h> /* exp, log, ... pick the float or double version by type */
@@ -80,7 +82,22 @@ static void copy_run(int64_t n, char **p, const int64_t *st, void *vctx) {
     size_t es = tc_dtype_size(c->dt[0]);
     if (c->dt[0] == c->dt[1]) {
         if (st[0] == 1 && st[1] == 1) { memcpy(p[0], p[1], (size_t)n * es); return; }
-        for (int64_t i = 0; i < n; i++) memcpy(p[0] + i * st[0] * (int64_t)es, p[1] + i * st[1] * (int64_t)es, es);
+        /* strided (transposes, expanded gradients): typed moves, not a memcpy per element */
+        if (es == 4) {
+            uint32_t *d = (uint32_t *)p[0];
+            const uint32_t *s = (const uint32_t *)p[1];
+            if (st[0] == 1 && st[1] == 0) { /* one value repeated (an expanded gradient) */
+                uint32_t v = s[0];
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) d[i] = v;
+            } else
+                for (int64_t i = 0; i < n; i++) d[i * st[0]] = s[i * st[1]];
+        } else if (es == 8) {
+            uint64_t *d = (uint64_t *)p[0];
+            const uint64_t *s = (const uint64_t *)p[1];
+            for (int64_t i = 0; i < n; i++) d[i * st[0]] = s[i * st[1]];
+        } else
+            for (int64_t i = 0; i < n; i++) memcpy(p[0] + i * st[0] * (int64_t)es, p[1] + i * st[1] * (int64_t)es, es);
         return;
     }
     if (c->dt[0] == TC_F32 && c->dt[1] == TC_F64) {
@@ -154,13 +171,54 @@ static void unary_any(int64_t n, char **p, const int64_t *st, void *vctx) {
 }
 #undef RETD_
 
+/* contiguous f32 runs of the hot ops, vectorised; false: not one of them */
+#define SIMD_(e) { _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { float x = xs[i]; y[i] = (e); } return true; }
+TC_SIMD_CLONES
+static bool unary_f32_simd(int64_t n, float *restrict y, const float *restrict xs, tc_op op, float a) {
+    switch (op) {
+    case TC_OP_NEG: SIMD_(-x)
+    case TC_OP_EXP: SIMD_(tc_expf(x))
+    case TC_OP_SIGMOID: SIMD_(tc_sigmoidf(x))
+    case TC_OP_RELU: SIMD_(x > 0 ? x : 0)
+    case TC_OP_SILU: SIMD_(x / (1 + tc_expf(-x)))
+    case TC_OP_GELU: SIMD_(0.5f * x * (1 + tc_erff(x * (float)SQRT1_2)))
+    case TC_OP_QUICK_GELU: SIMD_(x / (1 + tc_expf(-1.702f * x)))
+    case TC_OP_SQUARE: SIMD_(x * x)
+    case TC_OP_ADD_SCALAR: SIMD_(x + a)
+    case TC_OP_MUL_SCALAR: SIMD_(x * a)
+    case TC_OP_RSUB_SCALAR: SIMD_(a - x)
+    default: return false;
+    }
+}
+#undef SIMD_
+
+/* f32 runs: contiguous ones straight through unary_f32_simd, strided ones through it in
+ * chunks, so that a result never depends on the layout; other ops in the typed loop */
+#define CHUNK 256
+static void unary_f32_run(int64_t n, char **p, const int64_t *st, void *vctx) {
+    ew_ctx *c = vctx;
+    float *y = (float *)p[0], a = (float)c->a;
+    const float *x = (const float *)p[1];
+    if (st[0] == 1 && st[1] == 1) {
+        if (!unary_f32_simd(n, y, x, c->op, a)) unary_f32(n, p, st, vctx);
+        return;
+    }
+    float xb[CHUNK], yb[CHUNK];
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
+        int64_t m = n - i0 < CHUNK ? n - i0 : CHUNK;
+        for (int64_t j = 0; j < m; j++) xb[j] = x[(i0 + j) * st[1]];
+        if (!unary_f32_simd(m, yb, xb, c->op, a)) { unary_f32(n, p, st, vctx); return; } /* the first chunk */
+        for (int64_t j = 0; j < m; j++) y[(i0 + j) * st[0]] = yb[j];
+    }
+}
+
 int tc_cpu_unary(tc_tensor *out, const tc_tensor *x, tc_op op, double a, double b) {
     const tc_tensor *ts[2] = {out, x};
     tc_iter it;
     tc_iter_init(&it, 2, ts);
     ew_ctx c = {op, a, b, {out->dtype, x->dtype}};
     bool same = out->dtype == x->dtype;
-    tc_iter_run(&it, same && x->dtype == TC_F32 ? unary_f32 : same && x->dtype == TC_F64 ? unary_f64 : unary_any, &c);
+    tc_iter_run(&it, same && x->dtype == TC_F32 ? unary_f32_run : same && x->dtype == TC_F64 ? unary_f64 : unary_any, &c);
     return TC_OK;
 }
 
@@ -199,6 +257,50 @@ static void unary_bw_any(int64_t n, char **p, const int64_t *st, void *vctx) {
 }
 #undef RETGD_
 
+/* contiguous f32 runs of the hot derivatives, vectorised; x or y may alias gy where absent */
+#define SIMD_(e) { _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { float x = xs[i], y = ys[i]; (void)x; (void)y; \
+                       g[i] = gy[i] * (e); } return true; }
+TC_SIMD_CLONES
+static bool unary_bw_f32_simd(int64_t n, float *restrict g, const float *restrict gy, const float *restrict xs,
+                              const float *restrict ys, tc_op op, float a) {
+    switch (op) {
+    case TC_OP_NEG: SIMD_(-1.0f)
+    case TC_OP_EXP: SIMD_(y)
+    case TC_OP_TANH: SIMD_(1 - y * y)
+    case TC_OP_SIGMOID: SIMD_(y * (1 - y))
+    case TC_OP_RELU: SIMD_(x > 0 ? 1.0f : 0.0f)
+    case TC_OP_SILU: SIMD_(tc_sigmoidf(x) * (1 + x * (1 - tc_sigmoidf(x))))
+    case TC_OP_GELU: SIMD_(0.5f * (1 + tc_erff(x * (float)SQRT1_2)) + x * tc_expf(-0.5f * x * x) * 0.39894228040143267794f)
+    case TC_OP_QUICK_GELU: SIMD_(tc_sigmoidf(1.702f * x) * (1 + 1.702f * x * (1 - tc_sigmoidf(1.702f * x))))
+    case TC_OP_SQUARE: SIMD_(2 * x)
+    case TC_OP_ADD_SCALAR: SIMD_(1.0f)
+    case TC_OP_MUL_SCALAR: SIMD_(a)
+    case TC_OP_RSUB_SCALAR: SIMD_(-1.0f)
+    default: return false;
+    }
+}
+#undef SIMD_
+
+/* as unary_f32_run: operands gx, gy, x, y */
+static void unary_bw_f32_run(int64_t n, char **p, const int64_t *st, void *vctx) {
+    ew_ctx *c = vctx;
+    float *g = (float *)p[0], a = (float)c->a;
+    if (st[0] == 1 && st[1] == 1 && st[2] == 1 && st[3] == 1) {
+        if (!unary_bw_f32_simd(n, g, (const float *)p[1], (const float *)p[2], (const float *)p[3], c->op, a))
+            unary_bw_f32(n, p, st, vctx);
+        return;
+    }
+    float in[3][CHUNK], gb[CHUNK];
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
+        int64_t m = n - i0 < CHUNK ? n - i0 : CHUNK;
+        for (int k = 0; k < 3; k++)
+            for (int64_t j = 0; j < m; j++) in[k][j] = ((const float *)p[k + 1])[(i0 + j) * st[k + 1]];
+        if (!unary_bw_f32_simd(m, gb, in[0], in[1], in[2], c->op, a)) { unary_bw_f32(n, p, st, vctx); return; }
+        for (int64_t j = 0; j < m; j++) g[(i0 + j) * st[0]] = gb[j];
+    }
+}
+#undef CHUNK
+
 int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *y,
                           tc_op op, double a, double b) {
     const tc_tensor *ts[4] = {gx, gy, x ? x : gy, y ? y : gy};
@@ -207,7 +309,7 @@ int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x
     ew_ctx c = {op, a, b, {gx->dtype, gy->dtype, ts[2]->dtype, ts[3]->dtype}};
     bool f32 = true, f64 = true;
     for (int k = 0; k < 4; k++) { f32 &= ts[k]->dtype == TC_F32; f64 &= ts[k]->dtype == TC_F64; }
-    tc_iter_run(&it, f32 ? unary_bw_f32 : f64 ? unary_bw_f64 : unary_bw_any, &c);
+    tc_iter_run(&it, f32 ? unary_bw_f32_run : f64 ? unary_bw_f64 : unary_bw_any, &c);
     return TC_OK;
 }
 
@@ -230,6 +332,33 @@ int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x
     case TC_OP_LOGICAL_AND: F((x) != 0 && (y) != 0);                                       \
     case TC_OP_LOGICAL_OR: F((x) != 0 || (y) != 0);
 
+/* f32 runs where each input is contiguous or one broadcast value (stride 0: a bias, a
+ * per-channel scale), vectorised; su and sv are 0 or 1, constants once inlined */
+#define SIMD_(e) { _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { float x = u[i * su], y = v[i * sv]; \
+                       o[i] = (e); } return true; }
+static inline __attribute__((always_inline)) bool binary_f32_run(int64_t n, float *restrict o, const float *restrict u,
+                                                                 const float *restrict v, int64_t su, int64_t sv, tc_op op) {
+    switch (op) {
+    case TC_OP_ADD: SIMD_(x + y)
+    case TC_OP_SUB: SIMD_(x - y)
+    case TC_OP_MUL: SIMD_(x * y)
+    case TC_OP_DIV: SIMD_(x / y)
+    default: return false;
+    }
+}
+#undef SIMD_
+
+TC_SIMD_CLONES
+static bool binary_f32_simd(int64_t n, char **p, const int64_t *st, tc_op op) {
+    float *o = (float *)p[0];
+    const float *u = (const float *)p[1], *v = (const float *)p[2];
+    if (st[0] != 1) return false;
+    if (st[1] == 1 && st[2] == 1) return binary_f32_run(n, o, u, v, 1, 1, op);
+    if (st[1] == 1 && st[2] == 0) return binary_f32_run(n, o, u, v, 1, 0, op);
+    if (st[1] == 0 && st[2] == 1) return binary_f32_run(n, o, u, v, 0, 1, op);
+    return false;
+}
+
 #define RETB_(e) { for (int64_t i = 0; i < n; i++) { E x = A(i), y = B(i); OUT(i) = (E)(e); } return; }
 #define RETC_(e) { for (int64_t i = 0; i < n; i++) { E x = A(i), y = B(i); CMP(i) = (uint8_t)(e); } return; }
 #define DEF_BINARY(NAME, T)                                                                \
@@ -239,9 +368,9 @@ int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x
             T *restrict o = (T *)p[0];                                                     \
             const T *restrict u = (const T *)p[1], *restrict v = (const T *)p[2];          \
             switch (c->op) {                                                               \
-            case TC_OP_ADD: for (int64_t i = 0; i < n; i++) o[i] = u[i] + v[i]; return;    \
-            case TC_OP_SUB: for (int64_t i = 0; i < n; i++) o[i] = u[i] - v[i]; return;    \
-            case TC_OP_MUL: for (int64_t i = 0; i < n; i++) o[i] = u[i] * v[i]; return;    \
+            case TC_OP_ADD: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = u[i] + v[i]; return; \
+            case TC_OP_SUB: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = u[i] - v[i]; return; \
+            case TC_OP_MUL: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = u[i] * v[i]; return; \
             default: break;                                                                \
             }                                                                              \
         }                                                                                  \
@@ -251,7 +380,7 @@ int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x
 #define B(i) ((E *)p[2])[(i) * st[2]]
 #define OUT(i) ((E *)p[0])[(i) * st[0]]
 #define CMP(i) ((uint8_t *)p[0])[(i) * st[0]]
-DEF_BINARY(binary_f32, float)
+DEF_BINARY(binary_f32_any, float)
 DEF_BINARY(binary_f64, double)
 DEF_BINARY(binary_i64, int64_t)
 #undef A
@@ -260,6 +389,11 @@ DEF_BINARY(binary_i64, int64_t)
 #undef CMP
 #undef RETB_
 #undef RETC_
+
+static void binary_f32(int64_t n, char **p, const int64_t *st, void *vctx) {
+    ew_ctx *c = vctx;
+    if (!binary_f32_simd(n, p, st, c->op)) binary_f32_any(n, p, st, vctx);
+}
 
 #define RETBD_(e) { for (int64_t i = 0; i < n; i++) { double x = LD(1, i), y = LD(2, i);   \
                         tc_store(p[0] + i * st[0] * e0, c->dt[0], (e)); } return; }

@@ -1,7 +1,9 @@
 /* norm.c (cpu): layer norm over the rows of [M, N] and group norm over the groups of
- * [N, C, HW], forward and fused backward. Statistics are computed in double from rows
- * loaded by tc_cpu_load_row, so every float dtype and stride takes the same path. */
+ * [N, C, HW], forward and fused backward. f32 with unit-stride rows (what models run) takes
+ * vectorised float loops with double sums; every other dtype and stride goes through double
+ * rows loaded by tc_cpu_load_row (f64 stays exact for the gradient checks). */
 #include "cpu.h"
+#include "vecmath.h"
 
 #include <math.h>
 
@@ -21,8 +23,8 @@ static double *vec(const tc_tensor *t, int64_t n, double fill) {
 }
 
 /* ---- layer norm --------------------------------------------------------------------------- */
-int tc_cpu_layer_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
-                      const tc_tensor *w, const tc_tensor *b, double eps) {
+static int layer_norm_any(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
+                          const tc_tensor *w, const tc_tensor *b, double eps) {
     int64_t M = x->shape[0], N = x->shape[1];
     double *wv = vec(w, N, 1), *bv = vec(b, N, 0);
     int err = wv && bv ? 0 : 1;
@@ -53,9 +55,9 @@ int tc_cpu_layer_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_t
 
 /* with xh = (x - mean) rstd and gh = gy w: gx = rstd (gh - mean(gh) - xh mean(gh xh)),
  * gw = sum over rows of gy xh, gb = sum over rows of gy */
-int tc_cpu_layer_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
-                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                               const tc_tensor *w) {
+static int layer_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                                   const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
+                                   const tc_tensor *w) {
     int64_t M = x->shape[0], N = x->shape[1];
     double *wv = vec(w, N, 1), *accw = calloc((size_t)N + 1, sizeof *accw), *accb = calloc((size_t)N + 1, sizeof *accb);
     int err = wv && accw && accb ? 0 : 1;
@@ -102,8 +104,8 @@ int tc_cpu_layer_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, cons
 
 /* ---- group norm ------------------------------------------------------------------------------
  * Group (n, g) holds channels g * C / G .. (g + 1) * C / G - 1 of sample n, each a row of HW. */
-int tc_cpu_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
-                      const tc_tensor *w, const tc_tensor *b, int groups, double eps) {
+static int group_norm_any(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
+                          const tc_tensor *w, const tc_tensor *b, int groups, double eps) {
     int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / groups, G = groups;
     double *wv = vec(w, C, 1), *bv = vec(b, C, 0), cnt = (double)(cg * HW);
     int err = wv && bv ? 0 : 1;
@@ -141,9 +143,9 @@ int tc_cpu_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_t
 }
 
 /* as layer norm, over each group; gw and gb sum per (n, c) partials over n */
-int tc_cpu_group_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
-                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                               const tc_tensor *w, int groups) {
+static int group_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                                   const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
+                                   const tc_tensor *w, int groups) {
     int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / groups, G = groups;
     double *wv = vec(w, C, 1), cnt = (double)(cg * HW);
     double *pw = calloc((size_t)(N * C) + 1, sizeof *pw), *pb = calloc((size_t)(N * C) + 1, sizeof *pb);
@@ -193,4 +195,260 @@ int tc_cpu_group_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, cons
     free(pw);
     free(pb);
     return err ? tc_error("group_norm backward: out of memory") : TC_OK;
+}
+
+/* ---- f32 with unit-stride rows: vectorised ------------------------------------------------
+ * Sums run in double, shifted by a value of the row (a group's or row's first element) so
+ * that inputs far from 0 keep their variance; the elementwise parts run in float. */
+static bool unit_rows(const tc_tensor *t) { return t->dtype == TC_F32 && t->stride[t->ndim - 1] == 1; }
+
+/* s1 += sum of (x - shift), s2 += sum of (x - shift)^2 */
+TC_SIMD_CLONES
+static void row_moments(const float *restrict x, int64_t n, double shift, double *s1, double *s2) {
+    double a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)x[i] - shift;
+        a += d;
+        b += d * d;
+    }
+    *s1 += a;
+    *s2 += b;
+}
+
+/* a double mean as two floats: x - hi is exact for x near hi, and - lo restores the bits a
+ * float mean would lose (inputs far from 0, such as 1000 + noise, need them) */
+typedef struct { float hi, lo; } split_mean;
+static split_mean split(double mu) { float hi = (float)mu; return (split_mean){hi, (float)(mu - hi)}; }
+
+/* y = (x - mu) * a + o */
+TC_SIMD_CLONES
+static void row_normalize(float *restrict y, const float *restrict x, int64_t n, split_mean mu, float a, float o) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) y[i] = ((x[i] - mu.hi) - mu.lo) * a + o;
+}
+
+/* y = (x - mu) * rs * w + b */
+TC_SIMD_CLONES
+static void row_normalize_affine(float *restrict y, const float *restrict x, int64_t n, split_mean mu, float rs,
+                                 const float *restrict w, const float *restrict b) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) y[i] = ((x[i] - mu.hi) - mu.lo) * rs * w[i] + b[i];
+}
+
+/* *sg = sum of g, *sgx = sum of g (x - mu) */
+TC_SIMD_CLONES
+static void row_grad_sums(const float *restrict g, const float *restrict x, int64_t n, double mu, double *sg,
+                          double *sgx) {
+    double a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < n; i++) {
+        a += g[i];
+        b += (double)g[i] * ((double)x[i] - mu);
+    }
+    *sg = a;
+    *sgx = b;
+}
+
+/* gx = g * a + (x - mu) * b + c */
+TC_SIMD_CLONES
+static void row_grad(float *restrict gx, const float *restrict g, const float *restrict x, int64_t n, split_mean mu,
+                     float a, float b, float c) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) gx[i] = g[i] * a + ((x[i] - mu.hi) - mu.lo) * b + c;
+}
+
+/* w and b as floats (1 and 0 where absent); NULL when out of memory */
+static float *floats(const double *v, int64_t n) {
+    float *f = malloc((size_t)(n ? n : 1) * sizeof *f);
+    for (int64_t i = 0; f && i < n; i++) f[i] = (float)v[i];
+    return f;
+}
+
+static int layer_norm_f32(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x, const double *wv,
+                          const double *bv, double eps) {
+    int64_t M = x->shape[0], N = x->shape[1];
+    float *w = floats(wv, N), *b = floats(bv, N);
+    if (!w || !b) { free(w); free(b); return tc_error("layer_norm: out of memory"); }
+    const float *xp = tc_data(x);
+    float *yp = tc_data(y), *mp = tc_data(mean), *rp = tc_data(rstd);
+#pragma omp parallel for schedule(static) if (M > 1 && M * N >= PAR_MIN)
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = xp + m * x->stride[0];
+        double shift = N ? r[0] : 0, s1 = 0, s2 = 0;
+        row_moments(r, N, shift, &s1, &s2);
+        double m1 = N ? s1 / (double)N : 0, var = N ? s2 / (double)N - m1 * m1 : 0;
+        double mu = shift + m1;
+        float rs = (float)(1 / sqrt((var > 0 ? var : 0) + eps));
+        row_normalize_affine(yp + m * N, r, N, split(mu), rs, w, b);
+        mp[m] = (float)mu;
+        rp[m] = rs;
+    }
+    free(w);
+    free(b);
+    return TC_OK;
+}
+
+/* one row of the layer norm backward: adds g xh and g to this thread's sums for gw and gb;
+ * gx (may be NULL) = rs (g w - mean(g w) - xh mean(g w xh)); xh: scratch for the row */
+TC_SIMD_CLONES
+static void ln_row_backward(float *restrict gx, const float *restrict g, const float *restrict x,
+                            const float *restrict w, int64_t n, float mu, float rs, double *restrict aw,
+                            double *restrict ab, float *restrict xh) {
+    double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int64_t i = 0; i < n; i++) {
+        float h = (x[i] - mu) * rs, gh = g[i] * w[i];
+        xh[i] = h;
+        aw[i] += (double)(g[i] * h);
+        ab[i] += g[i];
+        s1 += gh;
+        s2 += (double)(gh * h);
+    }
+    if (!gx) return;
+    float a = (float)(s1 / (double)n), b = (float)(s2 / (double)n);
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) gx[i] = rs * (g[i] * w[i] - a - xh[i] * b);
+}
+
+static int layer_norm_backward_f32(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                                   const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd, const double *wv) {
+    int64_t M = x->shape[0], N = x->shape[1];
+    float *w = floats(wv, N);
+    double *accw = calloc((size_t)(2 * N + 1), sizeof *accw), *accb = accw ? accw + N : NULL;
+    int err = w && accw ? 0 : 1;
+    const float *xp = tc_data(x), *gp = tc_data(gy), *mp = tc_data(mean), *rp = tc_data(rstd);
+#pragma omp parallel reduction(max : err) if (!err && M > 1 && M * N >= PAR_MIN)
+    {
+        double *aw = calloc((size_t)(2 * N + 1), sizeof *aw), *ab = aw ? aw + N : NULL; /* this thread's sums */
+        float *xh = malloc((size_t)(N + 1) * sizeof *xh);
+        bool ok = aw && xh; /* err itself starts at INT_MIN here, max's identity */
+        if (!ok) err = 1;
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            if (!ok) continue;
+            ln_row_backward(gx ? (float *)tc_data(gx) + m * N : NULL, gp + m * gy->stride[0], xp + m * x->stride[0],
+                            w, N, mp[m], rp[m], aw, ab, xh);
+        }
+        if (ok) {
+#pragma omp critical(tc_ln_sums_f32)
+            for (int64_t i = 0; i < N; i++) { accw[i] += aw[i]; accb[i] += ab[i]; }
+        }
+        free(aw);
+        free(xh);
+    }
+    if (!err && gw) tc_cpu_store_row(tc_data(gw), accw, N, 1, gw->dtype);
+    if (!err && gb) tc_cpu_store_row(tc_data(gb), accb, N, 1, gb->dtype);
+    free(w);
+    free(accw);
+    return err ? tc_error("layer_norm backward: out of memory") : TC_OK;
+}
+
+static int group_norm_f32(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x, const double *wv,
+                          const double *bv, int64_t G, double eps) {
+    int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / G, s0 = x->stride[0], s1c = x->stride[1];
+    double cnt = (double)(cg * HW);
+    const float *xp = tc_data(x);
+    float *yp = tc_data(y), *mp = tc_data(mean), *rp = tc_data(rstd);
+#pragma omp parallel for schedule(static) if (N * G > 1 && N * C * HW >= PAR_MIN)
+    for (int64_t ng = 0; ng < N * G; ng++) {
+        int64_t n = ng / G, c0 = ng % G * cg;
+        const float *first = xp + n * s0 + c0 * s1c;
+        double shift = cnt > 0 ? first[0] : 0, s1 = 0, s2 = 0;
+        for (int64_t c = c0; c < c0 + cg; c++) row_moments(xp + n * s0 + c * s1c, HW, shift, &s1, &s2);
+        double m1 = cnt > 0 ? s1 / cnt : 0, var = cnt > 0 ? s2 / cnt - m1 * m1 : 0, mu = shift + m1;
+        double rs = 1 / sqrt((var > 0 ? var : 0) + eps);
+        for (int64_t c = c0; c < c0 + cg; c++)
+            row_normalize(yp + (n * C + c) * HW, xp + n * s0 + c * s1c, HW, split(mu), (float)(rs * wv[c]), (float)bv[c]);
+        mp[ng] = (float)mu;
+        rp[ng] = (float)rs;
+    }
+    return TC_OK;
+}
+
+/* as group_norm_backward_any: pw, pb [N, C] get each (n, c)'s share of gw and gb */
+static void group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *mean,
+                                    const tc_tensor *rstd, const double *wv, int64_t G, double *pw, double *pb) {
+    int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / G;
+    double cnt = (double)(cg * HW);
+    const float *xp = tc_data(x), *gp = tc_data(gy), *mp = tc_data(mean), *rp = tc_data(rstd);
+#define XROW(c) (xp + n * x->stride[0] + (c) * x->stride[1])
+#define GROW(c) (gp + n * gy->stride[0] + (c) * gy->stride[1])
+#pragma omp parallel for schedule(static) if (N * G > 1 && N * C * HW >= PAR_MIN)
+    for (int64_t ng = 0; ng < N * G; ng++) {
+        int64_t n = ng / G, c0 = ng % G * cg;
+        double mu = mp[ng], rs = rp[ng], s1 = 0, s2 = 0; /* sums of gh and gh * xh over the group */
+        for (int64_t c = c0; c < c0 + cg; c++) {
+            double sg, sgx;
+            row_grad_sums(GROW(c), XROW(c), HW, mu, &sg, &sgx);
+            pw[n * C + c] = sgx * rs;
+            pb[n * C + c] = sg;
+            s1 += sg * wv[c];
+            s2 += sgx * rs * wv[c];
+        }
+        if (!gx) continue;
+        s1 /= cnt;
+        s2 /= cnt;
+        for (int64_t c = c0; c < c0 + cg; c++)
+            row_grad((float *)tc_data(gx) + (n * C + c) * HW, GROW(c), XROW(c), HW, split(mu), (float)(rs * wv[c]),
+                     (float)(-rs * rs * s2), (float)(-rs * s1));
+    }
+#undef XROW
+#undef GROW
+}
+
+/* ---- entry points: the f32 paths where they apply -------------------------------------- */
+int tc_cpu_layer_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
+                      const tc_tensor *w, const tc_tensor *b, double eps) {
+    if (!unit_rows(x) || y->dtype != TC_F32 || mean->dtype != TC_F32) return layer_norm_any(y, mean, rstd, x, w, b, eps);
+    int64_t N = x->shape[1];
+    double *wv = vec(w, N, 1), *bv = vec(b, N, 0);
+    int rc = wv && bv ? layer_norm_f32(y, mean, rstd, x, wv, bv, eps) : tc_error("layer_norm: out of memory");
+    free(wv);
+    free(bv);
+    return rc;
+}
+
+int tc_cpu_layer_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
+                               const tc_tensor *w) {
+    if (!unit_rows(x) || !unit_rows(gy) || (gx && gx->dtype != TC_F32) || mean->dtype != TC_F32)
+        return layer_norm_backward_any(gx, gw, gb, gy, x, mean, rstd, w);
+    double *wv = vec(w, x->shape[1], 1);
+    int rc = wv ? layer_norm_backward_f32(gx, gw, gb, gy, x, mean, rstd, wv) : tc_error("layer_norm backward: out of memory");
+    free(wv);
+    return rc;
+}
+
+int tc_cpu_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
+                      const tc_tensor *w, const tc_tensor *b, int groups, double eps) {
+    if (!unit_rows(x) || y->dtype != TC_F32 || mean->dtype != TC_F32)
+        return group_norm_any(y, mean, rstd, x, w, b, groups, eps);
+    int64_t C = x->shape[1];
+    double *wv = vec(w, C, 1), *bv = vec(b, C, 0);
+    int rc = wv && bv ? group_norm_f32(y, mean, rstd, x, wv, bv, groups, eps) : tc_error("group_norm: out of memory");
+    free(wv);
+    free(bv);
+    return rc;
+}
+
+int tc_cpu_group_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
+                               const tc_tensor *w, int groups) {
+    if (!unit_rows(x) || !unit_rows(gy) || (gx && gx->dtype != TC_F32) || mean->dtype != TC_F32)
+        return group_norm_backward_any(gx, gw, gb, gy, x, mean, rstd, w, groups);
+    int64_t N = x->shape[0], C = x->shape[1];
+    double *wv = vec(w, C, 1), *pw = calloc((size_t)(2 * N * C) + 1, sizeof *pw);
+    if (!wv || !pw) { free(wv); free(pw); return tc_error("group_norm backward: out of memory"); }
+    double *pb = pw + N * C;
+    group_norm_backward_f32(gx, gy, x, mean, rstd, wv, groups, pw, pb);
+    for (int64_t c = 0; c < C; c++) { /* gw and gb: the (n, c) shares summed over n */
+        double sw = 0, sb = 0;
+        for (int64_t n = 0; n < N; n++) { sw += pw[n * C + c]; sb += pb[n * C + c]; }
+        if (gw) tc_store((char *)tc_data(gw) + c * (int64_t)tc_dtype_size(gw->dtype), gw->dtype, sw);
+        if (gb) tc_store((char *)tc_data(gb) + c * (int64_t)tc_dtype_size(gb->dtype), gb->dtype, sb);
+    }
+    free(wv);
+    free(pw);
+    return TC_OK;
 }

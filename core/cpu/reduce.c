@@ -2,6 +2,7 @@
  * min, prod, logsumexp) and max/min with indices along the last dim. Sums accumulate in
  * double, so long f32 reductions do not drift. */
 #include "cpu.h"
+#include "vecmath.h"
 
 #include <math.h>
 
@@ -13,16 +14,30 @@ typedef struct {
     int64_t rcount;
 } red_layout;
 
-static void layout(red_layout *l, const tc_tensor *x, int nred) {
-    l->nout = x->ndim - nred;
-    l->nred = nred;
-    l->rcount = 1;
-    for (int i = 0; i < l->nout; i++) { l->oshape[i] = x->shape[i]; l->ostride[i] = x->stride[i]; }
-    for (int i = 0; i < nred; i++) {
-        l->rshape[i] = x->shape[l->nout + i];
-        l->rstride[i] = x->stride[l->nout + i];
-        l->rcount *= l->rshape[i];
+/* appends dims [from, to) of x to (shape, stride), dropping size-1 dims and merging a dim into
+ * the previous one when they step as one (a bias gradient's [B, L] rows become one dim);
+ * returns how many dims there are */
+static int merged_dims(const tc_tensor *x, int from, int to, int64_t *shape, int64_t *stride) {
+    int n = 0;
+    for (int d = from; d < to; d++) {
+        if (x->shape[d] == 1) continue;
+        if (n > 0 && stride[n - 1] == x->stride[d] * x->shape[d]) {
+            shape[n - 1] *= x->shape[d];
+            stride[n - 1] = x->stride[d];
+        } else {
+            shape[n] = x->shape[d];
+            stride[n++] = x->stride[d];
+        }
     }
+    return n;
+}
+
+static void layout(red_layout *l, const tc_tensor *x, int nred) {
+    int nout = x->ndim - nred;
+    l->nout = merged_dims(x, 0, nout, l->oshape, l->ostride);
+    l->nred = merged_dims(x, nout, x->ndim, l->rshape, l->rstride);
+    l->rcount = 1;
+    for (int i = 0; i < l->nred; i++) l->rcount *= l->rshape[i];
 }
 
 /* element offset of the k-th element of a multi-dim index space */
@@ -45,6 +60,26 @@ static bool reduced_contiguous(const red_layout *l) {
     return true;
 }
 
+/* a contiguous f32 run summed in double, vectorised */
+TC_SIMD_CLONES
+static double sum_f32(int64_t n, const float *restrict p) {
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += p[i];
+    return s;
+}
+
+/* acc[i] += row[i] for each of the rows (stride apart) of columns [lo, hi) */
+TC_SIMD_CLONES
+static void add_rows_f32(double *restrict acc, const float *restrict x, int64_t rows, int64_t stride, int64_t lo,
+                         int64_t hi) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * stride;
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) acc[i] += row[i];
+    }
+}
+
 static double reduce_one(const char *base, tc_dtype dt, const red_layout *l, bool run, tc_op op) {
     int64_t n = l->rcount;
     size_t es = tc_dtype_size(dt);
@@ -54,14 +89,8 @@ static double reduce_one(const char *base, tc_dtype dt, const red_layout *l, boo
     switch (op) {
     case TC_OP_SUM:
     case TC_OP_MEAN:
-        if (run && dt == TC_F32) {
-            const float *p = (const float *)base;
-            double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            int64_t i = 0;
-            for (; i + 4 <= n; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
-            for (; i < n; i++) s0 += p[i];
-            acc = (s0 + s1) + (s2 + s3);
-        } else
+        if (run && dt == TC_F32) acc = sum_f32(n, (const float *)base);
+        else
             for (int64_t i = 0; i < n; i++) acc += ELEM(i);
         return op == TC_OP_MEAN ? (n ? acc / (double)n : NAN) : acc;
     case TC_OP_PROD:
@@ -99,10 +128,10 @@ int tc_cpu_reduce(tc_tensor *out, const tc_tensor *x, tc_op op, int nred) {
         l.nout == 1 && l.nred == 1 && l.ostride[0] == 1 && l.rstride[0] == l.oshape[0]) {
         double *acc = calloc((size_t)nout, sizeof *acc);
         if (!acc) return tc_error("reduce: out of memory");
-        for (int64_t r = 0; r < l.rcount; r++) {
-            const float *row = (const float *)xb + r * l.rstride[0];
-            for (int64_t i = 0; i < nout; i++) acc[i] += row[i];
-        }
+        int64_t blocks = (nout + 255) / 256; /* columns in blocks of 256, each block one thread's */
+#pragma omp parallel for schedule(static) if (blocks > 1 && nout * l.rcount >= 65536)
+        for (int64_t k = 0; k < blocks; k++)
+            add_rows_f32(acc, (const float *)xb, l.rcount, l.rstride[0], k * 256, k + 1 < blocks ? (k + 1) * 256 : nout);
         for (int64_t i = 0; i < nout; i++)
             ((float *)ob)[i] = (float)(op == TC_OP_MEAN ? acc[i] / (double)l.rcount : acc[i]);
         free(acc);

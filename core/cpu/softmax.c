@@ -1,7 +1,9 @@
 /* softmax.c (cpu): softmax and log_softmax along any dim, cross entropy, and the row
  * helpers the norm and attention kernels share. Each row is loaded from its dtype and
- * strides into a double scratch row, computed there, and stored back. */
+ * strides into a double scratch row, computed there, and stored back; f32 along a
+ * unit-stride last dim takes a vectorised float path instead. */
 #include "cpu.h"
+#include "vecmath.h"
 
 #include <math.h>
 
@@ -92,8 +94,71 @@ static char *out_row(const tc_tensor *t, const rows *r, int64_t k) {
 
 #define PAR_MIN 32768 /* elements below which threads cost more than they save */
 
+/* ---- f32 along a unit-stride last dim: vectorised, sums in double ------------------------ */
+static bool f32_rows(const rows *r, const tc_tensor *a, const tc_tensor *b, int dim) {
+    return r->inner == 1 && a->dtype == TC_F32 && b->dtype == TC_F32 && a->stride[dim] == 1 && b->stride[dim] == 1;
+}
+
+TC_SIMD_CLONES
+static void softmax_row_f32(float *restrict y, const float *restrict x, int64_t n, bool as_log) {
+    float m = tc_maxf(x, n);
+    double s = 0;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) y[i] = tc_expf(x[i] - m);
+#pragma omp simd reduction(+ : s) /* apart: gcc vectorises no reduction around tc_expf's selects */
+    for (int64_t i = 0; i < n; i++) s += y[i];
+    if (as_log) {
+        float lse = m + (float)log(s);
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] - lse;
+        return;
+    }
+    float inv = (float)(1 / s);
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) y[i] *= inv;
+}
+
+/* softmax: gx = y (gy - sum(gy y)); log_softmax: gx = gy - exp(y) sum(gy) */
+TC_SIMD_CLONES
+static void softmax_backward_row_f32(float *restrict gx, const float *restrict gy, const float *restrict y, int64_t n,
+                                     bool as_log) {
+    double s = 0;
+    if (as_log) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < n; i++) s += gy[i];
+        float sf = (float)s;
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) gx[i] = gy[i] - tc_expf(y[i]) * sf;
+        return;
+    }
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += (double)(gy[i] * y[i]);
+    float sf = (float)s;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) gx[i] = y[i] * (gy[i] - sf);
+}
+
+static int softmax_f32(tc_tensor *y, const tc_tensor *x, const rows *r, bool as_log) {
+    int64_t nrows = r->outer;
+#pragma omp parallel for schedule(static) if (nrows > 1 && nrows * r->n >= PAR_MIN)
+    for (int64_t k = 0; k < nrows; k++)
+        softmax_row_f32((float *)out_row(y, r, k), (const float *)row_at(x, r, k), r->n, as_log);
+    return TC_OK;
+}
+
+static int softmax_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *y, const rows *r, bool as_log) {
+    int64_t nrows = r->outer;
+#pragma omp parallel for schedule(static) if (nrows > 1 && nrows * r->n >= PAR_MIN)
+    for (int64_t k = 0; k < nrows; k++)
+        softmax_backward_row_f32((float *)out_row(gx, r, k), (const float *)row_at(gy, r, k),
+                                 (const float *)out_row(y, r, k), r->n, as_log);
+    return TC_OK;
+}
+
+/* ---- any dtype and layout, through double rows ------------------------------------------ */
 int tc_cpu_softmax(tc_tensor *y, const tc_tensor *x, int dim, bool as_log) {
     rows r = rows_of(x, dim);
+    if (f32_rows(&r, x, y, dim)) return softmax_f32(y, x, &r, as_log);
     int64_t nrows = r.outer * r.inner;
     int err = 0;
 #pragma omp parallel reduction(max : err) if (nrows > 1 && nrows * r.n >= PAR_MIN)
@@ -115,6 +180,7 @@ int tc_cpu_softmax(tc_tensor *y, const tc_tensor *x, int dim, bool as_log) {
 /* softmax: gx = y (gy - sum(gy y)); log_softmax: gx = gy - exp(y) sum(gy) */
 int tc_cpu_softmax_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *y, int dim, bool as_log) {
     rows r = rows_of(y, dim);
+    if (f32_rows(&r, gy, gx, dim) && y->dtype == TC_F32) return softmax_backward_f32(gx, gy, y, &r, as_log);
     int64_t nrows = r.outer * r.inner;
     int err = 0;
 #pragma omp parallel reduction(max : err) if (nrows > 1 && nrows * r.n >= PAR_MIN)
