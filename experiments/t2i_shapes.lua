@@ -1,7 +1,7 @@
 -- experiments/t2i_shapes.lua: the default experiment. A text encoder and a UNet learn
 -- together, from nothing, to draw captioned shapes ("a small red circle on the left") on
 -- two CPU cores, then draw held-out prompts, which tocha.eval.shapes grades.
---   tocha experiments/t2i_shapes.lua [--steps 1500] [--lr 2e-3] [--sampler ddim] ... (--help)
+--   tocha experiments/t2i_shapes.lua [--steps 1400] [--lr 2e-3] [--sampler ddim] ... (--help)
 local T = require "tocha"
 local nn = require "tocha.nn"
 local F = require "tocha.nn.functional"
@@ -18,7 +18,7 @@ local log = require "tocha.log"
 local run = require "tocha.run"
 
 local defaults = {
-  steps = { 1500, help = "optimizer steps (about 8 minutes on two idle cores)" },
+  steps = { 1400, help = "optimizer steps (about 9.5 minutes on two idle cores)" },
   batch = { 32, help = "images per step" },
   lr = { 2e-3, help = "peak learning rate (AdamW)" },
   warmup = { 100, help = "linear warmup steps before the cosine decay" },
