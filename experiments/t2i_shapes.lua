@@ -30,6 +30,7 @@ local defaults = {
   prediction = { "v_prediction", help = "what the UNet predicts", choices = { "epsilon", "v_prediction", "sample" } },
   min_snr = { 5.0, help = "Min-SNR-gamma loss weighting (0: off)" },
   pairs = { 0.3, help = "fraction of training images with two objects" },
+  pooled_text = { true, help = "also add the pooled caption embedding to the UNet's time embedding" },
   size = { 32, help = "image size in pixels" },
   seed = { 0, help = "seed for the weights, the data order and the sampling noise" },
   sampler = { "ddim", help = "sampler for the final samples",
@@ -55,7 +56,24 @@ local train_ds = shapes { size = cfg.size, seed = cfg.seed, objects = { 1, 2 } }
 local corpus = shapes.prompts { split = "all", objects = { 1, 2 } }
 local tok = text.train_bpe(corpus, 700, { max_length = 32 })
 local text_encoder = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = tok.vocab_size + 1 })
-local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size = cfg.size })
+local width = models.presets.tiny_text.hidden_size
+local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size = cfg.size,
+  class_embed_type = cfg.pooled_text and "projection" or nil,
+  projection_class_embeddings_input_dim = cfg.pooled_text and width or nil })
+
+-- the text as the UNet reads it: the token states for cross-attention and, with
+-- pooled_text, the pooled state appended as one more token (unpacked in denoise)
+local function encode_text(ids)
+  local states, pooled = text_encoder(ids)
+  if not cfg.pooled_text then return states end
+  return T.cat({ states, pooled:unsqueeze(2) }, 2)
+end
+
+local function denoise(x, ts, packed)
+  if not cfg.pooled_text then return unet(x, ts, packed) end
+  local L = packed.shape[2] - 1
+  return unet(x, ts, packed:narrow(2, 1, L), { class_labels = packed:select(2, L + 1) })
+end
 local model = nn.ModuleDict { text_encoder = text_encoder, unet = unet } -- one state dict for both
 local params = model:parameters()
 
@@ -104,8 +122,7 @@ local function train_step(step)
   local xt = noise_sched:add_noise(x0, noise, ts)
   local target = cfg.prediction == "epsilon" and noise or cfg.prediction == "sample" and x0
     or noise_sched:get_velocity(x0, noise, ts)
-  local context = text_encoder(ids)
-  local pred = unet(xt, ts, context)
+  local pred = denoise(xt, ts, encode_text(ids))
   local per_sample = F.mse_loss(pred, target, { reduction = "none" }):mean({ 2, 3, 4 })
   local loss
   if cfg.min_snr > 0 then loss = (per_sample * noise_sched:min_snr_weights(ts, cfg.min_snr)):mean()
@@ -154,8 +171,7 @@ local function draw(prompts, seed)
   local out = {}
   for i = 1, #prompts, 50 do
     local chunk = table.move(prompts, i, math.min(i + 49, #prompts), 1, {})
-    out[#out + 1] = D.sample { model = function(x, ts, ctx) return unet(x, ts, ctx) end,
-      text_encoder = function(ids) return text_encoder(ids) end, tokenizer = tok,
+    out[#out + 1] = D.sample { model = denoise, text_encoder = encode_text, tokenizer = tok,
       scheduler = SAMPLERS[cfg.sampler](), prompts = chunk, guidance_scale = cfg.guidance,
       steps = cfg.sample_steps, seed = seed + i, height = cfg.size, width = cfg.size, channels = 3 }
   end

@@ -277,4 +277,33 @@ tests["clear errors for bad configs and inputs"] = function()
   end)
 end
 
+tests["class_embed_type projection adds a per-sample vector to the time embedding, as diffusers names it"] = function()
+  local cfg = { class_embed_type = "projection", projection_class_embeddings_input_dim = 6 }
+  local u = models.UNet2DConditionModel(models.presets.tiny_unet, cfg)
+  local names = {}
+  for name, p in u:named_parameters() do names[name] = p.shape end
+  assert(names["class_embedding.linear_1.weight"][1] == 64 and names["class_embedding.linear_1.weight"][2] == 6)
+  assert(names["class_embedding.linear_2.weight"][1] == 64 and names["class_embedding.linear_2.bias"][1] == 64)
+  assert(u:num_parameters() == models.num_parameters("UNet2DConditionModel", models.presets.tiny_unet, cfg))
+  local x, ctx, ts = T.randn({ 2, 3, 32, 32 }), T.randn({ 2, 4, 64 }), T.tensor({ 10, 900 }, { dtype = "i64" })
+  local a = T.randn({ 2, 6 })
+  local y1 = u(x, ts, ctx, { class_labels = a })
+  local y2 = u(x, ts, ctx, { class_labels = a * 3 })
+  assert(not y1:allclose(y2), "the vector changes the output")
+  -- it enters exactly as time_embedding(t) + class_embedding(v): zero weights there change nothing
+  T.no_grad(function()
+    for _, p in ipairs(u.class_embedding:parameters()) do p:zero_() end
+  end)
+  local plain = models.UNet2DConditionModel(models.presets.tiny_unet)
+  local sd = u:state_dict()
+  sd["class_embedding.linear_1.weight"], sd["class_embedding.linear_1.bias"] = nil, nil
+  sd["class_embedding.linear_2.weight"], sd["class_embedding.linear_2.bias"] = nil, nil
+  plain:load_state_dict(sd, true)
+  T.testing.assert_close(u(x, ts, ctx, { class_labels = a }), plain(x, ts, ctx), { rtol = 1e-5, atol = 1e-6 })
+  local ok, err = pcall(u.forward, u, x, ts, ctx)
+  assert(not ok and err:find("class_labels must be"), err)
+  ok, err = pcall(models.UNet2DConditionModel, models.presets.tiny_unet, { class_embed_type = "timestep" })
+  assert(not ok and err:find("projection"), err)
+end
+
 return tests

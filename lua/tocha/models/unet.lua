@@ -24,13 +24,16 @@ local SPEC = {
     cross_attention_dim = 1280, transformer_layers_per_block = 1, attention_head_dim = 8,
     use_linear_projection = false, upcast_attention = false, conv_in_kernel = 3, conv_out_kernel = 3,
   },
-  optional = { sample_size = true, time_embedding_dim = true },
+  -- class_embed_type "projection": a vector per sample (e.g. the pooled text embedding)
+  -- through its own TimestepEmbedding, added to the time embedding (diffusers' names)
+  optional = { sample_size = true, time_embedding_dim = true, class_embed_type = true,
+               projection_class_embeddings_input_dim = true },
   fixed = {
     act_fn = "silu", only_cross_attention = false, dual_cross_attention = false, num_attention_heads = NONE,
-    class_embed_type = NONE, addition_embed_type = NONE, addition_time_embed_dim = NONE,
+    addition_embed_type = NONE, addition_time_embed_dim = NONE,
     num_class_embeds = NONE, resnet_time_scale_shift = "default", resnet_skip_time_act = false,
     resnet_out_scale_factor = 1, time_embedding_type = "positional", time_embedding_act_fn = NONE,
-    timestep_post_act = NONE, time_cond_proj_dim = NONE, projection_class_embeddings_input_dim = NONE,
+    timestep_post_act = NONE, time_cond_proj_dim = NONE,
     attention_type = "default", class_embeddings_concat = false, mid_block_only_cross_attention = false,
     cross_attention_norm = NONE, encoder_hid_dim = NONE, encoder_hid_dim_type = NONE,
     reverse_transformer_layers_per_block = NONE, addition_embed_type_num_heads = 64,
@@ -138,6 +141,14 @@ function UNet:init(cfg, overrides)
   self.conv_in = nn.Conv2d(c.in_channels, ch[1], c.conv_in_kernel,
     { padding = (c.conv_in_kernel - 1) // 2, dtype = lo.dtype, device = lo.device })
   self.time_embedding = B.TimestepEmbedding(ch[1], p.temb, lo)
+  if c.class_embed_type ~= nil then
+    local d = c.projection_class_embeddings_input_dim
+    if c.class_embed_type ~= "projection" or math.type(d) ~= "integer" or d < 1 then
+      error("UNet2DConditionModel: class_embed_type must be \"projection\", with a positive integer "
+        .. "projection_class_embeddings_input_dim", 2)
+    end
+    self.class_embedding = B.TimestepEmbedding(d, p.temb, lo)
+  end
   local down, up = {}, {}
   for i, o in ipairs(p.down) do down[i] = B[o.kind](o, lo) end
   for i, o in ipairs(p.up) do up[i] = B[o.kind](o, lo) end
@@ -206,6 +217,14 @@ function UNet:forward(sample, timestep, context, opts)
   local t = B.timestep_embedding(timesteps(timestep, N, sample.device), c.block_out_channels[1], c.flip_sin_to_cos,
     c.freq_shift, sample.dtype == "f64" and "f64" or "f32")
   local temb = self.time_embedding(t:to(sample.dtype))
+  if self.class_embedding then
+    local cl = opts.class_labels
+    if not T.is_tensor(cl) or cl:dim() ~= 2 or cl.shape[1] ~= N then
+      error(string.format("%s: class_labels must be [%d (batch), %d] with class_embed_type projection", WHAT, N,
+        c.projection_class_embeddings_input_dim), 2)
+    end
+    temb = temb + self.class_embedding(cl:to(sample.dtype))
+  end
 
   local h = self.conv_in(sample)
   local skips = { h }
@@ -243,6 +262,9 @@ local function num_parameters_for(cfg, overrides)
   local c0 = c.block_out_channels[1]
   local n = conv(c.in_channels, c0, c.conv_in_kernel) + (c0 * p.temb + p.temb) + (p.temb * p.temb + p.temb)
     + 2 * c0 + conv(c0, c.out_channels, c.conv_out_kernel)
+  if c.class_embed_type then
+    n = n + c.projection_class_embeddings_input_dim * p.temb + p.temb + p.temb * p.temb + p.temb
+  end
   for _, o in ipairs(p.down) do
     for i = 1, o.layers do
       n = n + resnet(i == 1 and o.in_channels or o.out_channels, o.out_channels, p.temb)
