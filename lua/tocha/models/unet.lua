@@ -143,9 +143,12 @@ function UNet:init(cfg, overrides)
   self.time_embedding = B.TimestepEmbedding(ch[1], p.temb, lo)
   if c.class_embed_type ~= nil then
     local d = c.projection_class_embeddings_input_dim
-    if c.class_embed_type ~= "projection" or math.type(d) ~= "integer" or d < 1 then
-      error("UNet2DConditionModel: class_embed_type must be \"projection\", with a positive integer "
-        .. "projection_class_embeddings_input_dim", 2)
+    if c.class_embed_type ~= "projection" then
+      error(string.format('%s: class_embed_type = "%s" is not supported (only "projection")', WHAT,
+        tostring(c.class_embed_type)), 2)
+    end
+    if math.type(d) ~= "integer" or d < 1 then
+      error(WHAT .. ': class_embed_type "projection" needs a positive integer projection_class_embeddings_input_dim', 2)
     end
     self.class_embedding = B.TimestepEmbedding(d, p.temb, lo)
   end
