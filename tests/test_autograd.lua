@@ -4,11 +4,7 @@
 local T = require "tocha"
 local close, gradcheck = T.testing.assert_close, T.testing.gradcheck
 
-local function errors(pattern, f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local errors = T.testing.assert_raises
 
 local function f64(t) return T.tensor(t, { dtype = "f64", requires_grad = true }) end
 

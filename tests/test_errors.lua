@@ -3,11 +3,7 @@
 -- and a sweep calling every core method and function with junk arguments.
 local T = require "tocha"
 
-local function errors(pattern, f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local errors = T.testing.assert_raises
 
 -- the core's methods and functions (other families are tested in their own files)
 local METHODS = {

@@ -6,11 +6,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local REF = dofile(here .. "/ref/core_ref.lua")
 local close = T.testing.assert_close
 
-local function errors(pattern, f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local errors = T.testing.assert_raises
 
 local function same(a, b) return a:storage_id() ~= b:storage_id() and a:eq(b):logical_not():sum():item() == 0 end
 

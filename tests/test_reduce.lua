@@ -6,11 +6,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local REF = dofile(here .. "/ref/core_ref.lua").reduce
 local close, gradcheck = T.testing.assert_close, T.testing.gradcheck
 
-local function errors(pattern, f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local errors = T.testing.assert_raises
 
 local function shape_is(t, shape)
   local s = t.shape

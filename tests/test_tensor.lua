@@ -14,11 +14,7 @@ local function same_shape(t, shape)
   return true
 end
 
-local function errors(pattern, f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local errors = T.testing.assert_raises
 
 -- the value of IEEE half-precision and bfloat16 bit patterns, decoded independently of tocha
 local function half_value(h)

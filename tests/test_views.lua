@@ -11,11 +11,7 @@ local function shape_is(t, shape)
   return true
 end
 
-local function errors(pattern, f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not contain '" .. pattern .. "'")
-end
+local errors = T.testing.assert_raises
 
 local function f64(...) return T.randn({ ... }, { dtype = "f64", requires_grad = true }) end
 

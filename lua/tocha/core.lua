@@ -315,6 +315,15 @@ return function(T)
 
   local function shape_str(t) return "[" .. table.concat(t.shape, ", ") .. "]" end
 
+  --- T.testing.assert_raises(text, f, ...): f(...) must raise an error containing text
+  function T.testing.assert_raises(text, f, ...)
+    local ok, err = pcall(f, ...)
+    if ok then error("expected an error containing '" .. text .. "'", 2) end
+    if not tostring(err):find(text, 1, true) then
+      error("error '" .. tostring(err) .. "' does not contain '" .. text .. "'", 2)
+    end
+  end
+
   --- T.testing.assert_close(actual, expected, opts): raises with the largest difference.
   --- expected: a tensor or a (nested) table; shapes must match unless expected is a flat list,
   --- which is compared with actual's elements in row-major order. opts: rtol (1e-5),
