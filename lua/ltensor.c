@@ -433,32 +433,18 @@ static int m_normal_(lua_State *L) {
 }
 
 /* ---- views ---------------------------------------------------------------------------------------- */
-static int m_view(lua_State *L) {
+/* x:view(shape), x:reshape(shape), x:expand(shape): shape as a table or as numbers */
+static int shaped(lua_State *L, tc_tensor *(*op)(tc_tensor *, int, const int64_t *)) {
     tc_tensor *x = tcl_check(L, 1);
     int64_t shape[TC_MAX_DIMS];
     int n = tcl_checkshape(L, 2, shape);
     tc_tensor **slot = tcl_slot(L);
-    *slot = tc_view(x, n, shape);
+    *slot = op(x, n, shape);
     return tcl_done(L, *slot);
 }
-
-static int m_reshape(lua_State *L) {
-    tc_tensor *x = tcl_check(L, 1);
-    int64_t shape[TC_MAX_DIMS];
-    int n = tcl_checkshape(L, 2, shape);
-    tc_tensor **slot = tcl_slot(L);
-    *slot = tc_reshape(x, n, shape);
-    return tcl_done(L, *slot);
-}
-
-static int m_expand(lua_State *L) {
-    tc_tensor *x = tcl_check(L, 1);
-    int64_t shape[TC_MAX_DIMS];
-    int n = tcl_checkshape(L, 2, shape);
-    tc_tensor **slot = tcl_slot(L);
-    *slot = tc_expand(x, n, shape);
-    return tcl_done(L, *slot);
-}
+static int m_view(lua_State *L) { return shaped(L, tc_view); }
+static int m_reshape(lua_State *L) { return shaped(L, tc_reshape); }
+static int m_expand(lua_State *L) { return shaped(L, tc_expand); }
 
 static int m_expand_as(lua_State *L) {
     tc_tensor *x = tcl_check(L, 1), *y = tcl_check(L, 2);
