@@ -1,13 +1,18 @@
 # tocha: one build. CPU always; CUDA when nvcc is found (CUDA=0 forces it off).
 #   make          build/tocha (the runner) and build/tocha.so (for stock lua5.4)
+#   make EMU=1    the cuda device on a CPU emulation of the CUDA runtime (build-emu/), which
+#                 runs kernels/*.cu without a GPU so the GPU suite can test their logic
 #   make test     C and Lua tests, ending with "N passed, N failed"
 #   make demo     the default experiment: text-to-image on captioned shapes (about 10 minutes)
-#   make SAN=1    AddressSanitizer + UndefinedBehaviorSanitizer build (in build-san/)
+#   make SAN=1    AddressSanitizer + UndefinedBehaviorSanitizer build (in build-san/; with
+#                 EMU=1 in build-san-emu/, where it checks the kernels' memory accesses too)
+#   make EMU=1 cudaemu-selftest   the emulator's own test (tests/cudaemu/)
 
 CC      ?= cc
 CUDA    ?= 1
 SAN     ?= 0
-BUILD   ?= $(if $(filter 1,$(SAN)),build-san,build)
+EMU     ?= 0
+BUILD   ?= $(if $(filter 1,$(SAN)),build-san,build)$(if $(filter 1,$(EMU)),-emu)
 LUA_INC ?= $(firstword $(wildcard /usr/include/lua5.4) /usr/include)
 LUA_A   ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liblua5.4.a /usr/lib/*/liblua5.4.a /usr/local/lib/liblua.a))
 # OpenBLAS built on OpenMP shares one thread pool with tocha's own kernels; the pthread
@@ -24,31 +29,67 @@ LDLIBS  = $(if $(BLAS_DIR),$(BLAS_LD)) -lopenblas -lpng -ljpeg -lzstd -lcairo -l
 LDFLAGS += $(if $(filter 1,$(SAN)),$(SANFLAGS))
 
 CORE_SRC = $(wildcard core/*.c core/ops/*.c core/cpu/*.c core/io/*.c)
+
+# ---- CUDA: kernels/*.cu by nvcc (sm_80 and sm_90 machine code, plus sm_90 PTX), or under
+# EMU=1 by the C++ compiler against tests/cudaemu/ (without the cuBLASLt and cuDNN files,
+# whose table slots take the CPU kernels there)
+NVCC      ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+CUDA_ON   = $(if $(filter 1,$(EMU)),emu,$(if $(filter 0,$(CUDA)),,$(if $(NVCC),nvcc,)))
+CU_SRC    = $(if $(filter emu,$(CUDA_ON)),$(filter-out kernels/gemm.cu kernels/conv.cu,$(wildcard kernels/*.cu)),$(wildcard kernels/*.cu))
+EMU_SRC   = $(filter-out tests/cudaemu/selftest.cpp,$(wildcard tests/cudaemu/*.cpp))
+NVFLAGS   = -O2 -g -std=c++17 $(CUDA_ARCH) -Xcompiler -fPIC,-Wall,-Wextra,-Wshadow -Werror all-warnings -Icore
+# (g++ ignores nvcc's #pragma unroll)
+EMUFLAGS  = -std=c++17 -x c++ -DTCU_EMU -D_GNU_SOURCE -fPIC $(OPT) -Wall -Wextra -Wshadow -Werror -Wno-unknown-pragmas -Icore -Itests/cudaemu/include
+ifeq ($(CUDA_ON),nvcc)
+  CFLAGS  += -DTC_HAVE_CUDA -I$(CUDA_HOME)/include
+  CORE_SRC += $(wildcard kernels/*.c)
+  CU_OBJ  = $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasLt -lcudart_static -lrt -lstdc++
+endif
+ifeq ($(CUDA_ON),emu)
+  CFLAGS  += -DTC_HAVE_CUDA -DTCU_EMU
+  CORE_SRC += $(wildcard kernels/*.c)
+  CU_OBJ  = $(CU_SRC:%.cu=$(BUILD)/obj/%.o) $(EMU_SRC:%.cpp=$(BUILD)/obj/%.o)
+  LDLIBS  += -lstdc++
+endif
 BIND_SRC = $(filter-out lua/main.c,$(wildcard lua/*.c))
-CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 BIND_OBJ = $(BIND_SRC:%.c=$(BUILD)/obj/%.o)
 CTEST_SRC = $(wildcard tests/c/*.c)
 
-.PHONY: all deps probe test demo clean bench
+.PHONY: all deps probe test demo clean bench cudaemu-selftest
 all: probe $(BUILD)/tocha $(BUILD)/tocha.so
 
 # one line per dependency; a missing required one stops here with the package to install
 probe:
 	@lua=$$(test -f "$(LUA_A)" && test -f "$(LUA_INC)/lua.h" && echo found || echo missing); \
 	 blas=$$(test -f "$(BLAS_INC)/cblas.h" && echo found || echo missing); \
-	 nvcc=$$(command -v nvcc >/dev/null 2>&1 && echo found || echo missing); \
+	 nvcc=$$(test -n "$(NVCC)" && echo "found: the cuda device is built" || echo "missing: CPU only"); \
 	 [ "$(CUDA)" = 0 ] && nvcc="disabled (CUDA=0)"; \
-	 cublas=$$(ls /usr/local/cuda/lib64/libcublas.so* >/dev/null 2>&1 && echo found || echo missing); \
+	 cublas=$$(ls $(CUDA_HOME)/lib64/libcublasLt.so* >/dev/null 2>&1 && echo found || echo missing); \
 	 cudnn=$$(ls /usr/include/cudnn.h /usr/include/*/cudnn.h /usr/local/cuda/include/cudnn.h 2>/dev/null | grep -q . && echo found || echo missing); \
 	 echo "  Lua 5.4:  $$lua"; echo "  OpenBLAS: $$blas"; \
-	 echo "  nvcc:     $$nvcc (the cuda device is not written yet: CPU only)"; echo "  cuBLAS:   $$cublas"; echo "  cuDNN:    $$cudnn"; \
+	 [ "$(EMU)" = 1 ] && nvcc="not used (EMU=1: the cuda device runs on a CPU emulation)"; \
+	 echo "  nvcc:     $$nvcc"; echo "  cuBLAS:   $$cublas"; echo "  cuDNN:    $$cudnn"; \
 	 if [ $$lua = missing ]; then echo "error: Lua 5.4 not found: apt-get install liblua5.4-dev (or run scripts/deps.sh)"; exit 1; fi; \
 	 if [ $$blas = missing ]; then echo "error: OpenBLAS not found: apt-get install libopenblas-openmp-dev (or run scripts/deps.sh)"; exit 1; fi
 
-$(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h)
+$(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h kernels/table.h)
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu kernels/cuda.h kernels/table.h core/tocha.h core/internal.h $(wildcard kernels/*.h tests/cudaemu/include/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  $(if $(filter emu,$(CUDA_ON)),C++ (emu),NVCC) $<"
+	@$(if $(filter emu,$(CUDA_ON)),$(CXX) $(EMUFLAGS),$(NVCC) $(NVFLAGS)) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cpp $(wildcard tests/cudaemu/*.h tests/cudaemu/include/*.h) kernels/cuda.h
+	@mkdir -p $(dir $@)
+	@echo "  C++   $<"
+	@$(CXX) $(EMUFLAGS) -c $< -o $@
 
 $(BUILD)/libtocha.a: $(CORE_OBJ)
 	@echo "  AR    $@"
@@ -68,6 +109,19 @@ $(BUILD)/test_c: $(CTEST_SRC) $(BUILD)/libtocha.a
 	@echo "  LINK  $@"
 	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CTEST_SRC) $(BUILD)/libtocha.a $(LDLIBS)
 
+# the emulator's own test (tests/cudaemu/selftest.cpp), run in both thread orders
+ifeq ($(CUDA_ON),emu)
+$(BUILD)/cudaemu-selftest: $(BUILD)/obj/tests/cudaemu/selftest.o $(EMU_SRC:%.cpp=$(BUILD)/obj/%.o)
+	@echo "  LINK  $@"
+	@$(CXX) $(LDFLAGS) -o $@ $^ -lm -lpthread
+
+cudaemu-selftest: $(BUILD)/cudaemu-selftest
+	@./$(BUILD)/cudaemu-selftest && TOCHA_EMU_ORDER=reverse ./$(BUILD)/cudaemu-selftest
+else
+cudaemu-selftest:
+	@echo "the emulator's test needs EMU=1: make EMU=1 cudaemu-selftest"; exit 1
+endif
+
 deps:
 	@sh scripts/deps.sh
 
@@ -83,4 +137,4 @@ bench: all
 	sh bench/run.sh
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-emu build-san-emu

@@ -9,6 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" { /* the kernel files are C++ */
+#endif
+
 /* ---- autograd nodes ------------------------------------------------------------ */
 #define TC_MAX_SAVED 6
 
@@ -178,5 +182,9 @@ typedef struct tc_kernels {
 
 const tc_kernels *tc_kern(tc_device dev); /* NULL (with an error set) if the device is not built in */
 extern const tc_kernels tc_cpu_kernels;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

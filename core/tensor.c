@@ -192,7 +192,7 @@ tc_storage *tc_storage_new(size_t nbytes, tc_device dev) {
         s->data = k->alloc(nbytes ? nbytes : 1);
         if (!s->data) {
             free(s);
-            tc_error("out of memory allocating %zu bytes", nbytes);
+            if (dev.type == TC_CPU) tc_error("out of memory allocating %zu bytes", nbytes); /* cuda says more */
             return NULL;
         }
     }

@@ -13,6 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the kernel files are C++ */
+#endif
+
 #define TC_MAX_DIMS 8
 #define TC_OK 0
 #define TC_ERR (-1)
@@ -50,6 +54,7 @@ typedef struct tc_storage {
     tc_device device;
     uint32_t version;              /* bumped by every in-place write */
     void (*release)(void *ctx);    /* set: data is borrowed (e.g. an mmap); called on free */
+    bool pinned;                   /* page-locked host memory (tc_pin_memory) */
     void *release_ctx;
 } tc_storage;
 
@@ -317,6 +322,41 @@ int tc_ema_update_(tc_tensor *shadow, tc_tensor *param, double decay);
 /* the p-norm of n tensors taken together (p = INFINITY: the largest |x|), accumulated in double */
 int tc_total_norm(int n, tc_tensor **xs, double p, double *out);
 
+/* ---- CUDA (kernels/device.cu, kernels/alloc.cu; core/cuda_none.c without CUDA) -------------
+ * Built in when nvcc is found (Makefile); without it, or without a GPU at run time,
+ * tc_cuda_is_available() is false, the count is 0, the memory stats are 0 and what needs a
+ * GPU fails saying why. One device (cuda:0) is used; ops are asynchronous on one stream,
+ * and reading values on the host (a copy to the CPU) synchronizes. */
+bool tc_cuda_is_available(void);       /* a device exists and the runtime starts; cached */
+const char *tc_cuda_unavailable_reason(void); /* why not ("" when available) */
+int tc_cuda_device_count(void);
+int tc_cuda_device_name(int index, char *buf, size_t n); /* index 0-based, as in "cuda:0" */
+int tc_cuda_synchronize(void);          /* waits for every queued op; reports their errors */
+typedef struct {
+    size_t allocated, max_allocated;   /* bytes in blocks handed out (tensors, temporaries) now / at the peak */
+    size_t reserved, max_reserved;     /* bytes held from the driver (handed out + cached) */
+    size_t pinned_allocated, pinned_reserved; /* page-locked host memory in tensors / held */
+    int64_t allocs, frees, cache_hits, driver_allocs, driver_frees, ooms;
+} tc_cuda_memory_stats;
+int tc_cuda_memory(tc_cuda_memory_stats *out);
+int tc_cuda_empty_cache(void);          /* gives every cached, unused block back to the driver */
+void tc_cuda_reset_peak(void);          /* the peaks restart from the current values */
+int tc_cuda_memory_summary(char *buf, size_t n); /* a readable table of the stats and pools */
+/* out of memory: the allocator empties its cache, calls hook(ctx) (the binding runs a full
+ * Lua collection, so unreachable tensors give their memory back; the hook may free device
+ * memory, and is called with no allocator lock held), empties the cache again and retries
+ * once before failing with a message giving the sizes asked for, in use and cached */
+void tc_cuda_set_oom_hook(void (*hook)(void *ctx), void *ctx);
+void tc_cuda_set_allow_tf32(bool on);   /* f32 matmul and conv on TF32 tensor cores (off by default) */
+bool tc_cuda_allow_tf32(void);
+void tc_cuda_set_cudnn_benchmark(bool on); /* pick conv algorithms by timing them, per shape */
+bool tc_cuda_cudnn_benchmark(void);
+/* a contiguous copy of a CPU tensor in page-locked host memory (x itself when already
+ * pinned), without autograd history: copies from it to the GPU are asynchronous.
+ * tc_is_pinned says whether a tensor's memory is page-locked. */
+tc_tensor *tc_pin_memory(tc_tensor *x);
+bool tc_is_pinned(const tc_tensor *x);
+
 /* ---- images and data (core/io/image.c, transform.c, shard.c, loader.c) -------------------------
  * Images are u8 [H, W, C] tensors: C = 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA. Errors about a file
  * name the file and the reason (corrupt, truncated, unreadable). */
@@ -459,5 +499,9 @@ int tc_tb_hparams(tc_logfile *f, int n, const tc_hparam *hp, int nmetrics, const
 int tc_tfrecord_next(const void *data, size_t n, size_t *pos, const void **rec, size_t *len);
 uint32_t tc_crc32c(uint32_t crc, const void *data, size_t n); /* crc: 0 to start */
 uint32_t tc_crc32c_mask(uint32_t crc);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

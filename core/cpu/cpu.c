@@ -53,8 +53,21 @@ const tc_kernels tc_cpu_kernels = {
     .pow_sum = tc_cpu_pow_sum,
 };
 
+#ifdef TC_HAVE_CUDA
+#include "../../kernels/table.h"
+#endif
+
 const tc_kernels *tc_kern(tc_device dev) {
     if (dev.type == TC_CPU) return &tc_cpu_kernels;
-    tc_error("device cuda:%d is not available (tocha was built without CUDA or no GPU is present)", dev.index);
+#ifdef TC_HAVE_CUDA
+    if (dev.index == 0 && tc_cuda_is_available()) return &tc_cuda_kernels;
+    if (dev.index != 0) {
+        tc_error("device cuda:%d: only cuda:0 is supported", dev.index);
+        return NULL;
+    }
+    tc_error("device cuda:0 is not available (%s)", tc_cuda_unavailable_reason());
+#else
+    tc_error("device cuda:%d is not available (tocha was built without CUDA)", dev.index);
+#endif
     return NULL;
 }
