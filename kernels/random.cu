@@ -1,0 +1,119 @@
+/* random.cu: uniform and normal fills and dropout from Philox 4x32-10, drawing exactly the
+ * CPU's numbers (core/cpu/random.c, core/cpu/attention.c): element i takes lane i % 4 of
+ * counter offset + i / 4, and every value is computed in double by the CPU's formulas. */
+#include "cuda.h"
+
+#include <math.h>
+
+/* ---- the CPU's conversions ------------------------------------------------------------------
+ * The formulas below round as the CPU's do: nvcc would fuse a product and a sum into one
+ * fused multiply-add (one rounding instead of two), which the CPU build never does, so the
+ * products that feed a sum are kept apart. Philox itself is tcu_philox (cuda.h). */
+
+/* a * b rounded on its own, never fused into a following add */
+__device__ static inline double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+/* (w + 1/2) / 2^32: in (0, 1), never 0 (Box-Muller's log, dropout's draw) */
+__device__ static inline double u01_open(uint32_t w) { return ((double)w + 0.5) * (1.0 / 4294967296.0); }
+
+/* [0, 1) with `bits` random bits (the dtype's significand, 32 at most): exact in double */
+__device__ static inline double u01_bits(uint32_t w, int bits) {
+    return (double)(w >> (32 - bits)) * (1.0 / (double)(1ull << bits));
+}
+
+static int significand_bits(tc_dtype dt) {
+    switch (dt) {
+    case TC_F16: return 11;
+    case TC_BF16: return 8;
+    case TC_F32: return 24;
+    default: return 32;
+    }
+}
+
+/* ---- fills: one thread per counter (four elements) ------------------------------------------ */
+__global__ void uniform_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, uint64_t offset, double lo,
+                               double span, int bits) {
+    TCU_GRID_STRIDE(blk, (n + 3) / 4) {
+        uint32_t w[4];
+        tcu_philox(seed, offset + (uint64_t)blk, w);
+        for (int l = 0; l < 4 && blk * 4 + l < n; l++)
+            tcu_store(t, dt, blk * 4 + l, lo + mul_rn(span, u01_bits(w[l], bits)));
+    }
+}
+
+/* Box-Muller on the lane pairs (0, 1) and (2, 3) */
+__global__ void normal_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, uint64_t offset, double mean,
+                              double std) {
+    TCU_GRID_STRIDE(blk, (n + 3) / 4) {
+        uint32_t w[4];
+        tcu_philox(seed, offset + (uint64_t)blk, w);
+        double z[4];
+        for (int h = 0; h < 2; h++) {
+            double r = sqrt(-2.0 * log(u01_open(w[2 * h])));
+            double th = mul_rn(2.0 * 3.14159265358979323846, u01_open(w[2 * h + 1]));
+            z[2 * h] = r * cos(th);
+            z[2 * h + 1] = r * sin(th);
+        }
+        for (int l = 0; l < 4 && blk * 4 + l < n; l++) tcu_store(t, dt, blk * 4 + l, mean + mul_rn(std, z[l]));
+    }
+}
+
+static int check_fill(const tc_tensor *t, const char *op) {
+    if (!tc_dtype_is_float(t->dtype))
+        return tc_error("%s: dtype %s is not supported on cuda", op, tc_dtype_name(t->dtype));
+    if (!tc_is_contiguous(t)) return tc_error("%s: the tensor must be contiguous", op);
+    return TC_OK;
+}
+
+extern "C" int tc_cuda_fill_uniform(tc_tensor *t, uint64_t seed, uint64_t offset, double lo, double hi) {
+    if (check_fill(t, "uniform_") != TC_OK) return TC_ERR;
+    int64_t n = tc_numel(t);
+    if (n == 0) return TC_OK;
+    TCU_LAUNCH(uniform_kernel, tcu_blocks((n + 3) / 4), TCU_THREADS, 0, tcu_ptr(t), t->dtype, n, seed, offset, lo,
+               hi - lo, significand_bits(t->dtype));
+    TCU_LAUNCHED("uniform_");
+    return TC_OK;
+}
+
+extern "C" int tc_cuda_fill_normal(tc_tensor *t, uint64_t seed, uint64_t offset, double mean, double std) {
+    if (check_fill(t, "normal_") != TC_OK) return TC_ERR;
+    int64_t n = tc_numel(t);
+    if (n == 0) return TC_OK;
+    TCU_LAUNCH(normal_kernel, tcu_blocks((n + 3) / 4), TCU_THREADS, 0, tcu_ptr(t), t->dtype, n, seed, offset, mean,
+               std);
+    TCU_LAUNCHED("normal_");
+    return TC_OK;
+}
+
+/* ---- dropout: y[i] = x[i] * scale where lane i % 4 of counter offset + i / 4 is >= p ------------
+ * x any strides (row-major element i at tcu_offset), y contiguous; in double as the CPU's
+ * rows are, so f32 rounds once, from the double product. */
+__global__ void dropout_kernel(void *y, const void *x, tcu_layout lx, tc_dtype dt, int64_t n, double p, double scale,
+                               uint64_t seed, uint64_t offset) {
+    TCU_GRID_STRIDE(blk, (n + 3) / 4) {
+        uint32_t w[4];
+        tcu_philox(seed, offset + (uint64_t)blk, w);
+        for (int l = 0; l < 4 && blk * 4 + l < n; l++) {
+            int64_t i = blk * 4 + l;
+            tcu_store(y, dt, i, u01_open(w[l]) >= p ? tcu_load(x, dt, tcu_offset(lx, i)) * scale : 0.0);
+        }
+    }
+}
+
+extern "C" int tc_cuda_dropout(tc_tensor *y, const tc_tensor *x, double p, uint64_t seed, uint64_t offset) {
+    if (!tc_dtype_is_float(x->dtype) || y->dtype != x->dtype)
+        return tc_error("dropout: dtype %s is not supported on cuda", tc_dtype_name(x->dtype));
+    int64_t n = tc_numel(x);
+    if (n == 0) return TC_OK;
+    double scale = p < 1 ? 1 / (1 - p) : 0;
+    TCU_LAUNCH(dropout_kernel, tcu_blocks((n + 3) / 4), TCU_THREADS, 0, tcu_ptr(y), (const void *)tcu_ptr(x),
+               tcu_layout_of(x), x->dtype, n, p, scale, seed, offset);
+    TCU_LAUNCHED("dropout");
+    return TC_OK;
+}
