@@ -1,0 +1,619 @@
+/* selftest.cpp (cudaemu): checks the emulator itself, through kernels/cuda.h's launch macros
+ * as tocha's kernels use them: block and warp reductions, grid-stride loops on 2D grids,
+ * dynamic shared memory, atomics, half rounding, launch errors, deadlock reports and the
+ * host API. Run: make EMU=1 cudaemu-selftest (it runs twice, once with TOCHA_EMU_ORDER=reverse). */
+#include "../../kernels/cuda.h"
+
+#include <float.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int failures, checks;
+#define CHECK(cond, ...)                                                                  \
+    do {                                                                                  \
+        checks++;                                                                         \
+        if (!(cond)) {                                                                    \
+            failures++;                                                                   \
+            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
+            printf(__VA_ARGS__);                                                          \
+            printf("\n");                                                                 \
+        }                                                                                 \
+    } while (0)
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); /* the machine may be busy */
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+template <typename T> static T *dev_alloc(size_t n) {
+    T *p = NULL;
+    cudaError_t e = cudaMalloc(&p, n * sizeof(T));
+    if (e != cudaSuccess) { printf("cudaMalloc: %s\n", cudaGetErrorString(e)); exit(1); }
+    return p;
+}
+
+/* ---- block reduction: __shared__ + __syncthreads ----------------------------------------- */
+__global__ void block_sum(const float *x, float *out, int n) {
+    __shared__ float s[1024];
+    unsigned t = threadIdx.x;
+    float v = 0;
+    for (int i = blockIdx.x * blockDim.x + t; i < n; i += blockDim.x * gridDim.x) v += x[i];
+    s[t] = v;
+    __syncthreads();
+    for (unsigned k = blockDim.x / 2; k > 0; k /= 2) { /* blockDim a power of two */
+        if (t < k) s[t] += s[t + k];
+        __syncthreads();
+    }
+    if (t == 0) out[blockIdx.x] = s[0];
+}
+
+static void test_block_reduction(void) {
+    const int n = 100000;
+    float *x = dev_alloc<float>(n), *out = dev_alloc<float>(64);
+    for (int i = 0; i < n; i++) x[i] = (float)(i % 7);
+    double want = 0;
+    for (int i = 0; i < n; i++) want += i % 7;
+    int sizes[] = {32, 256, 1024};
+    for (int threads : sizes) {
+        TCU_LAUNCH(block_sum, 64, threads, 0, x, out, n);
+        CHECK(cudaGetLastError() == cudaSuccess, "launch");
+        double got = 0;
+        for (int b = 0; b < 64; b++) got += out[b];
+        CHECK(got == want, "block sum with %d threads: %g, want %g", threads, got, want);
+    }
+    cudaFree(x);
+    cudaFree(out);
+}
+
+/* threads past 100 return at once; the others meet at barriers (returned threads count as
+ * arrived) */
+__global__ void barrier_after_return(int *out) {
+    __shared__ int s[128];
+    unsigned t = threadIdx.x;
+    if (t >= 100) return;
+    s[t] = (int)t;
+    __syncthreads();
+    int v = s[99 - t];
+    __syncthreads();
+    s[t] = v * 2;
+    __syncthreads();
+    out[t] = s[t];
+}
+
+static void test_barrier_after_return(void) {
+    int *out = dev_alloc<int>(128);
+    TCU_LAUNCH(barrier_after_return, 1, 128, 0, out);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    bool ok = true;
+    for (int t = 0; t < 100; t++) ok &= out[t] == 2 * (99 - t);
+    CHECK(ok, "barrier with returned threads");
+    cudaFree(out);
+}
+
+/* ---- warp reductions: __shfl_xor_sync, __shfl_down_sync --------------------------------- */
+template <typename T> __global__ void warp_sums(const T *x, T *xor_out, T *down_out) {
+    unsigned t = threadIdx.x;
+    T v = x[t], w = x[t];
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o /= 2) w += __shfl_down_sync(0xffffffffu, w, o);
+    xor_out[t] = v; /* every lane: the warp's total */
+    down_out[t] = w; /* lane 0: the warp's total */
+}
+
+template <typename T> static void check_warp_sums(const char *name) {
+    const int n = 256;
+    T *x = dev_alloc<T>(n), *a = dev_alloc<T>(n), *b = dev_alloc<T>(n);
+    for (int i = 0; i < n; i++) x[i] = (T)((i * 37) % 101);
+    TCU_LAUNCH(warp_sums<T>, 1, n, 0, x, a, b);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    bool ok_xor = true, ok_down = true;
+    for (int w = 0; w < n / 32; w++) {
+        T total = 0;
+        for (int l = 0; l < 32; l++) total += x[w * 32 + l];
+        for (int l = 0; l < 32; l++) ok_xor &= a[w * 32 + l] == total;
+        ok_down &= b[w * 32] == total;
+        /* lane l of the down reduction: lanes past 31 read their own value */
+        T want = x[w * 32 + 31];
+        for (int o = 16; o > 0; o /= 2) want += want; /* lane 31 always reads itself */
+        ok_down &= b[w * 32 + 31] == want;
+    }
+    CHECK(ok_xor, "%s: __shfl_xor_sync reduction", name);
+    CHECK(ok_down, "%s: __shfl_down_sync reduction", name);
+    cudaFree(x);
+    cudaFree(a);
+    cudaFree(b);
+}
+
+/* every shuffle mode and width against the PTX rule computed on the host */
+__global__ void shuffle_modes(int *out) {
+    int lane = (int)(threadIdx.x & 31), v = 100 + (int)threadIdx.x, k = 0;
+    int widths[] = {32, 16, 8};
+    for (int w : widths) {
+        out[threadIdx.x * 16 + k++] = __shfl_down_sync(0xffffffffu, v, 5, w);
+        out[threadIdx.x * 16 + k++] = __shfl_up_sync(0xffffffffu, v, 3, w);
+        out[threadIdx.x * 16 + k++] = __shfl_xor_sync(0xffffffffu, v, 6, w);
+        out[threadIdx.x * 16 + k++] = __shfl_sync(0xffffffffu, v, 13, w);
+    }
+    __syncwarp();
+    out[threadIdx.x * 16 + k++] = __shfl_sync(0xffffffffu, v, lane + 33); /* modulo 32 */
+}
+
+static void test_shuffle_modes(void) {
+    int *out = dev_alloc<int>(64 * 16);
+    TCU_LAUNCH(shuffle_modes, 1, 64, 0, out);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    bool ok = true;
+    int widths[] = {32, 16, 8};
+    for (int t = 0; t < 64; t++) {
+        int lane = t & 31, base = t & ~31, k = 0;
+        for (int w : widths) {
+            int seg = lane / w * w; /* first lane of the segment */
+            int down = lane + 5 < seg + w ? lane + 5 : lane;
+            int up = lane - 3 >= seg ? lane - 3 : lane;
+            int bfly = (lane ^ 6) < seg + w ? lane ^ 6 : lane;
+            int idx = seg + 13 % w;
+            int want[4] = {down, up, bfly, idx};
+            for (int m = 0; m < 4; m++) ok &= out[t * 16 + k++] == 100 + base + want[m];
+        }
+        ok &= out[t * 16 + k] == 100 + base + (lane + 1) % 32;
+    }
+    CHECK(ok, "shuffle modes and widths follow shfl.sync");
+    cudaFree(out);
+}
+
+/* a partial last warp: lanes past blockDim do not exist, reading one gives all-ones bits */
+__global__ void partial_warp(float *out) {
+    float v = (float)threadIdx.x;
+    float s = v;
+    for (int o = 8; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o); /* within 16 lanes */
+    out[threadIdx.x] = s;
+    out[64 + threadIdx.x] = __shfl_down_sync(0xffffffffu, v, 8);
+}
+
+static void test_partial_warp(void) {
+    float *out = dev_alloc<float>(128);
+    TCU_LAUNCH(partial_warp, 1, 48, 0, out);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    float s1 = 0;
+    for (int i = 32; i < 48; i++) s1 += (float)i;
+    bool ok = true;
+    for (int i = 32; i < 48; i++) ok &= out[i] == s1;
+    CHECK(ok, "xor reduction over the 16 lanes of a partial warp");
+    CHECK(out[64 + 32] == 40.0f, "lane 0 of warp 1 reads lane 8: %g", out[64 + 32]);
+    CHECK(isnan(out[64 + 40]), "lane 8 of warp 1 reads non-existent lane 16: %g", out[64 + 40]);
+    cudaFree(out);
+}
+
+/* ---- grid-stride loop over 1e6 elements, 2D grid and 2D blocks --------------------------- */
+__global__ void grid_stride_2d(const float *x, float *y, int *hits, int64_t n) {
+    int64_t nthreads = (int64_t)gridDim.x * gridDim.y * blockDim.x * blockDim.y;
+    int64_t block = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;
+    int64_t tid = block * blockDim.x * blockDim.y + threadIdx.y * blockDim.x + threadIdx.x;
+    for (int64_t i = tid; i < n; i += nthreads) {
+        y[i] = 2 * x[i] + 1;
+        hits[i]++;
+    }
+}
+
+__global__ void grid_stride_1d(const float *x, float *y, int64_t n) {
+    TCU_GRID_STRIDE(i, n) y[i] = x[i] * x[i];
+}
+
+static void test_grid_stride(void) {
+    const int64_t n = 1000000;
+    float *x = dev_alloc<float>(n), *y = dev_alloc<float>(n);
+    int *hits = dev_alloc<int>(n);
+    cudaMemset(hits, 0, n * sizeof(int));
+    for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 1000);
+    double t0 = now();
+    TCU_LAUNCH(grid_stride_2d, dim3(37, 11), dim3(16, 8), 0, x, y, hits, n);
+    double t1 = now();
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    bool ok = true;
+    for (int64_t i = 0; i < n; i++) ok &= y[i] == 2 * x[i] + 1 && hits[i] == 1;
+    CHECK(ok, "every element once, 2D grid of 2D blocks");
+    TCU_LAUNCH(grid_stride_1d, tcu_blocks(n), TCU_THREADS, 0, x, y, n);
+    double t2 = now();
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    ok = true;
+    for (int64_t i = 0; i < n; i++) ok &= y[i] == x[i] * x[i];
+    CHECK(ok, "TCU_GRID_STRIDE with tcu_blocks");
+    printf("  1e6 elements, CPU time: 2D grid-stride %.1f ms, one thread per element (%u blocks) %.1f ms\n",
+           (t1 - t0) * 1e3, tcu_blocks(n), (t2 - t1) * 1e3);
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(hits);
+}
+
+/* threadIdx of a 3D block, and warps by linear thread index */
+__global__ void block_3d(int *out) {
+    unsigned lin = threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y;
+    unsigned first = __shfl_sync(0xffffffffu, lin, 0);
+    out[lin] = (int)(lin * 100 + first / 32);
+}
+
+static void test_block_3d(void) {
+    int *out = dev_alloc<int>(64);
+    TCU_LAUNCH(block_3d, 1, dim3(4, 4, 4), 0, out);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    bool ok = true;
+    for (int i = 0; i < 64; i++) ok &= out[i] == i * 100 + i / 32;
+    CHECK(ok, "3D block: each linear index once, warps of 32 linear threads");
+    cudaFree(out);
+}
+
+/* ---- dynamic shared memory --------------------------------------------------------------- */
+__global__ void reverse_blocks(const double *x, double *y) {
+    TCU_DYNAMIC_SHARED(double, s);
+    unsigned t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    s[t] = x[i];
+    __syncthreads();
+    y[i] = s[blockDim.x - 1 - t];
+}
+
+__global__ void shared_is_garbage(float *out) {
+    TCU_DYNAMIC_SHARED(float, s);
+    out[threadIdx.x] = s[threadIdx.x];
+}
+
+static void test_dynamic_shared(void) {
+    const int threads = 512, blocks = 10;
+    double *x = dev_alloc<double>(threads * blocks), *y = dev_alloc<double>(threads * blocks);
+    for (int i = 0; i < threads * blocks; i++) x[i] = i;
+    TCU_LAUNCH(reverse_blocks, blocks, threads, threads * sizeof(double), x, y);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    bool ok = true;
+    for (int b = 0; b < blocks; b++)
+        for (int t = 0; t < threads; t++) ok &= y[b * threads + t] == x[b * threads + threads - 1 - t];
+    CHECK(ok, "reverse through dynamic shared memory");
+    float *out = dev_alloc<float>(32);
+    TCU_LAUNCH(shared_is_garbage, 1, 32, 32 * sizeof(float), out);
+    CHECK(cudaGetLastError() == cudaSuccess && isnan(out[5]), "fresh shared memory reads NaN");
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(out);
+}
+
+/* ---- atomics ------------------------------------------------------------------------------ */
+struct counters {
+    float f;
+    double d;
+    int i, imax, imin;
+    unsigned u;
+    unsigned long long ull;
+    float fmax;
+    int exch;
+};
+
+__global__ void atomics(counters *c) {
+    int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    atomicAdd(&c->f, 1.0f);
+    atomicAdd(&c->d, 0.5);
+    atomicAdd(&c->i, t);
+    atomicAdd(&c->u, 2u);
+    atomicAdd(&c->ull, 1ull << 33);
+    atomicMax(&c->imax, (t * 7919) % 10007);
+    atomicMin(&c->imin, -((t * 7919) % 10007));
+    /* float max through atomicCAS */
+    float v = (float)((t * 31) % 1000) / 10;
+    int *addr = (int *)&c->fmax, old = *addr, assumed;
+    do {
+        assumed = old;
+        old = atomicCAS(addr, assumed, __float_as_int(fmaxf(v, __int_as_float(assumed))));
+    } while (assumed != old);
+    atomicExch(&c->exch, t);
+}
+
+static void test_atomics(void) {
+    counters *c = dev_alloc<counters>(1);
+    cudaMemset(c, 0, sizeof *c);
+    c->imin = 0;
+    c->fmax = -1;
+    TCU_LAUNCH(atomics, 40, 256, 0, c);
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    int n = 40 * 256, wmax = 0, wmin = 0;
+    float wf = -1;
+    for (int t = 0; t < n; t++) {
+        if ((t * 7919) % 10007 > wmax) wmax = (t * 7919) % 10007;
+        if (-((t * 7919) % 10007) < wmin) wmin = -((t * 7919) % 10007);
+        wf = fmaxf(wf, (float)((t * 31) % 1000) / 10);
+    }
+    CHECK(c->f == n && c->d == n * 0.5 && c->i == n * (n - 1) / 2 && c->u == 2u * n &&
+              c->ull == (unsigned long long)n << 33,
+          "atomicAdd float %g double %g int %d unsigned %u ull %llu", c->f, c->d, c->i, c->u, c->ull);
+    CHECK(c->imax == wmax && c->imin == wmin, "atomicMax %d (want %d), atomicMin %d (want %d)", c->imax, wmax, c->imin, wmin);
+    CHECK(c->fmax == wf, "atomicCAS float max %g, want %g", c->fmax, wf);
+    CHECK(c->exch >= 0 && c->exch < n, "atomicExch %d", c->exch);
+    cudaFree(c);
+}
+
+/* ---- half precision ------------------------------------------------------------------------ */
+static unsigned short h16(float f) { return __half_as_ushort(__float2half_rn(f)); }
+static unsigned short b16(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+
+/* float to bf16 by comparing distances in double: a reference independent of bit tricks.
+ * lo truncates the magnitude, hi is the next bf16 up (2^128 past the largest finite). */
+static unsigned short bf16_ref(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000) return 0x7fff;
+    uint32_t lo = x & 0xffff0000u, hi = lo + 0x10000;
+    if ((lo & 0x7fffffff) == 0x7f800000) return (unsigned short)(lo >> 16); /* inf */
+    float flo, fhi;
+    memcpy(&flo, &lo, 4);
+    memcpy(&fhi, &hi, 4);
+    double dlo = flo, dhi = (hi & 0x7fffffff) == 0x7f800000 ? copysign(ldexp(1.0, 128), f) : fhi;
+    double dl = fabs((double)f - dlo), dh = fabs(dhi - (double)f);
+    if (dl < dh || (dl == dh && !((lo >> 16) & 1))) return (unsigned short)(lo >> 16);
+    return (unsigned short)(hi >> 16);
+}
+
+static void test_half(void) {
+    CHECK(h16(1.0f) == 0x3c00, "1");
+    CHECK(h16(-2.0f) == 0xc000, "-2");
+    CHECK(h16(65504.0f) == 0x7bff, "max");
+    CHECK(h16(65519.99f) == 0x7bff, "below the overflow threshold");
+    CHECK(h16(65520.0f) == 0x7c00, "65520 rounds to inf");
+    CHECK(h16(INFINITY) == 0x7c00 && h16(-INFINITY) == 0xfc00, "inf");
+    CHECK(h16(1.0f + ldexpf(1, -11)) == 0x3c00, "tie to even (down)");
+    CHECK(h16(1.0f + 3 * ldexpf(1, -11)) == 0x3c02, "tie to even (up)");
+    CHECK(h16(ldexpf(1, -24)) == 0x0001, "smallest subnormal");
+    CHECK(h16(ldexpf(1, -25)) == 0x0000, "half the smallest subnormal: tie to 0");
+    CHECK(h16(ldexpf(1.5f, -25)) == 0x0001, "above the tie");
+    CHECK(h16(ldexpf(3, -25)) == 0x0002, "subnormal tie to even (up)");
+    CHECK(h16(ldexpf(1023, -24)) == 0x03ff && h16(ldexpf(1, -14)) == 0x0400, "subnormal/normal boundary");
+    CHECK(h16(-0.0f) == 0x8000, "-0");
+    CHECK(h16(NAN) == 0x7fff, "NaN is CUDA's canonical NaN");
+    CHECK(__half2float(__ushort_as_half(0x3555)) == 0.333251953125f, "0x3555");
+    CHECK(__half2float(__ushort_as_half(0x0001)) == ldexpf(1, -24), "subnormal to float");
+    CHECK(isnan(__half2float(__ushort_as_half(0x7e00))), "NaN to float");
+    int bad = 0;
+    for (unsigned h = 0; h < 0x10000; h++) {
+        bool nan = (h & 0x7c00) == 0x7c00 && (h & 0x3ff);
+        if (!nan && h16(__half2float(__ushort_as_half((unsigned short)h))) != h) bad++;
+    }
+    CHECK(bad == 0, "%d of 65536 halves do not round-trip through float", bad);
+#ifdef __FLT16_MAX__
+    bad = 0;
+    for (uint64_t b = 0; b < 0x100000000ull; b += 9973) { /* a sweep of float bit patterns */
+        uint32_t u = (uint32_t)b;
+        float f;
+        memcpy(&f, &u, 4);
+        if (isnan(f)) continue;
+        _Float16 r = (_Float16)f;
+        unsigned short want;
+        memcpy(&want, &r, 2);
+        if (h16(f) != want) bad++;
+    }
+    CHECK(bad == 0, "%d floats round to half unlike the compiler's _Float16", bad);
+#endif
+    CHECK(b16(1.0f) == 0x3f80, "bf16 1");
+    CHECK(b16(1.0f + ldexpf(1, -8)) == 0x3f80, "bf16 tie to even (down)");
+    CHECK(b16(1.0f + 3 * ldexpf(1, -8)) == 0x3f82, "bf16 tie to even (up)");
+    CHECK(b16(FLT_MAX) == 0x7f80, "bf16 FLT_MAX rounds to inf");
+    CHECK(b16(NAN) == 0x7fff, "bf16 NaN");
+    CHECK(__bfloat162float(__ushort_as_bfloat16(0x4049)) == 3.140625f, "bf16 to float");
+    bad = 0;
+    for (uint64_t b = 0; b < 0x100000000ull; b += 7919) {
+        uint32_t u = (uint32_t)b;
+        float f;
+        memcpy(&f, &u, 4);
+        if (b16(f) != bf16_ref(f)) bad++;
+    }
+    CHECK(bad == 0, "%d floats round to bf16 unlike the reference", bad);
+    /* double converts with one rounding: 1 + 2^-11 + 2^-40 is above the tie */
+    CHECK(__half_as_ushort(__double2half(1.0 + ldexp(1, -11) + ldexp(1, -40))) == 0x3c01, "double to half");
+    CHECK(__half_as_ushort(__double2half(1.0 + ldexp(1, -11))) == 0x3c00, "double to half, tie");
+    CHECK(__bfloat16_as_ushort(__double2bfloat16(1.0 + ldexp(1, -8) + ldexp(1, -40))) == 0x3f81, "double to bf16");
+    CHECK(__half_as_ushort(__double2half(1e300)) == 0x7c00, "double to half overflow");
+}
+
+/* ---- launch errors, deadlocks ------------------------------------------------------------- */
+__global__ void empty_kernel(int *p) { (void)p; }
+
+__global__ void shuffle_after_return(float *out) {
+    if (threadIdx.x == 3) return;
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+/* warp 1's lower half shuffles while its upper half waits at the barrier */
+__global__ void divergent_barrier(int *out) {
+    if (threadIdx.x < 32 || threadIdx.x >= 48) __syncthreads();
+    else out[0] = __shfl_down_sync(0xffffffffu, 1, 1);
+}
+
+static void test_errors(void) {
+    int *p = dev_alloc<int>(4);
+    TCU_LAUNCH(empty_kernel, 1, 2048, 0, p);
+    cudaError_t e = cudaGetLastError();
+    CHECK(e == cudaErrorInvalidConfiguration, "2048 threads: %s", cudaGetErrorName(e));
+    printf("  2048 threads: %s\n", cudaGetErrorString(e));
+    CHECK(cudaGetLastError() == cudaSuccess, "the error is cleared");
+    TCU_LAUNCH(empty_kernel, 1, dim3(1, 1, 128), 0, p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration, "block z 128");
+    TCU_LAUNCH(empty_kernel, dim3(1, 65536), 1, 0, p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration, "grid y 65536");
+    TCU_LAUNCH(empty_kernel, 0, 32, 0, p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration, "empty grid");
+    TCU_LAUNCH(empty_kernel, dim3(2147483648u), 1, 0, p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration, "grid x 2^31");
+    TCU_LAUNCH(empty_kernel, 1, 32, 64 << 10, p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue, "64 KB dynamic shared without opt-in");
+
+    float *out = dev_alloc<float>(64);
+    TCU_LAUNCH(shuffle_after_return, 2, 32, 0, out);
+    e = cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure, "a lane returns before a shuffle: %s", cudaGetErrorName(e));
+    printf("  deadlock: %s\n", cudaGetErrorString(e));
+    TCU_LAUNCH(divergent_barrier, 1, 64, 0, p);
+    e = cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure, "half a warp at a barrier, half at a shuffle: %s", cudaGetErrorName(e));
+    printf("  deadlock: %s\n", cudaGetErrorString(e));
+    test_block_reduction(); /* the emulator recovers */
+
+    int v = 0;
+    CHECK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 300 << 10) == cudaErrorInvalidValue, "opt-in past 227 KB");
+    cudaGetLastError();
+    CHECK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 << 10) == cudaSuccess, "opt-in");
+    TCU_LAUNCH(empty_kernel, 1, 32, 227 << 10, p);
+    CHECK(cudaGetLastError() == cudaSuccess, "227 KB after opt-in");
+    TCU_LAUNCH(empty_kernel, 1, 32, (227 << 10) + 1, p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue, "past 227 KB");
+    CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) == cudaSuccess && v == 227 << 10, "opt-in attribute %d", v);
+    cudaFree(p);
+    cudaFree(out);
+}
+
+/* ---- host API ------------------------------------------------------------------------------- */
+static void test_host_api(void) {
+    int n = -1, d = -1, v = 0;
+    CHECK(cudaGetDeviceCount(&n) == cudaSuccess && n == 1, "one device: %d", n);
+    CHECK(cudaSetDevice(0) == cudaSuccess && cudaGetDevice(&d) == cudaSuccess && d == 0, "device 0");
+    CHECK(cudaSetDevice(1) == cudaErrorInvalidDevice, "no device 1");
+    CHECK(cudaGetLastError() == cudaErrorInvalidDevice && cudaGetLastError() == cudaSuccess, "a failed call sets the last error");
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major == 9 && prop.warpSize == 32 &&
+              prop.totalGlobalMem == (64u << 20) && prop.multiProcessorCount > 0, "properties");
+    CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess && v == prop.multiProcessorCount, "attribute");
+    int drv = 0, rt = 0;
+    CHECK(cudaDriverGetVersion(&drv) == cudaSuccess && cudaRuntimeGetVersion(&rt) == cudaSuccess && drv >= rt && rt > 0, "versions");
+
+    /* TOCHA_EMU_MEMORY=64M (set by main) */
+    size_t free0, total;
+    CHECK(cudaMemGetInfo(&free0, &total) == cudaSuccess && total == 64u << 20, "total %zu", total);
+    void *a = NULL, *b = NULL;
+    CHECK(cudaMalloc(&a, 40 << 20) == cudaSuccess && a && ((uintptr_t)a & 255) == 0, "40 MB");
+    CHECK(cudaMalloc(&b, 40 << 20) == cudaErrorMemoryAllocation && !b, "40 MB more: out of memory");
+    CHECK(cudaGetLastError() == cudaErrorMemoryAllocation, "OOM is the last error");
+    CHECK(cudaGetLastError() == cudaSuccess, "and not sticky");
+    size_t free1;
+    cudaMemGetInfo(&free1, &total);
+    CHECK(free0 - free1 == 40u << 20, "free fell by 40 MB");
+    CHECK(cudaFree(a) == cudaSuccess, "free");
+    CHECK(cudaFree(a) == cudaErrorInvalidValue, "double free");
+    CHECK(cudaMalloc(&b, 0) == cudaSuccess && !b, "0 bytes");
+    cudaGetLastError();
+
+    float *dv = dev_alloc<float>(16), *pin = NULL, host[16];
+    CHECK(cudaMallocHost(&pin, 16 * sizeof(float)) == cudaSuccess && pin, "pinned");
+    cudaPointerAttributes at;
+    CHECK(cudaPointerGetAttributes(&at, dv + 3) == cudaSuccess && at.type == cudaMemoryTypeDevice, "device pointer");
+    CHECK(cudaPointerGetAttributes(&at, pin) == cudaSuccess && at.type == cudaMemoryTypeHost, "pinned pointer");
+    CHECK(cudaPointerGetAttributes(&at, host) == cudaSuccess && at.type == cudaMemoryTypeUnregistered, "host pointer");
+    for (int i = 0; i < 16; i++) host[i] = (float)i;
+    CHECK(cudaMemcpy(dv, host, sizeof host, cudaMemcpyHostToDevice) == cudaSuccess, "H2D");
+    CHECK(cudaMemcpyAsync(pin, dv, sizeof host, cudaMemcpyDeviceToHost, 0) == cudaSuccess && pin[7] == 7, "D2H");
+    CHECK(cudaMemcpy(host, dv, sizeof host, cudaMemcpyHostToDevice) == cudaErrorInvalidValue, "H2D onto host memory");
+    CHECK(cudaMemcpy(dv + 1, host, sizeof host, cudaMemcpyHostToDevice) == cudaErrorInvalidValue, "H2D past the allocation");
+    CHECK(cudaMemcpy(dv, host, sizeof host, cudaMemcpyDefault) == cudaSuccess, "default kind");
+    CHECK(cudaMemset(host, 0, 4) == cudaErrorInvalidValue, "memset on host memory");
+    CHECK(cudaMemsetAsync(dv, 0, sizeof host, 0) == cudaSuccess && dv[5] == 0, "memset");
+    float grid2[4][8];
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 8; c++) grid2[r][c] = (float)(r * 10 + c);
+    CHECK(cudaMemcpy2DAsync(dv, 3 * sizeof(float), &grid2[0][2], 8 * sizeof(float), 3 * sizeof(float), 4,
+                            cudaMemcpyHostToDevice, 0) == cudaSuccess && dv[0] == 2 && dv[4] == 13 && dv[11] == 34,
+          "2D copy");
+    CHECK(cudaMemcpy2D(dv, 2, host, 8, 3, 2, cudaMemcpyHostToDevice) == cudaErrorInvalidPitchValue, "pitch below width");
+    cudaGetLastError();
+
+    cudaStream_t s;
+    cudaEvent_t e0, e1;
+    float ms = -1;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess, "stream");
+    CHECK(cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess, "events");
+    CHECK(cudaEventElapsedTime(&ms, e0, e1) == cudaErrorInvalidResourceHandle, "unrecorded events");
+    CHECK(cudaEventRecord(e0, s) == cudaSuccess && cudaMemcpyAsync(dv, host, sizeof host, cudaMemcpyHostToDevice, s) == cudaSuccess &&
+              cudaEventRecord(e1, s) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess,
+          "record");
+    CHECK(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms >= 0, "elapsed %g ms", ms);
+    CHECK(cudaStreamSynchronize(s) == cudaSuccess && cudaStreamDestroy(s) == cudaSuccess, "destroy stream");
+    CHECK(cudaStreamSynchronize(s) == cudaErrorInvalidResourceHandle, "destroyed stream");
+    CHECK(cudaEventDestroy(e0) == cudaSuccess && cudaEventDestroy(e1) == cudaSuccess, "destroy events");
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+    cudaGetLastError();
+    CHECK(cudaFreeHost(dv) == cudaErrorInvalidValue && cudaFree(pin) == cudaErrorInvalidValue, "frees of the other kind");
+    cudaGetLastError();
+    cudaFree(dv);
+    cudaFreeHost(pin);
+    CHECK(strcmp(cudaGetErrorString(cudaErrorMemoryAllocation), "out of memory") == 0, "error string");
+    CHECK(strcmp(cudaGetErrorName(cudaErrorNoDevice), "cudaErrorNoDevice") == 0, "error name");
+}
+
+/* TOCHA_EMU_DEVICES=0, in a child process (the count is read once) */
+static void test_no_device(void) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("TOCHA_EMU_DEVICES", "0", 1);
+        int n = -1, bad = 0;
+        void *p = NULL;
+        bad += cudaGetDeviceCount(&n) != cudaErrorNoDevice || n != 0;
+        bad += cudaMalloc(&p, 16) != cudaErrorNoDevice;
+        TCU_LAUNCH(empty_kernel, 1, 1, 0, (int *)NULL);
+        bad += cudaGetLastError() != cudaErrorNoDevice;
+        _exit(bad);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "TOCHA_EMU_DEVICES=0: no device (status %d)", status);
+}
+
+/* ---- cost of a barrier --------------------------------------------------------------------- */
+__global__ void many_barriers(float *x, int rounds) {
+    __shared__ float s[256];
+    s[threadIdx.x] = x[blockIdx.x * blockDim.x + threadIdx.x];
+    for (int r = 0; r < rounds; r++) {
+        __syncthreads();
+        float v = s[(threadIdx.x + 1) % blockDim.x];
+        __syncthreads();
+        s[threadIdx.x] = v;
+    }
+    __syncthreads();
+    x[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
+
+static void test_barrier_cost(void) {
+    float *x = dev_alloc<float>(256 * 16);
+    for (int i = 0; i < 256 * 16; i++) x[i] = (float)(i % 256);
+    double t0 = now();
+    TCU_LAUNCH(many_barriers, 16, 256, 0, x, 50);
+    double t1 = now();
+    CHECK(cudaGetLastError() == cudaSuccess, "launch");
+    bool ok = true;
+    for (int b = 0; b < 16; b++)
+        for (int i = 0; i < 256; i++) ok &= x[b * 256 + i] == (float)((i + 50) % 256);
+    CHECK(ok, "rotation through 100 barriers");
+    printf("  %d thread-barrier waits, CPU time: %.1f ms (%.0f ns each)\n", 16 * 256 * 101, (t1 - t0) * 1e3,
+           (t1 - t0) * 1e9 / (16 * 256 * 101));
+    cudaFree(x);
+}
+
+int main(void) {
+    setenv("TOCHA_EMU_MEMORY", "64M", 1);
+    const char *order = getenv("TOCHA_EMU_ORDER");
+    printf("cudaemu selftest%s\n", order && !strcmp(order, "reverse") ? " (TOCHA_EMU_ORDER=reverse)" : "");
+    test_no_device();
+    test_host_api();
+    test_block_reduction();
+    test_barrier_after_return();
+    check_warp_sums<float>("float");
+    check_warp_sums<double>("double");
+    check_warp_sums<int>("int");
+    check_warp_sums<unsigned>("unsigned");
+    check_warp_sums<long long>("long long");
+    test_shuffle_modes();
+    test_partial_warp();
+    test_grid_stride();
+    test_block_3d();
+    test_dynamic_shared();
+    test_atomics();
+    test_half();
+    test_errors();
+    test_barrier_cost();
+    printf("%d checks, %d failed\n", checks, failures);
+    return failures != 0;
+}
