@@ -167,7 +167,7 @@ int tc_check_inplace(tc_tensor *t, const char *op) {
     if (!grad_disabled && t->requires_grad && !t->grad_fn)
         return tc_error("%s: a leaf tensor that requires grad is used in an in-place operation "
                         "(wrap the update in T.no_grad)", op);
-    for (int i = 0; i < t->ndim; i++)
+    for (int i = 0; i < t->ndim && tc_numel(t) > 0; i++) /* an empty tensor shares nothing */
         if (t->stride[i] == 0 && t->shape[i] > 1)
             return tc_error("%s: the destination is an expanded tensor (several of its elements share one "
                             "memory location); clone() it first", op);

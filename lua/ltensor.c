@@ -398,6 +398,8 @@ SIMPLE(m_contiguous, 1, tc_contiguous(x))
 SIMPLE(m_clone, 1, tc_clone(x))
 SIMPLE(m_detach, 1, tc_detach(x))
 SIMPLE(m_float, 1, tc_to(x, TC_F32, x->storage->device))
+SIMPLE(m_pin_memory, 1, tc_pin_memory(x)) /* a copy in page-locked memory (x when already pinned) */
+static int m_is_pinned(lua_State *L) { lua_pushboolean(L, tc_is_pinned(tcl_check(L, 1))); return 1; }
 SIMPLE(m_double, 1, tc_to(x, TC_F64, x->storage->device))
 SIMPLE(m_long, 1, tc_to(x, TC_I64, x->storage->device))
 
@@ -733,6 +735,7 @@ const luaL_Reg tcl_tensor_methods[] = {
     {"stride", m_stride}, {"is_contiguous", m_is_contiguous}, {"storage_id", m_storage_id},
     {"to", m_to}, {"contiguous", m_contiguous}, {"clone", m_clone}, {"detach", m_detach},
     {"float", m_float}, {"double", m_double}, {"long", m_long},
+    {"pin_memory", m_pin_memory}, {"is_pinned", m_is_pinned},
     {"copy_", m_copy_}, {"fill_", m_fill_}, {"zero_", m_zero_}, {"uniform_", m_uniform_}, {"normal_", m_normal_},
     {"view", m_view}, {"reshape", m_reshape}, {"expand", m_expand}, {"expand_as", m_expand_as},
     {"permute", m_permute}, {"transpose", m_transpose}, {"t", m_t}, {"narrow", m_narrow},

@@ -78,8 +78,8 @@ return function(T)
   end
 
   meta.__tostring = function(t)
-    local cpu = t:detach()
-    local body = t:numel() == 0 and "[]" or render(cpu, format_numbers(t))
+    local cpu = t:detach():to("cpu") -- one copy (and one synchronization) for the whole print
+    local body = t:numel() == 0 and "[]" or render(cpu, format_numbers(cpu))
     local shape = "[" .. table.concat(t.shape, ", ") .. "]"
     local extras = { "shape=" .. shape, "dtype=" .. t.dtype }
     if t.device ~= "cpu" then extras[#extras + 1] = "device=" .. t.device end

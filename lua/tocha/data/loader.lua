@@ -18,8 +18,10 @@ local AUG_KEY = 0x5DEECE66D   -- augmentation draws use seed ~ AUG_KEY, apart fr
 local function check(cond, msg) if not cond then error("DataLoader: " .. msg, 3) end end
 
 --- data.DataLoader(ds, {batch_size = 1, shuffle = false, seed, drop_last = false, collate,
---- workers = 0, on_error = "raise" | "skip", prefetch = 2}). seed defaults to a draw from the
---- global generator (so T.manual_seed fixes it). Iterate with `for batch in loader:iter()` or
+--- workers = 0, on_error = "raise" | "skip", prefetch = 2, pin_memory = false}). seed defaults
+--- to a draw from the global generator (so T.manual_seed fixes it). pin_memory: the batch's CPU
+--- tensors come in page-locked memory, so batch.x:to("cuda") returns without waiting for the
+--- GPU (ignored when CUDA is not available). Iterate with `for batch in loader:iter()` or
 --- `for batch in loader()`: one epoch per loop.
 function M.DataLoader(ds, opts)
   opts = opts or {}
@@ -31,6 +33,7 @@ function M.DataLoader(ds, opts)
   check(opts.collate == nil or type(opts.collate) == "function", "collate must be a function")
   local prefetch = opts.prefetch or 2
   check(math.type(prefetch) == "integer" and prefetch >= 1, "prefetch must be a positive integer")
+  check(opts.pin_memory == nil or type(opts.pin_memory) == "boolean", "pin_memory must be a boolean")
   local seed = opts.seed or T.randint(0, 2147483647, { 1 }):item()
   check(math.type(seed) == "integer", "seed must be an integer")
   local self = setmetatable({
@@ -38,6 +41,7 @@ function M.DataLoader(ds, opts)
     drop_last = opts.drop_last and true or false, collate = opts.collate, workers = workers,
     on_error = on_error, depth = workers > 0 and math.max(2, prefetch * workers) or 1,
     epoch = 1, pos = 0, skipped = 0, queue = {}, orders = {},
+    pin = opts.pin_memory == true and T.cuda.is_available(),
   }, Loader)
   self.native = type(ds) == "table" and type(ds._locate) == "function"
   return self
@@ -211,6 +215,15 @@ end
 ---------------------------------------------------------------------------------------------
 -- iteration
 ---------------------------------------------------------------------------------------------
+-- the batch with its CPU tensors replaced by pinned copies, tables walked in place
+local function pin(b)
+  if T.is_tensor(b) then return b.device == "cpu" and b:pin_memory() or b end
+  if type(b) == "table" then
+    for k, v in pairs(b) do b[k] = pin(v) end
+  end
+  return b
+end
+
 --- loader:iter(): an iterator over the rest of the current epoch; when it ends the loader
 --- moves to the next epoch. Leaving a loop early keeps the position: the next iter() goes on
 --- from there (loader:set_epoch(e) starts over).
@@ -227,7 +240,7 @@ function Loader:iter()
       local batch, stop
       if self.native then batch, stop = self:_native_batch() else batch, stop = self:_lua_batch() end
       self.pos = stop
-      if batch ~= nil then return batch end
+      if batch ~= nil then return self.pin and pin(batch) or batch end
     end
   end
 end

@@ -1,0 +1,169 @@
+/* lcuda.c: T.cuda (the device: availability, synchronize, memory stats and the cache) and
+ * T.backends (allow_tf32, cudnn_benchmark), and the allocator's out-of-memory hook: a full
+ * Lua collection, so tensors nothing references give their GPU memory back before the retry.
+ * Everything works without CUDA or a GPU: false, 0, or an error saying why. */
+#include "ltocha.h"
+
+#include <limits.h>
+#include <pthread.h>
+
+/* ---- T.cuda ------------------------------------------------------------------------------ */
+static int c_is_available(lua_State *L) {
+    lua_pushboolean(L, tc_cuda_is_available());
+    return 1;
+}
+
+static int c_device_count(lua_State *L) {
+    lua_pushinteger(L, tc_cuda_device_count());
+    return 1;
+}
+
+/* T.cuda.get_device_name([i | "cuda:i"]): i is 0-based, as in "cuda:0" */
+static int c_get_device_name(lua_State *L) {
+    int index = 0;
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        tc_device d = tcl_checkdevice(L, 1);
+        luaL_argcheck(L, d.type == TC_CUDA, 1, "expected a cuda device");
+        index = d.index;
+    } else {
+        lua_Integer i = luaL_optinteger(L, 1, 0);
+        luaL_argcheck(L, i >= 0 && i <= INT_MAX, 1, "device index must be 0 or more");
+        index = (int)i;
+    }
+    char name[256];
+    tcl_check_rc(L, tc_cuda_device_name(index, name, sizeof name));
+    lua_pushstring(L, name);
+    return 1;
+}
+
+static int c_synchronize(lua_State *L) {
+    tcl_check_rc(L, tc_cuda_synchronize());
+    return 0;
+}
+
+static tc_cuda_memory_stats stats(void) {
+    tc_cuda_memory_stats s;
+    tc_cuda_memory(&s);
+    return s;
+}
+
+static int c_memory_allocated(lua_State *L) { lua_pushinteger(L, (lua_Integer)stats().allocated); return 1; }
+static int c_memory_reserved(lua_State *L) { lua_pushinteger(L, (lua_Integer)stats().reserved); return 1; }
+static int c_max_memory_allocated(lua_State *L) { lua_pushinteger(L, (lua_Integer)stats().max_allocated); return 1; }
+static int c_max_memory_reserved(lua_State *L) { lua_pushinteger(L, (lua_Integer)stats().max_reserved); return 1; }
+
+static int c_reset_peak_memory_stats(lua_State *L) {
+    (void)L;
+    tc_cuda_reset_peak();
+    return 0;
+}
+
+static int c_empty_cache(lua_State *L) {
+    tcl_check_rc(L, tc_cuda_empty_cache());
+    return 0;
+}
+
+/* T.cuda.memory_stats(): a table of byte counts and call counts */
+static int c_memory_stats(lua_State *L) {
+    tc_cuda_memory_stats s = stats();
+    const struct { const char *k; lua_Integer v; } f[] = {
+        {"allocated", (lua_Integer)s.allocated}, {"max_allocated", (lua_Integer)s.max_allocated},
+        {"reserved", (lua_Integer)s.reserved}, {"max_reserved", (lua_Integer)s.max_reserved},
+        {"cached", (lua_Integer)(s.reserved - s.allocated)},
+        {"pinned_allocated", (lua_Integer)s.pinned_allocated}, {"pinned_reserved", (lua_Integer)s.pinned_reserved},
+        {"allocs", s.allocs}, {"frees", s.frees}, {"cache_hits", s.cache_hits},
+        {"driver_allocs", s.driver_allocs}, {"driver_frees", s.driver_frees}, {"ooms", s.ooms},
+    };
+    int n = (int)(sizeof f / sizeof f[0]);
+    lua_createtable(L, 0, n);
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, f[i].v);
+        lua_setfield(L, -2, f[i].k);
+    }
+    return 1;
+}
+
+/* T.cuda.memory_summary(): the allocator's table, as a string */
+static int c_memory_summary(lua_State *L) {
+    char buf[4096];
+    tcl_check_rc(L, tc_cuda_memory_summary(buf, sizeof buf));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+static const luaL_Reg cuda_funcs[] = {
+    {"is_available", c_is_available}, {"device_count", c_device_count},
+    {"get_device_name", c_get_device_name}, {"synchronize", c_synchronize},
+    {"memory_allocated", c_memory_allocated}, {"memory_reserved", c_memory_reserved},
+    {"max_memory_allocated", c_max_memory_allocated}, {"max_memory_reserved", c_max_memory_reserved},
+    {"reset_peak_memory_stats", c_reset_peak_memory_stats}, {"empty_cache", c_empty_cache},
+    {"memory_stats", c_memory_stats}, {"memory_summary", c_memory_summary},
+    {NULL, NULL},
+};
+
+/* ---- T.backends: flag(on) sets and returns the previous value; flag() returns it ---------- */
+static int flag(lua_State *L, bool (*get)(void), void (*set)(bool)) {
+    bool prev = get();
+    if (!lua_isnone(L, 1)) {
+        luaL_checktype(L, 1, LUA_TBOOLEAN);
+        set(lua_toboolean(L, 1));
+    }
+    lua_pushboolean(L, prev);
+    return 1;
+}
+static int b_allow_tf32(lua_State *L) { return flag(L, tc_cuda_allow_tf32, tc_cuda_set_allow_tf32); }
+static int b_cudnn_benchmark(lua_State *L) { return flag(L, tc_cuda_cudnn_benchmark, tc_cuda_set_cudnn_benchmark); }
+
+static const luaL_Reg backends_funcs[] = {
+    {"allow_tf32", b_allow_tf32}, {"cudnn_benchmark", b_cudnn_benchmark},
+    {NULL, NULL},
+};
+
+/* ---- the out-of-memory hook ---------------------------------------------------------------
+ * The allocator calls it with no lock held; the collection's finalizers free tensors, which
+ * re-enter the allocator. Lua is not thread safe, so an allocation on another thread (a
+ * worker) skips the collection; within a finalizer, lua_gc does nothing (Lua 5.4.4+). */
+typedef struct {
+    lua_State *L;     /* the main thread: collections need no particular running thread */
+    pthread_t thread; /* the OS thread that runs this Lua state */
+} oom_ctx;
+
+/* the hook is process-wide: it serves the state that opened tocha last */
+static oom_ctx *active;
+
+static void collect(void *p) {
+    oom_ctx *c = p;
+    if (pthread_equal(pthread_self(), c->thread)) lua_gc(c->L, LUA_GCCOLLECT);
+}
+
+static int oom_ctx_gc(lua_State *L) {
+    if (active == lua_touserdata(L, 1)) {
+        tc_cuda_set_oom_hook(NULL, NULL);
+        active = NULL;
+    }
+    return 0;
+}
+
+static const char OOM_KEY = 0; /* its address keys the context in the registry */
+
+void tcl_open_cuda(lua_State *L) {
+    lua_newtable(L);
+    tcl_register(L, cuda_funcs);
+    lua_setfield(L, -2, "cuda");
+    lua_newtable(L);
+    tcl_register(L, backends_funcs);
+    lua_setfield(L, -2, "backends");
+
+    oom_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    c->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    c->thread = pthread_self();
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, oom_ctx_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &OOM_KEY);
+    active = c;
+    tc_cuda_set_oom_hook(collect, c);
+}
