@@ -1,0 +1,81 @@
+-- bench/gpu_ops.lua: the GPU benchmarks, tocha's side: bf16 GEMM 8192^3, conv2d 3x3 forward +
+-- backward at Stable Diffusion UNet shapes in bf16, and the per-op overhead of small tensors.
+-- bench/gpu_ops_torch.py does the same work in PyTorch; scripts/gpu_check.sh runs both on the
+-- GPU machine and prints the ratios. Prints "RESULT <name> <seconds per iteration> <flops per
+-- iteration>" lines: the median of ROUNDS timed batches after warm-up, each batch synchronized
+-- before and after (tocha has no CUDA events). Random inputs, never zeros.
+--   tocha bench/gpu_ops.lua [--small]   (--small: tiny sizes, to check the script quickly)
+local T = require "tocha"
+local F = require "tocha.nn.functional"
+
+local small = arg[1] == "--small"
+if not (T.cuda and T.cuda.is_available()) then
+  print("SKIP no CUDA GPU (T.cuda.is_available() is false)")
+  return
+end
+local ROUNDS = small and 3 or 7
+print("INFO device " .. T.cuda.get_device_name(0) .. (small and " (--small sizes)" or ""))
+T.manual_seed(0)
+
+local function median(xs)
+  table.sort(xs)
+  return xs[(#xs + 1) // 2]
+end
+
+--- times fn (which does `per` units of work) in ROUNDS batches of `iters` calls
+local function bench(name, iters, fn, flops, per)
+  per = per or 1
+  for _ = 1, small and 1 or 3 do fn() end
+  T.cuda.synchronize()
+  local times = {}
+  for r = 1, ROUNDS do
+    if r % 2 == 0 then collectgarbage() end
+    T.cuda.synchronize()
+    local t0 = T.clock()
+    for _ = 1, iters do fn() end
+    T.cuda.synchronize()
+    times[#times + 1] = (T.clock() - t0) / (iters * per)
+  end
+  print(string.format("RESULT %s %.9g %.6g", name, median(times), flops / per))
+  io.stdout:flush()
+end
+
+local cuda = { device = "cuda", dtype = "bf16" }
+
+-- GEMM: C = A @ B, bf16 in and out (f32 accumulation), all 8192
+do
+  local n = small and 256 or 8192
+  local a, b = T.randn({ n, n }, cuda), T.randn({ n, n }, cuda)
+  bench("gemm_bf16_" .. n, small and 2 or 20, function() local c <close> = a:matmul(b) end, 2 * n ^ 3)
+end
+
+-- conv2d 3x3, padding 1, with bias: forward and the backward of x, w and b, as a UNet trains
+for _, s in ipairs({ { 320, 64 }, { 640, 32 }, { 1280, 16 } }) do
+  local batch, c, hw = 8, s[1], s[2]
+  if small then batch, c, hw = 1, c // 40, hw // 4 end
+  local x = T.randn({ batch, c, hw, hw }, cuda):requires_grad_()
+  local w = (T.randn({ c, c, 3, 3 }, cuda) * (1 / math.sqrt(9 * c))):requires_grad_()
+  local b = (T.randn({ c }, cuda) * 0.1):requires_grad_()
+  local gy = T.randn({ batch, c, hw, hw }, cuda)
+  local flops = 3 * 2 * batch * hw * hw * c * c * 9
+  bench(string.format("conv3x3_fwd_bwd_bf16_b%d_c%d_%dx%d", batch, c, hw, hw), small and 2 or 20, function()
+    local y <close> = F.conv2d(x, w, b, { padding = 1 })
+    y:backward(gy)
+    x.grad, w.grad, b.grad = nil, nil, nil
+  end, flops)
+end
+
+-- per-op overhead: chains of ops on 16-element f32 tensors, reported per op
+do
+  local n = small and 200 or 20000
+  local one = T.ones({ 16 }, { device = "cuda" })
+  bench("add_small_per_op", 1, function()
+    local x = T.zeros({ 16 }, { device = "cuda" })
+    for _ = 1, n do x = x + one end
+  end, 0, n)
+  local m = T.randn({ 16, 16 }, { device = "cuda" })
+  bench("mixed_small_per_op", 1, function() -- 5 ops: mul, add, relu, sum over a dim, add
+    local x = m
+    for _ = 1, n // 4 do x = (x * 0.5 + m):relu():sum(2, true) + m end
+  end, 0, (n // 4) * 5)
+end

@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# scripts/gpu_check.sh: the one script for a session with a lent GPU (about 15 minutes of device
+# time in all, so every step has a time limit and the whole run stays under about 8 minutes).
+#   scripts/gpu_check.sh prepare       HERE, on the build machine: builds build/tocha and build/test_c
+#                                      with CUDA, copies into build/gpulibs/ the shared libraries they
+#                                      need beyond glibc, the C++ runtime and CUDA (the GPU machine
+#                                      has libjpeg.so.8, not .62, and maybe no cairo), packs the three
+#                                      into build/gpu.tar.xz (the one path to carry) and prints the size
+#                                      of what a run sends (the limit is 64 MiB)
+#   scripts/gpu_check.sh run [STEPS]   THERE, from the repository root: unpacks build/gpu.tar.xz where
+#                                      needed, then the library check, the card, the C tests, the GPU
+#                                      suite, the benchmarks against PyTorch and the suite under
+#                                      compute-sanitizer memcheck; logs and RESULTS.md go to $OUT, and
+#                                      a summary table comes last. STEPS: any of ctest suite bench
+#                                      memcheck (default: all, in that order)
+# Environment for run: TOCHA_BIN (default build/tocha; build-emu/tocha runs it without a GPU, on the
+# CUDA emulator), OUT (default build/gpu_out), GPU_CHECK_BUDGET (seconds for the whole run, default
+# 480: a step that would pass it is cut short or left out, and says so). Without a GPU each step
+# says why it is skipped, and the benchmarks run at --small sizes.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+# ---- prepare ---------------------------------------------------------------------------------
+# libraries the GPU machine has in a compatible version (glibc 2.39, GCC 14's C++ runtime, CUDA 13,
+# cuDNN 9, the driver): never carried
+SYSTEM_LIBS='^(libc|libm|libmvec|libpthread|libdl|librt|libresolv|libutil|ld-linux-x86-64|linux-vdso'
+SYSTEM_LIBS+='|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcudnn[a-z_]*|libnvrtc|libnvJitLink)\.so'
+PACK=build/gpu.tar.xz # build/tocha, build/test_c and build/gpulibs/, compressed: what a run carries
+
+prepare() {
+    echo "== building build/tocha and build/test_c with CUDA"
+    make --no-print-directory build/tocha build/test_c || { echo "error: the build failed"; exit 1; }
+    if ! nm build/tocha 2>/dev/null | grep -q cudaStreamSynchronize; then
+        echo "error: build/tocha has no CUDA in it (is nvcc on the PATH or in /usr/local/cuda/bin?)"; exit 1
+    fi
+    echo "== copying the shared libraries to carry into build/gpulibs/"
+    rm -rf build/gpulibs && mkdir -p build/gpulibs
+    ldd build/tocha build/test_c | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | sort -u |
+        while read -r name path; do
+            echo "$name" | grep -Eq "$SYSTEM_LIBS" && continue
+            case $path in */cuda*) continue ;; esac
+            cp -L "$path" "build/gpulibs/$name"
+        done
+    ls build/gpulibs | tr '\n' ' '; echo
+    local missing glibc
+    missing=$(LD_LIBRARY_PATH=$ROOT/build/gpulibs ldd build/tocha build/test_c |
+        awk '/not found/ || ($3 ~ /^\// && $3 !~ /gpulibs/) { print $1 }' | grep -Ev "$SYSTEM_LIBS" | grep -v cuda)
+    [ -n "$missing" ] && { echo "error: still taken from the system: $missing"; exit 1; }
+    glibc=$(objdump -T build/tocha build/test_c build/gpulibs/* 2>/dev/null | grep -o 'GLIBC_2\.[0-9]*' |
+        sort -uV | tail -1)
+    echo "newest glibc symbol needed: $glibc (the GPU machine has 2.39)"
+    echo "== packing $PACK"
+    tar -C build -cf - tocha test_c gpulibs | xz -T2 -6 >"$PACK" || { echo "error: packing failed"; exit 1; }
+    local pack tree
+    pack=$(du -b "$PACK" | cut -f1)
+    # what travels besides: tracked files and untracked ones git does not ignore
+    tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null |
+        awk '$2 == "total" { s += $1 } END { print s + 0 }')
+    awk -v p="$pack" -v t="$tree" 'BEGIN {
+        m = 1048576
+        printf "carried: %.1f MiB packed + the working tree %.1f MiB = %.1f MiB (limit 64)\n", p / m, t / m, (p + t) / m
+        if (p + t > 60 * m) print "warning: close to or over the 64 MiB limit" }'
+    git ls-files -o --exclude-standard --directory | grep -E '^build' |
+        sed 's/^/warning: not ignored by git, so it travels with every run: /'
+    echo "next, on the GPU machine: scripts/gpu_check.sh run   (carry $PACK)"
+}
+
+# ---- run -------------------------------------------------------------------------------------
+BIN=${TOCHA_BIN:-build/tocha}
+OUT=${OUT:-$ROOT/build/gpu_out}
+# the carried libraries serve tocha only (each tocha command gets LD_LIBRARY_PATH=$LIBPATH):
+# python3 and torch keep the system's. cuDNN: tocha is built against 9.19 (the build machine's);
+# the GPU machine's system cuDNN is 9.14 and PyTorch's own 9.19, so tocha takes PyTorch's, which
+# also puts both sides of the conv benchmark on one cuDNN
+CUDNN_DIR=$(python3 -c 'import nvidia.cudnn as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
+[ -d "$CUDNN_DIR" ] || CUDNN_DIR=
+LIBPATH=$ROOT/build/gpulibs${CUDNN_DIR:+:$CUDNN_DIR}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# the whole run's deadline: each step's limit is its own or what is left, whichever is less
+BUDGET=${GPU_CHECK_BUDGET:-480}
+START=$(date +%s)
+SUMMARY=()
+note() { SUMMARY+=("$(printf '%-24s %s' "$1" "$2")"); printf '%-24s %s\n' "$1" "$2" | tee -a "$OUT/RESULTS.md"; }
+section() { printf '\n== %s\n' "$1"; printf '\n## %s\n\n' "$1" >>"$OUT/RESULTS.md"; }
+passline() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1; }
+limit() { # limit CAP: seconds a step may take; 0 when too little is left to start it
+    local left=$((BUDGET - ($(date +%s) - START) - 10))
+    if [ "$left" -lt 20 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+# in_time NAME CAP: sets LIMIT, or notes that the step was left out
+in_time() {
+    LIMIT=$(limit "$2")
+    [ "$LIMIT" -gt 0 ] && return 0
+    note "$1" "NOT RUN: the run's budget of ${BUDGET} s is spent"
+    return 1
+}
+
+step_libraries() {
+    section "libraries"
+    local missing
+    missing=$(LD_LIBRARY_PATH=$LIBPATH ldd "$BIN" 2>&1 | grep -E 'not found|not a dynamic')
+    if [ -n "$missing" ]; then
+        echo "$missing"
+        note "libraries" "MISSING: $(echo "$missing" | awk '{ print $1 }' | tr '\n' ' ')"
+        return 1
+    fi
+    LD_LIBRARY_PATH=$LIBPATH ldd "$BIN" | grep -E 'cudnn|cublas' | sed 's/ (0x.*//'
+    note "libraries" "all found ($BIN)"
+}
+
+step_card() {
+    section "card"
+    GPU=0
+    command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && GPU=1
+    {
+        echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); host kernel $(uname -r); $(nproc) cores"
+        if [ "$GPU" = 1 ]; then
+            nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+            nvidia-smi | grep -o 'CUDA Version: [0-9.]*'
+        else
+            echo "no GPU: nvidia-smi is missing or sees no device"
+        fi
+        command -v nvcc >/dev/null && nvcc --version | tail -1
+        timeout 60 env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" -e 'local T = require "tocha"
+            local ok = T.cuda.is_available()
+            print("tocha: cuda available " .. tostring(ok) .. ", " .. T.cuda.device_count() .. " device(s)"
+              .. (ok and (", " .. T.cuda.get_device_name(0)) or ""))' 2>&1
+    } | tee -a "$OUT/RESULTS.md"
+    CARD=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+    CARD=${CARD:+$CARD (name, driver), $(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*')}
+    CARD=${CARD:-no GPU}
+}
+
+step_ctest() {
+    section "C tests"
+    in_time "C tests" 30 || return
+    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/build/test_c" >"$OUT/ctest.log" 2>&1
+    local rc=$? line
+    line=$(passline "$OUT/ctest.log")
+    [ $rc = 124 ] && line="TIMED OUT after $LIMIT s; ${line:-no summary}"
+    tail -3 "$OUT/ctest.log"
+    note "C tests" "${line:-no summary line (exit $rc)}"
+}
+
+# the GPU suite: every test whose name holds "cuda" (tests/test_cuda*.lua); every check's error in suite.log
+step_suite() {
+    section "GPU suite (TEST=cuda)"
+    in_time "GPU suite" 120 || return
+    TEST=cuda TOCHA_CUDA_VERBOSE=1 timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" tests/run.lua \
+        >"$OUT/suite.log" 2>&1
+    local rc=$? line
+    grep -v '^  ok ' "$OUT/suite.log" | tail -60
+    line=$(passline "$OUT/suite.log")
+    [ $rc = 124 ] && line="TIMED OUT after $LIMIT s; ${line:-no summary}"
+    note "GPU suite" "${line:-no summary line (exit $rc)}"
+}
+
+# compute-sanitizer memcheck over the suite in f32, without the training run; first a probe,
+# since the sanitizer refuses some machines (seen on gVisor: "Device not supported")
+step_memcheck() {
+    section "GPU suite under compute-sanitizer memcheck (f32)"
+    local cs
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+        /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+    if [ "$GPU" = 0 ] || [ -z "$cs" ]; then
+        note "memcheck" "skipped: ${cs:+no GPU}${cs:-no compute-sanitizer}"; return
+    fi
+    in_time "memcheck" 60 || return
+    LD_LIBRARY_PATH=$LIBPATH timeout -k 5 "$LIMIT" "$cs" --tool memcheck "$ROOT/$BIN" -e 'local T = require "tocha"
+        print((T.ones({1000}, {device = "cuda"}) + 1):sum():item())' >"$OUT/memcheck.log" 2>&1
+    if ! grep -q 'ERROR SUMMARY: 0 errors' "$OUT/memcheck.log"; then
+        tail -5 "$OUT/memcheck.log"
+        local why
+        why=$(grep -m1 -E 'rror|not supported' "$OUT/memcheck.log" | cut -c1-80)
+        note "memcheck" "UNAVAILABLE: the probe failed ($why)"
+        return
+    fi
+    in_time "memcheck" 200 || return
+    # TOCHA_CUDA_NO_CACHE=1 asks the allocator for exact-size blocks, where it knows the variable,
+    # so that memcheck sees an access past a tensor's end rather than into a cached block's slack
+    TEST=cuda TOCHA_CUDA_DTYPES=f32 TOCHA_CUDA_QUICK=1 TOCHA_CUDA_NO_CACHE=1 LD_LIBRARY_PATH=$LIBPATH \
+        timeout -k 10 "$LIMIT" "$cs" --tool memcheck --print-limit 30 "$ROOT/$BIN" tests/run.lua \
+        >"$OUT/memcheck.log" 2>&1
+    local rc=$? errs line
+    grep -v '^  ok ' "$OUT/memcheck.log" | grep -E 'FAIL|=========|passed' | head -40
+    errs=$(grep -o 'ERROR SUMMARY: [0-9]* error' "$OUT/memcheck.log" | tail -1)
+    if [ -z "$errs" ]; then # stopped before its summary: count the reports so far
+        errs="$(grep -cE '^========= (Invalid|Program hit|Malloc|Out-of-range|Misaligned|Address|Barrier|Leaked)' \
+            "$OUT/memcheck.log") error reports before it stopped"
+    fi
+    line=$(passline "$OUT/memcheck.log")
+    if [ $rc = 124 ] || [ $rc = 137 ]; then errs="TIMED OUT after $LIMIT s; $errs"; fi
+    note "memcheck" "$errs; suite: ${line:-no summary}"
+}
+
+# the benchmarks: one table of tocha's and PyTorch's times on this card, ratio = PyTorch / tocha
+step_bench() {
+    section "benchmarks (bf16 GEMM, conv 3x3 fwd+bwd, per-op overhead)"
+    local small="" rc
+    [ "$GPU" = 0 ] && small="--small"
+    in_time "benchmarks" 75 || return
+    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" bench/gpu_ops.lua $small >"$OUT/bench.log" 2>&1
+    rc=$?
+    [ $rc = 124 ] && echo "tocha's benchmark TIMED OUT after $LIMIT s" | tee -a "$OUT/bench.log"
+    if in_time "PyTorch benchmarks" 75; then
+        PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 bench/gpu_ops_torch.py $small 2>&1 |
+            sed 's/^/torch /' >>"$OUT/bench.log"
+    fi
+    grep -E 'INFO|SKIP|rror' "$OUT/bench.log" | head -10
+    BENCH_TABLE=$(bench_table "$OUT/bench.log")
+    printf '```\n%s\n```\n' "$BENCH_TABLE" >>"$OUT/RESULTS.md"
+    echo "$BENCH_TABLE"
+    local met missed
+    met=$(echo "$BENCH_TABLE" | grep -c ' ok$'); missed=$(echo "$BENCH_TABLE" | grep -c ' MISSED$')
+    note "benchmarks" "$met goals met, $missed missed"
+}
+
+# RESULT lines (tocha's bare, PyTorch's prefixed "torch ") -> the table; goals: GEMM and conv at
+# least 0.95x PyTorch (NCHW), per-op overhead at most PyTorch eager's
+bench_table() {
+    awk '
+        $1 == "RESULT" { t[$2] = $3; fl[$2] = $4; order[++n] = $2 }
+        $1 == "torch" && $2 == "RESULT" { p[$3] = $4; if ($3 ~ /_cl$/) cl[substr($3, 1, length($3) - 3)] = $4 }
+        END {
+            printf "%-38s %13s %13s %8s %9s  %s\n", "benchmark", "tocha", "torch", "ratio", "TFLOP/s", "goal"
+            for (i = 1; i <= n; i++) {
+                k = order[i]; per_op = k ~ /per_op/; goal = per_op ? 1.0 : 0.95
+                s = per_op ? 1e6 : 1e3; u = per_op ? "us" : "ms"
+                tf = fl[k] > 0 ? sprintf("%9.1f", fl[k] / t[k] / 1e12) : sprintf("%9s", "-")
+                if (k in p) {
+                    r = p[k] / t[k]
+                    printf "%-38s %10.4f %s %10.4f %s %7.2fx %s  >= %.2fx %s\n", k, t[k] * s, u, p[k] * s, u, r, tf,
+                        goal, (r >= goal ? "ok" : "MISSED")
+                } else printf "%-38s %10.4f %s %13s %8s %s  (no PyTorch number)\n", k, t[k] * s, u, "-", "-", tf
+                if (k in cl) printf "%-38s %13s %10.4f %s %7.2fx %9s  (PyTorch channels-last, for reference)\n",
+                    "  vs channels-last", "", cl[k] * s, u, cl[k] / t[k], ""
+            }
+            if (n == 0) print "(no tocha results: see bench.log)"
+            print "(ratio = PyTorch time / tocha time: above 1, tocha is faster; medians of synchronized batches)"
+        }' "$1"
+}
+
+# the packed build from prepare, unpacked where it is newer than build/tocha (the GPU machine has none)
+unpack() {
+    [ -f "$PACK" ] && [ "$BIN" = build/tocha ] || return 0
+    [ -x build/tocha ] && [ ! "$PACK" -nt build/tocha ] && return 0
+    echo "unpacking $PACK"
+    if command -v xz >/dev/null; then xz -dc "$PACK" | tar -C build -xf -
+    else python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$PACK" |
+        tar -C build -xf -; fi
+}
+
+run() {
+    mkdir -p "$OUT"
+    unpack || { echo "error: could not unpack $PACK"; exit 1; }
+    printf '# tocha on the GPU: scripts/gpu_check.sh run\n' >"$OUT/RESULTS.md"
+    local steps=${*:-ctest suite bench memcheck}
+    echo "tocha: $BIN; output: $OUT; steps: $steps; budget: $BUDGET s"
+    if [ ! -x "$ROOT/$BIN" ]; then
+        echo "error: $BIN is missing (run scripts/gpu_check.sh prepare first, and carry $PACK)"; exit 1
+    fi
+    step_libraries || { echo "stopping: tocha cannot start here"; exit 1; }
+    step_card
+    for s in $steps; do
+        case $s in
+        ctest) step_ctest ;; suite) step_suite ;; bench) step_bench ;; memcheck) step_memcheck ;;
+        *) echo "unknown step $s (ctest suite bench memcheck)" ;;
+        esac
+    done
+    section "summary"
+    printf '%s\n' "card: $CARD" "${SUMMARY[@]}" | tee -a "$OUT/RESULTS.md"
+    [ -n "${BENCH_TABLE:-}" ] && echo "$BENCH_TABLE"
+}
+
+case ${1:-} in
+prepare) prepare ;;
+run) shift; run "$@" ;;
+*) echo "usage: scripts/gpu_check.sh prepare | run [ctest suite bench memcheck]"; exit 2 ;;
+esac
