@@ -77,10 +77,10 @@ static mat transposed(mat m) { m.t = !m.t; return m; }
 /* c [M, N] (row-major, ld N) = alpha a @ b + beta c, in dtype dt (f32 or f64) */
 static void gemm(tc_dtype dt, int64_t M, int64_t N, int64_t K, double alpha, mat a, mat b, double beta, void *c) {
     if (M == 0 || N == 0) return;
-    if (K == 0) { /* cblas leaves c alone when K is 0 */
+    if (K == 0) { /* cblas leaves c alone when K is 0; beta 0 means overwrite (c may be garbage) */
         for (int64_t i = 0; i < M * N; i++) {
-            if (dt == TC_F32) ((float *)c)[i] = (float)(beta * ((float *)c)[i]);
-            else ((double *)c)[i] = beta * ((double *)c)[i];
+            if (dt == TC_F32) ((float *)c)[i] = beta == 0 ? 0.0f : (float)(beta * ((float *)c)[i]);
+            else ((double *)c)[i] = beta == 0 ? 0.0 : beta * ((double *)c)[i];
         }
         return;
     }
