@@ -21,26 +21,13 @@
 #define ATT_UNROLL _Pragma("unroll")
 #endif
 
-__device__ static inline float ex(float v) { return expf(v); }
-__device__ static inline double ex(double v) { return exp(v); }
-__device__ static inline float ln(float v) { return logf(v); }
-__device__ static inline double ln(double v) { return log(v); }
-__device__ static inline float mx(float a, float b) { return b > a ? b : a; }
-__device__ static inline double mx(double a, double b) { return b > a ? b : a; }
-
-/* stores a value computed in float (double for f64) into an element */
-__device__ static inline void put(float &d, float v) { d = v; }
-__device__ static inline void put(double &d, double v) { d = v; }
-__device__ static inline void put(__half &d, float v) { d = __float2half_rn(v); }
-__device__ static inline void put(__nv_bfloat16 &d, float v) { d = __float2bfloat16_rn(v); }
-
 /* sum and max over the 8 threads of a row */
 template <typename A> __device__ static inline A row_sum(A v) {
     for (int o = 1; o < 8; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 template <typename A> __device__ static inline A row_max(A v) {
-    for (int o = 1; o < 8; o <<= 1) v = mx(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 1; o < 8; o <<= 1) v = tcu_max(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -195,7 +182,7 @@ template <typename T> __device__ static slice<T> slice_at(const attn &a, int64_t
 }
 
 /* the probability of a score given its row's logsumexp (0 for a row with nothing to attend) */
-template <typename A> __device__ static inline A prob(A s, A lse) { return lse == -INFINITY ? 0 : ex(s - lse); }
+template <typename A> __device__ static inline A prob(A s, A lse) { return lse == -INFINITY ? 0 : tcu_exp(s - lse); }
 
 /* the keys the query tile at l0 sees: with causal, those past its last query are hidden from it */
 __device__ static inline int64_t keys_seen(const attn &a, int64_t l0) {
@@ -226,10 +213,10 @@ template <typename T> __global__ void sdpa_forward(T *out, typename tcu_acc<T>::
                 A sc[4] = {0, 0, 0, 0};
                 dot_tile(sc, sl.q, a.q.rs, a.q.cs, l0, a.L, sl.k, a.k.rs, a.k.cs, s0, a.S, a.E, xs, ys);
                 for (int c = 0; c < 4; c++) sc[c] = score(a, sl.moff, l, s0 + j + 8 * c, sc[c]);
-                A mnew = mx(m, row_max(mx(mx(sc[0], sc[1]), mx(sc[2], sc[3]))));
-                A alpha = mnew == -INFINITY ? 1 : ex(m - mnew), psum = 0;
+                A mnew = tcu_max(m, row_max(tcu_max(tcu_max(sc[0], sc[1]), tcu_max(sc[2], sc[3]))));
+                A alpha = mnew == -INFINITY ? 1 : tcu_exp(m - mnew), psum = 0;
                 for (int c = 0; c < 4; c++) {
-                    A pr = mnew == -INFINITY ? 0 : ex(sc[c] - mnew);
+                    A pr = mnew == -INFINITY ? 0 : tcu_exp(sc[c] - mnew);
                     psum += pr;
                     if (pr != 0 && a.p > 0) pr *= drop_mul<A>(a, b, l, s0 + j + 8 * c);
                     ps[r][j + 8 * c] = pr;
@@ -248,9 +235,9 @@ template <typename T> __global__ void sdpa_forward(T *out, typename tcu_acc<T>::
             ATT_UNROLL
             for (int u = 0; u < NC; u++) { /* fixed bounds keep acc in registers */
                 int64_t col = c0 + j + 8 * u;
-                if (u < nu && col < a.Ev) put(out[(b * a.L + l) * a.Ev + col], acc[u] * f);
+                if (u < nu && col < a.Ev) tcu_put(out[(b * a.L + l) * a.Ev + col], acc[u] * f);
             }
-            if (c0 == 0 && j == 0) lse[b * a.L + l] = m == -INFINITY ? (A)-INFINITY : m + ln(sum);
+            if (c0 == 0 && j == 0) lse[b * a.L + l] = m == -INFINITY ? (A)-INFINITY : m + tcu_log(sum);
         }
     }
 }
@@ -332,7 +319,7 @@ __global__ void sdpa_backward_q(T *gq, void *gmask, tc_dtype gmdt, typename tcu_
             ATT_UNROLL
             for (int u = 0; u < NC; u++) {
                 int64_t col = c0 + j + 8 * u;
-                if (u < nu && l < a.L && col < a.E) put(gq[(b * a.L + l) * a.E + col], acc[u] * (A)a.scale);
+                if (u < nu && l < a.L && col < a.E) tcu_put(gq[(b * a.L + l) * a.E + col], acc[u] * (A)a.scale);
             }
         }
     }
@@ -380,8 +367,8 @@ __global__ void sdpa_backward_kv(T *gk, T *gv, const typename tcu_acc<T>::type *
             for (int u = 0; u < NC; u++) {
                 int64_t col = c0 + j + 8 * u;
                 if (u >= nu || s >= a.S || col >= ncol) continue;
-                if (isk) put(gk[(b * a.S + s) * a.E + col], acc[u] * (A)a.scale);
-                else put(gv[(b * a.S + s) * a.Ev + col], acc[u]);
+                if (isk) tcu_put(gk[(b * a.S + s) * a.E + col], acc[u] * (A)a.scale);
+                else tcu_put(gv[(b * a.S + s) * a.Ev + col], acc[u]);
             }
         }
     }

@@ -187,6 +187,37 @@ __device__ static inline void tcu_store(void *base, tc_dtype dt, int64_t off, do
 /* the address of a tensor's first element (device memory) */
 static inline char *tcu_ptr(const tc_tensor *t) { return (char *)tc_data(t); }
 
+/* ---- small math shared by the kernel files -------------------------------------------------
+ * tcu_put(d, v): stores a value computed in float (double for f64) into an element.
+ * tcu_mul_rn(a, b): a * b rounded on its own: nvcc would fuse a product into a following add
+ * (one rounding) where the CPU rounds twice; kernels that must equal the CPU bit for bit use it.
+ * tcu_exp/tcu_log in the element's compute type; tcu_max(a, b) ignores a NaN in b as the CPU's
+ * `b > a ? b : a` does. */
+__device__ static inline void tcu_put(float &d, float v) { d = v; }
+__device__ static inline void tcu_put(double &d, double v) { d = v; }
+__device__ static inline void tcu_put(__half &d, float v) { d = __float2half_rn(v); }
+__device__ static inline void tcu_put(__nv_bfloat16 &d, float v) { d = __float2bfloat16_rn(v); }
+__device__ static inline float tcu_mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+__device__ static inline double tcu_mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+__device__ static inline float tcu_exp(float v) { return expf(v); }
+__device__ static inline double tcu_exp(double v) { return exp(v); }
+__device__ static inline float tcu_log(float v) { return logf(v); }
+__device__ static inline double tcu_log(double v) { return log(v); }
+__device__ static inline float tcu_max(float a, float b) { return b > a ? b : a; }
+__device__ static inline double tcu_max(double a, double b) { return b > a ? b : a; }
+
 /* ---- Philox 4x32-10: the CPU's tc_philox (core/ops/random.c), word for word ------------- */
 __host__ __device__ static inline void tcu_philox(uint64_t seed, uint64_t counter, uint32_t out[4]) {
     uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;

@@ -20,12 +20,6 @@ __device__ static inline double vec_at(const vec &v, int64_t i, double fill) {
     return v.p ? tcu_load(v.p, v.dt, i * v.stride) : fill;
 }
 
-/* stores a value computed in float (double for f64) into an element */
-__device__ static inline void put(float &d, float v) { d = v; }
-__device__ static inline void put(double &d, double v) { d = v; }
-__device__ static inline void put(__half &d, float v) { d = __float2half_rn(v); }
-__device__ static inline void put(__nv_bfloat16 &d, float v) { d = __float2bfloat16_rn(v); }
-
 /* the sum of v over the block (blockDim.x a multiple of 32), in every thread; red: 32
  * doubles of shared memory. A fixed tree, so the result does not depend on timing. */
 __device__ static double block_sum(double v, double *red) {
@@ -91,7 +85,7 @@ __global__ void ln_forward(T *y, typename tcu_acc<T>::type *mean, typename tcu_a
         A hi = (A)mu, lo = (A)(mu - (double)hi), a = (A)rs;
         for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
             A xv = tcu_float(r[i * xs1]);
-            put(y[m * N + i], ((xv - hi) - lo) * a * (A)vec_at(w, i, 1) + (A)vec_at(b, i, 0));
+            tcu_put(y[m * N + i], ((xv - hi) - lo) * a * (A)vec_at(w, i, 1) + (A)vec_at(b, i, 0));
         }
         if (threadIdx.x == 0) {
             mean[m] = (A)mu;
@@ -131,7 +125,7 @@ __global__ void ln_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, cons
         A a = (A)(block_sum(s1, red) / (double)N), c = (A)(block_sum(s2, red) / (double)N);
         for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
             A h = ((A)tcu_float(xr[i * xs1]) - mu) * rs, gh = (A)tcu_float(gr[i * gs1]) * (A)vec_at(w, i, 1);
-            put(gx[m * N + i], rs * (gh - a - h * c));
+            tcu_put(gx[m * N + i], rs * (gh - a - h * c));
         }
     }
 }
@@ -295,7 +289,7 @@ __global__ void gn_normalize(T *y, const T *x, gn_shape s, const double *st, vec
         A hi = (A)mu, lo = (A)(mu - (double)hi), a = (A)(rs * vec_at(w, c, 1)), o = (A)vec_at(b, c, 0);
         const T *xr = x + n * s.s0 + c * s.s1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x)
-            put(y[row * s.HW + i], (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * a + o);
+            tcu_put(y[row * s.HW + i], (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * a + o);
     }
 }
 
@@ -398,7 +392,7 @@ __global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int6
         A bb = (A)(-rs * rs * co[ng * 2 + 1]), cc = (A)(-rs * co[ng * 2]);
         const T *xr = x + n * s.s0 + c * s.s1, *gr = gy + n * gs0 + c * gs1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x)
-            put(gx[row * s.HW + i], (A)tcu_float(gr[i * gs2]) * a + (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
+            tcu_put(gx[row * s.HW + i], (A)tcu_float(gr[i * gs2]) * a + (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
     }
 }
 

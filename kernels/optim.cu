@@ -5,23 +5,6 @@
 
 #include <math.h>
 
-/* a * b rounded on its own: nvcc would fuse a product into a following add or subtract
- * (one rounding), where the CPU rounds twice; the CPU's own fused steps are explicit fma */
-__device__ static inline float mul_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-__device__ static inline double mul_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __dmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-
 static int check_tensors(const char *op, const tc_tensor *p, const tc_tensor *g) {
     if (p->dtype != TC_F32 && p->dtype != TC_F64)
         return tc_error("%s: unsupported dtype %s", op, tc_dtype_name(p->dtype));
@@ -99,7 +82,7 @@ template <typename T> struct adam_t { T shrink, wd, coef, b2, w2, bc2_sqrt, eps,
 template <typename T>
 __global__ void adam_kernel(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, adam_t<T> k) {
     TCU_GRID_STRIDE(i, n) {
-        T pi = mul_rn(p[i], k.shrink), gi = fma(pi, k.wd, g[i]), mi = m[i];
+        T pi = tcu_mul_rn(p[i], k.shrink), gi = fma(pi, k.wd, g[i]), mi = m[i];
         mi = fma(k.coef, gi - mi, k.small ? mi : gi);
         T vi = fma(k.w2 * gi, gi, v[i] * k.b2);
         m[i] = mi;
@@ -110,7 +93,7 @@ __global__ void adam_kernel(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, ad
             vmax[i] = vi;
         }
         /* sqrt and division are correctly rounded, as the CPU's */
-        p[i] = pi + mul_rn(k.neg_step, mi) / (sqrt(vi) / k.bc2_sqrt + k.eps);
+        p[i] = pi + tcu_mul_rn(k.neg_step, mi) / (sqrt(vi) / k.bc2_sqrt + k.eps);
     }
 }
 
@@ -137,7 +120,7 @@ extern "C" int tc_cuda_adam_step(tc_tensor *p, const tc_tensor *g, tc_tensor *m,
 /* ---- EMA: s.sub_((1 - decay) * (s - p)) ------------------------------------------------------ */
 template <typename T>
 __global__ void ema_kernel(T *s, const T *p, int64_t n, T w) {
-    TCU_GRID_STRIDE(i, n) s[i] = s[i] - mul_rn(w, s[i] - p[i]);
+    TCU_GRID_STRIDE(i, n) s[i] = s[i] - tcu_mul_rn(w, s[i] - p[i]);
 }
 
 extern "C" int tc_cuda_ema_update(tc_tensor *shadow, const tc_tensor *p, double decay) {

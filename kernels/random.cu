@@ -10,15 +10,6 @@
  * fused multiply-add (one rounding instead of two), which the CPU build never does, so the
  * products that feed a sum are kept apart. Philox itself is tcu_philox (cuda.h). */
 
-/* a * b rounded on its own, never fused into a following add */
-__device__ static inline double mul_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __dmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-
 /* (w + 1/2) / 2^32: in (0, 1), never 0 (Box-Muller's log, dropout's draw) */
 __device__ static inline double u01_open(uint32_t w) { return ((double)w + 0.5) * (1.0 / 4294967296.0); }
 
@@ -43,7 +34,7 @@ __global__ void uniform_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, u
         uint32_t w[4];
         tcu_philox(seed, offset + (uint64_t)blk, w);
         for (int l = 0; l < 4 && blk * 4 + l < n; l++)
-            tcu_store(t, dt, blk * 4 + l, lo + mul_rn(span, u01_bits(w[l], bits)));
+            tcu_store(t, dt, blk * 4 + l, lo + tcu_mul_rn(span, u01_bits(w[l], bits)));
     }
 }
 
@@ -56,11 +47,11 @@ __global__ void normal_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, ui
         double z[4];
         for (int h = 0; h < 2; h++) {
             double r = sqrt(-2.0 * log(u01_open(w[2 * h])));
-            double th = mul_rn(2.0 * 3.14159265358979323846, u01_open(w[2 * h + 1]));
+            double th = tcu_mul_rn(2.0 * 3.14159265358979323846, u01_open(w[2 * h + 1]));
             z[2 * h] = r * cos(th);
             z[2 * h + 1] = r * sin(th);
         }
-        for (int l = 0; l < 4 && blk * 4 + l < n; l++) tcu_store(t, dt, blk * 4 + l, mean + mul_rn(std, z[l]));
+        for (int l = 0; l < 4 && blk * 4 + l < n; l++) tcu_store(t, dt, blk * 4 + l, mean + tcu_mul_rn(std, z[l]));
     }
 }
 

@@ -5,26 +5,13 @@
 #include "cuda.h"
 
 /* ---- shared pieces ---------------------------------------------------------------------------- */
-__device__ static inline float ex(float v) { return expf(v); }
-__device__ static inline double ex(double v) { return exp(v); }
-__device__ static inline float ln(float v) { return logf(v); }
-__device__ static inline double ln(double v) { return log(v); }
-/* the larger, ignoring NaN as the CPU's r > m ? r : m does (m starts at -inf) */
-__device__ static inline float mx(float a, float b) { return b > a ? b : a; }
-__device__ static inline double mx(double a, double b) { return b > a ? b : a; }
-
-/* stores a value computed in float (double for f64) into an element */
-__device__ static inline void put(float &d, float v) { d = v; }
-__device__ static inline void put(double &d, double v) { d = v; }
-__device__ static inline void put(__half &d, float v) { d = __float2half_rn(v); }
-__device__ static inline void put(__nv_bfloat16 &d, float v) { d = __float2bfloat16_rn(v); }
 
 /* the sum (or max) of v over the block (blockDim.x a multiple of 32), in every thread; red:
  * 32 values of shared memory. A fixed tree, so the result does not depend on timing. */
 template <typename A> __device__ static A block_reduce(A v, A *red, bool max) {
     for (int o = 16; o > 0; o >>= 1) {
         A u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = max ? mx(v, u) : v + u;
+        v = max ? tcu_max(v, u) : v + u;
     }
     unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
     __syncthreads(); /* red may still be read from the previous call */
@@ -33,7 +20,7 @@ template <typename A> __device__ static A block_reduce(A v, A *red, bool max) {
     v = lane < nw ? red[lane] : max ? (A)-INFINITY : (A)0;
     for (int o = 16; o > 0; o >>= 1) {
         A u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = max ? mx(v, u) : v + u;
+        v = max ? tcu_max(v, u) : v + u;
     }
     return v;
 }
@@ -98,14 +85,14 @@ __global__ void softmax_rows(T *y, const T *x, row_map xr, int64_t nrows, int64_
     for (int64_t k = blockIdx.x; k < nrows; k += gridDim.x) {
         const T *r = x + row_at(xr, k, 0);
         A m = -INFINITY, s = 0;
-        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = mx(m, (A)tcu_float(r[j * xr.stride]));
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = tcu_max(m, (A)tcu_float(r[j * xr.stride]));
         m = block_reduce(m, red, true);
-        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += ex((A)tcu_float(r[j * xr.stride]) - m);
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += tcu_exp((A)tcu_float(r[j * xr.stride]) - m);
         s = block_reduce(s, red, false);
-        A lse = m + ln(s), inv = 1 / s;
+        A lse = m + tcu_log(s), inv = 1 / s;
         for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
             A v = tcu_float(r[j * xr.stride]);
-            put(y[k * n + j], as_log ? v - lse : ex(v - m) * inv);
+            tcu_put(y[k * n + j], as_log ? v - lse : tcu_exp(v - m) * inv);
         }
     }
 }
@@ -119,12 +106,12 @@ __global__ void softmax_cols(T *y, const T *x, row_map xr, int64_t nrows, int64_
         const T *r = x + row_at(xr, o, i);
         T *yr = y + o * n * inner + i;
         A m = -INFINITY, s = 0;
-        for (int64_t j = 0; j < n; j++) m = mx(m, (A)tcu_float(r[j * xr.stride]));
-        for (int64_t j = 0; j < n; j++) s += ex((A)tcu_float(r[j * xr.stride]) - m);
-        A lse = m + ln(s), inv = 1 / s;
+        for (int64_t j = 0; j < n; j++) m = tcu_max(m, (A)tcu_float(r[j * xr.stride]));
+        for (int64_t j = 0; j < n; j++) s += tcu_exp((A)tcu_float(r[j * xr.stride]) - m);
+        A lse = m + tcu_log(s), inv = 1 / s;
         for (int64_t j = 0; j < n; j++) {
             A v = tcu_float(r[j * xr.stride]);
-            put(yr[j * inner], as_log ? v - lse : ex(v - m) * inv);
+            tcu_put(yr[j * inner], as_log ? v - lse : tcu_exp(v - m) * inv);
         }
     }
 }
@@ -157,7 +144,7 @@ __global__ void softmax_backward_rows(T *gx, const T *gy, row_map gr, const T *y
         s = block_reduce(s, red, false);
         for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
             A gj = tcu_float(g[j * gr.stride]), yj = tcu_float(yv[j * yr.stride]);
-            put(gx[k * n + j], as_log ? gj - ex(yj) * s : yj * (gj - s));
+            tcu_put(gx[k * n + j], as_log ? gj - tcu_exp(yj) * s : yj * (gj - s));
         }
     }
 }
@@ -177,7 +164,7 @@ __global__ void softmax_backward_cols(T *gx, const T *gy, row_map gr, const T *y
         }
         for (int64_t j = 0; j < n; j++) {
             A gj = tcu_float(g[j * gr.stride]), yj = tcu_float(yv[j * yr.stride]);
-            put(out[j * inner], as_log ? gj - ex(yj) * s : yj * (gj - s));
+            tcu_put(out[j * inner], as_log ? gj - tcu_exp(yj) * s : yj * (gj - s));
         }
     }
 }
@@ -273,10 +260,10 @@ template <typename T>
 __device__ static typename tcu_acc<T>::type ce_lse(const ce_args &c, const T *lg, typename tcu_acc<T>::type *red) {
     typedef typename tcu_acc<T>::type A;
     A m = -INFINITY, s = 0;
-    for (int64_t k = threadIdx.x; k < c.C; k += blockDim.x) m = mx(m, (A)tcu_float(lg[k * c.ls[1]]));
+    for (int64_t k = threadIdx.x; k < c.C; k += blockDim.x) m = tcu_max(m, (A)tcu_float(lg[k * c.ls[1]]));
     m = block_reduce(m, red, true);
-    for (int64_t k = threadIdx.x; k < c.C; k += blockDim.x) s += ex((A)tcu_float(lg[k * c.ls[1]]) - m);
-    return m + ln(block_reduce(s, red, false));
+    for (int64_t k = threadIdx.x; k < c.C; k += blockDim.x) s += tcu_exp((A)tcu_float(lg[k * c.ls[1]]) - m);
+    return m + tcu_log(block_reduce(s, red, false));
 }
 
 /* a bad target: counted, and the first one kept */
@@ -330,7 +317,7 @@ __global__ void ce_backward(T *glogits, void *gtarget, tc_dtype gtdt, const void
         }
         if (s.status == 1) {
             for (int64_t k = threadIdx.x; k < c.C; k += blockDim.x) {
-                if (glogits) put(glogits[off + k * c.D], (A)0);
+                if (glogits) tcu_put(glogits[off + k * c.D], (A)0);
                 if (gtarget) tcu_store(gtarget, gtdt, off + k * c.D, 0);
             }
             continue;
@@ -344,7 +331,7 @@ __global__ void ce_backward(T *glogits, void *gtarget, tc_dtype gtdt, const void
         }
         for (int64_t k = threadIdx.x; k < c.C; k += blockDim.x) {
             A logp = (A)tcu_float(lg[k * c.ls[1]]) - lse;
-            if (glogits) put(glogits[off + k * c.D], gs * (sa * ex(logp) - ce_coef<A>(c, s, n, d, k)));
+            if (glogits) tcu_put(glogits[off + k * c.D], gs * (sa * tcu_exp(logp) - ce_coef<A>(c, s, n, d, k)));
             if (gtarget) /* d loss / d p_k = -(1 - eps) w_k logp_k */
                 tcu_store(gtarget, gtdt, off + k * c.D, (double)(-gs * (A)(1 - c.eps) * (A)ce_weight(c, k) * logp));
         }
