@@ -114,6 +114,10 @@ tests["UNet2DConditionModel matches diffusers for odd sizes and every config opt
     "up_blocks.1.resnets.2.norm1.bias" })
 end
 
+tests["UNet2DConditionModel with resnet_time_scale_shift = scale_shift matches diffusers"] = function()
+  check_unet("unet_ss", { "down_blocks.0.resnets.0.time_emb_proj.weight", "mid_block.resnets.1.time_emb_proj.bias" })
+end
+
 tests["UNet backward gives a finite gradient for every parameter"] = function()
   local sd, io, cfg = load_case("unet")
   local m = models.UNet2DConditionModel(cfg)

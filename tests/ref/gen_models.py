@@ -134,6 +134,11 @@ unet_case("unet_odd", odd_cfg, torch.rand(2, 3, 11, 9), torch.tensor([500.0]), t
           grad_names=["down_blocks.1.attentions.1.transformer_blocks.1.attn1.to_v.weight",
                       "up_blocks.1.resnets.2.norm1.bias"])
 
+# the time embedding as a scale and shift after norm2 (resnet_time_scale_shift "scale_shift")
+ss_cfg = dict(unet_cfg, resnet_time_scale_shift="scale_shift")
+unet_case("unet_ss", ss_cfg, torch.randn(2, 4, 16, 16), torch.tensor([640.0, 3.0]), torch.randn(2, 7, 24),
+          grad_names=["down_blocks.0.resnets.0.time_emb_proj.weight", "mid_block.resnets.1.time_emb_proj.bias"])
+
 total = 0
 for f in sorted(os.listdir(HERE)):
     if f.startswith("models_"):

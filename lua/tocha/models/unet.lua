@@ -23,6 +23,7 @@ local SPEC = {
     mid_block_scale_factor = 1, dropout = 0, norm_num_groups = 32, norm_eps = 1e-5,
     cross_attention_dim = 1280, transformer_layers_per_block = 1, attention_head_dim = 8,
     use_linear_projection = false, upcast_attention = false, conv_in_kernel = 3, conv_out_kernel = 3,
+    resnet_time_scale_shift = "default",
   },
   -- class_embed_type "projection": a vector per sample (e.g. the pooled text embedding)
   -- through its own TimestepEmbedding, added to the time embedding (diffusers' names)
@@ -31,7 +32,7 @@ local SPEC = {
   fixed = {
     act_fn = "silu", only_cross_attention = false, dual_cross_attention = false, num_attention_heads = NONE,
     addition_embed_type = NONE, addition_time_embed_dim = NONE,
-    num_class_embeds = NONE, resnet_time_scale_shift = "default", resnet_skip_time_act = false,
+    num_class_embeds = NONE, resnet_skip_time_act = false,
     resnet_out_scale_factor = 1, time_embedding_type = "positional", time_embedding_act_fn = NONE,
     timestep_post_act = NONE, time_cond_proj_dim = NONE,
     attention_type = "default", class_embeddings_concat = false, mid_block_only_cross_attention = false,
@@ -88,6 +89,10 @@ local function resolve(cfg, overrides)
       error(string.format("%s: %s must be a positive odd integer, got %s", WHAT, key, config.show(c[key])), 3)
     end
   end
+  if c.resnet_time_scale_shift ~= "default" and c.resnet_time_scale_shift ~= "scale_shift" then
+    error(WHAT .. ": resnet_time_scale_shift must be \"default\" or \"scale_shift\", got "
+      .. config.show(c.resnet_time_scale_shift), 3)
+  end
   if c.downsample_padding ~= 0 and c.downsample_padding ~= 1 then
     error(WHAT .. ": downsample_padding must be 0 or 1, got " .. config.show(c.downsample_padding), 3)
   end
@@ -101,6 +106,7 @@ local function plan(c)
   local temb = c.time_embedding_dim or 4 * ch[1]
   local function common(o, i, heads)
     o.temb_channels, o.groups, o.eps, o.dropout = temb, c.norm_num_groups, c.norm_eps, c.dropout
+    o.time_embedding_norm = c.resnet_time_scale_shift
     o.heads, o.cross_attention_dim = heads, c.cross_attention_dim[i]
     o.transformer_layers, o.use_linear_projection = c.transformer_layers_per_block[i], c.use_linear_projection
     return o
@@ -246,8 +252,9 @@ end
 ---------------------------------------------------------------------------
 local function conv(cin, cout, k) return cin * cout * k * k + cout end
 
-local function resnet(cin, cout, temb)
-  return 2 * cin + conv(cin, cout, 3) + temb * cout + cout + 2 * cout + conv(cout, cout, 3)
+local function resnet(cin, cout, temb, scale_shift)
+  local proj = scale_shift and 2 * cout or cout
+  return 2 * cin + conv(cin, cout, 3) + temb * proj + proj + 2 * cout + conv(cout, cout, 3)
     + (cin ~= cout and conv(cin, cout, 1) or 0)
 end
 
@@ -263,6 +270,7 @@ local function num_parameters_for(cfg, overrides)
   local c = resolve(cfg, overrides)
   local p = plan(c)
   local c0 = c.block_out_channels[1]
+  local ss = c.resnet_time_scale_shift == "scale_shift"
   local n = conv(c.in_channels, c0, c.conv_in_kernel) + (c0 * p.temb + p.temb) + (p.temb * p.temb + p.temb)
     + 2 * c0 + conv(c0, c.out_channels, c.conv_out_kernel)
   if c.class_embed_type then
@@ -270,16 +278,16 @@ local function num_parameters_for(cfg, overrides)
   end
   for _, o in ipairs(p.down) do
     for i = 1, o.layers do
-      n = n + resnet(i == 1 and o.in_channels or o.out_channels, o.out_channels, p.temb)
+      n = n + resnet(i == 1 and o.in_channels or o.out_channels, o.out_channels, p.temb, ss)
       if o.heads then n = n + transformer(o, o.out_channels) end
     end
     if o.add_downsample then n = n + conv(o.out_channels, o.out_channels, 3) end
   end
-  n = n + 2 * resnet(p.mid.in_channels, p.mid.in_channels, p.temb) + transformer(p.mid, p.mid.in_channels)
+  n = n + 2 * resnet(p.mid.in_channels, p.mid.in_channels, p.temb, ss) + transformer(p.mid, p.mid.in_channels)
   for _, o in ipairs(p.up) do
     for i = 1, o.layers do
       local skip = i == o.layers and o.in_channels or o.out_channels
-      n = n + resnet((i == 1 and o.prev_output_channel or o.out_channels) + skip, o.out_channels, p.temb)
+      n = n + resnet((i == 1 and o.prev_output_channel or o.out_channels) + skip, o.out_channels, p.temb, ss)
       if o.heads then n = n + transformer(o, o.out_channels) end
     end
     if o.add_upsample then n = n + conv(o.out_channels, o.out_channels, 3) end

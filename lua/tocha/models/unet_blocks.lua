@@ -55,16 +55,20 @@ function B.TimestepEmbedding:forward(x) return self.linear_2(self.linear_1(x):si
 ---------------------------------------------------------------------------
 -- ResnetBlock2D
 ---------------------------------------------------------------------------
---- ResnetBlock2D(in, out, temb_channels, {groups, eps, dropout, output_scale_factor}):
---- norm1, SiLU, conv1, + time_emb_proj(SiLU(temb)), norm2, SiLU, dropout, conv2, plus the input
---- (through a 1x1 conv_shortcut when in ~= out), divided by output_scale_factor
+--- ResnetBlock2D(in, out, temb_channels, {groups, eps, dropout, output_scale_factor,
+--- time_embedding_norm}): norm1, SiLU, conv1, + time_emb_proj(SiLU(temb)), norm2, SiLU, dropout,
+--- conv2, plus the input (through a 1x1 conv_shortcut when in ~= out), divided by
+--- output_scale_factor. time_embedding_norm "scale_shift" (diffusers' resnet_time_scale_shift):
+--- time_emb_proj gives a scale and a shift per channel, applied after norm2 as
+--- norm2(h) * (1 + scale) + shift, a stronger conditioning than the default's added bias
 B.ResnetBlock2D = nn.Module:extend("ResnetBlock2D")
 
 function B.ResnetBlock2D:init(in_ch, out_ch, temb_ch, o, lo)
   self.output_scale_factor = o.output_scale_factor or 1
+  self.scale_shift = o.time_embedding_norm == "scale_shift"
   self.norm1 = nn.GroupNorm(o.groups, in_ch, with(lo, { eps = o.eps }))
   self.conv1 = nn.Conv2d(in_ch, out_ch, 3, with(lo, { padding = 1 }))
-  self.time_emb_proj = nn.Linear(temb_ch, out_ch, lo)
+  self.time_emb_proj = nn.Linear(temb_ch, self.scale_shift and 2 * out_ch or out_ch, lo)
   self.norm2 = nn.GroupNorm(o.groups, out_ch, with(lo, { eps = o.eps }))
   self.dropout = nn.Dropout(o.dropout or 0)
   self.conv2 = nn.Conv2d(out_ch, out_ch, 3, with(lo, { padding = 1 }))
@@ -75,8 +79,14 @@ end
 function B.ResnetBlock2D:forward(x, temb)
   local h = self.conv1(self.norm1(x):silu())
   local t = self.time_emb_proj(temb:silu())
-  h = h + t:view(t.shape[1], t.shape[2], 1, 1)
-  h = self.conv2(self.dropout(self.norm2(h):silu()))
+  t = t:view(t.shape[1], t.shape[2], 1, 1)
+  if self.scale_shift then
+    local scale, shift = table.unpack(t:chunk(2, 2))
+    h = self.norm2(h) * (scale + 1) + shift
+  else
+    h = self.norm2(h + t)
+  end
+  h = self.conv2(self.dropout(h:silu()))
   local skip = self.conv_shortcut and self.conv_shortcut(x) or x
   local out = skip + h
   if self.output_scale_factor ~= 1 then out = out / self.output_scale_factor end
@@ -194,7 +204,8 @@ end
 -- dropout, heads (nil: no attention), transformer_layers, cross_attention_dim,
 -- use_linear_projection, add_downsample / add_upsample, downsample_padding, output_scale_factor}
 local function resnet_opts(o)
-  return { groups = o.groups, eps = o.eps, dropout = o.dropout, output_scale_factor = o.output_scale_factor }
+  return { groups = o.groups, eps = o.eps, dropout = o.dropout, output_scale_factor = o.output_scale_factor,
+           time_embedding_norm = o.time_embedding_norm }
 end
 
 local function transformer(o, channels, lo)
