@@ -18,9 +18,10 @@ local log = require "tocha.log"
 local run = require "tocha.run"
 
 local defaults = {
-  steps = { 1400, help = "optimizer steps (about 9.5 minutes on two idle cores)" },
+  steps = { 1300, help = "optimizer steps (under 10 minutes on two idle cores)" },
   batch = { 32, help = "images per step" },
   lr = { 2e-3, help = "peak learning rate (AdamW)" },
+  text_lr = { 0.1, help = "the text encoder's learning rate, as a fraction of --lr (at 1 it forgets the words the UNet cannot use yet, positions first)" },
   warmup = { 100, help = "linear warmup steps before the cosine decay" },
   weight_decay = { 1e-2, help = "AdamW decoupled weight decay" },
   clip = { 1.0, help = "gradient clipping: max global norm (0: off)" },
@@ -28,15 +29,19 @@ local defaults = {
   ema_decay = { 0.995, help = "EMA decay (with diffusers' warmup of the decay)" },
   caption_dropout = { 0.1, help = "fraction of captions replaced by \"\" (for classifier-free guidance)" },
   prediction = { "v_prediction", help = "what the UNet predicts", choices = { "epsilon", "v_prediction", "sample" } },
-  min_snr = { 5.0, help = "Min-SNR-gamma loss weighting (0: off)" },
+  min_snr = { 0.0, help = "Min-SNR-gamma loss weighting (0: off; it weighs down the noisiest steps, where the caption matters most)" },
   pairs = { 0.3, help = "fraction of training images with two objects" },
   pooled_text = { true, help = "also add the pooled caption embedding to the UNet's time embedding" },
+  coords = { true, help = "give the UNet two more input channels holding each pixel's x and y" },
+  attn16 = { false, help = "also attend to the caption at 16x16 (default: 8x8 and the middle only)" },
+  scale_shift = { true, help = "the time (and pooled caption) embedding scales and shifts each ResNet's features" },
   size = { 32, help = "image size in pixels" },
   seed = { 0, help = "seed for the weights, the data order and the sampling noise" },
   sampler = { "ddim", help = "sampler for the final samples",
               choices = { "ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp2m", "unipc" } },
   sample_steps = { 50, help = "sampler steps" },
-  guidance = { 7.5, help = "classifier-free guidance scale" },
+  guidance = { 1.5, help = "classifier-free guidance scale (this small model oversaturates past about 2)" },
+  guidance_rescale = { 0.0, help = "rescale the guided prediction toward the conditional one's spread (0: off, 0.7 in diffusers' advice)" },
   eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end" },
   checkpoint_every = { 500, help = "steps between checkpoints (0: none)" },
   resume = { false, help = "continue from the newest checkpoint in --checkpoint_dir" },
@@ -52,12 +57,18 @@ T.set_num_threads(cfg.threads)
 T.manual_seed(cfg.seed)
 
 -- the tokenizer learns its vocabulary from every caption the data can produce
-local train_ds = shapes { size = cfg.size, seed = cfg.seed, objects = { 1, 2 } }
+-- the training images: single objects, and pairs for a `pairs` fraction of each batch
+local single_ds = shapes { size = cfg.size, seed = cfg.seed + 1, objects = 1 }
+local pair_ds = shapes { size = cfg.size, seed = cfg.seed, objects = 2 }
 local corpus = shapes.prompts { split = "all", objects = { 1, 2 } }
 local tok = text.train_bpe(corpus, 700, { max_length = 32 })
 local text_encoder = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = tok.vocab_size + 1 })
 local width = models.presets.tiny_text.hidden_size
 local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size = cfg.size,
+  in_channels = cfg.coords and 5 or 3,
+  resnet_time_scale_shift = cfg.scale_shift and "scale_shift" or "default",
+  down_block_types = cfg.attn16 and { "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D" } or nil,
+  up_block_types = cfg.attn16 and { "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D" } or nil,
   class_embed_type = cfg.pooled_text and "projection" or nil,
   projection_class_embeddings_input_dim = cfg.pooled_text and width or nil })
 
@@ -69,7 +80,13 @@ local function encode_text(ids)
   return T.cat({ states, pooled:unsqueeze(2) }, 2)
 end
 
+-- with coords, each pixel's x and y in [-1, 1] as two more channels: convolutions alone
+-- barely know where in the image they are, and captions say where things go
+local grid = T.stack({ T.linspace(-1, 1, cfg.size):reshape(1, cfg.size):expand(cfg.size, cfg.size),
+                       T.linspace(-1, 1, cfg.size):reshape(cfg.size, 1):expand(cfg.size, cfg.size) }, 1)
+
 local function denoise(x, ts, packed)
+  if cfg.coords then x = T.cat({ x, grid:unsqueeze(1):expand(x.shape[1], 2, cfg.size, cfg.size) }, 2) end
   if not cfg.pooled_text then return unet(x, ts, packed) end
   local L = packed.shape[2] - 1
   return unet(x, ts, packed:narrow(2, 1, L), { class_labels = packed:select(2, L + 1) })
@@ -77,13 +94,20 @@ end
 local model = nn.ModuleDict { text_encoder = text_encoder, unet = unet } -- one state dict for both
 local params = model:parameters()
 
+-- four parameter groups: the UNet's and the text encoder's (whose learning rate is text_lr
+-- times the UNet's), each split into weights that decay and biases, norms and embeddings that do not
 local function no_decay(name) return name:find("bias") or name:find("norm") or name:find("embedding") end
-local decay, plain = {}, {}
-for name, p in model:named_parameters() do
-  if no_decay(name) then plain[#plain + 1] = p else decay[#decay + 1] = p end
+local groups, lr_scale = {}, {}
+for _, part in ipairs({ { "unet", 1 }, { "text_encoder", cfg.text_lr } }) do
+  local decay, plain = {}, {}
+  for name, p in model[part[1]]:named_parameters() do
+    if no_decay(name) then plain[#plain + 1] = p else decay[#decay + 1] = p end
+  end
+  groups[#groups + 1] = { params = decay }
+  groups[#groups + 1] = { params = plain, weight_decay = 0 }
+  lr_scale[#lr_scale + 1], lr_scale[#lr_scale + 2] = part[2], part[2]
 end
-local opt = optim.AdamW({ { params = decay }, { params = plain, weight_decay = 0 } },
-  { lr = cfg.lr, weight_decay = cfg.weight_decay })
+local opt = optim.AdamW(groups, { lr = cfg.lr, weight_decay = cfg.weight_decay })
 local schedule = lr_sched.cosine { lr = cfg.lr, steps = cfg.steps, warmup = cfg.warmup }
 local ema = cfg.ema and optim.EMA(params, { decay = cfg.ema_decay }) or nil
 local noise_sched = D.DDPM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction }
@@ -106,17 +130,18 @@ end
 local function train_step(step)
   local n_pairs = math.floor(cfg.batch * cfg.pairs + 0.5)
   local first = step * cfg.batch + 1 -- the data position is the step: resuming needs nothing else
-  local b = train_ds:batch(first, cfg.batch)
-  local captions = b.caption
-  if n_pairs < cfg.batch then -- most images hold one object: redraw those from the single-object stream
-    local singles = shapes { size = cfg.size, seed = cfg.seed + 1, objects = { 1 } }:batch(first, cfg.batch - n_pairs)
-    b.image = T.cat({ singles.image, b.image:narrow(1, 1, n_pairs) }, 1)
-    for i = 1, cfg.batch - n_pairs do captions[i] = singles.caption[i] end
+  local images, captions = {}, {}
+  for _, part in ipairs({ { single_ds, cfg.batch - n_pairs }, { pair_ds, n_pairs } }) do
+    if part[2] > 0 then
+      local b = part[1]:batch(first, part[2])
+      images[#images + 1] = b.image
+      table.move(b.caption, 1, #b.caption, #captions + 1, captions)
+    end
   end
+  local x0 = #images == 1 and images[1] or T.cat(images, 1)
   local drop = T.rand({ cfg.batch }):tolist()
   for i = 1, cfg.batch do if drop[i] < cfg.caption_dropout then captions[i] = "" end end
   local ids = tok:encode(captions).input_ids
-  local x0 = b.image
   local noise = T.randn_like(x0)
   local ts = T.randint(0, noise_sched.config.num_train_timesteps, { cfg.batch })
   local xt = noise_sched:add_noise(x0, noise, ts)
@@ -129,7 +154,7 @@ local function train_step(step)
   else loss = per_sample:mean() end
   loss:backward()
   if cfg.clip > 0 then optim.clip_grad_norm(params, cfg.clip) end
-  opt:set_lr(schedule(step))
+  for i, g in ipairs(opt.param_groups) do g.lr = schedule(step) * lr_scale[i] end
   opt:step()
   opt:zero_grad()
   if ema then ema:update() end
@@ -173,6 +198,7 @@ local function draw(prompts, seed)
     local chunk = table.move(prompts, i, math.min(i + 49, #prompts), 1, {})
     out[#out + 1] = D.sample { model = denoise, text_encoder = encode_text, tokenizer = tok,
       scheduler = SAMPLERS[cfg.sampler](), prompts = chunk, guidance_scale = cfg.guidance,
+      guidance_rescale = cfg.guidance_rescale,
       steps = cfg.sample_steps, seed = seed + i, height = cfg.size, width = cfg.size, channels = 3 }
   end
   return T.cat(out, 1):clamp(-1, 1)
