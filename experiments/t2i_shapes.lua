@@ -21,7 +21,7 @@ local defaults = {
   steps = { 1300, help = "optimizer steps (under 10 minutes on two idle cores)" },
   batch = { 32, help = "images per step" },
   lr = { 2e-3, help = "peak learning rate (AdamW)" },
-  text_lr = { 0.1, help = "the text encoder's learning rate, as a fraction of --lr (at 1 it forgets the words the UNet cannot use yet, positions first)" },
+  text_lr = { 0.02, help = "the text encoder's learning rate, as a fraction of --lr (at 1 it forgets the words the UNet cannot use yet, positions first)" },
   warmup = { 100, help = "linear warmup steps before the cosine decay" },
   weight_decay = { 1e-2, help = "AdamW decoupled weight decay" },
   clip = { 1.0, help = "gradient clipping: max global norm (0: off)" },
