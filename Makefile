@@ -81,7 +81,7 @@ $(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h kernels/table.h)
 	@echo "  CC    $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu kernels/cuda.h kernels/table.h core/tocha.h core/internal.h $(wildcard kernels/*.h tests/cudaemu/include/*.h)
+$(BUILD)/obj/%.o: %.cu $(wildcard core/*.h kernels/*.h tests/cudaemu/include/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  $(if $(filter emu,$(CUDA_ON)),C++ (emu),NVCC) $<"
 	@$(if $(filter emu,$(CUDA_ON)),$(CXX) $(EMUFLAGS),$(NVCC) $(NVFLAGS)) -c $< -o $@

@@ -218,22 +218,8 @@ __device__ static inline double tcu_log(double v) { return log(v); }
 __device__ static inline float tcu_max(float a, float b) { return b > a ? b : a; }
 __device__ static inline double tcu_max(double a, double b) { return b > a ? b : a; }
 
-/* ---- Philox 4x32-10: the CPU's tc_philox (core/ops/random.c), word for word ------------- */
-__host__ __device__ static inline void tcu_philox(uint64_t seed, uint64_t counter, uint32_t out[4]) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
+/* ---- Philox 4x32-10: the CPU's own function (core/philox.h), so both devices draw alike ---- */
+#include "../core/philox.h"
 
 #include "table.h" /* the exported entries */
 

@@ -8,7 +8,7 @@
 /* ---- the CPU's conversions ------------------------------------------------------------------
  * The formulas below round as the CPU's do: nvcc would fuse a product and a sum into one
  * fused multiply-add (one rounding instead of two), which the CPU build never does, so the
- * products that feed a sum are kept apart. Philox itself is tcu_philox (cuda.h). */
+ * products that feed a sum are kept apart. Philox itself is tc_philox_words (core/philox.h). */
 
 /* (w + 1/2) / 2^32: in (0, 1), never 0 (Box-Muller's log, dropout's draw) */
 __device__ static inline double u01_open(uint32_t w) { return ((double)w + 0.5) * (1.0 / 4294967296.0); }
@@ -32,7 +32,7 @@ __global__ void uniform_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, u
                                double span, int bits) {
     TCU_GRID_STRIDE(blk, (n + 3) / 4) {
         uint32_t w[4];
-        tcu_philox(seed, offset + (uint64_t)blk, w);
+        tc_philox_words(seed, offset + (uint64_t)blk, w);
         for (int l = 0; l < 4 && blk * 4 + l < n; l++)
             tcu_store(t, dt, blk * 4 + l, lo + tcu_mul_rn(span, u01_bits(w[l], bits)));
     }
@@ -43,7 +43,7 @@ __global__ void normal_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, ui
                               double std) {
     TCU_GRID_STRIDE(blk, (n + 3) / 4) {
         uint32_t w[4];
-        tcu_philox(seed, offset + (uint64_t)blk, w);
+        tc_philox_words(seed, offset + (uint64_t)blk, w);
         double z[4];
         for (int h = 0; h < 2; h++) {
             double r = sqrt(-2.0 * log(u01_open(w[2 * h])));
@@ -89,7 +89,7 @@ __global__ void dropout_kernel(void *y, const void *x, tcu_layout lx, tc_dtype d
                                uint64_t seed, uint64_t offset) {
     TCU_GRID_STRIDE(blk, (n + 3) / 4) {
         uint32_t w[4];
-        tcu_philox(seed, offset + (uint64_t)blk, w);
+        tc_philox_words(seed, offset + (uint64_t)blk, w);
         for (int l = 0; l < 4 && blk * 4 + l < n; l++) {
             int64_t i = blk * 4 + l;
             tcu_store(y, dt, i, u01_open(w[l]) >= p ? tcu_load(x, dt, tcu_offset(lx, i)) * scale : 0.0);

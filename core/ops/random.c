@@ -2,6 +2,7 @@
  * (seed, offset) pair; a draw of n numbers reserves ceil(n / 4) counters, so the same
  * seed and offset give the same numbers on every device and after a resume. */
 #include "../internal.h"
+#include "../philox.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -18,22 +19,7 @@ uint64_t tc_rng_reserve(uint64_t n) {
     return o;
 }
 
-/* Philox 4x32 with 10 rounds (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3") */
-void tc_philox(uint64_t seed, uint64_t counter, uint32_t out[4]) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
+void tc_philox(uint64_t seed, uint64_t counter, uint32_t out[4]) { tc_philox_words(seed, counter, out); }
 
 static tc_tensor *draw(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev, bool normal,
                        double a, double b, const char *op) {
