@@ -97,6 +97,21 @@ return {
     assert(not T.ones(2, { requires_grad = true }):sign().requires_grad)
   end,
 
+  ["i64 add, sub and mul wrap around on overflow, as PyTorch's (contiguous and strided)"] = function()
+    local big = 1 << 62
+    local function same(x, y) return x:ne(y):sum():item() == 0 end
+    local a = T.tensor({ { big, -big }, { 3, big } }, { dtype = "i64" })
+    local b = T.tensor({ { big, big }, { -5, big } }, { dtype = "i64" })
+    local min = math.mininteger
+    -- PyTorch: 2^62 + 2^62 = -2^63; -2^62 - 2^62 = -2^63; 2^62 * 2^62 = 0 (mod 2^64)
+    assert(same(a + b, T.tensor({ { min, 0 }, { -2, min } }, { dtype = "i64" })))
+    assert(same(a - b, T.tensor({ { 0, min }, { 8, 0 } }, { dtype = "i64" })))
+    assert(same(a * b, T.tensor({ { 0, 0 }, { -15, 0 } }, { dtype = "i64" })))
+    local at, bt = a:t(), b:t() -- the strided loops wrap too
+    assert(same((at + bt):t(), a + b))
+    assert(same((at * bt):t(), a * b))
+  end,
+
   ["binary ops broadcast and match PyTorch"] = function()
     local b = REF.binary
     local a64 = T.tensor(b.a, { dtype = "f64" }):view(b.a_shape)

@@ -314,10 +314,13 @@ int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x
 }
 
 /* ---- binary -------------------------------------------------------------------------------- */
+/* i64 add, sub and mul wrap around as PyTorch's do: computed on uint64_t, where overflow
+ * is defined, not on int64_t, where it is undefined behaviour; other types as written */
+#define WRAPPING_(x, op, y) _Generic((x), int64_t: (int64_t)((uint64_t)(x) op (uint64_t)(y)), default: (x) op (y))
 #define BINARY_CASES(x, y, F)                                                              \
-    case TC_OP_ADD: F((x) + (y));                                                          \
-    case TC_OP_SUB: F((x) - (y));                                                          \
-    case TC_OP_MUL: F((x) * (y));                                                          \
+    case TC_OP_ADD: F(WRAPPING_(x, +, y));                                                 \
+    case TC_OP_SUB: F(WRAPPING_(x, -, y));                                                 \
+    case TC_OP_MUL: F(WRAPPING_(x, *, y));                                                 \
     case TC_OP_DIV: F((x) / (y));                                                          \
     case TC_OP_POW: F(pow(x, y));                                                          \
     case TC_OP_MAXIMUM: F((x) != (x) || (x) > (y) ? (x) : (y)); /* x != x: NaN wins */                              \
@@ -368,9 +371,9 @@ static bool binary_f32_simd(int64_t n, char **p, const int64_t *st, tc_op op) {
             T *restrict o = (T *)p[0];                                                     \
             const T *restrict u = (const T *)p[1], *restrict v = (const T *)p[2];          \
             switch (c->op) {                                                               \
-            case TC_OP_ADD: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = u[i] + v[i]; return; \
-            case TC_OP_SUB: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = u[i] - v[i]; return; \
-            case TC_OP_MUL: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = u[i] * v[i]; return; \
+            case TC_OP_ADD: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = WRAPPING_(u[i], +, v[i]); return; \
+            case TC_OP_SUB: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = WRAPPING_(u[i], -, v[i]); return; \
+            case TC_OP_MUL: _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = WRAPPING_(u[i], *, v[i]); return; \
             default: break;                                                                \
             }                                                                              \
         }                                                                                  \
