@@ -159,12 +159,26 @@ static int probe_shape(lua_State *L, int idx, int64_t *shape, int *has_bool) {
     return n;
 }
 
-static void fill_from_table(lua_State *L, int idx, int d, int ndim, const int64_t *shape, double *out,
+/* one element as an i64, exact for every Lua integer (a double holds only 53 bits);
+ * a float truncates as a conversion to i64 does: NaN is 0, out of range saturates */
+static int64_t element_i64(lua_State *L, int idx) {
+    int isint;
+    lua_Integer i = lua_tointegerx(L, idx, &isint);
+    if (isint) return (int64_t)i;
+    double v = lua_tonumber(L, idx);
+    if (v != v) return 0;
+    return v >= 0x1p63 ? INT64_MAX : v < -0x1p63 ? INT64_MIN : (int64_t)v;
+}
+
+/* fills out (doubles, or int64_t when i64) from nested tables, row-major */
+static void fill_from_table(lua_State *L, int idx, int d, int ndim, const int64_t *shape, void *out, bool i64,
                             int64_t *pos) {
     if (d == ndim) {
-        if (lua_isboolean(L, idx)) out[(*pos)++] = lua_toboolean(L, idx);
-        else if (lua_isnumber(L, idx)) out[(*pos)++] = lua_tonumber(L, idx);
-        else luaL_error(L, "tensor: expected a number at element %d, got %s", (int)*pos + 1, luaL_typename(L, idx));
+        if (!lua_isboolean(L, idx) && !lua_isnumber(L, idx))
+            luaL_error(L, "tensor: expected a number at element %d, got %s", (int)*pos + 1, luaL_typename(L, idx));
+        if (i64) ((int64_t *)out)[*pos] = lua_isboolean(L, idx) ? lua_toboolean(L, idx) : element_i64(L, idx);
+        else ((double *)out)[*pos] = lua_isboolean(L, idx) ? lua_toboolean(L, idx) : lua_tonumber(L, idx);
+        (*pos)++;
         return;
     }
     if (!lua_istable(L, idx) || (int64_t)luaL_len(L, idx) != shape[d])
@@ -172,7 +186,7 @@ static void fill_from_table(lua_State *L, int idx, int d, int ndim, const int64_
                    (int)shape[d], lua_istable(L, idx) ? lua_pushfstring(L, "%d", (int)luaL_len(L, idx)) : luaL_typename(L, idx));
     for (int64_t i = 0; i < shape[d]; i++) {
         lua_geti(L, idx, i + 1);
-        fill_from_table(L, lua_gettop(L), d + 1, ndim, shape, out, pos);
+        fill_from_table(L, lua_gettop(L), d + 1, ndim, shape, out, i64, pos);
         lua_pop(L, 1);
     }
 }
@@ -196,12 +210,14 @@ static int t_tensor(lua_State *L) {
         if (!given) dt = TC_BOOL;
     }
     int64_t n = tc_shape_numel(ndim, shape);
-    /* staging buffer owned by Lua, so a ragged-table error frees it */
-    double *buf = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof(double), 0);
+    /* staging buffer owned by Lua, so a ragged-table error frees it; f64, or i64 for an i64
+     * tensor so that integers past 2^53 stay exact */
+    bool i64 = dt == TC_I64;
+    void *buf = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof(double), 0);
     int64_t pos = 0;
-    fill_from_table(L, 1, 0, ndim, shape, buf, &pos);
+    fill_from_table(L, 1, 0, ndim, shape, buf, i64, &pos);
     tc_tensor **host = tcl_slot(L);
-    *host = tc_empty(ndim, shape, TC_F64, TC_DEV_CPU);
+    *host = tc_empty(ndim, shape, i64 ? TC_I64 : TC_F64, TC_DEV_CPU);
     if (!*host) return tcl_error(L);
     memcpy(tc_data(*host), buf, (size_t)n * sizeof(double));
     tc_tensor **slot = tcl_slot(L);

@@ -107,6 +107,8 @@ return {
     assert(same(a + b, T.tensor({ { min, 0 }, { -2, min } }, { dtype = "i64" })))
     assert(same(a - b, T.tensor({ { 0, min }, { 8, 0 } }, { dtype = "i64" })))
     assert(same(a * b, T.tensor({ { 0, 0 }, { -15, 0 } }, { dtype = "i64" })))
+    -- T.tensor keeps i64 values past 2^53 exact (they are not staged as doubles)
+    assert(T.tensor({ big + 3 }, { dtype = "i64" }):tolist()[1] == big + 3)
     local at, bt = a:t(), b:t() -- the strided loops wrap too
     assert(same((at + bt):t(), a + b))
     assert(same((at * bt):t(), a * b))
