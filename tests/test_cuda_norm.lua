@@ -10,34 +10,10 @@
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 
-local DEV = os.getenv("TOCHA_CUDA_DEVICE") or "cuda"
-local VERBOSE = os.getenv("TOCHA_CUDA_VERBOSE") == "1"
-local FLOATS = { "f64", "f32", "f16", "bf16" }
-local TOL = { f64 = 1e-9, f32 = 1e-5, f16 = 1e-2, bf16 = 2e-2 }
-
-local function need_gpu()
-  if DEV == "cpu" then return end
-  if not T.cuda then skip("this tocha has no T.cuda (built without CUDA)") end
-  if not T.cuda.is_available() then skip("no CUDA GPU (T.cuda.is_available() is false)") end
-end
-
-local function count(b) return b:to("i64"):sum():item() end
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local H = dofile(here .. "/cuda_harness.lua") -- run_case, suite, rel_err: the GPU suite's harness
+local DEV, need_gpu, rel_err, suite = H.DEV, H.need_gpu, H.rel_err, H.suite
 local function shape_str(t) return "[" .. table.concat(t.shape, " x ") .. "]" end
-local function pack(...) return { n = select("#", ...), ... } end
-
---- the largest |a - e| / (|e| + rms(e)); NaNs and infinities of e must be matched exactly
-local function rel_err(a, e)
-  a, e = a:detach():to("cpu"):double():reshape(-1), e:detach():to("cpu"):double():reshape(-1)
-  if e:numel() == 0 then return 0 end
-  local fin = e:isfinite()
-  local same = a:eq(e):logical_or(a:ne(a):logical_and(e:ne(e)))
-  if count(fin:logical_not():logical_and(same:logical_not())) > 0 then return math.huge end
-  local e0, a0 = T.where(fin, e, 0), T.where(fin, a, 0)
-  if count(a0:isfinite():logical_not()) > 0 then return math.huge end
-  local rms = math.sqrt((e0 * e0):mean():item())
-  if rms == 0 then rms = 1 end
-  return ((a0 - e0):abs() / (e0:abs() + rms)):max():item()
-end
 
 -- input makers: f64 data, 1-based classes, bool masks
 local function N(...) return T.randn({ ... }, { dtype = "f64" }) end
@@ -45,89 +21,9 @@ local function P(...) return T.rand({ ... }, { dtype = "f64" }) * 1.5 + 0.25 end
 local function I(hi, ...) return T.randint(1, hi + 1, { ... }) end
 local function M(p, ...) return T.rand({ ... }):lt(p) end
 
---- runs case c in dtype dt: f64 inputs are rounded to dt (or c.fixed[i]) and given to f on the
---- device and, in f64, on the CPU; outputs and the gradients of sum(out_k * gy_k) are compared
-local function run_case(c, dt, check)
-  T.manual_seed(11)
-  local raw = c.make()
-  local n = #raw
-  local rin, din, wants = {}, {}, {}
-  for i = 1, n do
-    local x = raw[i]
-    if T.is_tensor(x) and x.dtype == "f64" then
-      local q = x:to(c.fixed and c.fixed[i] or dt)
-      rin[i], din[i] = q:double():clone(), q:clone():to(DEV)
-      if c.grad ~= false and not (c.nograd and c.nograd[i]) then
-        rin[i]:requires_grad_(); din[i]:requires_grad_(); wants[#wants + 1] = i
-      end
-    elseif T.is_tensor(x) then rin[i], din[i] = x, x:to(DEV)
-    else rin[i], din[i] = x, x end
-  end
-  T.manual_seed(23)
-  local ro = pack(c.f(table.unpack(rin, 1, n)))
-  T.manual_seed(23)
-  local dout = pack(c.f(table.unpack(din, 1, n)))
-  local tol, gtol = TOL[dt] * (c.tol or 1), TOL[dt] * (c.gtol or c.tol or 1)
-  local graded = {}
-  for k = 1, ro.n do
-    local e, a = ro[k], dout[k]
-    if shape_str(a) ~= shape_str(e) then error(string.format("output %d: shape %s, expected %s", k, shape_str(a), shape_str(e))) end
-    if a.device:sub(1, #DEV) ~= DEV then error("output " .. k .. " is on " .. a.device) end
-    check("output " .. k, rel_err(a, e), tol)
-    if e.requires_grad then graded[#graded + 1] = k end
-  end
-  if #wants == 0 or #graded == 0 then return end
-  T.manual_seed(37)
-  local lr, ld
-  for _, k in ipairs(graded) do
-    local gy = T.randn(ro[k].shape, { dtype = "f64" }):to(dout[k].dtype)
-    local tr, td = (ro[k] * gy:double()):sum(), (dout[k] * gy:to(DEV)):sum()
-    lr, ld = lr and lr + tr or tr, ld and ld + td or td
-  end
-  lr:backward()
-  ld:backward()
-  for _, i in ipairs(wants) do
-    local ge, ga, what = rin[i].grad, din[i].grad, "grad of input " .. i
-    if (ge == nil) ~= (ga == nil) then error(what .. (ga and " exists on the device only" or " is missing on the device")) end
-    if ge then
-      if shape_str(ga) ~= shape_str(ge) then error(string.format("%s: shape %s, expected %s", what, shape_str(ga), shape_str(ge))) end
-      if ga.dtype ~= din[i].dtype then error(what .. ": dtype " .. ga.dtype .. ", expected " .. din[i].dtype) end
-      check(what, rel_err(ga, ge), gtol)
-    end
-  end
-end
-
---- a test running the cases in every float dtype (or the case's own list)
-local function suite(cases)
-  return function()
-    need_gpu()
-    local fails, checks = {}, 0
-    for _, c in ipairs(cases) do
-      for _, dt in ipairs(c.dtypes or FLOATS) do
-        local label = c.name .. " [" .. dt .. "]"
-        local ok, err = pcall(run_case, c, dt, function(what, e, tol)
-          checks = checks + 1
-          local bad = not (e <= tol)
-          if bad then fails[#fails + 1] = string.format("%s %s: largest relative error %.3g (tolerance %.3g)", label, what, e, tol) end
-          if VERBOSE then print(string.format("  %-4s %-60s %-16s %.3g / %.3g", bad and "BAD" or "ok", label, what, e, tol)) end
-        end)
-        if not ok then
-          checks = checks + 1
-          fails[#fails + 1] = label .. ": " .. tostring(err)
-        end
-      end
-    end
-    if #fails > 0 then error(string.format("%d of %d checks failed:\n  %s", #fails, checks, table.concat(fails, "\n  ")), 0) end
-  end
-end
-
 local function cases()
   local list = {}
-  local function C(name, make, f, o)
-    o = o or {}
-    list[#list + 1] = { name = name, make = make, f = f, tol = o.tol, gtol = o.gtol, dtypes = o.dtypes,
-      nograd = o.nograd, fixed = o.fixed, grad = o.grad }
-  end
+  local function C(name, make, f, o) H.case(list, name, make, f, o) end
   return list, C
 end
 
