@@ -10,12 +10,7 @@ local RUNNER = arg and arg[-1] or "./build/tocha"
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local function tmpdir()
-  local p = io.popen("mktemp -d /tmp/tocha_ckpt_XXXXXX")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = T.testing.tmpdir
 
 local function rmrf(d) os.execute("rm -rf " .. sh_quote(d)) end
 

@@ -11,12 +11,7 @@ local C = T._log()
 local here = debug.getinfo(1, "S").source:sub(2):match("^(.*)/[^/]*$") or "."
 local tocha_bin = arg and arg[-1] or "./build/tocha"
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = T.testing.tmpdir
 
 local function same_pixels(a, b)
   return a.dtype == b.dtype and #a.shape == #b.shape and a:numel() == b:numel() and a:ne(b):sum():item() == 0

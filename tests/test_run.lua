@@ -8,12 +8,7 @@ local json = require "tocha.json"
 
 local tocha_bin = arg and arg[-1] or "./build/tocha"
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = T.testing.tmpdir
 
 local function write_file(path, text)
   local f = assert(io.open(path, "w"))

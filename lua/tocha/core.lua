@@ -315,6 +315,15 @@ return function(T)
 
   local function shape_str(t) return "[" .. table.concat(t.shape, ", ") .. "]" end
 
+  --- T.testing.tmpdir() -> the path of a new, empty directory under the system's temp dir
+  function T.testing.tmpdir()
+    local p = assert(io.popen("mktemp -d /tmp/tocha_test_XXXXXX"))
+    local d = p:read("l")
+    p:close()
+    if not d or d == "" then error("T.testing.tmpdir: mktemp failed", 2) end
+    return d
+  end
+
   --- T.testing.assert_raises(text, f, ...): f(...) must raise an error containing text
   function T.testing.assert_raises(text, f, ...)
     local ok, err = pcall(f, ...)
