@@ -61,6 +61,27 @@ tests["add_noise, get_velocity and snr agree with their definitions"] = function
   T.testing.assert_close(sx:min_snr_weights(ts, 5), snr:minimum(T.full({ 3 }, 5)), { rtol = 1e-6 })
 end
 
+tests["sample_timesteps: uniform, or biased to the noisy end by a power"] = function()
+  local s = D.DDPM { beta_schedule = "squaredcos_cap_v2" }
+  T.manual_seed(3)
+  for _, power in ipairs({ 1, 0.5, 0.25 }) do
+    local ts = s:sample_timesteps(20000, { power = power })
+    assert(ts.dtype == "i64" and ts.shape[1] == 20000)
+    assert(ts:min():item() >= 0 and ts:max():item() <= 999, "in range")
+    -- E[t] = N / (power + 1) - 1/2 (integer part of N u^power); the mean of 20000 draws is
+    -- within 1% of N of it
+    local mean = ts:to("f64"):mean():item()
+    local want = 1000 / (power + 1) - 0.5
+    assert(math.abs(mean - want) < 10, string.format("power %g: mean %.1f, expected %.1f", power, mean, want))
+    -- the fraction below N / 4: (1/4)^(1/power)
+    local low = (ts:lt(250)):to("f64"):mean():item()
+    assert(math.abs(low - 0.25 ^ (1 / power)) < 0.015, string.format("power %g: %.3f below 250", power, low))
+  end
+  assert(s:sample_timesteps(0).shape[1] == 0)
+  T.testing.assert_raises("power must be a number > 0", function() s:sample_timesteps(4, { power = 0 }) end)
+  T.testing.assert_raises("power must be a number > 0", function() s:sample_timesteps(4, { power = "x" }) end)
+end
+
 tests["the worked example in docs/schedulers.md reproduces DDIM"] = function()
   local f = assert(io.open("docs/schedulers.md"))
   local text = f:read("a")

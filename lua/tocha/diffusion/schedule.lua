@@ -139,6 +139,20 @@ function S:get_velocity(x0, noise, ts)
   return a * noise - b * x0
 end
 
+--- sample_timesteps(n, {power = 1}): n training timesteps as an i64 tensor: uniform over
+--- 0..N-1 (power 1), or N * u^power for u uniform in [0, 1), which for power < 1 draws the
+--- noisy end more often (density (t/N)^(1/power - 1) / power: at 0.5, twice as often as
+--- uniform at t = N, never near t = 0)
+function S:sample_timesteps(n, opts)
+  local power = opts and opts.power or 1
+  if type(power) ~= "number" or power <= 0 or power ~= power then
+    error("sample_timesteps: power must be a number > 0 (got " .. tostring(power) .. ")", 2)
+  end
+  local N = self.config.num_train_timesteps
+  if power == 1 then return T.randint(0, N, { n }) end
+  return (T.rand({ n }):pow(power) * N):to("i64"):clamp(0, N - 1)
+end
+
 --- snr(ts): alpha_bar / (1 - alpha_bar) per timestep, an f32 tensor
 function S:snr(ts)
   local list = ts:tolist()
