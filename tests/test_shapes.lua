@@ -155,6 +155,18 @@ return {
       shapes = { "circle", "square", "triangle", "star", "cross", "diamond" } }
     local fb = full:batch(1, 200)
     at_least(E.evaluate(fb.image, fb.caption), 0.97, "full vocabulary")
+    -- the shape confusion counts every wanted object, and is diagonal on the dataset's images
+    local total, diagonal = 0, 0
+    for w, row in pairs(res.confusion) do
+      for g, k in pairs(row) do
+        total = total + k
+        if g == w then diagonal = diagonal + k end
+      end
+    end
+    assert(total == res.single.n + 2 * res.pair.n, "one count per wanted object")
+    assert(diagonal >= 0.98 * total, E.format_confusion(res))
+    local table_text = E.format_confusion(res)
+    assert(table_text:find("circle") and table_text:find("star"), table_text)
     -- mild noise on top does not change the verdicts
     local noisy = (b.image + T.randn(b.image.shape) * 0.05):clamp(-1, 1)
     at_least(E.evaluate(noisy, b.caption), 0.97, "noisy")
@@ -167,6 +179,9 @@ return {
     local res = E.evaluate(noise, b.caption)
     -- chance: color 1/6, shape 1/4, position 1/5 (pairs: 1/4), size 1/2
     assert(res.color <= 0.2 and res.shape <= 0.3 and res.position <= 0.35 and res.size <= 0.65 and res.all <= 0.05, E.format(res))
+    local diagonal = 0
+    for w, row in pairs(res.confusion) do diagonal = diagonal + (row[w] or 0) end
+    assert(diagonal <= 0.3 * 600, E.format_confusion(res))
     -- captions paired with the wrong images
     local wrong = {}
     for i = 1, 300 do wrong[i] = b.caption[i % 300 + 1] end

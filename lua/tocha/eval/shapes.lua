@@ -187,9 +187,12 @@ local function rates(acc)
 end
 
 --- eval.evaluate(images, captions, opts) -> {n, color, shape, position, size, all, count,
---- single = {...}, pair = {...}, results = {per image check}}: accuracies in [0, 1]. images: a
---- list of images or one batched tensor ([B, 3, H, W] float or [B, H, W, 3] u8); captions:
---- strings (or parsed scenes). An image showing nothing recognisable counts as wrong.
+--- single = {...}, pair = {...}, results = {per image check}, confusion}: accuracies in
+--- [0, 1]. images: a list of images or one batched tensor ([B, 3, H, W] float or
+--- [B, H, W, 3] u8); captions: strings (or parsed scenes). An image showing nothing
+--- recognisable counts as wrong. confusion[wanted][found] counts the shapes of every wanted
+--- object against what its matched object was read as ("none": no kind fits, "missing": no
+--- object to match).
 function M.evaluate(images, captions, opts)
   if type(captions) ~= "table" then error("eval.shapes.evaluate: captions must be a list", 2) end
   local n = #captions
@@ -203,16 +206,23 @@ function M.evaluate(images, captions, opts)
   end
   local all = { n = 0, hits = {}, seen = {} }
   local by = { { n = 0, hits = {}, seen = {} }, { n = 0, hits = {}, seen = {} } }
-  local results = {}
+  local results, confusion = {}, {}
   for i = 1, n do
     local scene = parsed(captions[i], 2)
     local res = M.check(images[i], scene, opts)
     results[i] = res
     tally(all, res)
     tally(by[#scene.objects], res)
+    for k, ob in ipairs(scene.objects) do
+      local f = res.objects[k]
+      local got = f and (f.shape or "none") or "missing"
+      local row = confusion[ob.shape] or {}
+      confusion[ob.shape] = row
+      row[got] = (row[got] or 0) + 1
+    end
   end
   local out = rates(all)
-  out.single, out.pair, out.results = rates(by[1]), rates(by[2]), results
+  out.single, out.pair, out.results, out.confusion = rates(by[1]), rates(by[2]), results, confusion
   return out
 end
 
@@ -230,6 +240,31 @@ function M.format(r)
   row("single", r.single)
   row("pair", r.pair)
   row("total", r)
+  return table.concat(lines, "\n")
+end
+
+--- eval.format_confusion(result) -> a printable table of an evaluate result's shape
+--- confusion: a row per wanted shape, a column per shape read (and none, missing)
+function M.format_confusion(r)
+  local wanted, read, seen = {}, {}, {}
+  for w, row in pairs(r.confusion or {}) do
+    wanted[#wanted + 1] = w
+    for g in pairs(row) do if not seen[g] then seen[g] = true; read[#read + 1] = g end end
+  end
+  local order = {}
+  for k, name in ipairs(shapes.SHAPES) do order[name] = k end
+  order.none, order.missing = #shapes.SHAPES + 1, #shapes.SHAPES + 2
+  local function by_order(a, b) return order[a] < order[b] end
+  table.sort(wanted, by_order)
+  table.sort(read, by_order)
+  local head = { string.format("%-12s", "wanted\\read") }
+  for _, g in ipairs(read) do head[#head + 1] = string.format("%8s", g) end
+  local lines = { table.concat(head, " ") }
+  for _, w in ipairs(wanted) do
+    local cells = { string.format("%-12s", w) }
+    for _, g in ipairs(read) do cells[#cells + 1] = string.format("%8d", r.confusion[w][g] or 0) end
+    lines[#lines + 1] = table.concat(cells, " ")
+  end
   return table.concat(lines, "\n")
 end
 
