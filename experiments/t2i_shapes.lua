@@ -83,11 +83,11 @@ end
 
 -- with coords, each pixel's x and y in [-1, 1] as two more channels: convolutions alone
 -- barely know where in the image they are, and captions say where things go
-local grid = T.stack({ T.linspace(-1, 1, cfg.size):reshape(1, cfg.size):expand(cfg.size, cfg.size),
-                       T.linspace(-1, 1, cfg.size):reshape(cfg.size, 1):expand(cfg.size, cfg.size) }, 1)
+local xy = T.stack({ T.linspace(-1, 1, cfg.size):reshape(1, cfg.size):expand(cfg.size, cfg.size),
+                     T.linspace(-1, 1, cfg.size):reshape(cfg.size, 1):expand(cfg.size, cfg.size) }, 1)
 
 local function denoise(x, ts, packed)
-  if cfg.coords then x = T.cat({ x, grid:unsqueeze(1):expand(x.shape[1], 2, cfg.size, cfg.size) }, 2) end
+  if cfg.coords then x = T.cat({ x, xy:unsqueeze(1):expand(x.shape[1], 2, cfg.size, cfg.size) }, 2) end
   if not cfg.pooled_text then return unet(x, ts, packed) end
   local L = packed.shape[2] - 1
   return unet(x, ts, packed:narrow(2, 1, L), { class_labels = packed:select(2, L + 1) })

@@ -14,9 +14,9 @@
  * its heap to the kernel past twice that threshold; Lua frees a step's activations in bulk
  * at its collections, so every step page-faulted (the kernel zeroing each page) through
  * memory it had just given back. Blocks up to 32 MiB now stay on the heap, and up to 512 MiB
- * of free heap is kept: the demo's training step takes 2.6x fewer page faults and about 10%
- * less CPU time (bench/t2i.lua under perf stat). Not done when the user tunes malloc
- * through GLIBC_TUNABLES. */
+ * of free heap is kept: the demo's training step takes 2.3-2.5x fewer page faults and 9-16%
+ * less CPU time (bench/t2i.lua at 1 thread under perf stat). Not done when the user tunes
+ * malloc through GLIBC_TUNABLES. */
 static void tune_malloc(void) {
 #ifdef __GLIBC__
     if (getenv("GLIBC_TUNABLES")) return;

@@ -315,9 +315,9 @@ return function(T)
 
   local function shape_str(t) return "[" .. table.concat(t.shape, ", ") .. "]" end
 
-  --- T.testing.tmpdir() -> the path of a new, empty directory under the system's temp dir
+  --- T.testing.tmpdir() -> the path of a new, empty directory under $TMPDIR (default /tmp)
   function T.testing.tmpdir()
-    local p = assert(io.popen("mktemp -d /tmp/tocha_test_XXXXXX"))
+    local p = assert(io.popen('mktemp -d "${TMPDIR:-/tmp}/tocha_test.XXXXXX"'))
     local d = p:read("l")
     p:close()
     if not d or d == "" then error("T.testing.tmpdir: mktemp failed", 2) end
