@@ -159,6 +159,40 @@ tests["sample: guidance_rescale mixes toward the conditional std"] = function()
   assert(rescaled:isfinite():logical_not():sum():item() == 0)
 end
 
+tests["sample: guidance_interval guides only the steps inside it"] = function()
+  local batches = {}
+  local function model(x, ts, ctx)
+    batches[#batches + 1] = { x.shape[1], ts[1]:item() }
+    return x * 0.1 + ctx:view(ctx.shape[1], 1, 1, 1) * 0.01
+  end
+  local o = { model = model, text_encoder = fake_encoder, tokenizer = fake_tok, prompts = { "ab", "abcd" }, steps = 5,
+    scheduler = D.DDIM { clip_sample = false }, height = 2, width = 2, channels = 1, seed = 3, guidance_scale = 4,
+    guidance_interval = { 300, 700 } }
+  local a = D.sample(o)
+  -- the same loop written out: two rows (conditional only) outside [300, 700], four inside
+  local s = D.DDIM { clip_sample = false }
+  s:set_timesteps(5)
+  T.manual_seed(3)
+  local x = T.randn({ 2, 1, 2, 2 }, { dtype = "f64" })
+  local cond = T.tensor({ 2, 4 }, { dtype = "f64" }):view(2, 1, 1, 1) * 0.01
+  for i, t in ipairs(s.timesteps) do
+    local inside = t >= 300 and t <= 700
+    assert(batches[i][2] == t and batches[i][1] == (inside and 4 or 2), "step " .. i .. ": batch " .. batches[i][1])
+    local c, u = x * 0.1 + cond, x * 0.1
+    x = s:step(inside and u + (c - u) * 4 or c, t, x)
+  end
+  assert(#batches == 5)
+  T.testing.assert_close(a, x, { rtol = 1e-12, atol = 1e-12 })
+  -- an interval covering every step is plain guidance
+  o.scheduler, o.guidance_interval = D.DDIM { clip_sample = false }, { 0, 1000 }
+  local all = D.sample(o)
+  o.scheduler, o.guidance_interval = D.DDIM { clip_sample = false }, nil
+  T.testing.assert_close(all, D.sample(o), { rtol = 0, atol = 0 })
+  o.guidance_interval = { 700, 300 }
+  local ok, err = pcall(D.sample, o)
+  assert(not ok and err:find("guidance_interval"), err)
+end
+
 tests["bad configs and calls give clear errors"] = function()
   local ok, err = pcall(D.DDIM, { beta_schedule = "nope" })
   assert(not ok and err:find("unknown beta_schedule"), err)

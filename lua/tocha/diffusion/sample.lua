@@ -22,8 +22,11 @@ local function rescale(guided, cond, phi)
 end
 
 --- sample{model, text_encoder, tokenizer, scheduler, prompts, negative_prompts, guidance_scale = 7.5,
----   guidance_rescale = 0, steps = 50, seed, height, width, channels = 4, eta, progress}
+---   guidance_rescale = 0, guidance_interval, steps = 50, seed, height, width, channels = 4, eta, progress}
 --- model(x, timesteps, context) predicts what the scheduler's prediction_type says.
+--- guidance_interval = {lo, hi}: guide only the steps whose timestep t has lo <= t <= hi; the
+--- others run the conditional pass alone (Kynkaanniemi et al. 2024: guidance at the noisiest
+--- steps costs variety and, in small models, the object's shape).
 --- Returns the final samples [B, channels, height, width] in the model's space.
 local function sample(o)
   for _, k in ipairs({ "model", "text_encoder", "tokenizer", "scheduler", "prompts", "height", "width" }) do
@@ -37,21 +40,28 @@ local function sample(o)
   for i = 1, B do neg[i] = negatives[i] or negatives[1] or "" end
   local scale = o.guidance_scale or 7.5
   local cfg = scale > 1
+  local interval = o.guidance_interval
+  if interval ~= nil and (type(interval) ~= "table" or type(interval[1]) ~= "number" or type(interval[2]) ~= "number"
+                          or interval[1] > interval[2]) then
+    error("sample: guidance_interval must be {lo, hi} timesteps with lo <= hi", 2)
+  end
+  local function guided(t) return cfg and (not interval or (t >= interval[1] and t <= interval[2])) end
   local s = o.scheduler
   local saved_rng = T.get_rng_state()
   if o.seed then T.manual_seed(o.seed) end
   local ok, result = pcall(T.no_grad, function()
-    local context = encode(o.text_encoder, o.tokenizer, prompts)
-    if cfg then context = T.cat({ encode(o.text_encoder, o.tokenizer, neg), context }, 1) end
+    local cond_context = encode(o.text_encoder, o.tokenizer, prompts)
+    local context = cfg and T.cat({ encode(o.text_encoder, o.tokenizer, neg), cond_context }, 1) or cond_context
     s:set_timesteps(o.steps or 50)
     local x = T.randn({ B, o.channels or 4, o.height, o.width }, { dtype = context.dtype, device = context.device })
     x = x * (s.init_noise_sigma or 1)
     for i, t in ipairs(s.timesteps) do
       local inp = s:scale_model_input(x, t)
-      if cfg then inp = T.cat({ inp, inp }, 1) end
+      local guide = guided(t)
+      if guide then inp = T.cat({ inp, inp }, 1) end
       local ts = T.full({ inp.shape[1] }, t, { dtype = "i64", device = inp.device })
-      local out = o.model(inp, ts, context)
-      if cfg then
+      local out = o.model(inp, ts, guide and context or cond_context)
+      if guide then
         local uncond, cond = out:narrow(1, 1, B), out:narrow(1, B + 1, B)
         out = uncond + (cond - uncond) * scale
         if (o.guidance_rescale or 0) > 0 then out = rescale(out, cond, o.guidance_rescale) end
