@@ -22,6 +22,7 @@ local defaults = {
   batch = { 32, help = "images per step" },
   lr = { 1.5e-3, help = "peak learning rate (AdamW)" },
   text_lr = { 0.02, help = "the text encoder's learning rate, as a fraction of --lr (at 1 it forgets the words the UNet cannot use yet, positions first)" },
+  betas = { { 0.9, 0.99 }, help = "AdamW's betas (gradient and squared-gradient averaging; 0.99 adapts faster than 0.999 in a short run)" },
   warmup = { 100, help = "linear warmup steps before the cosine decay" },
   weight_decay = { 1e-2, help = "AdamW decoupled weight decay" },
   clip = { 1.0, help = "gradient clipping: max global norm (0: off)" },
@@ -31,7 +32,7 @@ local defaults = {
   prediction = { "v_prediction", help = "what the UNet predicts", choices = { "epsilon", "v_prediction", "sample" } },
   min_snr = { 0.0, help = "Min-SNR-gamma loss weighting (0: off; it weighs down the noisiest steps, where the caption matters most)" },
   t_power = { 0.5, help = "training timesteps t = T * u^t_power, u uniform: 1 is uniform, below 1 favours the noisy steps (where the shape is decided)" },
-  pairs = { 0.3, help = "fraction of training images with two objects" },
+  pairs = { 0.15, help = "fraction of training images with two objects (the rest: single objects, which the final grading draws)" },
   pooled_text = { true, help = "also add the pooled caption embedding to the UNet's time embedding" },
   coords = { true, help = "give the UNet two more input channels holding each pixel's x and y" },
   attn16 = { false, help = "also attend to the caption at 16x16 (default: 8x8 and the middle only)" },
@@ -42,6 +43,7 @@ local defaults = {
               choices = { "ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp2m", "unipc" } },
   sample_steps = { 50, help = "sampler steps" },
   guidance = { 3.0, help = "classifier-free guidance scale (this small model: best near 2.5-4; 7.5 costs shape and adds stray objects)" },
+  guidance_interval = { { 0, 1000 }, help = "guide only the sampler steps with lo <= t <= hi (timesteps of 1000; the rest run the conditional pass alone)" },
   guidance_rescale = { 0.0, help = "rescale the guided prediction toward the conditional one's spread (0: off, 0.7 in diffusers' advice)" },
   eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end" },
   checkpoint_every = { 500, help = "steps between checkpoints (0: none)" },
@@ -108,7 +110,7 @@ for _, part in ipairs({ { "unet", 1 }, { "text_encoder", cfg.text_lr } }) do
   groups[#groups + 1] = { params = plain, weight_decay = 0 }
   lr_scale[#lr_scale + 1], lr_scale[#lr_scale + 2] = part[2], part[2]
 end
-local opt = optim.AdamW(groups, { lr = cfg.lr, weight_decay = cfg.weight_decay })
+local opt = optim.AdamW(groups, { lr = cfg.lr, betas = cfg.betas, weight_decay = cfg.weight_decay })
 local schedule = lr_sched.cosine { lr = cfg.lr, steps = cfg.steps, warmup = cfg.warmup }
 local ema = cfg.ema and optim.EMA(params, { decay = cfg.ema_decay }) or nil
 local noise_sched = D.DDPM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction }
@@ -199,7 +201,7 @@ local function draw(prompts, seed)
     local chunk = table.move(prompts, i, math.min(i + 49, #prompts), 1, {})
     out[#out + 1] = D.sample { model = denoise, text_encoder = encode_text, tokenizer = tok,
       scheduler = SAMPLERS[cfg.sampler](), prompts = chunk, guidance_scale = cfg.guidance,
-      guidance_rescale = cfg.guidance_rescale,
+      guidance_rescale = cfg.guidance_rescale, guidance_interval = cfg.guidance_interval,
       steps = cfg.sample_steps, seed = seed + i, height = cfg.size, width = cfg.size, channels = 3 }
   end
   return T.cat(out, 1):clamp(-1, 1)
