@@ -151,6 +151,38 @@ tests["images cut into several bands match a tap-by-tap reference (forward and g
   end
 end
 
+tests["stride 1 at the input's width (one run per tap) matches padding done by F.pad"] = function()
+  -- padding the input first gives a narrower output, which takes the row-by-row path: an
+  -- independent reference for every column clipped at an edge, dilated rows and odd sizes
+  local cases = { -- x shape, w shape, padding, dilation, groups
+    { { 2, 3, 7, 5 }, { 4, 3, 3, 3 }, { 1, 1 }, { 1, 1 }, 1 },
+    { { 1, 2, 6, 4 }, { 3, 2, 3, 5 }, { 1, 2 }, { 1, 1 }, 1 },
+    { { 2, 2, 9, 6 }, { 2, 2, 3, 3 }, { 2, 1 }, { 2, 1 }, 1 },
+    { { 1, 4, 5, 3 }, { 4, 2, 5, 5 }, { 2, 2 }, { 1, 1 }, 2 },
+    { { 2, 3, 1, 8 }, { 2, 3, 3, 3 }, { 1, 1 }, { 1, 1 }, 1 },
+    { { 1, 2, 4, 6 }, { 3, 2, 1, 3 }, { 0, 1 }, { 1, 1 }, 1 },
+  }
+  for _, dtype in ipairs({ "f64", "f32" }) do
+    local tol = dtype == "f64" and 1e-10 or 1e-4
+    for k, c in ipairs(cases) do
+      local x = T.randn(c[1], { dtype = dtype, requires_grad = true })
+      local w = T.randn(c[2], { dtype = dtype, requires_grad = true })
+      local b = T.randn({ c[2][1] }, { dtype = dtype, requires_grad = true })
+      local y = F.conv2d(x, w, b, { padding = c[3], dilation = c[4], groups = c[5] })
+      assert(y.shape[4] == c[1][4], "case " .. k .. ": the output is as wide as the input")
+      local x2, w2, b2 = x:detach():requires_grad_(true), w:detach():requires_grad_(true), b:detach():requires_grad_(true)
+      local y2 = F.conv2d(F.pad(x2, { c[3][2], c[3][2], c[3][1], c[3][1] }), w2, b2, { dilation = c[4], groups = c[5] })
+      T.testing.assert_close(y, y2, { rtol = tol, atol = tol, msg = dtype .. " case " .. k .. " y" })
+      local gy = T.randn(y.shape, { dtype = dtype })
+      y:backward(gy)
+      y2:backward(gy)
+      T.testing.assert_close(x.grad, x2.grad, { rtol = tol, atol = tol, msg = dtype .. " case " .. k .. " gx" })
+      T.testing.assert_close(w.grad, w2.grad, { rtol = tol, atol = tol, msg = dtype .. " case " .. k .. " gw" })
+      T.testing.assert_close(b.grad, b2.grad, { rtol = tol, atol = tol, msg = dtype .. " case " .. k .. " gb" })
+    end
+  end
+end
+
 tests["f16 and bf16 go through f32"] = function()
   local x = T.randn({ 2, 3, 6, 6 })
   local w = T.randn({ 4, 3, 3, 3 }) * 0.2

@@ -124,10 +124,108 @@ ALWAYS_INLINE void scatter_row(void *dst, const void *src, int64_t lo, int64_t h
     }
 }
 
+/* ---- the common case (stride 1, no dilation along rows, output as wide as the input: a
+ * "same" 3x3): a tap's band is then one contiguous stretch of the image shifted by a
+ * constant, so it moves as one long run instead of one short run per output row, and only
+ * the clipped edge columns are handled one by one. -------------------------------------- */
+static bool same_rows(const geom *g) {
+    return g->sh == 1 && g->sw == 1 && g->dw == 1 && g->OW == g->W && g->pw < g->W;
+}
+
+/* the band rows [a, b) of tap (i, j) that read inside the image (others read padding), and the
+ * first and one-past-last valid output columns lo, hi of each row */
+static void tap_span(const geom *g, int64_t i, int64_t j, int64_t r0, int64_t r1, int64_t *a, int64_t *b,
+                     int64_t *lo, int64_t *hi) {
+    int64_t first = g->ph - i * g->dh; /* the output row reading image row 0 */
+    *a = first > r0 ? first : r0;
+    *b = first + g->H < r1 ? first + g->H : r1;
+    if (*b < *a) *b = *a;
+    valid_range(j - g->pw, 1, g->W, g->OW, lo, hi);
+}
+
+/* zero columns [0, lo) and [hi, W) of rows [0, m) of a W-wide block (a few elements per row:
+ * plain stores, not memset calls) */
+ALWAYS_INLINE void zero_edges(char *d, int64_t m, int64_t W, int64_t lo, int64_t hi, bool f32) {
+    if (lo == 0 && hi == W) return;
+    for (int64_t r = 0; r < m; r++) {
+        if (f32) {
+            float *row = (float *)d + r * W;
+            for (int64_t k = 0; k < lo; k++) row[k] = 0;
+            for (int64_t k = hi; k < W; k++) row[k] = 0;
+        } else {
+            double *row = (double *)d + r * W;
+            for (int64_t k = 0; k < lo; k++) row[k] = 0;
+            for (int64_t k = hi; k < W; k++) row[k] = 0;
+        }
+    }
+}
+
+ALWAYS_INLINE void im2col_same(char *col, const char *x, const geom *g, int64_t r0, int64_t r1, bool f32) {
+    int64_t es = (int64_t)g->es, W = g->W, nc = (r1 - r0) * W;
+    for (int64_t c = 0; c < g->C; c++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                char *row = col + ((c * g->kh + i) * g->kw + j) * nc * es;
+                int64_t a, b, lo, hi;
+                tap_span(g, i, j, r0, r1, &a, &b, &lo, &hi);
+                memset(row, 0, (size_t)((a - r0) * W * es));
+                memset(row + (b - r0) * W * es, 0, (size_t)((r1 - b) * W * es));
+                if (b == a) continue;
+                /* one run over the block, from the first row's column lo to the last row's hi */
+                char *d = row + (a - r0) * W * es;
+                const char *s = x + ((c * g->H + a - g->ph + i * g->dh) * W + j - g->pw + lo) * es;
+                int64_t n = (b - a) * W - (W - hi) - lo;
+                if (f32) {
+                    float *restrict df = (float *)(d + lo * es);
+                    const float *restrict sf = (const float *)s;
+#pragma omp simd
+                    for (int64_t k = 0; k < n; k++) df[k] = sf[k];
+                } else {
+                    double *restrict dd = (double *)(d + lo * es);
+                    const double *restrict sd = (const double *)s;
+#pragma omp simd
+                    for (int64_t k = 0; k < n; k++) dd[k] = sd[k];
+                }
+                zero_edges(d, b - a, W, lo, hi, f32);
+            }
+}
+
+/* the adjoint; the clipped edge columns of col (gradients of padding) are zeroed first, so
+ * that the one long run adds nothing where a row wraps into the next */
+ALWAYS_INLINE void col2im_same(char *x, char *col, const geom *g, int64_t r0, int64_t r1, bool f32) {
+    int64_t es = (int64_t)g->es, W = g->W, nc = (r1 - r0) * W;
+    for (int64_t c = 0; c < g->C; c++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                int64_t a, b, lo, hi;
+                tap_span(g, i, j, r0, r1, &a, &b, &lo, &hi);
+                if (b == a) continue;
+                char *s = col + (((c * g->kh + i) * g->kw + j) * nc + (a - r0) * W) * es;
+                char *d = x + ((c * g->H + a - g->ph + i * g->dh) * W + j - g->pw + lo) * es;
+                int64_t n = (b - a) * W - (W - hi) - lo;
+                zero_edges(s, b - a, W, lo, hi, f32);
+                if (f32) {
+                    float *restrict df = (float *)d;
+                    const float *restrict sf = (const float *)(s + lo * es);
+#pragma omp simd
+                    for (int64_t k = 0; k < n; k++) df[k] += sf[k];
+                } else {
+                    double *restrict dd = (double *)d;
+                    const double *restrict sd = (const double *)(s + lo * es);
+#pragma omp simd
+                    for (int64_t k = 0; k < n; k++) dd[k] += sd[k];
+                }
+            }
+}
+
 /* col [C * kh * kw, (r1 - r0) * OW] <- one image x [C, H, W], output rows [r0, r1);
  * taps that fall outside the image are 0 */
 ALWAYS_INLINE void im2col_t(char *col, const char *x, const geom *g, int64_t r0, int64_t r1, bool f32) {
     int64_t es = (int64_t)g->es, nc = (r1 - r0) * g->OW;
+    if (same_rows(g)) {
+        im2col_same(col, x, g, r0, r1, f32);
+        return;
+    }
     for (int64_t c = 0; c < g->C; c++)
         for (int64_t i = 0; i < g->kh; i++)
             for (int64_t j = 0; j < g->kw; j++) {
@@ -144,8 +242,12 @@ ALWAYS_INLINE void im2col_t(char *col, const char *x, const geom *g, int64_t r0,
 }
 
 /* x [C, H, W] += the taps of col [C * kh * kw, (r1 - r0) * OW]: the adjoint of im2col_t */
-ALWAYS_INLINE void col2im_t(char *x, const char *col, const geom *g, int64_t r0, int64_t r1, bool f32) {
+ALWAYS_INLINE void col2im_t(char *x, char *col, const geom *g, int64_t r0, int64_t r1, bool f32) {
     int64_t es = (int64_t)g->es, nc = (r1 - r0) * g->OW;
+    if (same_rows(g)) {
+        col2im_same(x, col, g, r0, r1, f32);
+        return;
+    }
     for (int64_t c = 0; c < g->C; c++)
         for (int64_t i = 0; i < g->kh; i++)
             for (int64_t j = 0; j < g->kw; j++) {
@@ -165,7 +267,7 @@ static void im2col(char *col, const char *x, const geom *g, int64_t r0, int64_t 
     else im2col_t(col, x, g, r0, r1, false);
 }
 
-static void col2im(char *x, const char *col, const geom *g, int64_t r0, int64_t r1) {
+static void col2im(char *x, char *col, const geom *g, int64_t r0, int64_t r1) {
     if (g->dt == TC_F32) col2im_t(x, col, g, r0, r1, true);
     else col2im_t(x, col, g, r0, r1, false);
 }
