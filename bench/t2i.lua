@@ -1,5 +1,6 @@
 -- bench/t2i.lua: the default experiment's training step, tocha's side: tiny CLIP text encoder +
--- tiny UNet, batch 32 at 32x32, epsilon-prediction MSE, backward, AdamW. bench/t2i_torch.py is
+-- tiny UNet with the demo's overrides, batch 32 at 32x32, per-pixel weighted epsilon MSE,
+-- backward, AdamW. bench/t2i_torch.py is
 -- the identical model in PyTorch (transformers + diffusers); bench/t2i.sh runs both and prints
 -- the ratios. `--ops` times the model's main ops at its shapes instead, to find the gaps.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions).
@@ -38,21 +39,30 @@ end
 -- the training step
 ---------------------------------------------------------------------------------------------
 local function train_step_bench()
+  -- the demo's model (experiments/t2i_shapes.lua's defaults): two pixel-coordinate input
+  -- channels, a 256-wide time embedding, the pooled caption added to it (and appended to the
+  -- context) and applied as scale and shift; the loss weighted per pixel
   local text_encoder = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = VOCAB })
-  local unet = models.UNet2DConditionModel(models.presets.tiny_unet)
+  local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { in_channels = 5, time_embedding_dim = 512,
+    resnet_time_scale_shift = "scale_shift", class_embed_type = "projection", projection_class_embeddings_input_dim = 64 })
   local params = {}
   for _, p in ipairs(text_encoder:parameters()) do params[#params + 1] = p end
   for _, p in ipairs(unet:parameters()) do params[#params + 1] = p end
   local opt = optim.AdamW(params, { lr = 1e-4, weight_decay = 1e-2 })
   local sched = D.DDPM { beta_schedule = "squaredcos_cap_v2" }
   local x0 = T.rand({ N, 3, 32, 32 }) * 2 - 1
+  local xy = T.rand({ N, 2, 32, 32 }) * 2 - 1
+  local weights = T.rand({ N, 1, 32, 32 }) + 0.5
   local ids = T.randint(1, VOCAB + 1, { N, LEN })
   local function step()
     local noise = T.randn_like(x0)
     local ts = T.randint(0, 1000, { N })
     local xt = sched:add_noise(x0, noise, ts)
-    local pred = unet(xt, ts, text_encoder(ids))
-    F.mse_loss(pred, noise):backward()
+    local states, pooled = text_encoder(ids)
+    local context = T.cat({ states, pooled:unsqueeze(2) }, 2)
+    local pred = unet(T.cat({ xt, xy }, 2), ts, context, { class_labels = pooled })
+    local loss = (F.mse_loss(pred, noise, { reduction = "none" }) * weights):mean()
+    loss:backward()
     opt:step()
     opt:zero_grad()
   end

@@ -1,6 +1,7 @@
 """t2i_torch.py: the peer of bench/t2i.lua in PyTorch: the same tiny text encoder (transformers'
-CLIPTextModel) and tiny UNet (diffusers' UNet2DConditionModel) with the configs of tocha's presets,
-batch 32 at 32x32, epsilon-prediction MSE, backward, AdamW; or with --ops the same op cases.
+CLIPTextModel) and tiny UNet (diffusers' UNet2DConditionModel) with the configs of tocha's presets
+and the demo's overrides, batch 32 at 32x32, per-pixel weighted epsilon MSE, backward, AdamW; or
+with --ops the same op cases.
 Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions), on
 THREADS threads."""
 import os
@@ -43,25 +44,31 @@ def train_step_bench():
         num_attention_heads=4, max_position_embeddings=32, bos_token_id=0, eos_token_id=2,
         pad_token_id=1))
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32, 64),
+        sample_size=32, out_channels=3, block_out_channels=(16, 32, 64),
         layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=8,
-        cross_attention_dim=64, norm_num_groups=8)
+        cross_attention_dim=64, norm_num_groups=8,
+        # the demo's overrides, as bench/t2i.lua
+        in_channels=5, time_embedding_dim=512, resnet_time_scale_shift="scale_shift",
+        class_embed_type="projection", projection_class_embeddings_input_dim=64)
     text_encoder.train()
     unet.train()
     params = list(text_encoder.parameters()) + list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     x0 = torch.rand(N, 3, 32, 32) * 2 - 1
+    xy = torch.rand(N, 2, 32, 32) * 2 - 1
+    weights = torch.rand(N, 1, 32, 32) + 0.5
     ids = torch.randint(0, VOCAB, (N, LEN))
 
     def step():
         noise = torch.randn_like(x0)
         ts = torch.randint(0, 1000, (N,))
         xt = sched.add_noise(x0, noise, ts)
-        context = text_encoder(ids).last_hidden_state
-        pred = unet(xt, ts, context).sample
-        F.mse_loss(pred, noise).backward()
+        out = text_encoder(ids)
+        context = torch.cat([out.last_hidden_state, out.pooler_output[:, None]], 1)
+        pred = unet(torch.cat([xt, xy], 1), ts, context, class_labels=out.pooler_output).sample
+        (F.mse_loss(pred, noise, reduction="none") * weights).mean().backward()
         opt.step()
         opt.zero_grad()
 

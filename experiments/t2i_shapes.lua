@@ -32,10 +32,12 @@ local defaults = {
   prediction = { "v_prediction", help = "what the UNet predicts", choices = { "epsilon", "v_prediction", "sample" } },
   min_snr = { 0.0, help = "Min-SNR-gamma loss weighting (0: off; it weighs down the noisiest steps, where the caption matters most)" },
   t_power = { 0.5, help = "training timesteps t = T * u^t_power, u uniform: 1 is uniform, below 1 favours the noisy steps (where the shape is decided)" },
+  object_weight = { 4.0, help = "loss weight of the pixels in each object's box (grown by a pixel) against the background's, each image's weights averaging 1 (1: plain MSE)" },
   pairs = { 0.15, help = "fraction of training images with two objects (the rest: single objects, which the final grading draws)" },
   pooled_text = { true, help = "also add the pooled caption embedding to the UNet's time embedding" },
   coords = { true, help = "give the UNet two more input channels holding each pixel's x and y" },
   attn16 = { false, help = "also attend to the caption at 16x16 (default: 8x8 and the middle only)" },
+  temb = { 512, help = "width of the UNet's time embedding, which also carries the pooled caption to every ResNet (the preset's 64 is too narrow for both)" },
   scale_shift = { true, help = "the time (and pooled caption) embedding scales and shifts each ResNet's features" },
   size = { 32, help = "image size in pixels" },
   seed = { 0, help = "seed for the weights, the data order and the sampling noise" },
@@ -46,6 +48,7 @@ local defaults = {
   guidance_interval = { { 0, 1000 }, help = "guide only the sampler steps with lo <= t <= hi (timesteps of 1000; the rest run the conditional pass alone)" },
   guidance_rescale = { 0.0, help = "rescale the guided prediction toward the conditional one's spread (0: off, 0.7 in diffusers' advice)" },
   eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end" },
+  eval_split = { "test", help = "which prompts the final grading draws: held out of training (test) or seen in it (train)", choices = { "test", "train" } },
   checkpoint_every = { 500, help = "steps between checkpoints (0: none)" },
   resume = { false, help = "continue from the newest checkpoint in --checkpoint_dir" },
   checkpoint_dir = { "", help = "where checkpoints go (default: the run directory)" },
@@ -68,7 +71,7 @@ local tok = text.train_bpe(corpus, 700, { max_length = 32 })
 local text_encoder = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = tok.vocab_size + 1 })
 local width = models.presets.tiny_text.hidden_size
 local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size = cfg.size,
-  in_channels = cfg.coords and 5 or 3,
+  in_channels = cfg.coords and 5 or 3, time_embedding_dim = cfg.temb,
   resnet_time_scale_shift = cfg.scale_shift and "scale_shift" or "default",
   down_block_types = cfg.attn16 and { "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D" } or nil,
   up_block_types = cfg.attn16 and { "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D" } or nil,
@@ -133,12 +136,13 @@ end
 local function train_step(step)
   local n_pairs = math.floor(cfg.batch * cfg.pairs + 0.5)
   local first = step * cfg.batch + 1 -- the data position is the step: resuming needs nothing else
-  local images, captions = {}, {}
+  local images, captions, objects = {}, {}, {}
   for _, part in ipairs({ { single_ds, cfg.batch - n_pairs }, { pair_ds, n_pairs } }) do
     if part[2] > 0 then
       local b = part[1]:batch(first, part[2])
       images[#images + 1] = b.image
       table.move(b.caption, 1, #b.caption, #captions + 1, captions)
+      table.move(b.objects, 1, #b.objects, #objects + 1, objects)
     end
   end
   local x0 = #images == 1 and images[1] or T.cat(images, 1)
@@ -151,7 +155,9 @@ local function train_step(step)
   local target = cfg.prediction == "epsilon" and noise or cfg.prediction == "sample" and x0
     or noise_sched:get_velocity(x0, noise, ts)
   local pred = denoise(xt, ts, encode_text(ids))
-  local per_sample = F.mse_loss(pred, target, { reduction = "none" }):mean({ 2, 3, 4 })
+  local err = F.mse_loss(pred, target, { reduction = "none" })
+  if cfg.object_weight ~= 1 then err = err * shapes.object_weights(objects, { size = cfg.size, weight = cfg.object_weight }) end
+  local per_sample = err:mean({ 2, 3, 4 })
   local loss
   if cfg.min_snr > 0 then loss = (per_sample * noise_sched:min_snr_weights(ts, cfg.min_snr)):mean()
   else loss = per_sample:mean() end
@@ -218,12 +224,27 @@ for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) en
 f:close()
 writer:add_images("samples", (grid + 1) * 0.5, cfg.steps)
 
-local eval_prompts = shapes.prompts { split = "test", objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
-local result = eval.evaluate(draw(eval_prompts, cfg.seed + 1000), eval_prompts)
-print(string.format("\nheld-out single-object prompts (%d samples, %s %d steps, guidance %.1f):",
-  cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
+local eval_prompts = shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
+local graded = draw(eval_prompts, cfg.seed + 1000)
+local result = eval.evaluate(graded, eval_prompts)
+image.save(out_dir .. "/graded.png", image.grid(graded, 20))
+print(string.format("\n%s single-object prompts (%d samples, %s %d steps, guidance %.1f):",
+  cfg.eval_split == "test" and "held-out" or "training", cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
 print(eval.format(result))
 print("\nshapes asked for (rows) and read (columns):\n" .. eval.format_confusion(result))
-print(string.format("training: %d steps in %.0f s; samples: %s/samples.png", cfg.steps - start, train_secs, out_dir))
+-- shape read right, by the size the prompt asked for (the small objects come last)
+local by_size = {}
+for i, res in ipairs(result.results) do
+  local size = shapes.parse(eval_prompts[i]).objects[1].size
+  local t = by_size[size] or { 0, 0 }
+  by_size[size] = t
+  t[1], t[2] = t[1] + (res.shape and 1 or 0), t[2] + 1
+end
+for _, size in ipairs(shapes.SIZE_NAMES) do
+  local t = by_size[size]
+  if t then print(string.format("shape, %s objects: %.1f%% of %d", size, 100 * t[1] / t[2], t[2])) end
+end
+print(string.format("training: %d steps in %.0f s; samples: %s/samples.png (the graded ones: graded.png)",
+  cfg.steps - start, train_secs, out_dir))
 r:finish { ["eval/color"] = result.color, ["eval/shape"] = result.shape, ["eval/position"] = result.position,
            ["eval/all"] = result.all, ["train/seconds"] = train_secs }

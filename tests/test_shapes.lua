@@ -223,6 +223,34 @@ return {
     assert(E.check(u8, "a blue star to the left of a yellow circle").all)
   end,
 
+  ["object_weights cover every object pixel and average 1 per image"] = function()
+    local b = S { size = 32, seed = 3 }:batch(1, 12)
+    local w = S.object_weights(b.objects, { size = 32, weight = 4 })
+    assert(w.dtype == "f32" and w.shape[1] == 12 and w.shape[2] == 1 and w.shape[3] == 32 and w.shape[4] == 32)
+    local means = w:mean({ 2, 3, 4 }):tolist()
+    for k = 1, 12 do assert(math.abs(means[k] - 1) < 1e-5, "image " .. k .. " weights average " .. means[k]) end
+    local object_px, heavy = 0, 0
+    for k = 1, 12 do
+      local img, wk = b.image[k], w[k][1]:tolist()
+      local bg = img:narrow(2, 1, 1):narrow(3, 1, 1):reshape(3, 1, 1)
+      local d = (img - bg):abs():amax(1):tolist()
+      local lo = math.huge
+      for y = 1, 32 do for x = 1, 32 do lo = math.min(lo, wk[y][x]) end end
+      for y = 1, 32 do
+        for x = 1, 32 do
+          if d[y][x] > 0.25 then -- an object's pixel: inside a box
+            object_px = object_px + 1
+            if wk[y][x] > lo * 3.99 then heavy = heavy + 1 end
+          end
+        end
+      end
+    end
+    assert(object_px > 300 and heavy == object_px, heavy .. " of " .. object_px .. " object pixels are weighted")
+    assert(same(S.object_weights(b.objects, { size = 32, weight = 1 }), T.ones({ 12, 1, 32, 32 })))
+    errs(function() S.object_weights({}) end, "a batch's list of object lists")
+    errs(function() S.object_weights(b.objects, { weight = 0 }) end, "weight must be a positive number")
+  end,
+
   ["bad input gives clear errors"] = function()
     errs(function() S { colors = { "red", "mauve" } } end, "unknown color 'mauve'")
     errs(function() S { shapes = { "blob" } } end, "unknown shape 'blob'")

@@ -31,6 +31,10 @@ return {
     for line in f:lines() do if line:match("^%s*%d+  a") then n = n + 1 end end
     f:close()
     assert(n == 16, "16 captions beside the grid, got " .. n)
+    f = io.open(dir .. "/out/graded.png", "rb")
+    assert(f and f:read(8) == "\137PNG\r\n\26\n", "graded.png written")
+    f:close()
+    assert(out:find("shape, small objects: [%d.]+%% of %d+") or out:find("shape, big objects: [%d.]+%% of %d+"), out)
     ok, out = sh(tocha_bin .. " experiments/t2i_shapes.lua --stepz 3")
     assert(not ok and out:find("steps"), "a mistyped option is refused with a suggestion:\n" .. out)
     os.execute("rm -rf '" .. dir .. "'")
