@@ -161,6 +161,9 @@ tests["stride 1 at the input's width (one run per tap) matches padding done by F
     { { 1, 4, 5, 3 }, { 4, 2, 5, 5 }, { 2, 2 }, { 1, 1 }, 2 },
     { { 2, 3, 1, 8 }, { 2, 3, 3, 3 }, { 1, 1 }, { 1, 1 }, 1 },
     { { 1, 2, 4, 6 }, { 3, 2, 1, 3 }, { 0, 1 }, { 1, 1 }, 1 },
+    -- rows of 16 x 5 x 5 x 128 f64 columns (400 KiB) overflow a band: bands of one row, whose
+    -- top and bottom taps read only padding
+    { { 1, 16, 5, 128 }, { 4, 16, 5, 5 }, { 2, 2 }, { 1, 1 }, 1 },
   }
   for _, dtype in ipairs({ "f64", "f32" }) do
     local tol = dtype == "f64" and 1e-10 or 1e-4

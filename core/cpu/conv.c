@@ -138,8 +138,9 @@ static void tap_span(const geom *g, int64_t i, int64_t j, int64_t r0, int64_t r1
                      int64_t *lo, int64_t *hi) {
     int64_t first = g->ph - i * g->dh; /* the output row reading image row 0 */
     *a = first > r0 ? first : r0;
+    if (*a > r1) *a = r1; /* every band row reads above the image */
     *b = first + g->H < r1 ? first + g->H : r1;
-    if (*b < *a) *b = *a;
+    if (*b < *a) *b = *a; /* or below it */
     valid_range(j - g->pw, 1, g->W, g->OW, lo, hi);
 }
 
