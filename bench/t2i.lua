@@ -1,8 +1,7 @@
 -- bench/t2i.lua: the default experiment's training step, tocha's side: tiny CLIP text encoder +
 -- tiny UNet with the demo's overrides, batch 32 at 32x32, per-pixel weighted epsilon MSE,
--- backward, AdamW. bench/t2i_torch.py is
--- the identical model in PyTorch (transformers + diffusers); bench/t2i.sh runs both and prints
--- the ratios. `--ops` times the model's main ops at its shapes instead, to find the gaps.
+-- backward, AdamW. bench/t2i_torch.py is the identical model in PyTorch (transformers +
+-- diffusers); bench/t2i.sh runs both and prints the ratios. `--ops` times the model's main ops at its shapes instead, to find the gaps.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions).
 --   ./build/tocha bench/t2i.lua [--ops]      (THREADS=2 STEPS=5 by default)
 local T = require "tocha"
@@ -40,7 +39,7 @@ end
 ---------------------------------------------------------------------------------------------
 local function train_step_bench()
   -- the demo's model (experiments/t2i_shapes.lua's defaults): two pixel-coordinate input
-  -- channels, a 256-wide time embedding, the pooled caption added to it (and appended to the
+  -- channels, a 512-wide time embedding, the pooled caption added to it (and appended to the
   -- context) and applied as scale and shift; the loss weighted per pixel
   local text_encoder = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = VOCAB })
   local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { in_channels = 5, time_embedding_dim = 512,

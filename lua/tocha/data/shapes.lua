@@ -474,19 +474,20 @@ function M.object_weights(objects, opts)
   if math.type(margin) ~= "integer" or margin < 0 then error("shapes.object_weights: margin must be an integer >= 0", 2) end
   local w = {}
   for k, obs in ipairs(objects) do
-    local base, img = (k - 1) * n * n, {}
-    for i = 1, n * n do img[i] = 1 end
+    local base = (k - 1) * n * n
+    for i = 1, n * n do w[base + i] = 1 end
+    local sum = n * n
     for _, ob in ipairs(obs) do
       local x0, y0, x1, y1 = table.unpack(ob.bbox)
       for y = math.max(0, math.floor(y0) - margin), math.min(n - 1, math.ceil(y1) - 1 + margin) do
         for x = math.max(0, math.floor(x0) - margin), math.min(n - 1, math.ceil(x1) - 1 + margin) do
-          img[y * n + x + 1] = weight
+          local i = base + y * n + x + 1
+          if w[i] == 1 then sum = sum + weight - 1 end -- boxes of a pair may overlap
+          w[i] = weight
         end
       end
     end
-    local sum = 0
-    for i = 1, n * n do sum = sum + img[i] end
-    for i = 1, n * n do w[base + i] = img[i] * n * n / sum end
+    for i = base + 1, base + n * n do w[i] = w[i] * n * n / sum end
   end
   return T.tensor(w, { dtype = "f32" }):view(#objects, 1, n, n)
 end
