@@ -95,7 +95,18 @@ EW_MATH(m_tanh, tanhf, tanh)
 EW_MATH(m_erf, erff, erf)
 #undef EW_MATH
 __device__ static inline float m_pow(float x, float y) { return powf(x, y); }
-__device__ static inline double m_pow(double x, double y) { return pow(x, y); }
+/* whole numbers to whole powers exactly, as the CPU's correctly rounded pow gives them: CUDA's
+ * pow may be off by an ulp or two, and a result a hair under 3 becomes 2 in an integer output
+ * (seen on an H100: 3 to the power 1 gave 2 in u8, -3 gave -2 in i32) */
+__device__ static inline double m_pow(double x, double y) {
+    if (y >= 0 && y <= 1024 && y == trunc(y) && x == trunc(x)) {
+        double r = 1, p = x;
+        for (unsigned e = (unsigned)y; e; e >>= 1, p *= p)
+            if (e & 1) r *= p;
+        return r;
+    }
+    return pow(x, y);
+}
 __device__ static inline int64_t m_pow(int64_t x, int64_t y) { return (int64_t)pow((double)x, (double)y); } /* unused */
 
 #define EW_SQRT1_2 0.70710678118654752440
