@@ -58,11 +58,16 @@ for _, s in ipairs({ { 320, 64 }, { 640, 32 }, { 1280, 16 } }) do
   local b = (T.randn({ c }, cuda) * 0.1):requires_grad_()
   local gy = T.randn({ batch, c, hw, hw }, cuda)
   local flops = 3 * 2 * batch * hw * hw * c * c * 9
-  bench(string.format("conv3x3_fwd_bwd_bf16_b%d_c%d_%dx%d", batch, c, hw, hw), small and 2 or 20, function()
-    local y <close> = F.conv2d(x, w, b, { padding = 1 })
-    y:backward(gy)
-    x.grad, w.grad, b.grad = nil, nil, nil
-  end, flops)
+  for _, timed in ipairs({ false, true }) do -- cuDNN's heuristics, then its algorithms timed
+    local prev = T.backends.cudnn_benchmark(timed)
+    bench(string.format("conv3x3_fwd_bwd_bf16_b%d_c%d_%dx%d%s", batch, c, hw, hw, timed and "_timed" or ""),
+      small and 2 or 20, function()
+        local y <close> = F.conv2d(x, w, b, { padding = 1 })
+        y:backward(gy)
+        x.grad, w.grad, b.grad = nil, nil, nil
+      end, flops)
+    T.backends.cudnn_benchmark(prev)
+  end
 end
 
 -- per-op overhead: chains of ops on 16-element f32 tensors, reported per op

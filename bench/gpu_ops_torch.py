@@ -1,7 +1,8 @@
 # bench/gpu_ops_torch.py: the same work as bench/gpu_ops.lua, in PyTorch eager on the GPU, timed
 # the same way (synchronize around each batch, median of the batches; no CUDA events, as tocha
-# has none). Prints "RESULT <name> <seconds per iteration> <flops per iteration>" lines, and the
-# conv rows once more in channels-last (PyTorch's fastest layout; tocha's is NCHW) as *_cl.
+# has none). Prints "RESULT <name> <seconds per iteration> <flops per iteration>" lines, the conv
+# rows once more with torch.backends.cudnn.benchmark on (*_timed, as tocha's cudnn_benchmark rows),
+# and once more in channels-last (PyTorch's fastest layout; tocha's is NCHW) as *_cl.
 #   python3 bench/gpu_ops_torch.py [--small]
 import math, statistics, sys, time
 import torch
@@ -44,7 +45,8 @@ for c, hw in [(320, 64), (640, 32), (1280, 16)]:
     batch = 8
     if small:
         batch, c, hw = 1, c // 40, hw // 4
-    for cl in (False, True):
+    for cl, timed in ((False, False), (False, True), (True, False)):
+        torch.backends.cudnn.benchmark = timed
         fmt = torch.channels_last if cl else torch.contiguous_format
         x = torch.randn(batch, c, hw, hw, device=dev, dtype=torch.bfloat16).to(memory_format=fmt).requires_grad_()
         w = torch.randn(c, c, 3, 3, device=dev, dtype=torch.bfloat16) / math.sqrt(9 * c)
@@ -56,8 +58,9 @@ for c, hw in [(320, 64), (640, 32), (1280, 16)]:
             F.conv2d(x, w, bias, padding=1).backward(gy)
             x.grad = w.grad = bias.grad = None
 
-        name = f"conv3x3_fwd_bwd_bf16_b{batch}_c{c}_{hw}x{hw}" + ("_cl" if cl else "")
+        name = f"conv3x3_fwd_bwd_bf16_b{batch}_c{c}_{hw}x{hw}" + ("_cl" if cl else "") + ("_timed" if timed else "")
         bench(name, 2 if small else 20, step, 3 * 2 * batch * hw * hw * c * c * 9)
+torch.backends.cudnn.benchmark = False
 
 # per-op overhead: chains of ops on 16-element f32 tensors, reported per op
 n = 200 if small else 20000
