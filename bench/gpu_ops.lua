@@ -1,5 +1,6 @@
 -- bench/gpu_ops.lua: the GPU benchmarks, tocha's side: bf16 GEMM 8192^3, conv2d 3x3 forward +
--- backward at Stable Diffusion UNet shapes in bf16, and the per-op overhead of small tensors.
+-- backward at Stable Diffusion UNet shapes in bf16, the per-op overhead of small tensors, and
+-- for reference attention and GroupNorm + SiLU at SD shapes.
 -- bench/gpu_ops_torch.py does the same work in PyTorch; scripts/gpu_check.sh runs both on the
 -- GPU machine and prints the ratios. Prints "RESULT <name> <seconds per iteration> <flops per
 -- iteration>" lines: the median of ROUNDS timed batches after warm-up, each batch synchronized
@@ -83,4 +84,28 @@ do
     local x = m
     for _ = 1, n // 4 do x = (x * 0.5 + m):relu():sum(2, true) + m end
   end, 0, (n // 4) * 5)
+end
+
+-- for reference (no goal): attention forward + backward at SD 1.x's self-attention shapes
+-- (flops: 4 B H L^2 E forward, 2.5 times that backward), and GroupNorm(32) + SiLU forward
+for _, s in ipairs({ { 4096, 40 }, { 1024, 80 } }) do
+  local nb, nh, L, E = 8, 8, s[1], s[2]
+  if small then nb, nh, L = 1, 2, L // 32 end
+  local q, k, v = T.randn({ nb, nh, L, E }, cuda), T.randn({ nb, nh, L, E }, cuda), T.randn({ nb, nh, L, E }, cuda)
+  q:requires_grad_(); k:requires_grad_(); v:requires_grad_()
+  local go = T.randn({ nb, nh, L, E }, cuda)
+  bench(string.format("sdpa_fwd_bwd_bf16_b%d_h%d_L%d_E%d", nb, nh, L, E), small and 2 or 3, function()
+    local o <close> = F.scaled_dot_product_attention(q, k, v)
+    o:backward(go)
+    q.grad, k.grad, v.grad = nil, nil, nil
+  end, 3.5 * 4 * nb * nh * L * L * E)
+end
+do
+  local nb, c, hw = 8, 320, 64
+  if small then nb, c, hw = 1, 64, 16 end
+  local x = T.randn({ nb, c, hw, hw }, cuda)
+  local w, b = T.randn({ c }, cuda), T.randn({ c }, cuda)
+  bench(string.format("groupnorm32_silu_fwd_bf16_b%d_c%d_%dx%d", nb, c, hw, hw), small and 2 or 20, function()
+    local y <close> = F.group_norm(x, 32, w, b):silu()
+  end, 0)
 end

@@ -84,3 +84,23 @@ def mixed_chain():  # 5 ops: mul, add, relu, sum over a dim, add
 
 
 bench("mixed_small_per_op", 1, mixed_chain, 0, (n // 4) * 5)
+
+# for reference (no goal): attention forward + backward at SD 1.x's self-attention shapes
+# (flops: 4 B H L^2 E forward, 2.5 times that backward), and GroupNorm(32) + SiLU forward
+for L, E in [(4096, 40), (1024, 80)]:
+    nb, nh = 8, 8
+    if small:
+        nb, nh, L = 1, 2, L // 32
+    q, k, v = (torch.randn(nb, nh, L, E, device=dev, dtype=torch.bfloat16).requires_grad_() for _ in range(3))
+    go = torch.randn(nb, nh, L, E, device=dev, dtype=torch.bfloat16)
+
+    def attn(q=q, k=k, v=v, go=go):
+        F.scaled_dot_product_attention(q, k, v).backward(go)
+        q.grad = k.grad = v.grad = None
+
+    bench(f"sdpa_fwd_bwd_bf16_b{nb}_h{nh}_L{L}_E{E}", 2 if small else 3, attn, 3.5 * 4 * nb * nh * L * L * E)
+nb, c, hw = (1, 64, 16) if small else (8, 320, 64)
+x = torch.randn(nb, c, hw, hw, device=dev, dtype=torch.bfloat16)
+gw, gb = torch.randn(c, device=dev, dtype=torch.bfloat16), torch.randn(c, device=dev, dtype=torch.bfloat16)
+bench(f"groupnorm32_silu_fwd_bf16_b{nb}_c{c}_{hw}x{hw}", 2 if small else 20,
+      lambda: F.silu(F.group_norm(x, 32, gw, gb)), 0)
