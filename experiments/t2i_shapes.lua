@@ -54,11 +54,14 @@ local defaults = {
   checkpoint_dir = { "", help = "where checkpoints go (default: the run directory)" },
   log_every = { 25, help = "steps between logged scalars" },
   threads = { 2, help = "CPU threads" },
+  device = { "cpu", help = "where the model trains and samples", choices = { "cpu", "cuda" } },
   out = { "", help = "where samples.png goes (default: the run directory)" },
 }
 
 local r = run { name = "t2i_shapes", config = defaults }
 local cfg = r.config
+if cfg.device == "cuda" and not T.cuda.is_available() then error("--device cuda: no GPU is available here") end
+local dev = cfg.device
 T.set_num_threads(cfg.threads)
 T.manual_seed(cfg.seed)
 
@@ -81,7 +84,7 @@ local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size
 -- the text as the UNet reads it: the token states for cross-attention and, with
 -- pooled_text, the pooled state appended as one more token (unpacked in denoise)
 local function encode_text(ids)
-  local states, pooled = text_encoder(ids)
+  local states, pooled = text_encoder(ids:to(dev))
   if not cfg.pooled_text then return states end
   return T.cat({ states, pooled:unsqueeze(2) }, 2)
 end
@@ -89,7 +92,7 @@ end
 -- with coords, each pixel's x and y in [-1, 1] as two more channels: convolutions alone
 -- barely know where in the image they are, and captions say where things go
 local xy = T.stack({ T.linspace(-1, 1, cfg.size):reshape(1, cfg.size):expand(cfg.size, cfg.size),
-                     T.linspace(-1, 1, cfg.size):reshape(cfg.size, 1):expand(cfg.size, cfg.size) }, 1)
+                     T.linspace(-1, 1, cfg.size):reshape(cfg.size, 1):expand(cfg.size, cfg.size) }, 1):to(dev)
 
 local function denoise(x, ts, packed)
   if cfg.coords then x = T.cat({ x, xy:unsqueeze(1):expand(x.shape[1], 2, cfg.size, cfg.size) }, 2) end
@@ -98,6 +101,7 @@ local function denoise(x, ts, packed)
   return unet(x, ts, packed:narrow(2, 1, L), { class_labels = packed:select(2, L + 1) })
 end
 local model = nn.ModuleDict { text_encoder = text_encoder, unet = unet } -- one state dict for both
+model:to(dev)
 local params = model:parameters()
 
 -- four parameter groups: the UNet's and the text encoder's (whose learning rate is text_lr
@@ -145,7 +149,7 @@ local function train_step(step)
       table.move(b.objects, 1, #b.objects, #objects + 1, objects)
     end
   end
-  local x0 = #images == 1 and images[1] or T.cat(images, 1)
+  local x0 = (#images == 1 and images[1] or T.cat(images, 1)):to(dev)
   local drop = T.rand({ cfg.batch }):tolist()
   for i = 1, cfg.batch do if drop[i] < cfg.caption_dropout then captions[i] = "" end end
   local ids = tok:encode(captions).input_ids
@@ -154,12 +158,14 @@ local function train_step(step)
   local xt = noise_sched:add_noise(x0, noise, ts)
   local target = cfg.prediction == "epsilon" and noise or cfg.prediction == "sample" and x0
     or noise_sched:get_velocity(x0, noise, ts)
-  local pred = denoise(xt, ts, encode_text(ids))
+  local pred = denoise(xt, ts:to(dev), encode_text(ids))
   local err = F.mse_loss(pred, target, { reduction = "none" })
-  if cfg.object_weight ~= 1 then err = err * shapes.object_weights(objects, { size = cfg.size, weight = cfg.object_weight }) end
+  if cfg.object_weight ~= 1 then
+    err = err * shapes.object_weights(objects, { size = cfg.size, weight = cfg.object_weight }):to(dev)
+  end
   local per_sample = err:mean({ 2, 3, 4 })
   local loss
-  if cfg.min_snr > 0 then loss = (per_sample * noise_sched:min_snr_weights(ts, cfg.min_snr)):mean()
+  if cfg.min_snr > 0 then loss = (per_sample * noise_sched:min_snr_weights(ts, cfg.min_snr):to(dev)):mean()
   else loss = per_sample:mean() end
   loss:backward()
   if cfg.clip > 0 then optim.clip_grad_norm(params, cfg.clip) end
@@ -210,7 +216,7 @@ local function draw(prompts, seed)
       guidance_rescale = cfg.guidance_rescale, guidance_interval = cfg.guidance_interval,
       steps = cfg.sample_steps, seed = seed + i, height = cfg.size, width = cfg.size, channels = 3 }
   end
-  return T.cat(out, 1):clamp(-1, 1)
+  return T.cat(out, 1):clamp(-1, 1):to("cpu")
 end
 
 model:eval()

@@ -272,6 +272,25 @@ return {
     if #fails > 0 then error(table.concat(fails, "\n  "), 0) end
   end,
 
+  ["an optimizer state saved on the CPU loads onto the device's parameters (resuming on cuda)"] = function()
+    need_gpu()
+    T.manual_seed(2)
+    local w = T.randn({ 7, 5 })
+    local pc, pd = w:clone(), w:to(DEV)
+    local oc = optim.AdamW({ pc }, { lr = 1e-2 })
+    for _ = 1, 2 do pc.grad = T.randn(w.shape); oc:step() end
+    T.no_grad(function() pd:copy_(pc) end)
+    local od = optim.AdamW({ pd }, { lr = 1e-2 })
+    od:load_state_dict(oc:state_dict())
+    local st = od.state[pd]
+    assert(st.exp_avg.device == pd.device and st.exp_avg_sq.device == pd.device, "the moments moved to the device")
+    local g = T.randn(w.shape)
+    pc.grad, pd.grad = g, g:to(DEV)
+    oc:step(); od:step()
+    local e = rel_err(pd, pc)
+    assert(e <= 1e-5, string.format("the third step differs: largest relative error %.3g", e))
+  end,
+
   ["nn modules moved with :to(cuda) compute what the CPU computes, forward and backward"] = function()
     need_gpu()
     local nn = require "tocha.nn"

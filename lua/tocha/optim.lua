@@ -276,7 +276,7 @@ function Optimizer:load_state_dict(sd)
               error(string.format("%s: state %s of parameter %d in group %d has %d elements, the parameter %d",
                 who, k, j, gi, v:numel(), p:numel()), 2)
             end
-            v = T.no_grad(function() return v:detach():to(p.dtype):reshape(p.shape):clone() end)
+            v = T.no_grad(function() return v:detach():to(p.device, p.dtype):reshape(p.shape):clone() end)
           elseif k == "step" then
             v = math.tointeger(v) or error(who .. ": step must be an integer", 2)
           end
