@@ -3,7 +3,8 @@
 -- backward, AdamW. bench/t2i_torch.py is the identical model in PyTorch (transformers +
 -- diffusers); bench/t2i.sh runs both and prints the ratios. `--ops` times the model's main ops at its shapes instead, to find the gaps.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions).
---   ./build/tocha bench/t2i.lua [--ops]      (THREADS=2 STEPS=5 by default)
+--   ./build/tocha bench/t2i.lua [--ops]      (THREADS=2 STEPS=5 by default; DEVICE=cuda runs the
+--                                            training step on the GPU, synchronized after each step)
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 local models = require "tocha.models"
@@ -12,6 +13,7 @@ local D = require "tocha.diffusion"
 
 local THREADS = tonumber(os.getenv("THREADS") or "2")
 local STEPS = tonumber(os.getenv("STEPS") or "5")
+local DEVICE = os.getenv("DEVICE") or "cpu"
 local N, VOCAB, LEN = 32, 1024, 32
 T.set_num_threads(THREADS)
 T.manual_seed(0)
@@ -44,26 +46,29 @@ local function train_step_bench()
   local text_encoder = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = VOCAB })
   local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { in_channels = 5, time_embedding_dim = 512,
     resnet_time_scale_shift = "scale_shift", class_embed_type = "projection", projection_class_embeddings_input_dim = 64 })
+  text_encoder:to(DEVICE)
+  unet:to(DEVICE)
   local params = {}
   for _, p in ipairs(text_encoder:parameters()) do params[#params + 1] = p end
   for _, p in ipairs(unet:parameters()) do params[#params + 1] = p end
   local opt = optim.AdamW(params, { lr = 1e-4, weight_decay = 1e-2 })
   local sched = D.DDPM { beta_schedule = "squaredcos_cap_v2" }
-  local x0 = T.rand({ N, 3, 32, 32 }) * 2 - 1
-  local xy = T.rand({ N, 2, 32, 32 }) * 2 - 1
-  local weights = T.rand({ N, 1, 32, 32 }) + 0.5
-  local ids = T.randint(1, VOCAB + 1, { N, LEN })
+  local x0 = (T.rand({ N, 3, 32, 32 }) * 2 - 1):to(DEVICE)
+  local xy = (T.rand({ N, 2, 32, 32 }) * 2 - 1):to(DEVICE)
+  local weights = (T.rand({ N, 1, 32, 32 }) + 0.5):to(DEVICE)
+  local ids = T.randint(1, VOCAB + 1, { N, LEN }):to(DEVICE)
   local function step()
     local noise = T.randn_like(x0)
-    local ts = T.randint(0, 1000, { N })
+    local ts = T.randint(0, 1000, { N }) -- on the CPU: add_noise reads it there
     local xt = sched:add_noise(x0, noise, ts)
     local states, pooled = text_encoder(ids)
     local context = T.cat({ states, pooled:unsqueeze(2) }, 2)
-    local pred = unet(T.cat({ xt, xy }, 2), ts, context, { class_labels = pooled })
+    local pred = unet(T.cat({ xt, xy }, 2), ts:to(DEVICE), context, { class_labels = pooled })
     local loss = (F.mse_loss(pred, noise, { reduction = "none" }) * weights):mean()
     loss:backward()
     opt:step()
     opt:zero_grad()
+    if DEVICE ~= "cpu" then T.cuda.synchronize() end
   end
   result("train_step", best_of(step, STEPS, 2))
 end

@@ -3,7 +3,7 @@ CLIPTextModel) and tiny UNet (diffusers' UNet2DConditionModel) with the configs 
 and the demo's overrides, batch 32 at 32x32, per-pixel weighted epsilon MSE, backward, AdamW; or
 with --ops the same op cases.
 Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions), on
-THREADS threads."""
+THREADS threads; DEVICE=cuda runs the training step on the GPU, synchronized after each step."""
 import os
 import sys
 import time
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 THREADS = int(os.environ.get("THREADS", "2"))
 STEPS = int(os.environ.get("STEPS", "5"))
+DEVICE = os.environ.get("DEVICE", "cpu")
 N, VOCAB, LEN = 32, 1024, 32
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)
@@ -51,19 +52,19 @@ def train_step_bench():
         # the demo's overrides, as bench/t2i.lua
         in_channels=5, time_embedding_dim=512, resnet_time_scale_shift="scale_shift",
         class_embed_type="projection", projection_class_embeddings_input_dim=64)
-    text_encoder.train()
-    unet.train()
+    text_encoder.to(DEVICE).train()
+    unet.to(DEVICE).train()
     params = list(text_encoder.parameters()) + list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
-    x0 = torch.rand(N, 3, 32, 32) * 2 - 1
-    xy = torch.rand(N, 2, 32, 32) * 2 - 1
-    weights = torch.rand(N, 1, 32, 32) + 0.5
-    ids = torch.randint(0, VOCAB, (N, LEN))
+    x0 = (torch.rand(N, 3, 32, 32) * 2 - 1).to(DEVICE)
+    xy = (torch.rand(N, 2, 32, 32) * 2 - 1).to(DEVICE)
+    weights = (torch.rand(N, 1, 32, 32) + 0.5).to(DEVICE)
+    ids = torch.randint(0, VOCAB, (N, LEN)).to(DEVICE)
 
     def step():
         noise = torch.randn_like(x0)
-        ts = torch.randint(0, 1000, (N,))
+        ts = torch.randint(0, 1000, (N,)).to(DEVICE)
         xt = sched.add_noise(x0, noise, ts)
         out = text_encoder(ids)
         context = torch.cat([out.last_hidden_state, out.pooler_output[:, None]], 1)
@@ -71,6 +72,8 @@ def train_step_bench():
         (F.mse_loss(pred, noise, reduction="none") * weights).mean().backward()
         opt.step()
         opt.zero_grad()
+        if DEVICE != "cpu":
+            torch.cuda.synchronize()
 
     result("train_step", best_of(step, STEPS))
 
