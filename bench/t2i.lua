@@ -1,5 +1,5 @@
 -- bench/t2i.lua: the default experiment's training step, tocha's side: tiny CLIP text encoder +
--- tiny UNet with the demo's overrides, batch 32 at 32x32, per-pixel weighted epsilon MSE,
+-- tiny UNet with the demo's overrides, batch 24 at 32x32, per-pixel weighted epsilon MSE,
 -- backward, AdamW. bench/t2i_torch.py is the identical model in PyTorch (transformers +
 -- diffusers); bench/t2i.sh runs both and prints the ratios. `--ops` times the model's main ops at its shapes instead, to find the gaps.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions).
@@ -14,7 +14,7 @@ local D = require "tocha.diffusion"
 local THREADS = tonumber(os.getenv("THREADS") or "2")
 local STEPS = tonumber(os.getenv("STEPS") or "5")
 local DEVICE = os.getenv("DEVICE") or "cpu"
-local N, VOCAB, LEN = 32, 1024, 32
+local N, VOCAB, LEN = 24, 1024, 32
 T.set_num_threads(THREADS)
 T.manual_seed(0)
 
@@ -74,7 +74,7 @@ local function train_step_bench()
 end
 
 ---------------------------------------------------------------------------------------------
--- the main ops at the model's shapes (batch 32): forward, and forward + backward
+-- the main ops at the model's shapes (batch 24): forward, and forward + backward
 ---------------------------------------------------------------------------------------------
 -- leaves(shape, ...): random inputs that require grad
 local function leaves(...)

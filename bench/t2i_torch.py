@@ -1,6 +1,6 @@
 """t2i_torch.py: the peer of bench/t2i.lua in PyTorch: the same tiny text encoder (transformers'
 CLIPTextModel) and tiny UNet (diffusers' UNet2DConditionModel) with the configs of tocha's presets
-and the demo's overrides, batch 32 at 32x32, per-pixel weighted epsilon MSE, backward, AdamW; or
+and the demo's overrides, batch 24 at 32x32, per-pixel weighted epsilon MSE, backward, AdamW; or
 with --ops the same op cases.
 Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions), on
 THREADS threads; DEVICE=cuda runs the training step on the GPU, synchronized after each step."""
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 THREADS = int(os.environ.get("THREADS", "2"))
 STEPS = int(os.environ.get("STEPS", "5"))
 DEVICE = os.environ.get("DEVICE", "cpu")
-N, VOCAB, LEN = 32, 1024, 32
+N, VOCAB, LEN = 24, 1024, 32
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)
 
