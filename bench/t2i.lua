@@ -1,7 +1,8 @@
 -- bench/t2i.lua: the default experiment's training step, tocha's side: tiny CLIP text encoder +
 -- tiny UNet with the demo's overrides, batch 24 at 32x32, per-pixel weighted epsilon MSE,
 -- backward, AdamW. bench/t2i_torch.py is the identical model in PyTorch (transformers +
--- diffusers); bench/t2i.sh runs both and prints the ratios. `--ops` times the model's main ops at its shapes instead, to find the gaps.
+-- diffusers); bench/t2i.sh runs both and prints the ratios. `--ops` times the model's main
+-- ops at its shapes instead, to find the gaps.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions).
 --   ./build/tocha bench/t2i.lua [--ops]      (THREADS=2 STEPS=5 by default; DEVICE=cuda runs the
 --                                            training step on the GPU, synchronized after each step)
