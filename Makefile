@@ -42,15 +42,16 @@ EMU_SRC   = $(filter-out tests/cudaemu/selftest.cpp,$(wildcard tests/cudaemu/*.c
 NVFLAGS   = -O2 -g -std=c++17 $(CUDA_ARCH) -Xcompiler -fPIC,-Wall,-Wextra,-Wshadow -Werror all-warnings -Icore
 # (g++ ignores nvcc's #pragma unroll)
 EMUFLAGS  = -std=c++17 -x c++ -DTCU_EMU -D_GNU_SOURCE -fPIC $(OPT) -Wall -Wextra -Wshadow -Werror -Wno-unknown-pragmas -Icore -Itests/cudaemu/include
+# kernels/cuda_none.c stands in for the CUDA runtime when CUDA is off
+CU_C_SRC  = $(if $(CUDA_ON),$(filter-out kernels/cuda_none.c,$(wildcard kernels/*.c)),kernels/cuda_none.c)
+CORE_SRC += $(CU_C_SRC)
 ifeq ($(CUDA_ON),nvcc)
   CFLAGS  += -DTC_HAVE_CUDA -I$(CUDA_HOME)/include
-  CORE_SRC += $(wildcard kernels/*.c)
   CU_OBJ  = $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
   LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasLt -lcudart_static -lrt -lstdc++
 endif
 ifeq ($(CUDA_ON),emu)
   CFLAGS  += -DTC_HAVE_CUDA -DTCU_EMU
-  CORE_SRC += $(wildcard kernels/*.c)
   CU_OBJ  = $(CU_SRC:%.cu=$(BUILD)/obj/%.o) $(EMU_SRC:%.cpp=$(BUILD)/obj/%.o)
   LDLIBS  += -lstdc++
 endif
@@ -76,7 +77,7 @@ probe:
 	 if [ $$lua = missing ]; then echo "error: Lua 5.4 not found: apt-get install liblua5.4-dev (or run scripts/deps.sh)"; exit 1; fi; \
 	 if [ $$blas = missing ]; then echo "error: OpenBLAS not found: apt-get install libopenblas-openmp-dev (or run scripts/deps.sh)"; exit 1; fi
 
-$(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h kernels/table.h)
+$(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	@$(CC) $(CFLAGS) -c $< -o $@

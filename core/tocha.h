@@ -322,7 +322,7 @@ int tc_ema_update_(tc_tensor *shadow, tc_tensor *param, double decay);
 /* the p-norm of n tensors taken together (p = INFINITY: the largest |x|), accumulated in double */
 int tc_total_norm(int n, tc_tensor **xs, double p, double *out);
 
-/* ---- CUDA (kernels/device.cu, kernels/alloc.cu; core/cuda_none.c without CUDA) -------------
+/* ---- CUDA (kernels/device.cu, kernels/alloc.cu; kernels/cuda_none.c without CUDA) ----------
  * Built in when nvcc is found (Makefile); without it, or without a GPU at run time,
  * tc_cuda_is_available() is false, the count is 0, the memory stats are 0 and what needs a
  * GPU fails saying why. One device (cuda:0) is used; ops are asynchronous on one stream,
