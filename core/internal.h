@@ -69,6 +69,14 @@ bool tc_same_shape(const tc_tensor *a, const tc_tensor *b);
 int tc_check_same_device(const char *op, tc_tensor *a, tc_tensor *b);
 /* a tensor shaped like x (contiguous, same device), of dtype dt */
 tc_tensor *tc_empty_like(const tc_tensor *x, tc_dtype dt);
+/* elements of a shape of non-negative sizes, or -1 when the sizes multiply past int64;
+ * zeros count as 1 there, since strides are products of the other sizes */
+int64_t tc_checked_numel(int ndim, const int64_t *shape);
+
+/* an element of dtype dt at p, through double (tc_store converts as a C cast, but total:
+ * NaN gives 0 and integers saturate, u8 wrapping modulo 256) */
+double tc_load(const void *p, tc_dtype dt);
+void tc_store(void *p, tc_dtype dt, double v);
 
 #ifdef __cplusplus
 }

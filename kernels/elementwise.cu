@@ -121,32 +121,10 @@ __global__ void fill_kernel(U *dst, U bits, ew_layout l) {
     }
 }
 
-/* float to integer as the CPU's tc_store: truncation, NaN gives 0, saturation */
-static int64_t ew_to_i64(double v) {
-    if (v != v) return 0;
-    if (v >= 0x1p63) return INT64_MAX;
-    if (v < -0x1p63) return INT64_MIN;
-    return (int64_t)v;
-}
-
-/* the bytes of v stored as dtype dt (in the low bytes), exactly as tc_store writes them */
+/* the bytes of v stored as dtype dt (in the low bytes), exactly as the CPU's tc_store writes them */
 static uint64_t ew_bits(tc_dtype dt, double v) {
     uint64_t u = 0;
-    switch (dt) {
-    case TC_F32: { float f = (float)v; memcpy(&u, &f, 4); } break;
-    case TC_F64: memcpy(&u, &v, 8); break;
-    case TC_F16: u = tc_f32_to_f16((float)v); break;
-    case TC_BF16: u = tc_f32_to_bf16((float)v); break;
-    case TC_I32: {
-        int64_t i = ew_to_i64(v);
-        int32_t w = (int32_t)(i > INT32_MAX ? INT32_MAX : i < INT32_MIN ? INT32_MIN : i);
-        memcpy(&u, &w, 4);
-    } break;
-    case TC_I64: { int64_t i = ew_to_i64(v); memcpy(&u, &i, 8); } break;
-    case TC_U8: u = (uint8_t)ew_to_i64(v); break;
-    case TC_BOOL: u = v != 0; break;
-    default: break;
-    }
+    tc_store(&u, dt, v);
     return u;
 }
 

@@ -2,6 +2,7 @@
  * pipelines, sample sources (files and shards), the worker-pool loader, zstd and a directory
  * listing. The Lua side (tocha.image, tocha.data) gives these their user-facing shape. */
 #include "ltocha.h"
+#include "tocha_io.h"
 
 #include <dirent.h>
 #include <errno.h>

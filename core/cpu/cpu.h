@@ -1,6 +1,6 @@
-/* cpu.h: what the CPU kernel files share: the strided iterator that every elementwise
- * loop walks, per-dtype element load/store, and the kernels each file exports to the
- * table in cpu.c (their prototypes come from the list in core/kernels.h). */
+/* cpu.h: what the CPU kernel files share: the strided iterator that every elementwise loop
+ * walks, rows through double, and the kernels each file exports to the table in cpu.c
+ * (their prototypes come from the list in core/kernels.h). */
 #ifndef TOCHA_CPU_H
 #define TOCHA_CPU_H
 
@@ -19,10 +19,6 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts);
 /* calls fn on each innermost run: n elements, pointers, and element strides */
 typedef void (*tc_iter_fn)(int64_t n, char **p, const int64_t *stride, void *ctx);
 void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx);
-
-/* ---- element access by dtype ------------------------------------------------------------ */
-double tc_load(const void *p, tc_dtype dt);
-void tc_store(void *p, tc_dtype dt, double v);
 
 /* ---- the kernels of the table in cpu.c: tc_cpu_<name> for every kernel of kernels.h ---- */
 TC_KERNELS(TC_KERNEL_CPU)
