@@ -1,5 +1,6 @@
 # tocha: one build. CPU always; CUDA when nvcc is found (CUDA=0 forces it off).
-#   make          build/tocha (the runner) and build/tocha.so (for stock lua5.4)
+#   make          build/tocha (the runner) and build/tocha.so (for stock lua5.4), on every core
+#                 (-jN or -j1 on the command line decides instead)
 #   make EMU=1    the cuda device on a CPU emulation of the CUDA runtime (build-emu/), which
 #                 runs kernels/*.cu without a GPU so the GPU suite can test their logic
 #   make test     C and Lua tests, ending with "N passed, N failed"
@@ -60,7 +61,16 @@ CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 BIND_OBJ = $(BIND_SRC:%.c=$(BUILD)/obj/%.o)
 CTEST_SRC = $(wildcard tests/c/*.c)
 
-.PHONY: all deps probe test demo clean bench cudaemu-selftest
+# `make`, `make test` and `make demo` build on every core unless the command line gives -j
+# (-j1 included). MAKEFLAGS shows -j only inside recipes, so they hand the build to a
+# recursive make that gets JOBS there; `make all` itself builds as told.
+NPROC ?= $(shell nproc 2>/dev/null || echo 2)
+JOBS   = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(NPROC))
+
+.PHONY: default all deps probe test demo clean bench cudaemu-selftest
+default:
+	@$(MAKE) --no-print-directory $(JOBS) all
+
 all: probe $(BUILD)/tocha $(BUILD)/tocha.so
 
 # one line per dependency; a missing required one stops here with the package to install
@@ -77,20 +87,31 @@ probe:
 	 if [ $$lua = missing ]; then echo "error: Lua 5.4 not found: apt-get install liblua5.4-dev (or run scripts/deps.sh)"; exit 1; fi; \
 	 if [ $$blas = missing ]; then echo "error: OpenBLAS not found: apt-get install libopenblas-openmp-dev (or run scripts/deps.sh)"; exit 1; fi
 
-$(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h)
+# every object records the headers it read (-MMD -MP): a changed header rebuilds what includes it
+DEPFLAGS = -MMD -MP -MF $(@:.o=.d)
+
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
-	@$(CC) $(CFLAGS) -c $< -o $@
+	@$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu $(wildcard core/*.h kernels/*.h tests/cudaemu/include/*.h)
+$(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "  $(if $(filter emu,$(CUDA_ON)),C++ (emu),NVCC) $<"
-	@$(if $(filter emu,$(CUDA_ON)),$(CXX) $(EMUFLAGS),$(NVCC) $(NVFLAGS)) -c $< -o $@
+	@$(if $(filter emu,$(CUDA_ON)),$(CXX) $(EMUFLAGS),$(NVCC) $(NVFLAGS)) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cpp $(wildcard tests/cudaemu/*.h tests/cudaemu/include/*.h) kernels/cuda.h
+$(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	@echo "  C++   $<"
-	@$(CXX) $(EMUFLAGS) -c $< -o $@
+	@$(CXX) $(EMUFLAGS) $(DEPFLAGS) -c $< -o $@
+
+ALL_OBJ = $(CORE_OBJ) $(BIND_OBJ) $(BUILD)/obj/lua/main.o $(CTEST_SRC:%.c=$(BUILD)/obj/%.o) \
+          $(if $(filter emu,$(CUDA_ON)),$(BUILD)/obj/tests/cudaemu/selftest.o)
+-include $(wildcard $(ALL_OBJ:.o=.d))
+# an object built before it had a .d (an older build folder) is rebuilt once to get one
+$(foreach o,$(ALL_OBJ),$(if $(wildcard $(o:.o=.d)),,$(eval $(o): FORCE)))
+.PHONY: FORCE
+FORCE:
 
 $(BUILD)/libtocha.a: $(CORE_OBJ)
 	@echo "  AR    $@"
@@ -106,9 +127,9 @@ $(BUILD)/tocha.so: $(BIND_OBJ) $(BUILD)/libtocha.a
 	@echo "  LINK  $@"
 	@$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
 
-$(BUILD)/test_c: $(CTEST_SRC) $(BUILD)/libtocha.a
+$(BUILD)/test_c: $(CTEST_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/libtocha.a
 	@echo "  LINK  $@"
-	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CTEST_SRC) $(BUILD)/libtocha.a $(LDLIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # the emulator's own test (tests/cudaemu/selftest.cpp), run in both thread orders
 ifeq ($(CUDA_ON),emu)
@@ -127,11 +148,11 @@ deps:
 	@sh scripts/deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/test_c
+	@$(MAKE) --no-print-directory $(JOBS) all $(BUILD)/test_c
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/tocha tests/run.lua $(BUILD)/test_c
 
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(JOBS) all
 	./$(BUILD)/tocha experiments/t2i_shapes.lua --out runs/demo
 
 bench: all
