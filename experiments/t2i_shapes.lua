@@ -222,8 +222,7 @@ end
 model:eval()
 local grid_prompts = shapes.prompts { split = "test", objects = { 1, 2 }, n = 16, seed = cfg.seed }
 local grid = draw(grid_prompts, cfg.seed)
-local out_dir = cfg.out ~= "" and cfg.out or r.dir
-os.execute("mkdir -p '" .. out_dir:gsub("'", "'\\''") .. "'")
+local out_dir = run.mkdirs(cfg.out ~= "" and cfg.out or r.dir)
 image.save(out_dir .. "/samples.png", image.grid(grid, 4))
 local f = assert(io.open(out_dir .. "/samples.txt", "w"))
 for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) end

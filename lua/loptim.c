@@ -1,15 +1,7 @@
 /* loptim.c: binding for the fused optimizer updates, the EMA blend and the total norm
- * (T._optim.*, called by lua/tocha/optim.lua), and the few file-system calls checkpoints
- * need that Lua lacks: mkdir, listdir and fsync (for atomic, durable saves). */
+ * (T._optim.*, called by lua/tocha/optim.lua). */
 #include "ltocha.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <math.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* ---- updates ------------------------------------------------------------------------------ */
 /* sgd_step(p, g, buf|nil, lr, momentum, dampening, weight_decay, nesterov, first) */
@@ -72,78 +64,7 @@ static int o_total_norm(lua_State *L) {
     return 1;
 }
 
-/* ---- file system ------------------------------------------------------------------------------ */
-/* I/O fails for ordinary reasons: these return nil, message instead of raising */
-static int fail(lua_State *L, const char *what, const char *path) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s %s: %s", what, path, strerror(errno));
-    return 2;
-}
-
-/* mkdir(path): true when the directory exists afterwards */
-static int o_mkdir(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    struct stat st;
-    if (mkdir(path, 0777) != 0 && !(errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
-        return fail(L, "cannot create directory", path);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* the open directory lives in a userdata, so a memory error while listing still closes it */
-static int dir_gc(lua_State *L) {
-    DIR **d = lua_touserdata(L, 1);
-    if (*d) closedir(*d);
-    *d = NULL;
-    return 0;
-}
-
-/* listdir(path) -> {names} (without . and ..), unsorted */
-static int o_listdir(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    DIR **d = lua_newuserdatauv(L, sizeof *d, 0);
-    *d = NULL;
-    if (luaL_newmetatable(L, "tocha.Dir")) {
-        lua_pushcfunction(L, dir_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
-    if (!(*d = opendir(path))) return fail(L, "cannot list", path);
-    lua_newtable(L);
-    int i = 0;
-    for (struct dirent *e; (e = readdir(*d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        lua_pushstring(L, e->d_name);
-        lua_rawseti(L, -2, ++i);
-    }
-    closedir(*d);
-    *d = NULL;
-    return 1;
-}
-
-/* isdir(path) -> boolean */
-static int o_isdir(lua_State *L) {
-    struct stat st;
-    lua_pushboolean(L, stat(luaL_checkstring(L, 1), &st) == 0 && S_ISDIR(st.st_mode));
-    return 1;
-}
-
-/* fsync(path): flushes a file's (or a directory's entries') data to disk */
-static int o_fsync(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(L, "cannot open", path);
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    errno = err;
-    if (rc != 0) return fail(L, "cannot fsync", path);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
 const luaL_Reg tcl_optim_funcs[] = {
-    {"sgd_step", o_sgd_step},       {"adam_step", o_adam_step}, {"ema_update", o_ema_update},
-    {"total_norm", o_total_norm},   {"mkdir", o_mkdir},         {"listdir", o_listdir},
-    {"isdir", o_isdir},             {"fsync", o_fsync},         {NULL, NULL},
+    {"sgd_step", o_sgd_step},     {"adam_step", o_adam_step}, {"ema_update", o_ema_update},
+    {"total_norm", o_total_norm}, {NULL, NULL},
 };

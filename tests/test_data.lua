@@ -303,6 +303,8 @@ return {
     os.remove(dir .. "/im004.txt")
     local out = ROOT .. "/shards"
     assert(data.pack(dir, out, { shard_size = 1500 }) == 9)
+    local ok, err = pcall(data.pack, dir, "/proc/tocha-cannot/shards")
+    assert(not ok and err:find("pack: cannot create directory /proc/tocha%-cannot"), err)
     local index = read_file(out .. "/index.jsonl")
     assert(index:find("shard%-00001%.tzst"), "expected several shards")
     local folder = data.ImageFolder(dir, { transform = AUG() })

@@ -6,7 +6,7 @@ local T = require "tocha"
 local log = require "tocha.log"
 local events = require "tocha.log.events"
 local image = require "tocha.image"
-local C = T._log()
+local C = T._log
 
 local here = debug.getinfo(1, "S").source:sub(2):match("^(.*)/[^/]*$") or "."
 local tocha_bin = arg and arg[-1] or "./build/tocha"
@@ -548,6 +548,6 @@ return {
     q:close()
     local text = tty:text()
     assert(text:find("^\rstep 1/10") and text:find("\27%[K") and text:find("a message\n") and text:sub(-1) == "\n")
-    assert(not C.isatty(io.popen("true")))
+    assert(not T._sys.isatty(io.popen("true")))
   end,
 }

@@ -64,6 +64,17 @@ tests["truncation keeps the end token and warns once"] = function()
   assert(short.input_ids.shape[2] == 3, "no padding: start, word, end")
 end
 
+tests["save writes a vocabulary that loads back the same, making its directory"] = function()
+  local tok = text.load("tests/ref/text_vocab")
+  local dir = T.testing.tmpdir() .. "/new/vocab"
+  tok:save(dir)
+  local back = text.load(dir)
+  local prompts = { "a small red circle on the left", "two blue squares" }
+  T.testing.assert_close(back:encode(prompts).input_ids, tok:encode(prompts).input_ids, { rtol = 0, atol = 0 })
+  local ok, err = pcall(tok.save, tok, "/proc/tocha-cannot/vocab")
+  assert(not ok and err:find("Tokenizer:save: cannot create directory /proc/tocha%-cannot"), err)
+end
+
 tests["bad input gives clear errors"] = function()
   local tok = text.load("tests/ref/text_vocab")
   local ok, err = pcall(tok.encode, tok, { "fine", 42 })

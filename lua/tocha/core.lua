@@ -317,10 +317,8 @@ return function(T)
 
   --- T.testing.tmpdir() -> the path of a new, empty directory under $TMPDIR (default /tmp)
   function T.testing.tmpdir()
-    local p = assert(io.popen('mktemp -d "${TMPDIR:-/tmp}/tocha_test.XXXXXX"'))
-    local d = p:read("l")
-    p:close()
-    if not d or d == "" then error("T.testing.tmpdir: mktemp failed", 2) end
+    local d, err = T._sys.mkdtemp((os.getenv("TMPDIR") or "/tmp") .. "/tocha_test")
+    if not d then error("T.testing.tmpdir: " .. err, 2) end
     return d
   end
 
