@@ -107,15 +107,14 @@ local params = model:parameters()
 -- four parameter groups: the UNet's and the text encoder's (whose learning rate is text_lr
 -- times the UNet's), each split into weights that decay and biases, norms and embeddings that do not
 local function no_decay(name) return name:find("bias") or name:find("norm") or name:find("embedding") end
-local groups, lr_scale = {}, {}
+local groups = {}
 for _, part in ipairs({ { "unet", 1 }, { "text_encoder", cfg.text_lr } }) do
   local decay, plain = {}, {}
   for name, p in model[part[1]]:named_parameters() do
     if no_decay(name) then plain[#plain + 1] = p else decay[#decay + 1] = p end
   end
-  groups[#groups + 1] = { params = decay }
-  groups[#groups + 1] = { params = plain, weight_decay = 0 }
-  lr_scale[#lr_scale + 1], lr_scale[#lr_scale + 2] = part[2], part[2]
+  groups[#groups + 1] = { params = decay, lr_scale = part[2] }
+  groups[#groups + 1] = { params = plain, weight_decay = 0, lr_scale = part[2] }
 end
 local opt = optim.AdamW(groups, { lr = cfg.lr, betas = cfg.betas, weight_decay = cfg.weight_decay })
 local schedule = lr_sched.cosine { lr = cfg.lr, steps = cfg.steps, warmup = cfg.warmup }
@@ -169,7 +168,7 @@ local function train_step(step)
   else loss = per_sample:mean() end
   loss:backward()
   if cfg.clip > 0 then optim.clip_grad_norm(params, cfg.clip) end
-  for i, g in ipairs(opt.param_groups) do g.lr = schedule(step) * lr_scale[i] end
+  opt:set_lr(schedule(step)) -- times each group's lr_scale
   opt:step()
   opt:zero_grad()
   if ema then ema:update() end

@@ -206,6 +206,8 @@ tests["errors name what was wrong"] = function()
   raises("attn_mask must be bool", sdpa, q, k, v, { attn_mask = T.ones({ 3, 5 }, { dtype = "i64" }) })
   raises("either attn_mask or is_causal", sdpa, q, k, v, { attn_mask = T.randn({ 3, 5 }), is_causal = true })
   raises("dropout_p must be between 0 and 1", sdpa, q, k, v, { dropout_p = 2 })
+  raises("option 'attn_mask' must be a tensor", sdpa, q, k, v, { attn_mask = { 1, 2 } })
+  raises("option 'scale' must be a number", sdpa, q, k, v, { scale = "big" })
 end
 
 return tests
