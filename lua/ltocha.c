@@ -1,7 +1,7 @@
 /* ltocha.c: luaopen_tocha, the opener, as Lua's linit.c: every family of the binding is
  * opened the same way from one table (its functions into T or into a table T.<name>, its
- * tensor methods, and what it sets up once), then the Lua half (lua/tocha/core.lua) extends
- * T. It also puts the Lua library (lua/tocha/) on package.path. */
+ * tensor methods, and what it sets up once), then what the Lua half (lua/tocha/core.lua)
+ * returns joins T. It also puts the Lua library (lua/tocha/) on package.path. */
 #include "ltocha.h"
 
 #include <dlfcn.h>
@@ -90,11 +90,22 @@ int luaopen_tocha(lua_State *L) {
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) open_family(L, &families[i], t, m);
     lua_setfield(L, t, "_methods");
 
-    /* the Lua half of the module (printing, no_grad, checkpoint, ...) extends T in place */
+    /* the Lua half (printing, no_grad, checkpoint, ...): its require "tocha" finds T, and
+     * the table it returns joins T */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushvalue(L, t);
+    lua_setfield(L, -2, "tocha");
+    lua_pop(L, 1);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "tocha.core");
     lua_call(L, 1, 1);
-    lua_pushvalue(L, t);
-    lua_call(L, 1, 0);
+    luaL_checktype(L, -1, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2); /* key */
+        lua_insert(L, -2);
+        lua_rawset(L, t);
+    }
+    lua_pop(L, 1);
     return 1;
 }
