@@ -3,20 +3,15 @@
 -- f64 gradient checks (masks, causal, broadcast batch dims, dropout), strided and
 -- half-precision inputs, fully masked rows, and the error messages.
 local T = require "tocha"
+local raises = T.testing.raises
 local F = require "tocha.nn.functional"
-local ref = dofile("tests/ref/attention_ref.lua")
+local ref = dofile(T.testing.path("ref/attention_ref.lua"))
 
 local tests = {}
 local sdpa = F.scaled_dot_product_attention
 
 local function tensor(vals, shape, dtype)
   return T.tensor(vals, { dtype = dtype or "f64" }):view(shape)
-end
-
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not mention '" .. pattern .. "'")
 end
 
 -- a bool [L, S] mask, true where s <= l (PyTorch's top-left aligned causal mask)

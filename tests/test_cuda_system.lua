@@ -5,8 +5,7 @@
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 local optim = require "tocha.optim"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local H = dofile(here .. "/cuda_harness.lua")
+local H = dofile(T.testing.path("cuda_harness.lua"))
 local DEV, DTYPES, TOL, ALL_FLOAT = H.DEV, H.DTYPES, H.TOL, H.ALL_FLOAT
 local need_gpu, sync, on_dev, is_float, count = H.need_gpu, H.sync, H.on_dev, H.is_float, H.count
 local rel_err, assert_same, same_shape = H.rel_err, H.assert_same, H.same_shape

@@ -1,12 +1,10 @@
 -- tests/test_demo.lua: the demo trains to a useful accuracy, and a long training loop's
 -- resident memory stays flat without the script calling collectgarbage.
-local tocha_bin = arg[-1] or "./build/tocha"
+local T = require "tocha"
 
 local function run(args)
-  local p = io.popen(tocha_bin .. " experiments/mlp.lua " .. args .. " 2>&1")
-  local out = p:read("a")
-  local ok = p:close()
-  assert(ok, "demo failed:\n" .. out)
+  local out, rc = T.testing.tocha(T.testing.path("../experiments/mlp.lua") .. " " .. args)
+  assert(rc == 0, "demo failed:\n" .. out)
   return out
 end
 

@@ -2,7 +2,7 @@
 -- trajectories (tests/ref/gen_schedulers.py), and the training-side helpers.
 local T = require "tocha"
 local D = require "tocha.diffusion"
-local ref = dofile("tests/ref/schedulers_ref.lua")
+local ref = dofile(T.testing.path("ref/schedulers_ref.lua"))
 
 local function tensor(vals) return T.tensor(vals, { dtype = "f64" }):view(ref.shape) end
 
@@ -83,7 +83,7 @@ tests["sample_timesteps: uniform, or biased to the noisy end by a power"] = func
 end
 
 tests["the worked example in docs/schedulers.md reproduces DDIM"] = function()
-  local f = assert(io.open("docs/schedulers.md"))
+  local f = assert(io.open(T.testing.path("../docs/schedulers.md")))
   local text = f:read("a")
   f:close()
   local code = text:match("```lua\n(%-%- my_ddim%.lua.-)```")

@@ -3,7 +3,7 @@
 -- parameter groups, gradient accumulation, autograd interplay and bad input.
 local T = require "tocha"
 local optim = require "tocha.optim"
-local ref = dofile((arg and arg[0] and arg[0]:match("^(.*)/[^/]*$") or "tests") .. "/ref/optim_ref.lua")
+local ref = dofile(T.testing.path("ref/optim_ref.lua"))
 
 -- the gradient formula of gen_optim.py (evaluated in double, rounded to the dtype by T.tensor)
 local function grad_value(t, k, i)
@@ -341,11 +341,7 @@ end
 
 tests["errors: bad options, non-contiguous or integer parameters, duplicates, mismatched state"] = function()
   local p = T.randn({ 3, 4 }, { requires_grad = true })
-  local function fails(pat, f, ...)
-    local ok, err = pcall(f, ...)
-    assert(not ok, "expected an error matching " .. pat)
-    assert(tostring(err):find(pat, 1, true), tostring(err))
-  end
+  local fails = T.testing.raises
   fails("lr must be", optim.AdamW, { p }, { lr = -1 })
   fails("betas[2] must be", optim.Adam, { p }, { betas = { 0.9, 1.0 } })
   fails("betas must be a pair", optim.Adam, { p }, { betas = 0.9 })

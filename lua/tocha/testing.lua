@@ -92,13 +92,69 @@ function testing.tmpdir()
   return d
 end
 
---- T.testing.assert_raises(text, f, ...): f(...) must raise an error containing text
-function testing.assert_raises(text, f, ...)
+-- whether msg contains text, as plain text or, failing that, as a Lua pattern
+local function mentions(msg, text)
+  if msg:find(text, 1, true) then return true end
+  local ok, found = pcall(string.find, msg, text)
+  return ok and found ~= nil
+end
+
+--- T.testing.raises(expected, f, ...) -> the message: f(...) must raise an error whose message
+--- contains expected (plain text, or else a Lua pattern), or each of a list of such strings
+function testing.raises(expected, f, ...)
+  local list = type(expected) == "table" and expected or { expected }
   local ok, err = pcall(f, ...)
-  if ok then error("expected an error containing '" .. text .. "'", 2) end
-  if not tostring(err):find(text, 1, true) then
-    error("error '" .. tostring(err) .. "' does not contain '" .. text .. "'", 2)
+  local want = "'" .. table.concat(list, "', '") .. "'"
+  if ok then error("expected an error containing " .. want, 2) end
+  local msg = tostring(err)
+  for _, text in ipairs(list) do
+    if not mentions(msg, text) then error("error '" .. msg .. "' does not contain '" .. text .. "'", 2) end
   end
+  return msg
+end
+testing.assert_raises = testing.raises
+
+--- T.testing.shape_is(t, shape) -> whether t's shape is the list shape
+function testing.shape_is(t, shape)
+  local s = t.shape
+  if #s ~= #shape then return false end
+  for i = 1, #s do if s[i] ~= shape[i] then return false end end
+  return true
+end
+
+--- T.testing.read_file(path) -> its bytes; T.testing.write_file(path, s): raise on failure
+function testing.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then error("read_file: " .. err, 2) end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function testing.write_file(path, s)
+  local f, err = io.open(path, "wb")
+  if not f then error("write_file: " .. err, 2) end
+  f:write(s)
+  f:close()
+end
+
+--- T.testing.tocha(args, prefix) -> output, exit code: runs this tocha binary with a shell
+--- command line (stdout and stderr together); prefix goes before it (environment variables)
+function testing.tocha(args, prefix)
+  local bin = arg and arg[-1] or "./build/tocha"
+  local p = assert(io.popen("(" .. (prefix or "") .. bin .. " " .. args .. ") 2>&1; echo \"rc=$?\""))
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return (out:gsub("rc=%d+%s*$", "")), rc
+end
+
+--- T.testing.path(rel) -> rel beside the file that calls it (a test's fixtures load so from
+--- any working directory)
+function testing.path(rel)
+  local src = debug.getinfo(2, "S").source
+  local dir = src:sub(1, 1) == "@" and src:sub(2):match("^(.*)/[^/]*$") or "."
+  return dir .. "/" .. rel
 end
 
 --- T.testing.assert_close(actual, expected, opts): raises with the largest difference.
