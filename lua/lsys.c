@@ -20,13 +20,15 @@ void openblas_set_num_threads(int n);
 int openblas_get_num_threads(void);
 
 /* ---- T: the clock and the threads -------------------------------------------------------- */
-/* T.clock(): seconds from a monotonic clock (wall time, unlike os.clock's CPU time) */
-static int t_clock(lua_State *L) {
+static int push_seconds(lua_State *L, clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
     return 1;
 }
+
+/* T.clock(): seconds from a monotonic clock (wall time, unlike os.clock's CPU time) */
+static int t_clock(lua_State *L) { return push_seconds(L, CLOCK_MONOTONIC); }
 
 /* T.set_num_threads(n): threads for elementwise kernels (OpenMP) and GEMM (OpenBLAS) */
 static int t_set_num_threads(lua_State *L) {
@@ -175,12 +177,7 @@ static int s_isatty(lua_State *L) {
 }
 
 /* now(): seconds since the epoch, with a fraction (os.time has whole seconds) */
-static int s_now(lua_State *L) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
-    return 1;
-}
+static int s_now(lua_State *L) { return push_seconds(L, CLOCK_REALTIME); }
 
 /* hostname() -> this machine's name, or nil, message */
 static int s_hostname(lua_State *L) {

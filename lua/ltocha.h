@@ -29,7 +29,7 @@ tc_tensor *tcl_check(lua_State *L, int idx);  /* raises unless a tensor */
 tc_tensor *tcl_opt(lua_State *L, int idx);    /* NULL for nil or none */
 tc_tensor *tcl_test(lua_State *L, int idx);   /* NULL unless a tensor */
 tc_tensor **tcl_toslot(lua_State *L, int idx); /* a tensor userdata's slot (*slot NULL: released), or NULL */
-/* Result protocol (STYLE rule 3): push an empty slot first, then fill it, then finish:
+/* Result protocol: push an empty slot first, then fill it, then finish:
  *   tc_tensor **slot = tcl_slot(L); *slot = tc_add(...); return tcl_done(L, *slot);
  * so no tensor is ever held by C when an error is raised. */
 tc_tensor **tcl_slot(lua_State *L);

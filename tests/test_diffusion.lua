@@ -51,6 +51,7 @@ tests["add_noise, get_velocity and snr agree with their definitions"] = function
     T.testing.assert_close(v[i], noise[i] * math.sqrt(ab) - x0[i] * math.sqrt(1 - ab))
   end
   local snr = s:snr(ts)
+  assert(snr.dtype == "f32" and snr.device == ts.device)
   T.testing.assert_close(snr[1], T.tensor(s.alphas_cumprod[1] / (1 - s.alphas_cumprod[1])), { rtol = 1e-6 })
   local w = s:min_snr_weights(ts, 5)
   assert(math.abs(w[1]:item() - 5 / snr[1]:item()) < 1e-5, "min-snr clips high-SNR weights")

@@ -2,7 +2,7 @@
 -- files written by the Python safetensors package (tests/ref/gen_safetensors.py), the mmap
 -- lifetime of loaded tensors, and a clear error (never a crash) for each kind of corrupt file.
 -- With TOCHA_SAFETENSORS_INTEROP=path set, "interop file" also writes its file there for
--- tests/ref/check_safetensors.py to check with the Python package.
+-- tests/interop/check_safetensors.py to check with the Python package.
 local T = require "tocha"
 
 local ref = dofile(T.testing.path("ref/safetensors_ref.lua"))
@@ -511,7 +511,7 @@ tests["save: overwrite is atomic and keeps the old file's tensors alive"] = func
 end
 
 ---------------------------------------------------------------------------
--- the file tests/ref/check_safetensors.py checks with the Python package
+-- the file tests/interop/check_safetensors.py checks with the Python package
 ---------------------------------------------------------------------------
 tests["interop file"] = function()
   local base = T.arange(0, 20):reshape(4, 5)
