@@ -1,9 +1,10 @@
--- tests/test_demo.lua: the demo trains to a useful accuracy, and a long training loop's
--- resident memory stays flat without the script calling collectgarbage.
+-- tests/test_demo.lua: the MLP demo (experiments/mlp.lua) trains to a useful accuracy, and a
+-- long training loop's resident memory stays flat without the script calling collectgarbage.
 local T = require "tocha"
 
-local function run(args)
-  local out, rc = T.testing.tocha(T.testing.path("../experiments/mlp.lua") .. " " .. args)
+local function run(args) -- its run directory goes to a scratch directory
+  local out, rc = T.testing.tocha(T.testing.path("../experiments/mlp.lua") .. " " .. args,
+    "TOCHA_RUNS=" .. T.testing.tmpdir() .. " ")
   assert(rc == 0, "demo failed:\n" .. out)
   return out
 end
