@@ -2,23 +2,17 @@
 -- UNet2DConditionModel (weights, inputs and outputs from tests/ref/gen_models.py, loaded by
 -- name with strict load_state_dict), gradients, parameter counts from configs, presets, errors.
 local T = require "tocha"
+local raises = T.testing.raises
 local json = require "tocha.json"
 local models = require "tocha.models"
 
-local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local P = models.presets
 local tests = {}
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern), "error \"" .. tostring(err) .. "\" does not match " .. pattern)
-end
-
 -- a case: its weights, its inputs / outputs, and the config it was built from
 local function load_case(name)
-  local sd, meta = T.load(here .. "/ref/models_" .. name .. ".safetensors")
-  local io = T.load(here .. "/ref/models_" .. name .. "_io.safetensors")
+  local sd, meta = T.load(T.testing.path("ref/models_" .. name .. ".safetensors"))
+  local io = T.load(T.testing.path("ref/models_" .. name .. "_io.safetensors"))
   return sd, io, json.decode(meta.config)
 end
 
