@@ -90,17 +90,24 @@ probe:
 # every object records the headers it read (-MMD -MP): a changed header rebuilds what includes it
 DEPFLAGS = -MMD -MP -MF $(@:.o=.d)
 
-$(BUILD)/obj/%.o: %.c
+# the configuration (compilers, flags, which objects): objects and the archive depend on it, so
+# switching one build folder between configurations (CUDA=0 after a CUDA build) rebuilds them
+CONFIG = $(CC) $(CFLAGS) | $(CXX) $(EMUFLAGS) | $(NVCC) $(NVFLAGS) | $(CORE_OBJ)
+$(BUILD)/config: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CONFIG)' | cmp -s - $@ || echo '$(CONFIG)' > $@
+
+$(BUILD)/obj/%.o: %.c $(BUILD)/config
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	@$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu
+$(BUILD)/obj/%.o: %.cu $(BUILD)/config
 	@mkdir -p $(dir $@)
 	@echo "  $(if $(filter emu,$(CUDA_ON)),C++ (emu),NVCC) $<"
 	@$(if $(filter emu,$(CUDA_ON)),$(CXX) $(EMUFLAGS),$(NVCC) $(NVFLAGS)) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cpp
+$(BUILD)/obj/%.o: %.cpp $(BUILD)/config
 	@mkdir -p $(dir $@)
 	@echo "  C++   $<"
 	@$(CXX) $(EMUFLAGS) $(DEPFLAGS) -c $< -o $@
@@ -113,9 +120,9 @@ $(foreach o,$(ALL_OBJ),$(if $(wildcard $(o:.o=.d)),,$(eval $(o): FORCE)))
 .PHONY: FORCE
 FORCE:
 
-$(BUILD)/libtocha.a: $(CORE_OBJ)
+$(BUILD)/libtocha.a: $(CORE_OBJ) $(BUILD)/config
 	@echo "  AR    $@"
-	@rm -f $@ && ar rcs $@ $^
+	@rm -f $@ && ar rcs $@ $(CORE_OBJ)
 
 # the runner links Lua statically, so it starts on machines without liblua
 $(BUILD)/tocha: $(BUILD)/obj/lua/main.o $(BIND_OBJ) $(BUILD)/libtocha.a

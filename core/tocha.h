@@ -99,7 +99,7 @@ size_t tc_mem_in_use(void);
 
 /* ---- ops: one enum, one name table ----------------------------------------- */
 #define TC_OP_LIST(X) \
-    X(NONE, "none") X(ACCUMULATE, "AccumulateGrad") X(CUSTOM, "CustomFunction")        \
+    X(NONE, "none") X(CUSTOM, "CustomFunction")                                        \
     /* views */                                                                         \
     X(VIEW, "view") X(EXPAND, "expand") X(PERMUTE, "permute") X(NARROW, "narrow")      \
     X(SELECT, "select") X(CONTIGUOUS, "contiguous") X(TO, "to") X(CLONE, "clone")      \
@@ -122,8 +122,7 @@ size_t tc_mem_in_use(void);
     X(WHERE, "where")                                                                   \
     /* reductions */                                                                    \
     X(SUM, "sum") X(MEAN, "mean") X(MAX, "max") X(MIN, "min") X(PROD, "prod")          \
-    X(ARGMAX, "argmax") X(ARGMIN, "argmin") X(LOGSUMEXP, "logsumexp")                  \
-    X(VAR, "var") X(NORM, "norm")                                                       \
+    X(ARGMAX, "argmax") X(ARGMIN, "argmin") X(LOGSUMEXP, "logsumexp") X(NORM, "norm")  \
     /* linear algebra */                                                                \
     X(MATMUL, "matmul")                                                                 \
     /* indexing */                                                                      \

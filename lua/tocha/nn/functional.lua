@@ -29,7 +29,8 @@ function F.sigmoid(x) return x:sigmoid() end
 function F.tanh(x) return x:tanh() end
 function F.softplus(x) return x:softplus() end
 function F.leaky_relu(x, slope) return x:leaky_relu(slope or 0.01) end
-function F.quick_gelu(x) return x * (x * 1.702):sigmoid() end
+--- x * sigmoid(1.702 x) (CLIP's activation), one fused op
+function F.quick_gelu(x) return x:quick_gelu() end
 
 -- linear and convolution --------------------------------------------------------------------
 function F.linear(x, w, b) return T.linear(x, w, b) end
