@@ -147,12 +147,12 @@ function F.layer_norm(x, normalized_shape, w, b, opts)
         table.concat(normalized_shape, ", "), table.concat(x.shape, " x ")), 2)
     end
   end
-  return C.layer_norm(x, n, w, b, (opts and opts.eps) or 1e-5)
+  return C.layer_norm(x, n, w, b, opts)
 end
 
 --- F.group_norm(x, num_groups, w, b, {eps = 1e-5})
 function F.group_norm(x, groups, w, b, opts)
-  return C.group_norm(x, groups, w, b, (opts and opts.eps) or 1e-5)
+  return C.group_norm(x, groups, w, b, opts)
 end
 
 -- regularisation, embedding, attention ------------------------------------------------------------
