@@ -5,8 +5,9 @@
  * TC_UNARY_OPS(ENTRY, A, M) calls ENTRY(OP, fk, y = f(x), dk, uses, dy/dx) for each op, where
  *   A   the type the formulas compute in (float, or double for f64 and the generic paths):
  *       constants are cast to it, so float inputs compute in float on both devices;
- *   M   the math functions: M(exp)(v) is the caller's exp for A (expf, exp, a CUDA overload,
- *       or the CPU's vectorisable tc_expf);
+ *   M   the math functions: M(exp)(v) is the caller's exp for A (TC_LIBM_F32 below gives
+ *       expf, TC_LIBM_F64 exp; CUDA passes its overloads, the CPU's vectorised loops
+ *       vecmath.h's TC_VECMATH, whose tc_expf vectorises);
  *   x, y, a, b  the input, the output f(x) and the op's scalar arguments, which the caller
  *       has in scope;
  *   fk, dk  V where the CPU's contiguous f32 loop vectorises the formula (it calls no math
@@ -21,7 +22,14 @@
 #define TC_SQRT2_PI 0.79788456080286535588  /* sqrt(2/pi) */
 #define TC_INV_SQRT_2PI 0.39894228040143267794 /* 1/sqrt(2 pi) */
 
+/* the math functions of the C library for float and for double, as M */
+#define TC_LIBM_F32(fn) fn##f
+#define TC_LIBM_F64(fn) fn
+
 #define TC_SIGMOID_(M, v) (1 / (1 + M(exp)(-(v))))
+/* silu and its derivative, also fused into other kernels (group norm's silu option) */
+#define TC_SILU(M, v) ((v) / (1 + M(exp)(-(v))))
+#define TC_SILU_GRAD(M, v) (TC_SIGMOID_(M, v) * (1 + (v) * (1 - TC_SIGMOID_(M, v))))
 #define TC_TANH_GELU_(A, M, v) M(tanh)((A)TC_SQRT2_PI * ((v) + (A)0.044715 * (v) * (v) * (v)))
 
 #define TC_UNARY_OPS(ENTRY, A, M)                                                                        \
@@ -36,8 +44,7 @@
     ENTRY(TANH,        S, M(tanh)(x),                            V, Y, 1 - (y) * (y))                    \
     ENTRY(SIGMOID,     V, TC_SIGMOID_(M, x),                     V, Y, (y) * (1 - (y)))                  \
     ENTRY(RELU,        V, (x) > 0 ? (x) : 0,                     V, X, (x) > 0 ? 1 : 0)                  \
-    ENTRY(SILU,        V, (x) / (1 + M(exp)(-(x))),                                                      \
-                          V, X, TC_SIGMOID_(M, x) * (1 + (x) * (1 - TC_SIGMOID_(M, x))))                 \
+    ENTRY(SILU,        V, TC_SILU(M, x),                         V, X, TC_SILU_GRAD(M, x))               \
     ENTRY(GELU,        V, (A)0.5 * (x) * (1 + M(erf)((x) * (A)TC_SQRT1_2)),                              \
                           V, X, (A)0.5 * (1 + M(erf)((x) * (A)TC_SQRT1_2)) +                             \
                                 (x) * M(exp)((A)-0.5 * (x) * (x)) * (A)TC_INV_SQRT_2PI)                  \

@@ -10,12 +10,6 @@
 #include <string.h>
 #include <tgmath.h> /* the binary ops' pow: powf for f32, pow for f64 */
 
-/* the math functions of the formulas in core/unary.h: f32's, f64's, and the vectorisable f32
- * ones of vecmath.h (for the formulas the list marks V: exp and erf only) */
-#define MATH_F32(fn) fn##f
-#define MATH_F64(fn) fn
-#define MATH_VEC(fn) tc_##fn##f
-
 typedef struct { tc_op op; double a, b; tc_dtype dt[4]; } ew_ctx;
 
 /* ---- copy and fill ---------------------------------------------------------------------- */
@@ -98,8 +92,8 @@ int tc_cpu_fill(tc_tensor *dst, double v) {
     }
 #define X(i) ((E *)p[1])[(i) * st[1]]
 #define Y(i) ((E *)p[0])[(i) * st[0]]
-DEF_UNARY(unary_f32, float, MATH_F32)
-DEF_UNARY(unary_f64, double, MATH_F64)
+DEF_UNARY(unary_f32, float, TC_LIBM_F32)
+DEF_UNARY(unary_f64, double, TC_LIBM_F64)
 #undef Y
 #undef X
 #undef RET_
@@ -111,7 +105,7 @@ static void unary_any(int64_t n, char **p, const int64_t *st, void *vctx) {
     int64_t eo = (int64_t)tc_dtype_size(c->dt[0]), ei = (int64_t)tc_dtype_size(c->dt[1]);
     double a = c->a, b = c->b;
     (void)b;
-    switch (c->op) { TC_UNARY_OPS(FWD_CASE_, double, MATH_F64) default: return; }
+    switch (c->op) { TC_UNARY_OPS(FWD_CASE_, double, TC_LIBM_F64) default: return; }
 }
 #undef RET_
 #undef FWD_CASE_
@@ -123,7 +117,7 @@ static void unary_any(int64_t n, char **p, const int64_t *st, void *vctx) {
 TC_SIMD_CLONES
 static bool unary_f32_simd(int64_t n, float *restrict y, const float *restrict xs, tc_op op, float a) {
     switch (op) {
-    TC_UNARY_OPS(VEC_CASE_, float, MATH_VEC)
+    TC_UNARY_OPS(VEC_CASE_, float, TC_VECMATH)
     default: return false;
     }
 }
@@ -175,8 +169,8 @@ int tc_cpu_unary(tc_tensor *out, const tc_tensor *x, tc_op op, double a, double 
 #define GY(i) ((E *)p[1])[(i) * st[1]]
 #define X(i) ((E *)p[2])[(i) * st[2]]
 #define YY(i) ((E *)p[3])[(i) * st[3]]
-DEF_UNARY_BW(unary_bw_f32, float, MATH_F32)
-DEF_UNARY_BW(unary_bw_f64, double, MATH_F64)
+DEF_UNARY_BW(unary_bw_f32, float, TC_LIBM_F32)
+DEF_UNARY_BW(unary_bw_f64, double, TC_LIBM_F64)
 #undef G
 #undef GY
 #undef X
@@ -193,7 +187,7 @@ static void unary_bw_any(int64_t n, char **p, const int64_t *st, void *vctx) {
             e2 = (int64_t)tc_dtype_size(c->dt[2]), e3 = (int64_t)tc_dtype_size(c->dt[3]);
     double a = c->a, b = c->b;
     (void)b;
-    switch (c->op) { TC_UNARY_OPS(DER_CASE_, double, MATH_F64) default: return; }
+    switch (c->op) { TC_UNARY_OPS(DER_CASE_, double, TC_LIBM_F64) default: return; }
 }
 #undef RET_
 #undef DER_CASE_
@@ -207,7 +201,7 @@ TC_SIMD_CLONES
 static bool unary_bw_f32_simd(int64_t n, float *restrict g, const float *restrict gy, const float *restrict xs,
                               const float *restrict ys, tc_op op, float a) {
     switch (op) {
-    TC_UNARY_OPS(VEC_CASE_, float, MATH_VEC)
+    TC_UNARY_OPS(VEC_CASE_, float, TC_VECMATH)
     default: return false;
     }
 }
