@@ -108,12 +108,14 @@ typedef struct {
     X(int, layer_norm_backward, (tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, \
                                  const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd, \
                                  const tc_tensor *w))                                              \
-    /* x [N, C, HW]; mean, rstd [N, groups]; w, b [C] or NULL */                                  \
+    /* x [N, C, HW]; mean, rstd [N, groups]; w, b [C] or NULL. silu: y = silu(the normalised   \
+     * x) in the pass that writes y, and the backward recomputes the normalised x from x, the    \
+     * statistics, w and b (read by the backward only then) */                                  \
     X(int, group_norm, (tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,        \
-                        const tc_tensor *w, const tc_tensor *b, int groups, double eps))           \
+                        const tc_tensor *w, const tc_tensor *b, int groups, double eps, bool silu)) \
     X(int, group_norm_backward, (tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, \
                                  const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd, \
-                                 const tc_tensor *w, int groups))                                  \
+                                 const tc_tensor *w, const tc_tensor *b, int groups, bool silu))   \
     /* attention, one batch slice at a time. q [B.., L, E], k [B.., S, E], v [B.., S, Ev] and     \
      * mask [B.., L, S] (bool: true attends; float: added; or NULL) share the batch dims B..      \
      * (stride 0 where broadcast); each inner matrix has a unit stride in one of its dims.        \

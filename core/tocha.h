@@ -135,7 +135,7 @@ size_t tc_mem_in_use(void);
     X(SOFTMAX, "softmax") X(LOG_SOFTMAX, "log_softmax")                                \
     X(CROSS_ENTROPY, "cross_entropy") X(MSE_LOSS, "mse_loss") X(L1_LOSS, "l1_loss")    \
     X(LAYER_NORM, "layer_norm") X(GROUP_NORM, "group_norm") X(DROPOUT, "dropout")      \
-    X(SDPA, "scaled_dot_product_attention")
+    X(GROUP_NORM_SILU, "group_norm_silu") X(SDPA, "scaled_dot_product_attention")
 
 #define TC_OP_ENUM_(name, str) TC_OP_##name,
 typedef enum tc_op { TC_OP_LIST(TC_OP_ENUM_) TC_OP_COUNT } tc_op;
@@ -263,7 +263,9 @@ tc_tensor *tc_cross_entropy(tc_tensor *logits, tc_tensor *target, tc_tensor *wei
 tc_tensor *tc_mse_loss(tc_tensor *a, tc_tensor *b, tc_reduction red);
 tc_tensor *tc_l1_loss(tc_tensor *a, tc_tensor *b, tc_reduction red);
 tc_tensor *tc_layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, double eps); /* last nnorm dims */
-tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps);
+/* x [N, C, *] over `groups` groups of channels; silu: silu(group_norm(x)) as one op (diffusers'
+ * norm and nonlinearity), which writes no intermediate and saves none for the backward */
+tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu);
 tc_tensor *tc_dropout(tc_tensor *x, double p, bool training);
 /* q [.., L, E], k [.., S, E], v [.., S, Ev]; mask bool (true = attend) or float (added), may be NULL */
 tc_tensor *tc_sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bool is_causal,

@@ -52,15 +52,16 @@ static int n_layer_norm(lua_State *L) {
     return tcl_done(L, *slot);
 }
 
-/* group_norm(x, groups, w, b, {eps = 1e-5}) */
+/* group_norm(x, groups, w, b, {eps = 1e-5, silu = false}) */
 static int n_group_norm(lua_State *L) {
     tc_tensor *x = tcl_check(L, 1);
     lua_Integer g = luaL_checkinteger(L, 2);
     tc_tensor *w = tcl_opt(L, 3), *b = tcl_opt(L, 4);
     double eps = tcl_optnumber(L, 5, "eps", 1e-5);
+    bool silu = tcl_optbool(L, 5, "silu", 0);
     luaL_argcheck(L, g >= 1 && g <= (1 << 30), 2, "number of groups must be positive");
     tc_tensor **slot = tcl_slot(L);
-    *slot = tc_group_norm(x, (int)g, w, b, eps);
+    *slot = tc_group_norm(x, (int)g, w, b, eps, silu);
     return tcl_done(L, *slot);
 }
 
