@@ -1,14 +1,21 @@
 -- tocha.models: the text-to-image models, each configured by a Lua table: CLIPTextModel (CLIP's
--- text encoder, transformers' names) and UNet2DConditionModel (Stable Diffusion's UNet,
--- diffusers' names), with presets from a tiny CPU model up to Stable Diffusion 1.5's sizes.
+-- text encoder, transformers' names), UNet2DConditionModel (Stable Diffusion's UNet, diffusers'
+-- names) and AutoencoderKL (its VAE), with presets from a tiny CPU model up to Stable Diffusion
+-- 1.5's sizes.
 local clip_text = require "tocha.models.clip_text"
 local unet = require "tocha.models.unet"
+local vae = require "tocha.models.vae"
 
 local models = {
   CLIPTextModel = clip_text.CLIPTextModel,
   UNet2DConditionModel = unet.UNet2DConditionModel,
+  AutoencoderKL = vae.AutoencoderKL,
   blocks = require "tocha.models.unet_blocks",
 }
+
+-- kind -> the module that builds it (resolve, num_parameters_for)
+local KINDS = { CLIPTextModel = clip_text, UNet2DConditionModel = unet, AutoencoderKL = vae }
+local KIND_NAMES = '"CLIPTextModel", "UNet2DConditionModel" or "AutoencoderKL"'
 
 --- models.presets: config tables for the constructors (never modified by them). tiny_* are the
 --- default CPU experiment's: 32x32 RGB pixels, channels 16 / 32 / 64 at 32x32 / 16x16 / 8x8,
@@ -39,22 +46,33 @@ models.presets = {
     up_block_types = { "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D" },
     attention_head_dim = 8, cross_attention_dim = 768, norm_num_groups = 32,
   },
+  tiny_vae = {
+    in_channels = 3, out_channels = 3, latent_channels = 4, block_out_channels = { 16, 32 }, layers_per_block = 1,
+    down_block_types = { "DownEncoderBlock2D", "DownEncoderBlock2D" },
+    up_block_types = { "UpDecoderBlock2D", "UpDecoderBlock2D" }, norm_num_groups = 8, sample_size = 64,
+  },
+  sd15_vae = {
+    in_channels = 3, out_channels = 3, latent_channels = 4, block_out_channels = { 128, 256, 512, 512 },
+    layers_per_block = 2, norm_num_groups = 32, sample_size = 512, scaling_factor = 0.18215,
+    down_block_types = { "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D" },
+    up_block_types = { "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D" },
+  },
 }
 
 --- models.num_parameters(kind, cfg, overrides): the parameter count of
---- models[kind](cfg, overrides) ("CLIPTextModel" or "UNet2DConditionModel"), from the config
---- alone, without allocating the model
+--- models[kind](cfg, overrides) ("CLIPTextModel", "UNet2DConditionModel" or "AutoencoderKL"),
+--- from the config alone, without allocating the model
 function models.num_parameters(kind, cfg, overrides)
-  if kind == "CLIPTextModel" then return clip_text.num_parameters_for(cfg, overrides) end
-  if kind == "UNet2DConditionModel" then return unet.num_parameters_for(cfg, overrides) end
-  error("num_parameters: kind must be \"CLIPTextModel\" or \"UNet2DConditionModel\", got " .. tostring(kind), 2)
+  local m = KINDS[kind]
+  if not m then error("num_parameters: kind must be " .. KIND_NAMES .. ", got " .. tostring(kind), 2) end
+  return m.num_parameters_for(cfg, overrides)
 end
 
 --- models.resolve(kind, cfg, overrides): the complete config the constructor would use
 function models.resolve(kind, cfg, overrides)
-  if kind == "CLIPTextModel" then return clip_text.resolve(cfg, overrides) end
-  if kind == "UNet2DConditionModel" then return unet.resolve(cfg, overrides) end
-  error("resolve: kind must be \"CLIPTextModel\" or \"UNet2DConditionModel\", got " .. tostring(kind), 2)
+  local m = KINDS[kind]
+  if not m then error("resolve: kind must be " .. KIND_NAMES .. ", got " .. tostring(kind), 2) end
+  return m.resolve(cfg, overrides)
 end
 
 return models
