@@ -91,5 +91,89 @@ tile_cfg = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_chan
                 use_post_quant_conv=False)
 vae_case("vae_tiled", tile_cfg, torch.rand(1, 3, 28, 40) * 2 - 1, torch.randn(1, 4, 14, 20), tiling=True)
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "vae":
+
+# ---- UNet config variants of SD 1.x / 2.x ---------------------------------------------------------
+def f64_time_proj(model):
+    # diffusers computes the timestep embedding in float32 for any model dtype; tocha computes
+    # it in f64 for an f64 model, so the f64 reference does too (the same formula)
+    proj = model.time_proj
+
+    def time_proj_f64(ts):
+        half = proj.num_channels // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64) / (half - proj.downscale_freq_shift))
+        a = ts.double()[:, None] * freqs[None, :]
+        emb = torch.cat([torch.cos(a), torch.sin(a)] if proj.flip_sin_to_cos else [torch.sin(a), torch.cos(a)], dim=-1)
+        return torch.nn.functional.pad(emb, (0, proj.num_channels % 2))
+
+    proj.forward = time_proj_f64
+
+
+def unet_case(case, cfg, sample, t, ctx, class_labels=None, labels_1based=None):
+    from diffusers import UNet2DConditionModel
+    model = randomize_norms(UNet2DConditionModel(**cfg)).eval()
+    weights = model.state_dict()
+    io = {"sample": sample, "timestep": t, "context": ctx}
+    if class_labels is not None:
+        io["class_labels"] = labels_1based if labels_1based is not None else class_labels
+    with torch.no_grad():
+        io["out"] = model(sample, t, ctx, class_labels=class_labels).sample
+    model = model.double()
+    f64_time_proj(model)
+    cl = class_labels.double() if class_labels is not None and class_labels.is_floating_point() else class_labels
+    x = sample.double().requires_grad_()
+    y = model(x, t, ctx.double(), class_labels=cl).sample
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    io.update({"r": r, "out_f64": y, "grad.sample": x.grad})
+    save(case, weights, io, cfg)
+
+
+small = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[8, 16], layers_per_block=1,
+             down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+             norm_num_groups=4)
+# SD 2.x: heads per block as a list, linear projections, upcast attention, a 1024-wide text
+# (32 here), and class ids through an Embedding (as the x4 upscaler's noise level)
+sd2_cfg = dict(small, attention_head_dim=[2, 4], use_linear_projection=True, upcast_attention=True,
+               cross_attention_dim=32, num_class_embeds=5)
+labels = torch.tensor([4, 0])
+unet_case("unet_sd2", sd2_cfg, torch.randn(2, 4, 8, 8), torch.tensor([981.0, 1.0]), torch.randn(2, 5, 32),
+          class_labels=labels, labels_1based=labels + 1)
+# a second timestep embedding of class labels (class_embed_type "timestep"), SD 1.x's 768 as 24
+ts_cfg = dict(small, attention_head_dim=2, cross_attention_dim=24, class_embed_type="timestep")
+unet_case("unet_classts", ts_cfg, torch.randn(2, 4, 8, 8), torch.tensor([500.0, 20.0]), torch.randn(2, 4, 24),
+          class_labels=torch.tensor([250.0, 7.0]))
+# a vector per sample through one Linear (class_embed_type "simple_projection")
+sp_cfg = dict(small, attention_head_dim=4, cross_attention_dim=24, class_embed_type="simple_projection",
+              projection_class_embeddings_input_dim=6)
+unet_case("unet_classproj", sp_cfg, torch.randn(2, 4, 8, 8), torch.tensor([999.0]), torch.randn(2, 4, 24),
+          class_labels=torch.randn(2, 6))
+
+
+# ---- CLIPTextModel as SD 2.x's OpenCLIP text encoder ----------------------------------------------
+def text_case(case, cfg, ids):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    model = randomize_norms(CLIPTextModel(CLIPTextConfig(**cfg))).eval()
+    # saved under the checkpoint names (transformers >= 5 drops the "text_model." prefix)
+    weights = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in model.state_dict().items()}
+    model = model.double()
+    out = model(input_ids=ids, output_hidden_states=True)
+    final_norm = model.text_model.final_layer_norm if hasattr(model, "text_model") else model.final_layer_norm
+    io = {"ids": ids + 1, "last_hidden_state_f64": out.last_hidden_state, "pooled_f64": out.pooler_output}
+    for i, h in enumerate(out.hidden_states):
+        io["hidden.%d" % (i + 1)] = h
+    # clip skip 2, as diffusers' encode_prompt does it: the final norm on the second-to-last state
+    io["clip_skip2"] = final_norm(out.hidden_states[-2])
+    save(case, weights, io, cfg)
+
+
+sd2_text = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                max_position_embeddings=12, hidden_act="gelu", eos_token_id=2, bos_token_id=0, pad_token_id=1,
+                projection_dim=16)
+ids = torch.randint(1, 97, (2, 12))
+ids[:, 0] = 97
+ids[0, 5], ids[0, 6:] = 98, 0   # SD 2.x pads with "!" (id 0), not the end token
+ids[1, 11] = 98
+text_case("text_sd2", sd2_text, ids)
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "models":
     sys.exit(0)
