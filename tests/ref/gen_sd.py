@@ -11,6 +11,7 @@
 #                                conversion before it is written; *_io: their outputs
 # Token ids are saved 1-based (tocha's convention). Run by hand:
 #   python3 tests/ref/gen_sd.py   (needs torch, safetensors, transformers, diffusers)
+import copy
 import json
 import math
 import os
@@ -175,5 +176,103 @@ ids[0, 5], ids[0, 6:] = 98, 0   # SD 2.x pads with "!" (id 0), not the end token
 ids[1, 11] = 98
 text_case("text_sd2", sd2_text, ids)
 
+
+# ---- PNDMScheduler (PLMS) on a fixed model -----------------------------------------------------------
+def pndm_case():
+    from diffusers import PNDMScheduler
+    io = {}
+    x0 = torch.randn(1, 4, 4, 4)
+    io["x0"] = x0
+    for pred in ("epsilon", "v_prediction"):
+        for n in (1, 2, 7):
+            s = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                              steps_offset=1, set_alpha_to_one=False, prediction_type=pred)
+            s.set_timesteps(n)
+            x = x0.clone()
+            for t in s.timesteps:
+                eps = x * 0.3 + 0.001 * float(t)   # the model: tocha's test computes the same
+                x = s.step(eps, t, x).prev_sample
+            io["%s_%d" % (pred, n)] = x
+            io["%s_%d_timesteps" % (pred, n)] = s.timesteps.clone()
+    save("pndm", None, io, None)
+
+
+pndm_case()
+
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "models":
+    sys.exit(0)
+
+
+# ---- the pipeline: a diffusers folder and StableDiffusionPipeline's images ---------------------------
+def tiny_pipeline():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    vocab = os.path.join(HERE, "text_vocab")
+    tok = CLIPTokenizer(os.path.join(vocab, "vocab.json"), os.path.join(vocab, "merges.txt"), model_max_length=16)
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=16, eos_token_id=2,
+                                      bos_token_id=len(tok) - 2, pad_token_id=len(tok) - 1))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[16, 32],
+                                layers_per_block=1, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], cross_attention_dim=32,
+                                attention_head_dim=[2, 4], norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16], layers_per_block=1,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=4, sample_size=16)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    for m in (te, unet, vae):
+        randomize_norms(m, 0.1).eval()
+    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+PROMPTS = ["a small red circle on the left", "a big blue square above a green triangle"]
+NEGATIVES = ["a yellow star", ""]
+
+
+def pipe_images(pipe, latents, **kw):
+    final = {}
+
+    def grab(p, i, t, kwargs):
+        final["latents"] = kwargs["latents"]
+        return kwargs
+
+    with torch.no_grad():
+        out = pipe(prompt=PROMPTS, negative_prompt=NEGATIVES, num_inference_steps=10, guidance_scale=7.5,
+                   latents=latents.clone(), output_type="pt", callback_on_step_end=grab, **kw)
+    return out.images, final["latents"]
+
+
+def pipeline_case():
+    pipe = tiny_pipeline()
+    folder = os.path.join(HERE, "sd_pipe")
+    shutil.rmtree(folder, ignore_errors=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # the unet in shards, and an fp16 variant of the vae beside its f32 weights
+    os.remove(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+    pipe.unet.save_pretrained(os.path.join(folder, "unet"), max_shard_size="150KB")
+    copy.deepcopy(pipe.vae).half().save_pretrained(os.path.join(folder, "vae"), variant="fp16")
+    latents = torch.randn(2, 4, 8, 8)
+    images, final = pipe_images(pipe, latents)
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, NEGATIVES)
+        ids = pipe.tokenizer(PROMPTS, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+        # clip skip 1 as encode_prompt computes it (its own code path needs transformers < 5)
+        te = pipe.text_encoder
+        hidden = te(ids, output_hidden_states=True).hidden_states[-2]
+        skip = (te.text_model if hasattr(te, "text_model") else te).final_layer_norm(hidden)
+    io = {"latents": latents, "images": images, "final_latents": final, "prompt_embeds": cond,
+          "negative_prompt_embeds": uncond, "prompt_embeds_clip_skip1": skip, "ids": ids + 1}
+    # the same folder loads back in diffusers and gives the same images
+    from diffusers import StableDiffusionPipeline
+    again = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    assert torch.allclose(pipe_images(again, latents)[0], images, atol=1e-6)
+    save("pipe", None, io, None)
+    return pipe, latents
+
+
+pipe, pipe_latents = pipeline_case()
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "pipe":
     sys.exit(0)

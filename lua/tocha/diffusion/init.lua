@@ -11,5 +11,8 @@ D.EulerAncestral = require("tocha.diffusion.euler").EulerAncestral
 D.Heun = require("tocha.diffusion.heun").Heun
 D.DPMSolverMultistep = require("tocha.diffusion.dpmsolver").DPMSolverMultistep
 D.UniPC = require("tocha.diffusion.unipc").UniPC
+D.PNDM = require("tocha.diffusion.pndm").new
 D.sample = require "tocha.diffusion.sample"
+D.samplers = require "tocha.diffusion.registry"
+D.StableDiffusion = require "tocha.diffusion.pipeline"
 return D

@@ -75,4 +75,58 @@ function models.resolve(kind, cfg, overrides)
   return m.resolve(cfg, overrides)
 end
 
+---------------------------------------------------------------------------
+-- checkpoints in and out
+---------------------------------------------------------------------------
+local diffusers = require "tocha.models.diffusers"
+
+local function isdir(path) return require("tocha")._optim.isdir(path) end
+
+--- models.loaders: how models.load reads a path, tried in order: each {name, detect(path) ->
+--- boolean, load(path, opts) -> parts}. models.register_loader(l) puts l first, so another
+--- format (a training run's checkpoint) is one more entry.
+models.loaders = {
+  { name = "diffusers folder",
+    detect = function(path) return isdir(path) and diffusers.exists(path .. "/model_index.json") end,
+    load = function(path, opts) return diffusers.load(path, opts, models) end },
+  { name = "diffusers model folder",
+    detect = function(path) return isdir(path) and diffusers.exists(path .. "/config.json") end,
+    load = function(path, opts) return diffusers.load_part(path, opts, models) end },
+  { name = "pickle file",
+    detect = function(path) return not isdir(path) and diffusers.is_pickle(path) end,
+    load = function(path) error(diffusers.pickle_message(path), 0) end },
+}
+
+function models.register_loader(loader)
+  if type(loader) ~= "table" or type(loader.detect) ~= "function" or type(loader.load) ~= "function" then
+    error("register_loader: expected {name =, detect = function(path), load = function(path, opts)}", 2)
+  end
+  table.insert(models.loaders, 1, loader)
+end
+
+--- models.load(path, {dtype = "f32", device = "cpu", variant, parts, ...}) -> for a Stable
+--- Diffusion checkpoint, the table {unet, vae, text_encoder, tokenizer, scheduler} (plus path
+--- and format); for a single model's folder (config.json + weights), that model. Weights stay
+--- memory-mapped where their dtype is the one asked for.
+function models.load(path, opts)
+  if type(path) ~= "string" then error("models.load: path must be a string, got " .. type(path), 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("models.load: options must be a table", 2) end
+  for _, loader in ipairs(models.loaders) do
+    if loader.detect(path) then return loader.load(path, opts or {}) end
+  end
+  if not isdir(path) and not diffusers.exists(path) then error("models.load: " .. path .. " does not exist", 2) end
+  local names = {}
+  for i, l in ipairs(models.loaders) do names[i] = l.name end
+  error("models.load: " .. path .. " is none of: " .. table.concat(names, ", "), 2)
+end
+
+--- models.save_pretrained(dir, parts, {dtype, variant}): a diffusers folder (model_index.json,
+--- configs, safetensors weights) that diffusers' StableDiffusionPipeline.from_pretrained loads.
+--- parts: {unet, vae, text_encoder, tokenizer, scheduler}, any of them.
+function models.save_pretrained(dir, parts, opts)
+  if type(dir) ~= "string" then error("save_pretrained: dir must be a string", 2) end
+  if type(parts) ~= "table" then error("save_pretrained: parts must be a table {unet, vae, ...}", 2) end
+  diffusers.save(dir, parts, opts)
+end
+
 return models

@@ -1,0 +1,291 @@
+-- tests/test_sd.lua: Stable Diffusion end to end: models.load on a diffusers folder that
+-- diffusers saved (tests/ref/sd_pipe: sharded UNet, fp16 VAE variant, tokenizer.json),
+-- D.StableDiffusion against StableDiffusionPipeline's images from the same latents (tests/ref/
+-- gen_sd.py), save_pretrained round trips, PNDM, the sampler registry, and loading errors.
+local T = require "tocha"
+local json = require "tocha.json"
+local models = require "tocha.models"
+local D = require "tocha.diffusion"
+
+local here = arg[0]:match("^(.*)/[^/]*$") or "."
+local PIPE = here .. "/ref/sd_pipe"
+local PROMPTS = { "a small red circle on the left", "a big blue square above a green triangle" }
+local NEGATIVES = { "a yellow star", "" }
+local tests = {}
+
+local function raises(pattern, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error matching " .. pattern)
+  assert(tostring(err):find(pattern), "error \"" .. tostring(err) .. "\" does not match " .. pattern)
+  return err
+end
+
+local function io_ref() return T.load(here .. "/ref/sd_pipe_io.safetensors") end
+
+-- a fresh temporary directory, removed by the returned function
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(T._optim.mkdir(d))
+  return d, function() os.execute("rm -rf '" .. d .. "'") end
+end
+
+local function copy_tree(from, to) assert(os.execute(string.format("cp -r '%s' '%s'", from, to))) end
+
+local function max_rel(a, b)
+  return ((a - b):abs():max() / b:abs():max()):item()
+end
+
+---------------------------------------------------------------------------
+-- loading a diffusers folder
+---------------------------------------------------------------------------
+tests["models.load reads a diffusers folder: sharded unet, vae, text encoder, tokenizer.json, scheduler"] = function()
+  local parts = models.load(PIPE)
+  assert(parts.format == "diffusers" and parts.path == PIPE)
+  assert(parts.unet.config.cross_attention_dim[1] == 32 and parts.vae.config.block_out_channels[2] == 16)
+  assert(parts.text_encoder.config.vocab_size == 629 and parts.tokenizer.max_length == 16)
+  assert(D.samplers.kind(parts.scheduler) == "ddim" and parts.scheduler.config.steps_offset == 1)
+  assert(not parts.unet.training, "loaded models are in eval mode")
+  for _, name in ipairs({ "unet", "vae", "text_encoder" }) do
+    for k, p in parts[name]:named_parameters() do
+      assert(p.dtype == "f32" and p.requires_grad, name .. "." .. k)
+    end
+  end
+  local ids = parts.tokenizer:encode(PROMPTS).input_ids
+  T.testing.assert_close(ids, io_ref().ids)
+  -- only some parts, in another dtype
+  local some = models.load(PIPE, { parts = { "unet", "scheduler" }, dtype = "f64" })
+  assert(some.unet and some.scheduler and not some.vae and not some.text_encoder)
+  assert(some.unet.conv_in.weight.dtype == "f64")
+  T.testing.assert_close(some.unet.conv_in.weight, parts.unet.conv_in.weight:double())
+end
+
+tests["weights in the dtype asked for are the mapped file's memory; fp16 variants load by option"] = function()
+  local f32 = models.load(PIPE, { parts = { "vae" } }).vae
+  local f16 = models.load(PIPE, { parts = { "vae" }, variant = "fp16", dtype = "f16" }).vae
+  local file = T.load(PIPE .. "/vae/diffusion_pytorch_model.fp16.safetensors")
+  for k, p in f16:named_parameters() do
+    assert(p.dtype == "f16", k)
+    T.testing.assert_close(p, file[k], { rtol = 0, atol = 0, msg = k })
+  end
+  -- the fp16 file rounded the f32 weights: loaded as f32 from it, they are close but not equal
+  local up = models.load(PIPE, { parts = { "vae" }, variant = "fp16" }).vae
+  local w32, w16 = f32.encoder.conv_in.weight, up.encoder.conv_in.weight
+  assert(w16.dtype == "f32" and not w16:allclose(w32, 0, 0) and w16:allclose(w32, 1e-3, 1e-3))
+  -- a model built under nn.init.skip writes no weight
+  local init = require("tocha.nn").init
+  local lin = init.skip(function() return require("tocha.nn").Linear(3, 2) end)
+  local ones = T.ones({ 2, 3 })
+  T.no_grad(function() lin.weight:copy_(ones) end)
+  init.skip(init.normal_, lin.weight)
+  T.testing.assert_close(lin.weight, ones)
+  init.normal_(lin.weight)
+  assert(not lin.weight:allclose(ones))
+end
+
+---------------------------------------------------------------------------
+-- the pipeline against diffusers
+---------------------------------------------------------------------------
+tests["StableDiffusion equals StableDiffusionPipeline: DDIM 10 steps, guidance 7.5, same latents (1e-4)"] = function()
+  local io = io_ref()
+  local pipe = D.StableDiffusion(models.load(PIPE))
+  T.testing.assert_close(pipe:encode_prompt(PROMPTS), io.prompt_embeds, { rtol = 1e-5, atol = 1e-5 })
+  T.testing.assert_close(pipe:encode_prompt(NEGATIVES), io.negative_prompt_embeds, { rtol = 1e-5, atol = 1e-5 })
+  local steps = 0
+  local images, latents = pipe:sample { prompts = PROMPTS, negative_prompts = NEGATIVES, steps = 10,
+    guidance_scale = 7.5, latents = io.latents, height = 16, width = 16,
+    callback = function(s) steps = steps + 1; assert(s.step == steps and s.steps == 10 and s.latents) end }
+  assert(steps == 10)
+  assert(images.shape[1] == 2 and images.shape[2] == 3 and images.shape[3] == 16 and images.dtype == "f32")
+  local rl, ri = max_rel(latents, io.final_latents), max_rel(images, io.images)
+  assert(rl < 1e-4, "latents differ by " .. rl)
+  assert(ri < 1e-4, "images differ by " .. ri)
+  assert(images:min():item() >= 0 and images:max():item() <= 1)
+end
+
+tests["StableDiffusion: clip skip, images per prompt, seeds, callbacks that stop, samplers by name"] = function()
+  local io = io_ref()
+  local pipe = D.StableDiffusion(models.load(PIPE))
+  T.testing.assert_close(pipe:encode_prompt(PROMPTS, { clip_skip = 1 }), io.prompt_embeds_clip_skip1,
+    { rtol = 1e-5, atol = 1e-5 })
+  raises("clip_skip must be an integer below the 2 layers", pipe.encode_prompt, pipe, PROMPTS, { clip_skip = 2 })
+  local o = { prompts = { PROMPTS[1] }, steps = 3, seed = 7, height = 8, width = 16, batch = 2 }
+  local before = T.randn({ 1 })
+  T.manual_seed(0)
+  local a = pipe:sample(o)
+  local after_a = T.randn({ 1 })
+  T.manual_seed(0)
+  local b = pipe:sample(o)
+  assert(a.shape[1] == 2 and a.shape[3] == 8 and a.shape[4] == 16)
+  T.testing.assert_close(a, b, { rtol = 0, atol = 0 })
+  T.manual_seed(0)
+  T.testing.assert_close(T.randn({ 1 }), after_a, { rtol = 0, atol = 0, msg = "the caller's stream is left as it was" })
+  assert(before)
+  assert(not a[1]:allclose(a[2], 1e-3, 1e-3), "two images of one prompt start from different latents")
+  -- stopping after the first step; guidance 1 runs the conditional pass alone
+  local n = 0
+  pipe:sample { prompts = PROMPTS, steps = 5, guidance_scale = 1, height = 8, width = 8,
+    callback = function() n = n + 1; return false end }
+  assert(n == 1)
+  for _, name in ipairs({ "euler", "euler_a", "dpmpp2m", "dpmpp2m_karras", "pndm", "unipc", "heun", "ddpm" }) do
+    local img = pipe:sample { prompts = PROMPTS[2], steps = 4, seed = 1, height = 8, width = 8, sampler = name }
+    assert(img:isfinite():logical_not():sum():item() == 0, name)
+  end
+  raises("height and width must be multiples of 2, got 9x8", pipe.sample, pipe, { prompts = "x", height = 9, width = 8 })
+  raises("latents must be %[2 x 4 x 8 x 8%]", pipe.sample, pipe, { prompts = PROMPTS, height = 16, width = 16,
+    latents = T.randn({ 1, 4, 8, 8 }) })
+  raises("unknown sampler 'lms'", pipe.sample, pipe, { prompts = "x", sampler = "lms" })
+  raises("missing part 'vae'", D.StableDiffusion, { unet = pipe.unet })
+end
+
+---------------------------------------------------------------------------
+-- save_pretrained
+---------------------------------------------------------------------------
+tests["save_pretrained writes a diffusers folder that loads back to the same models and images"] = function()
+  local dir, done = tmpdir()
+  local parts = models.load(PIPE)
+  models.save_pretrained(dir, parts)
+  for _, f in ipairs({ "model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json", "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
+    "tokenizer/merges.txt", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json" }) do
+    assert(io.open(dir .. "/" .. f), f .. " is missing")
+  end
+  local index = json.read_file(dir .. "/model_index.json")
+  assert(index._class_name == "StableDiffusionPipeline" and index.unet[2] == "UNet2DConditionModel")
+  assert(index.scheduler[2] == "DDIMScheduler" and index.safety_checker[1] == json.null)
+  local cfg = json.read_file(dir .. "/unet/config.json")
+  assert(cfg.cross_attention_dim == 32 and cfg.attention_head_dim[2] == 4 and cfg.dtype == nil)
+  local _, meta = T.load(dir .. "/unet/diffusion_pytorch_model.safetensors")
+  assert(meta.format == "pt")
+  local back = models.load(dir)
+  for _, name in ipairs({ "unet", "vae", "text_encoder" }) do
+    local want = parts[name]:state_dict()
+    for k, v in pairs(back[name]:state_dict()) do T.testing.assert_close(v, want[k], { rtol = 0, atol = 0, msg = k }) end
+  end
+  local io = io_ref()
+  local o = { prompts = PROMPTS, negative_prompts = NEGATIVES, steps = 10, latents = io.latents, height = 16, width = 16 }
+  T.testing.assert_close(D.StableDiffusion(back):sample(o), D.StableDiffusion(parts):sample(o), { rtol = 0, atol = 0 })
+  -- an f16 variant beside it
+  models.save_pretrained(dir, { unet = parts.unet }, { dtype = "f16", variant = "fp16" })
+  local file = T.load(dir .. "/unet/diffusion_pytorch_model.fp16.safetensors")
+  assert(file["conv_in.weight"].dtype == "f16")
+  done()
+end
+
+tests["the sampler registry: diffusers classes in and out, names, options that do not apply"] = function()
+  local R = D.samplers
+  local s = R.from_diffusers(json.read_file(PIPE .. "/scheduler/scheduler_config.json"))
+  local cfg = R.to_diffusers(s)
+  assert(cfg._class_name == "DDIMScheduler" and cfg.steps_offset == 1 and cfg.beta_schedule == "scaled_linear")
+  local e = R.by_name("dpmpp2m_karras", s)
+  local name, class = R.kind(e)
+  assert(name == "dpmpp2m" and class == "DPMSolverMultistepScheduler" and e.config.use_karras_sigmas)
+  assert(e.config.beta_end == 0.012 and e.config.steps_offset == 1, "the schedule is kept")
+  local pndm = R.from_diffusers({ _class_name = "PNDMScheduler", skip_prk_steps = true, beta_schedule = "scaled_linear",
+    beta_start = 0.00085, beta_end = 0.012, set_alpha_to_one = false, steps_offset = 1, trained_betas = json.null,
+    clip_sample = false })
+  assert(R.kind(pndm) == "pndm")
+  raises("option thresholding = true of DDIMScheduler is not supported", R.from_diffusers,
+    { _class_name = "DDIMScheduler", thresholding = true })
+  raises("scheduler LMSDiscreteScheduler is not one tocha has", R.from_diffusers, { _class_name = "LMSDiscreteScheduler" })
+  for _, n in ipairs(R.names()) do assert(R.by_name(n, s).config.num_train_timesteps == 1000, n) end
+end
+
+tests["PNDM (PLMS) gives diffusers' PNDMScheduler samples, epsilon and v-prediction"] = function()
+  local ref = T.load(here .. "/ref/sd_pndm_io.safetensors")
+  for _, pred in ipairs({ "epsilon", "v_prediction" }) do
+    for _, n in ipairs({ 1, 2, 7 }) do
+      local s = D.PNDM { beta_start = 0.00085, beta_end = 0.012, beta_schedule = "scaled_linear", steps_offset = 1,
+        set_alpha_to_one = false, prediction_type = pred }
+      s:set_timesteps(n)
+      local key = pred .. "_" .. n
+      assert(#s.timesteps == ref[key .. "_timesteps"]:numel(), key)
+      for i, t in ipairs(ref[key .. "_timesteps"]:tolist()) do assert(s.timesteps[i] == t, key) end
+      local x = ref.x0
+      for _, t in ipairs(s.timesteps) do x = s:step(x * 0.3 + 0.001 * t, t, x) end
+      T.testing.assert_close(x, ref[key], { rtol = 1e-5, atol = 1e-5, msg = key })
+    end
+  end
+  local ok, err = pcall(D.PNDM, { skip_prk_steps = false })
+  assert(not ok and err:find("skip_prk_steps"), err)
+end
+
+---------------------------------------------------------------------------
+-- errors
+---------------------------------------------------------------------------
+tests["models.load refuses pickle files and says how to convert them"] = function()
+  local dir, done = tmpdir()
+  local f = assert(io.open(dir .. "/model.ckpt", "wb"))
+  f:write("PK\3\4 not really")
+  f:close()
+  local err = raises("is a pickle file", models.load, dir .. "/model.ckpt")
+  assert(err:find("runs whatever code it holds") and err:find("weights_only=True") and err:find("model.safetensors"), err)
+  copy_tree(PIPE, dir .. "/pipe")
+  os.remove(dir .. "/pipe/text_encoder/model.safetensors")
+  f = assert(io.open(dir .. "/pipe/text_encoder/pytorch_model.bin", "wb"))
+  f:write("x")
+  f:close()
+  raises("text_encoder/pytorch_model.bin is a pickle file", models.load, dir .. "/pipe")
+  done()
+end
+
+tests["models.load errors name the file and the key"] = function()
+  local dir, done = tmpdir()
+  copy_tree(PIPE, dir .. "/p")
+  local root = dir .. "/p"
+  local vae_file = root .. "/vae/diffusion_pytorch_model.safetensors"
+  local orig = T.load(vae_file)
+  local function with_vae(sd, pattern)
+    T.save(vae_file, sd, { format = "pt" })
+    local err = raises(pattern, models.load, root, { parts = { "vae" } })
+    return err
+  end
+  local sd = {}
+  for k, v in pairs(orig) do sd[k] = v end
+  sd["encoder.conv_in.weight"] = T.zeros({ 8, 3, 3, 5 })
+  with_vae(sd, "diffusion_pytorch_model.safetensors: encoder.conv_in.weight has shape %[8 x 3 x 3 x 5%], AutoencoderKL expects %[8 x 3 x 3 x 3%]")
+  sd["encoder.conv_in.weight"] = orig["encoder.conv_in.weight"]:to("i32")
+  with_vae(sd, "encoder.conv_in.weight is i32, AutoencoderKL expects a floating tensor")
+  sd["encoder.conv_in.weight"] = orig["encoder.conv_in.weight"]
+  sd["encoder.extra.weight"] = T.zeros({ 1 })
+  with_vae(sd, "vae/diffusion_pytorch_model.safetensors: unknown key encoder.extra.weight")
+  sd["encoder.extra.weight"] = nil
+  sd["decoder.conv_out.bias"] = nil
+  with_vae(sd, "missing key decoder.conv_out.bias")
+  -- truncated
+  local bytes = assert(io.open(root .. "/text_encoder/model.safetensors", "rb")):read("a")
+  local f = assert(io.open(root .. "/text_encoder/model.safetensors", "wb"))
+  f:write(bytes:sub(1, #bytes - 100))
+  f:close()
+  raises("text_encoder/model.safetensors' is not a valid safetensors file", models.load, root, { parts = { "text_encoder" } })
+  -- a shard the index names is gone; a part directory is gone
+  local index = json.read_file(root .. "/unet/diffusion_pytorch_model.safetensors.index.json")
+  os.remove(root .. "/unet/" .. index.weight_map["conv_in.weight"])
+  raises("diffusion_pytorch_model.safetensors.index.json lists .*, which is missing", models.load, root, { parts = { "unet" } })
+  os.execute("rm -rf '" .. root .. "/scheduler'")
+  raises("model_index.json names scheduler, but .*/scheduler is missing", models.load, root)
+  raises("does not exist", models.load, dir .. "/nothing")
+  raises("unknown config key%(s%): foo", function()
+    local c = json.read_file(root .. "/vae/config.json")
+    c.foo = 1
+    local g = assert(io.open(root .. "/vae/config.json", "w"))
+    g:write(json.encode(c))
+    g:close()
+    models.load(root, { parts = { "vae" } })
+  end)
+  done()
+end
+
+tests["a part folder loads alone; register_loader adds a format"] = function()
+  local unet = models.load(PIPE .. "/unet")
+  assert(unet.__name == "UNet2DConditionModel")
+  local seen
+  models.register_loader { name = "test format", detect = function(p) return p == "test://x" end,
+    load = function(p, o) seen = o; return { path = p } end }
+  local out = models.load("test://x", { dtype = "f16" })
+  assert(out.path == "test://x" and seen.dtype == "f16")
+  table.remove(models.loaders, 1)
+  raises("models.load: test://x does not exist", models.load, "test://x")
+end
+
+return tests
