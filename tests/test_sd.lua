@@ -288,4 +288,89 @@ tests["a part folder loads alone; register_loader adds a format"] = function()
   raises("models.load: test://x does not exist", models.load, "test://x")
 end
 
+---------------------------------------------------------------------------
+-- tocha sample, PNG text
+---------------------------------------------------------------------------
+-- the text chunks of a PNG file: key -> text (tEXt and uncompressed iTXt)
+local function png_text(bytes)
+  assert(bytes:sub(1, 8) == "\x89PNG\r\n\x1a\n", "not a PNG")
+  local out, i = {}, 9
+  while i < #bytes do
+    local len, kind = string.unpack(">I4", bytes, i), bytes:sub(i + 4, i + 7)
+    local data = bytes:sub(i + 8, i + 7 + len)
+    if kind == "tEXt" then
+      local k, v = data:match("^([^%z]+)%z(.*)$")
+      out[k] = v
+    elseif kind == "iTXt" then
+      local k, rest = data:match("^([^%z]+)%z(.*)$")
+      assert(rest:byte(1) == 0, "compressed iTXt")
+      out[k] = rest:match("^..[^%z]*%z[^%z]*%z(.*)$")
+    end
+    i = i + 12 + len
+  end
+  return out
+end
+
+local function sink()
+  local buf = {}
+  return { write = function(self, ...) for _, s in ipairs({ ... }) do buf[#buf + 1] = tostring(s) end return self end,
+           flush = function() end, text = function() return table.concat(buf) end }
+end
+
+tests["PNG text chunks: ASCII as tEXt, UTF-8 as iTXt, bad keys refused"] = function()
+  local image = require "tocha.image"
+  local img = T.rand({ 3, 5, 4 })
+  local bytes = image.encode(img, "png", { text = { parameters = "a cat\nSteps: 20", Comment = "caf\xc3\xa9 \xe2\x80\x94 ok" } })
+  local text = png_text(bytes)
+  assert(text.parameters == "a cat\nSteps: 20", text.parameters)
+  assert(text.Comment == "caf\xc3\xa9 \xe2\x80\x94 ok", text.Comment)
+  T.testing.assert_close(image.decode(bytes), image.decode(image.encode(img, "png")), { rtol = 0, atol = 0 })
+  raises("PNG text key '' must be 1 to 79 printable ASCII characters", image.encode, img, "png", { text = { [""] = "x" } })
+  raises("text chunks are for PNG", image.encode, img, "jpeg", { text = { a = "b" } })
+  raises("PNG text must map strings to strings", image.encode, img, "png", { text = { a = 1 } })
+  local dir, done = tmpdir()
+  image.write(dir .. "/a.png", img, { text = { parameters = "p" } })
+  assert(png_text(assert(io.open(dir .. "/a.png", "rb")):read("a")).parameters == "p")
+  raises("text chunks are for PNG files only", image.write, dir .. "/a.jpg", img, { text = { a = "b" } })
+  done()
+end
+
+tests["tocha sample writes PNGs with A1111's parameters; each image's seed redraws it alone"] = function()
+  local main = require "tocha.cli.sample"
+  local image = require "tocha.image"
+  local dir, done = tmpdir()
+  local prompts = dir .. "/prompts.txt"
+  local f = assert(io.open(prompts, "w"))
+  f:write("# two prompts\na small red circle\n\na big blue square\n")
+  f:close()
+  local out, err = sink(), sink()
+  local code = main({ PIPE, "--prompts", prompts, "--negative", "a star", "--steps", "3", "--size", "16x8", "--n", "2",
+    "--batch", "1", "--seed", "10", "--sampler", "euler", "--clip-skip", "1", "--out", dir .. "/png" }, out, err)
+  assert(code == 0, err.text())
+  local files = {}
+  for _, name in ipairs(T._optim.listdir(dir .. "/png")) do files[#files + 1] = name end
+  table.sort(files)
+  assert(#files == 4 and files[1] == "00000-10.png" and files[4] == "00003-13.png", table.concat(files, " "))
+  local text = png_text(assert(io.open(dir .. "/png/00002-12.png", "rb")):read("a")).parameters
+  assert(text == "a big blue square\nNegative prompt: a star\nSteps: 3, Sampler: Euler, CFG scale: 7.5, Seed: 12, "
+    .. "Size: 16x8, Model: sd_pipe, Clip skip: 2, Version: tocha", text)
+  local img = image.read(dir .. "/png/00003-13.png")
+  assert(img.shape[1] == 8 and img.shape[2] == 16 and img.shape[3] == 3)
+  assert(err.text():find("step 12/12", 1, true), err.text())
+  -- the fourth image again, alone, from its own seed: the same pixels
+  code = main({ PIPE, "--prompt", "a big blue square", "--negative", "a star", "--steps", "3", "--size", "16x8",
+    "--seed", "13", "--sampler", "euler", "--clip-skip", "1", "--out", dir .. "/png", "--quiet" }, out, err)
+  assert(code == 0, err.text())
+  T.testing.assert_close(image.read(dir .. "/png/00004-13.png"), img, { rtol = 0, atol = 0 })
+  assert(out.text():find("00004-13.png", 1, true))
+  -- bad input
+  assert(main({ PIPE, "--steps", "x" }, sink(), err) == 2 and err.text():find("option %-%-steps needs an integer"))
+  assert(main({ PIPE }, sink(), err) == 2 and err.text():find("give %-%-prompt TEXT or %-%-prompts FILE"))
+  assert(main({ PIPE, "--prompt", "a", "--size", "big" }, sink(), err) == 2 and err.text():find("size must be WxH"))
+  assert(main({ dir .. "/x.ckpt", "--prompt", "a" }, sink(), err) == 1 and err.text():find("is a pickle file"))
+  local help = sink()
+  assert(main({ "--help" }, help, err) == 0 and help.text():find("usage: tocha sample MODEL"))
+  done()
+end
+
 return tests
