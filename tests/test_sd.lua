@@ -373,4 +373,91 @@ tests["tocha sample writes PNGs with A1111's parameters; each image's seed redra
   done()
 end
 
+---------------------------------------------------------------------------
+-- single-file (CompVis / A1111) checkpoints
+---------------------------------------------------------------------------
+local SINGLE = { v1 = { file = here .. "/ref/sd_single_v1.safetensors", folder = PIPE },
+  v2 = { file = here .. "/ref/sd_single_v2.safetensors", folder = here .. "/ref/sd_pipe_v2" } }
+local KIND = { unet = "UNet2DConditionModel", vae = "AutoencoderKL", text_encoder = "CLIPTextModel" }
+
+local function single_images(parts, case)
+  local io = T.load(here .. "/ref/sd_single_" .. case .. "_io.safetensors")
+  local images = D.StableDiffusion(parts):sample { prompts = PROMPTS, negative_prompts = NEGATIVES, steps = 10,
+    latents = io.latents, height = 16, width = 16 }
+  return images, io.images
+end
+
+tests["single files (SD 1.x with CLIP, SD 2.x with OpenCLIP) load and give diffusers' images"] = function()
+  for _, case in ipairs({ "v1", "v2" }) do
+    local parts = models.load(SINGLE[case].file, { config = SINGLE[case].folder })
+    assert(parts.format == (case == "v1" and "single file (SD 1.x)" or "single file (SD 2.x)"), parts.format)
+    local got, want = single_images(parts, case)
+    local r = max_rel(got, want)
+    assert(r < 1e-4, case .. ": images differ by " .. r)
+  end
+  -- the SD 1.x file holds the very weights of the diffusers folder
+  local a, b = models.load(SINGLE.v1.file, { config = PIPE }), models.load(PIPE)
+  for _, name in ipairs({ "unet", "vae", "text_encoder" }) do
+    local want = b[name]:state_dict()
+    for k, v in pairs(a[name]:state_dict()) do T.testing.assert_close(v, want[k], { rtol = 0, atol = 0, msg = k }) end
+  end
+end
+
+tests["single files: configs inferred from the shapes are diffusers' (heads and groups given)"] = function()
+  for _, case in ipairs({ "v1", "v2" }) do
+    local folder = SINGLE[case].folder
+    local given = {}
+    for name in pairs(KIND) do
+      local c = json.read_file(folder .. "/" .. name .. "/config.json")
+      c.dtype, c.architectures = nil, nil
+      given[name] = models.resolve(KIND[name], c)
+    end
+    -- what shapes cannot tell: heads, GroupNorm groups, the sizes trained at
+    local config = { unet = { attention_head_dim = given.unet.attention_head_dim, norm_num_groups = 4 + (case == "v1" and 4 or 0),
+      sample_size = 8 }, vae = { norm_num_groups = 4, sample_size = 16 },
+      text_encoder = { num_attention_heads = given.text_encoder.num_attention_heads },
+      scheduler = json.read_file(folder .. "/scheduler/scheduler_config.json") }
+    local parts = models.load(SINGLE[case].file, { config = config, tokenizer = folder .. "/tokenizer" })
+    for name, kind in pairs(KIND) do
+      for k, v in pairs(given[name]) do
+        assert(json.encode(models.resolve(kind, parts[name].config)[k]) == json.encode(v) or (v == 0 and parts[name].config[k] == 0),
+          string.format("%s %s: %s inferred, %s in diffusers' config", case, name .. "." .. k,
+            json.encode(parts[name].config[k]), json.encode(v)))
+      end
+    end
+    local got, want = single_images(parts, case)
+    assert(max_rel(got, want) < 1e-4, case)
+  end
+  -- with nothing given, SD 2.x is v-prediction with OpenCLIP's gelu, SD 1.x epsilon with quick_gelu
+  local _, cfg, sd2 = require("tocha.models.single_file").convert(T.load(SINGLE.v2.file), "x")
+  assert(sd2 and cfg.text_encoder.hidden_act == "gelu" and cfg.unet.use_linear_projection and cfg.unet.sample_size == 96)
+  local p2 = models.load(SINGLE.v2.file, { parts = { "scheduler" } })
+  assert(D.samplers.kind(p2.scheduler) == "ddim" and p2.scheduler.config.prediction_type == "v_prediction")
+  local p1 = models.load(SINGLE.v1.file, { parts = { "scheduler" } })
+  assert(D.samplers.kind(p1.scheduler) == "pndm" and p1.scheduler.config.prediction_type == "epsilon")
+end
+
+tests["single files: unknown keys, missing tokenizers and bad configs are named"] = function()
+  local dir, done = tmpdir()
+  local raw = T.load(SINGLE.v1.file)
+  local sd = {}
+  for k, v in pairs(raw) do sd[k] = v end
+  sd["model.diffusion_model.input_blocks.1.7.weight"] = T.zeros({ 1 })
+  sd["something_else.weight"] = T.zeros({ 1 })
+  T.save(dir .. "/odd.safetensors", sd)
+  local err = raises("odd.safetensors: unknown key%(s%) in a Stable Diffusion checkpoint: model%.diffusion_model%.input_blocks%.1%.7%.weight, something_else%.weight",
+    models.load, dir .. "/odd.safetensors", { config = PIPE })
+  assert(err)
+  local ok, msg = pcall(models.load, SINGLE.v1.file, { parts = { "tokenizer" } })
+  if not ok then assert(msg:find("holds no tokenizer: give opts.tokenizer"), msg) end -- unless Hugging Face's cache has CLIP's
+  raises("sd_single_v1.safetensors: the vae config: AutoencoderKL: block_out_channels%[1%] = 8 is not divisible by norm_num_groups %(32%)",
+    models.load, SINGLE.v1.file, { parts = { "vae" } })
+  raises("size mismatch", function() -- a config that does not fit the weights
+    local ok2, e = pcall(models.load, SINGLE.v1.file, { parts = { "unet" }, config = { unet = { norm_num_groups = 8, cross_attention_dim = 16 } } })
+    assert(not ok2)
+    error(e:find("attn2.to_k.weight has shape %[16 x 32%], UNet2DConditionModel expects %[16 x 16%]") and "size mismatch" or e)
+  end)
+  done()
+end
+
 return tests

@@ -276,3 +276,210 @@ pipe, pipe_latents = pipeline_case()
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "pipe":
     sys.exit(0)
+
+
+# ---- single-file CompVis checkpoints ------------------------------------------------------------------
+# The names of the original (CompVis / ldm) checkpoints, written from a diffusers pipeline by the
+# mapping below, for any number of levels and layers (diffusers' own converter in that direction,
+# scripts/convert_diffusers_to_original_stable_diffusion.py in its repository, is written for SD's
+# exact layout and older VAE names). Each file is then converted back by diffusers' own
+# single-file functions, which must give every diffusers tensor back exactly.
+RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+          ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
+
+
+def unet_to_ldm(sd, cfg):
+    L = cfg["layers_per_block"]
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "class_embedding.linear_1": "label_emb.0.0", "class_embedding.linear_2": "label_emb.0.2"}
+    has_attn = {k.split(".")[1] for k in sd if k.startswith("up_blocks.") and ".attentions." in k}
+    out = {}
+    for k, v in sd.items():
+        head, _, leaf = k.rpartition(".")
+        parts = head.split(".")
+        if head in fixed:
+            new = fixed[head]
+        elif parts[0] == "down_blocks":
+            b, kind = int(parts[1]), parts[2]
+            if kind == "downsamplers":
+                new = "input_blocks.%d.0.op" % ((b + 1) * (L + 1))
+            else:
+                i = 1 + b * (L + 1) + int(parts[3])
+                new = "input_blocks.%d.%d.%s" % (i, 0 if kind == "resnets" else 1, ".".join(parts[4:]))
+        elif parts[0] == "mid_block":
+            j = int(parts[2])
+            new = "middle_block.%d.%s" % (2 * j if parts[1] == "resnets" else 1, ".".join(parts[3:]))
+        elif parts[0] == "up_blocks":
+            b, kind = int(parts[1]), parts[2]
+            if kind == "upsamplers":
+                new = "output_blocks.%d.%d.conv" % (b * (L + 1) + L, 2 if parts[1] in has_attn else 1)
+            else:
+                i = b * (L + 1) + int(parts[3])
+                new = "output_blocks.%d.%d.%s" % (i, 0 if kind == "resnets" else 1, ".".join(parts[4:]))
+        else:
+            raise ValueError("unmapped unet key " + k)
+        if ".resnets." in k or "mid_block.resnets" in k:
+            pre, _, last = new.rpartition(".")
+            new = pre + "." + dict(RESNET)[last] if last in dict(RESNET) else new
+        out["model.diffusion_model." + new + "." + leaf] = v
+    return out
+
+
+def vae_to_ldm(sd, levels):
+    out = {}
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    for k, v in sd.items():
+        new = k
+        for side in ("encoder", "decoder"):
+            new = new.replace(side + ".mid_block.resnets.0.", side + ".mid.block_1.")
+            new = new.replace(side + ".mid_block.resnets.1.", side + ".mid.block_2.")
+            new = new.replace(side + ".conv_norm_out.", side + ".norm_out.")
+            if side + ".mid_block.attentions.0." in new:
+                rest = new.split(side + ".mid_block.attentions.0.")[1]
+                name, _, leaf = rest.rpartition(".")
+                new = "%s.mid.attn_1.%s.%s" % (side, attn[name], leaf)
+                if leaf == "weight" and name != "group_norm":
+                    v = v.reshape(*v.shape, 1, 1)
+        parts = new.split(".")
+        if parts[0] == "encoder" and parts[1] == "down_blocks":
+            if parts[3] == "resnets":
+                new = "encoder.down.%s.block.%s.%s" % (parts[2], parts[4], ".".join(parts[5:]))
+            else:
+                new = "encoder.down.%s.downsample.conv.%s" % (parts[2], parts[-1])
+        elif parts[0] == "decoder" and parts[1] == "up_blocks":
+            i = levels - 1 - int(parts[2])
+            if parts[3] == "resnets":
+                new = "decoder.up.%d.block.%s.%s" % (i, parts[4], ".".join(parts[5:]))
+            else:
+                new = "decoder.up.%d.upsample.conv.%s" % (i, parts[-1])
+        new = new.replace(".conv_shortcut.", ".nin_shortcut.")
+        out["first_stage_model." + new] = v
+    return out
+
+
+def clip_to_ldm(sd):
+    return {"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
+            for k, v in sd.items()}
+
+
+def openclip_to_ldm(sd, layers, extra_layer, projection):
+    p = "cond_stage_model.model."
+    sd = {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in sd.items()}
+    out = {p + "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+           p + "positional_embedding": sd["embeddings.position_embedding.weight"],
+           p + "ln_final.weight": sd["final_layer_norm.weight"], p + "ln_final.bias": sd["final_layer_norm.bias"],
+           p + "text_projection": projection, p + "logit_scale": torch.tensor(4.6052)}
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    for i in range(layers):
+        src = "encoder.layers.%d." % i
+        dst = p + "transformer.resblocks.%d." % i
+        for leaf in ("weight", "bias"):
+            out[dst + "attn.in_proj_" + leaf] = torch.cat([sd[src + "self_attn.%s_proj.%s" % (x, leaf)] for x in "qkv"])
+            for a, b in names.items():
+                out[dst + b + "." + leaf] = sd[src + a + "." + leaf]
+    # the last OpenCLIP layer, which Stable Diffusion 2.x skips (it uses the penultimate one)
+    for k, v in extra_layer.items():
+        out[p + "transformer.resblocks.%d.%s" % (layers, k)] = v
+    return out
+
+
+def check_with_diffusers(single, pipe, sd2):
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
+
+    def same(name, got, want, allow_extra=False):
+        want = {k: v for k, v in want.items()}
+        for k, v in want.items():
+            assert k in got, "%s: diffusers' conversion lacks %s" % (name, k)
+            assert torch.equal(got[k].reshape(v.shape), v), "%s: %s differs" % (name, k)
+        extra = set(got) - set(want)
+        assert allow_extra or not extra, "%s: unexpected %s" % (name, sorted(extra)[:5])
+        return extra
+
+    same("unet", convert_ldm_unet_checkpoint(single, pipe.unet.config), pipe.unet.state_dict())
+    same("vae", convert_ldm_vae_checkpoint(single, pipe.vae.config), pipe.vae.state_dict())
+    te = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in pipe.text_encoder.state_dict().items()}
+    if sd2:
+        extra = same("text_encoder", convert_open_clip_checkpoint(pipe.text_encoder, single), te, allow_extra=True)
+        assert all(".layers.%d." % pipe.text_encoder.config.num_hidden_layers in k or "text_projection" in k
+                   for k in extra), sorted(extra)
+    else:
+        got = convert_ldm_clip_checkpoint(single)
+        same("text_encoder", {k: v for k, v in got.items() if k != "text_model.embeddings.position_ids"}, te)
+
+
+def sd2_pipeline():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    vocab = os.path.join(HERE, "text_vocab")
+    tok = CLIPTokenizer(os.path.join(vocab, "vocab.json"), os.path.join(vocab, "merges.txt"), model_max_length=16,
+                        pad_token="!")
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=3, max_position_embeddings=16, hidden_act="gelu",
+                                      eos_token_id=2, bos_token_id=len(tok) - 2, pad_token_id=0))
+    # SD 2.x's layout at a tiny size: four levels of two layers, cross-attention in the first three
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[8, 16, 16, 16],
+                                layers_per_block=2, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=24,
+                                attention_head_dim=[1, 2, 2, 2], use_linear_projection=True, upcast_attention=True,
+                                norm_num_groups=4)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16], layers_per_block=1,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=4, sample_size=16)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    for m in (te, unet, vae):
+        randomize_norms(m, 0.1).eval()
+    return StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def single_file_case(case, pipe, latents, sd2):
+    single = {}
+    single.update(unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config))
+    single.update(vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels)))
+    te = pipe.text_encoder.state_dict()
+    if sd2:
+        d = pipe.text_encoder.config.hidden_size
+        layer = {"attn.in_proj_weight": torch.randn(3 * d, d), "attn.in_proj_bias": torch.randn(3 * d),
+                 "attn.out_proj.weight": torch.randn(d, d), "attn.out_proj.bias": torch.randn(d),
+                 "ln_1.weight": torch.randn(d), "ln_1.bias": torch.randn(d), "ln_2.weight": torch.randn(d),
+                 "ln_2.bias": torch.randn(d), "mlp.c_fc.weight": torch.randn(2 * d, d), "mlp.c_fc.bias": torch.randn(2 * d),
+                 "mlp.c_proj.weight": torch.randn(d, 2 * d), "mlp.c_proj.bias": torch.randn(d)}
+        single.update(openclip_to_ldm(te, pipe.text_encoder.config.num_hidden_layers, layer, torch.randn(d, 16)))
+    else:
+        single.update(clip_to_ldm(te))
+        single["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(16)[None]
+    # what original checkpoints also hold besides the weights: the noise schedule's buffers
+    single["alphas_cumprod"] = torch.cumprod(1 - pipe.scheduler.betas, 0)
+    check_with_diffusers(single, pipe, sd2)
+    save_file({k: v.contiguous() for k, v in single.items()}, os.path.join(HERE, "sd_single_%s.safetensors" % case))
+    images, final = pipe_images(pipe, latents)
+    save("single_" + case, None, {"latents": latents, "images": images, "final_latents": final}, None)
+    return images
+
+
+def check_from_single_file(case, folder, latents, images):
+    # diffusers' own loader reads the file (its configs from the folder) and draws the same images
+    from diffusers import StableDiffusionPipeline
+    again = StableDiffusionPipeline.from_single_file(os.path.join(HERE, "sd_single_%s.safetensors" % case),
+                                                     config=folder, safety_checker=None, local_files_only=True)
+    assert torch.equal(pipe_images(again, latents)[0], images), case
+
+
+images_v1 = single_file_case("v1", pipe, pipe_latents, False)
+check_from_single_file("v1", os.path.join(HERE, "sd_pipe"), pipe_latents, images_v1)
+pipe2 = sd2_pipeline()
+v2_folder = os.path.join(HERE, "sd_pipe_v2")
+shutil.rmtree(v2_folder, ignore_errors=True)
+pipe2.save_pretrained(v2_folder, safe_serialization=True)
+for name in ("unet", "vae", "text_encoder"):  # the weights live in the single file; keep the configs
+    for f in os.listdir(os.path.join(v2_folder, name)):
+        if f.endswith(".safetensors"):
+            os.remove(os.path.join(v2_folder, name, f))
+latents_v2 = torch.randn(2, 4, 8, 8)
+images_v2 = single_file_case("v2", pipe2, latents_v2, True)
+check_from_single_file("v2", v2_folder, latents_v2, images_v2)
+print("tests/ref: %.1f MB" % (sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(HERE) for f in fs) / 1e6))

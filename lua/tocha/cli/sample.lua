@@ -23,6 +23,10 @@ usage: tocha sample MODEL --prompt TEXT [options]
   --device DEV        cpu or cuda (default cpu)
   --dtype DT          f32, f16 or bf16 (default f32)
   --variant V         load *.V.safetensors weights where present (e.g. fp16)
+  --config DIR        for a single file: a diffusers folder whose configs, tokenizer and
+                      scheduler to use (default: inferred from the weights' shapes)
+  --tokenizer DIR     for a single file: vocab.json + merges.txt (default: --config's, or
+                      Hugging Face's cache)
   --out DIR           where the PNGs go (default samples/); files are numbered after those there
   --quiet             no progress line]]
 
@@ -33,7 +37,8 @@ local A1111 = { ddim = "DDIM", pndm = "PLMS", plms = "PLMS", euler = "Euler", eu
 local OPTIONS = { ["--prompt"] = "prompt", ["--prompts"] = "prompts", ["--negative"] = "negative",
   ["--sampler"] = "sampler", ["--steps"] = "steps", ["--guidance"] = "guidance", ["--rescale"] = "rescale",
   ["--seed"] = "seed", ["--size"] = "size", ["--n"] = "n", ["--batch"] = "batch", ["--clip-skip"] = "clip_skip",
-  ["--eta"] = "eta", ["--device"] = "device", ["--dtype"] = "dtype", ["--variant"] = "variant", ["--out"] = "out" }
+  ["--eta"] = "eta", ["--device"] = "device", ["--dtype"] = "dtype", ["--variant"] = "variant", ["--out"] = "out",
+  ["--config"] = "config", ["--tokenizer"] = "tokenizer" }
 local INTEGER = { steps = true, seed = true, n = true, batch = true, clip_skip = true }
 local NUMBER = { guidance = true, rescale = true, eta = true }
 
@@ -129,7 +134,8 @@ local function run(o, out, err)
     width, height = math.tointeger(tonumber(width)), math.tointeger(tonumber(height))
     if not width then err:write("tocha sample: --size must be WxH, e.g. 512x512\n"); return 2 end
   end
-  local parts = models.load(o.model, { dtype = o.dtype or "f32", device = o.device, variant = o.variant })
+  local parts = models.load(o.model, { dtype = o.dtype or "f32", device = o.device, variant = o.variant,
+    config = o.config, tokenizer = o.tokenizer })
   if type(parts) ~= "table" or not parts.unet or not parts.vae or not parts.text_encoder or not parts.tokenizer then
     err:write("tocha sample: ", o.model, " is not a whole Stable Diffusion model (unet, vae, text encoder, tokenizer)\n")
     return 1

@@ -79,6 +79,7 @@ end
 -- checkpoints in and out
 ---------------------------------------------------------------------------
 local diffusers = require "tocha.models.diffusers"
+local single_file = require "tocha.models.single_file"
 
 local function isdir(path) return require("tocha")._optim.isdir(path) end
 
@@ -92,6 +93,9 @@ models.loaders = {
   { name = "diffusers model folder",
     detect = function(path) return isdir(path) and diffusers.exists(path .. "/config.json") end,
     load = function(path, opts) return diffusers.load_part(path, opts, models) end },
+  { name = "single-file checkpoint (.safetensors)",
+    detect = function(path) return not isdir(path) and path:match("%.safetensors$") ~= nil and diffusers.exists(path) end,
+    load = function(path, opts) return single_file.load(path, opts, models) end },
   { name = "pickle file",
     detect = function(path) return not isdir(path) and diffusers.is_pickle(path) end,
     load = function(path) error(diffusers.pickle_message(path), 0) end },
@@ -104,10 +108,11 @@ function models.register_loader(loader)
   table.insert(models.loaders, 1, loader)
 end
 
---- models.load(path, {dtype = "f32", device = "cpu", variant, parts, ...}) -> for a Stable
---- Diffusion checkpoint, the table {unet, vae, text_encoder, tokenizer, scheduler} (plus path
---- and format); for a single model's folder (config.json + weights), that model. Weights stay
---- memory-mapped where their dtype is the one asked for.
+--- models.load(path, {dtype = "f32", device = "cpu", variant, parts, config, tokenizer}) -> for a
+--- Stable Diffusion checkpoint (a diffusers folder, or one original .safetensors file), the
+--- table {unet, vae, text_encoder, tokenizer, scheduler} (plus path and format); for a single
+--- model's folder (config.json + weights), that model. Weights stay memory-mapped where their
+--- dtype is the one asked for. config and tokenizer are for single files (single_file.lua).
 function models.load(path, opts)
   if type(path) ~= "string" then error("models.load: path must be a string, got " .. type(path), 2) end
   if opts ~= nil and type(opts) ~= "table" then error("models.load: options must be a table", 2) end
