@@ -251,7 +251,7 @@ tests["models.load errors name the file and the key"] = function()
   with_vae(sd, "vae/diffusion_pytorch_model.safetensors: unknown key encoder.extra.weight")
   sd["encoder.extra.weight"] = nil
   sd["decoder.conv_out.bias"] = nil
-  with_vae(sd, "missing key decoder.conv_out.bias")
+  with_vae(sd, "vae/diffusion_pytorch_model.safetensors: missing key decoder.conv_out.bias")
   -- truncated
   local bytes = assert(io.open(root .. "/text_encoder/model.safetensors", "rb")):read("a")
   local f = assert(io.open(root .. "/text_encoder/model.safetensors", "wb"))

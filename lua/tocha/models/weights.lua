@@ -44,7 +44,7 @@ function W.assign(model, sd, origin, what)
   for k, p in pairs(own) do
     local v = sd[k]
     if v == nil then
-      problems[#problems + 1] = string.format("missing key %s (a %s parameter of %s)", k, shape_str(p), what)
+      problems[#problems + 1] = string.format("%s: missing key %s (a %s parameter of %s)", origin(k), k, shape_str(p), what)
     elseif not T.is_tensor(v) then
       problems[#problems + 1] = string.format("%s: %s is not a tensor", origin(k), k)
     elseif not same_shape(v, p) then
