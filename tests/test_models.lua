@@ -15,10 +15,12 @@ local function raises(pattern, fn, ...)
   assert(tostring(err):find(pattern), "error \"" .. tostring(err) .. "\" does not match " .. pattern)
 end
 
--- a case: its weights, its inputs / outputs, and the config it was built from
-local function load_case(name)
-  local sd, meta = T.load(here .. "/ref/models_" .. name .. ".safetensors")
-  local io = T.load(here .. "/ref/models_" .. name .. "_io.safetensors")
+-- a case: its weights, its inputs / outputs, and the config it was built from (files
+-- tests/ref/<prefix>_<name>*.safetensors, prefix "models" by default)
+local function load_case(name, prefix)
+  prefix = here .. "/ref/" .. (prefix or "models") .. "_" .. name
+  local sd, meta = T.load(prefix .. ".safetensors")
+  local io = T.load(prefix .. "_io.safetensors")
   return sd, io, json.decode(meta.config)
 end
 
@@ -313,11 +315,7 @@ end
 ---------------------------------------------------------------------------
 -- Stable Diffusion 1.x / 2.x config variants (tests/ref/gen_sd.py)
 ---------------------------------------------------------------------------
-local function load_sd_case(name)
-  local sd, meta = T.load(here .. "/ref/sd_" .. name .. ".safetensors")
-  local io = T.load(here .. "/ref/sd_" .. name .. "_io.safetensors")
-  return sd, io, json.decode(meta.config)
-end
+local function load_sd_case(name) return load_case(name, "sd") end
 
 local function check_variant(name)
   local sd, io, cfg = load_sd_case(name)

@@ -118,11 +118,8 @@ local function resolve(cfg, overrides)
   for _, key in ipairs({ "layers_per_block", "transformer_layers_per_block", "attention_head_dim", "cross_attention_dim" }) do
     c[key] = config.per_block(WHAT, key, c[key], n)
   end
+  config.check_groups(WHAT, c)
   for i, ch in ipairs(c.block_out_channels) do
-    if ch % c.norm_num_groups ~= 0 then
-      error(string.format("%s: block_out_channels[%d] = %d is not divisible by norm_num_groups (%d)", WHAT, i, ch,
-        c.norm_num_groups), 3)
-    end
     if ch < c.attention_head_dim[i] then
       error(string.format("%s: block_out_channels[%d] = %d is smaller than its number of heads (attention_head_dim = %d)",
         WHAT, i, ch, c.attention_head_dim[i]), 3)

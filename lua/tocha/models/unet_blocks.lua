@@ -8,11 +8,13 @@ local F = nn.functional
 
 local B = {}
 
+--- B.with(lo, extra): the layer options lo ({dtype, device}) plus extra ones
 local function with(lo, extra)
   local o = { dtype = lo.dtype, device = lo.device }
   for k, v in pairs(extra) do o[k] = v end
   return o
 end
+B.with = with
 
 -- fn(...) under gradient checkpointing when the block asks for it and a graph is being built
 local function run(block, fn, ...)

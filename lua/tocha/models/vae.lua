@@ -38,12 +38,7 @@ local function resolve(cfg, overrides)
       if k ~= kind then error(string.format("%s: %s[%d] = %s is not supported (only %q)", WHAT, key, i, config.show(k), kind), 3) end
     end
   end
-  for i, ch in ipairs(c.block_out_channels) do
-    if ch % c.norm_num_groups ~= 0 then
-      error(string.format("%s: block_out_channels[%d] = %d is not divisible by norm_num_groups (%d)", WHAT, i, ch,
-        c.norm_num_groups), 3)
-    end
-  end
+  config.check_groups(WHAT, c)
   local size = type(c.sample_size) == "table" and c.sample_size[1] or c.sample_size
   if math.type(size) ~= "integer" or size < 1 then
     error(WHAT .. ": sample_size must be a positive integer (or a list of them), got " .. config.show(c.sample_size), 3)
@@ -95,11 +90,7 @@ end
 ---------------------------------------------------------------------------
 -- blocks
 ---------------------------------------------------------------------------
-local function with(lo, extra)
-  local o = { dtype = lo.dtype, device = lo.device }
-  for k, v in pairs(extra) do o[k] = v end
-  return o
-end
+local with = B.with
 
 --- SpatialAttention(channels, groups): one head over the H * W positions, with a GroupNorm
 --- before it and the input added after (diffusers' Attention as the VAE's mid block builds it:
@@ -339,21 +330,22 @@ local function check_input(self, x, channels, what)
   end
 end
 
+-- fn over x: one sample at a time when slicing, and in overlapping tiles of `tile` pixels
+-- (giving tiles of `out_tile`) when tiling and x is larger than one
+local function through_tiles(self, x, fn, tile, out_tile)
+  return sliced(self, x, function(t)
+    if not (self.use_tiling and (t.shape[3] > tile or t.shape[4] > tile)) then return fn(t) end
+    local extent = math.floor(out_tile * self.tile_overlap_factor)
+    return tiled(t, fn, tile, math.floor(tile * (1 - self.tile_overlap_factor)), extent, out_tile - extent)
+  end)
+end
+
 -- x -> the moments [N, 2 * latent, h, w]
 function VAE:encode_moments(x)
-  local function enc(t)
+  return through_tiles(self, x, function(t)
     local h = self.encoder(t)
     return self.quant_conv and self.quant_conv(h) or h
-  end
-  local tile = self.tile_sample_min_size
-  return sliced(self, x, function(t)
-    if self.use_tiling and (t.shape[3] > tile or t.shape[4] > tile) then
-      local extent = math.floor(self.tile_latent_min_size * self.tile_overlap_factor)
-      return tiled(t, enc, tile, math.floor(tile * (1 - self.tile_overlap_factor)), extent,
-        self.tile_latent_min_size - extent)
-    end
-    return enc(t)
-  end)
+  end, self.tile_sample_min_size, self.tile_latent_min_size)
 end
 
 --- vae:encode(x [N, in_channels, H, W] in [-1, 1]) -> the posterior over the latents: a
@@ -369,19 +361,10 @@ end
 --- scaling_factor (and add shift_factor) first, as pipe:decode_latents does.
 function VAE:decode(z)
   check_input(self, z, self.config.latent_channels, "z")
-  local function dec(t)
+  return through_tiles(self, z, function(t)
     if self.post_quant_conv then t = self.post_quant_conv(t) end
     return self.decoder(t)
-  end
-  local tile = self.tile_latent_min_size
-  return sliced(self, z, function(t)
-    if self.use_tiling and (t.shape[3] > tile or t.shape[4] > tile) then
-      local extent = math.floor(self.tile_sample_min_size * self.tile_overlap_factor)
-      return tiled(t, dec, tile, math.floor(tile * (1 - self.tile_overlap_factor)), extent,
-        self.tile_sample_min_size - extent)
-    end
-    return dec(t)
-  end)
+  end, self.tile_latent_min_size, self.tile_sample_min_size)
 end
 
 --- vae(x, {sample_posterior = false}) -> decode(encode(x) sampled or its mode), and the posterior
