@@ -132,37 +132,26 @@ function MidBlock:forward(h)
   return self.resnets[2](h)
 end
 
---- DownEncoderBlock2D: resnets, then downsamplers.0 (pad right and bottom, 3x3 stride 2) unless last
-local DownBlock = nn.Module:extend("DownEncoderBlock2D")
-
-function DownBlock:init(cin, cout, layers, groups, downsample, lo)
-  local resnets = {}
-  for i = 1, layers do resnets[i] = resnet(i == 1 and cin or cout, cout, groups, lo) end
-  self.resnets = nn.ModuleList(resnets)
-  if downsample then self.downsamplers = nn.ModuleList({ B.Downsample2D(cout, 0, lo) }) end
+--- DownEncoderBlock2D and UpDecoderBlock2D: resnets, then a resampler unless last
+--- (downsamplers.0: pad right and bottom, 3x3 stride 2; upsamplers.0: nearest 2x, 3x3)
+local function level_block(name, field, resampler)
+  local C = nn.Module:extend(name)
+  function C:init(cin, cout, layers, groups, resample, lo)
+    local resnets = {}
+    for i = 1, layers do resnets[i] = resnet(i == 1 and cin or cout, cout, groups, lo) end
+    self.resnets = nn.ModuleList(resnets)
+    if resample then self[field] = nn.ModuleList({ resampler(cout, lo) }) end
+  end
+  function C:forward(h)
+    for _, r in ipairs(self.resnets) do h = r(h) end
+    local s = self[field]
+    if s then h = s[1](h) end
+    return h
+  end
+  return C
 end
-
-function DownBlock:forward(h)
-  for _, r in ipairs(self.resnets) do h = r(h) end
-  if self.downsamplers then h = self.downsamplers[1](h) end
-  return h
-end
-
---- UpDecoderBlock2D: resnets, then upsamplers.0 (nearest 2x, 3x3) unless last
-local UpBlock = nn.Module:extend("UpDecoderBlock2D")
-
-function UpBlock:init(cin, cout, layers, groups, upsample, lo)
-  local resnets = {}
-  for i = 1, layers do resnets[i] = resnet(i == 1 and cin or cout, cout, groups, lo) end
-  self.resnets = nn.ModuleList(resnets)
-  if upsample then self.upsamplers = nn.ModuleList({ B.Upsample2D(cout, lo) }) end
-end
-
-function UpBlock:forward(h)
-  for _, r in ipairs(self.resnets) do h = r(h) end
-  if self.upsamplers then h = self.upsamplers[1](h) end
-  return h
-end
+local DownBlock = level_block("DownEncoderBlock2D", "downsamplers", function(c, lo) return B.Downsample2D(c, 0, lo) end)
+local UpBlock = level_block("UpDecoderBlock2D", "upsamplers", function(c, lo) return B.Upsample2D(c, lo) end)
 
 -- fn(...) under gradient checkpointing when asked and a graph is being built
 local function run(owner, fn, ...)
