@@ -62,8 +62,8 @@ function W.assign(model, sd, origin, what)
   T.no_grad(function()
     for k, p in pairs(own) do
       local v = sd[k]
+      if v.device ~= p.device then v = v:to(p.device) end -- then convert there (on a GPU, quickly)
       if v.dtype ~= p.dtype then v = v:to(p.dtype) end
-      if v.device ~= p.device then v = v:to(p.device) end
       p.data = v
     end
   end)
