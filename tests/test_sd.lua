@@ -460,4 +460,28 @@ tests["single files: unknown keys, missing tokenizers and bad configs are named"
   done()
 end
 
+---------------------------------------------------------------------------
+-- on the GPU (skipped without one; CI runs it on the CUDA emulator)
+---------------------------------------------------------------------------
+tests["cuda: models.load onto the GPU, the pipeline equal to diffusers', f16 single files, tiled VAE"] = function()
+  if not (T.cuda and T.cuda.is_available()) then skip("no CUDA GPU (T.cuda.is_available() is false)") end
+  local io = io_ref()
+  local parts = models.load(PIPE, { device = "cuda" })
+  assert(parts.unet.conv_in.weight.device:find("^cuda") and parts.text_encoder.text_model.final_layer_norm.weight.device:find("^cuda"))
+  local images = D.StableDiffusion(parts):sample { prompts = PROMPTS, negative_prompts = NEGATIVES, steps = 10,
+    latents = io.latents, height = 16, width = 16 }
+  assert(images.device:find("^cuda"))
+  local r = max_rel(images:to("cpu"), io.images)
+  assert(r < 1e-4, "images differ by " .. r)
+  local p16 = models.load(SINGLE.v1.file, { device = "cuda", dtype = "f16", config = PIPE })
+  assert(p16.unet.conv_in.weight.dtype == "f16")
+  local i16 = D.StableDiffusion(p16):sample { prompts = PROMPTS[1], steps = 3, seed = 1, height = 16, width = 16,
+    sampler = "euler_a" }
+  assert(i16.dtype == "f32" and i16:isfinite():logical_not():sum():item() == 0)
+  local vae = parts.vae:enable_tiling(true, { tile_sample_min_size = 8 })
+  local x = T.rand({ 1, 3, 20, 12 }) * 2 - 1
+  local cpu = models.load(PIPE, { parts = { "vae" } }).vae:enable_tiling(true, { tile_sample_min_size = 8 })
+  T.testing.assert_close(vae:encode(x:to("cuda")).mean:to("cpu"), cpu:encode(x).mean, { rtol = 1e-4, atol = 1e-5 })
+end
+
 return tests
