@@ -2,25 +2,19 @@
 -- UNet2DConditionModel (weights, inputs and outputs from tests/ref/gen_models.py, loaded by
 -- name with strict load_state_dict), gradients, parameter counts from configs, presets, errors.
 local T = require "tocha"
+local raises = T.testing.raises
 local json = require "tocha.json"
 local models = require "tocha.models"
 
-local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local P = models.presets
 local tests = {}
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern), "error \"" .. tostring(err) .. "\" does not match " .. pattern)
-end
-
 -- a case: its weights, its inputs / outputs, and the config it was built from (files
--- tests/ref/<prefix>_<name>*.safetensors, prefix "models" by default)
+-- ref/<prefix>_<name>*.safetensors, prefix "models" by default)
 local function load_case(name, prefix)
-  prefix = here .. "/ref/" .. (prefix or "models") .. "_" .. name
-  local sd, meta = T.load(prefix .. ".safetensors")
-  local io = T.load(prefix .. "_io.safetensors")
+  local base = "ref/" .. (prefix or "models") .. "_" .. name
+  local sd, meta = T.load(T.testing.path(base .. ".safetensors"))
+  local io = T.load(T.testing.path(base .. "_io.safetensors"))
   return sd, io, json.decode(meta.config)
 end
 

@@ -3,30 +3,21 @@
 -- D.StableDiffusion against StableDiffusionPipeline's images from the same latents (tests/ref/
 -- gen_sd.py), save_pretrained round trips, PNDM, the sampler registry, and loading errors.
 local T = require "tocha"
+local raises = T.testing.raises
 local json = require "tocha.json"
 local models = require "tocha.models"
 local D = require "tocha.diffusion"
 
-local here = arg[0]:match("^(.*)/[^/]*$") or "."
-local PIPE = here .. "/ref/sd_pipe"
+local PIPE = T.testing.path("ref/sd_pipe")
 local PROMPTS = { "a small red circle on the left", "a big blue square above a green triangle" }
 local NEGATIVES = { "a yellow star", "" }
 local tests = {}
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern), "error \"" .. tostring(err) .. "\" does not match " .. pattern)
-  return err
-end
-
-local function io_ref() return T.load(here .. "/ref/sd_pipe_io.safetensors") end
+local function io_ref() return T.load(T.testing.path("ref/sd_pipe_io.safetensors")) end
 
 -- a fresh temporary directory, removed by the returned function
 local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(T._optim.mkdir(d))
+  local d = T.testing.tmpdir()
   return d, function() os.execute("rm -rf '" .. d .. "'") end
 end
 
@@ -192,7 +183,7 @@ tests["the sampler registry: diffusers classes in and out, names, options that d
 end
 
 tests["PNDM (PLMS) gives diffusers' PNDMScheduler samples, epsilon and v-prediction"] = function()
-  local ref = T.load(here .. "/ref/sd_pndm_io.safetensors")
+  local ref = T.load(T.testing.path("ref/sd_pndm_io.safetensors"))
   for _, pred in ipairs({ "epsilon", "v_prediction" }) do
     for _, n in ipairs({ 1, 2, 7 }) do
       local s = D.PNDM { beta_start = 0.00085, beta_end = 0.012, beta_schedule = "scaled_linear", steps_offset = 1,
@@ -348,7 +339,7 @@ tests["tocha sample writes PNGs with A1111's parameters; each image's seed redra
     "--batch", "1", "--seed", "10", "--sampler", "euler", "--clip-skip", "1", "--out", dir .. "/png" }, out, err)
   assert(code == 0, err.text())
   local files = {}
-  for _, name in ipairs(T._optim.listdir(dir .. "/png")) do files[#files + 1] = name end
+  for _, name in ipairs(T._sys.listdir(dir .. "/png")) do files[#files + 1] = name end
   table.sort(files)
   assert(#files == 4 and files[1] == "00000-10.png" and files[4] == "00003-13.png", table.concat(files, " "))
   local text = png_text(assert(io.open(dir .. "/png/00002-12.png", "rb")):read("a")).parameters
@@ -376,12 +367,12 @@ end
 ---------------------------------------------------------------------------
 -- single-file (CompVis / A1111) checkpoints
 ---------------------------------------------------------------------------
-local SINGLE = { v1 = { file = here .. "/ref/sd_single_v1.safetensors", folder = PIPE },
-  v2 = { file = here .. "/ref/sd_single_v2.safetensors", folder = here .. "/ref/sd_pipe_v2" } }
+local SINGLE = { v1 = { file = T.testing.path("ref/sd_single_v1.safetensors"), folder = PIPE },
+  v2 = { file = T.testing.path("ref/sd_single_v2.safetensors"), folder = T.testing.path("ref/sd_pipe_v2") } }
 local KIND = { unet = "UNet2DConditionModel", vae = "AutoencoderKL", text_encoder = "CLIPTextModel" }
 
 local function single_images(parts, case)
-  local io = T.load(here .. "/ref/sd_single_" .. case .. "_io.safetensors")
+  local io = T.load(T.testing.path("ref/sd_single_" .. case .. "_io.safetensors"))
   local images = D.StableDiffusion(parts):sample { prompts = PROMPTS, negative_prompts = NEGATIVES, steps = 10,
     latents = io.latents, height = 16, width = 16 }
   return images, io.images

@@ -3,15 +3,15 @@
 -- mean and log-variance, decode, tiled encode / decode, their gradients in f64, the posterior,
 -- slicing, gradient checkpointing, parameter counts and errors.
 local T = require "tocha"
+local raises = T.testing.raises
 local json = require "tocha.json"
 local models = require "tocha.models"
 
-local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local tests = {}
 
 local function load_case(name)
-  local sd, meta = T.load(here .. "/ref/sd_" .. name .. ".safetensors")
-  local io = T.load(here .. "/ref/sd_" .. name .. "_io.safetensors")
+  local sd, meta = T.load(T.testing.path("ref/sd_" .. name .. ".safetensors"))
+  local io = T.load(T.testing.path("ref/sd_" .. name .. "_io.safetensors"))
   return sd, io, json.decode(meta.config)
 end
 
@@ -155,11 +155,6 @@ tests["AutoencoderKL parameter counts: configs, presets and SD's VAE (83,653,863
 end
 
 tests["AutoencoderKL: clear errors for bad configs and inputs"] = function()
-  local function raises(pattern, fn, ...)
-    local ok, err = pcall(fn, ...)
-    assert(not ok, "expected an error matching " .. pattern)
-    assert(tostring(err):find(pattern), "error \"" .. tostring(err) .. "\" does not match " .. pattern)
-  end
   local V, P = models.AutoencoderKL, models.presets.tiny_vae
   raises("unknown config key%(s%): latent_dim", V, P, { latent_dim = 4 })
   raises("down_block_types%[1%] = \"AttnDownEncoderBlock2D\" is not supported", V, P,

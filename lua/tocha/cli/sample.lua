@@ -86,7 +86,7 @@ end
 
 -- the next free number in dir: files are NNNNN-SEED.png
 local function next_index(T, dir)
-  local names = T._optim.listdir(dir) or {}
+  local names = T._sys.listdir(dir) or {}
   local n = 0
   for _, name in ipairs(names) do
     local k = tonumber(name:match("^(%d+)%-.*%.png$"))
@@ -116,7 +116,7 @@ local function run(o, out, err)
   local image = require "tocha.image"
   local log = require "tocha.log"
   -- a terminal redraws the progress line in place; anything else (a test's sink) gets lines
-  local function is_terminal(f) return io.type(f) == "file" and T._log().isatty(f) end
+  local function is_terminal(f) return io.type(f) == "file" and T._sys.isatty(f) end
   local prompts = { o.prompt }
   if o.prompts then
     local list, msg = read_prompts(o.prompts)
@@ -149,10 +149,8 @@ local function run(o, out, err)
   local scheduler = o.sampler and D.samplers.by_name(o.sampler, pipe.scheduler) or pipe.scheduler
   local seed = o.seed or (os.time() % 1000000007)
   local dir = o.out or "samples"
-  if not T._optim.isdir(dir) then
-    os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
-    if not T._optim.isdir(dir) then err:write("tocha sample: cannot create ", dir, "\n"); return 1 end
-  end
+  local made, why = T._sys.mkdirs(dir)
+  if not made then err:write("tocha sample: cannot create ", dir, ": ", tostring(why), "\n"); return 1 end
   local index = next_index(T, dir)
   local runs = {}
   for _, p in ipairs(prompts) do

@@ -4,18 +4,15 @@
 -- with a two-evaluation step on the first timestep (which therefore appears twice).
 local S = require "tocha.diffusion.schedule"
 
-local PNDM = setmetatable({}, { __index = S })
-PNDM.__index = PNDM
+local PNDM = S.class { skip_prk_steps = true, set_alpha_to_one = false }
 
-function PNDM.new(cfg)
-  local s = setmetatable(S.new(cfg, { skip_prk_steps = true, set_alpha_to_one = false }), PNDM)
-  if s.config.skip_prk_steps ~= true then
-    error("PNDM: only skip_prk_steps = true (PLMS, Stable Diffusion's setting) is supported", 2)
+function PNDM:init()
+  if self.config.skip_prk_steps ~= true then
+    error("PNDM: only skip_prk_steps = true (PLMS, Stable Diffusion's setting) is supported", 3)
   end
-  if s.config.prediction_type == "sample" then error("PNDM: prediction_type must be epsilon or v_prediction", 2) end
-  s.final_alpha_cumprod = s.config.set_alpha_to_one and 1.0 or s.alphas_cumprod[1]
-  s.init_noise_sigma = 1.0
-  return s
+  if self.config.prediction_type == "sample" then error("PNDM: prediction_type must be epsilon or v_prediction", 3) end
+  self.final_alpha_cumprod = self.config.set_alpha_to_one and 1.0 or self.alphas_cumprod[1]
+  self.init_noise_sigma = 1.0
 end
 
 --- set_timesteps(n): n + 1 timesteps, descending, the second one repeated (its second visit
@@ -29,8 +26,6 @@ function PNDM:set_timesteps(n)
   self.num_inference_steps = n
   self.ets, self.counter, self.cur_sample = {}, 0, nil
 end
-
-function PNDM:scale_model_input(x) return x end
 
 -- x at prev_t from x at t and the (combined) noise prediction eps (formula (9) of the paper)
 function PNDM:prev_sample(x, t, prev_t, eps)

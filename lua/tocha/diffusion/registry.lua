@@ -10,24 +10,18 @@ local R = {}
 local COMMON = { "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
   "timestep_spacing", "steps_offset", "rescale_betas_zero_snr" }
 
--- name, diffusers class, constructor module and field, the class's own options that tocha has
+-- name, diffusers class, the file of its class (tocha.diffusion.<file>), the class's own
+-- options that tocha has
 local KINDS = {
-  { name = "ddim", class = "DDIMScheduler", mod = "tocha.diffusion.ddim", field = "new",
-    keys = { "clip_sample", "clip_sample_range", "set_alpha_to_one" } },
-  { name = "ddpm", class = "DDPMScheduler", mod = "tocha.diffusion.ddpm", field = "new",
-    keys = { "clip_sample", "clip_sample_range", "variance_type" } },
-  { name = "pndm", class = "PNDMScheduler", mod = "tocha.diffusion.pndm", field = "new",
-    keys = { "set_alpha_to_one", "skip_prk_steps" } },
-  { name = "euler", class = "EulerDiscreteScheduler", mod = "tocha.diffusion.euler", field = "Euler",
-    keys = { "use_karras_sigmas" } },
-  { name = "euler_a", class = "EulerAncestralDiscreteScheduler", mod = "tocha.diffusion.euler", field = "EulerAncestral",
-    keys = {} },
-  { name = "heun", class = "HeunDiscreteScheduler", mod = "tocha.diffusion.heun", field = "Heun",
-    keys = { "use_karras_sigmas", "clip_sample", "clip_sample_range" } },
-  { name = "dpmpp2m", class = "DPMSolverMultistepScheduler", mod = "tocha.diffusion.dpmsolver",
-    field = "DPMSolverMultistep",
+  { name = "ddim", class = "DDIMScheduler", file = "ddim", keys = { "clip_sample", "clip_sample_range", "set_alpha_to_one" } },
+  { name = "ddpm", class = "DDPMScheduler", file = "ddpm", keys = { "clip_sample", "clip_sample_range", "variance_type" } },
+  { name = "pndm", class = "PNDMScheduler", file = "pndm", keys = { "set_alpha_to_one", "skip_prk_steps" } },
+  { name = "euler", class = "EulerDiscreteScheduler", file = "euler", keys = { "use_karras_sigmas" } },
+  { name = "euler_a", class = "EulerAncestralDiscreteScheduler", file = "euler_ancestral", keys = {} },
+  { name = "heun", class = "HeunDiscreteScheduler", file = "heun", keys = { "use_karras_sigmas", "clip_sample", "clip_sample_range" } },
+  { name = "dpmpp2m", class = "DPMSolverMultistepScheduler", file = "dpmsolver",
     keys = { "solver_order", "algorithm_type", "solver_type", "lower_order_final", "use_karras_sigmas", "final_sigmas_type" } },
-  { name = "unipc", class = "UniPCMultistepScheduler", mod = "tocha.diffusion.unipc", field = "UniPC",
+  { name = "unipc", class = "UniPCMultistepScheduler", file = "unipc",
     keys = { "solver_order", "solver_type", "lower_order_final", "disable_corrector", "use_karras_sigmas",
              "final_sigmas_type", "predict_x0" } },
 }
@@ -53,7 +47,7 @@ local NEUTRAL = {
 local by_name, by_class = {}, {}
 for _, k in ipairs(KINDS) do by_name[k.name], by_class[k.class] = k, k end
 
-local function constructor(k) return require(k.mod)[k.field] end
+local function class_of(k) return require("tocha.diffusion." .. k.file) end
 
 local function accepted(k)
   local set = {}
@@ -98,7 +92,7 @@ function R.from_diffusers(cfg, where)
     error(string.format("%s: scheduler %s is not one tocha has (%s); pass another with opts.scheduler", where,
       tostring(class), table.concat(known, ", ")), 2)
   end
-  return constructor(k)(options_for(k, cfg, true, where))
+  return class_of(k).new(options_for(k, cfg, true, where))
 end
 
 --- R.by_name(name, base) -> the sampler `name` (R.names()) with the noise schedule and the
@@ -111,15 +105,14 @@ function R.by_name(name, base)
   local cfg = base and (base.config or base) or {}
   local o = options_for(k, cfg, false)
   for key, v in pairs(extra) do o[key] = v end
-  return constructor(k)(o)
+  return class_of(k).new(o)
 end
 
 --- R.kind(s) -> the name and diffusers class of a sampler made by any tocha constructor
 function R.kind(s)
   local mt = getmetatable(s)
   for _, k in ipairs(KINDS) do
-    k.meta = k.meta or getmetatable(constructor(k)({}))
-    if k.meta == mt then return k.name, k.class end
+    if class_of(k) == mt then return k.name, k.class end
   end
   error("not a tocha sampler", 2)
 end

@@ -10,7 +10,7 @@ local text = require "tocha.text"
 local registry = require "tocha.diffusion.registry"
 local W = require "tocha.models.weights"
 
-local sys = T._optim -- mkdir, isdir (lua/loptim.c)
+local sys = T._sys -- mkdirs, isdir (lua/lsys.c)
 
 local M = {}
 
@@ -245,12 +245,8 @@ end
 -- saving
 ---------------------------------------------------------------------------
 local function make_dirs(path)
-  local at = path:sub(1, 1) == "/" and "/" or ""
-  for part in path:gmatch("[^/]+") do
-    at = at .. part
-    if not sys.isdir(at) and not sys.mkdir(at) then error("save_pretrained: cannot create " .. at, 0) end
-    at = at .. "/"
-  end
+  local ok, why = sys.mkdirs(path)
+  if not ok then error("save_pretrained: cannot create " .. path .. ": " .. tostring(why), 0) end
 end
 
 local function write(path, s)

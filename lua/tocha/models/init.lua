@@ -81,7 +81,7 @@ end
 local diffusers = require "tocha.models.diffusers"
 local single_file = require "tocha.models.single_file"
 
-local function isdir(path) return require("tocha")._optim.isdir(path) end
+local function isdir(path) return require("tocha")._sys.isdir(path) end
 
 --- models.loaders: how models.load reads a path, tried in order: each {name, detect(path) ->
 --- boolean, load(path, opts) -> parts}. models.register_loader(l) puts l first, so another
