@@ -4,9 +4,11 @@ weights in diffusers / transformers, forward only under inference_mode, f32, THR
 Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the best of the timed calls)."""
 import os
 import sys
-import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from t2i_torch import best_of, result  # noqa: E402  (the same timing as the other benchmarks)
 
 THREADS = int(os.environ.get("THREADS", "2"))
 REPS = int(os.environ.get("REPS", "1"))
@@ -15,27 +17,13 @@ torch.set_num_threads(THREADS)
 torch.manual_seed(0)
 
 
-def result(name, times):
-    print("RESULT %s %.9g %.9g" % ((name,) + times), flush=True)
-
-
-def best_of(fn, reps):
-    fn()
-    wall = cpu = float("inf")
-    for _ in range(reps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-    return wall, cpu
-
-
 def text():
     from transformers import CLIPTextConfig, CLIPTextModel
     te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                       num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")).eval()
     ids = torch.randint(0, 49408, (1, 77))
     with torch.inference_mode():
-        result("text_encoder_77", best_of(lambda: te(ids), 5 * REPS))
+        result("text_encoder_77", best_of(lambda: te(ids), 5 * REPS, warm=1))
 
 
 def unet():
@@ -46,7 +34,7 @@ def unet():
                              up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3).eval()
     x, ctx = torch.randn(1, 4, SIZE, SIZE), torch.randn(1, 77, 768)
     with torch.inference_mode():
-        result("unet_64x64", best_of(lambda: m(x, 500, ctx), 2 * REPS))
+        result("unet_64x64", best_of(lambda: m(x, 500, ctx), 2 * REPS, warm=1))
 
 
 def vae():
@@ -56,7 +44,7 @@ def vae():
                       norm_num_groups=32, sample_size=512).eval()
     z = torch.randn(1, 4, SIZE, SIZE)
     with torch.inference_mode():
-        result("vae_decode_512", best_of(lambda: m.decode(z), 2 * REPS))
+        result("vae_decode_512", best_of(lambda: m.decode(z), 2 * REPS, warm=1))
 
 
 for name in sys.argv[1:] or ["text", "unet", "vae"]:
