@@ -179,6 +179,15 @@ tests["the sampler registry: diffusers classes in and out, names, options that d
   raises("option thresholding = true of DDIMScheduler is not supported", R.from_diffusers,
     { _class_name = "DDIMScheduler", thresholding = true })
   raises("scheduler LMSDiscreteScheduler is not one tocha has", R.from_diffusers, { _class_name = "LMSDiscreteScheduler" })
+  -- a model whose scheduler tocha lacks loads with another chosen by name, its schedule kept
+  local dir, done = tmpdir()
+  copy_tree(PIPE, dir .. "/p")
+  T.testing.write_file(dir .. "/p/scheduler/scheduler_config.json", json.encode({ _class_name = "LMSDiscreteScheduler",
+    beta_start = 0.001, beta_end = 0.02, beta_schedule = "linear", use_karras_sigmas = true }))
+  raises("LMSDiscreteScheduler is not one tocha has", models.load, dir .. "/p", { parts = { "scheduler" } })
+  local chosen = models.load(dir .. "/p", { parts = { "scheduler" }, scheduler = "euler" }).scheduler
+  assert(R.kind(chosen) == "euler" and chosen.config.beta_start == 0.001 and chosen.config.use_karras_sigmas)
+  done()
   for _, n in ipairs(R.names()) do assert(R.by_name(n, s).config.num_train_timesteps == 1000, n) end
 end
 

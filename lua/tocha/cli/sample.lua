@@ -135,7 +135,7 @@ local function run(o, out, err)
     if not width then err:write("tocha sample: --size must be WxH, e.g. 512x512\n"); return 2 end
   end
   local parts = models.load(o.model, { dtype = o.dtype or "f32", device = o.device, variant = o.variant,
-    config = o.config, tokenizer = o.tokenizer })
+    config = o.config, tokenizer = o.tokenizer, scheduler = o.sampler })
   if type(parts) ~= "table" or not parts.unet or not parts.vae or not parts.text_encoder or not parts.tokenizer then
     err:write("tocha sample: ", o.model, " is not a whole Stable Diffusion model (unet, vae, text encoder, tokenizer)\n")
     return 1
@@ -146,7 +146,7 @@ local function run(o, out, err)
   local pipe = D.StableDiffusion(parts)
   width, height = width or pipe.default_size, height or pipe.default_size
   local sampler_name = o.sampler or D.samplers.kind(pipe.scheduler)
-  local scheduler = o.sampler and D.samplers.by_name(o.sampler, pipe.scheduler) or pipe.scheduler
+  local scheduler = pipe.scheduler
   local seed = o.seed or (os.time() % 1000000007)
   local dir = o.out or "samples"
   local made, why = T._sys.mkdirs(dir)

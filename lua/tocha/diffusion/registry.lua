@@ -89,10 +89,18 @@ function R.from_diffusers(cfg, where)
   if not k then
     local known = {}
     for _, x in ipairs(KINDS) do known[#known + 1] = x.class end
-    error(string.format("%s: scheduler %s is not one tocha has (%s); pass another with opts.scheduler", where,
-      tostring(class), table.concat(known, ", ")), 2)
+    error(string.format("%s: scheduler %s is not one tocha has (%s); choose one by name with models.load's "
+      .. "opts.scheduler (tocha sample --sampler)", where, tostring(class), table.concat(known, ", ")), 2)
   end
   return class_of(k).new(options_for(k, cfg, true, where))
+end
+
+--- R.choose(cfg, choice, where) -> the sampler a config names (from_diffusers), or with choice
+--- (a name, or a sampler object) that sampler, keeping the config's noise schedule
+function R.choose(cfg, choice, where)
+  if choice == nil then return R.from_diffusers(cfg, where) end
+  if type(choice) == "string" then return R.by_name(choice, cfg) end
+  return choice
 end
 
 --- R.by_name(name, base) -> the sampler `name` (R.names()) with the noise schedule and the

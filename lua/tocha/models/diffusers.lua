@@ -206,7 +206,8 @@ end
 
 --- M.load(root, opts) -> {unet, vae, text_encoder, tokenizer, scheduler} from a diffusers
 --- folder. opts: dtype ("f32"), device ("cpu"), variant ("fp16": *.fp16.safetensors where
---- present), parts (a list: load only these)
+--- present), parts (a list: load only these), scheduler (a sampler name, or a sampler, instead
+--- of the one scheduler_config.json names; its noise schedule is kept)
 function M.load(root, opts, models)
   opts = opts or {}
   local index = read_json(root .. "/model_index.json", "pipeline index")
@@ -222,7 +223,7 @@ function M.load(root, opts, models)
   if dirs.tokenizer then out.tokenizer = M.load_tokenizer(dirs.tokenizer) end
   if dirs.scheduler then
     local path = dirs.scheduler .. "/scheduler_config.json"
-    out.scheduler = registry.from_diffusers(read_json(path, "scheduler config"), path)
+    out.scheduler = registry.choose(read_json(path, "scheduler config"), opts.scheduler, path)
   end
   for _, name in ipairs({ "unet", "vae", "text_encoder" }) do
     if out[name] then out[name]:eval() end

@@ -387,7 +387,7 @@ function M.load(path, opts, models)
       beta_schedule = "scaled_linear", steps_offset = 1, set_alpha_to_one = false, clip_sample = false,
       skip_prk_steps = true, prediction_type = sd2 and "v_prediction" or "epsilon" }
     local cfg = over.folder and over.scheduler or merge(base, over.scheduler)
-    out.scheduler = registry.from_diffusers(cfg, path)
+    out.scheduler = registry.choose(cfg, opts.scheduler, path)
   end
   return out
 end
