@@ -150,7 +150,7 @@ function F.layer_norm(x, normalized_shape, w, b, opts)
   return C.layer_norm(x, n, w, b, opts)
 end
 
---- F.group_norm(x, num_groups, w, b, {eps = 1e-5})
+--- F.group_norm(x, num_groups, w, b, {eps = 1e-5, silu = false}); silu: silu(group_norm(x)) as one op
 function F.group_norm(x, groups, w, b, opts)
   return C.group_norm(x, groups, w, b, opts)
 end
