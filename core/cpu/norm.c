@@ -405,7 +405,8 @@ static int group_norm_f32(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
 }
 
 /* as group_norm_backward_any: pw, pb [N, C] get each (n, c)'s share of gw and gb. With silu,
- * each row of gy goes through the activation's derivative first, into a scratch row. */
+ * gy goes through the activation's derivative first, into a scratch copy of the group that
+ * both passes read (the derivative's exp once per element). */
 static int group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *mean,
                                    const tc_tensor *rstd, const double *wv, const double *bv, int64_t G, bool silu,
                                    double *pw, double *pb) {
@@ -417,7 +418,7 @@ static int group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_
 #define GROW(c) (gp + n * gy->stride[0] + (c) * gy->stride[1])
 #pragma omp parallel reduction(max : err) if (N * G > 1 && N * C * HW >= PAR_MIN)
     {
-        float *gh = silu ? malloc((size_t)(HW + 1) * sizeof *gh) : NULL;
+        float *gh = silu ? malloc((size_t)(cg * HW + 1) * sizeof *gh) : NULL;
         bool ok = !silu || gh; /* err itself starts at INT_MIN here, max's identity */
         if (!ok) err = 1;
 #pragma omp for schedule(static)
@@ -428,8 +429,9 @@ static int group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_
             for (int64_t c = c0; c < c0 + cg; c++) {
                 const float *g = GROW(c);
                 if (silu) {
-                    row_silu_grad(gh, g, XROW(c), HW, split(mu), (float)(rs * wv[c]), (float)bv[c]);
-                    g = gh;
+                    float *ghc = gh + (c - c0) * HW;
+                    row_silu_grad(ghc, g, XROW(c), HW, split(mu), (float)(rs * wv[c]), (float)bv[c]);
+                    g = ghc;
                 }
                 double sg, sgx;
                 row_grad_sums(g, XROW(c), HW, mu, &sg, &sgx);
@@ -442,11 +444,7 @@ static int group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_
             s1 /= cnt;
             s2 /= cnt;
             for (int64_t c = c0; c < c0 + cg; c++) {
-                const float *g = GROW(c);
-                if (silu) {
-                    row_silu_grad(gh, g, XROW(c), HW, split(mu), (float)(rs * wv[c]), (float)bv[c]);
-                    g = gh;
-                }
+                const float *g = silu ? gh + (c - c0) * HW : GROW(c);
                 row_grad((float *)tc_data(gx) + (n * C + c) * HW, g, XROW(c), HW, split(mu), (float)(rs * wv[c]),
                          (float)(-rs * rs * s2), (float)(-rs * s1));
             }
