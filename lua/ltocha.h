@@ -62,6 +62,8 @@ extern const luaL_Reg tcl_nn_funcs[];   /* lnn.c: conv, pools, interpolate, pad,
 extern const luaL_Reg tcl_norm_funcs[]; /* lnorm.c: softmax, losses, norms, dropout, attention, into T._nn */
 extern const luaL_Reg tcl_io_funcs[];                               /* lio.c */
 extern const luaL_Reg tcl_sys_funcs[];    /* lsys.c: clock, threads */
+extern const luaL_Reg tcl_proc_funcs[];   /* lsys.c: spawn, fork, wait, kill, signals, into T._sys */
+extern const luaL_Reg tcl_db_funcs[];     /* ldb.c: SQLite and PostgreSQL connections, into T._db */
 extern const luaL_Reg tcl_optim_funcs[];  /* loptim.c: fused optimizer steps, into T._optim */
 extern const luaL_Reg tcl_image_funcs[];  /* limage.c: image codecs, transforms, loader, into T._image */
 extern const luaL_Reg tcl_log_funcs[];    /* llog.c: T._log() -> log files, TensorBoard writer, canvas */
