@@ -1,0 +1,119 @@
+-- tocha.sweep.plot: `tocha sweep plot` draws a sweep into one PNG with tocha.log.chart: each
+-- trial's value and the best so far against the trial number, then one scatter per parameter
+-- (value against the parameter; log axes for log distributions, one column per choice).
+local chart = require "tocha.log.chart"
+local space = require "tocha.sweep.space"
+
+local plot = {}
+
+local DONE, PRUNED, BEST, BEST_LINE = chart.COLORS[1], { 0.6, 0.6, 0.6 }, chart.COLORS[4], chart.COLORS[2]
+
+local function better(goal, a, b) return goal == "max" and a > b or goal ~= "max" and a < b end
+
+local function is_log(p) return p.kind == "loguniform" or (p.kind == "int" and p.log) end
+
+local function categorical(p) return p.kind == "choice" or p.kind == "grid" end
+
+--- plot.draw(sw, rows, {path, width = 1200}) -> true, or nil, message. rows: the trials with
+--- their parameters (storage:trials())
+function plot.draw(sw, rows, opts)
+  local valued = {}
+  for _, r in ipairs(rows) do
+    if (r.state == "done" or r.state == "pruned") and chart.finite(r.value) then valued[#valued + 1] = r end
+  end
+  if #valued == 0 then return nil, string.format("sweep %s: no trial has a value of %s yet", sw.name, sw.metric) end
+  local params = {}
+  for _, p in ipairs(sw.space) do if p.kind ~= "fixed" then params[#params + 1] = p end end
+  local W = opts.width or 1200
+  local ncol = math.min(3, math.max(1, #params))
+  local nrow = (#params + ncol - 1) // ncol
+  local top_h, cell_h, margin = 300, 250, 80
+  local H = 70 + top_h + 90 + nrow * (cell_h + 90)
+  local cv = chart.canvas(W, H)
+  local values = {}
+  for i, r in ipairs(valued) do values[i] = r.value end
+  local ylo, yhi = chart.range(values)
+  local best
+  for _, r in ipairs(valued) do
+    if r.state == "done" and (not best or better(sw.goal, r.value, best.value)) then best = r end
+  end
+
+  -- the value of each trial, and the best so far
+  local counts = {}
+  for _, r in ipairs(rows) do counts[r.state] = (counts[r.state] or 0) + 1 end
+  local title = string.format("sweep %s: %s (%s is better), %d trials: %d done, %d pruned, %d failed", sw.name, sw.metric,
+    sw.goal == "max" and "higher" or "lower", #rows, counts.done or 0, counts.pruned or 0, counts.failed or 0)
+  local box = { margin, 60, W - margin - 30, top_h }
+  local px, py = chart.axes(cv, box, { 0.5, rows[#rows].number + 0.5, ylo, yhi }, { title = title, xlabel = "trial",
+    ylabel = sw.metric })
+  cv:clip(box[1], box[2], box[3], box[4])
+  local bx, by, so_far = {}, {}, nil
+  for _, r in ipairs(rows) do
+    if r.state == "done" and chart.finite(r.value) and (not so_far or better(sw.goal, r.value, so_far)) then so_far = r.value end
+    if so_far then
+      bx[#bx + 1], by[#by + 1] = px(r.number - 0.5), py(so_far)
+      bx[#bx + 1], by[#by + 1] = px(r.number + 0.5), py(so_far)
+    end
+  end
+  cv:color(BEST_LINE[1], BEST_LINE[2], BEST_LINE[3])
+  cv:line_width(2)
+  cv:polyline(bx, by); cv:stroke()
+  for _, state in ipairs({ "pruned", "done" }) do
+    local xs, ys = {}, {}
+    for _, r in ipairs(valued) do
+      if r.state == state then xs[#xs + 1], ys[#ys + 1] = px(r.number), py(r.value) end
+    end
+    chart.markers(cv, xs, ys, state == "done" and DONE or PRUNED, 4)
+  end
+  if best then chart.markers(cv, { px(best.number) }, { py(best.value) }, BEST, 6) end
+  cv:clip()
+  chart.legend(cv, box, { { "done", DONE }, { "pruned", PRUNED }, { "best so far", BEST_LINE, width = 2 },
+    { "best trial", BEST } })
+
+  -- one scatter per parameter
+  local cw = (W - margin - 30 - (ncol - 1) * margin) / ncol
+  for i, p in ipairs(params) do
+    local col, row = (i - 1) % ncol, (i - 1) // ncol
+    local pbox = { margin + col * (cw + margin), 60 + top_h + 90 + row * (cell_h + 90), cw, cell_h }
+    local xs, ys, xticks, x_of = {}, {}, nil, nil
+    local r1, r2
+    if categorical(p) then
+      xticks = {}
+      for k, v in ipairs(p.values) do xticks[k] = { k, space.arg(v) } end
+      x_of = function(v)
+        for k, x in ipairs(p.values) do if space.same(x, v) then return k end end
+      end
+      r1, r2 = 0.5, #p.values + 0.5
+    else
+      local log = is_log(p)
+      x_of = function(v)
+        if type(v) ~= "number" then return nil end
+        if log then return v > 0 and math.log(v, 10) or nil end
+        return v
+      end
+      local lo = p.kind == "normal" and p.mean - 3 * p.std or p.low
+      local hi = p.kind == "normal" and p.mean + 3 * p.std or p.high
+      local seen = { lo, hi }
+      for _, r in ipairs(valued) do seen[#seen + 1] = r.params[p.name] end
+      r1, r2 = chart.range(seen, { log = log, pad = 0.03 })
+    end
+    local px2, py2 = chart.axes(cv, pbox, { r1, r2, ylo, yhi }, { xticks = xticks, logx = is_log(p), xlabel = p.name ..
+      (is_log(p) and " (log)" or ""), ylabel = i % ncol == 1 and sw.metric or nil })
+    cv:clip(pbox[1], pbox[2], pbox[3], pbox[4])
+    for _, state in ipairs({ "pruned", "done" }) do
+      xs, ys = {}, {}
+      for _, r in ipairs(valued) do
+        local x = x_of(r.params[p.name])
+        if r.state == state and x then xs[#xs + 1], ys[#ys + 1] = px2(x), py2(r.value) end
+      end
+      chart.markers(cv, xs, ys, state == "done" and DONE or PRUNED, 4)
+    end
+    if best and x_of(best.params[p.name]) then
+      chart.markers(cv, { px2(x_of(best.params[p.name])) }, { py2(best.value) }, BEST, 6)
+    end
+    cv:clip()
+  end
+  return cv:write_png(opts.path)
+end
+
+return plot
