@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define TCL_DB "tocha.Database"
 #define TCL_CURSOR "tocha.DatabaseCursor"
@@ -17,6 +18,8 @@
 typedef struct {
     sqlite3 *lite; /* one of the two is set while open */
     PGconn *pg;
+    double timeout;      /* seconds a statement waits for a lock */
+    struct timespec busy_since;
 } database;
 
 /* a statement or a result in flight, in a userdata made before it is acquired, so that an
@@ -69,6 +72,21 @@ static const char *pg_message(lua_State *L, PGconn *pg) {
     return lua_pushlstring(L, m, n);
 }
 
+/* SQLite's own busy handler sleeps ever longer (up to 100 ms) while a lock is held; workers
+ * that hold the write lock for a millisecond each are better served by short naps */
+static int busy_wait(void *arg, int count) {
+    database *d = arg;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (count == 0) d->busy_since = now;
+    double waited = (double)(now.tv_sec - d->busy_since.tv_sec) + (double)(now.tv_nsec - d->busy_since.tv_nsec) * 1e-9;
+    if (waited >= d->timeout) return 0;
+    long us = count < 20 ? 100 + 50L * count : 2000;
+    struct timespec nap = {0, us * 1000};
+    nanosleep(&nap, NULL);
+    return 1;
+}
+
 /* ---- opening ------------------------------------------------------------------------------ */
 static void quiet_notices(void *arg, const char *msg) { (void)arg; (void)msg; } /* "already exists, skipping" */
 
@@ -110,7 +128,8 @@ static int l_open(lua_State *L) {
         db_release(d);
         return 2;
     }
-    sqlite3_busy_timeout(d->lite, (int)(timeout * 1000));
+    d->timeout = timeout;
+    sqlite3_busy_handler(d->lite, busy_wait, d);
     return 1;
 }
 

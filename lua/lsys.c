@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -180,11 +182,34 @@ static int s_exit(lua_State *L) {
     _exit(code);
 }
 
-/* wait(pid, block) -> nil while running (block = false), or "exited", code | "signaled",
- * signal name (or number); nil, message on error (no such child) */
+/* waits up to `seconds` for child pid to end: on a pidfd (Linux 5.3+) the wait ends the moment
+ * it does; elsewhere in steps of a millisecond */
+static void wait_for_exit(pid_t pid, double seconds) {
+#ifdef SYS_pidfd_open
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd >= 0) {
+        struct pollfd p = {fd, POLLIN, 0};
+        poll(&p, 1, (int)(seconds * 1000));
+        close(fd);
+        return;
+    }
+#endif
+    for (double waited = 0; waited < seconds; waited += 1e-3) {
+        siginfo_t info;
+        info.si_pid = 0;
+        if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != 0) return;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* wait(pid, block) -> nil while running, or "exited", code | "signaled", signal name (or
+ * number); nil, message on error (no such child). block: true waits for the end, a number
+ * waits at most that many seconds, false or nil only looks. */
 static int s_wait(lua_State *L) {
     pid_t pid = (pid_t)luaL_checkinteger(L, 1);
-    int block = lua_toboolean(L, 2), status;
+    int block = lua_type(L, 2) == LUA_TBOOLEAN && lua_toboolean(L, 2), status;
+    if (lua_type(L, 2) == LUA_TNUMBER && lua_tonumber(L, 2) > 0) wait_for_exit(pid, lua_tonumber(L, 2));
     pid_t r;
     do r = waitpid(pid, &status, block ? 0 : WNOHANG);
     while (r < 0 && errno == EINTR);
@@ -251,13 +276,16 @@ static int check_catchable(lua_State *L) {
     return i;
 }
 
+/* catch(sig, on = true): from now on the signal sets a flag instead of ending the process;
+ * catch(sig, false) restores the default action. Either way the flag is cleared. */
 static int s_catch(lua_State *L) {
     int i = check_catchable(L);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
+    sa.sa_handler = lua_isnoneornil(L, 2) || lua_toboolean(L, 2) ? on_signal : SIG_DFL;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
+    caught_signals[i] = 0;
     if (sigaction(SIGNAL_NUMBERS[i], &sa, NULL) != 0) return sys_fail(L, "catch");
     lua_pushboolean(L, 1);
     return 1;

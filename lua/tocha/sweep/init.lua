@@ -32,6 +32,7 @@ local FIELDS = {
   storage = "where the sweep's state lives (a SQLite file or a postgresql:// URL)",
   seed_per_trial = "give trial n the seed seed + n - 1 (false: every trial gets seed)",
   workers = "worker processes started by tocha sweep run (default 1)",
+  root = "where run directories go (default $TOCHA_RUNS, or runs)",
 }
 
 local function fail(msg, level) error("sweep: " .. msg, level + 1) end
@@ -118,12 +119,17 @@ local function new(spec, level)
   s.workers = spec.workers or 1
   if spec.storage ~= nil and type(spec.storage) ~= "string" then fail("storage must be a file name or a postgresql:// URL", level) end
   s.storage = spec.storage
+  if spec.root ~= nil and (type(spec.root) ~= "string" or spec.root == "") then fail("root must be a directory name", level) end
+  s.root = spec.root
   return s
 end
 
 -- a misspelt distribution or pruner names itself instead of "attempt to call a nil value"
 setmetatable(sweep, {
-  __call = function(_, spec) return new(spec, 2) end,
+  __call = function(_, spec)
+    local s = new(spec, 2) -- not a tail call: errors point at the sweep file's line
+    return s
+  end,
   __index = function(_, k)
     error(string.format("sweep.%s does not exist (distributions: choice, grid, uniform, loguniform, int, normal, when; " ..
       "strategies: tpe; pruners: asha, hyperband, median)", tostring(k)), 2)

@@ -69,10 +69,10 @@ local function better(goal, a, b) return goal == "max" and a > b or goal ~= "max
 ---------------------------------------------------------------------------------------------
 -- successive halving (asha, and each bracket of hyperband)
 ---------------------------------------------------------------------------------------------
--- rung k's step: first * reduction^k, below max_steps
+-- rung k's step: first * reduction^k, below max_steps (or 10^12: no run is longer)
 local function rung_steps(first, reduction, max_steps)
   local rungs, s = {}, first
-  while (not max_steps or s < max_steps) and #rungs < 64 do
+  while s < (max_steps or 1e12) do
     rungs[#rungs + 1] = s
     s = s * reduction
   end
@@ -153,12 +153,15 @@ function pruners.hyperband(opts, level)
   while p.min_steps * p.reduction ^ (s_max + 1) <= p.max_steps do s_max = s_max + 1 end
   -- bracket b starts at min_steps * reduction^b and gets Hyperband's share of trials
   p.brackets, p.schedule = {}, {}
+  local slots = {} -- bracket b's i-th trial at (i - 0.5) / n_b of the cycle: the brackets interleave
   for b = 0, s_max do
     local s = s_max - b
     local n = math.ceil((s_max + 1) / (s + 1) * p.reduction ^ s)
-    p.brackets[b + 1] = rung_steps(p.min_steps * p.reduction ^ b, p.reduction, p.max_steps)
-    for _ = 1, n do p.schedule[#p.schedule + 1] = b + 1 end
+    p.brackets[b + 1] = rung_steps(p.min_steps * p.reduction ^ b // 1 | 0, p.reduction, p.max_steps)
+    for i = 1, n do slots[#slots + 1] = { (i - 0.5) / n, b + 1 } end
   end
+  table.sort(slots, function(x, y) return x[1] < y[1] or x[1] == y[1] and x[2] < y[2] end)
+  for i, slot in ipairs(slots) do p.schedule[i] = slot[2] end
   return setmetatable(p, Pruner)
 end
 

@@ -13,7 +13,7 @@ local DIALECTS = {
   sqlite = {
     now = "((julianday('now') - 2440587.5) * 86400.0)",
     begin = "BEGIN IMMEDIATE", -- the write lock up front: claims queue on the busy timeout
-    setup = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL",
+    setup = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL",
     schema_lock = nil,
   },
   postgresql = {
@@ -140,6 +140,18 @@ function Storage:history()
   return rows
 end
 
+-- whether process pid is running here: it exists and is not a zombie (a worker killed with
+-- its parent may wait a while for init to reap it)
+local function process_alive(pid)
+  local ok, err = T._sys.kill(pid, "0")
+  if not ok and not err:find("not permitted", 1, true) then return false end
+  local f = io.open("/proc/" .. pid .. "/stat", "rb")
+  if not f then return true end
+  local stat = f:read("a") or ""
+  f:close()
+  return stat:match("%)%s+(%a)") ~= "Z"
+end
+
 -- running trials whose worker stopped: a heartbeat older than stale_after, or a worker on this
 -- host whose process is gone; each goes back to the queue, or fails once out of retries
 local function requeue_dead(self, w, stale_after, retries)
@@ -148,10 +160,7 @@ local function requeue_dead(self, w, stale_after, retries)
     "FROM tocha_trials WHERE sweep = ? AND state = 'running'", { stale_after, self.name })
   for _, r in ipairs(rows) do
     local dead = r.stale == 1
-    if not dead and r.host == w.host and r.pid and r.worker ~= w.id then
-      local _, err = T._sys.kill(r.pid, "0")
-      dead = err ~= nil and not err:find("not permitted", 1, true)
-    end
+    if not dead and r.host == w.host and r.pid and r.worker ~= w.id then dead = not process_alive(r.pid) end
     if dead then
       local why = string.format("its worker %s stopped (attempt %d)", r.worker or "?", r.attempts)
       if r.attempts > retries then

@@ -135,7 +135,7 @@ function tables.best_text(sw, st)
   if not best then return nil, string.format("sweep %s: no trial has finished with %s yet", sw.name, sw.metric) end
   local t = st:trial(best.number)
   local lines = { string.format("best trial %d of %d in sweep %s: %s = %s (%s)", t.number, #rows, sw.name, sw.metric,
-    string.format("%.10g", t.value), sw.goal == "max" and "higher is better" or "lower is better") }
+    space.show(t.value), sw.goal == "max" and "higher is better" or "lower is better") }
   for _, p in ipairs(sw.space) do
     if t.params[p.name] ~= nil then lines[#lines + 1] = string.format("  %s = %s", p.name, space.show(t.params[p.name])) end
   end

@@ -372,7 +372,7 @@ end
 local OPTIONS = { bandwidth = "string", endpoints = "boolean", startup = "integer", candidates = "integer", multivariate = "boolean", gamma = "number",
   prior_weight = "number", liar = "boolean" }
 
---- tpe.new{startup = 10, candidates = 24, multivariate = true, gamma = 0.1, prior_weight = 1,
+--- tpe.new{startup = 10, candidates = 24, multivariate = true, gamma = 0.15, prior_weight = 1,
 --- liar = true}: startup random trials before the model is used; candidates drawn per
 --- proposal; gamma the good share (or a function n -> count); liar counts running trials as
 --- bad, so parallel workers spread out
@@ -390,7 +390,7 @@ function tpe.new(opts, level)
     if not ok then error(string.format("sweep.tpe: %s must be %s (got %s)", k,
       want == "integer" and "a positive integer" or want == "boolean" and "true or false" or "a number in (0, 1]", tostring(v)), level) end
   end
-  local s = setmetatable({ name = "tpe", startup = 10, candidates = 24, multivariate = true, gamma = 0.1,
+  local s = setmetatable({ name = "tpe", startup = 10, candidates = 24, multivariate = true, gamma = 0.15,
     prior_weight = 1.0, liar = true }, Strategy)
   for k, v in pairs(opts) do s[k] = v end
   return s

@@ -31,16 +31,16 @@ local function exists(path) return read_file(path) ~= nil or T._optim.isdir(path
 ---------------------------------------------------------------------------------------------
 -- where things go
 ---------------------------------------------------------------------------------------------
---- worker.root() -> where run directories go: $TOCHA_RUNS, or runs
-function worker.root() return os.getenv("TOCHA_RUNS") or "runs" end
+--- worker.root(sw) -> where run directories go: the file's root, $TOCHA_RUNS, or runs
+function worker.root(sw) return sw.root or os.getenv("TOCHA_RUNS") or "runs" end
 
 --- worker.target(sw, storage_override) -> the storage: --storage, the file's storage, or
 --- runs/<name>/sweep.db
 function worker.target(sw, override)
-  return override or sw.storage or (worker.root() .. "/" .. sw.name .. "/sweep.db")
+  return override or sw.storage or (worker.root(sw) .. "/" .. sw.name .. "/sweep.db")
 end
 
-function worker.trial_dir(sw, number) return string.format("%s/%s/%04d", worker.root(), sw.name, number) end
+function worker.trial_dir(sw, number) return string.format("%s/%s/%04d", worker.root(sw), sw.name, number) end
 
 -- a file the sweep names: from the working directory, or else beside the sweep file
 local function resolve(sw, file)
@@ -324,11 +324,12 @@ local function run_trial(ctx, t)
   local tracker = pruner and pruner:tracker(t.number)
   local reports, metric_value, metrics = {}, nil, {}
   local hb_every = math.max(0.05, math.min(5, sw.stale_after / 4))
-  local last_hb, poll = T.clock(), 0.001
+  local last_hb = T.clock()
   local stop_sent, kill_sent, pruned, lost, released
   local how, code
   while true do
-    how, code = S.wait(pid, false)
+    how, code = S.wait(pid, 0.05) -- returns the moment the trial ends
+
     local fresh = {}
     if follow then
       for _, row in ipairs(follow:read()) do
@@ -344,7 +345,6 @@ local function run_trial(ctx, t)
       end
     end
     if #fresh > 0 then
-      poll = 0.001
       st:report(t.number, fresh)
       if pruner and not stop_sent and not how then
         local stop, why = pruner:decide(tracker, reports, st:pruning_view())
@@ -374,8 +374,6 @@ local function run_trial(ctx, t)
         kill_sent = true
       end
     end
-    S.sleep(poll)
-    poll = math.min(poll * 2, 0.1)
   end
   S.kill(-pid, "KILL") -- whatever the trial left running in its process group
   local seconds = T.clock() - t0
@@ -417,8 +415,8 @@ local function run_trial(ctx, t)
     local value = r.value and string.format("  %s %.6g", sw.metric, r.value) or ""
     local line = string.format("trial %d %s%s  %s  (%.1f s)", t.number, state, value, params_text(sw, t.params), seconds)
     if state == "failed" then line = line .. "\n  " .. (r.reason or ""):gsub("\n", "\n  ") end
-    io.stdout:write(line, "\n")
-    io.stdout:flush()
+    ctx.out:write(line, "\n")
+    ctx.out:flush()
   end
   return state
 end
@@ -435,7 +433,7 @@ function worker.loop(sw, opts)
   if not st then error("sweep: " .. err, 0) end
   local w = { host = S.hostname(), pid = S.getpid() }
   w.id = string.format("%s:%d", w.host, w.pid)
-  local ctx = { sw = sw, st = st, w = w, target = opts.target, quiet = opts.quiet }
+  local ctx = { sw = sw, st = st, w = w, target = opts.target, quiet = opts.quiet, out = opts.out or io.stdout }
   local function propose(history, number)
     return sw.strategy:suggest(sw.space, history, rng.new(sw.seed, number), { goal = sw.goal, number = number, metric = sw.metric })
   end
@@ -478,7 +476,7 @@ function worker.run(sw, opts)
     local pid, ferr = S.fork({ pgroup = false })
     if not pid then error("sweep: " .. ferr, 0) end
     if pid == 0 then
-      local ok, e = pcall(worker.loop, sw, { target = target, quiet = opts.quiet })
+      local ok, e = pcall(worker.loop, sw, { target = target, quiet = opts.quiet, out = out })
       if not ok then io.stderr:write("tocha sweep: worker ", i, ": ", tostring(e), "\n") end
       S.exit(ok and 0 or 1)
     end
@@ -503,12 +501,14 @@ function worker.run(sw, opts)
     end
     if alive > 0 then S.sleep(0.05) end
   end
+  S.catch("TERM", false)
+  S.catch("INT", false)
   st = assert(storage.open(target, sw.name, { schema = false }))
   local text = require("tocha.sweep.tables").status(sw, st, { rows = 0 })
   local _, best = require("tocha.sweep.tables").best_text(sw, st)
   st:close()
   out:write(text:match("^[^\n]*"), "\n")
-  if best then out:write(string.format("best: trial %d, %s %.6g (tocha sweep best %s)\n", best.number, sw.metric, best.value, sw.file)) end
+  if type(best) == "table" then out:write(string.format("best: trial %d, %s %.6g (tocha sweep best %s)\n", best.number, sw.metric, best.value, sw.file)) end
   return forwarded and 130 or status
 end
 
