@@ -46,6 +46,9 @@ Storage.__index = Storage
 --- storage.is_url(s): whether s names a PostgreSQL database
 function storage.is_url(s) return s:match("^postgres") ~= nil end
 
+--- storage.display(target) -> target without the password a URL may hold
+function storage.display(target) return (target:gsub("^(postgres[%w]*://[^:/@]+):[^@]*@", "%1:***@")) end
+
 --- storage.open(target, sweep_name, {timeout = 30, schema = true}) -> st, or nil, message.
 --- target: a postgresql:// URL, or a SQLite file (its directory is made; "sqlite:" in front is
 --- allowed). schema = false skips making the tables (they exist: a worker's connection).
@@ -60,8 +63,11 @@ function storage.open(target, name, opts)
     end
   end
   local db, err = T._db.open(path, { timeout = opts.timeout or 30 })
-  if not db then return nil, err end
-  local st = setmetatable({ db = db, kind = db:kind(), target = target, name = name, cache = {} }, Storage)
+  if not db then
+    local secret, shown = path:gsub("%p", "%%%0"), storage.display(path):gsub("%%", "%%%%")
+    return nil, (err:gsub(secret, shown))
+  end
+  local st = setmetatable({ db = db, kind = db:kind(), target = storage.display(target), name = name, cache = {} }, Storage)
   st.sql = DIALECTS[st.kind]
   local ok, why = pcall(function()
     if st.sql.setup then db:exec(st.sql.setup) end
@@ -174,11 +180,12 @@ local function requeue_dead(self, w, stale_after, retries)
   end
 end
 
---- st:claim(w, s, propose) -> the trial row w now runs, or nil, "wait" (others are running
---- trials, or may be requeued) or "finished". w: {id, host, pid}; s: the sweep (trials,
---- stale_after, retries); propose(history, number) -> params, or nil when the strategy has
---- nothing more. All in one transaction: no two workers get the same trial.
-function Storage:claim(w, s, propose)
+--- st:claim(w, s, propose, describe) -> the trial row w now runs, or nil, "wait" (others are
+--- running trials, or may be requeued) or "finished". w: {id, host, pid}; s: the sweep
+--- (trials, stale_after, retries, trial_seed); propose(history, number) -> params, or nil when
+--- the strategy has nothing more; describe(trial) -> its run directory and command line. All
+--- in one transaction: no two workers get the same trial.
+function Storage:claim(w, s, propose, describe)
   return self:transaction(function()
     requeue_dead(self, w, s.stale_after, s.retries)
     local q = self:query("SELECT number FROM tocha_trials WHERE sweep = ? AND state = 'queued' ORDER BY number LIMIT 1", { self.name })
@@ -203,7 +210,13 @@ function Storage:claim(w, s, propose)
       "heartbeat = {now}, started = {now}, finished = NULL, value = NULL, steps = NULL, reason = NULL WHERE sweep = ? AND number = ?",
       { w.id, w.host, w.pid, self.name, number })
     self:query("DELETE FROM tocha_reports WHERE sweep = ? AND number = ?", { self.name, number })
-    return self:trial(number)
+    local t = self:trial(number)
+    if describe then
+      t.run_dir, t.command = describe(t)
+      self:query("UPDATE tocha_trials SET run_dir = ?, command = ? WHERE sweep = ? AND number = ?",
+        { t.run_dir, t.command, self.name, number })
+    end
+    return t
   end)
 end
 
@@ -225,23 +238,20 @@ local function owned_update(self, t, w, set, params)
   return changed > 0
 end
 
---- st:started(t, w, run_dir, command) -> owned
-function Storage:started(t, w, run_dir, command)
-  return owned_update(self, t, w, "run_dir = ?, command = ?", { run_dir, command })
-end
-
 --- st:heartbeat(t, w) -> whether w still owns t
 function Storage:heartbeat(t, w) return owned_update(self, t, w, "heartbeat = {now}", {}) end
 
---- st:report(number, {{step, value}, ...}): intermediate values (a step reported twice keeps the last)
-function Storage:report(number, list)
-  if #list == 0 then return end
+--- st:report(number, {{step, value}, ...}, last_step): intermediate values (a step reported
+--- twice keeps the last), and the last step the trial reached (default: the last reported)
+function Storage:report(number, list, last_step)
+  last_step = last_step or (list[#list] and list[#list].step)
+  if not last_step then return end
   self:transaction(function()
     for _, r in ipairs(list) do
       self:query("INSERT INTO tocha_reports (sweep, number, step, value) VALUES (?, ?, ?, ?) " ..
         "ON CONFLICT (sweep, number, step) DO UPDATE SET value = excluded.value", { self.name, number, r.step, r.value })
     end
-    self:query("UPDATE tocha_trials SET steps = ? WHERE sweep = ? AND number = ?", { list[#list].step, self.name, number })
+    self:query("UPDATE tocha_trials SET steps = ? WHERE sweep = ? AND number = ?", { last_step, self.name, number })
   end)
 end
 

@@ -251,6 +251,11 @@ local function tail_of(path, lines)
   return out
 end
 
+local function crash_reason(how, code, log_path)
+  return (how == "exited" and "exited with status " .. code or "killed by signal " .. tostring(code)) ..
+    "; the end of its log:\n" .. tail_of(log_path, 20)
+end
+
 -- the script's command line for a trial's parameters (the seed last, unless swept or fixed)
 local function script_argv(sw, t)
   local argv = { worker.bin(), resolve(sw, sw.script) }
@@ -265,8 +270,14 @@ local function script_argv(sw, t)
   return argv
 end
 
-local function fresh_dir(dir, attempts)
-  if attempts > 1 and exists(dir) then os.rename(dir, string.format("%s.attempt%d", dir, attempts - 1)) end
+-- an empty run directory: what an earlier attempt left there moves to <dir>.attempt<k>
+local function fresh_dir(dir)
+  if exists(dir) then
+    local k = 1
+    while exists(string.format("%s.attempt%d", dir, k)) do k = k + 1 end
+    local ok, err = os.rename(dir, string.format("%s.attempt%d", dir, k))
+    if not ok then error("sweep: " .. tostring(err), 0) end
+  end
   local ok, err = T._log().mkdirs(dir)
   if not ok then error("sweep: " .. tostring(err):gsub("^log: ", ""), 0) end
 end
@@ -283,43 +294,46 @@ local function params_text(sw, params)
   return table.concat(parts, " ")
 end
 
--- runs trial t to its end; returns "done" | "pruned" | "failed" | "released" | "lost"
-local function run_trial(ctx, t)
-  local sw, st, w = ctx.sw, ctx.st, ctx.w
+-- where trial t runs, and the command line that reproduces it (argv too, for a script)
+local function plan(sw, t)
   local dir = worker.trial_dir(sw, t.number)
-  fresh_dir(dir, t.attempts)
-  local log_path = dir .. "/log.txt"
-  local t0 = T.clock()
-  local pid, command
   if sw.script then
     local argv = script_argv(sw, t)
     local quoted = {}
     for i, a in ipairs(argv) do quoted[i] = shell_quote(a) end
-    command = table.concat(quoted, " ")
-    local err
+    return dir, table.concat(quoted, " "), argv
+  end
+  local parts = {}
+  for _, p in ipairs(sw.space) do
+    if t.params[p.name] ~= nil then parts[#parts + 1] = p.name .. " = " .. space.show(t.params[p.name]) end
+  end
+  return dir, string.format("the objective in %s with trial.params = { %s }, seed %d", tostring(sw.file),
+    table.concat(parts, ", "), t.seed)
+end
+
+-- runs trial t to its end; returns "done" | "pruned" | "failed" | "released" | "lost"
+local function run_trial(ctx, t)
+  local sw, st, w = ctx.sw, ctx.st, ctx.w
+  local dir, _, argv = plan(sw, t)
+  fresh_dir(dir)
+  local log_path = dir .. "/log.txt"
+  local t0 = T.clock()
+  local pid, err
+  if sw.script then
     pid, err = S.spawn(argv, { log = log_path, env = { TOCHA_RUN_DIR = dir, TOCHA_SWEEP = sw.name,
       TOCHA_SWEEP_TRIAL = tostring(t.number) } })
-    if not pid then error("sweep: " .. err, 0) end
   else
-    local parts = {}
-    for _, p in ipairs(sw.space) do
-      if t.params[p.name] ~= nil then parts[#parts + 1] = p.name .. " = " .. space.show(t.params[p.name]) end
-    end
-    command = string.format("the objective in %s with trial.params = { %s }, seed %d", tostring(sw.file),
-      table.concat(parts, ", "), t.seed)
     io.stdout:flush()
-    local err
     pid, err = S.fork({ log = log_path })
-    if not pid then error("sweep: " .. err, 0) end
     if pid == 0 then run_objective(sw, t, dir, ctx.target) end
   end
-  if not st:started(t, w, dir, command) then
-    S.kill(-pid, "KILL")
-    S.wait(pid, true)
-    return "lost"
-  end
+  if not pid then error("sweep: " .. err, 0) end
 
-  local follow = sw.script and follower(dir .. "/metrics.jsonl")
+  -- every trial's metrics.jsonl is followed for its reports; a script's are judged here (an
+  -- objective's child records and judges its own when there is a pruner)
+  local follow = follower(dir .. "/metrics.jsonl")
+  local tag = sw.prune and sw.prune.metric or sw.metric
+  local record = sw.script or not sw.prune
   local pruner = sw.script and sw.prune
   local tracker = pruner and pruner:tracker(t.number)
   local reports, metric_value, metrics = {}, nil, {}
@@ -329,30 +343,26 @@ local function run_trial(ctx, t)
   local how, code
   while true do
     how, code = S.wait(pid, 0.05) -- returns the moment the trial ends
-
-    local fresh = {}
-    if follow then
-      for _, row in ipairs(follow:read()) do
-        for k, v in pairs(row) do if type(v) == "number" and k ~= "step" and k ~= "time" then metrics[k] = v end end
-        if type(row[sw.metric]) == "number" then metric_value = row[sw.metric] end
-        local v = pruner and row[pruner.metric]
-        if type(v) == "number" and math.type(row.step) == "integer" then
-          if reports[#reports] and reports[#reports].step >= row.step then
-            if reports[#reports].step == row.step then reports[#reports].value = v end
-          else reports[#reports + 1] = { step = row.step, value = v } end
-          fresh[#fresh + 1] = { step = row.step, value = v }
-        end
+    local fresh, last_step = {}, nil
+    for _, row in ipairs(follow:read()) do
+      for k, v in pairs(row) do if type(v) == "number" and k ~= "step" and k ~= "time" then metrics[k] = v end end
+      if type(row[sw.metric]) == "number" then metric_value = row[sw.metric] end
+      if math.type(row.step) == "integer" then last_step = math.max(last_step or 0, row.step) end
+      local v = row[tag]
+      if type(v) == "number" and math.type(row.step) == "integer" then
+        if reports[#reports] and reports[#reports].step >= row.step then
+          if reports[#reports].step == row.step then reports[#reports].value = v end
+        else reports[#reports + 1] = { step = row.step, value = v } end
+        fresh[#fresh + 1] = { step = row.step, value = v }
       end
     end
-    if #fresh > 0 then
-      st:report(t.number, fresh)
-      if pruner and not stop_sent and not how then
-        local stop, why = pruner:decide(tracker, reports, st:pruning_view())
-        if stop then
-          pruned = why
-          S.kill(-pid, "TERM")
-          stop_sent = T.clock()
-        end
+    if record and last_step then st:report(t.number, fresh, last_step) end
+    if pruner and #fresh > 0 and not stop_sent and not how then
+      local stop, why = pruner:decide(tracker, reports, st:pruning_view())
+      if stop then
+        pruned = why
+        S.kill(-pid, "TERM")
+        stop_sent = T.clock()
       end
     end
     if how then break end
@@ -395,20 +405,11 @@ local function run_trial(ctx, t)
       table.sort(seen)
       state, r.reason = "failed", string.format("the trial never reported %s (it reported: %s)", sw.metric,
         #seen > 0 and table.concat(seen, ", ") or "nothing")
-    else
-      state = "failed"
-      r.reason = (how == "exited" and "exited with status " .. code or "killed by signal " .. tostring(code)) ..
-        "; the end of its log:\n" .. tail_of(log_path, 20)
-    end
+    else state, r.reason = "failed", crash_reason(how, code, log_path) end
   else
     local res = json.read_file(dir .. "/result.json")
-    if res then
-      state, r.value, r.reason, r.metrics = res.state, res.value, res.reason, res.metrics
-    else
-      state = "failed"
-      r.reason = (how == "exited" and "exited with status " .. code or "killed by signal " .. tostring(code)) ..
-        "; the end of its log:\n" .. tail_of(log_path, 20)
-    end
+    if res then state, r.value, r.reason, r.metrics = res.state, res.value, res.reason, res.metrics
+    else state, r.reason = "failed", crash_reason(how, code, log_path) end
   end
   if not st:finish(t, w, state, r) then return "lost" end
   if not ctx.quiet then
@@ -439,7 +440,7 @@ function worker.loop(sw, opts)
   end
   local ran, wait = 0, 0.01
   while not (S.caught("TERM") or S.caught("INT")) do
-    local t, why = st:claim(w, sw, propose)
+    local t, why = st:claim(w, sw, propose, function(trial) return plan(sw, trial) end)
     if t then
       wait = 0.01
       local how = run_trial(ctx, t)
@@ -467,7 +468,8 @@ function worker.run(sw, opts)
   st:register(sw:definition())
   st:close()
   local n = opts.workers or sw.workers
-  out:write(string.format("sweep %s: %d trials, %d worker%s, storage %s\n", sw.name, sw.trials, n, n == 1 and "" or "s", target))
+  out:write(string.format("sweep %s: %d trials, %d worker%s, storage %s\n", sw.name, sw.trials, n, n == 1 and "" or "s",
+    storage.display(target)))
   out:flush()
   S.catch("TERM")
   S.catch("INT")
