@@ -92,7 +92,7 @@ r:finish({ ["final/loss"] = loss })
 return {
   ["two workers over 12 trials: every trial runs exactly once"] = function()
     local dir = tmpdir()
-    slow_sweep(dir, 0.05)
+    slow_sweep(dir, 0.15)
     local out, rc = tocha(dir, "sweep run slow.lua --workers 2")
     assert(rc == 0, out)
     assert(out:find("12 of 12 trials"), out)

@@ -111,7 +111,7 @@ function RUN.status(sw, opts, out)
     out:flush()
     last = text
     if opts.once or finished then break end
-    T._sys.sleep(opts.every or 2)
+    T._sys.sleep(math.max(0.1, opts.every or 2))
   until false
   st:close()
   return 0

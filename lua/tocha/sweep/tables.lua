@@ -57,17 +57,21 @@ function tables.finished(sw, rows)
   return c.queued == 0 and c.running == 0 and #rows >= sw.trials
 end
 
+--- tables.header(sw, rows) -> "sweep x: 7 of 24 trials  (2 running, ...)  best loss 0.1 (trial 3)"
+function tables.header(sw, rows)
+  local c = tables.counts(rows)
+  local best = tables.best(sw, rows)
+  return string.format("sweep %s: %d of %d trials  (%d running, %d queued, %d done, %d pruned, %d failed)%s",
+    sw.name, #rows, sw.trials, c.running, c.queued, c.done, c.pruned, c.failed,
+    best and string.format("  best %s %s (trial %d)", sw.metric, num(best.value), best.number) or "")
+end
+
 --- tables.status(sw, st, {all = false, rows = 40}) -> the status text. Beyond `rows` trials
 --- it shows the running ones, the ten best and the latest, and says how many it left out.
 function tables.status(sw, st, opts)
   opts = opts or {}
   local rows = st:trials({ params = false })
-  local c = tables.counts(rows)
-  local lines = {}
-  local best = tables.best(sw, rows)
-  lines[1] = string.format("sweep %s: %d of %d trials  (%d running, %d queued, %d done, %d pruned, %d failed)%s",
-    sw.name, #rows, sw.trials, c.running, c.queued, c.done, c.pruned, c.failed,
-    best and string.format("  best %s %s (trial %d)", sw.metric, num(best.value), best.number) or "")
+  local lines = { tables.header(sw, rows) }
   -- best so far, in trial order
   local so_far
   for _, r in ipairs(rows) do

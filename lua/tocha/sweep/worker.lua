@@ -8,6 +8,7 @@ local json = require "tocha.json"
 local space = require "tocha.sweep.space"
 local storage = require "tocha.sweep.storage"
 local rng = require "tocha.sweep.rng"
+local tables = require "tocha.sweep.tables"
 
 local S = T._sys
 local worker = {}
@@ -506,11 +507,11 @@ function worker.run(sw, opts)
   S.catch("TERM", false)
   S.catch("INT", false)
   st = assert(storage.open(target, sw.name, { schema = false }))
-  local text = require("tocha.sweep.tables").status(sw, st, { rows = 0 })
-  local _, best = require("tocha.sweep.tables").best_text(sw, st)
+  local rows = st:trials({ params = false })
   st:close()
-  out:write(text:match("^[^\n]*"), "\n")
-  if type(best) == "table" then out:write(string.format("best: trial %d, %s %.6g (tocha sweep best %s)\n", best.number, sw.metric, best.value, sw.file)) end
+  out:write(tables.header(sw, rows), "\n")
+  local best = tables.best(sw, rows)
+  if best then out:write(string.format("best: trial %d, %s %.6g (tocha sweep best %s)\n", best.number, sw.metric, best.value, sw.file)) end
   return forwarded and 130 or status
 end
 
