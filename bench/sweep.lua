@@ -7,7 +7,6 @@
 --   status: `tocha sweep status --once` on a 10,000-trial database, against the 0.5 s goal
 --     ./build/tocha bench/sweep.lua        (SEEDS=20 TRIALS=40 N=500 ROUNDS=3 STATUS=10000)
 local T = require "tocha"
-local space = require "tocha.sweep.space"
 local strategies = require "tocha.sweep.strategies"
 local storage = require "tocha.sweep.storage"
 local rng = require "tocha.sweep.rng"
@@ -45,19 +44,10 @@ end
 local quality = {}
 for _, name in ipairs({ "branin", "hartmann6" }) do
   local fn = functions[name]
-  local list = space.compile(fn.space)
   local tpe, random = {}, {}
   for seed = 0, SEEDS - 1 do
-    for _, which in ipairs({ "tpe", "random" }) do
-      local strategy, history, best = strategies.resolve(which), {}, math.huge
-      for number = 1, TRIALS do
-        local p = strategy:suggest(list, history, rng.new(seed, number), { goal = "min" })
-        local v = fn.f(p)
-        history[number] = { number = number, params = p, value = v, state = "done" }
-        best = math.min(best, v)
-      end
-      if which == "tpe" then tpe[#tpe + 1] = best else random[#random + 1] = best end
-    end
+    tpe[#tpe + 1] = functions.minimize(fn, strategies.resolve("tpe"), seed, TRIALS)
+    random[#random + 1] = functions.minimize(fn, strategies.resolve("random"), seed, TRIALS)
   end
   quality[name] = { tpe = median(tpe), random = median(random), minimum = fn.minimum }
 end

@@ -3,10 +3,8 @@
 -- median) on synthetic learning curves, run as real sweeps whose Lua objectives report each step.
 local T = require "tocha"
 local sweep = require "tocha.sweep"
-local space = require "tocha.sweep.space"
 local strategies = require "tocha.sweep.strategies"
 local storage = require "tocha.sweep.storage"
-local rng = require "tocha.sweep.rng"
 local functions = require "tocha.sweep.functions"
 local cli = require "tocha.cli.sweep"
 
@@ -18,25 +16,12 @@ local function median(t)
   return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
 end
 
--- the best value a strategy finds on fn in n trials
-local function search(fn, strategy, seed, n)
-  local list = space.compile(fn.space)
-  local history, best = {}, math.huge
-  for number = 1, n do
-    local p = strategy:suggest(list, history, rng.new(seed, number), { goal = "min" })
-    local v = fn.f(p)
-    history[number] = { number = number, params = p, value = v, state = "done" }
-    best = math.min(best, v)
-  end
-  return best
-end
-
 local function compare(name)
   local fn = functions[name]
   local rand, tpe = {}, {}
   for seed = 1, 10 do
-    rand[seed] = search(fn, strategies.resolve("random"), seed, 40)
-    tpe[seed] = search(fn, strategies.resolve("tpe"), seed, 40)
+    rand[seed] = functions.minimize(fn, strategies.resolve("random"), seed, 40)
+    tpe[seed] = functions.minimize(fn, strategies.resolve("tpe"), seed, 40)
   end
   local r, t = median(rand), median(tpe)
   print(string.format("  %s, median best of 10 seeds at 40 trials: tpe %.4f, random %.4f (minimum %.4f)", name, t, r, fn.minimum))

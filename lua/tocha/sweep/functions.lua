@@ -2,6 +2,7 @@
 -- and known minimum: Branin (2-d) and Hartmann-6 (6-d). The sweep tests and bench/sweep.lua
 -- compare strategies on them.
 local space = require "tocha.sweep.space"
+local rng = require "tocha.sweep.rng"
 
 local functions = {}
 
@@ -41,5 +42,19 @@ functions.hartmann6 = {
   end,
 }
 for j = 1, 6 do functions.hartmann6.space["x" .. j] = space.uniform(0, 1) end
+
+--- functions.minimize(fn, strategy, seed, trials) -> the best value the strategy finds for
+--- fn in that many trials, proposing as a sweep does (one generator per trial number)
+function functions.minimize(fn, strategy, seed, trials)
+  local list = space.compile(fn.space)
+  local history, best = {}, math.huge
+  for number = 1, trials do
+    local p = strategy:suggest(list, history, rng.new(seed, number), { goal = "min" })
+    local v = fn.f(p)
+    history[number] = { number = number, params = p, value = v, state = "done" }
+    best = math.min(best, v)
+  end
+  return best
+end
 
 return functions

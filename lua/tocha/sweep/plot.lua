@@ -28,7 +28,8 @@ function plot.draw(sw, rows, opts)
   local ncol = math.min(3, math.max(1, #params))
   local nrow = (#params + ncol - 1) // ncol
   local top_h, cell_h, margin = 300, 250, 80
-  local H = 70 + top_h + 90 + nrow * (cell_h + 90)
+  local top = 84 -- the title and a row of legend above the first panel
+  local H = top + top_h + 90 + nrow * (cell_h + 90)
   local cv = chart.canvas(W, H)
   local values = {}
   for i, r in ipairs(valued) do values[i] = r.value end
@@ -43,9 +44,10 @@ function plot.draw(sw, rows, opts)
   for _, r in ipairs(rows) do counts[r.state] = (counts[r.state] or 0) + 1 end
   local title = string.format("sweep %s: %s (%s is better), %d trials: %d done, %d pruned, %d failed", sw.name, sw.metric,
     sw.goal == "max" and "higher" or "lower", #rows, counts.done or 0, counts.pruned or 0, counts.failed or 0)
-  local box = { margin, 60, W - margin - 30, top_h }
-  local px, py = chart.axes(cv, box, { 0.5, rows[#rows].number + 0.5, ylo, yhi }, { title = title, xlabel = "trial",
-    ylabel = sw.metric })
+  local box = { margin, top, W - margin - 30, top_h }
+  local px, py = chart.axes(cv, box, { 0.5, rows[#rows].number + 0.5, ylo, yhi }, { xlabel = "trial", ylabel = sw.metric })
+  cv:color(0.25, 0.25, 0.25)
+  cv:text(W / 2, 28, title, 16, 0.5)
   cv:clip(box[1], box[2], box[3], box[4])
   local bx, by, so_far = {}, {}, nil
   for _, r in ipairs(rows) do
@@ -67,14 +69,14 @@ function plot.draw(sw, rows, opts)
   end
   if best then chart.markers(cv, { px(best.number) }, { py(best.value) }, BEST, 6) end
   cv:clip()
-  chart.legend(cv, box, { { "done", DONE }, { "pruned", PRUNED }, { "best so far", BEST_LINE, width = 2 },
+  chart.legend_row(cv, margin, top - 14, { { "done", DONE }, { "pruned", PRUNED }, { "best so far", BEST_LINE, width = 2 },
     { "best trial", BEST } })
 
   -- one scatter per parameter
   local cw = (W - margin - 30 - (ncol - 1) * margin) / ncol
   for i, p in ipairs(params) do
     local col, row = (i - 1) % ncol, (i - 1) // ncol
-    local pbox = { margin + col * (cw + margin), 60 + top_h + 90 + row * (cell_h + 90), cw, cell_h }
+    local pbox = { margin + col * (cw + margin), top + top_h + 90 + row * (cell_h + 90), cw, cell_h }
     local xs, ys, xticks, x_of = {}, {}, nil, nil
     local r1, r2
     if categorical(p) then

@@ -122,15 +122,21 @@ end
 --- pruners.asha{metric, goal, min_steps, reduction = 3, max_steps, window = 1}: at steps
 --- min_steps * reduction^k a trial continues only if its value is in the best 1/reduction of
 --- the trials that reached that step
+-- the options asha and hyperband share: min_steps, reduction, max_steps
+local function halving(fn, opts, level)
+  check_options(fn, opts, { metric = 1, goal = 1, min_steps = 1, reduction = 1, max_steps = 1, window = 1 }, level + 1)
+  local p = common(fn, opts, level + 1)
+  p.kind = fn
+  p.min_steps = positive_int(fn, opts, "min_steps", 1, level + 1)
+  p.reduction = positive_int(fn, opts, "reduction", 3, level + 1)
+  if p.reduction < 2 then error("sweep." .. fn .. ": reduction must be at least 2", level + 1) end
+  p.max_steps = opts.max_steps and positive_int(fn, opts, "max_steps", nil, level + 1)
+  return p
+end
+
 function pruners.asha(opts, level)
   level = (level or 1) + 1
-  check_options("asha", opts, { metric = 1, goal = 1, min_steps = 1, reduction = 1, max_steps = 1, window = 1 }, level)
-  local p = common("asha", opts, level)
-  p.kind = "asha"
-  p.min_steps = positive_int("asha", opts, "min_steps", 1, level)
-  p.reduction = positive_int("asha", opts, "reduction", 3, level)
-  if p.reduction < 2 then error("sweep.asha: reduction must be at least 2", level) end
-  p.max_steps = opts.max_steps and positive_int("asha", opts, "max_steps", nil, level)
+  local p = halving("asha", opts, level)
   p.rungs = rung_steps(p.min_steps, p.reduction, p.max_steps)
   return setmetatable(p, Pruner)
 end
@@ -140,14 +146,8 @@ end
 --- proportion to the trials Hyperband gives it
 function pruners.hyperband(opts, level)
   level = (level or 1) + 1
-  check_options("hyperband", opts, { metric = 1, goal = 1, min_steps = 1, reduction = 1, max_steps = 1, window = 1 }, level)
-  local p = common("hyperband", opts, level)
-  p.kind = "hyperband"
-  p.min_steps = positive_int("hyperband", opts, "min_steps", 1, level)
-  p.reduction = positive_int("hyperband", opts, "reduction", 3, level)
-  if p.reduction < 2 then error("sweep.hyperband: reduction must be at least 2", level) end
-  if opts.max_steps == nil then error("sweep.hyperband: max_steps is needed (the steps of a full trial)", level) end
-  p.max_steps = positive_int("hyperband", opts, "max_steps", nil, level)
+  local p = halving("hyperband", opts, level)
+  if not p.max_steps then error("sweep.hyperband: max_steps is needed (the steps of a full trial)", level) end
   if p.max_steps <= p.min_steps then error("sweep.hyperband: max_steps must be above min_steps", level) end
   local s_max = 0
   while p.min_steps * p.reduction ^ (s_max + 1) <= p.max_steps do s_max = s_max + 1 end

@@ -216,7 +216,7 @@ local function run_objective(sw, t, dir, target)
     local ok, v = xpcall(sw.objective, debug.traceback, trial)
     if not ok then
       io.stderr:write(tostring(v), "\n")
-      result.reason = "the objective raised: " .. tostring(v)
+      result.reason = "the objective raised: " .. tostring(v):sub(1, 2000)
     else
       local metrics = type(v) == "table" and v or { [sw.metric] = v }
       local value = metrics[sw.metric]
@@ -236,7 +236,6 @@ local function run_objective(sw, t, dir, target)
   local f = assert(io.open(dir .. "/result.json", "wb"))
   f:write(json.encode(result), "\n")
   f:close()
-  S.exit(0)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -326,7 +325,11 @@ local function run_trial(ctx, t)
   else
     io.stdout:flush()
     pid, err = S.fork({ log = log_path })
-    if pid == 0 then run_objective(sw, t, dir, ctx.target) end
+    if pid == 0 then -- the child never returns into the worker's loop
+      local ok, e = pcall(run_objective, sw, t, dir, ctx.target)
+      if not ok then io.stderr:write("tocha sweep: ", tostring(e), "\n") end
+      S.exit(ok and 0 or 1)
+    end
   end
   if not pid then error("sweep: " .. err, 0) end
 
