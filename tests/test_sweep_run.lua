@@ -338,6 +338,14 @@ return sweep {
     out, rc = tocha(dir, "sweep plot cond.lua --out p.png")
     assert(rc == 0 and out:find("wrote p.png"), out)
     assert(read_file(dir .. "/p.png"):sub(1, 8) == "\137PNG\r\n\26\n")
+    -- the same file and seed, run afresh elsewhere, propose the same trials
+    local dir2 = tmpdir()
+    write_file(dir2 .. "/cond.lua", read_file(dir .. "/cond.lua"))
+    assert(select(2, tocha(dir2, "sweep run cond.lua --quiet")) == 0)
+    local st2 = open(dir2, "cond")
+    for i, r in ipairs(st2:trials()) do assert(json.encode(r.params) == json.encode(rows[i].params), "trial " .. i .. " differs") end
+    st2:close()
+    os.execute("rm -rf " .. dir2)
     os.execute("rm -rf " .. dir)
   end,
 
