@@ -264,7 +264,7 @@ end
 
 --- st:release(t, w): back to the queue without using up a retry (the worker is shutting down)
 function Storage:release(t, w)
-  return owned_update(self, t, w, "state = 'queued', attempts = attempts - 1, worker = NULL", {})
+  return owned_update(self, t, w, "state = 'queued', attempts = attempts - 1, worker = NULL, steps = NULL", {})
 end
 
 ---------------------------------------------------------------------------------------------
