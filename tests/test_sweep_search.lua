@@ -6,6 +6,8 @@ local sweep = require "tocha.sweep"
 local strategies = require "tocha.sweep.strategies"
 local storage = require "tocha.sweep.storage"
 local functions = require "tocha.sweep.functions"
+local space = require "tocha.sweep.space"
+local rng = require "tocha.sweep.rng"
 local cli = require "tocha.cli.sweep"
 
 local tmpdir = T.testing.tmpdir
@@ -95,6 +97,23 @@ end
 return {
   ["tpe finds a better Branin value than random search (median of 10 seeds, 40 trials)"] = function() compare("branin") end,
   ["tpe finds a better Hartmann-6 value than random search (median of 10 seeds, 40 trials)"] = function() compare("hartmann6") end,
+
+  ["tpe: pruned trials end its start-up and rank below finished ones, by how far they got"] = function()
+    local list = space.compile({ x = sweep.uniform(0, 1) })
+    local tpe = strategies.resolve(sweep.tpe { startup = 4, candidates = 64 })
+    -- one finished trial near 0.9, pruned ones spread below: the model must already be in use
+    -- (not random) and center on the finished trial and the pruned one that got furthest
+    local history = { { number = 1, state = "done", value = 1, params = { x = 0.9 } } }
+    for i, x in ipairs({ 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85 }) do
+      history[#history + 1] = { number = i + 1, state = "pruned", steps = x == 0.85 and 200 or 100, params = { x = x } }
+    end
+    local near = 0
+    for n = 1, 40 do
+      local p = tpe:suggest(list, history, rng.new(7, n), { goal = "min" })
+      if p.x > 0.75 then near = near + 1 end
+    end
+    assert(near >= 30, near .. " of 40 proposals near the best trials")
+  end,
 
   ["the test functions have their known minima"] = function()
     local b = functions.branin.f

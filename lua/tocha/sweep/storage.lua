@@ -132,9 +132,10 @@ end
 local TRIAL_COLUMNS = "number, state, params, seed, value, attempts, worker, host, pid, heartbeat, started, " ..
   "finished, seconds, steps, run_dir, command, reason, metrics"
 
--- every trial's number, state and value, and its parameters (decoded once: they never change)
+-- every trial's number, state, value and last step, and its parameters (decoded once: they
+-- never change)
 function Storage:history()
-  local rows = self:query("SELECT number, state, value FROM tocha_trials WHERE sweep = ? ORDER BY number", { self.name })
+  local rows = self:query("SELECT number, state, value, steps FROM tocha_trials WHERE sweep = ? ORDER BY number", { self.name })
   local cache, upto = self.cache, self.cache_upto or 0
   if #rows > 0 and rows[#rows].number > upto then
     for _, r in ipairs(self:query("SELECT number, params FROM tocha_trials WHERE sweep = ? AND number > ?", { self.name, upto })) do

@@ -280,8 +280,9 @@ local function propose_block(self, ps, history, r, goal, params)
   local sign = goal == "max" and -1 or 1
   local dims = {}
   for i, p in ipairs(ps) do dims[i] = dimension(p) end
-  -- the trials in which this block existed, encoded
-  local done, bad_extra = {}, {}
+  -- the trials in which this block existed, encoded, best first: finished ones by value, then
+  -- pruned ones by how far they got (as Optuna ranks them); running ones only as bad (liar)
+  local ranked, running = {}, {}
   for _, t in ipairs(history) do
     local row, ok = {}, true
     for j, d in ipairs(dims) do
@@ -290,26 +291,29 @@ local function propose_block(self, ps, history, r, goal, params)
     end
     if ok then
       if t.state == "done" and type(t.value) == "number" and t.value == t.value then
-        done[#done + 1] = { row = row, score = sign * t.value, number = t.number }
-      elseif t.state == "pruned" or (t.state == "running" and self.liar) then
-        bad_extra[#bad_extra + 1] = { row = row, number = t.number }
+        ranked[#ranked + 1] = { row = row, rank = 0, score = sign * t.value, number = t.number }
+      elseif t.state == "pruned" then
+        ranked[#ranked + 1] = { row = row, rank = 1, score = -(t.steps or 0), number = t.number }
+      elseif t.state == "running" and self.liar then
+        running[#running + 1] = { row = row, number = t.number }
       end
     end
   end
-  if #done < self.startup then
+  if #ranked < self.startup then
     for _, p in ipairs(ps) do params[p.name] = space.sample(p, r) end
     return
   end
-  table.sort(done, function(a, b)
+  table.sort(ranked, function(a, b)
+    if a.rank ~= b.rank then return a.rank < b.rank end
     if a.score ~= b.score then return a.score < b.score end
     return a.number < b.number
   end)
-  local ng = n_good(#done, self.gamma)
+  local ng = n_good(#ranked, self.gamma)
   local good, bad = {}, {}
-  for i, t in ipairs(done) do
+  for i, t in ipairs(ranked) do
     if i <= ng then good[#good + 1] = t else bad[#bad + 1] = t end
   end
-  for _, t in ipairs(bad_extra) do bad[#bad + 1] = t end
+  for _, t in ipairs(running) do bad[#bad + 1] = t end
   -- oldest first, for the weights that fade old observations
   local function by_number(a, b) return a.number < b.number end
   table.sort(good, by_number)
