@@ -48,6 +48,23 @@ function chart.ticks(lo, hi, n)
   return out
 end
 
+--- chart.log_ticks(lo, hi) -> ticks on a log10 axis covering [lo, hi]: the log10 of 1, 2 and
+--- 5 times the powers of ten (only the powers when that gives more than eight)
+function chart.log_ticks(lo, hi)
+  local all, powers = {}, {}
+  for k = math.floor(lo), math.ceil(hi) do
+    for _, m in ipairs({ 1, 2, 5 }) do
+      local v = k + math.log(m, 10)
+      if v >= lo - 1e-9 and v <= hi + 1e-9 then
+        all[#all + 1] = v
+        if m == 1 then powers[#powers + 1] = v end
+      end
+    end
+  end
+  if #all > 8 and #powers >= 2 then return powers end
+  return #all > 0 and all or chart.ticks(lo, hi, 3)
+end
+
 --- chart.label(v) -> a short label for a tick value
 function chart.label(v)
   if v == 0 then return "0" end
@@ -83,7 +100,8 @@ function chart.axes(cv, box, r, opts)
   local function px(x) return L + (x - r[1]) / (r[2] - r[1]) * pw end
   local function py(y) return Tp + (1 - (y - r[3]) / (r[4] - r[3])) * ph end
   cv:line_width(1)
-  for _, y in ipairs(chart.ticks(r[3], r[4], math.max(2, ph // 70))) do
+  local yticks = opts.logy and chart.log_ticks(r[3], r[4]) or chart.ticks(r[3], r[4], math.max(2, ph // 70))
+  for _, y in ipairs(yticks) do
     cv:color(0.9, 0.9, 0.9)
     cv:move_to(L, py(y)); cv:line_to(L + pw, py(y)); cv:stroke()
     cv:color(0.25, 0.25, 0.25)
@@ -92,7 +110,8 @@ function chart.axes(cv, box, r, opts)
   local xticks = opts.xticks
   if not xticks then
     xticks = {}
-    for i, x in ipairs(chart.ticks(r[1], r[2], math.max(2, pw // 110))) do
+    local xs = opts.logx and chart.log_ticks(r[1], r[2]) or chart.ticks(r[1], r[2], math.max(2, pw // 110))
+    for i, x in ipairs(xs) do
       xticks[i] = { x, opts.xfmt and opts.xfmt(x) or opts.logx and chart.label(10 ^ x) or chart.label(x) }
     end
   end

@@ -1,12 +1,14 @@
 -- tocha.sweep.plot: `tocha sweep plot` draws a sweep into one PNG with tocha.log.chart: each
 -- trial's value and the best so far against the trial number, then one scatter per parameter
 -- (value against the parameter; log axes for log distributions, one column per choice).
+-- Trials that ended without a value (pruned before reporting it, failed) sit along the bottom.
 local chart = require "tocha.log.chart"
 local space = require "tocha.sweep.space"
 
 local plot = {}
 
 local DONE, PRUNED, BEST, BEST_LINE = chart.COLORS[1], { 0.6, 0.6, 0.6 }, chart.COLORS[4], chart.COLORS[2]
+local FAILED = chart.COLORS[5]
 
 local function better(goal, a, b) return goal == "max" and a > b or goal ~= "max" and a < b end
 
@@ -21,7 +23,6 @@ function plot.draw(sw, rows, opts)
   for _, r in ipairs(rows) do
     if (r.state == "done" or r.state == "pruned") and chart.finite(r.value) then valued[#valued + 1] = r end
   end
-  if #valued == 0 then return nil, string.format("sweep %s: no trial has a value of %s yet", sw.name, sw.metric) end
   local params = {}
   for _, p in ipairs(sw.space) do if p.kind ~= "fixed" then params[#params + 1] = p end end
   local W = opts.width or 1200
@@ -31,9 +32,17 @@ function plot.draw(sw, rows, opts)
   local top = 84 -- the title and a row of legend above the first panel
   local H = top + top_h + 90 + nrow * (cell_h + 90)
   local cv = chart.canvas(W, H)
+  -- pruned (or failed) trials without a value are drawn along the bottom of each panel
+  local unvalued = {}
+  for _, r in ipairs(rows) do
+    if (r.state == "pruned" or r.state == "failed") and not chart.finite(r.value) then unvalued[#unvalued + 1] = r end
+  end
+  if #valued + #unvalued == 0 then return nil, string.format("sweep %s: no trial has ended yet", sw.name) end
   local values = {}
   for i, r in ipairs(valued) do values[i] = r.value end
   local ylo, yhi = chart.range(values)
+  if not ylo then ylo, yhi = 0, 1 end
+  if #unvalued > 0 then ylo = ylo - 0.08 * (yhi - ylo) end -- room for the bottom row
   local best
   for _, r in ipairs(valued) do
     if r.state == "done" and (not best or better(sw.goal, r.value, best.value)) then best = r end
@@ -69,8 +78,19 @@ function plot.draw(sw, rows, opts)
   end
   if best then chart.markers(cv, { px(best.number) }, { py(best.value) }, BEST, 6) end
   cv:clip()
-  chart.legend_row(cv, margin, top - 14, { { "done", DONE }, { "pruned", PRUNED }, { "best so far", BEST_LINE, width = 2 },
-    { "best trial", BEST } })
+  local function bottom_row(pbox, x_of_trial)
+    for _, state in ipairs({ "pruned", "failed" }) do
+      local xs, ys = {}, {}
+      for _, r in ipairs(unvalued) do
+        local x = r.state == state and x_of_trial(r)
+        if x then xs[#xs + 1], ys[#ys + 1] = x, pbox[2] + pbox[4] - 7 end
+      end
+      chart.markers(cv, xs, ys, state == "pruned" and PRUNED or FAILED, 3.5)
+    end
+  end
+  bottom_row(box, function(r) return px(r.number) end)
+  chart.legend_row(cv, margin, top - 14, { { "done", DONE }, { "pruned", PRUNED }, { "failed", FAILED },
+    { "best so far", BEST_LINE, width = 2 }, { "best trial", BEST }, { "(no value: along the bottom)", { 1, 1, 1 } } })
 
   -- one scatter per parameter
   local cw = (W - margin - 30 - (ncol - 1) * margin) / ncol
@@ -113,6 +133,10 @@ function plot.draw(sw, rows, opts)
     if best and x_of(best.params[p.name]) then
       chart.markers(cv, { px2(x_of(best.params[p.name])) }, { py2(best.value) }, BEST, 6)
     end
+    bottom_row(pbox, function(r)
+      local x = x_of(r.params[p.name])
+      return x and px2(x)
+    end)
     cv:clip()
   end
   return cv:write_png(opts.path)
