@@ -1,26 +1,24 @@
 -- tests/test_t2i.lua: a short run of the default experiment, end to end: train a few
 -- steps, checkpoint, resume, sample a grid and grade it (the accuracy of so short a run
 -- means nothing; that every piece runs does).
-local tocha_bin = arg[-1] or "./build/tocha"
+local T = require "tocha"
+local script = T.testing.path("../experiments/t2i_shapes.lua")
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
+local function sh(args, prefix)
+  local out, rc = T.testing.tocha(script .. " " .. args, prefix)
+  return rc == 0, out
 end
 
 return {
   ["t2i_shapes trains, checkpoints, resumes and grades its samples"] = function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    local base = string.format("TOCHA_RUNS=%s/runs %s experiments/t2i_shapes.lua --batch 4 --size 16 "
-      .. "--eval_samples 4 --sample_steps 3 --checkpoint_every 2 --checkpoint_dir %s/ck --out %s/out --threads 1 ",
-      dir, tocha_bin, dir, dir)
-    local ok, out = sh(base .. "--steps 2")
+    local dir = T.testing.tmpdir()
+    local env = "TOCHA_RUNS=" .. dir .. "/runs "
+    local base = string.format("--batch 4 --size 16 --eval_samples 4 --sample_steps 3 --checkpoint_every 2 "
+      .. "--checkpoint_dir %s/ck --out %s/out --threads 1 ", dir, dir)
+    local ok, out = sh(base .. "--steps 2", env)
     assert(ok, out)
     assert(out:find("held%-out single%-object prompts") and out:find("samples: "), out)
-    ok, out = sh(base .. "--steps 4 --resume")
+    ok, out = sh(base .. "--steps 4 --resume", env)
     assert(ok, out)
     assert(out:find("resumed from .*step%-2 at step 2"), out)
     local f = io.open(dir .. "/out/samples.png", "rb")
@@ -35,7 +33,7 @@ return {
     assert(f and f:read(8) == "\137PNG\r\n\26\n", "graded.png written")
     f:close()
     assert(out:find("shape, small objects: [%d.]+%% of %d+") or out:find("shape, big objects: [%d.]+%% of %d+"), out)
-    ok, out = sh(tocha_bin .. " experiments/t2i_shapes.lua --stepz 3")
+    ok, out = sh("--stepz 3")
     assert(not ok and out:find("steps"), "a mistyped option is refused with a suggestion:\n" .. out)
     os.execute("rm -rf '" .. dir .. "'")
   end,

@@ -43,13 +43,13 @@ local function find_runs(paths, err_out)
   for _, p in ipairs(paths) do
     p = p:gsub("/+$", "")
     if is_run(p) then runs[#runs + 1] = p
-    elseif T._optim.isdir(p) then
-      local names = T._optim.listdir(p) or {}
+    elseif T._sys.isdir(p) then
+      local names = T._sys.listdir(p) or {}
       table.sort(names)
       local found = false
-      for _, n in ipairs(names) do
-        if T._optim.isdir(p .. "/" .. n) and is_run(p .. "/" .. n) then
-          runs[#runs + 1] = p .. "/" .. n
+      for _, n in ipairs(names) do -- directories end in "/"
+        if n:sub(-1) == "/" and is_run(p .. "/" .. n:sub(1, -2)) then
+          runs[#runs + 1] = p .. "/" .. n:sub(1, -2)
           found = true
         end
       end

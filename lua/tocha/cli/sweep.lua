@@ -102,7 +102,7 @@ function RUN.run(sw, opts, out) return worker.run(sw, { storage = opts.storage, 
 
 function RUN.status(sw, opts, out)
   local st = open_existing(sw, opts)
-  local tty = T._log().isatty(io.stdout) and out == io.stdout
+  local tty = T._sys.isatty(io.stdout) and out == io.stdout
   local last
   repeat
     local text, finished = tables.status(sw, st, { all = opts.all })

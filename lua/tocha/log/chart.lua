@@ -1,8 +1,8 @@
 -- tocha.log.chart: the drawing `tocha plot` and `tocha sweep plot` share, on the cairo canvas
--- of T._log(): round tick values, axes with a grid and labels inside a box of the canvas
+-- of T._log: round tick values, axes with a grid and labels inside a box of the canvas
 -- (several boxes make a figure of panels), polylines, markers and a legend.
 local T = require "tocha"
-local C = T._log()
+local C = T._log
 
 local chart = {}
 
@@ -30,7 +30,7 @@ return chart.COLORS[(i - 1) % #chart.COLORS + 1] end
 function chart.finite(v) return type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge end
 local finite = chart.finite
 
---- chart.canvas(width, height) -> a white canvas (T._log().canvas)
+--- chart.canvas(width, height) -> a white canvas (T._log.canvas)
 function chart.canvas(w, h) return C.canvas(w, h) end
 
 --- chart.ticks(lo, hi, n) -> about n round values covering [lo, hi]

@@ -58,8 +58,8 @@ function storage.open(target, name, opts)
   if not storage.is_url(path) then
     local dir = path:match("^(.*)/[^/]*$")
     if dir and dir ~= "" then
-      local ok, err = T._log().mkdirs(dir)
-      if not ok then return nil, err:gsub("^log: ", "") end
+      local ok, err = T._sys.mkdirs(dir)
+      if not ok then return nil, err end
     end
   end
   local db, err = T._db.open(path, { timeout = opts.timeout or 30 })

@@ -27,7 +27,7 @@ local function read_file(path)
   return s
 end
 
-local function exists(path) return read_file(path) ~= nil or T._optim.isdir(path) end
+local function exists(path) return read_file(path) ~= nil or T._sys.isdir(path) end
 
 ---------------------------------------------------------------------------------------------
 -- where things go
@@ -278,8 +278,8 @@ local function fresh_dir(dir)
     local ok, err = os.rename(dir, string.format("%s.attempt%d", dir, k))
     if not ok then error("sweep: " .. tostring(err), 0) end
   end
-  local ok, err = T._log().mkdirs(dir)
-  if not ok then error("sweep: " .. tostring(err):gsub("^log: ", ""), 0) end
+  local ok, err = T._sys.mkdirs(dir)
+  if not ok then error("sweep: " .. tostring(err), 0) end
 end
 
 -- "lr=0.00123 batch=16": the swept parameters, numbers to four digits
