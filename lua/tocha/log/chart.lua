@@ -12,20 +12,7 @@ chart.COLORS = {
   { 0.55, 0.34, 0.29 }, { 0.89, 0.47, 0.76 }, { 0.50, 0.50, 0.50 }, { 0.74, 0.74, 0.13 }, { 0.09, 0.75, 0.81 },
 }
 
-function chart.color(i) --- chart.legend_row(cv, x, y, items): the same items in one row from (x, y), outside a panel
-function chart.legend_row(cv, x, y, items)
-  for _, it in ipairs(items) do
-    local col = it[2]
-    cv:color(col[1], col[2], col[3])
-    cv:line_width(it.width or 3)
-    cv:move_to(x, y - 4); cv:line_to(x + 18, y - 4); cv:stroke()
-    cv:color(0.15, 0.15, 0.15)
-    cv:text(x + 24, y, it[1], 12, 0)
-    x = x + 24 + cv:text_width(it[1], 12) + 18
-  end
-end
-
-return chart.COLORS[(i - 1) % #chart.COLORS + 1] end
+function chart.color(i) return chart.COLORS[(i - 1) % #chart.COLORS + 1] end
 
 function chart.finite(v) return type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge end
 local finite = chart.finite
