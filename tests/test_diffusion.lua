@@ -118,7 +118,7 @@ tests["sample: guidance batches cond and uncond, is deterministic, keeps the RNG
   local calls = {}
   local function model(x, ts, ctx)
     calls[#calls + 1] = { batch = x.shape[1], t = ts[1]:item() }
-    assert(ts.dtype == "i64" and ts.shape[1] == x.shape[1])
+    assert(ts.dtype == "f32" and ts.shape[1] == x.shape[1])
     return x * 0.1 + ctx:view(ctx.shape[1], 1, 1, 1) * 0.01
   end
   local function run(seed)
@@ -146,6 +146,27 @@ tests["sample: guidance batches cond and uncond, is deterministic, keeps the RNG
     x = s:step(u + (c - u) * 3, t, x)
   end
   T.testing.assert_close(a, x, { rtol = 1e-12, atol = 1e-12 })
+end
+
+tests["sample: the model gets the sampler's fractional timesteps, as diffusers passes them"] = function()
+  -- Euler's 50 linspace steps are 999, 978.6122..., 958.2245...: the model sees those, not
+  -- 978 and 958; DDIM's integers reach it unchanged
+  for _, case in ipairs({ { D.Euler {}, 978.6122 }, { D.DDIM {}, 960 }, { D.Heun {}, 978.6122 } }) do
+    local seen = {}
+    local function model(x, ts) seen[#seen + 1] = ts[1]:item(); return x * 0.1 end
+    D.sample { model = model, text_encoder = fake_encoder, tokenizer = fake_tok, prompts = { "a" }, steps = 50,
+      scheduler = case[1], height = 2, width = 2, channels = 1, seed = 1, guidance_scale = 1 }
+    for i, t in ipairs(case[1].timesteps) do
+      assert(seen[i] == t, string.format("step %d: the model saw %.9g, the sampler's timestep is %.9g", i, seen[i], t))
+    end
+    assert(math.abs(seen[2] - case[2]) < 1e-4, string.format("second timestep %.9g", seen[2]))
+  end
+  -- integer timesteps as f32 give the UNet's output bit for bit as i64 ones (DDIM's samples stay)
+  local models = require "tocha.models"
+  local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size = 8 })
+  local x, ctx = T.randn({ 2, 3, 8, 8 }), T.randn({ 2, 4, 64 })
+  local a = unet(x, T.tensor({ 961, 21 }, { dtype = "i64" }), ctx)
+  T.testing.assert_close(unet(x, T.tensor({ 961, 21 }, { dtype = "f32" }), ctx), a, { rtol = 0, atol = 0 })
 end
 
 tests["sample: guidance_rescale mixes toward the conditional std"] = function()

@@ -34,7 +34,9 @@ end
 
 --- sample{model, text_encoder, tokenizer, scheduler, prompts, negative_prompts, guidance_scale = 7.5,
 ---   guidance_rescale = 0, guidance_interval, steps = 50, seed, height, width, channels = 4, eta, progress}
---- model(x, timesteps, context, added) predicts what the scheduler's prediction_type says.
+--- model(x, timesteps, context, added) predicts what the scheduler's prediction_type says;
+--- timesteps is an f32 tensor [B] holding the sampler's timestep as it is (978.6122 for Euler,
+--- as diffusers passes it; integers for DDIM).
 --- text_encoder(ids) returns the context and, optionally, a table of extra conditioning
 --- tensors (batch first, e.g. {class_labels = pooled}: diffusers' added_cond_kwargs), which
 --- is batched like the context and reaches the model as added (nil without one).
@@ -77,7 +79,7 @@ local function sample(o)
       local inp = s:scale_model_input(x, t)
       local guide = guided(t)
       if guide then inp = T.cat({ inp, inp }, 1) end
-      local ts = T.full({ inp.shape[1] }, t, { dtype = "i64", device = inp.device })
+      local ts = T.full({ inp.shape[1] }, t, { dtype = "f32", device = inp.device }) -- fractional for sigma-space samplers
       local out = o.model(inp, ts, guide and context or cond_context, guide and added or cond_added)
       if guide then
         local uncond, cond = out:narrow(1, 1, B), out:narrow(1, B + 1, B)
