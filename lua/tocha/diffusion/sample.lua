@@ -63,6 +63,11 @@ local function sample(o)
   end
   local function guided(t) return cfg and (not interval or (t >= interval[1] and t <= interval[2])) end
   local s = o.scheduler
+  s:set_timesteps(o.steps or 50)
+  if type(s.init_noise_sigma) ~= "number" then
+    error("sample: the scheduler has no init_noise_sigma after set_timesteps (the scale of the starting noise: "
+      .. "a sigma-space sampler sets it from its sigmas, self:init_noise_sigma_for())", 2)
+  end
   local saved_rng = T.get_rng_state()
   if o.seed then T.manual_seed(o.seed) end
   local ok, result = pcall(T.no_grad, function()
@@ -72,9 +77,8 @@ local function sample(o)
       local uncond_context, uncond_added = encode(o.text_encoder, o.tokenizer, neg)
       context, added = T.cat({ uncond_context, cond_context }, 1), batch_added(uncond_added, cond_added)
     end
-    s:set_timesteps(o.steps or 50)
     local x = T.randn({ B, o.channels or 4, o.height, o.width }, { dtype = context.dtype, device = context.device })
-    x = x * (s.init_noise_sigma or 1)
+    x = x * s.init_noise_sigma
     for i, t in ipairs(s.timesteps) do
       local inp = s:scale_model_input(x, t)
       local guide = guided(t)

@@ -82,7 +82,9 @@ function S.new(cfg, own_defaults)
   if c.rescale_betas_zero_snr then betas = rescale_zero_terminal_snr(betas) end
   local ac, acc = {}, 1
   for i, b in ipairs(betas) do acc = acc * f32(1 - b); ac[i] = f32(acc) end
-  local s = setmetatable({ config = c, betas = betas, alphas_cumprod = ac }, S)
+  -- init_noise_sigma: samplers stepping in data space start from unit noise (sigma-space ones
+  -- set it from their sigmas)
+  local s = setmetatable({ config = c, betas = betas, alphas_cumprod = ac, init_noise_sigma = 1.0 }, S)
   return s
 end
 
