@@ -47,7 +47,7 @@ local defaults = {
   guidance = { 7.5, help = "classifier-free guidance scale" },
   guidance_interval = { { 200, 800 }, help = "guide only the sampler steps with lo <= t <= hi (timesteps of 1000; the rest run the conditional pass alone: 7.5 at every step draws stray objects and costs shape)" },
   guidance_rescale = { 0.0, help = "rescale the guided prediction toward the conditional one's spread (0: off, 0.7 in diffusers' advice)" },
-  eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end" },
+  eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end (0: none)" },
   eval_split = { "test", help = "which prompts the final grading draws: held out of training (test) or seen in it (train)", choices = { "test", "train" } },
   checkpoint_every = { 500, help = "steps between checkpoints (0: none)" },
   resume = { false, help = "continue from the newest checkpoint in --checkpoint_dir" },
@@ -225,24 +225,26 @@ for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) en
 f:close()
 writer:add_images("samples", (grid + 1) * 0.5, cfg.steps)
 
-local eval_prompts = shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
-local graded = draw(eval_prompts, cfg.seed + 1000)
-local result = eval.evaluate(graded, eval_prompts)
-image.save(out_dir .. "/graded.png", image.grid(graded, 20))
-print(string.format("\n%s single-object prompts (%d samples, %s %d steps, guidance %.1f):",
-  cfg.eval_split == "test" and "held-out" or "training", cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
-print(eval.format(result))
-print("\nshapes asked for (rows) and read (columns):\n" .. eval.format_confusion(result))
-local metrics = { ["eval/color"] = result.color, ["eval/shape"] = result.shape, ["eval/position"] = result.position,
-                  ["eval/all"] = result.all, ["train/seconds"] = train_secs }
--- shape read right, by the size the prompt asked for (small objects, 8 pixels across at 32, are the hard ones)
-for _, size in ipairs(shapes.SIZE_NAMES) do
-  local t = result.by_size[size]
-  if t then
-    print(string.format("shape, %s objects: %.1f%% of %d", size, 100 * t.shape, t.n))
-    metrics["eval/shape_" .. size] = t.shape
+local metrics = { ["train/seconds"] = train_secs }
+if cfg.eval_samples > 0 then
+  local eval_prompts = shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
+  local graded = draw(eval_prompts, cfg.seed + 1000)
+  local result = eval.evaluate(graded, eval_prompts)
+  image.save(out_dir .. "/graded.png", image.grid(graded, 20))
+  print(string.format("\n%s single-object prompts (%d samples, %s %d steps, guidance %.1f):",
+    cfg.eval_split == "test" and "held-out" or "training", cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
+  print(eval.format(result))
+  print("\nshapes asked for (rows) and read (columns):\n" .. eval.format_confusion(result))
+  for _, k in ipairs({ "color", "shape", "position", "all" }) do metrics["eval/" .. k] = result[k] end
+  -- shape read right, by the size the prompt asked for (small objects, 8 pixels across at 32, are the hard ones)
+  for _, size in ipairs(shapes.SIZE_NAMES) do
+    local t = result.by_size[size]
+    if t then
+      print(string.format("shape, %s objects: %.1f%% of %d", size, 100 * t.shape, t.n))
+      metrics["eval/shape_" .. size] = t.shape
+    end
   end
 end
-print(string.format("training: %d steps in %.0f s; samples: %s/samples.png (the graded ones: graded.png)",
-  cfg.steps - start, train_secs, out_dir))
+print(string.format("training: %d steps in %.0f s; samples: %s/samples.png%s", cfg.steps - start, train_secs, out_dir,
+  cfg.eval_samples > 0 and " (the graded ones: graded.png)" or ""))
 r:finish(metrics)

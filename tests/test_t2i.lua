@@ -37,4 +37,17 @@ return {
     assert(not ok and out:find("steps"), "a mistyped option is refused with a suggestion:\n" .. out)
     os.execute("rm -rf '" .. dir .. "'")
   end,
+
+  ["t2i_shapes --eval_samples 0 finishes the run without grading"] = function()
+    local dir = T.testing.tmpdir()
+    local ok, out = sh("--steps 1 --batch 2 --size 16 --sample_steps 2 --eval_samples 0 --checkpoint_every 0 --threads 1 "
+      .. "--out " .. dir .. "/out", "TOCHA_RUNS=" .. dir .. "/runs ")
+    assert(ok, out)
+    assert(not out:find("single%-object prompts"), "nothing graded:\n" .. out)
+    local run_dir = out:match("run: (%S+)")
+    local meta = require("tocha.json").decode(T.testing.read_file(run_dir .. "/meta.json"))
+    assert(meta.end_time and meta.metrics["train/seconds"] and meta.metrics["eval/shape"] == nil, "finished, no eval metrics")
+    assert(T.testing.read_file(dir .. "/out/samples.png"):sub(1, 4) == "\137PNG", "the grid is still drawn")
+    os.execute("rm -rf '" .. dir .. "'")
+  end,
 }
