@@ -86,6 +86,40 @@ return {
     usage_error(spec, { "--config", "/nonexistent.lua" }, "%-%-config: cannot open")
   end,
 
+  ["values an option cannot take are refused at parsing, by the option's name"] = function()
+    local spec = { config = {
+      steps = { 1000, min = 1 }, batch = { 16, min = 1, help = "images per step" },
+      betas = { { 0.9, 0.999 }, length = 2, min = 0, below = 1 },
+      power = { 0.5, above = 0 }, dropout = { 0.1, min = 0, max = 1 },
+      size = { 32, check = function(v) if v % 8 ~= 0 then return "must be a multiple of 8" end end },
+    } }
+    local config = run.parse(spec, { "--steps", "1", "--betas", "0,0.5", "--power", "1e-9", "--dropout", "1" })
+    assert(config.steps == 1 and config.betas[2] == 0.5 and config.dropout == 1.0)
+    usage_error(spec, { "--steps", "-5" }, "^%-%-steps must be at least 1 %(got %-5%)$")
+    usage_error(spec, { "--batch", "0" }, "^%-%-batch must be at least 1 %(got 0%)$")
+    usage_error(spec, { "--betas", "0.9" }, "^%-%-betas must hold 2 values %(got 0%.9%)$")
+    usage_error(spec, { "--betas", "0.9,1" }, "^%-%-betas must be below 1 %(got 1 in 0%.9,1%)$")
+    usage_error(spec, { "--betas", "-0.1,0.9" }, "^%-%-betas must be at least 0 %(got %-0%.1 in %-0%.1,0%.9%)$")
+    usage_error(spec, { "--power", "0" }, "^%-%-power must be above 0 %(got 0%)$")
+    usage_error(spec, { "--dropout", "1.5" }, "^%-%-dropout must be at most 1 %(got 1%.5%)$")
+    usage_error(spec, { "--size", "30" }, "^%-%-size must be a multiple of 8 %(got 30%)$")
+    local dir = tmpdir()
+    write_file(dir .. "/c.lua", "return { batch = 0 }")
+    usage_error(spec, { "--config", dir .. "/c.lua" }, "^%-%-batch must be at least 1 %(got 0 in .*c%.lua%)$")
+    -- a default outside its own limits is the script's mistake, raised where run{} is called
+    local ok, err = pcall(run, { name = "x", config = { n = { 0, min = 1 } }, root = dir, quiet = true, exit = false,
+      args = {} })
+    assert(not ok and err:find("test_run%.lua:%d+: tocha%.run: option 'n': its default 0 must be at least 1"), err)
+    -- the project's experiment refuses them before it makes its run directory
+    local script = T.testing.path("../experiments/t2i_shapes.lua")
+    for _, case in ipairs({ { "--betas 0.9", "--betas must hold 2 values" }, { "--batch 0", "--batch must be at least 1" },
+                            { "--steps -5", "--steps must be at least 1" } }) do
+      local out, rc = T.testing.tocha(script .. " " .. case[1], "TOCHA_RUNS=" .. dir .. "/runs ")
+      assert(rc == 2 and out:find(case[2], 1, true), out)
+    end
+    assert(not T._sys.isdir(dir .. "/runs"), "no run directory for a refused command line")
+  end,
+
   ["--config files: Lua or JSON, the command line wins"] = function()
     local dir = tmpdir()
     write_file(dir .. "/c.lua", "return { lr = 0.5, sampler = 'heun', model = { channels = 16 }, prompts = { 'p' } }")

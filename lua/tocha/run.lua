@@ -28,8 +28,39 @@ end
 
 local TYPE_WORD = { integer = "INT", number = "NUMBER", string = "STRING", boolean = "", list = "LIST" }
 
+-- the limits an option can declare beside its default
+local LIMITS = { "min", "max", "above", "below", "length", "check" }
+
+-- a table declaring one option: {default, help =, choices =, limits...}; a group of options
+-- has string keys only, so a table with a default at [1] and any named field is one option
+local function is_option_spec(v)
+  if v.help ~= nil or v.choices ~= nil or v.default ~= nil then return true end
+  if v[1] == nil then return false end
+  for k in pairs(v) do if type(k) == "string" then return true end end
+  return false
+end
+
+-- why value v breaks option o's limits, or nil
+local function broken_limit(o, v)
+  if o.length and #v ~= o.length then return string.format("must hold %d values", o.length) end
+  local items = o.type == "list" and v or { v }
+  for _, x in ipairs(items) do
+    local why
+    if type(x) == "number" then
+      if o.min and x < o.min then why = "must be at least " .. o.min
+      elseif o.max and x > o.max then why = "must be at most " .. o.max
+      elseif o.above and x <= o.above then why = "must be above " .. o.above
+      elseif o.below and x >= o.below then why = "must be below " .. o.below end
+    end
+    if why then return why, o.type == "list" and x or nil end
+  end
+  if o.check then return o.check(v) end
+end
+
 -- a defaults entry is a plain value, a list, a nested table of more entries, or
--- {default, help = "...", choices = {...}} (a table with a help, choices or default field)
+-- {default, help = "...", choices = {...}, min =, max =, above =, below =, length =, check =}
+-- (limits: numbers, or each number of a list, in [min, max], above / below a bound; a list's
+-- length; check(v) returns why v cannot work, or nil)
 local function collect(tbl, prefix, opts, level)
   local keys = {}
   for k in pairs(tbl) do
@@ -41,8 +72,12 @@ local function collect(tbl, prefix, opts, level)
     local v, name = tbl[k], prefix .. k
     local o = { name = name, path = {}, help = nil }
     for part in name:gmatch("[^.]+") do o.path[#o.path + 1] = part end
-    if type(v) == "table" and (v.help ~= nil or v.choices ~= nil or v.default ~= nil) then
+    if type(v) == "table" and is_option_spec(v) then
       o.help, o.choices = v.help, v.choices
+      for _, l in ipairs(LIMITS) do o[l] = v[l] end
+      if o.check ~= nil and type(o.check) ~= "function" then
+        error("tocha.run: option '" .. name .. "': check must be a function", level)
+      end
       if v.default ~= nil then v = v.default else v = v[1] end
       if v == nil then error("tocha.run: option '" .. name .. "' needs a default value", level) end
     end
@@ -203,6 +238,10 @@ local function set(o, config, v, source)
         source or "", guess and "; did you mean " .. guess .. "?" or ""))
     end
   end
+  local why, item = broken_limit(o, v)
+  if why then
+    usage_error(string.format("--%s %s (got %s%s%s)", o.name, why, item and show(item) .. " in " or "", show(v), source or ""))
+  end
   local t = config
   for i = 1, #o.path - 1 do t = t[o.path[i]] end
   t[o.path[#o.path]] = v
@@ -265,6 +304,10 @@ end
 
 local function options(spec, level)
   local opts = collect(spec.config or {}, "", {}, level + 1)
+  for _, o in ipairs(opts) do
+    local why = broken_limit(o, o.default)
+    if why then error(string.format("tocha.run: option '%s': its default %s %s", o.name, show(o.default), why), level + 1) end
+  end
   if not find(opts, "seed") then
     opts[#opts + 1] = { name = "seed", path = { "seed" }, type = "integer", default = 0, help = "random seed" }
   end
