@@ -46,6 +46,44 @@ return {
     errors("expected {seed = integer, offset = integer}", T.set_rng_state, { seed = "x" })
   end,
 
+  ["a method called with '.' instead of ':' says so"] = function()
+    local nn, optim = require "tocha.nn", require "tocha.optim"
+    local x = T.ones(4, 3)
+    local ok, err = pcall(function() local y = x.sum(); return y end)
+    assert(not ok and err:find("test_errors%.lua:%d+: bad argument #1 to 'sum' %(tocha%.Tensor expected, got no value%): "
+      .. "a method is called with ':', as in x:sum%(...%)"), err)
+    errors("a method is called with ':', as in x:view", function() local y = x.view(3, 4); return y end)
+    errors("tensor:split: called with '.' (self is a number): write x:split(...)", function() local y = x.split(2); return y end)
+    errors("(tocha.Tensor expected, got no value)", T.matmul)
+    assert(not select(2, pcall(T.matmul)):find("method"), "T's own function: no method hint")
+    local m = nn.Sequential(nn.Linear(3, 2))
+    local opt = optim.AdamW(m:parameters())
+    local ema = optim.EMA(m)
+    for _, case in ipairs({ { function() m.eval() end, "Module:eval: called with '.' (self is nil): write m:eval(...), not m.eval(...)" },
+        { function() local p = m.parameters(); return p end, "write m:parameters(...)" },
+        { function() m.append() end, "Sequential:append: called with '.' (self is nil)" },
+        { function() opt.step() end, "Optimizer:step: called with '.' (self is nil): write opt:step(...)" },
+        { function() opt.zero_grad() end, "write opt:zero_grad(...)" },
+        { function() ema.update() end, "EMA:update: called with '.'" } }) do
+      ok, err = pcall(case[1])
+      assert(not ok and err:find("test_errors%.lua:%d+: ") and err:find(case[2], 1, true), err)
+    end
+    -- the right calls are untouched
+    assert(m:eval() == m and #m:parameters() == 2 and x:split(2)[2].shape[1] == 2)
+  end,
+
+  ["tensor comparisons with < and <= name the functions to use; == is identity"] = function()
+    local a, b = T.tensor({ 1, 2 }), T.tensor({ 2, 1 })
+    errors("attempt to compare tensors with '<' or '>': Lua comparisons give one boolean; for an elementwise bool tensor "
+      .. "use x:lt(y) or x:gt(y) (T.lt, T.gt)", function() return a < b end)
+    errors("use x:lt(y) or x:gt(y)", function() return a > 1 end)
+    errors("'<=' or '>=': Lua comparisons give one boolean; for an elementwise bool tensor use x:le(y) or x:ge(y) (T.le, T.ge)",
+      function() return 0 >= a end)
+    assert(T.lt(a, b):tolist()[1] == true and T.ge(a, 2):tolist()[1] == false and T.ne(a, b):sum():item() == 2)
+    assert(T.equal(a, a:clone()) and not T.equal(a, b) and not a:equal(T.tensor({ 1, 2, 3 })))
+    assert(a == a and a ~= a:clone(), "== compares identity")
+  end,
+
   ["shape mismatches name the op and the shapes"] = function()
     local a, b = T.zeros(2, 3), T.zeros(4, 3)
     errors("add: shapes [2 x 3] and [4 x 3] cannot be broadcast together (dimension 1: 2 vs 4)", function() return a + b end)

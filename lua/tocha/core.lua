@@ -150,7 +150,21 @@ end
 
 function methods.type_as(x, y) return x:to(y.dtype) end
 
-core.split, core.chunk, core.allclose = methods.split, methods.chunk, methods.allclose
+--- x:equal(y) / T.equal(x, y): true when both have the same shape and the same values (as
+--- torch.equal; a == b is Lua's identity test, x:eq(y) the elementwise comparison)
+function methods.equal(x, y)
+  if not T.is_tensor(y) then error("equal: expected a tensor, got " .. type(y), 2) end
+  local a, b = x.shape, y.shape
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return x:ne(y):sum():item() == 0
+end
+-- x.split(2) for x:split(2) names the mistake, as the C methods do
+local lua_methods = { split = methods.split, chunk = methods.chunk, allclose = methods.allclose, type_as = methods.type_as,
+  equal = methods.equal }
+for name, fn in pairs(require("tocha.guard").methods(lua_methods, T.is_tensor, "x", "tensor")) do methods[name] = fn end
+
+core.split, core.chunk, core.allclose, core.equal = methods.split, methods.chunk, methods.allclose, methods.equal
 
 ---------------------------------------------------------------------------
 -- autograd in Lua: grad, Function, checkpoint

@@ -486,4 +486,9 @@ function EMA:load_state_dict(sd)
   end)
 end
 
+-- opt.step() for opt:step() names the mistake
+local guard = require "tocha.guard"
+guard.methods(Optimizer, function(o) return getmetatable(o) == Optimizer_meta end, "opt", "Optimizer")
+guard.methods(EMA, function(e) return getmetatable(e) == EMA end, "ema", "EMA")
+
 return M

@@ -580,4 +580,10 @@ function ModuleDict:forward()
   error("ModuleDict has no forward: index it in the parent's forward", 2)
 end
 
+-- m.eval() for m:eval() names the mistake (extend is called on classes, init by the constructor)
+local guard = require "tocha.guard"
+for _, cls in ipairs({ Module, Sequential, ModuleList, ModuleDict }) do
+  guard.methods(cls, is_module, "m", cls.__name, { extend = true, init = true })
+end
+
 return M
