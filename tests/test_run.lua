@@ -170,6 +170,7 @@ return {
     assert(json.encode(json.read_file(r.dir .. "/config.json")) == json.encode(r.config))
     local meta = json.read_file(r.dir .. "/meta.json")
     assert(meta.seed == 3 and meta.name == "t2i" and meta.dir == r.dir and meta.non_default.lr == 0.001)
+    assert(meta.tocha_version == T.version and T.version ~= nil)
     assert(meta.args[1] == "--lr" and #meta.args == 7 and meta.start_time:match("^%d+%-%d+%-%d+T"))
     local has_git = os.execute("git rev-parse HEAD >/dev/null 2>&1")
     if has_git then assert(meta.git_commit and #meta.git_commit == 40 and meta.git_dirty ~= nil) end
@@ -263,6 +264,21 @@ return {
     local ev = log.read_events(rundir)
     assert(#ev.histograms["weights/0.weight"] == 1 and ev.texts.notes[1].step == 150)
     assert(ev.hparams.values.activation == "silu" and ev.hparams.metrics[1] == "final/loss")
+  end,
+
+  ["the runner finds modules beside the script from any working directory"] = function()
+    local dir = tmpdir()
+    T._sys.mkdirs(dir .. "/exp/lib")
+    write_file(dir .. "/exp/my_sampler.lua", "return { name = 'mine' }")
+    write_file(dir .. "/exp/lib/init.lua", "return { name = 'lib' }")
+    write_file(dir .. "/exp/s.lua", "print(require('my_sampler').name, require('lib').name, require('tocha').version)")
+    local bin = tocha_bin:sub(1, 1) == "/" and tocha_bin or os.getenv("PWD") .. "/" .. tocha_bin
+    local p = assert(io.popen("cd / && " .. bin .. " " .. dir .. "/exp/s.lua 2>&1; echo rc=$?"))
+    local out = p:read("a")
+    p:close()
+    local rc = tonumber(out:match("rc=(%d+)"))
+    assert(rc == 0 and out:find("^mine\tlib\t" .. T.version:gsub("%p", "%%%0") .. "\n"), out)
+    assert(type(T.version) == "string" and T.version:match("^%d+%.%d+%.%d+$"), "T.version")
   end,
 
   ["a script's --help exits 0 and a typo exits 2 with a suggestion"] = function()

@@ -7,6 +7,9 @@ local methods = T._methods
 
 local core = {}
 
+--- T.version: this tocha's version (recorded in every run's meta.json)
+core.version = "0.1.0"
+
 ---------------------------------------------------------------------------
 -- printing: values (abbreviated when large), shape, dtype, device, grad_fn
 ---------------------------------------------------------------------------
