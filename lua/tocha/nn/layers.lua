@@ -358,20 +358,25 @@ end
 function L.GELU:forward(x) return x:gelu({ approximate = self.approximate }) end
 function L.GELU:extra_repr() return self.approximate == "tanh" and "approximate=tanh" or "" end
 
---- nn.Upsample({size = {h, w} | scale_factor = 2, mode = "nearest" | "bilinear", align_corners})
+--- nn.Upsample({size = {h, w} | scale_factor = 2 (or {2, 3}), mode = "nearest" | "bilinear",
+--- align_corners, recompute_scale_factor}): F.interpolate as a layer (no parameters)
 L.Upsample = Module:extend("Upsample")
 
 function L.Upsample:init(opts)
   opts = options(opts, "Upsample")
-  if opts.size == nil and opts.scale_factor == nil then error("Upsample: give size or scale_factor", 2) end
-  self.size, self.scale_factor = opts.size, opts.scale_factor
-  self.mode = opts.mode or "nearest"
-  self.align_corners = opts.align_corners
+  if (opts.size == nil) == (opts.scale_factor == nil) then error("Upsample: give size or scale_factor (one of them)", 2) end
+  local mode = opts.mode or "nearest"
+  if mode ~= "nearest" and mode ~= "bilinear" then
+    error("Upsample: mode must be \"nearest\" or \"bilinear\" (got " .. tostring(mode) .. ")", 2)
+  end
+  if opts.align_corners and mode ~= "bilinear" then error("Upsample: align_corners needs mode \"bilinear\"", 2) end
+  self.size, self.scale_factor, self.mode = opts.size, opts.scale_factor, mode
+  self.align_corners, self.recompute_scale_factor = opts.align_corners, opts.recompute_scale_factor
 end
 
 function L.Upsample:forward(x)
   return F.interpolate(x, { size = self.size, scale_factor = self.scale_factor, mode = self.mode,
-    align_corners = self.align_corners })
+    align_corners = self.align_corners, recompute_scale_factor = self.recompute_scale_factor })
 end
 
 function L.Upsample:extra_repr()
