@@ -107,8 +107,10 @@ return {
     write_file(dir .. "/c.lua", "return { batch = 0 }")
     usage_error(spec, { "--config", dir .. "/c.lua" }, "^%-%-batch must be at least 1 %(got 0 in .*c%.lua%)$")
     -- a default outside its own limits is the script's mistake, raised where run{} is called
-    local ok, err = pcall(run, { name = "x", config = { n = { 0, min = 1 } }, root = dir, quiet = true, exit = false,
-      args = {} })
+    local ok, err = pcall(function()
+      local r = run { name = "x", config = { n = { 0, min = 1 } }, root = dir, quiet = true, exit = false, args = {} }
+      return r
+    end)
     assert(not ok and err:find("test_run%.lua:%d+: tocha%.run: option 'n': its default 0 must be at least 1"), err)
     -- the project's experiment refuses them before it makes its run directory
     local script = T.testing.path("../experiments/t2i_shapes.lua")

@@ -97,7 +97,16 @@ getmetatable(T.zeros(0)).__tostring = tensor_tostring
 ---------------------------------------------------------------------------
 -- grad mode
 ---------------------------------------------------------------------------
+local function callable(f)
+  if type(f) == "function" then return true end
+  local mt = getmetatable(f)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
 local function with_grad_mode(on, fn, ...)
+  if not callable(fn) then
+    error(string.format("%s: expected a function, got a %s", on and "enable_grad" or "no_grad", type(fn)), 2) -- tail-called
+  end
   local prev = T.set_grad_enabled(on)
   local res = table.pack(pcall(fn, ...))
   T.set_grad_enabled(prev)
@@ -222,6 +231,7 @@ end
 --- it again (with the same random numbers) to get them. Parameters fn uses through
 --- closures (a module's weights) receive their gradients as usual.
 function core.checkpoint(fn, ...)
+  if not callable(fn) then error("checkpoint: expected a function or a module, got a " .. type(fn), 2) end
   local args = table.pack(...)
   local rng = T.get_rng_state()
   local out = core.no_grad(fn, ...)

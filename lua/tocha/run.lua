@@ -302,11 +302,12 @@ local function defaults_of(opts)
   return config
 end
 
+-- the options of spec; a malformed defaults table raises at level (options' caller's caller: 3)
 local function options(spec, level)
   local opts = collect(spec.config or {}, "", {}, level + 1)
   for _, o in ipairs(opts) do
     local why = broken_limit(o, o.default)
-    if why then error(string.format("tocha.run: option '%s': its default %s %s", o.name, show(o.default), why), level + 1) end
+    if why then error(string.format("tocha.run: option '%s': its default %s %s", o.name, show(o.default), why), level) end
   end
   if not find(opts, "seed") then
     opts[#opts + 1] = { name = "seed", path = { "seed" }, type = "integer", default = 0, help = "random seed" }
@@ -323,7 +324,7 @@ end
 --- run.parse(spec, args) -> config, changed (list of {name, value} that differ from the
 --- defaults), or raises {usage = message}; args.help is true when --help was asked for
 function run.parse(spec, args)
-  local opts = options(spec, 2)
+  local opts = options(spec, 3)
   local config = defaults_of(opts)
   local cli, files, help = {}, {}, false
   local i = 1
@@ -377,7 +378,7 @@ end
 
 --- run.help(spec) -> the --help text
 function run.help(spec)
-  local opts = options(spec, 2)
+  local opts = options(spec, 3)
   local lines = { string.format("usage: %s [options]", spec.usage or (arg and arg[0] and "tocha " .. arg[0] or "tocha script.lua")) }
   if spec.description then lines[#lines + 1] = "\n" .. spec.description end
   lines[#lines + 1] = "\noptions [default]:"
@@ -544,7 +545,7 @@ local function start(spec, level)
     error("tocha.run: name must be a non-empty string without '/' (got " .. tostring(name) .. ")", level)
   end
   if spec.config ~= nil and type(spec.config) ~= "table" then error("tocha.run: config must be a table", level) end
-  options(spec, level) -- raises on a malformed defaults table, at the caller
+  options(spec, level + 1) -- raises on a malformed defaults table, at the caller
   local args = spec.args or arg or {}
   local exit = spec.exit ~= false
   local ok, config, changed, help = pcall(run.parse, spec, args)
@@ -600,4 +601,4 @@ end
 ---     args = arg, exit = true, quiet = false} -> r with r.dir, r.config, r.seed, r:path(...).
 --- exit = false raises on a bad command line (and returns nil, help_text for --help) instead
 --- of printing and exiting.
-return setmetatable(run, { __call = function(_, spec) return start(spec, 3) end })
+return setmetatable(run, { __call = function(_, spec) return start(spec, 2) end }) -- a tail call: level 2 is run{}'s caller

@@ -41,7 +41,8 @@ local function betas_for(cfg)
     for i = 0, n - 1 do r[i + 1] = f32(math.min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)) end
     return r
   end
-  error("unknown beta_schedule '" .. tostring(cfg.beta_schedule) .. "' (linear, scaled_linear, squaredcos_cap_v2)", 3)
+  -- betas_for <- S.new <- a class's new <- its caller
+  error("unknown beta_schedule '" .. tostring(cfg.beta_schedule) .. "' (linear, scaled_linear, squaredcos_cap_v2)", 4)
 end
 
 -- Lin et al. 2023, "Common diffusion noise schedules and sample steps are flawed", Alg. 1

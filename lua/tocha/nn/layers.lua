@@ -23,10 +23,10 @@ local function options(o, what)
 end
 
 -- a number or a pair {h, w} as two numbers
-local function pair(v, what)
+local function pair(v, what, level)
   if type(v) == "number" then return v, v end
   if type(v) == "table" and #v == 2 then return v[1], v[2] end
-  error(string.format("%s must be a number or a pair {h, w}, got %s", what, tostring(v)), 3)
+  error(string.format("%s must be a number or a pair {h, w}, got %s", what, tostring(v)), level or 3)
 end
 
 local function tensor_opts(o) return { dtype = o.dtype, device = o.device } end
@@ -86,9 +86,12 @@ local function conv_setup(self, what, in_ch, out_ch, kernel, opts)
   if in_ch % groups ~= 0 then error(string.format("%s: in_channels (%d) must be divisible by groups (%d)", what, in_ch, groups), 4) end
   if out_ch % groups ~= 0 then error(string.format("%s: out_channels (%d) must be divisible by groups (%d)", what, out_ch, groups), 4) end
   self.in_channels, self.out_channels, self.groups = in_ch, out_ch, groups
-  self.kernel_size = { pair(kernel, what .. ": kernel_size") }
-  self.stride = { pair(opts.stride or 1, what .. ": stride") }
-  self.dilation = { pair(opts.dilation or 1, what .. ": dilation") }
+  self.kernel_size = { pair(kernel, what .. ": kernel_size", 4) }
+  for _, k in ipairs(self.kernel_size) do
+    if math.type(k) ~= "integer" or k < 1 then error(what .. ": kernel_size must be positive integers, got " .. tostring(k), 3) end
+  end
+  self.stride = { pair(opts.stride or 1, what .. ": stride", 4) }
+  self.dilation = { pair(opts.dilation or 1, what .. ": dilation", 4) }
 end
 
 local function conv_repr(self, extra)

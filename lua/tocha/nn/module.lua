@@ -47,7 +47,18 @@ local function new_instance(cls, ...)
     _nonpersistent = {},                                 -- buffers left out of state_dict
     training = true,
   }, cls)
-  self:init(...)
+  -- init's errors belong to the line that made the module. Under pcall, one raised for init's
+  -- caller (level 2) has no position and one for the caller's caller (level 3) points at the
+  -- pcall's line (hence `here` on the same line): both are raised again at our caller.
+  -- Errors from deeper down keep their position.
+  local ok, err = pcall(self.init, self, ...); local here = debug.getinfo(1, "Sl")
+  if not ok then
+    if type(err) ~= "string" then error(err, 0) end
+    local own = here.short_src .. ":" .. here.currentline .. ": "
+    if err:sub(1, #own) == own then err = err:sub(#own + 1)
+    elseif err:find("^[^\n]-:%d+: ") then error(err, 0) end
+    error(err, 2)
+  end
   return self
 end
 
