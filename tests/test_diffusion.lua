@@ -110,6 +110,29 @@ tests["the worked example in docs/schedulers.md reproduces DDIM"] = function()
   end
 end
 
+tests["the sigma-space example in docs/schedulers.md reproduces Euler, starting noise included"] = function()
+  local code = T.testing.read_file(T.testing.path("../docs/schedulers.md")):match("```lua\n(%-%- my_euler%.lua.-)```")
+  assert(code, "example not found in docs/schedulers.md")
+  local MyEuler = assert(load(code, "=my_euler.lua"))()
+  for _, cfg in ipairs({ { prediction_type = "v_prediction" }, { beta_schedule = "scaled_linear", beta_start = 0.00085,
+      beta_end = 0.012, use_karras_sigmas = true }, { timestep_spacing = "leading", steps_offset = 1 } }) do
+    local mine, ref = MyEuler.new(cfg), D.Euler(cfg)
+    mine:set_timesteps(12)
+    ref:set_timesteps(12)
+    assert(mine.init_noise_sigma == ref.init_noise_sigma and mine.order == 1, "init_noise_sigma")
+    local x = T.randn({ 2, 3, 4, 4 }, { dtype = "f64" })
+    local y = x
+    for i, t in ipairs(ref.timesteps) do
+      assert(mine.timesteps[i] == t)
+      T.testing.assert_close(mine:scale_model_input(y, t), ref:scale_model_input(x, t), { rtol = 0, atol = 0 })
+      x = ref:step(x * 0.3 + math.sin(t), t, x)
+      y = mine:step(y * 0.3 + math.sin(t), t, y)
+      T.testing.assert_close(y, x, { rtol = 1e-12, atol = 1e-12 })
+    end
+  end
+  assert(D.Heun {}.order == 2 and D.DDIM {}.order == 1 and D.DPMSolverMultistep {}.order == 1, "order, as diffusers")
+end
+
 -- a stand-in text stack: the "encoder" maps each prompt's ids to one number per row
 local fake_tok = { encode = function(_, prompts)
   local rows = {}

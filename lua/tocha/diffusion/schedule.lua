@@ -7,6 +7,7 @@ local T = require "tocha"
 
 local S = {}
 S.__index = S
+S.order = 1 -- model evaluations per step, as diffusers' scheduler.order (Heun: 2)
 
 --- S.f32(x): x rounded to f32. torch computes the schedules in f32; rounding through f32
 --- keeps us within 1e-7 of diffusers
