@@ -68,14 +68,34 @@ static int buffer_gc(lua_State *L) {
     return 0;
 }
 
-/* encode(t, "png" | "jpeg", quality) -> bytes */
+/* encode(t, "png" | "jpeg", quality, text) -> bytes; text: {key = value} PNG text chunks */
 static int l_encode(lua_State *L) {
     tc_tensor *t = tcl_check(L, 1);
     tc_image_format fmt = checkformat(L, 2);
     int quality = (int)luaL_optinteger(L, 3, -1);
+    int ntext = 0;
+    const char **keys = NULL, **values = NULL;
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        if (fmt != TC_IMAGE_PNG) return luaL_error(L, "image: text chunks are for PNG only");
+        for (lua_pushnil(L); lua_next(L, 4); lua_pop(L, 1)) ntext++;
+        keys = lua_newuserdatauv(L, ((size_t)ntext + 1) * sizeof *keys, 0); /* freed by Lua, even on error */
+        values = lua_newuserdatauv(L, ((size_t)ntext + 1) * sizeof *values, 0);
+        int i = 0;
+        for (lua_pushnil(L); lua_next(L, 4); lua_pop(L, 1)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "image: PNG text must map strings to strings");
+            size_t len;
+            values[i] = lua_tolstring(L, -1, &len);
+            if (strlen(values[i]) != len) return luaL_error(L, "image: PNG text value for '%s' contains a NUL", lua_tostring(L, -2));
+            keys[i++] = lua_tostring(L, -2); /* both stay alive in the table at 4 */
+        }
+    }
     buffer *b = new_udata(L, sizeof *b, "tocha.Buffer", buffer_gc);
     size_t n;
-    if (tc_image_encode(t, fmt, quality, &b->data, &n) != TC_OK) return tcl_error(L);
+    int rc = fmt == TC_IMAGE_PNG ? tc_image_encode_png(t, quality, keys, values, ntext, &b->data, &n)
+                                 : tc_image_encode(t, fmt, quality, &b->data, &n);
+    if (rc != TC_OK) return tcl_error(L);
     lua_pushlstring(L, b->data, n);
     free(b->data);
     b->data = NULL;

@@ -9,8 +9,10 @@ D.sample = require "tocha.diffusion.sample"
 
 local SAMPLERS = {
   DDIM = "ddim", DDPM = "ddpm", Euler = "euler", EulerAncestral = "euler_ancestral", Heun = "heun",
-  DPMSolverMultistep = "dpmsolver", UniPC = "unipc",
+  DPMSolverMultistep = "dpmsolver", UniPC = "unipc", PNDM = "pndm",
 }
 for name, file in pairs(SAMPLERS) do D[name] = require("tocha.diffusion." .. file).new end
+D.samplers = require "tocha.diffusion.registry"
+D.StableDiffusion = require "tocha.diffusion.pipeline"
 
 return D
