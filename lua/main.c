@@ -16,9 +16,13 @@
 
 int luaopen_tocha(lua_State *L);
 
+/* the message handler: a traceback, and the message kept in the registry ("tocha.error") for
+ * the finalizers that run when the state closes (tocha.run marks a run that failed) */
 static int traceback(lua_State *L) {
     const char *msg = lua_tostring(L, 1);
     if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    lua_pushstring(L, msg);
+    lua_setfield(L, LUA_REGISTRYINDEX, "tocha.error");
     luaL_traceback(L, L, msg, 1);
     return 1;
 }

@@ -33,8 +33,11 @@ local function exists(path)
   return f ~= nil
 end
 
+-- a run with logs; one its meta.json marks failed (it ended in an error) is left out
 local function is_run(dir)
-  return exists(dir .. "/metrics.jsonl") or #(events.files(dir) or {}) > 0
+  if not (exists(dir .. "/metrics.jsonl") or #(events.files(dir) or {}) > 0) then return false end
+  local meta = exists(dir .. "/meta.json") and require("tocha.json").read_file(dir .. "/meta.json")
+  return not (meta and meta.status == "failed")
 end
 
 -- the run directories named by the arguments: a run itself, or a directory of runs
