@@ -80,6 +80,16 @@ tests["t2i_shapes trains, checkpoints, resumes in its run directory and grades i
   local again = m:sample { prompts = prompts, seed = 1 } -- the demo draws its grid with seed + 1
   assert(image.encode(image.grid(again, 4)) == T.testing.read_file(run_dir .. "/samples.png"),
     "models.load(run):sample draws the run's own samples.png")
+  -- the five-line script of docs/models.md
+  local code = T.testing.read_file(T.testing.path("../docs/models.md")):match("```lua\n(%-%- draw%.lua.-)```")
+  assert(code, "the draw.lua example in docs/models.md")
+  T.testing.write_file(dir .. "/draw.lua", code)
+  local bin = arg[-1]:sub(1, 1) == "/" and arg[-1] or os.getenv("PWD") .. "/" .. arg[-1]
+  local p = assert(io.popen(string.format("cd '%s' && %s draw.lua '%s' 2>&1; echo rc=$?", dir, bin, run_dir)))
+  local dout = p:read("a")
+  p:close()
+  assert(dout:find("rc=0"), dout)
+  assert(image.read(dir .. "/drawn.png").shape[2] == 2 * 16 + 3 * 2, "two images side by side")
   -- and with `tocha sample`
   local sout, src = T.testing.tocha(string.format("sample %s --prompt 'a big red circle on the left' --seed 3 --steps 2 "
     .. "--quiet --out %s/drawn", run_dir, dir))
