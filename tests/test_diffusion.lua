@@ -133,6 +133,28 @@ tests["the sigma-space example in docs/schedulers.md reproduces Euler, starting 
   assert(D.Heun {}.order == 2 and D.DDIM {}.order == 1 and D.DPMSolverMultistep {}.order == 1, "order, as diffusers")
 end
 
+tests["a sampler file is a sampler name: the registry builds it on a model's noise schedule"] = function()
+  local R = D.samplers
+  local dir = T.testing.tmpdir()
+  local code = T.testing.read_file(T.testing.path("../docs/schedulers.md")):match("```lua\n(%-%- my_euler%.lua.-)```")
+  T.testing.write_file(dir .. "/my_euler.lua", code)
+  local base = { beta_schedule = "squaredcos_cap_v2", prediction_type = "v_prediction", clip_sample = false }
+  local mine, ref = R.by_name(dir .. "/my_euler.lua", base), R.by_name("euler", base)
+  assert(mine.config.beta_schedule == "squaredcos_cap_v2" and mine.config.prediction_type == "v_prediction")
+  mine:set_timesteps(8)
+  ref:set_timesteps(8)
+  assert(mine.init_noise_sigma == ref.init_noise_sigma and mine.timesteps[2] == ref.timesteps[2])
+  assert(R.check("euler_ancestral") == nil and R.check(dir .. "/my_euler.lua") == nil)
+  assert(R.check("eulr"):find("must be a sampler %(ddim"), R.check("eulr"))
+  assert(R.check(dir .. "/none.lua"):find("does not exist"))
+  T.testing.write_file(dir .. "/bad.lua", "return 5")
+  T.testing.raises("the file must return a sampler class", function() return R.by_name(dir .. "/bad.lua", base) end)
+  assert(getmetatable(R.by_name("euler_ancestral", base)) == require("tocha.diffusion.euler_ancestral"))
+  -- DPM-Solver++'s euler_at_final passes through a scheduler_config.json
+  local s = R.from_diffusers({ _class_name = "DPMSolverMultistepScheduler", euler_at_final = true })
+  assert(s.config.euler_at_final == true and R.to_diffusers(s).euler_at_final == true)
+end
+
 -- a stand-in text stack: the "encoder" maps each prompt's ids to one number per row
 local fake_tok = { encode = function(_, prompts)
   local rows = {}
