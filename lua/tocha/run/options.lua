@@ -431,5 +431,5 @@ function O.help(spec)
   return table.concat(lines, "\n") .. "\n"
 end
 
-O.options, O.show, O.num_repr, O.is_list, O.usage_error = options, show, num_repr, is_list, usage_error
+O.options, O.show, O.num_repr, O.is_list, O.usage_error, O.same = options, show, num_repr, is_list, usage_error, same
 return O

@@ -83,12 +83,7 @@ local function get(config, path)
   return t
 end
 
-local function same(a, b)
-  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
-  if #a ~= #b then return false end
-  for i = 1, #a do if a[i] ~= b[i] then return false end end
-  return true
-end
+local same = require("tocha.run.options").same -- values, lists compared element by element
 
 --- R.differences(opts, config, saved, show) -> {{name, now, was}, ...}: the options that change
 --- training whose value in config is not the one in saved (an option saved before it existed
