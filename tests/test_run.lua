@@ -410,4 +410,27 @@ return {
     local info = require("tocha.checkpoint").info(crashed .. "/checkpoints")
     assert(info.step == 6 and info.config.lr == 0.25 and info.config.note == "x", "a checkpoint records the config")
   end,
+
+  ["a run killed with SIGKILL keeps the metrics it logged up to its last checkpoint"] = function()
+    local dir = tmpdir()
+    write_file(dir .. "/k.lua", [[
+      local T = require "tocha"
+      local r = require("tocha.run") { name = "k", config = { steps = 4 }, resume = true }
+      local w = r:writer()
+      local state = r:load_checkpoint { model = { T.zeros(1) } }
+      for step = (state and state.step or 0) + 1, r.config.steps do
+        w:add_scalar("loss", 1 / step, step)
+        if step == 3 then r:save_checkpoint { model = { T.zeros(1) }, step = step } end
+        if step == 4 and not state then T._sys.kill(T._sys.getpid(), "KILL") end
+      end
+      r:finish({})
+    ]])
+    local out = T.testing.tocha(dir .. "/k.lua", "TOCHA_RUNS=" .. dir .. "/runs ")
+    local run_dir = out:match("run: (%S+)")
+    local rows = log.read(run_dir)
+    assert(#rows == 3 and rows[3].step == 3, "steps 1 to 3, flushed with the checkpoint; got " .. #rows)
+    local _, rc = T.testing.tocha(dir .. "/k.lua --resume", "TOCHA_RUNS=" .. dir .. "/runs ")
+    rows = log.read(run_dir)
+    assert(rc == 0 and #rows == 4 and rows[4].step == 4, "step 4 logged once by the resumed run")
+  end,
 }
