@@ -744,6 +744,7 @@ const luaL_Reg tcl_tensor_funcs[] = {
     {"get_rng_state", t_get_rng_state}, {"set_rng_state", t_set_rng_state},
     {"where", t_where}, {"matmul", m_matmul}, {"bmm", m_bmm}, {"outer", m_outer},
     {"maximum", m_maximum}, {"minimum", m_minimum}, {"linear", m_linear},
+    {"eq", m_eq}, {"ne", m_ne}, {"lt", m_lt}, {"le", m_le}, {"gt", m_gt}, {"ge", m_ge},
     {NULL, NULL},
 };
 
