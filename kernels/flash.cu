@@ -160,24 +160,29 @@ __global__ void flash_forward(T *out, float *lse, attn a, flash_geom fg) {
             fl_loaded();
             float s[8][4];
             fl_dots(s, qs, ks, w, 16 * warp, fg.dk);
+            FL_UNROLL
             for (int r = 0; r < 2; r++) { /* the online softmax of row g + 8 r */
                 float mx = -INFINITY;
                 FL_UNROLL
-                for (int nt = 0; nt < 8; nt++)
+                for (int nt = 0; nt < 8; nt++) {
+                    FL_UNROLL
                     for (int i = 2 * r; i < 2 * r + 2; i++) {
                         s[nt][i] = score(a, sl.moff, row[r], s0 + 8 * nt + 2 * t + (i & 1), s[nt][i]);
                         mx = tcu_max(mx, s[nt][i]);
                     }
+                }
                 float mnew = tcu_max(m[r], quad_max(mx));
                 float alpha = mnew == -INFINITY ? 1.f : tcu_exp(m[r] - mnew), psum = 0;
                 FL_UNROLL
-                for (int nt = 0; nt < 8; nt++)
+                for (int nt = 0; nt < 8; nt++) {
+                    FL_UNROLL
                     for (int i = 2 * r; i < 2 * r + 2; i++) {
                         float p = mnew == -INFINITY ? 0.f : tcu_exp(s[nt][i] - mnew);
                         psum += p;
                         if (p != 0 && a.p > 0) p *= drop_mul<float>(a, b, row[r], s0 + 8 * nt + 2 * t + (i & 1));
                         s[nt][i] = p;
                     }
+                }
                 sum[r] = sum[r] * alpha + psum; /* this lane's share of the row's sum */
                 m[r] = mnew;
                 FL_UNROLL
@@ -188,6 +193,7 @@ __global__ void flash_forward(T *out, float *lse, attn a, flash_geom fg) {
             }
             fl_pz<T, NT>(o, s, vs, w, nv);
         }
+        FL_UNROLL
         for (int r = 0; r < 2; r++) {
             float total = quad_sum(sum[r]);
             if (row[r] >= a.L) continue;
@@ -221,6 +227,7 @@ __global__ void flash_dsum(float *dsum, const float *lse, attn a, flash_geom fg)
         int64_t row[2] = {l0 + 16 * warp + g, l0 + 16 * warp + g + 8};
         slice<T> sl = slice_at<T>(a, b);
         float ls[2], d[2] = {0, 0};
+        FL_UNROLL
         for (int r = 0; r < 2; r++) ls[r] = row[r] < a.L ? lse[b * a.L + row[r]] : -INFINITY;
         __syncthreads();
         fl_load(qs, w, sl.q, a.q.rs, a.q.cs, l0, a.L, a.E, fg.dk, fg.vq);
@@ -234,13 +241,16 @@ __global__ void flash_dsum(float *dsum, const float *lse, attn a, flash_geom fg)
             fl_dots(p, qs, ks, w, 16 * warp, fg.dk);
             fl_dots(dp, gos, vs, w, 16 * warp, fg.dv);
             FL_UNROLL
-            for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++) {
+                FL_UNROLL
                 for (int i = 0; i < 4; i++) {
                     int64_t s = s0 + 8 * nt + 2 * t + (i & 1), l = row[i >> 1];
                     float pr = prob(score(a, sl.moff, l, s, p[nt][i]), ls[i >> 1]);
                     if (pr != 0) d[i >> 1] += pr * (a.p > 0 ? dp[nt][i] * drop_mul<float>(a, b, l, s) : dp[nt][i]);
                 }
+            }
         }
+        FL_UNROLL
         for (int r = 0; r < 2; r++) {
             float total = quad_sum(d[r]);
             if (t == 0 && row[r] < a.L) dsum[b * a.L + row[r]] = total;
@@ -248,12 +258,19 @@ __global__ void flash_dsum(float *dsum, const float *lse, attn a, flash_geom fg)
     }
 }
 
-/* gk, gv and (added into gq32, floats) gq: a block per (slice b, 64 keys) over the query tiles.
- * Shared: the k and v tiles, then per query tile the q and gout tiles, its lse and D, and dS^T
- * (64 keys x 64 queries, rows of 72) for gq. Warp w's rows are keys here for gk, gv, and queries
- * 16 w.. of the tile for gq. */
+/* the float sums of the backward: gq always (every key tile adds to it); gk and gv when the
+ * query tiles of a key tile are split over nsplit blocks (else NULL: each block writes its own) */
+typedef struct {
+    float *gq, *gk, *gv;
+    int nsplit;
+} flash_sums;
+
+/* gk, gv and (added into sums.gq) gq: a block per (slice b, 64 keys, split j) over the query tiles
+ * j, j + nsplit, ... that see the keys. Shared: the k and v tiles, then per query tile the q and
+ * gout tiles, its lse and D, and dS^T (64 keys x 64 queries, rows of 72) for gq. Warp w's rows
+ * are keys here for gk, gv, and queries 16 w.. of the tile for gq. */
 template <typename T, int NT>
-__global__ void flash_backward_kv(T *gk, T *gv, float *gq32, const float *dsum, const float *lse, attn a,
+__global__ void flash_backward_kv(T *gk, T *gv, flash_sums sums, const float *dsum, const float *lse, attn a,
                                   flash_geom fg) {
     TCU_DYNAMIC_SHARED(T, sm);
     const int w = fg.w, ws = FL_TILE + 8;
@@ -262,20 +279,25 @@ __global__ void flash_backward_kv(T *gk, T *gv, float *gq32, const float *dsum, 
     float *lse_s = (float *)(dss + FL_TILE * ws), *d_s = lse_s + FL_TILE;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int nk = (int)(a.E / 8), nv = (int)(a.Ev / 8);
-    int64_t ns = (a.S + FL_TILE - 1) / FL_TILE;
-    for (int64_t bid = blockIdx.x; bid < a.B * ns; bid += gridDim.x) {
-        int64_t b = bid / ns, s0 = bid % ns * FL_TILE;
+    int64_t ns = (a.S + FL_TILE - 1) / FL_TILE, nq = (a.L + FL_TILE - 1) / FL_TILE;
+    float *gq32 = sums.gq;
+    for (int64_t bid = blockIdx.x; bid < a.B * ns * sums.nsplit; bid += gridDim.x) {
+        int64_t b = bid / (ns * sums.nsplit), s0 = bid / sums.nsplit % ns * FL_TILE, split = bid % sums.nsplit;
         int64_t key[2] = {s0 + 16 * warp + g, s0 + 16 * warp + g + 8};
         slice<T> sl = slice_at<T>(a, b);
         float dk[NT][4], dv[NT][4];
         FL_UNROLL
-        for (int nt = 0; nt < NT; nt++)
+        for (int nt = 0; nt < NT; nt++) {
+            FL_UNROLL
             for (int i = 0; i < 4; i++) dk[nt][i] = dv[nt][i] = 0;
+        }
         __syncthreads();
         fl_load(ks, w, sl.k, a.k.rs, a.k.cs, s0, a.S, a.E, fg.dk, fg.vk);
         fl_load(vs, w, sl.v, a.v.rs, a.v.cs, s0, a.S, a.Ev, fg.dv, fg.vv);
+        fl_loaded(); /* complete even where no query tile follows */
         /* with causal, queries before s0 see none of these keys */
-        for (int64_t l0 = a.causal ? s0 : 0; l0 < a.L; l0 += FL_TILE) {
+        for (int64_t qt = (a.causal ? s0 / FL_TILE : 0) + split; qt < nq; qt += sums.nsplit) {
+            int64_t l0 = qt * FL_TILE;
             __syncthreads();
             fl_load(qs, w, sl.q, a.q.rs, a.q.cs, l0, a.L, a.E, fg.dk, fg.vq);
             fl_load(gos, w, sl.go, a.go.rs, a.go.cs, l0, a.L, a.Ev, fg.dv, fg.vgo);
@@ -289,7 +311,8 @@ __global__ void flash_backward_kv(T *gk, T *gv, float *gq32, const float *dsum, 
             fl_dots(p, ks, qs, w, 16 * warp, fg.dk);
             fl_dots(dp, vs, gos, w, 16 * warp, fg.dv);
             FL_UNROLL
-            for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++) {
+                FL_UNROLL
                 for (int i = 0; i < 4; i++) {
                     int c = 8 * nt + 2 * t + (i & 1);
                     int64_t l = l0 + c, s = key[i >> 1];
@@ -298,16 +321,19 @@ __global__ void flash_backward_kv(T *gk, T *gv, float *gq32, const float *dsum, 
                     p[nt][i] = pr * dm;                          /* Pd^T, for gv */
                     dp[nt][i] = pr != 0 ? pr * (dp[nt][i] * dm - d_s[c]) : 0.f; /* dS^T */
                 }
+            }
             if (gv) fl_pz<T, NT>(dv, p, gos, w, nv);
             if (gk) fl_pz<T, NT>(dk, dp, qs, w, nk);
             if (!gq32) continue;
             FL_UNROLL
-            for (int nt = 0; nt < 8; nt++)
+            for (int nt = 0; nt < 8; nt++) {
+                FL_UNROLL
                 for (int r = 0; r < 2; r++) {
                     T *d = dss + (16 * warp + g + 8 * r) * ws + 8 * nt + 2 * t;
                     d[0] = tcu_from_float<T>(dp[nt][2 * r]);
                     d[1] = tcu_from_float<T>(dp[nt][2 * r + 1]);
                 }
+            }
             __syncthreads();
             /* gq rows 16 warp.. of the tile: dS (queries x keys) k, a column block at a time */
             for (int nt = 0; nt < nk; nt++) {
@@ -319,33 +345,39 @@ __global__ void flash_backward_kv(T *gk, T *gv, float *gq32, const float *dsum, 
                     fl_bkn(bf, ks, w, 16 * kk, 8 * nt);
                     tcu_mma<T>(acc, af, bf);
                 }
+                FL_UNROLL
                 for (int i = 0; i < 4; i++) {
                     int64_t l = l0 + 16 * warp + g + 8 * (i >> 1);
                     if (l < a.L) atomicAdd(&gq32[(b * a.L + l) * a.E + 8 * nt + 2 * t + (i & 1)], acc[i] * (float)a.scale);
                 }
             }
         }
+        FL_UNROLL
         for (int r = 0; r < 2; r++) {
             if (key[r] >= a.S) continue;
             FL_UNROLL
             for (int nt = 0; nt < NT; nt++) {
-                int64_t c = 8 * nt + 2 * t;
-                if (gk && nt < nk) {
-                    tcu_put(gk[(b * a.S + key[r]) * a.E + c], dk[nt][2 * r] * (float)a.scale);
-                    tcu_put(gk[(b * a.S + key[r]) * a.E + c + 1], dk[nt][2 * r + 1] * (float)a.scale);
-                }
-                if (gv && nt < nv) {
-                    tcu_put(gv[(b * a.S + key[r]) * a.Ev + c], dv[nt][2 * r]);
-                    tcu_put(gv[(b * a.S + key[r]) * a.Ev + c + 1], dv[nt][2 * r + 1]);
+                int64_t ok = (b * a.S + key[r]) * a.E + 8 * nt + 2 * t, ov = (b * a.S + key[r]) * a.Ev + 8 * nt + 2 * t;
+                FL_UNROLL
+                for (int e = 0; e < 2; e++) {
+                    float vk = dk[nt][2 * r + e] * (float)a.scale, vv = dv[nt][2 * r + e];
+                    if (gk && nt < nk) {
+                        if (sums.gk) atomicAdd(&sums.gk[ok + e], vk);
+                        else tcu_put(gk[ok + e], vk);
+                    }
+                    if (gv && nt < nv) {
+                        if (sums.gv) atomicAdd(&sums.gv[ov + e], vv);
+                        else tcu_put(gv[ov + e], vv);
+                    }
                 }
             }
         }
     }
 }
 
-/* gq from its float sums */
-template <typename T> __global__ void flash_gq_cast(T *gq, const float *gq32, int64_t n) {
-    TCU_GRID_STRIDE(i, n) tcu_put(gq[i], gq32[i]);
+/* a gradient from its float sums */
+template <typename T> __global__ void flash_cast(T *g, const float *g32, int64_t n) {
+    TCU_GRID_STRIDE(i, n) tcu_put(g[i], g32[i]);
 }
 
 /* ---- launches ---------------------------------------------------------------------------------------------- */
@@ -385,9 +417,17 @@ template <typename T, int NT> static int flash_forward_run(tc_tensor *out, tc_te
     return TC_OK;
 }
 
+/* g (when wanted) from its float sums */
+template <typename T> static int fl_cast(tc_tensor *g, const float *g32, int64_t n) {
+    if (!g || !g32) return TC_OK;
+    TCU_LAUNCH(flash_cast<T>, tcu_blocks(n), TCU_THREADS, 0, (T *)tcu_ptr(g), g32, n);
+    TCU_LAUNCHED("scaled_dot_product_attention backward");
+    return TC_OK;
+}
+
 template <typename T, int NT>
-static int flash_backward_run(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const attn &a, float *dsum, float *gq32,
-                              const float *lse) {
+static int flash_backward_run(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const attn &a, float *dsum,
+                              const flash_sums &sums, const float *lse) {
     flash_geom fg = geom_of(a);
     size_t bytes = (size_t)4 * FL_TILE * fg.w * sizeof(T);
     if (fl_shared(flash_dsum<T>, bytes) != TC_OK) return TC_ERR;
@@ -395,14 +435,13 @@ static int flash_backward_run(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const
     TCU_LAUNCHED("scaled_dot_product_attention backward");
     bytes += (size_t)FL_TILE * (FL_TILE + 8) * sizeof(T) + 2 * FL_TILE * sizeof(float);
     if (fl_shared(flash_backward_kv<T, NT>, bytes) != TC_OK) return TC_ERR;
-    TCU_LAUNCH((flash_backward_kv<T, NT>), fl_grid(a.B * ((a.S + FL_TILE - 1) / FL_TILE)), FL_THREADS, bytes,
-               gk ? (T *)tcu_ptr(gk) : NULL, gv ? (T *)tcu_ptr(gv) : NULL, gq32, (const float *)dsum, lse, a, fg);
+    TCU_LAUNCH((flash_backward_kv<T, NT>), fl_grid(a.B * ((a.S + FL_TILE - 1) / FL_TILE) * sums.nsplit), FL_THREADS,
+               bytes, gk ? (T *)tcu_ptr(gk) : NULL, gv ? (T *)tcu_ptr(gv) : NULL, sums, (const float *)dsum, lse, a,
+               fg);
     TCU_LAUNCHED("scaled_dot_product_attention backward");
-    if (gq) {
-        int64_t n = a.B * a.L * a.E;
-        TCU_LAUNCH(flash_gq_cast<T>, tcu_blocks(n), TCU_THREADS, 0, (T *)tcu_ptr(gq), (const float *)gq32, n);
-        TCU_LAUNCHED("scaled_dot_product_attention backward");
-    }
+    if (fl_cast<T>(gq, sums.gq, a.B * a.L * a.E) != TC_OK || fl_cast<T>(gk, sums.gk, a.B * a.S * a.E) != TC_OK ||
+        fl_cast<T>(gv, sums.gv, a.B * a.S * a.Ev) != TC_OK)
+        return TC_ERR;
     return TC_OK;
 }
 
@@ -426,27 +465,39 @@ int tcu_flash_forward(tc_tensor *out, tc_tensor *lse, tc_dtype dt, const attn &a
 }
 
 template <typename T>
-static int flash_backward_by_dim(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const attn &a, float *dsum, float *gq32,
-                                 const float *lse) {
-    FL_BY_DIM(a, T, (flash_backward_run<T, NT>(gq, gk, gv, a, dsum, gq32, lse)));
+static int flash_backward_by_dim(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const attn &a, float *dsum,
+                                 const flash_sums &sums, const float *lse) {
+    FL_BY_DIM(a, T, (flash_backward_run<T, NT>(gq, gk, gv, a, dsum, sums, lse)));
 }
+
+/* a zeroed float workspace of n elements into *p (NULL when n is 0) */
+static int fl_zeros(float **p, int64_t n) {
+    *p = NULL;
+    if (n == 0) return TC_OK;
+    size_t bytes = (size_t)n * sizeof(float);
+    if (!(*p = (float *)tc_cuda_alloc(bytes)))
+        return tc_error("scaled_dot_product_attention backward: out of GPU memory for a %zu-byte workspace", bytes);
+    TCU_CHECK(cudaMemsetAsync(*p, 0, bytes, tcu_stream()));
+    return TC_OK;
+}
+
+/* blocks the key-tile kernel aims for: fewer key tiles than this (short or cross-attention keys)
+ * split their query tiles over several blocks, which then add gk and gv into float sums */
+#define FL_BLOCKS_WANTED 1024
 
 int tcu_flash_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_dtype dt, const attn &a, const tc_tensor *lse,
                        float *dsum) {
-    float *gq32 = NULL;
-    size_t n = (size_t)(a.B * a.L * a.E) * sizeof(float);
-    if (gq) {
-        if (!(gq32 = (float *)tc_cuda_alloc(n)))
-            return tc_error("scaled_dot_product_attention backward: out of GPU memory for a %zu-byte workspace", n);
-        if (cudaMemsetAsync(gq32, 0, n, tcu_stream()) != cudaSuccess) {
-            tc_cuda_free(gq32);
-            return tc_error("scaled_dot_product_attention backward: cudaMemsetAsync failed");
-        }
-    }
+    int64_t kblocks = a.B * ((a.S + FL_TILE - 1) / FL_TILE), nq = (a.L + FL_TILE - 1) / FL_TILE;
+    int64_t split = (FL_BLOCKS_WANTED + kblocks - 1) / kblocks;
+    flash_sums sums = {NULL, NULL, NULL, (int)(split < 1 ? 1 : split > nq ? nq : split)};
+    int rc = fl_zeros(&sums.gq, gq ? a.B * a.L * a.E : 0);
+    if (rc == TC_OK && sums.nsplit > 1) rc = fl_zeros(&sums.gk, gk ? a.B * a.S * a.E : 0);
+    if (rc == TC_OK && sums.nsplit > 1) rc = fl_zeros(&sums.gv, gv ? a.B * a.S * a.Ev : 0);
     const float *lp = (const float *)tcu_ptr(lse);
-    int rc;
-    if (dt == TC_F16) rc = flash_backward_by_dim<__half>(gq, gk, gv, a, dsum, gq32, lp);
-    else rc = flash_backward_by_dim<__nv_bfloat16>(gq, gk, gv, a, dsum, gq32, lp);
-    if (gq32) tc_cuda_free(gq32);
+    if (rc == TC_OK && dt == TC_F16) rc = flash_backward_by_dim<__half>(gq, gk, gv, a, dsum, sums, lp);
+    else if (rc == TC_OK) rc = flash_backward_by_dim<__nv_bfloat16>(gq, gk, gv, a, dsum, sums, lp);
+    float *ws[3] = {sums.gq, sums.gk, sums.gv};
+    for (int i = 0; i < 3; i++)
+        if (ws[i]) tc_cuda_free(ws[i]);
     return rc;
 }

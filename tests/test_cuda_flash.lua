@@ -63,6 +63,10 @@ C("bool mask [L, S] with fully masked rows, head dim 8", function()
     m:narrow(1, 68, 1):fill_(0)
     return { N(2, 70, 8), N(2, 66, 8), N(2, 66, 8), m }
   end, attn({}))
+C("head dim 80, L 50 < 64, S 150 (one query tile: gk, gv written directly)",
+  function() return { N(2, 50, 80), N(2, 150, 80), N(2, 150, 80) } end, attn({}))
+C("520 slices of 40 keys (a key tile's 3 query tiles split over 2 blocks, gk, gv summed)",
+  function() return { N(520, 150, 8), N(520, 40, 8), N(520, 40, 16) } end, attn({}))
 C("dropout 0.3 (the CPU's mask), head dim 32, L 70, S 90", function() return { N(2, 70, 32), N(2, 90, 32), N(2, 90, 32) } end,
   attn({ p = 0.3 }))
 

@@ -344,10 +344,10 @@ static bool enter_collective(unsigned t, int kind) {
         char a[48];
         S.failed = true;
         tcu_emu_fail(cudaErrorLaunchFailure,
-                     "block (%u,%u,%u): thread %s enters a warp %s while lanes of its warp wait in a %s",
+                     "block (%u,%u,%u): thread %s enters a warp %s while lanes of its warp wait in %s",
                      blockIdx.x, blockIdx.y, blockIdx.z, thread_name(t, a, sizeof a),
                      kind == COLL_SHUFFLE ? "shuffle" : "exchange (mma, ldmatrix)",
-                     kind == COLL_SHUFFLE ? "exchange (mma, ldmatrix)" : "shuffle");
+                     kind == COLL_SHUFFLE ? "an exchange (mma, ldmatrix)" : "a shuffle");
         switch_to(&main_fiber); /* never resumed: the block is abandoned */
         return false;
     }
@@ -396,7 +396,7 @@ void tcu_emu_warp_exchange(const void *mine, size_t n, void *all) {
         memcpy(all, mine, n);
         return;
     }
-    unsigned t = (unsigned)cur->thread, lane = t & 31, w = t >> 5, base = t & ~31u;
+    unsigned t = (unsigned)cur->thread, w = t >> 5, base = t & ~31u;
     unsigned size = S.n - base < 32 ? S.n - base : 32;
     memcpy(S.xslot[t], mine, n);
     if (!enter_collective(t, COLL_EXCHANGE)) return;
@@ -411,7 +411,6 @@ void tcu_emu_warp_exchange(const void *mine, size_t n, void *all) {
     } else {
         switch_to(pick_next());
     }
-    (void)lane;
     for (unsigned u = 0; u < 32; u++) memcpy((char *)all + u * n, S.xsnap[w][u], n);
 }
 
