@@ -268,10 +268,14 @@ typedef struct {
 /* gk, gv and (added into sums.gq) gq: a block per (slice b, 64 keys, split j) over the query tiles
  * j, j + nsplit, ... that see the keys. Shared: the k and v tiles, then per query tile the q and
  * gout tiles, its lse and D, and dS^T (64 keys x 64 queries, rows of 72) for gq. Warp w's rows
- * are keys here for gk, gv, and queries 16 w.. of the tile for gq. */
-template <typename T, int NT>
+ * are keys here for gk, gv, and queries 16 w.. of the tile for gq. WHICH: FL_GK (gk and gq),
+ * FL_GV (gv: no dP nor dS) or both; wide head dims take two launches, one of each, as gk's and
+ * gv's accumulators together would not fit in registers. */
+enum { FL_GK = 1, FL_GV = 2 };
+template <typename T, int NT, int WHICH>
 __global__ void flash_backward_kv(T *gk, T *gv, flash_sums sums, const float *dsum, const float *lse, attn a,
                                   flash_geom fg) {
+    constexpr bool DK = (WHICH & FL_GK) != 0, DV = (WHICH & FL_GV) != 0;
     TCU_DYNAMIC_SHARED(T, sm);
     const int w = fg.w, ws = FL_TILE + 8;
     T *ks = sm, *vs = sm + FL_TILE * w, *qs = sm + 2 * FL_TILE * w, *gos = sm + 3 * FL_TILE * w;
@@ -285,15 +289,18 @@ __global__ void flash_backward_kv(T *gk, T *gv, flash_sums sums, const float *ds
         int64_t b = bid / (ns * sums.nsplit), s0 = bid / sums.nsplit % ns * FL_TILE, split = bid % sums.nsplit;
         int64_t key[2] = {s0 + 16 * warp + g, s0 + 16 * warp + g + 8};
         slice<T> sl = slice_at<T>(a, b);
-        float dk[NT][4], dv[NT][4];
+        float dk[DK ? NT : 1][4], dv[DV ? NT : 1][4];
         FL_UNROLL
         for (int nt = 0; nt < NT; nt++) {
             FL_UNROLL
-            for (int i = 0; i < 4; i++) dk[nt][i] = dv[nt][i] = 0;
+            for (int i = 0; i < 4; i++) {
+                if (DK) dk[nt][i] = 0;
+                if (DV) dv[nt][i] = 0;
+            }
         }
         __syncthreads();
         fl_load(ks, w, sl.k, a.k.rs, a.k.cs, s0, a.S, a.E, fg.dk, fg.vk);
-        fl_load(vs, w, sl.v, a.v.rs, a.v.cs, s0, a.S, a.Ev, fg.dv, fg.vv);
+        if (DK) fl_load(vs, w, sl.v, a.v.rs, a.v.cs, s0, a.S, a.Ev, fg.dv, fg.vv);
         fl_loaded(); /* complete even where no query tile follows */
         /* with causal, queries before s0 see none of these keys */
         for (int64_t qt = (a.causal ? s0 / FL_TILE : 0) + split; qt < nq; qt += sums.nsplit) {
@@ -304,12 +311,12 @@ __global__ void flash_backward_kv(T *gk, T *gv, flash_sums sums, const float *ds
             for (int i = threadIdx.x; i < FL_TILE; i += blockDim.x) {
                 bool in = l0 + i < a.L;
                 lse_s[i] = in ? lse[b * a.L + l0 + i] : -INFINITY;
-                d_s[i] = in ? dsum[b * a.L + l0 + i] : 0;
+                if (DK) d_s[i] = in ? dsum[b * a.L + l0 + i] : 0;
             }
             fl_loaded();
             float p[8][4], dp[8][4]; /* P^T, then dS^T: rows keys, columns queries l0.. */
             fl_dots(p, ks, qs, w, 16 * warp, fg.dk);
-            fl_dots(dp, vs, gos, w, 16 * warp, fg.dv);
+            if (DK) fl_dots(dp, vs, gos, w, 16 * warp, fg.dv);
             FL_UNROLL
             for (int nt = 0; nt < 8; nt++) {
                 FL_UNROLL
@@ -318,12 +325,15 @@ __global__ void flash_backward_kv(T *gk, T *gv, flash_sums sums, const float *ds
                     int64_t l = l0 + c, s = key[i >> 1];
                     float pr = prob(score(a, sl.moff, l, s, p[nt][i]), lse_s[c]);
                     float dm = pr != 0 && a.p > 0 ? drop_mul<float>(a, b, l, s) : 1.f;
-                    p[nt][i] = pr * dm;                          /* Pd^T, for gv */
-                    dp[nt][i] = pr != 0 ? pr * (dp[nt][i] * dm - d_s[c]) : 0.f; /* dS^T */
+                    p[nt][i] = pr * dm; /* Pd^T, for gv */
+                    if (DK) dp[nt][i] = pr != 0 ? pr * (dp[nt][i] * dm - d_s[c]) : 0.f; /* dS^T */
                 }
             }
-            if (gv) fl_pz<T, NT>(dv, p, gos, w, nv);
-            if (gk) fl_pz<T, NT>(dk, dp, qs, w, nk);
+            if constexpr (DV) {
+                if (gv) fl_pz<T, NT>(dv, p, gos, w, nv);
+            }
+            if constexpr (!DK) continue;
+            else if (gk) fl_pz<T, NT>(dk, dp, qs, w, nk);
             if (!gq32) continue;
             FL_UNROLL
             for (int nt = 0; nt < 8; nt++) {
@@ -360,14 +370,19 @@ __global__ void flash_backward_kv(T *gk, T *gv, flash_sums sums, const float *ds
                 int64_t ok = (b * a.S + key[r]) * a.E + 8 * nt + 2 * t, ov = (b * a.S + key[r]) * a.Ev + 8 * nt + 2 * t;
                 FL_UNROLL
                 for (int e = 0; e < 2; e++) {
-                    float vk = dk[nt][2 * r + e] * (float)a.scale, vv = dv[nt][2 * r + e];
-                    if (gk && nt < nk) {
-                        if (sums.gk) atomicAdd(&sums.gk[ok + e], vk);
-                        else tcu_put(gk[ok + e], vk);
+                    if constexpr (DK) {
+                        float vk = dk[nt][2 * r + e] * (float)a.scale;
+                        if (gk && nt < nk) {
+                            if (sums.gk) atomicAdd(&sums.gk[ok + e], vk);
+                            else tcu_put(gk[ok + e], vk);
+                        }
                     }
-                    if (gv && nt < nv) {
-                        if (sums.gv) atomicAdd(&sums.gv[ov + e], vv);
-                        else tcu_put(gv[ov + e], vv);
+                    if constexpr (DV) {
+                        float vv = dv[nt][2 * r + e];
+                        if (gv && nt < nv) {
+                            if (sums.gv) atomicAdd(&sums.gv[ov + e], vv);
+                            else tcu_put(gv[ov + e], vv);
+                        }
                     }
                 }
             }
@@ -425,6 +440,16 @@ template <typename T> static int fl_cast(tc_tensor *g, const float *g32, int64_t
     return TC_OK;
 }
 
+template <typename T, int NT, int WHICH>
+static int fl_kv(T *gk, T *gv, const flash_sums &sums, const float *dsum, const float *lse, const attn &a,
+                 const flash_geom &fg, size_t bytes) {
+    if (fl_shared(flash_backward_kv<T, NT, WHICH>, bytes) != TC_OK) return TC_ERR;
+    TCU_LAUNCH((flash_backward_kv<T, NT, WHICH>), fl_grid(a.B * ((a.S + FL_TILE - 1) / FL_TILE) * sums.nsplit),
+               FL_THREADS, bytes, gk, gv, sums, dsum, lse, a, fg);
+    TCU_LAUNCHED("scaled_dot_product_attention backward");
+    return TC_OK;
+}
+
 template <typename T, int NT>
 static int flash_backward_run(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const attn &a, float *dsum,
                               const flash_sums &sums, const float *lse) {
@@ -434,11 +459,13 @@ static int flash_backward_run(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const
     TCU_LAUNCH(flash_dsum<T>, fl_grid(a.B * ((a.L + FL_TILE - 1) / FL_TILE)), FL_THREADS, bytes, dsum, lse, a, fg);
     TCU_LAUNCHED("scaled_dot_product_attention backward");
     bytes += (size_t)FL_TILE * (FL_TILE + 8) * sizeof(T) + 2 * FL_TILE * sizeof(float);
-    if (fl_shared(flash_backward_kv<T, NT>, bytes) != TC_OK) return TC_ERR;
-    TCU_LAUNCH((flash_backward_kv<T, NT>), fl_grid(a.B * ((a.S + FL_TILE - 1) / FL_TILE) * sums.nsplit), FL_THREADS,
-               bytes, gk ? (T *)tcu_ptr(gk) : NULL, gv ? (T *)tcu_ptr(gv) : NULL, sums, (const float *)dsum, lse, a,
-               fg);
-    TCU_LAUNCHED("scaled_dot_product_attention backward");
+    T *k = gk ? (T *)tcu_ptr(gk) : NULL, *v = gv ? (T *)tcu_ptr(gv) : NULL;
+    if (NT <= 8) {
+        if (fl_kv<T, NT, FL_GK | FL_GV>(k, v, sums, dsum, lse, a, fg, bytes) != TC_OK) return TC_ERR;
+    } else {
+        if ((gq || gk) && fl_kv<T, NT, FL_GK>(k, NULL, sums, dsum, lse, a, fg, bytes) != TC_OK) return TC_ERR;
+        if (gv && fl_kv<T, NT, FL_GV>(NULL, v, sums, dsum, lse, a, fg, bytes) != TC_OK) return TC_ERR;
+    }
     if (fl_cast<T>(gq, sums.gq, a.B * a.L * a.E) != TC_OK || fl_cast<T>(gk, sums.gk, a.B * a.S * a.E) != TC_OK ||
         fl_cast<T>(gv, sums.gv, a.B * a.S * a.Ev) != TC_OK)
         return TC_ERR;

@@ -67,6 +67,12 @@ C("head dim 80, L 50 < 64, S 150 (one query tile: gk, gv written directly)",
   function() return { N(2, 50, 80), N(2, 150, 80), N(2, 150, 80) } end, attn({}))
 C("520 slices of 40 keys (a key tile's 3 query tiles split over 2 blocks, gk, gv summed)",
   function() return { N(520, 150, 8), N(520, 40, 8), N(520, 40, 16) } end, attn({}))
+C("head dim 96, only v wants a gradient", function() return { N(2, 70, 96), N(2, 90, 96), N(2, 90, 96) } end,
+  attn({ causal = true }), { nograd = { [1] = true, [2] = true } })
+C("head dim 96, only q wants a gradient", function() return { N(2, 70, 96), N(2, 90, 96), N(2, 90, 96) } end,
+  attn({}), { nograd = { [2] = true, [3] = true } })
+C("head dim 40, only k wants a gradient", function() return { N(2, 70, 40), N(2, 90, 40), N(2, 90, 40) } end,
+  attn({}), { nograd = { [1] = true, [3] = true } })
 C("dropout 0.3 (the CPU's mask), head dim 32, L 70, S 90", function() return { N(2, 70, 32), N(2, 90, 32), N(2, 90, 32) } end,
   attn({ p = 0.3 }))
 
