@@ -475,6 +475,9 @@ int luaopen_tocha(lua_State *L) {
     lua_newtable(L);
     tcl_register(L, tcl_shapes_funcs);
     lua_setfield(L, -2, "_shapes");
+    lua_newtable(L);
+    tcl_register(L, tcl_linalg_funcs);
+    lua_setfield(L, -2, "linalg");
     tcl_open_cuda(L);
 
     /* the Lua half of the module (printing, no_grad, checkpoint, ...) extends T in place */

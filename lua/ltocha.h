@@ -66,6 +66,7 @@ extern const luaL_Reg tcl_optim_funcs[];  /* loptim.c: fused optimizer steps, in
 extern const luaL_Reg tcl_image_funcs[];  /* limage.c: image codecs, transforms, loader, into T._image */
 extern const luaL_Reg tcl_log_funcs[];    /* llog.c: T._log() -> log files, TensorBoard writer, canvas */
 extern const luaL_Reg tcl_shapes_funcs[]; /* lshapes.c: synthetic shapes, into T._shapes */
+extern const luaL_Reg tcl_linalg_funcs[]; /* llinalg.c: eigh, eigvalsh, into T.linalg */
 void tcl_open_cuda(lua_State *L);          /* lcuda.c: T.cuda and T.backends into T (on top), and the OOM hook */
 
 #endif
