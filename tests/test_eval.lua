@@ -195,6 +195,36 @@ tests["legacy and clean paths at 299 give pytorch-fid's and clean-fid's features
 end
 
 ---------------------------------------------------------------------------------------------
+-- CLIP
+---------------------------------------------------------------------------------------------
+local CAPTIONS = { "a small red circle on the left", "a blue square above a green triangle", "a big yellow star" }
+
+tests["CLIPModel from a transformers folder matches transformers: pixels, image and text features"] = function()
+  local r = T.load("tests/ref/eval_clip.safetensors")
+  local clip = eval.clip.load("tests/ref/eval_clip", { dtype = "f64" })
+  local imgs = { r.img1, r.img2, r.img3 }
+  -- CLIPImageProcessor with PIL: shorter side to 32 (bicubic), center crop, normalise
+  T.testing.assert_close(clip:pixel_values(imgs):double(), r.pixels_pil, { rtol = 0, atol = 1e-6 })
+  T.testing.assert_close(clip.model:get_image_features(r.pixels_pil), r.image_features, { rtol = 1e-10, atol = 1e-12 })
+  T.testing.assert_close(clip:image_features(imgs), r.image_features, { rtol = 1e-6, atol = 1e-7 })
+  T.testing.assert_close(clip:text_features(CAPTIONS), r.text_features, { rtol = 1e-10, atol = 1e-12 })
+  local n = 0
+  for _ in pairs(clip.model:state_dict()) do n = n + 1 end
+  assert(n == 78, "CLIPModel's 78 tensors")
+end
+
+tests["CLIP score equals torchmetrics' (mean, then clamp at 0)"] = function()
+  local r = T.load("tests/ref/eval_clip.safetensors")
+  local imgs = { r.img1, r.img2, r.img3 }
+  local score, per = eval.clip_score(imgs, CAPTIONS, { model = "tests/ref/eval_clip", dtype = "f64" })
+  T.testing.assert_close(per, r.per_sample_pil, { rtol = 1e-6, atol = 1e-6 })
+  close(score, num(r.score_pil), 1e-6, "CLIP score (PIL processor)")
+  -- transformers 5's default processor resizes with torchvision: a few pixels a level apart
+  close(score, num(r.score_torchvision), 1e-2, "CLIP score (torchvision processor)")
+  assert(per:min():item() < 0 and score > 0, "the fixture has mixed signs: clamping the mean, not each pair")
+end
+
+---------------------------------------------------------------------------------------------
 -- bad input
 ---------------------------------------------------------------------------------------------
 tests["bad input: sizes, channels, dtypes, too few images, mismatched weights"] = function()
@@ -252,6 +282,16 @@ tests["bad input: sizes, channels, dtypes, too few images, mismatched weights"] 
   end)
   T.testing.assert_raises("mode must be \"legacy\" or \"clean\"", function() eval.inception.Extractor({ weights = net, mode = "tf" }) end)
   T.testing.assert_raises("dims must be 64, 192, 768 or 2048", function() eval.inception.Extractor({ weights = net, dims = 100 }) end)
+  -- CLIP
+  local clip = eval.clip.load("tests/ref/eval_clip")
+  T.testing.assert_raises("expected pixel values [B, 3, 32, 32], got [1 x 3 x 16 x 16]", function()
+    clip.model:get_image_features(T.zeros({ 1, 3, 16, 16 }))
+  end)
+  T.testing.assert_raises("2 images and 1 captions", function()
+    eval.clip_score({ T.zeros({ 40, 40, 3 }, { dtype = "u8" }), T.zeros({ 40, 40, 3 }, { dtype = "u8" }) }, { "a" },
+      { model = clip })
+  end)
+  T.testing.assert_raises("no config.json in " .. dir, function() eval.clip.load(dir) end)
 end
 
 return tests

@@ -173,8 +173,78 @@ def gen_inception():
     save("eval_inception.safetensors", out)
 
 
+# ---- CLIP: a tiny random CLIPModel in transformers' folder layout, and torchmetrics' score ----------
+class Features(torch.nn.Module):
+    """CLIPModel whose get_*_features return the projected tensor, as torchmetrics expects
+    (transformers 5 returns an output object there); everything else is CLIPModel's own"""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_image_features(self, pixel_values):
+        return self.model.get_image_features(pixel_values).pooler_output
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        return self.model.get_text_features(input_ids, attention_mask).pooler_output
+
+
+def gen_clip():
+    import shutil
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPProcessor, CLIPImageProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update
+
+    out_dir = os.path.join(HERE, "eval_clip")
+    os.makedirs(out_dir, exist_ok=True)
+    vocab = os.path.join(HERE, "text_vocab")
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(vocab, f), os.path.join(out_dir, f))
+    tok = CLIPTokenizer(os.path.join(out_dir, "vocab.json"), os.path.join(out_dir, "merges.txt"))
+    n = len(tok)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=32, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    size = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pil = CLIPImageProcessorPil(**size)
+    images = [torch.from_numpy(rng.randint(0, 256, (3, h, w)).astype(np.uint8)) for h, w in ((40, 50), (64, 33), (32, 32))]
+    captions = ["a small red circle on the left", "a blue square above a green triangle", "a big yellow star"]
+    # the first random model whose scores have both signs and a positive mean, so that the
+    # order of mean and clamp shows
+    for seed in range(1000):
+        torch.manual_seed(seed)
+        model = CLIPModel(cfg).double().eval()
+        with torch.no_grad():
+            per, _ = _clip_score_update(images, captions, Features(model), CLIPProcessor(image_processor=pil, tokenizer=tok))
+        if per.mean() > 0 and per.min() < 0:
+            break
+    model.save_pretrained(out_dir)
+    CLIPProcessor(image_processor=pil, tokenizer=tok).save_pretrained(out_dir)
+    for f in ("tokenizer.json", "tokenizer_config.json"):  # tocha reads vocab.json + merges.txt
+        if os.path.exists(os.path.join(out_dir, f)):
+            os.remove(os.path.join(out_dir, f))
+    out = {"img%d" % (i + 1): im.permute(1, 2, 0).contiguous() for i, im in enumerate(images)}
+    fast = CLIPImageProcessor(**size)
+    out["pixels_pil"] = pil(images=images, return_tensors="pt")["pixel_values"].double()
+    out["pixels_torchvision"] = fast(images=images, return_tensors="pt")["pixel_values"].double()
+    m = Features(model)
+    with torch.no_grad():
+        out["image_features"] = m.get_image_features(out["pixels_pil"])
+        enc = tok(captions, padding=True, return_tensors="pt")
+        out["text_features"] = m.get_text_features(enc["input_ids"], enc["attention_mask"])
+        for name, proc in (("pil", pil), ("torchvision", fast)):
+            per, _ = _clip_score_update(images, captions, m, CLIPProcessor(image_processor=proc, tokenizer=tok))
+            out["per_sample_" + name] = per.double()
+            out["score_" + name] = torch.clamp(per.mean(0), min=0).double().reshape(1)
+    save("eval_clip.safetensors", out)
+
+
 def main():
-    which = sys.argv[1:] or ["metrics", "resize", "inception"]
+    which = sys.argv[1:] or ["metrics", "resize", "inception", "clip"]
     for w in which:
         globals()["gen_" + w]()
 

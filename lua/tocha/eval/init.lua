@@ -89,10 +89,13 @@ function eval.cache_dir()
   return ((env and env ~= "") and env or inception.cache_root()) .. "/eval"
 end
 
---- eval.save_statistics(path, st, {extractor = id}): mu and sigma (f64) into a safetensors file
+--- eval.save_statistics(path, st, {extractor = id}): mu and sigma (f64) of an eval.Statistics
+--- or of a {mu, sigma, n} table (what eval.statistics returns) into a safetensors file
 function eval.save_statistics(path, st, meta)
-  T.save(path, { mu = st:mean(), sigma = st:cov() }, { n = tostring(st.n), dims = tostring(st.dims),
-    extractor = meta and meta.extractor or "" })
+  local mu, sigma = st.mu, st.sigma
+  if metrics.is_statistics(st) then mu, sigma = st:mean(), st:cov() end
+  T.save(path, { mu = mu, sigma = sigma }, { n = tostring(st.n or ""), dims = tostring(mu:numel()),
+    extractor = (meta and meta.extractor) or st.extractor or "" })
 end
 
 --- eval.load_statistics(path) -> {mu, sigma, n, extractor}: a file save_statistics wrote (or

@@ -59,12 +59,13 @@ function Attention:init(c, lo)
   self.out_proj = nn.Linear(d, d, lo)
 end
 
--- x [B, L, D], mask: nil (causal only) or a bool [B, 1, L, L] (true = may attend) -> [B, L, D]
+-- x [B, L, D], mask: nil (causal only), false (no mask at all: the vision tower) or a bool
+-- [B, 1, L, L] (true = may attend) -> [B, L, D]
 function Attention:forward(x, mask)
   local B, L = x.shape[1], x.shape[2]
   local function heads(t) return t:view(B, L, self.heads, self.head_dim):transpose(2, 3) end
   local o = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
-    { attn_mask = mask, is_causal = mask == nil, dropout_p = self.training and self.dropout or 0 })
+    { attn_mask = mask or nil, is_causal = mask == nil, dropout_p = self.training and self.dropout or 0 })
   return self.out_proj(o:transpose(2, 3):reshape(B, L, self.heads * self.head_dim))
 end
 
@@ -226,4 +227,5 @@ local function num_parameters_for(cfg, overrides)
   return (c.vocab_size + c.max_position_embeddings) * d + c.num_hidden_layers * layer + 2 * d
 end
 
-return { CLIPTextModel = CLIPTextModel, resolve = resolve, num_parameters_for = num_parameters_for }
+return { CLIPTextModel = CLIPTextModel, resolve = resolve, num_parameters_for = num_parameters_for, Encoder = Encoder,
+  SPEC = SPEC, ACTS = ACTS }

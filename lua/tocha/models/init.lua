@@ -1,7 +1,8 @@
 -- tocha.models: the text-to-image models, each configured by a Lua table: CLIPTextModel (CLIP's
 -- text encoder, transformers' names) and UNet2DConditionModel (Stable Diffusion's UNet,
 -- diffusers' names), with presets from a tiny CPU model up to Stable Diffusion 1.5's sizes; and
--- the networks the metrics use (InceptionV3FID, torchvision's names).
+-- the networks the metrics use (InceptionV3FID, torchvision's names; CLIPVisionModel and
+-- CLIPModel, transformers').
 local clip_text = require "tocha.models.clip_text"
 local unet = require "tocha.models.unet"
 
@@ -9,6 +10,8 @@ local models = {
   CLIPTextModel = clip_text.CLIPTextModel,
   UNet2DConditionModel = unet.UNet2DConditionModel,
   InceptionV3FID = require("tocha.models.inception").InceptionV3FID,
+  CLIPVisionModel = require("tocha.models.clip_vision").CLIPVisionModel,
+  CLIPModel = require("tocha.models.clip_vision").CLIPModel,
   blocks = require "tocha.models.unet_blocks",
 }
 
