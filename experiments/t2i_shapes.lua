@@ -13,6 +13,7 @@ local text = require "tocha.text"
 local models = require "tocha.models"
 local shapes = require "tocha.data.shapes"
 local eval = require "tocha.eval.shapes"
+local shapes_fid = require "tocha.eval.shapes_fid"
 local image = require "tocha.image"
 local log = require "tocha.log"
 local run = require "tocha.run"
@@ -47,8 +48,10 @@ local defaults = {
   guidance = { 7.5, help = "classifier-free guidance scale" },
   guidance_interval = { { 200, 800 }, help = "guide only the sampler steps with lo <= t <= hi (timesteps of 1000; the rest run the conditional pass alone: 7.5 at every step draws stray objects and costs shape)" },
   guidance_rescale = { 0.0, help = "rescale the guided prediction toward the conditional one's spread (0: off, 0.7 in diffusers' advice)" },
-  eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end" },
+  eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end (and every --eval_every steps)" },
   eval_split = { "test", help = "which prompts the final grading draws: held out of training (test) or seen in it (train)", choices = { "test", "train" } },
+  eval_every = { 0, help = "steps between evaluations during training: --eval_samples prompts drawn with the EMA weights, graded and measured (shapes FID against real scenes), logged to TensorBoard (0: only at the end)" },
+  inception_weights = { "", help = "with --eval_every: also log Inception FID (pytorch-fid's preprocessing) with these converted weights (docs/eval.md)" },
   checkpoint_every = { 500, help = "steps between checkpoints (0: none)" },
   resume = { false, help = "continue from the newest checkpoint in --checkpoint_dir" },
   checkpoint_dir = { "", help = "where checkpoints go (default: the run directory)" },
@@ -176,27 +179,6 @@ local function train_step(step)
   return loss
 end
 
-local writer = r:writer()
-local progress = log.progress { total = cfg.steps, smooth = { "loss" } }
-local every_log = log.every(cfg.log_every)
-local t0 = T.clock()
-for step = start, cfg.steps - 1 do
-  local loss = train_step(step)
-  local done = step + 1
-  progress:update(done, { loss = loss, lr = schedule(step) })
-  if every_log(done) then
-    writer:add_scalar("train/loss", loss, done)
-    writer:add_scalar("train/lr", schedule(step), done)
-  end
-  if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps) then
-    ckpt.save(ckdir, { model = model, optimizer = opt, ema = ema, step = done, keep = 2 })
-  end
-end
-progress:close()
-local train_secs = T.clock() - t0
-
--- sampling with the EMA weights
-if ema then ema:store(); ema:copy_to(params) end
 local SAMPLERS = {
   ddim = function() return D.DDIM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction,
                                      clip_sample = false, set_alpha_to_one = true } end,
@@ -219,6 +201,59 @@ local function draw(prompts, seed)
   return T.cat(out, 1):clamp(-1, 1):to("cpu")
 end
 
+-- the held-out prompts graded at the end, and during training with --eval_every: caption
+-- accuracy (tocha.eval.shapes) and the shapes FID against real scenes, with the EMA weights
+local eval_prompts = shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
+local fid_ref = cfg.inception_weights ~= "" and shapes { size = cfg.size, seed = cfg.seed + 7, objects = 1,
+  split = cfg.eval_split, format = "u8" }:batch(1, cfg.eval_samples).image or nil
+local function evaluate(step, writer)
+  if ema then ema:store(); ema:copy_to(params) end
+  model:eval()
+  local images = draw(eval_prompts, cfg.seed + 1000)
+  local result = eval.evaluate(images, eval_prompts)
+  if #eval_prompts > shapes_fid.DIMS then -- a covariance of 64 features needs more samples
+    result.shapes_fid = shapes_fid.fid(images, { range = { -1, 1 }, size = cfg.size })
+  end
+  if fid_ref then
+    result.fid = require("tocha.eval").fid(fid_ref, images, { weights = cfg.inception_weights, range = { -1, 1 },
+      allow_singular = true })
+  end
+  for _, k in ipairs({ "shapes_fid", "fid", "color", "shape", "position", "all" }) do
+    if result[k] then writer:add_scalar("eval/" .. k, result[k], step) end
+  end
+  model:train()
+  if ema then ema:restore() end
+  return result, images
+end
+
+local writer = r:writer()
+local progress = log.progress { total = cfg.steps, smooth = { "loss" } }
+local every_log = log.every(cfg.log_every)
+local t0 = T.clock()
+for step = start, cfg.steps - 1 do
+  local loss = train_step(step)
+  local done = step + 1
+  progress:update(done, { loss = loss, lr = schedule(step) })
+  if every_log(done) then
+    writer:add_scalar("train/loss", loss, done)
+    writer:add_scalar("train/lr", schedule(step), done)
+  end
+  if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done < cfg.steps then
+    local res = evaluate(done, writer)
+    progress:print(string.format("step %d: shapes FID %s, shape %.1f%%, color %.1f%%, position %.1f%%", done,
+      res.shapes_fid and string.format("%.3f", res.shapes_fid) or "-", 100 * res.shape, 100 * res.color,
+      100 * res.position))
+  end
+  if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps) then
+    ckpt.save(ckdir, { model = model, optimizer = opt, ema = ema, step = done, keep = 2 })
+  end
+end
+progress:close()
+local train_secs = T.clock() - t0
+
+-- the final grading (logged at the last step), then the sample grid, with the EMA weights
+local result, graded = evaluate(cfg.steps, writer)
+if ema then ema:store(); ema:copy_to(params) end
 model:eval()
 local grid_prompts = shapes.prompts { split = "test", objects = { 1, 2 }, n = 16, seed = cfg.seed }
 local grid = draw(grid_prompts, cfg.seed)
@@ -230,9 +265,6 @@ for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) en
 f:close()
 writer:add_images("samples", (grid + 1) * 0.5, cfg.steps)
 
-local eval_prompts = shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
-local graded = draw(eval_prompts, cfg.seed + 1000)
-local result = eval.evaluate(graded, eval_prompts)
 image.save(out_dir .. "/graded.png", image.grid(graded, 20))
 print(string.format("\n%s single-object prompts (%d samples, %s %d steps, guidance %.1f):",
   cfg.eval_split == "test" and "held-out" or "training", cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
@@ -246,8 +278,11 @@ for i, res in ipairs(result.results) do
   by_size[size] = t
   t[1], t[2] = t[1] + (res.shape and 1 or 0), t[2] + 1
 end
+if result.shapes_fid then
+  print(string.format("shapes FID (%d samples against 2000 real scenes): %.3f", cfg.eval_samples, result.shapes_fid))
+end
 local metrics = { ["eval/color"] = result.color, ["eval/shape"] = result.shape, ["eval/position"] = result.position,
-                  ["eval/all"] = result.all, ["train/seconds"] = train_secs }
+                  ["eval/all"] = result.all, ["eval/shapes_fid"] = result.shapes_fid, ["train/seconds"] = train_secs }
 for _, size in ipairs(shapes.SIZE_NAMES) do
   local t = by_size[size]
   if t then

@@ -181,16 +181,20 @@ tests["InceptionV3FID matches pytorch-fid's network: every tap and the logits to
   assert(rawget(net.Conv2d_1a_3x3, "_folded") == nil)
 end
 
-tests["legacy and clean paths at 299 give pytorch-fid's and clean-fid's features (f32)"] = function()
+tests["legacy, clean and fidelity paths at 299 give pytorch-fid's, clean-fid's and torch-fidelity's features (f32)"] = function()
   local net = network()
   local net32 = models.InceptionV3FID()
   net32:load_state_dict(net:state_dict())
   net32:fold()
-  for _, mode in ipairs({ "legacy", "clean" }) do
+  for _, mode in ipairs({ "legacy", "clean", "fidelity" }) do
     local ext = eval.inception.Extractor({ weights = net32, mode = mode })
     local f = ext:features(T.stack({ inc.img }, 1))
     local want = inc[mode .. "_2048"]
     T.testing.assert_close(f:double(), want, { rtol = 1e-4, atol = 1e-4 * want:abs():max():item(), msg = mode })
+    if mode == "fidelity" then -- and the logits torch-fidelity's Inception Score reads
+      local l, wl = ext:logits({ inc.img }), inc.fidelity_logits_unbiased
+      T.testing.assert_close(l:double(), wl, { rtol = 1e-4, atol = 1e-4 * wl:abs():max():item(), msg = "logits" })
+    end
   end
 end
 
@@ -280,7 +284,7 @@ tests["bad input: sizes, channels, dtypes, too few images, mismatched weights"] 
   T.testing.assert_raises("no Inception weights at " .. dir .. "/none.safetensors", function()
     eval.inception.Extractor({ weights = dir .. "/none.safetensors" })
   end)
-  T.testing.assert_raises("mode must be \"legacy\" or \"clean\"", function() eval.inception.Extractor({ weights = net, mode = "tf" }) end)
+  T.testing.assert_raises("mode must be \"legacy\", \"clean\" or \"fidelity\"", function() eval.inception.Extractor({ weights = net, mode = "tf" }) end)
   T.testing.assert_raises("dims must be 64, 192, 768 or 2048", function() eval.inception.Extractor({ weights = net, dims = 100 }) end)
   -- CLIP
   local clip = eval.clip.load("tests/ref/eval_clip")

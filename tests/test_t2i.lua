@@ -35,6 +35,14 @@ return {
     assert(f and f:read(8) == "\137PNG\r\n\26\n", "graded.png written")
     f:close()
     assert(out:find("shape, small objects: [%d.]+%% of %d+") or out:find("shape, big objects: [%d.]+%% of %d+"), out)
+    -- evaluations during training: caption accuracy and the shapes FID (more samples than its
+    -- 64 features), printed and logged
+    ok, out = sh(string.format("TOCHA_RUNS=%s/runs %s experiments/t2i_shapes.lua --batch 4 --size 16 --steps 2 "
+      .. "--eval_every 1 --eval_samples 66 --sample_steps 2 --checkpoint_every 0 --out %s/out2 --threads 1",
+      dir, tocha_bin, dir))
+    assert(ok, out)
+    assert(out:find("step 1: shapes FID [%d.]+, shape"), out)
+    assert(out:find("shapes FID %(66 samples against 2000 real scenes%): [%d.]+"), out)
     ok, out = sh(tocha_bin .. " experiments/t2i_shapes.lua --stepz 3")
     assert(not ok and out:find("steps"), "a mistyped option is refused with a suggestion:\n" .. out)
     os.execute("rm -rf '" .. dir .. "'")

@@ -1,6 +1,7 @@
 """gen_eval.py: references for tests/test_eval.lua from the tools papers report metrics with:
 pytorch-fid (InceptionV3, its preprocessing, calculate_frechet_distance), clean-fid (its PIL
-resize, frechet_distance, kernel_distance), torch-fidelity (KID and Inception Score),
+resize, frechet_distance, kernel_distance), torch-fidelity (its Inception extractor, KID and
+the Inception Score),
 torchmetrics (CLIP score) and transformers (CLIPModel).
 
 Run by hand from the repository root, after `make`: python3 tests/ref/gen_eval.py
@@ -170,6 +171,15 @@ def gen_inception():
         r = torch.from_numpy(make_resizer("PIL", False, "bicubic", (299, 299))(img)).permute(2, 0, 1)[None]
         block32.resize_input, block32.normalize_input = False, False
         out["clean_2048"] = block32((r - 128) / 128)[0].flatten(1).double()
+        # torch-fidelity's extractor (its own network code and TensorFlow-1 resize) on the same
+        # image and weights: the features FID / KID use and the logits the Inception Score uses
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        pth = os.path.join(tempfile.mkdtemp(), "inception.pth")
+        torch.save({k: v.float() for k, v in sd.items()}, pth)
+        fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                         feature_extractor_weights_path=pth)
+        f, logits = fe(torch.from_numpy(img).permute(2, 0, 1)[None].contiguous())
+        out["fidelity_2048"], out["fidelity_logits_unbiased"] = f.double(), logits.double()
     save("eval_inception.safetensors", out)
 
 

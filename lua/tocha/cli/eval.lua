@@ -13,7 +13,9 @@ usage: tocha eval fid REAL FAKE [options]        Fréchet Inception Distance of 
 options:
   --model inception|shapes  the feature network: Inception-v3 (default) or the small shapes network
                             (offline, for tocha.data.shapes images; see docs/eval.md)
-  --mode legacy|clean       preprocessing: pytorch-fid's (legacy, the default) or clean-fid's
+  --mode legacy|clean|fidelity
+                            preprocessing: pytorch-fid's (legacy, the default), clean-fid's, or
+                            torch-fidelity's (TensorFlow 1's bilinear resize)
   --dims 64|192|768|2048    Inception feature tap (default 2048)
   --weights FILE            Inception weights (default $TOCHA_INCEPTION_WEIGHTS, else
                             ~/.cache/tocha/pt_inception-2015-12-05.safetensors)

@@ -1,8 +1,9 @@
 -- tocha/eval/inception.lua: Inception features the way the reference tools compute them.
 -- "legacy" is pytorch-fid's path (pixels / 255, bilinear resize to 299 without antialiasing,
 -- 2x - 1); "clean" is clean-fid's (each channel resized as a float image with PIL's bicubic
--- filter, antialiased, clipped to [0, 255], then (x - 128) / 128). Both then run
--- models.InceptionV3FID with the user's converted pt_inception-2015-12-05 weights.
+-- filter, antialiased, clipped to [0, 255], then (x - 128) / 128); "fidelity" is
+-- torch-fidelity's (TensorFlow 1's bilinear resize of the 0-255 pixels, (x - 128) / 128). All
+-- then run models.InceptionV3FID with the user's converted pt_inception-2015-12-05 weights.
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 local image = require "tocha.image"
@@ -11,7 +12,7 @@ local models = require "tocha.models"
 local M = {}
 
 M.SIZE = 299
-M.MODES = { legacy = true, clean = true }
+M.MODES = { legacy = true, clean = true, fidelity = true }
 M.DIMS = { [64] = "64", [192] = "192", [768] = "768", [2048] = "2048" }
 M.WEIGHTS_NAME = "pt_inception-2015-12-05.safetensors"
 
@@ -100,10 +101,34 @@ local function same_size(list)
   return true
 end
 
+-- TensorFlow 1's bilinear resize (align_corners = false, no half-pixel centres) of x [1, C, H,
+-- W], as torch-fidelity reproduces it: source = i * (in / out) in f32, the floor and the next
+-- pixel (clamped), blended across then down
+local function tf1_resize(x, size)
+  local function taps(n)
+    local pos = T.arange(0, size, { dtype = "f32" }) * T.tensor({ n / size }, { dtype = "f32" })
+    local lo = pos:to("i64") -- truncation, the floor of these non-negative positions
+    return lo + 1, (lo + 1):clamp(0, n - 1) + 1, pos - lo:to("f32")
+  end
+  local ylo, yhi, dy = taps(x.shape[3])
+  local xlo, xhi, dx = taps(x.shape[4])
+  local top, bottom = x:index_select(3, ylo), x:index_select(3, yhi)
+  local c00, c01 = top:index_select(4, xlo), top:index_select(4, xhi)
+  local c10, c11 = bottom:index_select(4, xlo), bottom:index_select(4, xhi)
+  dx = dx:view(1, 1, 1, size)
+  local r0, r1 = c00 + (c01 - c00) * dx, c10 + (c11 - c10) * dx
+  return r0 + (r1 - r0) * dy:view(1, 1, size, 1)
+end
+
 --- inception.prepare(list of u8 [H, W, 3], mode, size = 299) -> f32 [N, 3, size, size], the
 --- network's input as the mode's tool makes it
 function M.prepare(list, mode, size)
   size = size or M.SIZE
+  if mode == "fidelity" then
+    local xs = {}
+    for i, img in ipairs(list) do xs[i] = tf1_resize(img:permute(3, 1, 2):to("f32"):unsqueeze(1), size)[1] end
+    return (T.stack(xs, 1) - 128) / 128
+  end
   if mode == "clean" then
     local xs = {}
     for i, img in ipairs(list) do
@@ -127,7 +152,7 @@ function M.prepare(list, mode, size)
     end
     return x * 2 - 1
   end
-  error("inception: mode must be \"legacy\" or \"clean\", got " .. tostring(mode), 2)
+  error("inception: mode must be \"legacy\", \"clean\" or \"fidelity\", got " .. tostring(mode), 2)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -143,7 +168,9 @@ Extractor.__index = Extractor
 function M.Extractor(opts)
   opts = opts or {}
   local mode = opts.mode or "legacy"
-  if not M.MODES[mode] then error("inception: mode must be \"legacy\" or \"clean\", got " .. tostring(mode), 2) end
+  if not M.MODES[mode] then
+    error("inception: mode must be \"legacy\", \"clean\" or \"fidelity\", got " .. tostring(mode), 2)
+  end
   local dims = opts.dims or 2048
   if not M.DIMS[dims] then error("inception: dims must be 64, 192, 768 or 2048, got " .. tostring(dims), 2) end
   local batch = opts.batch or 50

@@ -115,9 +115,19 @@ function eval.load_statistics(path)
   return { mu = t.mu:double(), sigma = t.sigma:double(), n = tonumber(meta.n), extractor = meta.extractor }
 end
 
--- statistics of a folder through ext, from the cache when it has them
-local function folder_statistics(dir, ext, opts)
+-- the extractor opts describe, made on first use (a folder is checked before its network loads)
+local function lazy_extractor(opts)
+  local ext
+  return function()
+    ext = ext or eval.extractor(opts)
+    return ext
+  end
+end
+
+-- statistics of a folder through get_ext(), from the cache when it has them
+local function folder_statistics(dir, get_ext, opts)
   local loader, n, names = folder_batches(dir, opts.batch or 50, opts.workers)
+  local ext = get_ext()
   local path
   if opts.cache ~= false then
     local root = type(opts.cache) == "string" and opts.cache or eval.cache_dir()
@@ -151,12 +161,12 @@ function eval.statistics(source, opts)
     return { mu = source:mean(), sigma = source:cov(), n = source.n }
   end
   if type(source) == "string" then
-    if is_dir(source) then return (folder_statistics(source, eval.extractor(opts), opts)) end
+    if is_dir(source) then return (folder_statistics(source, opts.get_extractor or lazy_extractor(opts), opts)) end
     if not io.open(source, "rb") then error("eval: " .. source .. " is neither a folder nor a file", 2) end
     return eval.load_statistics(source)
   end
   if type(source) == "table" and source.mu and source.sigma then return source end
-  local ext = eval.extractor(opts)
+  local ext = (opts.get_extractor or lazy_extractor(opts))()
   local st = metrics.Statistics(ext.dims)
   st:add(ext:features(source, { range = opts.range }))
   return { mu = st:mean(), sigma = st:cov(), n = st.n, extractor = ext.id }
@@ -182,13 +192,10 @@ end
 --- More images than feature dims are needed (opts.allow_singular = true computes anyway).
 function eval.fid(real, fake, opts)
   opts = opts or {}
-  local ext
+  local get_ext = lazy_extractor(opts)
   local function stats(src)
-    if type(src) == "string" and not is_dir(src) then return eval.statistics(src, opts) end
-    if metrics.is_statistics(src) or (type(src) == "table" and src.mu) then return eval.statistics(src, opts) end
-    ext = ext or eval.extractor(opts)
-    return eval.statistics(src, { extractor = ext, cache = opts.cache, batch = opts.batch, workers = opts.workers,
-      range = opts.range })
+    return eval.statistics(src, { get_extractor = get_ext, cache = opts.cache, batch = opts.batch,
+      workers = opts.workers, range = opts.range })
   end
   local a, b = stats(real), stats(fake)
   if a.mu:numel() ~= b.mu:numel() then
@@ -203,17 +210,17 @@ function eval.fid(real, fake, opts)
   return metrics.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 end
 
--- every image of a folder or image source through fn(ext, batch) -> tensor, concatenated
-local function gather(source, ext, fn, opts)
+-- every image of a folder or image source through fn(batch) -> tensor, concatenated
+local function gather(source, fn, opts)
   if type(source) == "string" then
     if not is_dir(source) then error("eval: " .. source .. " is not a folder of images", 3) end
     local loader = folder_batches(source, opts.batch or 50, opts.workers)
     local parts = {}
-    for batch in loader:iter() do parts[#parts + 1] = fn(ext, batch) end
+    for batch in loader:iter() do parts[#parts + 1] = fn(batch) end
     loader:close()
     return T.cat(parts, 1)
   end
-  return fn(ext, source)
+  return fn(source)
 end
 
 --- eval.kid(real, fake, opts) -> mean, std: KID between two folders or image sources, with the
@@ -221,9 +228,9 @@ end
 --- seed, degree, gamma, coef0)
 function eval.kid(real, fake, opts)
   opts = opts or {}
-  local ext = eval.extractor(opts)
-  local function feats(ex, b) return ex:features(b, { range = opts.range }) end
-  return metrics.kid(gather(real, ext, feats, opts), gather(fake, ext, feats, opts), opts)
+  local get_ext = lazy_extractor(opts)
+  local function feats(b) return get_ext():features(b, { range = opts.range }) end
+  return metrics.kid(gather(real, feats, opts), gather(fake, feats, opts), opts)
 end
 
 --- eval.inception_score(images, opts) -> mean, std over splits, from the logits (without bias)
@@ -231,10 +238,13 @@ end
 --- 10, shuffle, seed, order)
 function eval.inception_score(source, opts)
   opts = opts or {}
-  local ext = eval.extractor(opts)
-  if not ext.logits then error("inception_score: the feature extractor has no class logits (use the Inception one)", 2) end
-  return metrics.inception_score(gather(source, ext, function(ex, b) return ex:logits(b, { range = opts.range }) end,
-    opts), opts)
+  local get_ext = lazy_extractor(opts)
+  local function logits(b)
+    local ext = get_ext()
+    if not ext.logits then error("inception_score: the feature extractor has no class logits (use the Inception one)", 0) end
+    return ext:logits(b, { range = opts.range })
+  end
+  return metrics.inception_score(gather(source, logits, opts), opts)
 end
 
 --- eval.clip_score(images, captions, {model = a CLIP folder or eval.clip.CLIP, batch}) ->

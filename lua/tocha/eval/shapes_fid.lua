@@ -1,8 +1,8 @@
 -- tocha.eval.shapes_fid: FID without downloaded weights, for tocha.data.shapes images. A small
--- convolutional network learns to read a scene's attributes (which colors, which shapes, which
--- color goes with which shape, where, how big); its 64-wide penultimate layer is the feature
--- space, so the distance weighs what captions talk about. The weights ship beside this file
--- (shapes_features.safetensors, made by experiments/shapes_features.lua); without them the
+-- convolutional network learns to read a scene's attributes (which color is where, which shape
+-- is where, which color goes with which shape, how big); its 64-wide penultimate layer is the
+-- feature space, so the distance weighs what captions talk about. The weights ship beside this
+-- file (shapes_features.safetensors, made by experiments/shapes_features.lua); without them the
 -- network is trained on first use and cached under runs/.
 local T = require "tocha"
 local nn = require "tocha.nn"
@@ -14,10 +14,13 @@ local M = {}
 
 M.SIZE = 32
 M.DIMS = 64
-local NC, NS = #shapes.COLORS, #shapes.SHAPES
-local NP, NR = #shapes.POSITIONS, #shapes.RELATIONS
--- the heads' widths: colors, shapes, color-shape pairs (multi-label), layout and size (classes)
-M.HEADS = { colors = NC, shapes = NS, pairs = NC * NS, layout = NP + NR, size = 3 }
+local NC, NS, NP = #shapes.COLORS, #shapes.SHAPES, #shapes.POSITIONS
+-- the heads: multi-label (color at a place, shape at a place, color with shape) and the size
+-- class (small, big, or medium: the objects of a pair). A pair's objects sit at the places its
+-- relation gives them, so every label is read off the image alone (a relation is not: "a
+-- above b" and "b below a" are one picture).
+M.HEADS = { color_at = NC * NP, shape_at = NS * NP, pairs = NC * NS, size = 3 }
+local HEAD_ORDER = { "color_at", "shape_at", "pairs", "size" }
 
 ---------------------------------------------------------------------------------------------
 -- the network
@@ -30,20 +33,31 @@ local function block(cin, cout)
 end
 
 --- eval.shapes_fid.Net(): [N, 3, 32, 32] in [-1, 1] -> features [N, 64], and with
---- forward(x, true) also the heads' logits {colors, shapes, pairs, layout, size}
+--- forward(x, true) also the heads' logits {color_at, shape_at, pairs, size}. Two more input
+--- channels hold each pixel's x and y, so that features pooled over the image still know
+--- where things are.
 function Net:init()
-  self.body = nn.Sequential(block(3, 16), block(16, 32), nn.MaxPool2d(2), block(32, 32), nn.MaxPool2d(2),
-    block(32, 32), nn.MaxPool2d(2), nn.Flatten())
-  self.features = nn.Linear(32 * 4 * 4, M.DIMS)
+  self.body = nn.Sequential(block(5, 16), block(16, 32), nn.MaxPool2d(2), block(32, 48), nn.MaxPool2d(2),
+    block(48, 64), nn.MaxPool2d(2))
+  self.features = nn.Linear(64, M.DIMS)
   local total = 0
   for _, n in pairs(M.HEADS) do total = total + n end
   self.heads = nn.Linear(M.DIMS, total)
 end
 
-local HEAD_ORDER = { "colors", "shapes", "pairs", "layout", "size" }
+local coords = {}
+local function with_coords(x)
+  local N, S = x.shape[1], x.shape[3]
+  local key = S .. x.dtype .. tostring(x.device)
+  if not coords[key] then
+    local r = T.linspace(-1, 1, S):to(x.dtype):to(x.device)
+    coords[key] = T.stack({ r:view(1, S):expand(S, S), r:view(S, 1):expand(S, S) }, 1):contiguous()
+  end
+  return T.cat({ x, coords[key]:unsqueeze(1):expand(N, 2, S, S) }, 2)
+end
 
 function Net:forward(x, with_heads)
-  local f = self.features(self.body(x))
+  local f = self.features(self.body(with_coords(x)):mean({ 3, 4 }))
   if not with_heads then return f end
   local h, out, at = self.heads(f:relu()), {}, 1
   for _, name in ipairs(HEAD_ORDER) do
@@ -56,34 +70,28 @@ end
 ---------------------------------------------------------------------------------------------
 -- targets: what a scene's caption says, as the heads predict it
 ---------------------------------------------------------------------------------------------
-local COLOR_K, SHAPE_K, POS_K, REL_K, SIZE_K = {}, {}, {}, {}, { small = 1, big = 2, medium = 3 }
+local COLOR_K, SHAPE_K, POS_K, SIZE_K = {}, {}, {}, { small = 1, big = 2, medium = 3 }
 for k, c in ipairs(shapes.COLORS) do COLOR_K[c.name] = k end
 for k, s in ipairs(shapes.SHAPES) do SHAPE_K[s] = k end
 for k, p in ipairs(shapes.POSITIONS) do POS_K[p.name] = k end
-for k, r in ipairs(shapes.RELATIONS) do REL_K[r.name] = k end
 
---- targets(objects, relations) for a batch (lists as ds:batch gives them) -> {colors [B, 8],
---- shapes [B, 6], pairs [B, 48] (0/1 f32), layout [B] (1-5 a single object's place, 6-9 a
---- pair's relation), size [B] (small, big, medium = a pair's)} (i64)
-function M.targets(objects, relations)
+--- targets(objects) for a batch (the list ds:batch gives) -> {color_at [B, 40], shape_at
+--- [B, 30], pairs [B, 48] (0/1 f32 at (color - 1) * places + place, and the like), size [B]
+--- (i64: small, big, or medium for a pair's objects)}
+function M.targets(objects)
   local B = #objects
-  local colors, kinds, pairs = T.zeros({ B, NC }), T.zeros({ B, NS }), T.zeros({ B, NC * NS })
-  local layout, size = {}, {}
+  local color_at, shape_at, pairs = T.zeros({ B, NC * NP }), T.zeros({ B, NS * NP }), T.zeros({ B, NC * NS })
+  local size = {}
   for i, objs in ipairs(objects) do
     for _, o in ipairs(objs) do
-      local c, s = COLOR_K[o.color], SHAPE_K[o.shape]
-      colors[i][c] = 1
-      kinds[i][s] = 1
+      local c, s, p = COLOR_K[o.color], SHAPE_K[o.shape], POS_K[o.position]
+      color_at[i][(c - 1) * NP + p] = 1
+      shape_at[i][(s - 1) * NP + p] = 1
       pairs[i][(c - 1) * NS + s] = 1
     end
-    if #objs == 1 then
-      layout[i], size[i] = POS_K[objs[1].position], SIZE_K[objs[1].size]
-    else
-      layout[i], size[i] = NP + REL_K[relations[i]], SIZE_K.medium
-    end
+    size[i] = SIZE_K[#objs == 1 and objs[1].size or "medium"]
   end
-  return { colors = colors, shapes = kinds, pairs = pairs, layout = T.tensor(layout, { dtype = "i64" }),
-    size = T.tensor(size, { dtype = "i64" }) }
+  return { color_at = color_at, shape_at = shape_at, pairs = pairs, size = T.tensor(size, { dtype = "i64" }) }
 end
 
 local function bce(logits, y)
@@ -94,18 +102,17 @@ end
 --- loss(net, images, targets) -> total loss, the heads' logits
 function M.loss(net, x, t)
   local _, h = net(x, true)
-  local loss = bce(h.colors, t.colors) + bce(h.shapes, t.shapes) + bce(h.pairs, t.pairs) * 4
-    + F.cross_entropy(h.layout, t.layout) + F.cross_entropy(h.size, t.size)
+  local loss = (bce(h.color_at, t.color_at) + bce(h.shape_at, t.shape_at) + bce(h.pairs, t.pairs)) * 10
+    + F.cross_entropy(h.size, t.size)
   return loss, h
 end
 
---- accuracy(heads, targets) -> {colors, shapes, pairs (whole multi-hot vector right), layout,
+--- accuracy(heads, targets) -> {color_at, shape_at, pairs (the whole multi-label vector right),
 --- size} as fractions of the batch
 function M.accuracy(h, t)
   local function exact(logits, y) return logits:gt(0):to("f32"):eq(y):to("f32"):min(2):mean():item() end
-  local function class(logits, y) return logits:argmax(2):eq(y):to("f32"):mean():item() end
-  return { colors = exact(h.colors, t.colors), shapes = exact(h.shapes, t.shapes), pairs = exact(h.pairs, t.pairs),
-    layout = class(h.layout, t.layout), size = class(h.size, t.size) }
+  return { color_at = exact(h.color_at, t.color_at), shape_at = exact(h.shape_at, t.shape_at),
+    pairs = exact(h.pairs, t.pairs), size = h.size:argmax(2):eq(t.size):to("f32"):mean():item() }
 end
 
 --- the training data: scenes of one and two objects over the full vocabulary of the default
@@ -114,12 +121,12 @@ function M.dataset(seed)
   return shapes { size = M.SIZE, seed = seed, objects = { 1, 2 }, split = "all" }
 end
 
---- train{steps = 1500, batch = 64, lr = 2e-3, seed = 0, log = function(step, loss) end} ->
+--- train{steps = 2000, batch = 64, lr = 2e-3, seed = 0, log = function(step, loss) end} ->
 --- net (eval mode), {accuracy on 1000 fresh scenes}. AdamW with warmup and cosine decay.
 function M.train(opts)
   opts = opts or {}
   local optim, lr = require "tocha.optim", require "tocha.lr"
-  local steps, batch, seed = opts.steps or 1500, opts.batch or 64, opts.seed or 0
+  local steps, batch, seed = opts.steps or 2000, opts.batch or 64, opts.seed or 0
   T.manual_seed(seed)
   local net = Net()
   local ds = M.dataset(seed)
@@ -128,7 +135,7 @@ function M.train(opts)
   net:train()
   for step = 0, steps - 1 do
     local b = ds:batch(step * batch + 1, batch)
-    local loss = M.loss(net, b.image, M.targets(b.objects, b.relation))
+    local loss = M.loss(net, b.image, M.targets(b.objects))
     loss:backward()
     opt:set_lr(schedule(step))
     opt:step()
@@ -142,8 +149,9 @@ end
 --- evaluate(net, seed) -> accuracy of the heads on 1000 scenes of M.dataset(seed)
 function M.evaluate(net, seed)
   local b = M.dataset(seed):batch(1, 1000)
-  local h = T.no_grad(function() return select(2, M.loss(net, b.image, M.targets(b.objects, b.relation))) end)
-  return M.accuracy(h, M.targets(b.objects, b.relation))
+  local t = M.targets(b.objects)
+  local h = T.no_grad(function() return select(2, M.loss(net, b.image, t)) end)
+  return M.accuracy(h, t)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -186,7 +194,7 @@ function M.load(path)
     local acc
     net, acc = M.train()
     T._log().mkdirs((M.CACHED:gsub("/[^/]*$", "")))
-    M.save(net, M.CACHED, { shape_accuracy = tostring(acc.shapes), pair_accuracy = tostring(acc.pairs) })
+    M.save(net, M.CACHED, { accuracy_pairs = tostring(acc.pairs) })
     path = M.CACHED
   end
   net:eval()
