@@ -15,14 +15,22 @@ fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 ./build/tocha tests/ref/eval_weights.lua "$dir/inception.safetensors" >/dev/null
-./build/tocha -e '
-local T, image, shapes = require "tocha", require "tocha.image", require "tocha.data.shapes"
-for k, spec in ipairs({ { "a", 40, 1 }, { "b", 48, 2 } }) do
-  local ds = shapes { size = spec[2], seed = spec[3], objects = { 1, 2 }, format = "u8" }
-  os.execute("mkdir -p " .. arg[1] .. "/" .. spec[1])
+# shapes scenes washed with a random color and noise of a random strength per image, so that
+# the features spread in every direction (plain scenes are mostly background)
+DIR=$dir ./build/tocha -e '
+local T, image, shapes, dir = require "tocha", require "tocha.image", require "tocha.data.shapes", os.getenv("DIR")
+T.manual_seed(0)
+for _, spec in ipairs({ { "a", 40, 1, 0.3 }, { "b", 48, 2, 0.6 } }) do
+  local size = spec[2]
+  local ds = shapes { size = size, seed = spec[3], objects = { 1, 2 }, format = "u8" }
+  os.execute("mkdir -p " .. dir .. "/" .. spec[1])
   local b = ds:batch(1, 70)
-  for i = 1, 70 do image.write(string.format("%s/%s/%03d.png", arg[1], spec[1], i), b.image[i]) end
-end' "$dir"
+  for i = 1, 70 do
+    local wash = T.rand({ 1, 1, 3 }) * 255 * spec[4]
+    local x = b.image[i]:to("f32") * (1 - spec[4]) + wash + T.randn({ size, size, 3 }) * (T.rand({ 1 }):item() * 40)
+    image.write(string.format("%s/%s/%03d.png", dir, spec[1], i), x:clamp(0, 255):to("u8"))
+  end
+end'
 ref=$("$python" tests/interop/check_eval.py "$dir/inception.safetensors" "$dir/a" "$dir/b" 64)
 echo "$ref"
 fail=0

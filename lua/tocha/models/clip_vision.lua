@@ -86,20 +86,12 @@ end
 -- transformers' CLIPPreTrainedModel._init_weights for the vision tower
 function CLIPVisionModel:reset_parameters()
   local c, init = self.config, nn.init
-  local d, f = c.hidden_size, c.initializer_factor
+  local f = c.initializer_factor
   local emb = self.vision_model.embeddings
-  init.normal_(emb.class_embedding, 0, d ^ -0.5 * f)
+  init.normal_(emb.class_embedding, 0, c.hidden_size ^ -0.5 * f)
   init.normal_(emb.patch_embedding.weight, 0, c.initializer_range * f)
   init.normal_(emb.position_embedding.weight, 0, c.initializer_range * f)
-  local in_std = d ^ -0.5 * (2 * c.num_hidden_layers) ^ -0.5 * f
-  for _, layer in ipairs(self.vision_model.encoder.layers) do
-    local a, m = layer.self_attn, layer.mlp
-    for _, lin in ipairs({ a.q_proj, a.k_proj, a.v_proj, a.out_proj, m.fc1, m.fc2 }) do init.zeros_(lin.bias) end
-    for _, lin in ipairs({ a.q_proj, a.k_proj, a.v_proj }) do init.normal_(lin.weight, 0, in_std) end
-    init.normal_(a.out_proj.weight, 0, d ^ -0.5 * f)
-    init.normal_(m.fc1.weight, 0, (2 * d) ^ -0.5 * f)
-    init.normal_(m.fc2.weight, 0, in_std)
-  end
+  clip_text.init_encoder(self.vision_model.encoder, c)
 end
 
 --- model(pixel_values [B, C, image_size, image_size]) -> last_hidden_state [B, 1 + patches, D],
