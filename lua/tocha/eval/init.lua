@@ -21,8 +21,6 @@ setmetatable(eval, { __index = function(t, k)
   end
 end })
 
-local function shape_str(t) return "[" .. table.concat(t.shape, " x ") .. "]" end
-
 ---------------------------------------------------------------------------------------------
 -- extractors
 ---------------------------------------------------------------------------------------------
@@ -177,7 +175,7 @@ end
 ---------------------------------------------------------------------------------------------
 local function check_samples(what, s, opts)
   if s.n and s.n < 2 then
-    error(string.format("%s: %s has %d image%s; a covariance needs at least 2", "fid", what, s.n, s.n == 1 and "" or "s"), 3)
+    error(string.format("fid: %s has %d image%s; a covariance needs at least 2", what, s.n, s.n == 1 and "" or "s"), 3)
   end
   local d = s.mu:numel()
   if s.n and s.n <= d and not opts.allow_singular then
@@ -253,5 +251,4 @@ function eval.clip_score(images, captions, opts)
   return eval.clip.score(images, captions, opts)
 end
 
-eval.shape_str = shape_str
 return eval
