@@ -374,6 +374,10 @@ tc_tensor *tc_image_read(const char *path, int channels);
 /* img u8 [H, W, C] or [H, W]; *out is malloc'd. quality: JPEG 1-100, PNG zlib level 0-9;
  * -1: the defaults (JPEG 90, PNG 6) */
 int tc_image_encode(tc_tensor *img, tc_image_format fmt, int quality, void **out, size_t *n);
+/* PNG at zlib level 0-9 (-1: 6) with ntext text chunks keys[i] = values[i] (tEXt for ASCII
+ * values, iTXt for UTF-8 ones); keys are 1-79 printable ASCII characters */
+int tc_image_encode_png(tc_tensor *img, int level, const char *const *keys, const char *const *values, int ntext,
+                        void **out, size_t *n);
 int tc_image_write(const char *path, tc_tensor *img, int quality); /* format from the extension */
 int tc_read_file(const char *path, void **data, size_t *n);        /* whole file, malloc'd */
 

@@ -1,7 +1,7 @@
 -- experiments/t2i_shapes.lua: the default experiment. A text encoder and a UNet learn
 -- together, from nothing, to draw captioned shapes ("a small red circle on the left") on
 -- two CPU cores, then draw held-out prompts, which tocha.eval.shapes grades.
---   tocha experiments/t2i_shapes.lua [--steps 1400] [--lr 2e-3] [--sampler ddim] ... (--help)
+--   tocha experiments/t2i_shapes.lua [--steps 1950] [--lr 1.5e-3] [--sampler ddim] ... (--help)
 local T = require "tocha"
 local nn = require "tocha.nn"
 local F = require "tocha.nn.functional"
@@ -51,7 +51,7 @@ local defaults = {
   eval_samples = { 200, help = "held-out single-object prompts drawn and graded at the end (and every --eval_every steps)" },
   eval_split = { "test", help = "which prompts the final grading draws: held out of training (test) or seen in it (train)", choices = { "test", "train" } },
   eval_every = { 0, help = "steps between evaluations during training: --eval_samples prompts drawn with the EMA weights, graded and measured (shapes FID against real scenes), logged to TensorBoard (0: only at the end)" },
-  inception_weights = { "", help = "with --eval_every: also log Inception FID (pytorch-fid's preprocessing) with these converted weights (docs/eval.md)" },
+  inception_weights = { "", help = "also log Inception FID (pytorch-fid's preprocessing) with these converted weights (docs/eval.md)" },
   checkpoint_every = { 500, help = "steps between checkpoints (0: none)" },
   resume = { false, help = "continue from the newest checkpoint in --checkpoint_dir" },
   checkpoint_dir = { "", help = "where checkpoints go (default: the run directory)" },
@@ -65,8 +65,7 @@ local r = run { name = "t2i_shapes", config = defaults }
 local cfg = r.config
 if cfg.device == "cuda" and not T.cuda.is_available() then error("--device cuda: no GPU is available here") end
 local dev = cfg.device
-T.set_num_threads(cfg.threads)
-T.manual_seed(cfg.seed)
+T.set_num_threads(cfg.threads) -- (run{} has seeded the RNG with --seed)
 
 -- the tokenizer learns its vocabulary from every caption the data can produce
 -- the training images: single objects, and pairs for a `pairs` fraction of each batch
@@ -85,11 +84,10 @@ local unet = models.UNet2DConditionModel(models.presets.tiny_unet, { sample_size
   projection_class_embeddings_input_dim = cfg.pooled_text and width or nil })
 
 -- the text as the UNet reads it: the token states for cross-attention and, with
--- pooled_text, the pooled state appended as one more token (unpacked in denoise)
+-- pooled_text, the pooled state as extra conditioning (the UNet's class_labels)
 local function encode_text(ids)
   local states, pooled = text_encoder(ids:to(dev))
-  if not cfg.pooled_text then return states end
-  return T.cat({ states, pooled:unsqueeze(2) }, 2)
+  return states, cfg.pooled_text and { class_labels = pooled } or nil
 end
 
 -- with coords, each pixel's x and y in [-1, 1] as two more channels: convolutions alone
@@ -97,11 +95,9 @@ end
 local xy = T.stack({ T.linspace(-1, 1, cfg.size):reshape(1, cfg.size):expand(cfg.size, cfg.size),
                      T.linspace(-1, 1, cfg.size):reshape(cfg.size, 1):expand(cfg.size, cfg.size) }, 1):to(dev)
 
-local function denoise(x, ts, packed)
+local function denoise(x, ts, states, added)
   if cfg.coords then x = T.cat({ x, xy:unsqueeze(1):expand(x.shape[1], 2, cfg.size, cfg.size) }, 2) end
-  if not cfg.pooled_text then return unet(x, ts, packed) end
-  local L = packed.shape[2] - 1
-  return unet(x, ts, packed:narrow(2, 1, L), { class_labels = packed:select(2, L + 1) })
+  return unet(x, ts, states, added)
 end
 local model = nn.ModuleDict { text_encoder = text_encoder, unet = unet } -- one state dict for both
 model:to(dev)
@@ -110,20 +106,21 @@ local params = model:parameters()
 -- four parameter groups: the UNet's and the text encoder's (whose learning rate is text_lr
 -- times the UNet's), each split into weights that decay and biases, norms and embeddings that do not
 local function no_decay(name) return name:find("bias") or name:find("norm") or name:find("embedding") end
-local groups, lr_scale = {}, {}
+local groups = {}
 for _, part in ipairs({ { "unet", 1 }, { "text_encoder", cfg.text_lr } }) do
   local decay, plain = {}, {}
   for name, p in model[part[1]]:named_parameters() do
     if no_decay(name) then plain[#plain + 1] = p else decay[#decay + 1] = p end
   end
-  groups[#groups + 1] = { params = decay }
-  groups[#groups + 1] = { params = plain, weight_decay = 0 }
-  lr_scale[#lr_scale + 1], lr_scale[#lr_scale + 2] = part[2], part[2]
+  groups[#groups + 1] = { params = decay, lr_scale = part[2] }
+  groups[#groups + 1] = { params = plain, weight_decay = 0, lr_scale = part[2] }
 end
 local opt = optim.AdamW(groups, { lr = cfg.lr, betas = cfg.betas, weight_decay = cfg.weight_decay })
 local schedule = lr_sched.cosine { lr = cfg.lr, steps = cfg.steps, warmup = cfg.warmup }
 local ema = cfg.ema and optim.EMA(params, { decay = cfg.ema_decay }) or nil
-local noise_sched = D.DDPM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction }
+-- the noise schedule: one config for training (DDPM's forward process) and every sampler
+local NOISE = { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction }
+local noise_sched = D.DDPM(NOISE)
 
 print(string.format("text encoder %d parameters, unet %d, vocabulary %d", text_encoder:num_parameters(),
   unet:num_parameters(), tok.vocab_size))
@@ -172,39 +169,38 @@ local function train_step(step)
   else loss = per_sample:mean() end
   loss:backward()
   if cfg.clip > 0 then optim.clip_grad_norm(params, cfg.clip) end
-  for i, g in ipairs(opt.param_groups) do g.lr = schedule(step) * lr_scale[i] end
+  opt:set_lr(schedule(step)) -- times each group's lr_scale
   opt:step()
   opt:zero_grad()
   if ema then ema:update() end
   return loss
 end
 
-local SAMPLERS = {
-  ddim = function() return D.DDIM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction,
-                                     clip_sample = false, set_alpha_to_one = true } end,
-  ddpm = function() return D.DDPM { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
-  euler = function() return D.Euler { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
-  euler_ancestral = function() return D.EulerAncestral { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
-  heun = function() return D.Heun { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
-  dpmpp2m = function() return D.DPMSolverMultistep { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
-  unipc = function() return D.UniPC { beta_schedule = "squaredcos_cap_v2", prediction_type = cfg.prediction } end,
-}
+-- the samplers on the training schedule, each with its own options (DDIM: x0 unclipped)
+local SAMPLERS = { ddim = { D.DDIM, clip_sample = false }, ddpm = { D.DDPM }, euler = { D.Euler },
+  euler_ancestral = { D.EulerAncestral }, heun = { D.Heun }, dpmpp2m = { D.DPMSolverMultistep }, unipc = { D.UniPC } }
+local function new_sampler()
+  local kind, c = SAMPLERS[cfg.sampler], {}
+  for k, v in pairs(NOISE) do c[k] = v end
+  for k, v in pairs(kind) do if k ~= 1 then c[k] = v end end
+  return kind[1](c)
+end
 local function draw(prompts, seed)
   local out = {}
   for i = 1, #prompts, 50 do
     local chunk = table.move(prompts, i, math.min(i + 49, #prompts), 1, {})
     out[#out + 1] = D.sample { model = denoise, text_encoder = encode_text, tokenizer = tok,
-      scheduler = SAMPLERS[cfg.sampler](), prompts = chunk, guidance_scale = cfg.guidance,
+      scheduler = new_sampler(), prompts = chunk, guidance_scale = cfg.guidance,
       guidance_rescale = cfg.guidance_rescale, guidance_interval = cfg.guidance_interval,
       steps = cfg.sample_steps, seed = seed + i, height = cfg.size, width = cfg.size, channels = 3 }
   end
   return T.cat(out, 1):clamp(-1, 1):to("cpu")
 end
 
--- the held-out prompts graded at the end, and during training with --eval_every: caption
--- accuracy (tocha.eval.shapes) and the shapes FID against real scenes, with the EMA weights
+-- the held-out prompts graded at the end (and every --eval_every steps): caption accuracy
+-- (tocha.eval.shapes) and the shapes FID against real scenes, drawn with the EMA weights
 local eval_prompts = shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
-local fid_ref = cfg.inception_weights ~= "" and shapes { size = cfg.size, seed = cfg.seed + 7, objects = 1,
+local fid_real = cfg.inception_weights ~= "" and shapes { size = cfg.size, seed = cfg.seed + 7, objects = 1,
   split = cfg.eval_split, format = "u8" }:batch(1, cfg.eval_samples).image or nil
 local function evaluate(step, writer)
   if ema then ema:store(); ema:copy_to(params) end
@@ -214,8 +210,8 @@ local function evaluate(step, writer)
   if #eval_prompts > shapes_fid.DIMS then -- a covariance of 64 features needs more samples
     result.shapes_fid = shapes_fid.fid(images, { range = { -1, 1 }, size = cfg.size })
   end
-  if fid_ref then
-    result.fid = require("tocha.eval").fid(fid_ref, images, { weights = cfg.inception_weights, range = { -1, 1 },
+  if fid_real then
+    result.fid = require("tocha.eval").fid(fid_real, images, { weights = cfg.inception_weights, range = { -1, 1 },
       allow_singular = true })
   end
   for _, k in ipairs({ "shapes_fid", "fid", "color", "shape", "position", "all" }) do
@@ -254,11 +250,11 @@ local train_secs = T.clock() - t0
 -- the final grading (logged at the last step), then the sample grid, with the EMA weights
 local result, graded = evaluate(cfg.steps, writer)
 if ema then ema:store(); ema:copy_to(params) end
+
 model:eval()
 local grid_prompts = shapes.prompts { split = "test", objects = { 1, 2 }, n = 16, seed = cfg.seed }
 local grid = draw(grid_prompts, cfg.seed)
-local out_dir = cfg.out ~= "" and cfg.out or r.dir
-os.execute("mkdir -p '" .. out_dir:gsub("'", "'\\''") .. "'")
+local out_dir = run.mkdirs(cfg.out ~= "" and cfg.out or r.dir)
 image.save(out_dir .. "/samples.png", image.grid(grid, 4))
 local f = assert(io.open(out_dir .. "/samples.txt", "w"))
 for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) end
@@ -270,24 +266,17 @@ print(string.format("\n%s single-object prompts (%d samples, %s %d steps, guidan
   cfg.eval_split == "test" and "held-out" or "training", cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
 print(eval.format(result))
 print("\nshapes asked for (rows) and read (columns):\n" .. eval.format_confusion(result))
--- shape read right, by the size the prompt asked for (small objects, 8 pixels across at 32, are the hard ones)
-local by_size = {}
-for i, res in ipairs(result.results) do
-  local size = shapes.parse(eval_prompts[i]).objects[1].size
-  local t = by_size[size] or { 0, 0 }
-  by_size[size] = t
-  t[1], t[2] = t[1] + (res.shape and 1 or 0), t[2] + 1
-end
 if result.shapes_fid then
   print(string.format("shapes FID (%d samples against 2000 real scenes): %.3f", cfg.eval_samples, result.shapes_fid))
 end
 local metrics = { ["eval/color"] = result.color, ["eval/shape"] = result.shape, ["eval/position"] = result.position,
                   ["eval/all"] = result.all, ["eval/shapes_fid"] = result.shapes_fid, ["train/seconds"] = train_secs }
+-- shape read right, by the size the prompt asked for (small objects, 8 pixels across at 32, are the hard ones)
 for _, size in ipairs(shapes.SIZE_NAMES) do
-  local t = by_size[size]
+  local t = result.by_size[size]
   if t then
-    print(string.format("shape, %s objects: %.1f%% of %d", size, 100 * t[1] / t[2], t[2]))
-    metrics["eval/shape_" .. size] = t[1] / t[2]
+    print(string.format("shape, %s objects: %.1f%% of %d", size, 100 * t.shape, t.n))
+    metrics["eval/shape_" .. size] = t.shape
   end
 end
 print(string.format("training: %d steps in %.0f s; samples: %s/samples.png (the graded ones: graded.png)",

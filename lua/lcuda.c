@@ -91,7 +91,7 @@ static int c_memory_summary(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg cuda_funcs[] = {
+const luaL_Reg tcl_cuda_funcs[] = {
     {"is_available", c_is_available}, {"device_count", c_device_count},
     {"get_device_name", c_get_device_name}, {"synchronize", c_synchronize},
     {"memory_allocated", c_memory_allocated}, {"memory_reserved", c_memory_reserved},
@@ -114,7 +114,7 @@ static int flag(lua_State *L, bool (*get)(void), void (*set)(bool)) {
 static int b_allow_tf32(lua_State *L) { return flag(L, tc_cuda_allow_tf32, tc_cuda_set_allow_tf32); }
 static int b_cudnn_benchmark(lua_State *L) { return flag(L, tc_cuda_cudnn_benchmark, tc_cuda_set_cudnn_benchmark); }
 
-static const luaL_Reg backends_funcs[] = {
+const luaL_Reg tcl_backends_funcs[] = {
     {"allow_tf32", b_allow_tf32}, {"cudnn_benchmark", b_cudnn_benchmark},
     {NULL, NULL},
 };
@@ -146,14 +146,8 @@ static int oom_ctx_gc(lua_State *L) {
 
 static const char OOM_KEY = 0; /* its address keys the context in the registry */
 
+/* installs the out-of-memory hook for this Lua state */
 void tcl_open_cuda(lua_State *L) {
-    lua_newtable(L);
-    tcl_register(L, cuda_funcs);
-    lua_setfield(L, -2, "cuda");
-    lua_newtable(L);
-    tcl_register(L, backends_funcs);
-    lua_setfield(L, -2, "backends");
-
     oom_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     c->L = lua_tothread(L, -1);

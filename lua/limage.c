@@ -1,13 +1,9 @@
 /* limage.c: binding for images and data loading, into T._image: codecs, transforms, transform
- * pipelines, sample sources (files and shards), the worker-pool loader, zstd and a directory
- * listing. The Lua side (tocha.image, tocha.data) gives these their user-facing shape. */
+ * pipelines, sample sources (files and shards), the worker-pool loader and zstd. The Lua side (tocha.image, tocha.data) gives these their user-facing shape. */
 #include "ltocha.h"
 
-#include <dirent.h>
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define TCL_PIPELINE "tocha.Pipeline"
 #define TCL_SOURCE "tocha.Source"
@@ -31,12 +27,6 @@ static void *new_udata(lua_State *L, size_t size, const char *name, lua_CFunctio
 }
 
 /* ---- codecs ------------------------------------------------------------------------------------ */
-static int fail(lua_State *L) {
-    lua_pushnil(L);
-    lua_pushstring(L, tc_last_error());
-    return 2;
-}
-
 static int checkchannels(lua_State *L, int idx) {
     lua_Integer c = luaL_optinteger(L, idx, 0);
     luaL_argcheck(L, c >= 0 && c <= 4, idx, "channels must be 0 (as stored), 1, 2, 3 or 4");
@@ -50,7 +40,7 @@ static int l_decode(lua_State *L) {
     int channels = checkchannels(L, 2);
     const char *name = luaL_optstring(L, 3, "image");
     tc_tensor **slot = tcl_slot(L);
-    if (!(*slot = tc_image_decode(data, n, channels, name))) return fail(L);
+    if (!(*slot = tc_image_decode(data, n, channels, name))) return tcl_fail(L);
     return tcl_done(L, *slot);
 }
 
@@ -59,7 +49,7 @@ static int l_read(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     int channels = checkchannels(L, 2);
     tc_tensor **slot = tcl_slot(L);
-    if (!(*slot = tc_image_read(path, channels))) return fail(L);
+    if (!(*slot = tc_image_read(path, channels))) return tcl_fail(L);
     return tcl_done(L, *slot);
 }
 
@@ -78,14 +68,34 @@ static int buffer_gc(lua_State *L) {
     return 0;
 }
 
-/* encode(t, "png" | "jpeg", quality) -> bytes */
+/* encode(t, "png" | "jpeg", quality, text) -> bytes; text: {key = value} PNG text chunks */
 static int l_encode(lua_State *L) {
     tc_tensor *t = tcl_check(L, 1);
     tc_image_format fmt = checkformat(L, 2);
     int quality = (int)luaL_optinteger(L, 3, -1);
+    int ntext = 0;
+    const char **keys = NULL, **values = NULL;
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        if (fmt != TC_IMAGE_PNG) return luaL_error(L, "image: text chunks are for PNG only");
+        for (lua_pushnil(L); lua_next(L, 4); lua_pop(L, 1)) ntext++;
+        keys = lua_newuserdatauv(L, ((size_t)ntext + 1) * sizeof *keys, 0); /* freed by Lua, even on error */
+        values = lua_newuserdatauv(L, ((size_t)ntext + 1) * sizeof *values, 0);
+        int i = 0;
+        for (lua_pushnil(L); lua_next(L, 4); lua_pop(L, 1)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "image: PNG text must map strings to strings");
+            size_t len;
+            values[i] = lua_tolstring(L, -1, &len);
+            if (strlen(values[i]) != len) return luaL_error(L, "image: PNG text value for '%s' contains a NUL", lua_tostring(L, -2));
+            keys[i++] = lua_tostring(L, -2); /* both stay alive in the table at 4 */
+        }
+    }
     buffer *b = new_udata(L, sizeof *b, "tocha.Buffer", buffer_gc);
     size_t n;
-    if (tc_image_encode(t, fmt, quality, &b->data, &n) != TC_OK) return tcl_error(L);
+    int rc = fmt == TC_IMAGE_PNG ? tc_image_encode_png(t, quality, keys, values, ntext, &b->data, &n)
+                                 : tc_image_encode(t, fmt, quality, &b->data, &n);
+    if (rc != TC_OK) return tcl_error(L);
     lua_pushlstring(L, b->data, n);
     free(b->data);
     b->data = NULL;
@@ -297,7 +307,7 @@ static int l_source_read(lua_State *L) {
     lua_Integer i = luaL_checkinteger(L, 2);
     buffer *b = new_udata(L, sizeof *b, "tocha.Buffer", buffer_gc);
     size_t n;
-    if (tc_source_read(s, i - 1, &b->data, &n) != TC_OK) return fail(L);
+    if (tc_source_read(s, i - 1, &b->data, &n) != TC_OK) return tcl_fail(L);
     lua_pushlstring(L, b->data, n);
     free(b->data);
     b->data = NULL;
@@ -312,7 +322,7 @@ static int l_source_load(lua_State *L) {
     uint64_t seed, counter;
     rng_key(L, 4, p->nops, &seed, &counter);
     tc_tensor **slot = tcl_slot(L);
-    if (!(*slot = tc_source_load(s, i - 1, p, seed, counter))) return fail(L);
+    if (!(*slot = tc_source_load(s, i - 1, p, seed, counter))) return tcl_fail(L);
     return tcl_done(L, *slot);
 }
 
@@ -454,7 +464,7 @@ static int l_permutation(lua_State *L) {
     return 1;
 }
 
-/* ---- zstd and files ------------------------------------------------------------------------------------ */
+/* ---- zstd ------------------------------------------------------------------------------------------ */
 /* zstd_compress(bytes, level) */
 static int l_zstd_compress(lua_State *L) {
     size_t n;
@@ -476,39 +486,10 @@ static int l_zstd_decompress(lua_State *L) {
     const char *what = luaL_optstring(L, 2, "zstd");
     buffer *b = new_udata(L, sizeof *b, "tocha.Buffer", buffer_gc);
     size_t m;
-    if (tc_zstd_decompress(s, n, &b->data, &m, what) != TC_OK) return fail(L);
+    if (tc_zstd_decompress(s, n, &b->data, &m, what) != TC_OK) return tcl_fail(L);
     lua_pushlstring(L, b->data, m);
     free(b->data);
     b->data = NULL;
-    return 1;
-}
-
-/* listdir(path) -> sorted-by-nothing list of names, directories ending in "/" | nil, msg */
-static int l_listdir(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    DIR *d = opendir(path);
-    if (!d) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot list %s: %s", path, strerror(errno));
-        return 2;
-    }
-    lua_newtable(L);
-    int i = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        bool dir = e->d_type == DT_DIR;
-        if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) {
-            struct stat st;
-            lua_pushfstring(L, "%s/%s", path, e->d_name);
-            dir = stat(lua_tostring(L, -1), &st) == 0 && S_ISDIR(st.st_mode);
-            lua_pop(L, 1);
-        }
-        if (dir) lua_pushfstring(L, "%s/", e->d_name);
-        else lua_pushstring(L, e->d_name);
-        lua_rawseti(L, -2, ++i);
-    }
-    closedir(d);
     return 1;
 }
 
@@ -523,5 +504,5 @@ const luaL_Reg tcl_image_funcs[] = {
     {"loader_pending", l_loader_pending}, {"loader_submit", l_loader_submit},
     {"loader_take", l_loader_take}, {"permutation", l_permutation},
     {"zstd_compress", l_zstd_compress}, {"zstd_decompress", l_zstd_decompress},
-    {"listdir", l_listdir}, {NULL, NULL},
+    {NULL, NULL},
 };

@@ -1,6 +1,6 @@
-/* llog.c: binding for run logs (T._log(), used by lua/tocha/log.lua, run.lua and cli/plot.lua):
- * log files and TensorBoard event writers (core/io/tensorboard.c), a TFRecord reader, isatty
- * and the wall clock, and a small cairo canvas that `tocha plot` draws its curves with.
+/* llog.c: binding for run logs (T._log, used by lua/tocha/log.lua, run.lua and cli/plot.lua):
+ * log files and TensorBoard event writers (core/io/tensorboard.c), a TFRecord reader, and a
+ * small cairo canvas that `tocha plot` draws its curves with.
  * File operations that fail for ordinary reasons return nil, message; Lua raises at the call. */
 #include "ltocha.h"
 
@@ -10,24 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #define TCL_LOGFILE "tocha.LogFile"
 #define TCL_CANVAS "tocha.Canvas"
-
-static int fail(lua_State *L) {
-    lua_pushnil(L);
-    lua_pushstring(L, tc_last_error());
-    return 2;
-}
-
-static int result(lua_State *L, int rc) {
-    if (rc != TC_OK) return fail(L);
-    lua_pushboolean(L, 1);
-    return 1;
-}
 
 /* ---- log files --------------------------------------------------------------------------- */
 static tc_logfile **new_logfile(lua_State *L) {
@@ -48,7 +33,7 @@ static int lf_close(lua_State *L) {
     tc_logfile **p = luaL_checkudata(L, 1, TCL_LOGFILE);
     tc_logfile *f = *p;
     *p = NULL;
-    return result(L, tc_logfile_close(f));
+    return tcl_result(L, tc_logfile_close(f));
 }
 
 /* tb_open(dir, suffix, flush_secs) -> writer, or nil, message */
@@ -56,7 +41,7 @@ static int l_tb_open(lua_State *L) {
     const char *dir = luaL_checkstring(L, 1), *suffix = luaL_optstring(L, 2, "");
     double secs = luaL_optnumber(L, 3, 10);
     tc_logfile **p = new_logfile(L);
-    if (!(*p = tc_tb_open(dir, suffix, secs))) return fail(L);
+    if (!(*p = tc_tb_open(dir, suffix, secs))) return tcl_fail(L);
     return 1;
 }
 
@@ -65,7 +50,7 @@ static int l_logfile_open(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     double secs = luaL_optnumber(L, 2, 10);
     tc_logfile **p = new_logfile(L);
-    if (!(*p = tc_logfile_open(path, secs))) return fail(L);
+    if (!(*p = tc_logfile_open(path, secs))) return tcl_fail(L);
     return 1;
 }
 
@@ -73,10 +58,10 @@ static int lf_write(lua_State *L) {
     tc_logfile *f = check_logfile(L);
     size_t n;
     const char *s = luaL_checklstring(L, 2, &n);
-    return result(L, tc_logfile_write(f, s, n));
+    return tcl_result(L, tc_logfile_write(f, s, n));
 }
 
-static int lf_flush(lua_State *L) { return result(L, tc_logfile_flush(check_logfile(L))); }
+static int lf_flush(lua_State *L) { return tcl_result(L, tc_logfile_flush(check_logfile(L))); }
 
 static int lf_path(lua_State *L) {
     lua_pushstring(L, tc_logfile_path(check_logfile(L)));
@@ -98,14 +83,14 @@ static int64_t check_step(lua_State *L, int idx) {
 /* f:scalar(tag, value, step, wall_time) */
 static int lf_scalar(lua_State *L) {
     tc_logfile *f = check_logfile(L);
-    return result(L, tc_tb_scalar(f, luaL_checkstring(L, 2), luaL_checknumber(L, 3), check_step(L, 4),
+    return tcl_result(L, tc_tb_scalar(f, luaL_checkstring(L, 2), luaL_checknumber(L, 3), check_step(L, 4),
                                   luaL_optnumber(L, 5, -1)));
 }
 
 /* f:image(tag, u8 [H, W, C], step, wall_time) */
 static int lf_image(lua_State *L) {
     tc_logfile *f = check_logfile(L);
-    return result(L, tc_tb_image(f, luaL_checkstring(L, 2), tcl_check(L, 3), check_step(L, 4), luaL_optnumber(L, 5, -1)));
+    return tcl_result(L, tc_tb_image(f, luaL_checkstring(L, 2), tcl_check(L, 3), check_step(L, 4), luaL_optnumber(L, 5, -1)));
 }
 
 /* f:histogram(tag, x, bins, step, wall_time) -> number of non-finite values left out, or nil, message */
@@ -114,7 +99,7 @@ static int lf_histogram(lua_State *L) {
     int64_t bad = 0;
     int rc = tc_tb_histogram(f, luaL_checkstring(L, 2), tcl_check(L, 3), (int)luaL_checkinteger(L, 4),
                              check_step(L, 5), luaL_optnumber(L, 6, -1), &bad);
-    if (rc != TC_OK) return fail(L);
+    if (rc != TC_OK) return tcl_fail(L);
     lua_pushinteger(L, bad);
     return 1;
 }
@@ -124,7 +109,7 @@ static int lf_text(lua_State *L) {
     tc_logfile *f = check_logfile(L);
     size_t n;
     const char *tag = luaL_checkstring(L, 2), *s = luaL_checklstring(L, 3, &n);
-    return result(L, tc_tb_text(f, tag, s, n, check_step(L, 4), luaL_optnumber(L, 5, -1)));
+    return tcl_result(L, tc_tb_text(f, tag, s, n, check_step(L, 4), luaL_optnumber(L, 5, -1)));
 }
 
 /* f:hparams({{name, value}, ...}, {metric tags}, wall_time): values are numbers, strings or
@@ -161,7 +146,7 @@ static int lf_hparams(lua_State *L) {
         tags[i] = luaL_checkstring(L, -1);
         lua_rawseti(L, anchor, ++kept);
     }
-    return result(L, tc_tb_hparams(f, n, hp, nm, tags, wall));
+    return tcl_result(L, tc_tb_hparams(f, n, hp, nm, tags, wall));
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */
@@ -171,7 +156,7 @@ static int l_read_records(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     void *data;
     size_t n, pos = 0;
-    if (tc_read_file(path, &data, &n) != TC_OK) return fail(L);
+    if (tc_read_file(path, &data, &n) != TC_OK) return tcl_fail(L);
     /* the bytes go into a Lua string first, so no error below can leak them */
     lua_pushlstring(L, data, n);
     free(data);
@@ -204,47 +189,6 @@ static int l_crc32c(lua_State *L) {
     lua_pushinteger(L, crc);
     lua_pushinteger(L, tc_crc32c_mask(crc));
     return 2;
-}
-
-/* ---- process helpers ------------------------------------------------------------------------ */
-/* isatty(file or fd): whether a Lua file (io.stdout) or descriptor is a terminal */
-static int l_isatty(lua_State *L) {
-    int fd;
-    if (lua_type(L, 1) == LUA_TNUMBER) fd = (int)luaL_checkinteger(L, 1);
-    else {
-        luaL_Stream *s = luaL_checkudata(L, 1, LUA_FILEHANDLE);
-        if (!s->closef || !s->f) return luaL_error(L, "isatty: the file is closed");
-        fd = fileno(s->f);
-    }
-    lua_pushboolean(L, isatty(fd));
-    return 1;
-}
-
-/* now(): seconds since the epoch, with a fraction (os.time has whole seconds) */
-static int l_now(lua_State *L) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
-    return 1;
-}
-
-/* mkdirs(path): mkdir -p; true, or nil, message */
-static int l_mkdirs(lua_State *L) { return result(L, tc_mkdirs(luaL_checkstring(L, 1))); }
-
-/* mkdir_new(path): makes a directory that must not exist yet (two runs never share one);
- * true, or nil, message, and "exists" when that was the reason */
-static int l_mkdir_new(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    if (mkdir(path, 0777) == 0) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "cannot create directory %s: %s", path, strerror(e));
-    if (e != EEXIST) return 2;
-    lua_pushliteral(L, "exists");
-    return 3;
 }
 
 /* ---- canvas: cairo for `tocha plot` ------------------------------------------------------- */
@@ -429,11 +373,9 @@ static const luaL_Reg canvas_methods[] = {
     {"write_png", cv_write_png}, {NULL, NULL},
 };
 
-static const luaL_Reg log_funcs[] = {
+const luaL_Reg tcl_log_funcs[] = {
     {"tb_open", l_tb_open}, {"logfile_open", l_logfile_open}, {"read_records", l_read_records},
-    {"crc32c", l_crc32c},
-    {"isatty", l_isatty},   {"now", l_now},                   {"mkdirs", l_mkdirs},
-    {"mkdir_new", l_mkdir_new}, {"canvas", l_canvas}, {NULL, NULL},
+    {"crc32c", l_crc32c},   {"canvas", l_canvas},             {NULL, NULL},
 };
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
@@ -448,17 +390,8 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, l
     lua_pop(L, 1);
 }
 
-/* T._log(): the binding's table, made on the first call and kept in the registry */
-static int log_module(lua_State *L) {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "tocha.log.C") != LUA_TNIL) return 1;
-    lua_pop(L, 1);
+/* the classes T._log's functions make */
+void tcl_open_log(lua_State *L) {
     new_class(L, TCL_LOGFILE, logfile_methods, lf_close);
     new_class(L, TCL_CANVAS, canvas_methods, cv_gc);
-    lua_newtable(L);
-    tcl_register(L, log_funcs);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "tocha.log.C");
-    return 1;
 }
-
-const luaL_Reg tcl_log_funcs[] = {{"_log", log_module}, {NULL, NULL}};

@@ -74,13 +74,14 @@ static int n_dropout(lua_State *L) {
     return tcl_done(L, *slot);
 }
 
-/* sdpa(q, k, v, mask_or_nil, is_causal, dropout_p, scale) */
+/* sdpa(q, k, v, {attn_mask, is_causal, dropout_p = 0, scale = 0 (1/sqrt(E))}) */
 static int n_sdpa(lua_State *L) {
-    tc_tensor *q = tcl_check(L, 1), *k = tcl_check(L, 2), *v = tcl_check(L, 3), *m = tcl_opt(L, 4);
-    int causal = lua_toboolean(L, 5);
-    double p = luaL_optnumber(L, 6, 0), scale = luaL_optnumber(L, 7, 0);
+    tc_tensor *q = tcl_check(L, 1), *k = tcl_check(L, 2), *v = tcl_check(L, 3);
+    tc_tensor *mask = tcl_opttensor(L, 4, "attn_mask");
+    bool causal = tcl_optbool(L, 4, "is_causal", 0);
+    double p = tcl_optnumber(L, 4, "dropout_p", 0), scale = tcl_optnumber(L, 4, "scale", 0);
     tc_tensor **slot = tcl_slot(L);
-    *slot = tc_sdpa(q, k, v, m, causal, p, scale);
+    *slot = tc_sdpa(q, k, v, mask, causal, p, scale);
     return tcl_done(L, *slot);
 }
 

@@ -1,50 +1,61 @@
 /* loptim.c: binding for the fused optimizer updates, the EMA blend and the total norm
- * (T._optim.*, called by lua/tocha/optim.lua), and the few file-system calls checkpoints
- * need that Lua lacks: mkdir, listdir and fsync (for atomic, durable saves). */
+ * (T._optim.*, called by lua/tocha/optim.lua). */
 #include "ltocha.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <math.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* ---- updates ------------------------------------------------------------------------------ */
-/* sgd_step(p, g, buf|nil, lr, momentum, dampening, weight_decay, nesterov, first) */
+/* The hyperparameters come by name from the parameter group (lr, momentum, betas, ...) and
+ * the per-parameter state from its table, as PyTorch's param_groups and state hold them. */
+
+/* sgd_step(p, grad, group, momentum_buffer|nil) -> the momentum buffer: a new one on the first
+ * step with momentum (holding the gradient, as PyTorch's), nothing without momentum */
 static int o_sgd_step(lua_State *L) {
-    tc_tensor *p = tcl_check(L, 1), *g = tcl_check(L, 2), *buf = tcl_opt(L, 3);
+    tc_tensor *p = tcl_check(L, 1), *g = tcl_check(L, 2), *buf = tcl_opt(L, 4);
     tc_sgd_opts o = {
-        .lr = luaL_checknumber(L, 4),
-        .momentum = luaL_checknumber(L, 5),
-        .dampening = luaL_checknumber(L, 6),
-        .weight_decay = luaL_checknumber(L, 7),
-        .nesterov = lua_toboolean(L, 8),
-        .first = lua_toboolean(L, 9),
+        .lr = tcl_getnumber(L, 3, "lr"),
+        .momentum = tcl_getnumber(L, 3, "momentum"),
+        .dampening = tcl_getnumber(L, 3, "dampening"),
+        .weight_decay = tcl_getnumber(L, 3, "weight_decay"),
+        .nesterov = tcl_optbool(L, 3, "nesterov", 0),
+        .first = buf == NULL,
     };
+    if (o.momentum == 0) {
+        tcl_check_rc(L, tc_sgd_step_(p, g, buf, &o));
+        return 0;
+    }
+    if (buf) lua_pushvalue(L, 4);
+    else {
+        tc_tensor **slot = tcl_slot(L);
+        if (!(*slot = tc_empty(p->ndim, p->shape, p->dtype, p->storage->device))) return tcl_error(L);
+        buf = *slot;
+    }
     tcl_check_rc(L, tc_sgd_step_(p, g, buf, &o));
-    return 0;
+    return 1;
 }
 
-/* adam_step(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq|nil, step, lr, beta1, beta2, eps,
- *           weight_decay, amsgrad, decoupled) */
-static int o_adam_step(lua_State *L) {
-    tc_tensor *p = tcl_check(L, 1), *g = tcl_check(L, 2), *m = tcl_check(L, 3), *v = tcl_check(L, 4);
-    tc_tensor *vmax = tcl_opt(L, 5);
+/* Adam's update with the state {step, exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad)} at 3
+ * and the group {lr, betas, eps, weight_decay, amsgrad} at 4 */
+static int adam_step(lua_State *L, bool decoupled) {
+    tc_tensor *p = tcl_check(L, 1), *g = tcl_check(L, 2);
     tc_adam_opts o = {
-        .step = luaL_checkinteger(L, 6),
-        .lr = luaL_checknumber(L, 7),
-        .beta1 = luaL_checknumber(L, 8),
-        .beta2 = luaL_checknumber(L, 9),
-        .eps = luaL_checknumber(L, 10),
-        .weight_decay = luaL_checknumber(L, 11),
-        .amsgrad = lua_toboolean(L, 12),
-        .decoupled = lua_toboolean(L, 13),
+        .step = tcl_getinteger(L, 3, "step"),
+        .lr = tcl_getnumber(L, 4, "lr"),
+        .eps = tcl_getnumber(L, 4, "eps"),
+        .weight_decay = tcl_getnumber(L, 4, "weight_decay"),
+        .amsgrad = tcl_optbool(L, 4, "amsgrad", 0),
+        .decoupled = decoupled,
     };
+    tcl_getpair(L, 4, "betas", &o.beta1, &o.beta2);
+    tc_tensor *m = tcl_gettensor(L, 3, "exp_avg"), *v = tcl_gettensor(L, 3, "exp_avg_sq");
+    tc_tensor *vmax = o.amsgrad ? tcl_gettensor(L, 3, "max_exp_avg_sq") : NULL;
     tcl_check_rc(L, tc_adam_step_(p, g, m, v, vmax, &o));
     return 0;
 }
+
+/* adam_step(p, grad, state, group): the L2 penalty joins the gradient */
+static int o_adam_step(lua_State *L) { return adam_step(L, false); }
+/* adamw_step(p, grad, state, group): decoupled weight decay */
+static int o_adamw_step(lua_State *L) { return adam_step(L, true); }
 
 /* ema_update(shadow, param, decay) */
 static int o_ema_update(lua_State *L) {
@@ -72,78 +83,7 @@ static int o_total_norm(lua_State *L) {
     return 1;
 }
 
-/* ---- file system ------------------------------------------------------------------------------ */
-/* I/O fails for ordinary reasons: these return nil, message instead of raising */
-static int fail(lua_State *L, const char *what, const char *path) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s %s: %s", what, path, strerror(errno));
-    return 2;
-}
-
-/* mkdir(path): true when the directory exists afterwards */
-static int o_mkdir(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    struct stat st;
-    if (mkdir(path, 0777) != 0 && !(errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
-        return fail(L, "cannot create directory", path);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* the open directory lives in a userdata, so a memory error while listing still closes it */
-static int dir_gc(lua_State *L) {
-    DIR **d = lua_touserdata(L, 1);
-    if (*d) closedir(*d);
-    *d = NULL;
-    return 0;
-}
-
-/* listdir(path) -> {names} (without . and ..), unsorted */
-static int o_listdir(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    DIR **d = lua_newuserdatauv(L, sizeof *d, 0);
-    *d = NULL;
-    if (luaL_newmetatable(L, "tocha.Dir")) {
-        lua_pushcfunction(L, dir_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
-    if (!(*d = opendir(path))) return fail(L, "cannot list", path);
-    lua_newtable(L);
-    int i = 0;
-    for (struct dirent *e; (e = readdir(*d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        lua_pushstring(L, e->d_name);
-        lua_rawseti(L, -2, ++i);
-    }
-    closedir(*d);
-    *d = NULL;
-    return 1;
-}
-
-/* isdir(path) -> boolean */
-static int o_isdir(lua_State *L) {
-    struct stat st;
-    lua_pushboolean(L, stat(luaL_checkstring(L, 1), &st) == 0 && S_ISDIR(st.st_mode));
-    return 1;
-}
-
-/* fsync(path): flushes a file's (or a directory's entries') data to disk */
-static int o_fsync(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(L, "cannot open", path);
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    errno = err;
-    if (rc != 0) return fail(L, "cannot fsync", path);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
 const luaL_Reg tcl_optim_funcs[] = {
-    {"sgd_step", o_sgd_step},       {"adam_step", o_adam_step}, {"ema_update", o_ema_update},
-    {"total_norm", o_total_norm},   {"mkdir", o_mkdir},         {"listdir", o_listdir},
-    {"isdir", o_isdir},             {"fsync", o_fsync},         {NULL, NULL},
+    {"sgd_step", o_sgd_step},     {"adam_step", o_adam_step}, {"adamw_step", o_adamw_step},
+    {"ema_update", o_ema_update}, {"total_norm", o_total_norm}, {NULL, NULL},
 };

@@ -11,6 +11,7 @@
 
 #define TCL_TENSOR "tocha.Tensor"
 
+/* ---- module state and registration (laux.c) ------------------------------------------- */
 /* module state, shared by every binding function as upvalue 1 */
 typedef struct {
     size_t gc_mark;      /* tc_mem_allocated_total() at the last collection */
@@ -18,15 +19,17 @@ typedef struct {
     lua_State *L;        /* the thread running backward, for Lua-written derivatives */
 } tcl_state;
 tcl_state *tcl_getstate(lua_State *L);
+void tcl_newstate(lua_State *L);  /* makes the state (once, in luaopen_tocha) */
+void tcl_pushstate(lua_State *L); /* pushes it, to make a closure over it */
 /* registers fns into the table on top of the stack, each with the module state as upvalue */
 void tcl_register(lua_State *L, const luaL_Reg *fns);
 
-/* ---- tensors on the Lua stack ----------------------------------------------------------- */
+/* ---- tensors on the Lua stack (laux.c) ---------------------------------------------------- */
 tc_tensor *tcl_check(lua_State *L, int idx);  /* raises unless a tensor */
 tc_tensor *tcl_opt(lua_State *L, int idx);    /* NULL for nil or none */
 tc_tensor *tcl_test(lua_State *L, int idx);   /* NULL unless a tensor */
 tc_tensor **tcl_toslot(lua_State *L, int idx); /* a tensor userdata's slot (*slot NULL: released), or NULL */
-/* Result protocol (STYLE rule 3): push an empty slot first, then fill it, then finish:
+/* Result protocol: push an empty slot first, then fill it, then finish:
  *   tc_tensor **slot = tcl_slot(L); *slot = tc_add(...); return tcl_done(L, *slot);
  * so no tensor is ever held by C when an error is raised. */
 tc_tensor **tcl_slot(lua_State *L);
@@ -37,8 +40,10 @@ void tcl_push(lua_State *L, tc_tensor *t);     /* pushes an owned tensor (raises
 tc_tensor *tcl_operand(lua_State *L, int idx, const tc_tensor *like);
 int tcl_error(lua_State *L);                   /* raises tc_last_error() */
 void tcl_check_rc(lua_State *L, int rc);       /* raises unless TC_OK */
+int tcl_release(lua_State *L);                 /* releases the tensor at 1 (__gc, __close) */
+void tcl_newtensormeta(lua_State *L);          /* pushes the tensor metatable, made once */
 
-/* ---- arguments ------------------------------------------------------------------------- */
+/* ---- arguments (laux.c) --------------------------------------------------------------- */
 int tcl_checkdim(lua_State *L, int idx);       /* 1-based (or negative) Lua dim -> C dim */
 int tcl_optdim(lua_State *L, int idx, int def);
 /* a shape given as a table {2, 3} or as numbers from idx on; returns ndim */
@@ -47,6 +52,12 @@ int tcl_checkshape(lua_State *L, int idx, int64_t *shape);
 int tcl_optdims(lua_State *L, int idx, int *dims);
 tc_dtype tcl_checkdtype(lua_State *L, int idx);
 tc_device tcl_checkdevice(lua_State *L, int idx);
+/* fields of a table at idx that must be there (a parameter group's lr): raise naming the
+ * field otherwise; a tensor read so stays alive in the table */
+double tcl_getnumber(lua_State *L, int idx, const char *k);
+lua_Integer tcl_getinteger(lua_State *L, int idx, const char *k);
+tc_tensor *tcl_gettensor(lua_State *L, int idx, const char *k);
+void tcl_getpair(lua_State *L, int idx, const char *k, double *a, double *b);
 /* fields of an options table at idx (absent table or field: the default) */
 double tcl_optnumber(lua_State *L, int idx, const char *k, double def);
 int tcl_optbool(lua_State *L, int idx, const char *k, int def);
@@ -54,19 +65,29 @@ tc_tensor *tcl_opttensor(lua_State *L, int idx, const char *k); /* pushed on the
 /* reads dtype/device from an options table (defaults f32, cpu) */
 void tcl_optdtype_device(lua_State *L, int idx, tc_dtype *dt, tc_device *dev);
 
-/* ---- the families: each file exports its functions for T and its tensor methods ------- */
+/* results of calls that fail for ordinary reasons (I/O): true, or nil and tc_last_error() */
+int tcl_fail(lua_State *L);
+int tcl_result(lua_State *L, int rc);
+
+/* ---- the families luaopen_tocha opens (ltocha.c lists them): functions, tensor methods,
+ * and what a family sets up once, called with its table on top ------------------------------ */
+void tcl_open_tensor_type(lua_State *L); /* lmeta.c: the metatable; the methods table on top */
 extern const luaL_Reg tcl_tensor_funcs[], tcl_tensor_methods[];     /* ltensor.c */
 extern const luaL_Reg tcl_autograd_funcs[], tcl_autograd_methods[]; /* lautograd.c */
 extern const luaL_Reg tcl_index_funcs[], tcl_index_methods[];       /* lindex.c */
-extern const luaL_Reg tcl_nn_funcs[];   /* lnn.c: conv, pools, interpolate, pad, into T._nn */
-extern const luaL_Reg tcl_norm_funcs[]; /* lnorm.c: softmax, losses, norms, dropout, attention, into T._nn */
-extern const luaL_Reg tcl_io_funcs[];                               /* lio.c */
-extern const luaL_Reg tcl_sys_funcs[];    /* lsys.c: clock, threads */
-extern const luaL_Reg tcl_optim_funcs[];  /* loptim.c: fused optimizer steps, into T._optim */
-extern const luaL_Reg tcl_image_funcs[];  /* limage.c: image codecs, transforms, loader, into T._image */
-extern const luaL_Reg tcl_log_funcs[];    /* llog.c: T._log() -> log files, TensorBoard writer, canvas */
-extern const luaL_Reg tcl_shapes_funcs[]; /* lshapes.c: synthetic shapes, into T._shapes */
-extern const luaL_Reg tcl_linalg_funcs[]; /* llinalg.c: eigh, eigvalsh, into T.linalg */
-void tcl_open_cuda(lua_State *L);          /* lcuda.c: T.cuda and T.backends into T (on top), and the OOM hook */
+extern const luaL_Reg tcl_io_funcs[];     /* lio.c: save, load */
+extern const luaL_Reg tcl_proc_funcs[];   /* lsys.c: clock, threads */
+extern const luaL_Reg tcl_sys_funcs[];    /* lsys.c: T._sys, the operating system's calls */
+extern const luaL_Reg tcl_nn_funcs[];     /* lnn.c: T._nn: conv, pools, interpolate, pad */
+extern const luaL_Reg tcl_norm_funcs[];   /* lnorm.c: T._nn: softmax, losses, norms, dropout, attention */
+extern const luaL_Reg tcl_optim_funcs[];  /* loptim.c: T._optim: fused optimizer steps */
+extern const luaL_Reg tcl_image_funcs[];  /* limage.c: T._image: codecs, transforms, loader */
+extern const luaL_Reg tcl_log_funcs[];    /* llog.c: T._log: log files, TensorBoard writer, canvas */
+void tcl_open_log(lua_State *L);          /*   its classes */
+extern const luaL_Reg tcl_shapes_funcs[]; /* lshapes.c: T._shapes: synthetic shapes */
+extern const luaL_Reg tcl_linalg_funcs[]; /* llinalg.c: T.linalg: eigh, eigvalsh */
+extern const luaL_Reg tcl_cuda_funcs[];   /* lcuda.c: T.cuda */
+void tcl_open_cuda(lua_State *L);         /*   the out-of-memory hook */
+extern const luaL_Reg tcl_backends_funcs[]; /* lcuda.c: T.backends */
 
 #endif

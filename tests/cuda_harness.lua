@@ -1,4 +1,4 @@
--- cuda_harness.lua: what the GPU suite's files (test_cuda.lua, test_cuda_system.lua) share: the
+-- cuda_harness.lua: what the GPU suite's files (test_cuda*.lua) share: the
 -- device under test, tolerances, comparisons against the CPU, and the table-driven harness that
 -- runs an op on the device and on the CPU in f64, forward and backward. Environment:
 --   TOCHA_CUDA_DTYPES="f32 bf16"  the float cases in these dtypes only (default: f64 f32 f16 bf16)
@@ -13,7 +13,8 @@ local QUICK = os.getenv("TOCHA_CUDA_QUICK") == "1"
 local DTYPES = {}
 for d in (os.getenv("TOCHA_CUDA_DTYPES") or "f64 f32 f16 bf16"):gmatch("%S+") do DTYPES[d] = true end
 local ALL_FLOAT = { "f64", "f32", "f16", "bf16" }
--- relative tolerances (DESIGN.md's test rules), before a case's own factor; the error is taken
+-- relative tolerances by dtype (f64 tight enough to catch a wrong formula, the half types at
+-- their rounding), before a case's own factor; the error is taken
 -- against |reference| + rms(reference), so elements near zero are judged at the tensor's scale
 local TOL = { f64 = 1e-9, f32 = 1e-5, f16 = 1e-2, bf16 = 2e-2 }
 
@@ -195,5 +196,6 @@ end
 return {
   DEV = DEV, VERBOSE = VERBOSE, QUICK = QUICK, DTYPES = DTYPES, ALL_FLOAT = ALL_FLOAT, TOL = TOL,
   need_gpu = need_gpu, sync = sync, on_dev = on_dev, is_float = is_float, count = count, same_shape = same_shape,
+  shape_str = shape_str,
   fail = fail, rel_err = rel_err, n_diff = n_diff, assert_same = assert_same, suite = suite, case = case,
 }

@@ -3,20 +3,15 @@
 -- f64 gradient checks (masks, causal, broadcast batch dims, dropout), strided and
 -- half-precision inputs, fully masked rows, and the error messages.
 local T = require "tocha"
+local raises = T.testing.raises
 local F = require "tocha.nn.functional"
-local ref = dofile("tests/ref/attention_ref.lua")
+local ref = dofile(T.testing.path("ref/attention_ref.lua"))
 
 local tests = {}
 local sdpa = F.scaled_dot_product_attention
 
 local function tensor(vals, shape, dtype)
   return T.tensor(vals, { dtype = dtype or "f64" }):view(shape)
-end
-
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not mention '" .. pattern .. "'")
 end
 
 -- a bool [L, S] mask, true where s <= l (PyTorch's top-left aligned causal mask)
@@ -206,6 +201,8 @@ tests["errors name what was wrong"] = function()
   raises("attn_mask must be bool", sdpa, q, k, v, { attn_mask = T.ones({ 3, 5 }, { dtype = "i64" }) })
   raises("either attn_mask or is_causal", sdpa, q, k, v, { attn_mask = T.randn({ 3, 5 }), is_causal = true })
   raises("dropout_p must be between 0 and 1", sdpa, q, k, v, { dropout_p = 2 })
+  raises("option 'attn_mask' must be a tensor", sdpa, q, k, v, { attn_mask = { 1, 2 } })
+  raises("option 'scale' must be a number", sdpa, q, k, v, { scale = "big" })
 end
 
 return tests

@@ -5,7 +5,7 @@
 local T = require "tocha"
 local nn = require "tocha.nn"
 local F = nn.functional
-local ref = dofile("tests/ref/batchnorm_ref.lua")
+local ref = dofile(T.testing.path("ref/batchnorm_ref.lua"))
 
 local tests = {}
 

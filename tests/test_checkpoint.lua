@@ -3,6 +3,7 @@
 -- for 100 more by a third: every parameter must be bitwise equal. Also: atomic saves (a failed
 -- save leaves the last checkpoint alone), keep = N, latest, exact metadata, bad input.
 local T = require "tocha"
+local read_file, write_file = T.testing.read_file, T.testing.write_file
 local optim = require "tocha.optim"
 local ckpt = require "tocha.checkpoint"
 
@@ -18,19 +19,6 @@ local function exists(path)
   local f = io.open(path, "rb")
   if f then f:close() end
   return f ~= nil
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
 end
 
 -- the training run: mode "full" trains 200 steps; "kill" saves at step 100, signals, and keeps
@@ -103,22 +91,24 @@ local tests = {}
 tests["exact resume: 200 steps == 100 steps, kill -9, resume for 100 (bitwise)"] = function()
   local dir = tmpdir()
   local script = dir .. "/worker.lua"
-  write(script, WORKER)
+  write_file(script, WORKER)
   local root = dir .. "/ckpt"
   local function run(mode, out)
     local cmd = string.format("%s %s %s %s %s > %s 2>&1", sh_quote(RUNNER), sh_quote(script), sh_quote(root), mode,
       sh_quote(out or dir .. "/none"), sh_quote(dir .. "/" .. mode .. ".log"))
     local ok = os.execute(cmd)
-    assert(ok, mode .. " run failed: " .. read(dir .. "/" .. mode .. ".log"))
+    assert(ok, mode .. " run failed: " .. read_file(dir .. "/" .. mode .. ".log"))
   end
   run("full", dir .. "/full.txt")
   -- the interrupted run, in the background: wait for its signal, then kill -9 it
   os.execute(string.format("%s %s %s kill > %s 2>&1 & echo $! > %s", sh_quote(RUNNER), sh_quote(script),
     sh_quote(root), sh_quote(dir .. "/kill.log"), sh_quote(dir .. "/pid")))
-  local pid = tonumber(read(dir .. "/pid"):match("%d+"))
+  local pid = tonumber(read_file(dir .. "/pid"):match("%d+"))
   local waited = 0
   while not exists(root .. "/saved") do
-    assert(os.execute("kill -0 " .. pid .. " 2>/dev/null"), "the run died before saving: " .. read(dir .. "/kill.log"))
+    if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then -- (its log exists only once it has started)
+      error("the run died before saving: " .. read_file(dir .. "/kill.log"))
+    end
     assert(waited < 30, "no checkpoint after 30 s")
     os.execute("sleep 0.02")
     waited = waited + 0.02
@@ -127,7 +117,7 @@ tests["exact resume: 200 steps == 100 steps, kill -9, resume for 100 (bitwise)"]
   os.execute("while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.01; done")
   assert(ckpt.latest(root) == root .. "/step-100")
   run("resume", dir .. "/resumed.txt")
-  local full, resumed = read(dir .. "/full.txt"), read(dir .. "/resumed.txt")
+  local full, resumed = read_file(dir .. "/full.txt"), read_file(dir .. "/resumed.txt")
   assert(#full > 1000)
   if full ~= resumed then
     local i, fl, rl = 1, {}, {}
@@ -209,13 +199,13 @@ tests["a failed save leaves the previous checkpoint intact; latest ignores .tmp"
   local root = tmpdir()
   local ps, opt, ema = setup()
   ckpt.save(root, { model = ps, optimizer = opt, step = 1 })
-  local before = read(root .. "/step-1/model.safetensors")
+  local before = read_file(root .. "/step-1/model.safetensors")
   -- the save dies midway (after the model file, at the metadata: a function cannot be written)
   local ok, err = pcall(ckpt.save, root, { model = ps, optimizer = opt, ema = ema, step = 2, extra = { f = print } })
   assert(not ok and err:find("cannot write a function at meta.extra.f", 1, true), err)
   assert(exists(root .. "/step-2.tmp/model.safetensors"), "the half-written checkpoint stays in its .tmp")
   assert(ckpt.latest(root) == root .. "/step-1")
-  assert(read(root .. "/step-1/model.safetensors") == before)
+  assert(read_file(root .. "/step-1/model.safetensors") == before)
   -- a crash that left a directory without meta.lua is not complete either
   os.execute("mkdir " .. sh_quote(root .. "/step-9"))
   assert(ckpt.latest(root) == root .. "/step-1")
@@ -254,10 +244,7 @@ end
 tests["bad input: clear errors"] = function()
   local root = tmpdir()
   local ps, opt = setup()
-  local function fails(pat, f, ...)
-    local ok, err = pcall(f, ...)
-    assert(not ok and tostring(err):find(pat, 1, true), tostring(err))
-  end
+  local fails = T.testing.raises
   fails("step must be a non-negative integer", ckpt.save, root, { model = ps, step = 1.5 })
   fails('unknown field "optimiser"', ckpt.save, root, { optimiser = opt, step = 1 })
   fails("keep must be a positive integer", ckpt.save, root, { step = 1, keep = 0 })
@@ -266,7 +253,7 @@ tests["bad input: clear errors"] = function()
   fails("holds no optimizer state", ckpt.load, root, { optimizer = opt })
   fails("has no tensor 3", ckpt.load, root, { model = { ps[1], ps[2], T.zeros({ 2 }) } })
   fails("tensor 1 has 12 elements in", ckpt.load, root, { model = { ps[2], ps[1] } })
-  write(root .. "/step-4/meta.lua", "return {")
+  write_file(root .. "/step-4/meta.lua", "return {")
   fails("is damaged", ckpt.load, root .. "/step-4")
   rmrf(root)
 end

@@ -2,8 +2,9 @@
 -- gradients, tests/ref/gen_conv.py), f64 gradient checks, strided inputs, half precision
 -- through f32, and the error messages.
 local T = require "tocha"
+local raises = T.testing.raises
 local F = require "tocha.nn.functional"
-local ref = dofile("tests/ref/conv_ref.lua")
+local ref = dofile(T.testing.path("ref/conv_ref.lua"))
 
 local tests = {}
 
@@ -210,31 +211,25 @@ tests["zero-size batch"] = function()
   T.testing.assert_close(w.grad, T.zeros({ 2, 3, 3, 3 }))
 end
 
-local function fails(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern, 1, true), "wrong message: " .. tostring(err))
-end
-
 tests["errors name the op and the shapes"] = function()
   local x = T.randn({ 2, 3, 8, 8 })
-  fails("conv2d: input [2 x 3 x 8 x 8] has 3 channels but weight [4 x 5 x 3 x 3] expects 5",
+  raises("conv2d: input [2 x 3 x 8 x 8] has 3 channels but weight [4 x 5 x 3 x 3] expects 5",
     F.conv2d, x, T.randn({ 4, 5, 3, 3 }))
-  fails("conv2d: input [2 x 3 x 8 x 8] has 3 channels, not divisible by groups = 2",
+  raises("conv2d: input [2 x 3 x 8 x 8] has 3 channels, not divisible by groups = 2",
     F.conv2d, x, T.randn({ 4, 1, 3, 3 }), nil, { groups = 2 })
-  fails("conv2d: weight [3 x 2 x 3 x 3] has 3 output channels, not divisible by groups = 2",
+  raises("conv2d: weight [3 x 2 x 3 x 3] has 3 output channels, not divisible by groups = 2",
     F.conv2d, T.randn({ 2, 4, 8, 8 }), T.randn({ 3, 2, 3, 3 }), nil, { groups = 2 })
-  fails("conv2d: output size [2 x 4 x 0 x 0] is not positive (input [2 x 3 x 2 x 2], weight [4 x 3 x 3 x 3])",
+  raises("conv2d: output size [2 x 4 x 0 x 0] is not positive (input [2 x 3 x 2 x 2], weight [4 x 3 x 3 x 3])",
     F.conv2d, T.randn({ 2, 3, 2, 2 }), T.randn({ 4, 3, 3, 3 }))
-  fails("conv2d: bias [3] does not match the 4 output channels",
+  raises("conv2d: bias [3] does not match the 4 output channels",
     F.conv2d, x, T.randn({ 4, 3, 3, 3 }), T.randn({ 3 }))
-  fails("conv2d: expected a 4-d input [N, C, H, W], got [3 x 8 x 8]", F.conv2d, T.randn({ 3, 8, 8 }), T.randn({ 4, 3, 3, 3 }))
-  fails("conv2d: expected floating point input, weight and bias of one dtype, got f32, f64 and none",
+  raises("conv2d: expected a 4-d input [N, C, H, W], got [3 x 8 x 8]", F.conv2d, T.randn({ 3, 8, 8 }), T.randn({ 4, 3, 3, 3 }))
+  raises("conv2d: expected floating point input, weight and bias of one dtype, got f32, f64 and none",
     F.conv2d, x, T.randn({ 4, 3, 3, 3 }, { dtype = "f64" }))
-  fails("conv2d: stride and dilation must be positive", F.conv2d, x, T.randn({ 4, 3, 3, 3 }), nil, { stride = 0 })
-  fails("conv_transpose2d: input [2 x 3 x 8 x 8] has 3 channels but weight [4 x 2 x 3 x 3] expects 4",
+  raises("conv2d: stride and dilation must be positive", F.conv2d, x, T.randn({ 4, 3, 3, 3 }), nil, { stride = 0 })
+  raises("conv_transpose2d: input [2 x 3 x 8 x 8] has 3 channels but weight [4 x 2 x 3 x 3] expects 4",
     F.conv_transpose2d, x, T.randn({ 4, 2, 3, 3 }))
-  fails("conv_transpose2d: output_padding (2 x 2) must be smaller than stride (2 x 2) or dilation (1 x 1)",
+  raises("conv_transpose2d: output_padding (2 x 2) must be smaller than stride (2 x 2) or dilation (1 x 1)",
     F.conv_transpose2d, x, T.randn({ 3, 2, 3, 3 }), nil, { stride = 2, output_padding = 2 })
 end
 

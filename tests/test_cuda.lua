@@ -6,8 +6,7 @@
 -- environment variables. Without a GPU every test skips.
 local T = require "tocha"
 local F = require "tocha.nn.functional"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local H = dofile(here .. "/cuda_harness.lua")
+local H = dofile(T.testing.path("cuda_harness.lua"))
 local case, suite = H.case, H.suite
 
 -- input makers: f64 data (the float inputs), integer indices (1-based) and bool masks

@@ -8,32 +8,9 @@ local T = require "tocha"
 local F = require "tocha.nn.functional"
 local optim = require "tocha.optim"
 
-local DEV = os.getenv("TOCHA_CUDA_DEVICE") or "cuda"
+local H = dofile(T.testing.path("cuda_harness.lua")) -- the device under test and the comparisons
+local DEV, need_gpu, count, assert_same, shape_str = H.DEV, H.need_gpu, H.count, H.assert_same, H.shape_str
 local FLOATS = { "f64", "f32", "f16", "bf16" }
-
-local function need_gpu()
-  if DEV == "cpu" then return end
-  if not T.cuda then skip("this tocha has no T.cuda (built without CUDA)") end
-  if not T.cuda.is_available() then skip("no CUDA GPU (T.cuda.is_available() is false)") end
-end
-
-local function shape_str(t) return "[" .. table.concat(t.shape, " x ") .. "]" end
-local function count(b) return b:to("i64"):sum():item() end
-
---- a and e equal element for element (NaN equals NaN), same shape and dtype; a on any device
-local function assert_same(a, e, what)
-  a, e = a:detach():to("cpu"), e:detach():to("cpu")
-  if shape_str(a) ~= shape_str(e) then
-    error(string.format("%s: shape %s, expected %s", what, shape_str(a), shape_str(e)), 2)
-  end
-  if a.dtype ~= e.dtype then error(string.format("%s: dtype %s, expected %s", what, a.dtype, e.dtype), 2) end
-  local ne = a:ne(e)
-  if a.dtype == "f64" or a.dtype == "f32" or a.dtype == "f16" or a.dtype == "bf16" then
-    ne = ne:logical_and(a:eq(a):logical_or(e:eq(e)))
-  end
-  local nd = count(ne)
-  if nd > 0 then error(string.format("%s: %d of %d elements differ from the CPU's", what, nd, e:numel()), 2) end
-end
 
 --- the largest |a - e| / (|e| + 1), in f64
 local function max_err(a, e)
@@ -311,6 +288,19 @@ tests["SGD, Adam, AdamW and EMA steps equal the CPU's bit for bit"] = function()
       ec:update(); ed:update()
     end
     assert_same(ed.shadow_params[1], ec.shadow_params[1], "EMA " .. dt)
+  end
+end
+
+tests["diffusion's snr and min-SNR weights stay on the timesteps' device"] = function()
+  need_gpu()
+  local D = require "tocha.diffusion"
+  local ts = T.tensor({ 0, 499, 999 }, { dtype = "i64" })
+  for _, p in ipairs({ "epsilon", "v_prediction", "sample" }) do
+    local s = D.DDPM { beta_schedule = "squaredcos_cap_v2", prediction_type = p }
+    local snr, w = s:snr(ts:to(DEV)), s:min_snr_weights(ts:to(DEV), 5)
+    assert(snr.device:sub(1, #DEV) == DEV and w.device:sub(1, #DEV) == DEV, snr.device .. " " .. w.device)
+    assert_same(snr, s:snr(ts), "snr " .. p)
+    assert_same(w, s:min_snr_weights(ts, 5), "min_snr_weights " .. p)
   end
 end
 

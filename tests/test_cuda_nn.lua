@@ -9,17 +9,12 @@
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 
-local DEV = os.getenv("TOCHA_CUDA_DEVICE") or "cuda"
+local H = dofile(T.testing.path("cuda_harness.lua")) -- the device under test
+local DEV, need_gpu = H.DEV, H.need_gpu
 local FLOATS = { "f64", "f32", "f16", "bf16" }
 -- rtol, atol by dtype: the GPU sums in float where the CPU sometimes sums in double, and in
 -- another order, so f16 and bf16 may differ by a unit in the last place
 local TOL = { f64 = { 1e-12, 1e-12 }, f32 = { 1e-5, 1e-6 }, f16 = { 2e-3, 1e-3 }, bf16 = { 1.6e-2, 1e-2 } }
-
-local function need_gpu()
-  if DEV == "cpu" then return end
-  if not T.cuda then skip("this tocha has no T.cuda (built without CUDA)") end
-  if not T.cuda.is_available() then skip("no CUDA GPU (T.cuda.is_available() is false)") end
-end
 
 local function shape_str(t) return "[" .. table.concat(t.shape, " x ") .. "]" end
 local function is_float(dt) return TOL[dt] ~= nil end

@@ -10,8 +10,7 @@
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local H = dofile(here .. "/cuda_harness.lua") -- run_case, suite, rel_err: the GPU suite's harness
+local H = dofile(T.testing.path("cuda_harness.lua")) -- run_case, suite, rel_err: the GPU suite's harness
 local DEV, need_gpu, rel_err, suite = H.DEV, H.need_gpu, H.rel_err, H.suite
 local function shape_str(t) return "[" .. table.concat(t.shape, " x ") .. "]" end
 

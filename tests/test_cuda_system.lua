@@ -5,8 +5,7 @@
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 local optim = require "tocha.optim"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local H = dofile(here .. "/cuda_harness.lua")
+local H = dofile(T.testing.path("cuda_harness.lua"))
 local DEV, DTYPES, TOL, ALL_FLOAT = H.DEV, H.DTYPES, H.TOL, H.ALL_FLOAT
 local need_gpu, sync, on_dev, is_float, count = H.need_gpu, H.sync, H.on_dev, H.is_float, H.count
 local rel_err, assert_same, same_shape = H.rel_err, H.assert_same, H.same_shape
@@ -20,48 +19,13 @@ local function sample(dt, shape)
   return T.randint(0, 100, shape, { dtype = dt })
 end
 
-local function spirals(n) -- experiments/mlp.lua's data: three interleaved spirals, classes 1..3
-  local xs, labels = {}, {}
-  for c = 1, 3 do
-    local r = T.rand({ n })
-    local theta = r * 4 + (c - 1) * (2 * math.pi / 3) + T.randn({ n }) * 0.15
-    xs[c] = T.stack({ r * theta:sin(), r * theta:cos() }, 2)
-    labels[c] = T.full({ n }, c, { dtype = "i64" })
-  end
-  return T.cat(xs, 1), T.cat(labels, 1)
-end
-
---- trains experiments/mlp.lua's model (2 -> 64 -> 64 -> 3, AdamW) on dev; returns the test accuracy
+--- experiments/mlp.lua trained on dev for steps; returns its test accuracy
 local function train_mlp(dev, steps)
-  T.manual_seed(0)
-  local train_x, train_y = spirals(2000)
-  local test_x, test_y = spirals(500)
-  local params = {}
-  local sizes = { 2, 64, 64, 3 }
-  for i = 1, 3 do
-    local bound = 1 / math.sqrt(sizes[i])
-    params[#params + 1] = ((T.rand({ sizes[i + 1], sizes[i] }) * 2 - 1) * bound):to(dev):requires_grad_()
-    params[#params + 1] = ((T.rand({ sizes[i + 1] }) * 2 - 1) * bound):to(dev):requires_grad_()
-  end
-  local function forward(x)
-    for i = 1, 3 do
-      x = F.linear(x, params[2 * i - 1], params[2 * i])
-      if i < 3 then x = x:relu() end
-    end
-    return x
-  end
-  local opt = optim.AdamW(params, { lr = 1e-2, weight_decay = 1e-4 })
-  train_x, train_y = train_x:to(dev), train_y:to(dev)
-  for step = 1, steps do
-    local idx = T.randint(1, train_x.shape[1] + 1, { 256 }):to(dev)
-    F.cross_entropy(forward(train_x:index_select(1, idx)), train_y:index_select(1, idx)):backward()
-    opt:set_lr(1e-2 * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps)))
-    opt:step()
-    opt:zero_grad()
-  end
-  return T.no_grad(function()
-    return forward(test_x:to(dev)):argmax(2):eq(test_y:to(dev)):sum():item() / test_x.shape[1]
-  end)
+  local out, rc = T.testing.tocha(string.format("%s --device %s --steps %d --quiet", T.testing.path("../experiments/mlp.lua"),
+    dev, steps), "TOCHA_RUNS=" .. T.testing.tmpdir() .. " ")
+  local acc = tonumber(out:match("test accuracy: ([%d.]+)%%"))
+  if rc ~= 0 or not acc then error("the MLP demo on " .. dev .. " failed:\n" .. out, 2) end
+  return acc / 100
 end
 
 local function mem() sync(); return T.cuda.memory_allocated(), T.cuda.memory_reserved() end

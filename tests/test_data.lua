@@ -2,32 +2,12 @@
 -- and bad-data handling, folder datasets in both caption layouts, shards (pack), and the
 -- equality of batches made with and without worker threads.
 local T = require "tocha"
+local raises, read_file, write_file = T.testing.raises, T.testing.read_file, T.testing.write_file
 local image = require "tocha.image"
 local data = require "tocha.data"
 local json = require "tocha.json"
 
-local ROOT = os.tmpname()
-os.remove(ROOT)
-os.execute("mkdir -p " .. ROOT)
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function expect_error(fn, pattern)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern), "error '" .. tostring(err) .. "' does not match '" .. pattern .. "'")
-end
+local ROOT = T.testing.tmpdir()
 
 local function list_eq(a, b)
   if #a ~= #b then return false end
@@ -100,9 +80,9 @@ return {
     local cnt = 0
     for _ in pairs(all) do cnt = cnt + 1 end
     assert(cnt == 8)
-    expect_error(function() ds:split { 3, 3 } end, "add up to 6, the dataset has 5")
-    expect_error(function() data.subset(ds, { 1, 9 }) end, "index 2 is 9, outside 1 to 5")
-    expect_error(function() return t[3] end, "index 3 out of range")
+    raises("add up to 6, the dataset has 5", function() ds:split { 3, 3 } end)
+    raises("index 2 is 9, outside 1 to 5", function() data.subset(ds, { 1, 9 }) end)
+    raises("index 3 out of range", function() return t[3] end)
     -- plain lists work as datasets everywhere
     assert(data.len { 1, 2 } == 2 and data.map({ 1, 2 }, function(x) return -x end)[2] == -2)
   end,
@@ -119,8 +99,7 @@ return {
     assert(b.nested.z.dtype == "f64" and b.nested.z:tolist()[1] == 1.5)
     local pairs_ = data.collate { { T.zeros(2), 1 }, { T.ones(2), 2 } }
     assert(tensor_eq(pairs_[1], T.tensor { { 0, 0 }, { 1, 1 } }) and pairs_[2]:tolist()[2] == 2)
-    expect_error(function() data.collate { { im = T.zeros(2, 3) }, { im = T.zeros(3, 3) } } end,
-      "field 'im' of sample 2 is %[3 x 3%], sample 1 is %[2 x 3%]")
+    raises("field 'im' of sample 2 is %[3 x 3%], sample 1 is %[2 x 3%]", function() data.collate { { im = T.zeros(2, 3) }, { im = T.zeros(3, 3) } } end)
   end,
 
   ["loader order: batches, drop_last, shuffle per seed and epoch"] = function()
@@ -155,8 +134,8 @@ return {
     local d1 = data.DataLoader(ds, { shuffle = true }).seed
     T.manual_seed(9)
     assert(data.DataLoader(ds, { shuffle = true }).seed == d1)
-    expect_error(function() data.DataLoader(ds, { batch_size = 0 }) end, "batch_size must be a positive integer")
-    expect_error(function() data.DataLoader(ds, { on_error = "ignore" }) end, "on_error must be")
+    raises("batch_size must be a positive integer", function() data.DataLoader(ds, { batch_size = 0 }) end)
+    raises("on_error must be", function() data.DataLoader(ds, { on_error = "ignore" }) end)
   end,
 
   ["loader resumes from its state, across epochs"] = function()
@@ -218,7 +197,7 @@ return {
     assert(ds[2].file == "train/b.png" and ds[2].text == "second \"quoted\" \u{e9}")
     assert(tensor_eq(ds[2].image, img))
     write_file(dir .. "/metadata.jsonl", '{"file_name": "a.jpg", "text": "x"}\n{"file_name": oops}\n')
-    expect_error(function() data.ImageFolder(dir) end, "metadata.jsonl:2: json")
+    raises("metadata.jsonl:2: json", function() data.ImageFolder(dir) end)
   end,
 
   ["missing captions and corrupt images: raise or skip and count"] = function()
@@ -228,11 +207,11 @@ return {
     write_file(dir .. "/im005.jpg", jpg:sub(1, #jpg // 2))   -- truncated
     write_file(dir .. "/im006.png", "not an image at all")   -- garbage
     local ds = data.ImageFolder(dir, { transform = AUG() })
-    expect_error(function() return ds[3] end, "im003%.jpg: missing caption %(no .*im003%.txt%)")
-    expect_error(function() return ds[5] end, "im005%.jpg: corrupt JPEG")
+    raises("im003%.jpg: missing caption %(no .*im003%.txt%)", function() return ds[3] end)
+    raises("im005%.jpg: corrupt JPEG", function() return ds[5] end)
     for _, w in ipairs { 0, 2 } do
       local L = data.DataLoader(ds, { batch_size = 4, workers = w })
-      expect_error(function() epoch_of(L) end, "im003%.jpg: missing caption")
+      raises("im003%.jpg: missing caption", function() epoch_of(L) end)
       local S = data.DataLoader(ds, { batch_size = 4, workers = w, on_error = "skip" })
       local batches = epoch_of(S)
       assert(S.skipped == 3, "skipped " .. S.skipped)
@@ -244,9 +223,9 @@ return {
     end
     -- the raised message names the file and the reason, also from a worker thread
     local L = data.DataLoader(data.subset(ds, { 5 }), { workers = 2 })
-    expect_error(function() epoch_of(L) end, "im005%.jpg: corrupt JPEG: Premature end of JPEG file")
+    raises("im005%.jpg: corrupt JPEG: Premature end of JPEG file", function() epoch_of(L) end)
     local G = data.DataLoader(data.subset(ds, { 6 }), { workers = 1 })
-    expect_error(function() epoch_of(G) end, "im006%.png: not a PNG or JPEG file")
+    raises("im006%.png: not a PNG or JPEG file", function() epoch_of(G) end)
   end,
 
   ["workers give the same batches as no workers"] = function()
@@ -292,7 +271,7 @@ return {
     local L = data.DataLoader(raw, { batch_size = 2, workers = 2, collate = function(s) return s end })
     local b = epoch_of(L)[1]
     assert(#b == 2 and b[1].image.dtype == "u8" and b[2].text == "a photo of 2")
-    expect_error(function() epoch_of(data.DataLoader(raw, { batch_size = 2 })) end, "field 'image' of sample 2")
+    raises("field 'image' of sample 2", function() epoch_of(data.DataLoader(raw, { batch_size = 2 })) end)
     -- transform() on a folder joins its C pipeline
     local t = raw:transform(image.Compose { image.CenterCrop(8), image.ToFloat() })
     assert(t.pipe ~= raw.pipe and t[1].image:size(1) == 3 and t[1].image:size(2) == 8)
@@ -303,6 +282,8 @@ return {
     os.remove(dir .. "/im004.txt")
     local out = ROOT .. "/shards"
     assert(data.pack(dir, out, { shard_size = 1500 }) == 9)
+    local ok, err = pcall(data.pack, dir, "/proc/tocha-cannot/shards")
+    assert(not ok and err:find("pack: cannot create directory /proc/tocha%-cannot"), err)
     local index = read_file(out .. "/index.jsonl")
     assert(index:find("shard%-00001%.tzst"), "expected several shards")
     local folder = data.ImageFolder(dir, { transform = AUG() })
@@ -317,7 +298,7 @@ return {
         assert(tensor_eq(a.image, b.image) and a.text == b.text and a.file == b.file)
       end
     end
-    expect_error(function() return shards[4] end, "im004%.png: missing caption")
+    raises("im004%.png: missing caption", function() return shards[4] end)
     local fa = data.DataLoader(folder, { batch_size = 4, shuffle = true, seed = 3, workers = 2, on_error = "skip" })
     local sa = data.DataLoader(shards, { batch_size = 4, shuffle = true, seed = 3, workers = 2, on_error = "skip" })
     same_batches(epoch_of(fa), epoch_of(sa))
@@ -334,18 +315,18 @@ return {
     write_file(out .. "/shard-00002.tzst", s2:sub(1, 100) .. string.char((s2:byte(101) + 1) % 256) .. s2:sub(102)) -- a flipped byte
     local ds = data.Shards(out)
     assert(ds[1].image)
-    expect_error(function() return ds[2] end, "shard%-00001%.tzst: truncated: sample im002%.png")
-    expect_error(function() return ds[3] end, "shard%-00002%.tzst: sample im003%.jpg: damaged data")
+    raises("shard%-00001%.tzst: truncated: sample im002%.png", function() return ds[2] end)
+    raises("shard%-00002%.tzst: sample im003%.jpg: damaged data", function() return ds[3] end)
     local L = data.DataLoader(ds, { workers = 2, on_error = "skip", collate = function(s) return s end })
     assert(#epoch_of(L) == 2 and L.skipped == 2)
     write_file(out .. "/shard-00003.tzst", "garbage!")
-    expect_error(function() data.Shards(out) end, "shard%-00003%.tzst is not a tocha shard")
+    raises("shard%-00003%.tzst is not a tocha shard", function() data.Shards(out) end)
     os.remove(out .. "/shard-00003.tzst")
-    expect_error(function() data.Shards(out) end, "cannot open .*shard%-00003%.tzst")
+    raises("cannot open .*shard%-00003%.tzst", function() data.Shards(out) end)
     local idx = read_file(out .. "/index.jsonl")
     write_file(out .. "/index.jsonl", idx:sub(1, #idx - 30))
-    expect_error(function() data.Shards(out) end, "index.jsonl:5: damaged index")
-    expect_error(function() data.Shards(ROOT .. "/nowhere") end, "cannot open .*index.jsonl")
+    raises("index.jsonl:5: damaged index", function() data.Shards(out) end)
+    raises("cannot open .*index.jsonl", function() data.Shards(ROOT .. "/nowhere") end)
   end,
 
   ["tocha pack command"] = function()
@@ -368,7 +349,7 @@ return {
     assert(v.a[1] == 1 and v.a[2] == 2.5 and v.a[3] == "x\n\u{e9}\u{1F600}" and v.b.c == true and v.e == -300)
     assert(json.decode(json.encode(v)).a[3] == v.a[3])
     assert(json.encode { b = 1, a = { 1, 2 } } == '{"a":[1,2],"b":1}')
-    expect_error(function() json.decode('{"a": }') end, "json: unexpected character '}' at position 7")
-    expect_error(function() json.decode('[1, 2') end, "json")
+    raises("json: unexpected character '}' at position 7", function() json.decode('{"a": }') end)
+    raises("json", function() json.decode('[1, 2') end)
   end,
 }

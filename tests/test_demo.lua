@@ -1,12 +1,11 @@
--- tests/test_demo.lua: the demo trains to a useful accuracy, and a long training loop's
--- resident memory stays flat without the script calling collectgarbage.
-local tocha_bin = arg[-1] or "./build/tocha"
+-- tests/test_demo.lua: the MLP demo (experiments/mlp.lua) trains to a useful accuracy, and a
+-- long training loop's resident memory stays flat without the script calling collectgarbage.
+local T = require "tocha"
 
-local function run(args)
-  local p = io.popen(tocha_bin .. " experiments/mlp.lua " .. args .. " 2>&1")
-  local out = p:read("a")
-  local ok = p:close()
-  assert(ok, "demo failed:\n" .. out)
+local function run(args) -- its run directory goes to a scratch directory
+  local out, rc = T.testing.tocha(T.testing.path("../experiments/mlp.lua") .. " " .. args,
+    "TOCHA_RUNS=" .. T.testing.tmpdir() .. " ")
+  assert(rc == 0, "demo failed:\n" .. out)
   return out
 end
 

@@ -2,7 +2,7 @@
 -- trajectories (tests/ref/gen_schedulers.py), and the training-side helpers.
 local T = require "tocha"
 local D = require "tocha.diffusion"
-local ref = dofile("tests/ref/schedulers_ref.lua")
+local ref = dofile(T.testing.path("ref/schedulers_ref.lua"))
 
 local function tensor(vals) return T.tensor(vals, { dtype = "f64" }):view(ref.shape) end
 
@@ -51,6 +51,7 @@ tests["add_noise, get_velocity and snr agree with their definitions"] = function
     T.testing.assert_close(v[i], noise[i] * math.sqrt(ab) - x0[i] * math.sqrt(1 - ab))
   end
   local snr = s:snr(ts)
+  assert(snr.dtype == "f32" and snr.device == ts.device)
   T.testing.assert_close(snr[1], T.tensor(s.alphas_cumprod[1] / (1 - s.alphas_cumprod[1])), { rtol = 1e-6 })
   local w = s:min_snr_weights(ts, 5)
   assert(math.abs(w[1]:item() - 5 / snr[1]:item()) < 1e-5, "min-snr clips high-SNR weights")
@@ -83,7 +84,7 @@ tests["sample_timesteps: uniform, or biased to the noisy end by a power"] = func
 end
 
 tests["the worked example in docs/schedulers.md reproduces DDIM"] = function()
-  local f = assert(io.open("docs/schedulers.md"))
+  local f = assert(io.open(T.testing.path("../docs/schedulers.md")))
   local text = f:read("a")
   f:close()
   local code = text:match("```lua\n(%-%- my_ddim%.lua.-)```")
@@ -191,6 +192,42 @@ tests["sample: guidance_interval guides only the steps inside it"] = function()
   o.guidance_interval = { 700, 300 }
   local ok, err = pcall(D.sample, o)
   assert(not ok and err:find("guidance_interval"), err)
+end
+
+tests["sample: extra conditioning from the text encoder is batched like the context"] = function()
+  -- the encoder's second result: a table of extra tensors (a pooled embedding), as diffusers'
+  -- added_cond_kwargs; a tensor there (CLIPTextModel's pooled output) is no such table
+  local function encoder(ids) return fake_encoder(ids), { class_labels = ids:double() * 10, note = "kept" } end
+  local seen = {}
+  local function model(x, ts, ctx, added)
+    seen[#seen + 1] = added
+    return x * 0.1 + ctx:view(ctx.shape[1], 1, 1, 1) * 0.01 + added.class_labels:view(-1, 1, 1, 1) * 0.001
+  end
+  local o = { model = model, text_encoder = encoder, tokenizer = fake_tok, prompts = { "ab", "abcd" }, steps = 4,
+    scheduler = D.DDIM { clip_sample = false }, height = 2, width = 2, channels = 1, seed = 5, guidance_scale = 3,
+    guidance_interval = { 0, 500 } }
+  local a = D.sample(o)
+  local s = D.DDIM { clip_sample = false }
+  s:set_timesteps(4)
+  T.manual_seed(5)
+  local x = T.randn({ 2, 1, 2, 2 }, { dtype = "f64" })
+  for i, t in ipairs(s.timesteps) do
+    local guided = t <= 500
+    local labels = {}
+    for k, v in ipairs(seen[i].class_labels:view(-1):tolist()) do labels[k] = string.format("%g", v) end
+    assert(seen[i].note == "kept")
+    assert(table.concat(labels, ",") == (guided and "0,0,20,40" or "20,40"), "step " .. i .. ": " .. table.concat(labels, ","))
+    local c = x * 0.1 + T.tensor({ 2, 4 }, { dtype = "f64" }):view(2, 1, 1, 1) * (0.01 + 0.01)
+    local u = x * 0.1
+    x = s:step(guided and u + (c - u) * 3 or c, t, x)
+  end
+  T.testing.assert_close(a, x, { rtol = 1e-12, atol = 1e-12 })
+  -- without a table, the model gets nil
+  local got = false
+  D.sample { model = function(xx, _, _, added) got = got or added ~= nil; return xx end, tokenizer = fake_tok,
+    text_encoder = function(ids) return fake_encoder(ids), T.zeros({ 1 }) end, prompts = { "a" }, steps = 2,
+    scheduler = D.DDIM {}, height = 2, width = 2, channels = 1, seed = 1 }
+  assert(not got, "a tensor as the encoder's second result is not extra conditioning")
 end
 
 tests["bad configs and calls give clear errors"] = function()

@@ -3,18 +3,11 @@
 -- arithmetic metamethods, broadcasting of size-1, zero-size and 0-d tensors, and in-place ops
 -- with the version counter.
 local T = require "tocha"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local REF = dofile(here .. "/ref/core_ref.lua")
+local shape_is = T.testing.shape_is
+local REF = dofile(T.testing.path("ref/core_ref.lua"))
 local close, gradcheck = T.testing.assert_close, T.testing.gradcheck
 
 local errors = T.testing.assert_raises
-
-local function shape_is(t, shape)
-  local s = t.shape
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
 
 -- each fixture op as tocha computes it
 local UNARY = {

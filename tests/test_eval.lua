@@ -7,12 +7,12 @@ local T = require "tocha"
 local eval = require "tocha.eval"
 local models = require "tocha.models"
 local image = require "tocha.image"
-local fill = dofile("tests/ref/eval_weights.lua")
+local fill = dofile(T.testing.path("ref/eval_weights.lua"))
 
 local M = eval.metrics
 local tests = {}
-local ref = T.load("tests/ref/eval_metrics.safetensors")
-local rsz = T.load("tests/ref/eval_resize.safetensors")
+local ref = T.load(T.testing.path("ref/eval_metrics.safetensors"))
+local rsz = T.load(T.testing.path("ref/eval_resize.safetensors"))
 
 local function num(t) return t:item() end
 local function close(a, b, rtol, msg)
@@ -155,7 +155,7 @@ end
 ---------------------------------------------------------------------------------------------
 -- the network
 ---------------------------------------------------------------------------------------------
-local inc = T.load("tests/ref/eval_inception.safetensors")
+local inc = T.load(T.testing.path("ref/eval_inception.safetensors"))
 local net64
 local function network()
   if not net64 then net64 = fill(models.InceptionV3FID({ dtype = "f64" })) end
@@ -201,11 +201,12 @@ end
 ---------------------------------------------------------------------------------------------
 -- CLIP
 ---------------------------------------------------------------------------------------------
+local CLIP_DIR = T.testing.path("ref/eval_clip")
 local CAPTIONS = { "a small red circle on the left", "a blue square above a green triangle", "a big yellow star" }
 
 tests["CLIPModel from a transformers folder matches transformers: pixels, image and text features"] = function()
-  local r = T.load("tests/ref/eval_clip.safetensors")
-  local clip = eval.clip.load("tests/ref/eval_clip", { dtype = "f64" })
+  local r = T.load(T.testing.path("ref/eval_clip.safetensors"))
+  local clip = eval.clip.load(CLIP_DIR, { dtype = "f64" })
   local imgs = { r.img1, r.img2, r.img3 }
   -- CLIPImageProcessor with PIL: shorter side to 32 (bicubic), center crop, normalise
   T.testing.assert_close(clip:pixel_values(imgs):double(), r.pixels_pil, { rtol = 0, atol = 1e-6 })
@@ -218,9 +219,9 @@ tests["CLIPModel from a transformers folder matches transformers: pixels, image 
 end
 
 tests["CLIP score equals torchmetrics' (mean, then clamp at 0)"] = function()
-  local r = T.load("tests/ref/eval_clip.safetensors")
+  local r = T.load(T.testing.path("ref/eval_clip.safetensors"))
   local imgs = { r.img1, r.img2, r.img3 }
-  local score, per = eval.clip_score(imgs, CAPTIONS, { model = "tests/ref/eval_clip", dtype = "f64" })
+  local score, per = eval.clip_score(imgs, CAPTIONS, { model = CLIP_DIR, dtype = "f64" })
   T.testing.assert_close(per, r.per_sample_pil, { rtol = 1e-6, atol = 1e-6 })
   close(score, num(r.score_pil), 1e-6, "CLIP score (PIL processor)")
   -- transformers 5's default processor resizes with torchvision: a few pixels a level apart
@@ -287,7 +288,7 @@ tests["bad input: sizes, channels, dtypes, too few images, mismatched weights"] 
   T.testing.assert_raises("mode must be \"legacy\", \"clean\" or \"fidelity\"", function() eval.inception.Extractor({ weights = net, mode = "tf" }) end)
   T.testing.assert_raises("dims must be 64, 192, 768 or 2048", function() eval.inception.Extractor({ weights = net, dims = 100 }) end)
   -- CLIP
-  local clip = eval.clip.load("tests/ref/eval_clip")
+  local clip = eval.clip.load(CLIP_DIR)
   T.testing.assert_raises("expected pixel values [B, 3, 32, 32], got [1 x 3 x 16 x 16]", function()
     clip.model:get_image_features(T.zeros({ 1, 3, 16, 16 }))
   end)

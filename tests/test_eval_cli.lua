@@ -7,7 +7,7 @@ local models = require "tocha.models"
 local image = require "tocha.image"
 local shapes = require "tocha.data.shapes"
 local cli = require "tocha.cli.eval"
-local fill = dofile("tests/ref/eval_weights.lua")
+local fill = dofile(T.testing.path("ref/eval_weights.lua"))
 
 local sf = eval.shapes_fid
 local tests = {}
@@ -28,7 +28,7 @@ end
 
 -- n shapes images (u8 32 x 32) into dir as PNGs; transform(img) may alter each
 local function write_shapes(dir, n, seed, transform, size)
-  T._log().mkdirs(dir)
+  T._sys.mkdirs(dir)
   local ds = shapes { size = size or 32, seed = seed, objects = 1, split = "test", format = "u8" }
   local b = ds:batch(1, n)
   for i = 1, n do
@@ -126,14 +126,14 @@ tests["tocha eval fid --model shapes: folders, statistics files, the cache"] = f
   local direct = eval.fid(root .. "/a", root .. "/b", { model = "shapes", cache = false })
   assert(math.abs(v - direct) < 1e-6 * direct, string.format("%g vs %g", v, direct))
   -- each folder's statistics are now cached; a second run reads them
-  local files = T._optim.listdir(cache)
+  local files = T._sys.listdir(cache)
   assert(#files == 2, "two cache files, got " .. #files)
   local code2, out2 = tocha_eval({ "fid", root .. "/a", root .. "/b", "--model", "shapes", "--cache", cache })
   assert(code2 == 0 and out2 == out)
   -- a changed folder is a new cache entry
   write_shapes(root .. "/a", 1, 7)
   tocha_eval({ "fid", root .. "/a", root .. "/b", "--model", "shapes", "--cache", cache })
-  assert(#T._optim.listdir(cache) == 3)
+  assert(#T._sys.listdir(cache) == 3)
   -- statistics saved to a file stand in for the folder
   local c3, o3, e3 = tocha_eval({ "stats", root .. "/b", root .. "/b.safetensors", "--model", "shapes", "--no-cache" })
   assert(c3 == 0, e3)
@@ -196,7 +196,7 @@ tests["tocha eval: usage and errors"] = function()
   local root = T.testing.tmpdir()
   c, _, e = tocha_eval({ "fid", root .. "/none", root, "--model", "shapes" })
   assert(c == 1 and e:find("is neither a folder nor a file", 1, true), e)
-  T._log().mkdirs(root .. "/empty")
+  T._sys.mkdirs(root .. "/empty")
   c, _, e = tocha_eval({ "fid", root .. "/empty", root .. "/empty", "--model", "shapes" })
   assert(c == 1 and e:find("no PNG or JPEG images in", 1, true), e)
   write_shapes(root .. "/one", 1, 1)

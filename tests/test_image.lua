@@ -1,27 +1,18 @@
 -- tests/test_image.lua: PNG/JPEG decoding against PIL's pixels, writing, corrupt files, the
 -- transforms (resize matched to PIL's on fixtures from tests/ref/gen_image.py), grids.
 local T = require "tocha"
+local shape_is, read_file, write_file = T.testing.shape_is, T.testing.read_file, T.testing.write_file
 local image = require "tocha.image"
 
-local here = arg and arg[0] and arg[0]:match("^(.*)/[^/]*$") or "tests"
-local REF = dofile(here .. "/ref/image_ref.lua")
-local DIR = here .. "/ref/images/"
-local TMP = os.tmpname()
-os.remove(TMP)
-os.execute("mkdir -p " .. TMP)
+local REF = dofile(T.testing.path("ref/image_ref.lua"))
+local DIR = T.testing.path("ref/images/")
+local TMP = T.testing.tmpdir()
 
 local function flat(t) return t:contiguous():reshape(-1):tolist() end
 
-local function same_shape(t, shape)
-  local s = t.shape
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
-
 -- largest |difference| between a tensor and a fixture case
 local function maxdiff(t, case)
-  assert(same_shape(t, case.shape), "shape " .. table.concat(t.shape, "x") .. " vs " .. table.concat(case.shape, "x"))
+  assert(shape_is(t, case.shape), "shape " .. table.concat(t.shape, "x") .. " vs " .. table.concat(case.shape, "x"))
   local a, m = flat(t), 0
   for i = 1, #a do m = math.max(m, math.abs(a[i] - case.x[i])) end
   return m
@@ -30,19 +21,6 @@ end
 local function u8(shape, values) return T.tensor(values, { dtype = "u8" }):reshape(shape) end
 
 local function from_case(case) return u8(case.shape, case.x) end
-
-local function read_bytes(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_bytes(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 
 local function expect_error(fn, pattern)
   local ok, err = pcall(fn)
@@ -121,7 +99,7 @@ return {
     local path = TMP .. "/a.jpg"
     image.save(path, img, { quality = 95 })
     local back = assert(image.read(path))
-    assert(same_shape(back, { 32, 48, 3 }))
+    assert(shape_is(back, { 32, 48, 3 }))
     local d = (back:float() - img:float()):abs():mean():item()
     assert(d < 2, "mean abs error " .. d)
     local small = #image.encode(img, "jpeg", { quality = 20 })
@@ -143,7 +121,7 @@ return {
   end,
 
   ["corrupt and missing files give nil and a message naming the file"] = function()
-    local png, jpg = read_bytes(DIR .. "rgb.png"), read_bytes(DIR .. "rgb.jpg")
+    local png, jpg = read_file(DIR .. "rgb.png"), read_file(DIR .. "rgb.jpg")
     local cases = {
       { "trunc.png", png:sub(1, #png // 2), "trunc%.png: corrupt PNG" },
       { "trunc.jpg", jpg:sub(1, #jpg // 2), "trunc%.jpg: corrupt JPEG: Premature end" },
@@ -153,7 +131,7 @@ return {
       { "header.jpg", jpg:sub(1, 200), "header%.jpg: corrupt JPEG" },
     }
     for _, c in ipairs(cases) do
-      write_bytes(TMP .. "/" .. c[1], c[2])
+      write_file(TMP .. "/" .. c[1], c[2])
       local img, msg = image.read(TMP .. "/" .. c[1])
       assert(img == nil, c[1])
       assert(msg:find(TMP, 1, true) and msg:find(c[3]), c[1] .. ": " .. msg)
@@ -247,7 +225,7 @@ return {
     for i = 0, 255 do all[#all + 1] = i end
     local img = u8({ 4, 64, 1 }, all)
     local x = image.to_float(img)
-    assert(same_shape(x, { 1, 4, 64 }) and x.dtype == "f32")
+    assert(shape_is(x, { 1, 4, 64 }) and x.dtype == "f32")
     local v = flat(x)
     assert(math.abs(v[1] + 1) < 1e-7 and math.abs(v[256] - 1) < 1e-7)
     assert(math.abs(v[129] - (128 / 127.5 - 1)) < 1e-6)
@@ -255,7 +233,7 @@ return {
     -- batches: [N, H, W, C] <-> [N, C, H, W]; values outside the range clamp
     local batch = T.stack({ pattern(3, 5, 3), pattern(3, 5, 3) }, 1)
     local bx = image.to_float(batch)
-    assert(same_shape(bx, { 2, 3, 3, 5 }))
+    assert(shape_is(bx, { 2, 3, 3, 5 }))
     assert(maxdiff(bx[2]:select(1, 2), { shape = { 3, 5 }, x = flat(image.to_float(pattern(3, 5, 3)):select(1, 2)) }) == 0)
     assert(maxdiff(image.to_u8(bx), { shape = { 2, 3, 5, 3 }, x = flat(batch) }) == 0)
     local clamped = flat(image.to_u8(T.tensor({ { { -3, 0.2, 9 } } })))
@@ -269,7 +247,7 @@ return {
     local tf = image.Compose { image.Resize(24), image.CenterCrop({ 20, 22 }), image.RandomHorizontalFlip(1), image.ToFloat() }
     local out = tf(src)
     local ref = image.to_float(image.hflip(image.center_crop(image.resize(src, 24), { 20, 22 })))
-    assert(same_shape(out, { 3, 20, 22 }))
+    assert(shape_is(out, { 3, 20, 22 }))
     assert((out - ref):abs():max():item() == 0)
     -- random crops: the fused pipeline and the separate steps draw the same window
     T.manual_seed(3)
@@ -285,7 +263,7 @@ return {
         if maxdiff(full:narrow(1, y, 17):narrow(2, x, 17), { shape = fused.shape, x = flat(fused) }) == 0 then found = true end
       end
     end
-    assert(found and same_shape(steps, { 17, 17, 3 }))
+    assert(found and shape_is(steps, { 17, 17, 3 }))
     expect_error(function() image.Compose { image.ToFloat(), image.Resize(4) } end, "to_float must be the last")
     expect_error(function() image.Compose { function() end } end, "not an image transform")
   end,
@@ -294,7 +272,7 @@ return {
     local imgs = {}
     for i = 1, 5 do imgs[i] = T.full({ 3, 4, 6 }, i / 10) end
     local g = image.grid(imgs, 3, { padding = 1, pad_value = -1 })
-    assert(same_shape(g, { 3, 2 * 5 + 1, 3 * 7 + 1 }))
+    assert(shape_is(g, { 3, 2 * 5 + 1, 3 * 7 + 1 }))
     assert(math.abs(g[1][1][1]:item() + 1) < 1e-6)                  -- padding
     assert(math.abs(g[2][2][2]:item() - 0.1) < 1e-6)                -- image 1 at (2, 2)
     assert(math.abs(g[1][7][9]:item() - 0.5) < 1e-6)                -- image 5: row 2, column 2
@@ -303,7 +281,7 @@ return {
     local g2 = image.grid(batch, 3, { padding = 1, pad_value = -1 })
     assert((g2 - g):abs():max():item() == 0)
     local u = image.grid({ pattern(4, 5, 3), pattern(4, 5, 3) }, 8)
-    assert(same_shape(u, { 8, 16, 3 }) and u.dtype == "u8")
+    assert(shape_is(u, { 8, 16, 3 }) and u.dtype == "u8")
     image.save(TMP .. "/grid.png", g)
     expect_error(function() image.grid({ T.zeros(3, 4, 4), T.zeros(3, 5, 4) }) end, "differs in shape")
   end,

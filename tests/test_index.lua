@@ -2,8 +2,8 @@
 -- stack, embedding): forward and backward against PyTorch (tests/ref/index_ref.lua, made by
 -- gen_index.py), f64 gradchecks, strided inputs, dtypes, zero sizes, in-place and errors.
 local T = require "tocha"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests"
-local R = dofile(here .. "/ref/index_ref.lua")
+local raises = T.testing.raises
+local R = dofile(T.testing.path("ref/index_ref.lua"))
 local close, gradcheck = T.testing.assert_close, T.testing.gradcheck
 
 -- a fixture tensor {shape, v}: booleans become bool, others the given dtype (f64)
@@ -22,14 +22,6 @@ local function same_shape(t, shape)
 end
 
 -- pcall f and check that the error message contains each of the plain-text fragments
-local function raises(f, ...)
-  local ok, err = pcall(f)
-  assert(not ok, "expected an error")
-  for _, frag in ipairs({ ... }) do
-    assert(tostring(err):find(frag, 1, true), "error '" .. tostring(err) .. "' lacks '" .. frag .. "'")
-  end
-end
-
 local function f64(...) return T.randn({ ... }, { dtype = "f64", requires_grad = true }) end
 
 local tests = {}
@@ -321,9 +313,8 @@ tests["masked_fill_ and scatter_add_ in place"] = function()
   close(b, { { 7, 7 }, { 1, 1 }, { 7, 7 } })
   -- a leaf that requires grad is refused
   local leafx = f64(2, 3)
-  raises(function() leafx:masked_fill_(T.ones(2, 3):gt(0), 1) end, "masked_fill_", "leaf")
-  raises(function() leafx:scatter_add_(1, long({ { 1, 1, 1 } }), T.ones({ 1, 3 }, { dtype = "f64" })) end,
-    "scatter_add_", "leaf")
+  raises({ "masked_fill_", "leaf" }, function() leafx:masked_fill_(T.ones(2, 3):gt(0), 1) end)
+  raises({ "scatter_add_", "leaf" }, function() leafx:scatter_add_(1, long({ { 1, 1, 1 } }), T.ones({ 1, 3 }, { dtype = "f64" })) end)
   -- a non-leaf takes the new history
   local a = f64(2, 3)
   local y = a * 2
@@ -338,13 +329,13 @@ tests["masked_fill_ and scatter_add_ in place"] = function()
   local h = b2 * 1
   local z = h:sin() -- saves h
   h:masked_fill_(T.ones(3):gt(0), 0)
-  raises(function() z:sum():backward() end, "modified by an in-place operation")
+  raises("modified by an in-place operation", function() z:sum():backward() end)
   local h2 = b2 * 1
   local z2 = h2:sin()
   h2:scatter_add_(1, long({ { 1, 1, 1 } }), T.ones({ 1, 3 }, { dtype = "f64" }))
-  raises(function() z2:sum():backward() end, "modified by an in-place operation")
+  raises("modified by an in-place operation", function() z2:sum():backward() end)
   -- the mask must broadcast to x itself
-  raises(function() T.zeros(3):masked_fill_(T.ones(2, 3):gt(0), 1) end, "masked_fill_", "[2 x 3]", "[3]")
+  raises({ "masked_fill_", "[2 x 3]", "[3]" }, function() T.zeros(3):masked_fill_(T.ones(2, 3):gt(0), 1) end)
 end
 
 ---------------------------------------------------------------------------
@@ -352,39 +343,37 @@ end
 ---------------------------------------------------------------------------
 tests["errors name the op, the index and the size"] = function()
   local x = T.randn(3, 4)
-  raises(function() x:index_select(1, long({ 1, 4 })) end, "index_select", "index 4", "size 3")
-  raises(function() x:index_select(2, long({ 0 })) end, "index_select", "index 0", "1-based")
-  raises(function() x:index_select(2, long({ -1 })) end, "index -1", "size 4")
-  raises(function() x:gather(2, long({ { 5 } })) end, "gather", "index 5", "size 4")
-  raises(function() x:scatter_add(1, long({ { 9 } }), T.ones(1, 1)) end, "scatter_add", "index 9", "size 3")
-  raises(function() T.embedding(long({ 1, 11 }), T.ones(10, 2), 0) end, "embedding", "index 11", "size 10")
-  raises(function() T.embedding(long({ 1 }), T.ones(10, 2), 11) end, "embedding", "padding_idx 11")
-  raises(function() T.embedding(long({ 1 }), T.ones(10), 0) end, "embedding", "2-d")
+  raises({ "index_select", "index 4", "size 3" }, function() x:index_select(1, long({ 1, 4 })) end)
+  raises({ "index_select", "index 0", "1-based" }, function() x:index_select(2, long({ 0 })) end)
+  raises({ "index -1", "size 4" }, function() x:index_select(2, long({ -1 })) end)
+  raises({ "gather", "index 5", "size 4" }, function() x:gather(2, long({ { 5 } })) end)
+  raises({ "scatter_add", "index 9", "size 3" }, function() x:scatter_add(1, long({ { 9 } }), T.ones(1, 1)) end)
+  raises({ "embedding", "index 11", "size 10" }, function() T.embedding(long({ 1, 11 }), T.ones(10, 2), 0) end)
+  raises({ "embedding", "padding_idx 11" }, function() T.embedding(long({ 1 }), T.ones(10, 2), 11) end)
+  raises({ "embedding", "2-d" }, function() T.embedding(long({ 1 }), T.ones(10), 0) end)
   -- index dtype and rank
-  raises(function() x:index_select(1, T.tensor({ 1 })) end, "index_select", "i64 or i32", "f32")
-  raises(function() x:index_select(1, long({ { 1 } })) end, "index_select", "1-d")
-  raises(function() x:gather(1, long({ 1 })) end, "gather", "dimensions")
-  raises(function() x:gather(1, long({ { 1, 1, 1, 1, 1 } })) end, "gather", "larger", "dimension 2")
+  raises({ "index_select", "i64 or i32", "f32" }, function() x:index_select(1, T.tensor({ 1 })) end)
+  raises({ "index_select", "1-d" }, function() x:index_select(1, long({ { 1 } })) end)
+  raises({ "gather", "dimensions" }, function() x:gather(1, long({ 1 })) end)
+  raises({ "gather", "larger", "dimension 2" }, function() x:gather(1, long({ { 1, 1, 1, 1, 1 } })) end)
   -- value dtypes
-  raises(function() x:scatter_add(1, long({ { 1 } }), T.ones({ 1, 1 }, { dtype = "f64" })) end,
-    "scatter_add", "f64", "f32")
-  raises(function() x:masked_fill(T.ones(3, 4), 1) end, "masked_fill", "bool", "f32")
-  raises(function() x:masked_fill(T.ones(2, 4):gt(0), 1) end, "masked_fill", "broadcast")
-  raises(function() T.zeros({ 2 }, { dtype = "i64" }):masked_fill(T.ones(2):gt(0), math.huge) end,
-    "masked_fill", "i64")
+  raises({ "scatter_add", "f64", "f32" }, function() x:scatter_add(1, long({ { 1 } }), T.ones({ 1, 1 }, { dtype = "f64" })) end)
+  raises({ "masked_fill", "bool", "f32" }, function() x:masked_fill(T.ones(3, 4), 1) end)
+  raises({ "masked_fill", "broadcast" }, function() x:masked_fill(T.ones(2, 4):gt(0), 1) end)
+  raises({ "masked_fill", "i64" }, function() T.zeros({ 2 }, { dtype = "i64" }):masked_fill(T.ones(2):gt(0), math.huge) end)
   -- dims
-  raises(function() x:index_select(3, long({ 1 })) end, "index_select", "dimension 3", "2-d")
-  raises(function() x:gather(-3, long({ { 1 } })) end, "gather", "out of range")
-  raises(function() T.cat({ x, x }, 3) end, "cat", "dimension 3")
-  raises(function() T.stack({ x, x }, 4) end, "stack", "dimension 4")
-  raises(function() x:index_select(0, long({ 1 })) end, "1-based")
+  raises({ "index_select", "dimension 3", "2-d" }, function() x:index_select(3, long({ 1 })) end)
+  raises({ "gather", "out of range" }, function() x:gather(-3, long({ { 1 } })) end)
+  raises({ "cat", "dimension 3" }, function() T.cat({ x, x }, 3) end)
+  raises({ "stack", "dimension 4" }, function() T.stack({ x, x }, 4) end)
+  raises("1-based", function() x:index_select(0, long({ 1 })) end)
   -- cat and stack shapes
-  raises(function() T.cat({ x, T.ones(3, 5) }, 1) end, "cat", "except in dimension 1", "[3 x 4]", "[3 x 5]")
-  raises(function() T.cat({ x, T.ones(4) }, 1) end, "cat", "same number of dimensions")
-  raises(function() T.cat({ T.ones(2), T.tensor(1) }) end, "cat", "zero-dimensional")
-  raises(function() T.cat({}) end, "cat", "non-empty")
-  raises(function() T.cat({ x, 3 }) end, "cat", "entry 2", "not a tensor")
-  raises(function() T.stack({ x, T.ones(3, 5) }) end, "stack", "entry 2", "[3 x 5]")
+  raises({ "cat", "except in dimension 1", "[3 x 4]", "[3 x 5]" }, function() T.cat({ x, T.ones(3, 5) }, 1) end)
+  raises({ "cat", "same number of dimensions" }, function() T.cat({ x, T.ones(4) }, 1) end)
+  raises({ "cat", "zero-dimensional" }, function() T.cat({ T.ones(2), T.tensor(1) }) end)
+  raises({ "cat", "non-empty" }, function() T.cat({}) end)
+  raises({ "cat", "entry 2", "not a tensor" }, function() T.cat({ x, 3 }) end)
+  raises({ "stack", "entry 2", "[3 x 5]" }, function() T.stack({ x, T.ones(3, 5) }) end)
 end
 
 return tests

@@ -3,12 +3,12 @@
 -- (tests/ref/gen_log.py) checks the decoder; child processes check kill -9, exit without
 -- close and a full file system. TensorBoard itself reads them in tests/interop/tensorboard.sh.
 local T = require "tocha"
+local raises, read_file, write_file = T.testing.raises, T.testing.read_file, T.testing.write_file
 local log = require "tocha.log"
 local events = require "tocha.log.events"
 local image = require "tocha.image"
-local C = T._log()
+local C = T._log
 
-local here = debug.getinfo(1, "S").source:sub(2):match("^(.*)/[^/]*$") or "."
 local tocha_bin = arg and arg[-1] or "./build/tocha"
 
 local tmpdir = T.testing.tmpdir
@@ -19,34 +19,11 @@ end
 
 local function close_to(a, b, tol) return math.abs(a - b) <= (tol or 1e-6) * math.max(1, math.abs(b)) end
 
-local function raises(fn, pattern)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern), "error '" .. tostring(err) .. "' does not match '" .. pattern .. "'")
-  return err
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 -- runs a Lua chunk in a child tocha; returns its output and exit status
 local function child(dir, code, prefix)
   local script = dir .. "/child.lua"
   write_file(script, code)
-  local p = io.popen("(" .. (prefix or "") .. tocha_bin .. " " .. script .. ") 2>&1; echo \"rc=$?\"")
-  local out = p:read("a")
-  p:close()
-  return out, tonumber(out:match("rc=(%d+)%s*$"))
+  return T.testing.tocha(script, prefix)
 end
 
 local function scalars(dir, tag)
@@ -65,8 +42,8 @@ return {
   end,
 
   ["decodes an event file written by TensorBoard's own writer"] = function()
-    local ref = dofile(here .. "/ref/log_ref.lua")
-    local r = events.load(here .. "/ref/log_events")
+    local ref = dofile(T.testing.path("ref/log_ref.lua"))
+    local r = events.load(T.testing.path("ref/log_events"))
     assert(#r.files == 1 and r.truncated == 0)
     local loss = r.scalars.loss
     assert(#loss == 3)
@@ -232,32 +209,32 @@ return {
   ["invalid tags, steps and values raise at the call"] = function()
     local dir = tmpdir()
     local w = log.tensorboard(dir)
-    raises(function() w:add_scalar("", 1, 1) end, "add_scalar: invalid tag \"\": it is empty")
-    raises(function() w:add_scalar("a\nb", 1, 1) end, "control character")
-    raises(function() w:add_scalar("a//b", 1, 1) end, "empty part")
-    raises(function() w:add_scalar("/a", 1, 1) end, "empty part")
-    raises(function() w:add_scalar("bad\255utf8", 1, 1) end, "not valid UTF%-8")
-    raises(function() w:add_scalar(42, 1, 1) end, "the tag must be a string")
-    raises(function() w:add_scalar("step", 1, 1) end, "reserved")
-    raises(function() w:add_scalar("x", "high", 1) end, "expected a number or a one%-element tensor")
-    raises(function() w:add_scalar("x", T.zeros({ 2 }), 1) end, "2 elements")
-    raises(function() w:add_scalar("x", 1, -1) end, "step must be a non%-negative integer")
-    raises(function() w:add_scalar("x", 1, 1.5) end, "step must be")
-    raises(function() w:add_image("i", T.rand({ 2, 3, 4, 5 }), 1) end, "CHW image must have 3 dims")
-    raises(function() w:add_image("i", T.rand({ 5, 4, 4 }), 1) end, "1 to 4 channels")
-    raises(function() w:add_image("i", T.zeros({ 3, 3, 3 }, { dtype = "i32" }), 1) end, "cannot show a i32")
-    raises(function() w:add_image("i", T.rand({ 3, 4, 4 }), 1, { dataformats = "NCHW" }) end, "dataformats")
-    raises(function() w:add_histogram("h", "x", 1) end, "expected a tensor or a list")
-    raises(function() w:add_histogram("h", T.rand({ 3 }), 1, { bins = 0 }) end, "bins")
-    raises(function() w:add_text("t", {}, 1) end, "text must be a string")
-    raises(function() w:add_hparams({ f = print }, {}) end, "hyperparameter 'f' is a function")
-    raises(function() w:add_hparams({ lr = 1 }, { ["a//b"] = 1 }) end, "invalid tag")
+    raises("add_scalar: invalid tag \"\": it is empty", function() w:add_scalar("", 1, 1) end)
+    raises("control character", function() w:add_scalar("a\nb", 1, 1) end)
+    raises("empty part", function() w:add_scalar("a//b", 1, 1) end)
+    raises("empty part", function() w:add_scalar("/a", 1, 1) end)
+    raises("not valid UTF%-8", function() w:add_scalar("bad\255utf8", 1, 1) end)
+    raises("the tag must be a string", function() w:add_scalar(42, 1, 1) end)
+    raises("reserved", function() w:add_scalar("step", 1, 1) end)
+    raises("expected a number or a one%-element tensor", function() w:add_scalar("x", "high", 1) end)
+    raises("2 elements", function() w:add_scalar("x", T.zeros({ 2 }), 1) end)
+    raises("step must be a non%-negative integer", function() w:add_scalar("x", 1, -1) end)
+    raises("step must be", function() w:add_scalar("x", 1, 1.5) end)
+    raises("CHW image must have 3 dims", function() w:add_image("i", T.rand({ 2, 3, 4, 5 }), 1) end)
+    raises("1 to 4 channels", function() w:add_image("i", T.rand({ 5, 4, 4 }), 1) end)
+    raises("cannot show a i32", function() w:add_image("i", T.zeros({ 3, 3, 3 }, { dtype = "i32" }), 1) end)
+    raises("dataformats", function() w:add_image("i", T.rand({ 3, 4, 4 }), 1, { dataformats = "NCHW" }) end)
+    raises("expected a tensor or a list", function() w:add_histogram("h", "x", 1) end)
+    raises("bins", function() w:add_histogram("h", T.rand({ 3 }), 1, { bins = 0 }) end)
+    raises("text must be a string", function() w:add_text("t", {}, 1) end)
+    raises("hyperparameter 'f' is a function", function() w:add_hparams({ f = print }, {}) end)
+    raises("invalid tag", function() w:add_hparams({ lr = 1 }, { ["a//b"] = 1 }) end)
     local line = debug.getinfo(1, "l").currentline + 1
-    local err = raises(function() w:add_scalar("", 1, 1) end, "invalid tag")
+    local err = raises("invalid tag", function() w:add_scalar("", 1, 1) end)
     assert(err:find("test_log.lua:" .. line), "error points at the caller: " .. err)
     w:close()
     w:close() -- a second close is allowed
-    raises(function() w:add_scalar("x", 1, 1) end, "add_scalar: the writer is closed")
+    raises("add_scalar: the writer is closed", function() w:add_scalar("x", 1, 1) end)
     -- nothing invalid reached the file
     local r = events.load(dir)
     assert(next(r.scalars) == nil and next(r.images) == nil)
@@ -266,15 +243,14 @@ return {
   ["a directory that cannot be made or written raises with the reason"] = function()
     local dir = tmpdir()
     write_file(dir .. "/file", "x")
-    raises(function() log.tensorboard(dir .. "/file/sub") end,
-      "log.tensorboard: cannot create directory .*/file: a file of that name exists")
-    raises(function() log.tensorboard("/proc/tocha-cannot-exist/run") end, "log.tensorboard: cannot create directory")
-    raises(function() log.tensorboard("") end, "non%-empty string")
+    raises("log.tensorboard: cannot create directory .*/file: a file of that name exists", function() log.tensorboard(dir .. "/file/sub") end)
+    raises("log.tensorboard: cannot create directory", function() log.tensorboard("/proc/tocha-cannot-exist/run") end)
+    raises("non%-empty string", function() log.tensorboard("") end)
     -- a directory without write permission (root may write anywhere: then nothing to test)
     os.execute("mkdir -p " .. dir .. "/ro && chmod 500 " .. dir .. "/ro")
     local probe = io.open(dir .. "/ro/probe", "w")
     if probe then probe:close() else
-      raises(function() log.tensorboard(dir .. "/ro") end, "cannot open .* for writing: Permission denied")
+      raises("cannot open .* for writing: Permission denied", function() log.tensorboard(dir .. "/ro") end)
     end
   end,
 
@@ -408,8 +384,8 @@ return {
     write_file(dir .. "/bad.tfevents", flipped)
     local none, err = events.read_file(dir .. "/bad.tfevents")
     assert(none == nil and err:find("bad data checksum"), err)
-    raises(function() events.load(dir .. "/bad.tfevents") end, "bad data checksum")
-    raises(function() events.load(dir .. "/missing") end, "events.load: cannot list .*missing")
+    raises("bad data checksum", function() events.load(dir .. "/bad.tfevents") end)
+    raises("events.load: cannot list .*missing", function() events.load(dir .. "/missing") end)
   end,
 
   ["interop: a sweep of two runs for TensorBoard's own reader"] = function()
@@ -511,9 +487,9 @@ return {
     os.execute("sleep 0.06")
     assert(s() and not s())
     assert(log.every_seconds(10, { first = true })())
-    raises(function() log.every(0) end, "positive integer")
-    raises(function() log.every(1.5) end, "positive integer")
-    raises(function() log.at(5) end, "list of steps")
+    raises("positive integer", function() log.every(0) end)
+    raises("positive integer", function() log.every(1.5) end)
+    raises("list of steps", function() log.at(5) end)
   end,
 
   ["progress line: plain lines off a terminal, redrawn in place on one"] = function()
@@ -548,6 +524,6 @@ return {
     q:close()
     local text = tty:text()
     assert(text:find("^\rstep 1/10") and text:find("\27%[K") and text:find("a message\n") and text:sub(-1) == "\n")
-    assert(not C.isatty(io.popen("true")))
+    assert(not T._sys.isatty(io.popen("true")))
   end,
 }

@@ -3,7 +3,7 @@
 local T = require "tocha"
 local lr = require "tocha.lr"
 local optim = require "tocha.optim"
-local ref = dofile((arg and arg[0] and arg[0]:match("^(.*)/[^/]*$") or "tests") .. "/ref/lr_ref.lua")
+local ref = dofile(T.testing.path("ref/lr_ref.lua"))
 
 local LR = ref.lr
 
@@ -88,10 +88,7 @@ tests["a schedule drives the optimizer: set_lr(f(step)) before each step"] = fun
 end
 
 tests["bad options give clear errors"] = function()
-  local function fails(pat, f, ...)
-    local ok, err = pcall(f, ...)
-    assert(not ok and tostring(err):find(pat, 1, true), tostring(err))
-  end
+  local fails = T.testing.raises
   fails("lr.cosine: steps is required", lr.cosine, { lr = 1 })
   fails('lr.linear: unknown option "warmup_steps"', lr.linear, { lr = 1, steps = 10, warmup_steps = 3 })
   fails("lr.linear: steps must be an integer", lr.linear, { lr = 1, steps = 10.5 })

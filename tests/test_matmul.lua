@@ -2,18 +2,11 @@
 -- broadcasting, transposed and strided operands), bmm, linear and outer against PyTorch
 -- (tests/ref/core_ref.lua), with f64 gradchecks and the size-mismatch errors.
 local T = require "tocha"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local REF = dofile(here .. "/ref/core_ref.lua").matmul
+local shape_is = T.testing.shape_is
+local REF = dofile(T.testing.path("ref/core_ref.lua")).matmul
 local close, gradcheck = T.testing.assert_close, T.testing.gradcheck
 
 local errors = T.testing.assert_raises
-
-local function shape_is(t, shape)
-  local s = t.shape
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
 
 local function operands(c, dtype)
   return T.tensor(c.a, { dtype = dtype or "f64" }):view(c.a_shape), T.tensor(c.b, { dtype = dtype or "f64" }):view(c.b_shape)

@@ -2,23 +2,19 @@
 -- UNet2DConditionModel (weights, inputs and outputs from tests/ref/gen_models.py, loaded by
 -- name with strict load_state_dict), gradients, parameter counts from configs, presets, errors.
 local T = require "tocha"
+local raises = T.testing.raises
 local json = require "tocha.json"
 local models = require "tocha.models"
 
-local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local P = models.presets
 local tests = {}
 
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern), "error \"" .. tostring(err) .. "\" does not match " .. pattern)
-end
-
--- a case: its weights, its inputs / outputs, and the config it was built from
-local function load_case(name)
-  local sd, meta = T.load(here .. "/ref/models_" .. name .. ".safetensors")
-  local io = T.load(here .. "/ref/models_" .. name .. "_io.safetensors")
+-- a case: its weights, its inputs / outputs, and the config it was built from (files
+-- ref/<prefix>_<name>*.safetensors, prefix "models" by default)
+local function load_case(name, prefix)
+  local base = "ref/" .. (prefix or "models") .. "_" .. name
+  local sd, meta = T.load(T.testing.path(base .. ".safetensors"))
+  local io = T.load(T.testing.path(base .. "_io.safetensors"))
   return sd, io, json.decode(meta.config)
 end
 
@@ -247,7 +243,7 @@ end
 tests["clear errors for bad configs and inputs"] = function()
   local U, C = models.UNet2DConditionModel, models.CLIPTextModel
   raises("unknown config key%(s%): block_channels", U, P.tiny_unet, { block_channels = { 1 } })
-  raises("class_embed_type = \"timestep\" is not supported", U, P.tiny_unet, { class_embed_type = "timestep" })
+  raises("class_embed_type = \"class\" is not supported", U, P.tiny_unet, { class_embed_type = "class" })
   raises("down_block_types%[1%] = \"AttnDownBlock2D\" is not supported", U, P.tiny_unet,
     { down_block_types = { "AttnDownBlock2D", "DownBlock2D", "DownBlock2D" } })
   raises("up_block_types must list 3 block types", U, P.tiny_unet, { up_block_types = { "UpBlock2D" } })
@@ -306,8 +302,102 @@ tests["class_embed_type projection adds a per-sample vector to the time embeddin
   T.testing.assert_close(u(x, ts, ctx, { class_labels = a }), plain(x, ts, ctx), { rtol = 1e-5, atol = 1e-6 })
   local ok, err = pcall(u.forward, u, x, ts, ctx)
   assert(not ok and err:find("class_labels must be"), err)
-  ok, err = pcall(models.UNet2DConditionModel, models.presets.tiny_unet, { class_embed_type = "timestep" })
-  assert(not ok and err:find("projection"), err)
+  ok, err = pcall(models.UNet2DConditionModel, models.presets.tiny_unet, { class_embed_type = "projection" })
+  assert(not ok and err:find("projection_class_embeddings_input_dim"), err)
+end
+
+---------------------------------------------------------------------------
+-- Stable Diffusion 1.x / 2.x config variants (tests/ref/gen_sd.py)
+---------------------------------------------------------------------------
+local function load_sd_case(name) return load_case(name, "sd") end
+
+local function check_variant(name)
+  local sd, io, cfg = load_sd_case(name)
+  local m = models.UNet2DConditionModel(cfg):eval()
+  m:load_state_dict(sd, true)
+  local labels = io.class_labels
+  T.testing.assert_close(m(io.sample, io.timestep, io.context, { class_labels = labels }), io.out,
+    { rtol = F32.rtol, atol = F32.atol, msg = name .. " f32" })
+  m:to("f64")
+  local x = io.sample:double():requires_grad_()
+  if labels and labels.dtype == "f32" then labels = labels:double() end
+  local y = m(x, io.timestep, io.context:double(), { class_labels = labels })
+  T.testing.assert_close(y, io.out_f64, { rtol = 1e-6, atol = 1e-9, msg = name .. " f64" })
+  T.testing.assert_close(y, io.out_f64, { rtol = F64.rtol, atol = F64.atol, msg = name .. " f64 (tight)" })
+  ;(y * io.r):sum():backward()
+  T.testing.assert_close(x.grad, io["grad.sample"], { rtol = 1e-8, atol = 1e-10, msg = name .. " grad" })
+  return m
+end
+
+tests["SD 2.x UNet config: head lists, linear projections, upcast attention, class ids (num_class_embeds)"] = function()
+  local m = check_variant("unet_sd2")
+  assert(m.config.upcast_attention == true and m.config.use_linear_projection == true)
+  assert(m.class_embedding.weight.shape[1] == 5)
+  local sd, io, cfg = load_sd_case("unet_sd2")
+  local ok, err = pcall(m.forward, m, io.sample:double(), 1, io.context:double(), { class_labels = T.tensor({ 1.5, 2 }) })
+  assert(not ok and err:find("class_labels must be an integer tensor %[2 %(batch%)%] of 1%-based class ids"), err)
+  assert(models.UNet2DConditionModel(cfg):num_parameters() == models.num_parameters("UNet2DConditionModel", cfg))
+  local n = 0
+  for _, t in pairs(sd) do n = n + t:numel() end
+  assert(models.num_parameters("UNet2DConditionModel", cfg) == n)
+end
+
+tests["UNet class_embed_type timestep and simple_projection match diffusers"] = function()
+  check_variant("unet_classts")
+  check_variant("unet_classproj")
+  for _, name in ipairs({ "unet_classts", "unet_classproj" }) do
+    local sd, _, cfg = load_sd_case(name)
+    local n = 0
+    for _, t in pairs(sd) do n = n + t:numel() end
+    assert(models.num_parameters("UNet2DConditionModel", cfg) == n, name)
+  end
+end
+
+tests["UNet class_embed_type identity adds the vector itself to the time embedding"] = function()
+  local cfg = { in_channels = 2, out_channels = 2, block_out_channels = { 8 }, down_block_types = { "DownBlock2D" },
+    up_block_types = { "UpBlock2D" }, layers_per_block = 1, attention_head_dim = 2, cross_attention_dim = 6,
+    norm_num_groups = 2, class_embed_type = "identity", dtype = "f64" }
+  local m = models.UNet2DConditionModel(cfg)
+  local plain = models.UNet2DConditionModel(cfg, { class_embed_type = json.null })
+  plain:load_state_dict(m:state_dict(), true)
+  local x, ctx = T.randn({ 2, 2, 4, 4 }, { dtype = "f64" }), T.randn({ 2, 3, 6 }, { dtype = "f64" })
+  T.testing.assert_close(m(x, 10, ctx, { class_labels = T.zeros({ 2, 32 }, { dtype = "f64" }) }), plain(x, 10, ctx))
+  assert(not m(x, 10, ctx, { class_labels = T.ones({ 2, 32 }, { dtype = "f64" }) }):allclose(plain(x, 10, ctx)))
+end
+
+-- stabilityai/stable-diffusion-2-1 unet/config.json, as published
+local SD21_UNET_JSON = [[{
+  "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.10.0.dev0", "act_fn": "silu",
+  "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": false,
+  "cross_attention_dim": 1024,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "downsample_padding": 1, "dual_cross_attention": false, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+  "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+  "num_class_embeds": null, "only_cross_attention": false, "out_channels": 4, "sample_size": 96,
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+  "upcast_attention": true, "use_linear_projection": true
+}]]
+
+tests["SD 2.1's unet config resolves as it is: 865,910,724 parameters, as diffusers builds it"] = function()
+  local cfg = json.decode(SD21_UNET_JSON)
+  assert(models.num_parameters("UNet2DConditionModel", cfg) == 865910724)
+  local c = models.resolve("UNet2DConditionModel", cfg)
+  assert(c.attention_head_dim[4] == 20 and c.cross_attention_dim[1] == 1024 and c.upcast_attention)
+end
+
+tests["CLIPTextModel as SD 2.x's OpenCLIP encoder: gelu, padding with another token, every hidden state, clip skip"] = function()
+  local sd, io, cfg = load_sd_case("text_sd2")
+  local m = models.CLIPTextModel(cfg, { dtype = "f64" }):eval()
+  m:load_state_dict(sd, true)
+  local h, pooled, hidden = m(io.ids, { output_hidden_states = true })
+  local tol = { rtol = 1e-6, atol = 1e-9 }
+  T.testing.assert_close(h, io.last_hidden_state_f64, tol)
+  T.testing.assert_close(pooled, io.pooled_f64, tol)
+  assert(#hidden == cfg.num_hidden_layers + 1)
+  for i, x in ipairs(hidden) do
+    T.testing.assert_close(x, io["hidden." .. i], { rtol = F64.rtol, atol = F64.atol, msg = "hidden " .. i })
+  end
+  T.testing.assert_close(m.text_model.final_layer_norm(hidden[#hidden - 1]), io.clip_skip2, tol)
 end
 
 return tests

@@ -3,11 +3,11 @@
 -- against PyTorch (tests/ref/nn_ref.lua), a PyTorch state_dict loaded from safetensors
 -- (tests/ref/nn_model.safetensors), and a small MLP trained with a manual SGD loop.
 local T = require "tocha"
+local raises = T.testing.raises
 local nn = require "tocha.nn"
 local F = require "tocha.nn.functional"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests"
-local ref = dofile(here .. "/ref/nn_ref.lua")
+local ref = dofile(T.testing.path("ref/nn_ref.lua"))
 
 local function tensor(e, dtype)
   return T.tensor(e.v, { dtype = dtype or "f64" }):view(e.shape)
@@ -17,13 +17,6 @@ local function state_of(case, dtype)
   local sd = {}
   for k, e in pairs(case.sd) do sd[k] = tensor(e, dtype) end
   return sd
-end
-
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern), "error '" .. tostring(err) .. "' does not match '" .. pattern .. "'")
-  return tostring(err)
 end
 
 local function names(iter)
@@ -499,7 +492,7 @@ end
 ---------------------------------------------------------------------------
 tests["PyTorch safetensors state_dict gives PyTorch's outputs"] = function()
   local c = ref.model
-  local sd = T.load(here .. "/ref/nn_model.safetensors")
+  local sd = T.load(T.testing.path("ref/nn_model.safetensors"))
   local m = Model():eval()
   m:load_state_dict(sd) -- strict: the trees match name for name
   local ids = tensor(c.ids, "i64")

@@ -2,8 +2,9 @@
 -- gradients, tests/ref/gen_norm.py), f64 gradient checks, strided and half-precision
 -- inputs, errors; and dropout: its Philox mask, scaling, reproducibility and gradient.
 local T = require "tocha"
+local raises = T.testing.raises
 local F = require "tocha.nn.functional"
-local ref = dofile("tests/ref/norm_ref.lua")
+local ref = dofile(T.testing.path("ref/norm_ref.lua"))
 
 local tests = {}
 
@@ -13,12 +14,6 @@ end
 
 local function leaf(vals, shape, dtype)
   return vals and tensor(vals, shape, dtype):requires_grad_(true)
-end
-
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not mention '" .. pattern .. "'")
 end
 
 -- ---- layer norm, group norm against PyTorch -------------------------------------------------------

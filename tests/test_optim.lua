@@ -3,7 +3,7 @@
 -- parameter groups, gradient accumulation, autograd interplay and bad input.
 local T = require "tocha"
 local optim = require "tocha.optim"
-local ref = dofile((arg and arg[0] and arg[0]:match("^(.*)/[^/]*$") or "tests") .. "/ref/optim_ref.lua")
+local ref = dofile(T.testing.path("ref/optim_ref.lua"))
 
 -- the gradient formula of gen_optim.py (evaluated in double, rounded to the dtype by T.tensor)
 local function grad_value(t, k, i)
@@ -224,6 +224,39 @@ tests["lr: opt.lr reads group 1, set_lr and assignment set every group"] = funct
   assert_same(ps[3]:detach(), before)
 end
 
+tests["lr_scale: set_lr gives each group the rate times its scale"] = function()
+  local ps = fresh_params("f32")
+  local opt = optim.AdamW({ { params = { ps[1] } }, { params = { ps[2] }, lr_scale = 0.02 },
+    { params = { ps[3] }, lr_scale = 0.5, lr = 0.3 } }, { lr = 0.1 })
+  -- at first: a group without its own lr starts at the default times its scale
+  assert(opt.param_groups[1].lr == 0.1 and opt.param_groups[2].lr == 0.1 * 0.02 and opt.param_groups[3].lr == 0.3)
+  opt:set_lr(0.01)
+  assert(opt.param_groups[1].lr == 0.01 and opt.param_groups[2].lr == 0.01 * 0.02 and opt.param_groups[3].lr == 0.01 * 0.5)
+  opt.lr = 0.04
+  assert(opt.lr == 0.04 and opt.param_groups[2].lr == 0.04 * 0.02)
+  local p4 = T.zeros({ 2 }, { requires_grad = true })
+  opt:add_param_group({ params = { p4 }, lr_scale = 3 })
+  assert(opt.param_groups[4].lr == 0.1 * 3, "from the default lr, not the current one")
+  -- the scaled rate is the rate the update uses: one step of group 2 equals a plain AdamW at lr * scale
+  local a, b = T.ones({ 3 }, { requires_grad = true }), T.ones({ 3 }, { requires_grad = true })
+  local scaled = optim.AdamW({ { params = { a }, lr_scale = 0.25 } }, { lr = 1 })
+  local plain = optim.AdamW({ b }, { lr = 1 })
+  scaled:set_lr(0.2)
+  plain:set_lr(0.2 * 0.25)
+  for _, x in ipairs({ a, b }) do x.grad = T.tensor({ 1, -2, 3 }) end
+  scaled:step()
+  plain:step()
+  assert_same(a:detach(), b:detach())
+  -- saved and loaded with the other options
+  local sd = opt:state_dict()
+  assert(sd.param_groups[2].lr_scale == 0.02)
+  local again = optim.AdamW({ { params = { ps[1] } }, { params = { ps[2] } }, { params = { ps[3] } }, { params = { p4 } } })
+  again:load_state_dict(sd)
+  again:set_lr(1)
+  assert(again.param_groups[2].lr == 0.02 and again.param_groups[4].lr == 3)
+  T.testing.assert_raises("lr_scale must be a number in [0, inf]", optim.SGD, { { params = { ps[1] }, lr_scale = -1, lr = 0.1 } })
+end
+
 tests["zero_grad drops gradients; set_to_none = false zeroes them"] = function()
   local ps = fresh_params("f32")
   local opt = optim.SGD(ps, { lr = 0.1 })
@@ -308,11 +341,7 @@ end
 
 tests["errors: bad options, non-contiguous or integer parameters, duplicates, mismatched state"] = function()
   local p = T.randn({ 3, 4 }, { requires_grad = true })
-  local function fails(pat, f, ...)
-    local ok, err = pcall(f, ...)
-    assert(not ok, "expected an error matching " .. pat)
-    assert(tostring(err):find(pat, 1, true), tostring(err))
-  end
+  local fails = T.testing.raises
   fails("lr must be", optim.AdamW, { p }, { lr = -1 })
   fails("betas[2] must be", optim.Adam, { p }, { betas = { 0.9, 1.0 } })
   fails("betas must be a pair", optim.Adam, { p }, { betas = 0.9 })
@@ -323,13 +352,27 @@ tests["errors: bad options, non-contiguous or integer parameters, duplicates, mi
   fails("also appears in group 1", optim.SGD, { { params = { p } }, { params = { p } } }, {})
   fails("parameter 2 is a string", optim.SGD, { p, "x" }, {})
   fails("has no parameters", optim.SGD, {}, {})
-  -- the C layer checks shapes and layouts itself
-  fails("adamw: exp_avg of shape [4] does not match the parameter's [3 x 4]", T._optim.adam_step, p, T.zeros({ 3, 4 }),
-    T.zeros({ 4 }), T.zeros({ 3, 4 }), nil, 1, 0.1, 0.9, 0.999, 1e-8, 0, false, true)
-  fails("must be contiguous", T._optim.sgd_step, p:detach():t(), T.zeros({ 4, 3 }), nil, 0.1, 0, 0, 0, false, false)
-  fails("step must be at least 1", T._optim.adam_step, p, T.zeros({ 3, 4 }), T.zeros({ 3, 4 }), T.zeros({ 3, 4 }),
-    nil, 0, 0.1, 0.9, 0.999, 1e-8, 0, false, false)
-  fails("needs a momentum buffer", T._optim.sgd_step, p, T.zeros({ 3, 4 }), nil, 0.1, 0.9, 0, 0, false, false)
+  -- the C layer reads the group and the state by name, and checks shapes and layouts itself
+  local C, z = T._optim, T.zeros({ 3, 4 })
+  local group = { lr = 0.1, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, momentum = 0, dampening = 0 }
+  fails("adamw: exp_avg of shape [4] does not match the parameter's [3 x 4]", C.adamw_step, p, z,
+    { step = 1, exp_avg = T.zeros({ 4 }), exp_avg_sq = z }, group)
+  fails("must be contiguous", C.sgd_step, p:detach():t(), T.zeros({ 4, 3 }), group)
+  fails("step must be at least 1", C.adam_step, p, z, { step = 0, exp_avg = z, exp_avg_sq = z }, group)
+  fails("field 'lr' must be a number (got nil)", C.sgd_step, p, z, { momentum = 0 })
+  fails("field 'exp_avg_sq' must be a tensor (got nil)", C.adam_step, p, z, { step = 1, exp_avg = z }, group)
+  fails("field 'max_exp_avg_sq' must be a tensor (got nil)", C.adam_step, p, z, { step = 1, exp_avg = z, exp_avg_sq = z },
+    { lr = 0.1, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, amsgrad = true })
+  fails("field 'step' must be an integer (got number)", C.adam_step, p, z, { step = 1.5, exp_avg = z, exp_avg_sq = z }, group)
+  fails("field 'betas' must be a pair of numbers", C.adam_step, p, z, { step = 1, exp_avg = z, exp_avg_sq = z },
+    { lr = 0.1, betas = { 0.9 }, eps = 1e-8, weight_decay = 0 })
+  fails("(table expected, got no value)", C.sgd_step, p, z)
+  -- with momentum and no buffer, the first step makes one holding the gradient
+  local q = T.zeros({ 2 }, { requires_grad = true })
+  local buf = C.sgd_step(q, T.tensor({ 1, 2 }), { lr = 0.5, momentum = 0.9, dampening = 0, weight_decay = 0 })
+  assert(T.is_tensor(buf) and buf:tolist()[2] == 2 and q:tolist()[2] == -1, "the first step's buffer")
+  assert(C.sgd_step(q, T.tensor({ 1, 2 }), { lr = 0.5, momentum = 0.9, dampening = 0, weight_decay = 0 }, buf) == buf)
+  assert(C.sgd_step(q, T.tensor({ 1, 2 }), group) == nil, "no buffer without momentum")
   fails("nothing stored", optim.EMA({ p }).restore, optim.EMA({ p }))
   fails("clip_grad_norm: norm_type", optim.clip_grad_norm, { p }, 1, -2)
 end

@@ -2,8 +2,9 @@
 -- and input gradient, tests/ref/gen_pool.py), f64 gradient checks, strided inputs, half
 -- precision, and the error messages.
 local T = require "tocha"
+local raises = T.testing.raises
 local F = require "tocha.nn.functional"
-local ref = dofile("tests/ref/pool_ref.lua")
+local ref = dofile(T.testing.path("ref/pool_ref.lua"))
 
 local tests = {}
 
@@ -141,32 +142,26 @@ tests["f16 and bf16 go through f32; constant pad keeps any dtype"] = function()
   T.testing.assert_close(p, { { 7, 1, 2 }, { 7, 3, 4 } })
 end
 
-local function fails(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching " .. pattern)
-  assert(tostring(err):find(pattern, 1, true), "wrong message: " .. tostring(err))
-end
-
 tests["errors name the op and the shapes"] = function()
   local x = T.randn({ 2, 3, 4, 4 })
-  fails("avg_pool2d: output size [2 x 3 x 0 x 0] is not positive (input [2 x 3 x 4 x 4], kernel 5 x 5",
+  raises("avg_pool2d: output size [2 x 3 x 0 x 0] is not positive (input [2 x 3 x 4 x 4], kernel 5 x 5",
     F.avg_pool2d, x, 5)
-  fails("max_pool2d: padding 2 x 2 is more than half the kernel 3 x 3", F.max_pool2d, x, 3, { padding = 2 })
-  fails("max_pool2d: expected a 4-d input [N, C, H, W], got [3 x 4 x 4]", F.max_pool2d, T.randn({ 3, 4, 4 }), 2)
-  fails("avg_pool2d: kernel, stride and dilation must be positive", F.avg_pool2d, x, 2, { stride = 0 })
-  fails("interpolate: mode must be \"nearest\" or \"bilinear\" (got \"bicubic\")",
+  raises("max_pool2d: padding 2 x 2 is more than half the kernel 3 x 3", F.max_pool2d, x, 3, { padding = 2 })
+  raises("max_pool2d: expected a 4-d input [N, C, H, W], got [3 x 4 x 4]", F.max_pool2d, T.randn({ 3, 4, 4 }), 2)
+  raises("avg_pool2d: kernel, stride and dilation must be positive", F.avg_pool2d, x, 2, { stride = 0 })
+  raises("interpolate: mode must be \"nearest\" or \"bilinear\" (got \"bicubic\")",
     T._nn.interpolate, x, 8, 8, "bicubic", false)
-  fails("interpolate: align_corners can only be set with mode \"bilinear\"",
+  raises("interpolate: align_corners can only be set with mode \"bilinear\"",
     F.interpolate, x, { size = 8, align_corners = true })
-  fails("interpolate: input [2 x 3 x 4 x 4] and output size 0 x 8 must be positive", F.interpolate, x, { size = { 0, 8 } })
-  fails("pad: mode must be \"constant\", \"reflect\" or \"replicate\" (got \"circular\")",
+  raises("interpolate: input [2 x 3 x 4 x 4] and output size 0 x 8 must be positive", F.interpolate, x, { size = { 0, 8 } })
+  raises("pad: mode must be \"constant\", \"reflect\" or \"replicate\" (got \"circular\")",
     F.pad, x, { 1, 1 }, { mode = "circular" })
-  fails("pad: reflect padding (4, 0) must be smaller than the dim's size 4 (input [2 x 3 x 4 x 4])",
+  raises("pad: reflect padding (4, 0) must be smaller than the dim's size 4 (input [2 x 3 x 4 x 4])",
     F.pad, x, { 4, 0 }, { mode = "reflect" })
-  fails("pad: reflect mode pads the last 1 or 2 dims, got 3 pairs", F.pad, x, { 1, 1, 1, 1, 1, 1 }, { mode = "reflect" })
-  fails("pad: padding (-3, -2) of dim 4 of [2 x 3 x 4 x 4] gives a negative size", F.pad, x, { -3, -2 })
-  fails("pad: 5 (before, after) pairs for the 4-d input [2 x 3 x 4 x 4]", F.pad, x, { 0, 0, 0, 0, 0, 0, 0, 0, 1, 1 })
-  fails("pad: replicate padding must be non-negative, got (-1, 0)", F.pad, x, { -1, 0 }, { mode = "replicate" })
+  raises("pad: reflect mode pads the last 1 or 2 dims, got 3 pairs", F.pad, x, { 1, 1, 1, 1, 1, 1 }, { mode = "reflect" })
+  raises("pad: padding (-3, -2) of dim 4 of [2 x 3 x 4 x 4] gives a negative size", F.pad, x, { -3, -2 })
+  raises("pad: 5 (before, after) pairs for the 4-d input [2 x 3 x 4 x 4]", F.pad, x, { 0, 0, 0, 0, 0, 0, 0, 0, 1, 1 })
+  raises("pad: replicate padding must be non-negative, got (-1, 0)", F.pad, x, { -1, 0 }, { mode = "replicate" })
 end
 
 return tests

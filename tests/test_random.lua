@@ -2,8 +2,7 @@
 -- the exact stream, the values against the reference Philox (tests/ref/core_ref.lua), sane
 -- statistics, and rand/randn/randint/randperm/multinomial and the in-place fills.
 local T = require "tocha"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local REF = dofile(here .. "/ref/core_ref.lua")
+local REF = dofile(T.testing.path("ref/core_ref.lua"))
 local close = T.testing.assert_close
 
 local errors = T.testing.assert_raises

@@ -2,18 +2,11 @@
 -- var, std, amax, amin, logsumexp, norm, prod), max/min with 1-based indices, argmax and
 -- argmin, against PyTorch (tests/ref/core_ref.lua), with f64 gradchecks.
 local T = require "tocha"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local REF = dofile(here .. "/ref/core_ref.lua").reduce
+local shape_is = T.testing.shape_is
+local REF = dofile(T.testing.path("ref/core_ref.lua")).reduce
 local close, gradcheck = T.testing.assert_close, T.testing.gradcheck
 
 local errors = T.testing.assert_raises
-
-local function shape_is(t, shape)
-  local s = t.shape
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
 
 -- each fixture reduction as tocha computes it, over dims d (nil: all) with keepdim k
 local OPS = {

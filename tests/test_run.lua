@@ -2,6 +2,7 @@
 -- lists, nested names, --config files, did-you-mean, --help), the run directory and what it
 -- records, seeding, and that the same config and seed give the same metrics.
 local T = require "tocha"
+local read_file, write_file = T.testing.read_file, T.testing.write_file
 local run = require "tocha.run"
 local log = require "tocha.log"
 local json = require "tocha.json"
@@ -9,19 +10,6 @@ local json = require "tocha.json"
 local tocha_bin = arg and arg[-1] or "./build/tocha"
 
 local tmpdir = T.testing.tmpdir
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
 local function usage_error(spec, args, pattern)
   local ok, err = pcall(run.parse, spec, args)
@@ -226,16 +214,13 @@ return {
   end,
 
   ["the example in docs/logging.md runs"] = function()
-    local here = debug.getinfo(1, "S").source:sub(2):match("^(.*)/[^/]*$") or "."
-    local doc = read_file(here .. "/../docs/logging.md")
+    local doc = read_file(T.testing.path("../docs/logging.md"))
     local code = doc:match("```lua\n(.-)```")
     assert(code and code:find("tocha.run"), "no example found")
     local dir = tmpdir()
     write_file(dir .. "/fit.lua", code)
-    local p = io.popen("TOCHA_RUNS=" .. dir .. "/runs " .. tocha_bin .. " " .. dir .. "/fit.lua --steps 150 --lr 0.02 2>&1; echo rc=$?")
-    local out = p:read("a")
-    p:close()
-    assert(out:find("rc=0%s*$"), out)
+    local out, rc = T.testing.tocha(dir .. "/fit.lua --steps 150 --lr 0.02", "TOCHA_RUNS=" .. dir .. "/runs ")
+    assert(rc == 0, out)
     local rundir = out:match("run: (%S+)")
     assert(rundir and rundir:find("/runs/fit/%d+%-%d+%-lr=0%.02,steps=150$"), out)
     assert(out:find("step 150/150 %(100%%%)"), out)
@@ -252,12 +237,7 @@ return {
       local r = require("tocha.run"){ name = "s", root = %q, config = { lr = { 0.1, help = "step size" } } }
       print("dir " .. r.dir)
     ]], dir .. "/runs"))
-    local function sh(args)
-      local p = io.popen(tocha_bin .. " " .. dir .. "/s.lua " .. args .. " 2>&1; echo rc=$?")
-      local out = p:read("a")
-      p:close()
-      return out, tonumber(out:match("rc=(%d+)%s*$"))
-    end
+    local function sh(args) return T.testing.tocha(dir .. "/s.lua " .. args) end
     local out, rc = sh("--help")
     assert(rc == 0 and out:find("%-%-lr NUMBER +step size %[0%.1%]"), out)
     out, rc = sh("--lt 1")

@@ -2,11 +2,10 @@
 -- files written by the Python safetensors package (tests/ref/gen_safetensors.py), the mmap
 -- lifetime of loaded tensors, and a clear error (never a crash) for each kind of corrupt file.
 -- With TOCHA_SAFETENSORS_INTEROP=path set, "interop file" also writes its file there for
--- tests/ref/check_safetensors.py to check with the Python package.
+-- tests/interop/check_safetensors.py to check with the Python package.
 local T = require "tocha"
 
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "tests"
-local ref = dofile(here .. "/ref/safetensors_ref.lua")
+local ref = dofile(T.testing.path("ref/safetensors_ref.lua"))
 
 ---------------------------------------------------------------------------
 -- helpers
@@ -275,7 +274,7 @@ end
 ---------------------------------------------------------------------------
 tests["python fixtures: names, dtypes, shapes, values, bytes, metadata"] = function()
   for fname, expected in pairs(ref) do
-    local got, meta = T.load(here .. "/ref/" .. fname .. ".safetensors")
+    local got, meta = T.load(T.testing.path("ref/" .. fname .. ".safetensors"))
     local want_meta = expected.__metadata__ or {}
     for k, v in pairs(want_meta) do assert(meta[k] == v, fname .. ": metadata " .. k) end
     for k in pairs(meta) do assert(want_meta[k], fname .. ": unexpected metadata " .. k) end
@@ -303,7 +302,7 @@ tests["python fixtures: names, dtypes, shapes, values, bytes, metadata"] = funct
 end
 
 tests["python fixture re-saved by tocha loads back identically"] = function()
-  local src, meta = T.load(here .. "/ref/safetensors_all_dtypes.safetensors")
+  local src, meta = T.load(T.testing.path("ref/safetensors_all_dtypes.safetensors"))
   local p = tmp()
   T.save(p, src, meta)
   local got, meta2 = T.load(p)
@@ -512,7 +511,7 @@ tests["save: overwrite is atomic and keeps the old file's tensors alive"] = func
 end
 
 ---------------------------------------------------------------------------
--- the file tests/ref/check_safetensors.py checks with the Python package
+-- the file tests/interop/check_safetensors.py checks with the Python package
 ---------------------------------------------------------------------------
 tests["interop file"] = function()
   local base = T.arange(0, 20):reshape(4, 5)

@@ -187,6 +187,16 @@ return {
     for i = 1, 300 do wrong[i] = b.caption[i % 300 + 1] end
     res = E.evaluate(b.image, wrong)
     assert(res.color <= 0.3 and res.shape <= 0.35 and res.position <= 0.35 and res.all <= 0.1, E.format(res))
+    -- by_size: the single objects by the size their caption names, counted like the totals
+    local imgs = { T.zeros({ 3, 32, 32 }), S.render("a big red circle on the left", { seed = 1 }),
+      S.render("a small blue square in the center", { seed = 2 }), S.render("a big green star on the right", { seed = 3 }) }
+    local caps = { "a big red circle on the left", "a big red circle on the left", "a small blue square in the center",
+      "a big green star on the right" }
+    imgs[5], caps[5] = S.render("a red square above a blue circle", { seed = 4 }), "a red square above a blue circle"
+    res = E.evaluate(imgs, caps)
+    assert(res.by_size.big.n == 3 and res.by_size.small.n == 1 and res.by_size.medium == nil, "pairs are left out")
+    assert(math.abs(res.by_size.big.shape - 2 / 3) < 1e-12 and res.by_size.small.shape == 1, E.format(res))
+    assert(res.by_size.big.color == 2 / 3 and res.by_size.big.size == 2 / 3)
     -- blank, NaN and saturated images count as wrong, without an error
     local blank = E.check(T.zeros({ 3, 32, 32 }), "a small red circle on the left")
     assert(not blank.color and not blank.shape and not blank.position and not blank.all and not blank.count)

@@ -2,8 +2,9 @@
 -- PyTorch (forward and gradients, tests/ref/gen_norm.py), f64 gradient checks, strided and
 -- half-precision inputs, and the error messages.
 local T = require "tocha"
+local raises = T.testing.raises
 local F = require "tocha.nn.functional"
-local ref = dofile("tests/ref/softmax_ref.lua")
+local ref = dofile(T.testing.path("ref/softmax_ref.lua"))
 
 local tests = {}
 
@@ -13,12 +14,6 @@ end
 
 local function leaf(vals, shape, dtype)
   return tensor(vals, shape, dtype):requires_grad_(true)
-end
-
-local function raises(pattern, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error matching '" .. pattern .. "'")
-  assert(tostring(err):find(pattern, 1, true), "error '" .. tostring(err) .. "' does not mention '" .. pattern .. "'")
 end
 
 -- ---- softmax, log_softmax ------------------------------------------------------------------------

@@ -1,18 +1,11 @@
 -- test_tensor.lua: creation (zeros .. linspace, from nested tables), the 8 dtypes and the
 -- conversions between them against PyTorch (tests/ref/core_ref.lua), tolist, item and printing.
 local T = require "tocha"
-local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local REF = dofile(here .. "/ref/core_ref.lua")
+local shape_is = T.testing.shape_is
+local REF = dofile(T.testing.path("ref/core_ref.lua"))
 local close = T.testing.assert_close
 
 local DTYPES = { "f32", "f64", "f16", "bf16", "i32", "i64", "u8", "bool" }
-
-local function same_shape(t, shape)
-  local s = t.shape
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
 
 local errors = T.testing.assert_raises
 
@@ -53,22 +46,22 @@ end
 return {
   ["zeros, ones, full, empty: shapes, dtypes, options"] = function()
     local z = T.zeros({ 2, 3 })
-    assert(same_shape(z, { 2, 3 }) and z.dtype == "f32" and z.device == "cpu" and not z.requires_grad)
+    assert(shape_is(z, { 2, 3 }) and z.dtype == "f32" and z.device == "cpu" and not z.requires_grad)
     assert(z:sum():item() == 0 and z:numel() == 6 and z:dim() == 2 and z.ndim == 2)
     local o = T.ones(2, 3, 4, { dtype = "f64", requires_grad = true })
-    assert(same_shape(o, { 2, 3, 4 }) and o.dtype == "f64" and o.requires_grad and o.is_leaf)
+    assert(shape_is(o, { 2, 3, 4 }) and o.dtype == "f64" and o.requires_grad and o.is_leaf)
     assert(o:sum():item() == 24)
     local f = T.full({ 3 }, 7, { dtype = "i32" })
     assert(f.dtype == "i32" and f:tolist()[3] == 7 and math.type(f:tolist()[1]) == "integer")
-    assert(same_shape(T.empty({ 4, 0 }), { 4, 0 }) and T.empty(4, 0):numel() == 0)
+    assert(shape_is(T.empty({ 4, 0 }), { 4, 0 }) and T.empty(4, 0):numel() == 0)
     local s = T.zeros({})
-    assert(s:dim() == 0 and s:numel() == 1 and same_shape(s, {}))
+    assert(s:dim() == 0 and s:numel() == 1 and shape_is(s, {}))
     for _, dt in ipairs(DTYPES) do
       local t = T.ones({ 2 }, { dtype = dt })
       assert(t.dtype == dt)
       assert(t:tolist()[1] == (dt == "bool" and true or 1), dt)
     end
-    assert(same_shape(T.zeros_like(o), { 2, 3, 4 }) and T.zeros_like(o).dtype == "f64")
+    assert(shape_is(T.zeros_like(o), { 2, 3, 4 }) and T.zeros_like(o).dtype == "f64")
     assert(T.ones_like(f):sum():item() == 3 and T.full_like(f, 2.0):tolist()[2] == 2)
     assert(T.empty_like(o, { dtype = "i64" }).dtype == "i64")
   end,
@@ -99,10 +92,10 @@ return {
 
   ["tensor from nested tables, scalars and booleans"] = function()
     local t = T.tensor({ { 1, 2, 3 }, { 4, 5, 6 } })
-    assert(same_shape(t, { 2, 3 }) and t.dtype == "f32")
+    assert(shape_is(t, { 2, 3 }) and t.dtype == "f32")
     assert(t[2][3]:item() == 6 and t:tolist()[1][2] == 2)
     local d = T.tensor({ { { 1.5 } }, { { -2 } } }, { dtype = "f64", requires_grad = true })
-    assert(same_shape(d, { 2, 1, 1 }) and d.dtype == "f64" and d.requires_grad)
+    assert(shape_is(d, { 2, 1, 1 }) and d.dtype == "f64" and d.requires_grad)
     local s = T.tensor(3.25)
     assert(s:dim() == 0 and s:item() == 3.25)
     local b = T.tensor({ true, false, true })
@@ -110,8 +103,8 @@ return {
     assert(T.tensor({ true, false }, { dtype = "f32" }):tolist()[1] == 1.0)
     assert(T.tensor(false):item() == false)
     local e = T.tensor({})
-    assert(same_shape(e, { 0 }) and e:numel() == 0)
-    assert(same_shape(T.tensor({ {}, {} }), { 2, 0 }))
+    assert(shape_is(e, { 0 }) and e:numel() == 0)
+    assert(shape_is(T.tensor({ {}, {} }), { 2, 0 }))
     local i = T.tensor({ 1, 2, 3 }, { dtype = "i64" })
     assert(i.dtype == "i64" and math.type(i:tolist()[1]) == "integer")
     local c = T.tensor(t) -- a copy, not a view
@@ -186,7 +179,7 @@ return {
       assert(x.dtype == a)
       for _, b in ipairs(DTYPES) do
         local y = x:to(b)
-        assert(y.dtype == b and same_shape(y, { 6 }))
+        assert(y.dtype == b and shape_is(y, { 6 }))
         local back = y:to("f64"):tolist()
         for i, v in ipairs(vals) do
           local want = v

@@ -2,12 +2,12 @@
 -- (tests/ref/gen_text.py), vocabulary training, truncation, decoding and bad input.
 local T = require "tocha"
 local text = require "tocha.text"
-local ref = dofile("tests/ref/text_ref.lua")
+local ref = dofile(T.testing.path("ref/text_ref.lua"))
 
 local tests = {}
 
 tests["encodes like transformers' CLIPTokenizer"] = function()
-  local tok = text.load("tests/ref/text_vocab")
+  local tok = text.load(T.testing.path("ref/text_vocab"))
   local old = io.stderr
   io.stderr = { write = function() end } -- the long prompt warns; keep the test output clean
   for _, case in ipairs(ref) do
@@ -26,9 +26,9 @@ tests["encodes like transformers' CLIPTokenizer"] = function()
 end
 
 tests["train_bpe is deterministic and reproduces the committed vocabulary"] = function()
-  local caps = dofile("tests/ref/text_captions.lua")
+  local caps = dofile(T.testing.path("ref/text_captions.lua"))
   local tok = text.train_bpe(caps, 700)
-  local ref_tok = text.load("tests/ref/text_vocab")
+  local ref_tok = text.load(T.testing.path("ref/text_vocab"))
   assert(tok.vocab_size == ref_tok.vocab_size, "vocabulary size")
   for sym, id in pairs(ref_tok.encoder) do assert(tok.encoder[sym] == id, "symbol " .. sym) end
   -- frequent caption words become single tokens
@@ -37,7 +37,7 @@ tests["train_bpe is deterministic and reproduces the committed vocabulary"] = fu
 end
 
 tests["decode inverts encode"] = function()
-  local tok = text.load("tests/ref/text_vocab")
+  local tok = text.load(T.testing.path("ref/text_vocab"))
   local cases = { -- decoding joins words with spaces, as CLIP's does
     ["a small red circle on the left"] = "a small red circle on the left",
     ["Café —  12 Stars!"] = "café — 1 2 stars !",
@@ -50,7 +50,7 @@ tests["decode inverts encode"] = function()
 end
 
 tests["truncation keeps the end token and warns once"] = function()
-  local tok = text.load("tests/ref/text_vocab")
+  local tok = text.load(T.testing.path("ref/text_vocab"))
   local lines = {}
   local old = io.stderr
   io.stderr = { write = function(_, ...) lines[#lines + 1] = table.concat({ ... }) end }
@@ -64,8 +64,19 @@ tests["truncation keeps the end token and warns once"] = function()
   assert(short.input_ids.shape[2] == 3, "no padding: start, word, end")
 end
 
+tests["save writes a vocabulary that loads back the same, making its directory"] = function()
+  local tok = text.load(T.testing.path("ref/text_vocab"))
+  local dir = T.testing.tmpdir() .. "/new/vocab"
+  tok:save(dir)
+  local back = text.load(dir)
+  local prompts = { "a small red circle on the left", "two blue squares" }
+  T.testing.assert_close(back:encode(prompts).input_ids, tok:encode(prompts).input_ids, { rtol = 0, atol = 0 })
+  local ok, err = pcall(tok.save, tok, "/proc/tocha-cannot/vocab")
+  assert(not ok and err:find("Tokenizer:save: cannot create directory /proc/tocha%-cannot"), err)
+end
+
 tests["bad input gives clear errors"] = function()
-  local tok = text.load("tests/ref/text_vocab")
+  local tok = text.load(T.testing.path("ref/text_vocab"))
   local ok, err = pcall(tok.encode, tok, { "fine", 42 })
   assert(not ok and err:find("prompt 2 is not a string"), err)
   ok, err = pcall(text.load, "/nonexistent")

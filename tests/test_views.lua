@@ -2,14 +2,8 @@
 -- x[i], expand, squeeze, unsqueeze, flatten share storage with their base), writes through a
 -- view reach the base, reshape copies only when it must, and every view's gradient.
 local T = require "tocha"
+local shape_is = T.testing.shape_is
 local close, gradcheck = T.testing.assert_close, T.testing.gradcheck
-
-local function shape_is(t, shape)
-  local s = t.shape
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
 
 local errors = T.testing.assert_raises
 

@@ -149,7 +149,24 @@ static void png_on_write_error(png_structp png, png_const_charp msg) {
     png_longjmp(png, 1);
 }
 
-static int png_encode(const uint8_t *pix, int64_t h, int64_t w, int c, int level, void **out, size_t *n) {
+/* text chunks: tEXt (Latin-1) where the value is ASCII, else iTXt (UTF-8, uncompressed) */
+static void png_add_text(png_structp png, png_infop info, const char *const *keys, const char *const *values, int ntext) {
+    for (int i = 0; i < ntext; i++) {
+        png_text t;
+        memset(&t, 0, sizeof t);
+        bool ascii = true;
+        for (const unsigned char *p = (const unsigned char *)values[i]; *p; p++) ascii = ascii && *p < 0x80;
+        t.compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
+        t.key = (png_charp)keys[i];
+        t.text = (png_charp)values[i];
+        if (ascii) t.text_length = strlen(values[i]);
+        else t.itxt_length = strlen(values[i]);
+        png_set_text(png, info, &t, 1);
+    }
+}
+
+static int png_encode(const uint8_t *pix, int64_t h, int64_t w, int c, int level, const char *const *keys,
+                      const char *const *values, int ntext, void **out, size_t *n) {
     static const int types[] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
                                 PNG_COLOR_TYPE_RGB_ALPHA};
     mem_sink sink = {NULL, 0, 0, ""};
@@ -168,6 +185,7 @@ static int png_encode(const uint8_t *pix, int64_t h, int64_t w, int c, int level
     png_set_compression_level(png, level);
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, types[c], PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_add_text(png, info, keys, values, ntext);
     png_write_info(png, info);
     for (int64_t y = 0; y < h; y++) png_write_row(png, pix + y * w * c);
     png_write_end(png, NULL);
@@ -352,24 +370,45 @@ tc_tensor *tc_image_read(const char *path, int channels) {
     return img;
 }
 
-/* img: u8 [H, W, C] or [H, W] (any strides) */
-int tc_image_encode(tc_tensor *img, tc_image_format fmt, int quality, void **out, size_t *n) {
+/* img: u8 [H, W, C] or [H, W] (any strides), on the CPU; its sizes in h, w, c */
+static int check_encodable(const tc_tensor *img, int64_t *h, int64_t *w, int64_t *c) {
     char s[64];
     tc_shape_str(img->ndim, img->shape, s, sizeof s);
     if (img->dtype != TC_U8 || (img->ndim != 3 && img->ndim != 2))
         return tc_error("image: expected a u8 [H, W, C] tensor to encode, got %s %s", tc_dtype_name(img->dtype), s);
-    int64_t h = img->shape[0], w = img->shape[1], c = img->ndim == 3 ? img->shape[2] : 1;
-    if (c < 1 || c > 4 || h < 1 || w < 1 || h > 65535 || w > 65535)
+    *h = img->shape[0], *w = img->shape[1], *c = img->ndim == 3 ? img->shape[2] : 1;
+    if (*c < 1 || *c > 4 || *h < 1 || *w < 1 || *h > 65535 || *w > 65535)
         return tc_error("image: cannot encode an image of shape %s (1 to 4 channels, 1 to 65535 pixels a side)", s);
     if (img->storage->device.type != TC_CPU) return tc_error("image: encode needs a CPU tensor (use :to(\"cpu\"))");
+    return TC_OK;
+}
+
+int tc_image_encode(tc_tensor *img, tc_image_format fmt, int quality, void **out, size_t *n) {
+    if (fmt != TC_IMAGE_JPEG) return tc_image_encode_png(img, quality, NULL, NULL, 0, out, n);
+    int64_t h, w, c;
+    if (check_encodable(img, &h, &w, &c) != TC_OK) return TC_ERR;
+    if (quality < 0) quality = 90;
+    if (quality < 1 || quality > 100) return tc_error("image: JPEG quality must be 1 to 100, got %d", quality);
     tc_tensor *cont = tc_contiguous(img);
     if (!cont) return TC_ERR;
-    int rc;
-    if (fmt == TC_IMAGE_JPEG) {
-        if (quality < 0) quality = 90;
-        if (quality < 1 || quality > 100) rc = tc_error("image: JPEG quality must be 1 to 100, got %d", quality);
-        else rc = jpeg_encode(tc_data(cont), h, w, (int)c, quality, out, n);
-    } else rc = png_encode(tc_data(cont), h, w, (int)c, quality >= 0 && quality <= 9 ? quality : 6, out, n);
+    int rc = jpeg_encode(tc_data(cont), h, w, (int)c, quality, out, n);
+    tc_tensor_release(cont);
+    return rc;
+}
+
+int tc_image_encode_png(tc_tensor *img, int level, const char *const *keys, const char *const *values, int ntext,
+                        void **out, size_t *n) {
+    int64_t h, w, c;
+    if (check_encodable(img, &h, &w, &c) != TC_OK) return TC_ERR;
+    for (int i = 0; i < ntext; i++) {
+        size_t len = strlen(keys[i]);
+        bool ok = len >= 1 && len <= 79;
+        for (const unsigned char *p = (const unsigned char *)keys[i]; *p; p++) ok = ok && *p >= 32 && *p < 127;
+        if (!ok) return tc_error("image: PNG text key '%.100s' must be 1 to 79 printable ASCII characters", keys[i]);
+    }
+    tc_tensor *cont = tc_contiguous(img);
+    if (!cont) return TC_ERR;
+    int rc = png_encode(tc_data(cont), h, w, (int)c, level >= 0 && level <= 9 ? level : 6, keys, values, ntext, out, n);
     tc_tensor_release(cont);
     return rc;
 }

@@ -4,7 +4,7 @@
 -- into step-<n>.tmp, fsync, rename. load(dir) restores all of it in place; latest(root) finds
 -- the newest complete checkpoint.
 local T = require "tocha"
-local C = T._optim -- mkdir, listdir, isdir, fsync (lua/loptim.c)
+local sys = T._sys -- mkdir, mkdirs, listdir, isdir, fsync (lua/lsys.c)
 
 local M = {}
 
@@ -28,19 +28,16 @@ local function exists(path)
   return false
 end
 
--- mkdir -p
-local function make_dirs(path)
-  local at = path:sub(1, 1) == "/" and "/" or ""
-  for part in path:gmatch("[^/]+") do
-    at = at .. part
-    if not C.isdir(at) then check(C.mkdir(at)) end
-    at = at .. "/"
-  end
+-- the names in dir, directories without their trailing "/"
+local function names(dir)
+  local list = check(sys.listdir(dir))
+  for i, name in ipairs(list) do list[i] = name:gsub("/$", "") end
+  return list
 end
 
 local function remove_tree(path)
-  if C.isdir(path) then
-    for _, name in ipairs(check(C.listdir(path))) do remove_tree(join(path, name)) end
+  if sys.isdir(path) then
+    for _, name in ipairs(names(path)) do remove_tree(join(path, name)) end
   end
   check(os.remove(path))
 end
@@ -48,8 +45,8 @@ end
 -- complete checkpoints under root, oldest first: {{step = n, dir = path}, ...}
 local function complete(root)
   local list = {}
-  if not C.isdir(root) then return list end
-  for _, name in ipairs(check(C.listdir(root))) do
+  if not sys.isdir(root) then return list end
+  for _, name in ipairs(names(root)) do
     local n = name:match("^step%-(%d+)$")
     local dir = join(root, name)
     if n and exists(join(dir, META)) then list[#list + 1] = { step = tonumber(n), dir = dir } end
@@ -219,17 +216,17 @@ function M.save(root, state)
   local meta = { format = FORMAT, step = step, rng = T.get_rng_state(), extra = state.extra, data = data }
 
   local ok, err = pcall(function()
-    make_dirs(root)
-    for _, name in ipairs(check(C.listdir(root))) do -- leftovers of crashed saves
+    check(sys.mkdirs(root))
+    for _, name in ipairs(names(root)) do -- leftovers of crashed saves
       if name:match("^step%-%d+%.tmp$") or name:match("^step%-%d+%.old$") then remove_tree(join(root, name)) end
     end
     local final = join(root, "step-" .. step)
     local tmp = final .. ".tmp"
-    check(C.mkdir(tmp))
+    check(sys.mkdir(tmp))
     local function write(file, tensors)
       local path = join(tmp, file)
       T.save(path, tensors)
-      check(C.fsync(path))
+      check(sys.fsync(path))
       return file
     end
     if state.model then meta.model = write("model.safetensors", model_tensors(state.model)) end
@@ -244,16 +241,16 @@ function M.save(root, state)
       meta.ema_file = write("ema.safetensors", tensors)
     end
     write_meta(join(tmp, META), meta)
-    check(C.fsync(join(tmp, META)))
-    check(C.fsync(tmp))
-    if C.isdir(final) then -- the same step saved again: the old copy goes only once the new is in place
+    check(sys.fsync(join(tmp, META)))
+    check(sys.fsync(tmp))
+    if sys.isdir(final) then -- the same step saved again: the old copy goes only once the new is in place
       check(os.rename(final, final .. ".old"))
       check(os.rename(tmp, final))
       remove_tree(final .. ".old")
     else
       check(os.rename(tmp, final))
     end
-    check(C.fsync(root))
+    check(sys.fsync(root))
     if keep then
       local list = complete(root)
       for i = 1, #list - keep do remove_tree(list[i].dir) end

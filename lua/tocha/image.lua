@@ -51,20 +51,30 @@ local function encodable(t, opts, level)
   error("image: cannot write a " .. t.dtype .. " tensor (u8 [H, W, C] or float [C, H, W])", level + 1)
 end
 
---- image.write(path, t, {quality = 90, range = {lo, hi}}): PNG, or JPEG when the path ends in
---- .jpg/.jpeg. t is u8 [H, W, C] ([H, W] for gray), or float [C, H, W] mapped from `range`
---- (default: [-1, 1] when t has a negative value, else [0, 1]). Raises on failure.
+--- image.write(path, t, {quality = 90, range = {lo, hi}, text = {key = value}}): PNG, or JPEG
+--- when the path ends in .jpg/.jpeg. t is u8 [H, W, C] ([H, W] for gray), or float [C, H, W]
+--- mapped from `range` (default: [-1, 1] when t has a negative value, else [0, 1]). text: PNG
+--- text chunks (e.g. {parameters = "..."}, the prompt and settings as A1111 writes them).
+--- Raises on failure.
 function image.write(path, t, opts)
   opts = opts_or_empty(opts, 2)
   if type(path) ~= "string" then error("image.write: path must be a string", 2) end
-  return C.write(path, encodable(t, opts, 2), opts.quality or -1)
+  if opts.text == nil then return C.write(path, encodable(t, opts, 2), opts.quality or -1) end
+  if path:lower():match("%.jpe?g$") then error("image.write: text chunks are for PNG files only", 2) end
+  local bytes = C.encode(encodable(t, opts, 2), "png", opts.quality or -1, opts.text)
+  local f, err = io.open(path, "wb")
+  if not f then error("image.write: cannot write " .. path .. ": " .. tostring(err), 2) end
+  local ok, werr = f:write(bytes)
+  f:close()
+  if not ok then error("image.write: writing " .. path .. " failed: " .. tostring(werr), 2) end
+  return true
 end
 image.save = image.write
 
---- image.encode(t, "png" | "jpeg", {quality, range}) -> bytes (a Lua string)
+--- image.encode(t, "png" | "jpeg", {quality, range, text}) -> bytes (a Lua string)
 function image.encode(t, format, opts)
   opts = opts_or_empty(opts, 2)
-  return C.encode(encodable(t, opts, 2), format or "png", opts.quality or -1)
+  return C.encode(encodable(t, opts, 2), format or "png", opts.quality or -1, opts.text)
 end
 
 ---------------------------------------------------------------------------------------------

@@ -84,10 +84,15 @@ function decode_value(s, i)
   elseif s:sub(i, i + 3) == "true" then return true, i + 4
   elseif s:sub(i, i + 4) == "false" then return false, i + 5
   elseif s:sub(i, i + 3) == "null" then return json.null, i + 4
+  -- not JSON, but Python's json module writes them (diffusers' configs hold -Infinity)
+  elseif s:sub(i, i + 7) == "Infinity" then return math.huge, i + 8
+  elseif s:sub(i, i + 8) == "-Infinity" then return -math.huge, i + 9
+  elseif s:sub(i, i + 2) == "NaN" then return 0 / 0, i + 3
   else
     local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", i)
     if not num or num == "" or num == "-" then fail("unexpected character '" .. c .. "'", i) end
-    local v = math.tointeger(tonumber(num)) or tonumber(num)
+    -- 2 is an integer, 2.0 and 2e0 floats, as Python reads them
+    local v = num:find("[.eE]") and tonumber(num) or math.tointeger(tonumber(num)) or tonumber(num)
     if not v then fail("bad number", i) end
     return v, i + #num
   end
@@ -124,9 +129,11 @@ local function encode(v, sort, out)
   elseif ty == "number" then
     if v ~= v or v == math.huge or v == -math.huge then out[#out + 1] = "null" -- JSON has no NaN or inf
     elseif math.type(v) == "integer" then out[#out + 1] = tostring(v)
-    else -- the shortest form that reads back as the same double
+    else -- the shortest form that reads back as the same double, a float still (1.0, as Python's)
       local short = string.format("%.15g", v)
-      out[#out + 1] = tonumber(short) == v and short or string.format("%.17g", v)
+      if tonumber(short) ~= v then short = string.format("%.17g", v) end
+      if not short:find("[.eEn]") then short = short .. ".0" end
+      out[#out + 1] = short
     end
   elseif ty == "string" then out[#out + 1] = encode_string(v)
   elseif ty == "table" then

@@ -5,7 +5,8 @@
 -- the cadence predicates a loop asks "is it time?" with.
 local T = require "tocha"
 local json = require "tocha.json"
-local C = T._log()
+local C = T._log
+local sys = T._sys
 
 local log = {}
 
@@ -122,7 +123,7 @@ function Writer:_metric(tag, value, step, level)
   local row = self._row
   if not row or row.step ~= step then
     if row then self:_end_row(level + 1) end
-    row = { step = step, time = C.now() }
+    row = { step = step, time = sys.now() }
     self._row = row
   end
   row[tag] = value
@@ -407,6 +408,6 @@ end
 -- the console progress line
 ---------------------------------------------------------------------------------------------
 log.progress = require("tocha.log.progress")
-log.isatty = C.isatty
+log.isatty = sys.isatty
 
 return log

@@ -59,13 +59,15 @@ end
 
 local function check_adam(g)
   if type(g.betas) ~= "table" or #g.betas ~= 2 then return "betas must be a pair {beta1, beta2}" end
-  return bad_range("lr", g.lr, 0, math.huge) or bad_range("eps", g.eps, 0, math.huge)
+  return bad_range("lr", g.lr, 0, math.huge) or bad_range("lr_scale", g.lr_scale, 0, math.huge)
+    or bad_range("eps", g.eps, 0, math.huge)
     or bad_range("weight_decay", g.weight_decay, 0, math.huge)
     or bad_range("betas[1]", g.betas[1], 0, 1, true) or bad_range("betas[2]", g.betas[2], 0, 1, true)
 end
 
 local function check_sgd(g)
-  local msg = bad_range("lr", g.lr, 0, math.huge) or bad_range("momentum", g.momentum, 0, math.huge)
+  local msg = bad_range("lr", g.lr, 0, math.huge) or bad_range("lr_scale", g.lr_scale, 0, math.huge)
+    or bad_range("momentum", g.momentum, 0, math.huge)
     or bad_range("weight_decay", g.weight_decay, 0, math.huge)
     or bad_range("dampening", g.dampening, -math.huge, math.huge)
   if not msg and g.nesterov and (g.momentum <= 0 or g.dampening ~= 0) then
@@ -82,35 +84,26 @@ local function adam_update(self, g, p, grad)
   end
   if g.amsgrad and not st.max_exp_avg_sq then st.max_exp_avg_sq = T.zeros_like(p) end
   st.step = st.step + 1
-  C.adam_step(p, grad, st.exp_avg, st.exp_avg_sq, g.amsgrad and st.max_exp_avg_sq or nil, st.step,
-    g.lr, g.betas[1], g.betas[2], g.eps, g.weight_decay, g.amsgrad, self.kind.decoupled)
+  self.kind.step(p, grad, st, g)
 end
 
 local KINDS = {
   SGD = {
-    defaults = { lr = 1e-3, momentum = 0, dampening = 0, weight_decay = 0, nesterov = false },
+    defaults = { lr = 1e-3, lr_scale = 1, momentum = 0, dampening = 0, weight_decay = 0, nesterov = false },
     check = check_sgd,
     update = function(self, g, p, grad)
       local st = self.state[p]
-      local buf, first = nil, false
-      if g.momentum ~= 0 then
-        if not st then
-          st = { momentum_buffer = T.zeros_like(p) }
-          self.state[p] = st
-          first = true
-        end
-        buf = st.momentum_buffer
-      end
-      C.sgd_step(p, grad, buf, g.lr, g.momentum, g.dampening, g.weight_decay, g.nesterov, first)
+      local buf = C.sgd_step(p, grad, g, st and st.momentum_buffer) -- made on the first step with momentum
+      if buf and not st then self.state[p] = { momentum_buffer = buf } end
     end,
   },
   Adam = {
-    defaults = { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, amsgrad = false },
-    check = check_adam, update = adam_update, decoupled = false,
+    defaults = { lr = 1e-3, lr_scale = 1, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, amsgrad = false },
+    check = check_adam, update = adam_update, step = C.adam_step,
   },
   AdamW = {
-    defaults = { lr = 1e-3, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 1e-2, amsgrad = false },
-    check = check_adam, update = adam_update, decoupled = true,
+    defaults = { lr = 1e-3, lr_scale = 1, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 1e-2, amsgrad = false },
+    check = check_adam, update = adam_update, step = C.adamw_step,
   },
 }
 
@@ -145,7 +138,8 @@ local Optimizer_meta = {
   end,
 }
 
---- opt:add_param_group({params = ..., lr = ...}): options not given take the defaults
+--- opt:add_param_group({params = ..., lr = ...}): options not given take the defaults; a
+--- group with lr_scale and no lr of its own starts at the default lr times lr_scale
 function Optimizer:add_param_group(group)
   local who = "optim." .. self.name
   if type(group) ~= "table" or group.params == nil then
@@ -160,6 +154,7 @@ function Optimizer:add_param_group(group)
       g[k] = type(v) == "table" and copy_options({ v })[1] or v
     end
   end
+  if group.lr == nil then g.lr = self.defaults.lr * g.lr_scale end
   g.params = param_list(group.params, who)
   if #g.params == 0 then error(who .. ": a parameter group has no parameters", 2) end
   for gi, other in ipairs(self.param_groups) do
@@ -215,12 +210,13 @@ function Optimizer:zero_grad(opts)
   end
 end
 
---- opt:set_lr(v): the learning rate of every group (a schedule's value: opt:set_lr(f(step)))
+--- opt:set_lr(v): the learning rate of every group, v times the group's lr_scale (a schedule's
+--- value: opt:set_lr(f(step)))
 function Optimizer:set_lr(v)
   if type(v) ~= "number" or v ~= v or v < 0 then
     error("optim." .. self.name .. ": lr must be a non-negative number (got " .. tostring(v) .. ")", 2)
   end
-  for _, g in ipairs(self.param_groups) do g.lr = v end
+  for _, g in ipairs(self.param_groups) do g.lr = v * g.lr_scale end
 end
 
 --- opt:state_dict() -> {state = {[i] = {step =, exp_avg =, ...}}, param_groups = {{lr =, ...,
@@ -311,11 +307,11 @@ local function new_optimizer(name, params, opts)
   return self
 end
 
---- optim.SGD(params, {lr, momentum, dampening, weight_decay, nesterov})
+--- optim.SGD(params, {lr, lr_scale, momentum, dampening, weight_decay, nesterov})
 function M.SGD(params, opts) return new_optimizer("SGD", params, opts) end
---- optim.Adam(params, {lr, betas, eps, weight_decay, amsgrad}): L2 penalty added to the gradient
+--- optim.Adam(params, {lr, lr_scale, betas, eps, weight_decay, amsgrad}): L2 penalty added to the gradient
 function M.Adam(params, opts) return new_optimizer("Adam", params, opts) end
---- optim.AdamW(params, {lr, betas, eps, weight_decay = 1e-2, amsgrad}): decoupled weight decay
+--- optim.AdamW(params, {lr, lr_scale, betas, eps, weight_decay = 1e-2, amsgrad}): decoupled weight decay
 function M.AdamW(params, opts) return new_optimizer("AdamW", params, opts) end
 
 ---------------------------------------------------------------------------------------------

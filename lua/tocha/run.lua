@@ -5,7 +5,7 @@
 -- the tocha version, the git commit and the seed.
 local T = require "tocha"
 local json = require "tocha.json"
-local C = T._log()
+local sys = T._sys
 
 local run = {}
 
@@ -449,10 +449,17 @@ function Run:path(...)
   local p = table.concat(parts, "/")
   local parent = p:match("^(.*)/[^/]*$")
   if parent and parent ~= self.dir then
-    local ok, err = C.mkdirs(parent)
-    if not ok then error("run:path: " .. err:gsub("^log: ", ""), 2) end
+    local ok, err = sys.mkdirs(parent)
+    if not ok then error("run:path: " .. err, 2) end
   end
   return p
+end
+
+--- run.mkdirs(path) -> path: makes the directory and its parents (mkdir -p); raises on failure
+function run.mkdirs(path)
+  local ok, err = sys.mkdirs(path)
+  if not ok then error("run.mkdirs: " .. err, 2) end
+  return path
 end
 
 --- r:writer(opts) -> the run's TensorBoard writer (log.tensorboard(r.dir, opts)), made once
@@ -476,11 +483,11 @@ end
 
 local function make_dir(root, name, stamp, desc)
   local base = root .. "/" .. name .. "/" .. stamp .. (desc ~= "" and "-" .. desc or "")
-  local ok, err = C.mkdirs(root .. "/" .. name)
-  if not ok then error("tocha.run: " .. err:gsub("^log: ", ""), 0) end
+  local ok, err = sys.mkdirs(root .. "/" .. name)
+  if not ok then error("tocha.run: " .. err, 0) end
   for k = 1, 1000 do
     local dir = k == 1 and base or base .. "-" .. k
-    local made, why, exists = C.mkdir_new(dir)
+    local made, why, exists = sys.mkdir(dir)
     if made then return dir end
     if not exists then error("tocha.run: " .. why, 0) end
   end
@@ -534,7 +541,7 @@ local function start(spec, level)
     name = name, dir = dir, start_time = os.date("!%Y-%m-%dT%H:%M:%SZ"), seed = seed,
     command = argv, args = table.move(args, 1, #args, 1, {}), non_default = non_default,
     tocha_version = T.version, tocha_commit = tcommit, git_commit = commit, git_dirty = dirty,
-    host = capture("hostname"),
+    host = sys.hostname(),
   }
   write_file(dir .. "/config.lua", "return " .. serialize(config, "") .. "\n")
   write_file(dir .. "/config.json", json.encode(config) .. "\n")

@@ -125,7 +125,8 @@ end
 
 --- writes vocab.json and merges.txt (0-based ids, as other tools expect)
 function Tokenizer:save(dir)
-  os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
+  local made, err = T._sys.mkdirs(dir)
+  if not made then error("Tokenizer:save: " .. err, 2) end
   local vocab = {}
   for sym, id in pairs(self.encoder) do vocab[sym] = id - 1 end
   local merges = {}

@@ -8,4 +8,4 @@ venv=${TOCHA_VENV:-/tmp/tocha-interop-venv}
 "$venv/bin/pip" install -q safetensors numpy
 out=$(mktemp -d)/tocha.safetensors
 TOCHA_SAFETENSORS_INTEROP=$out TEST="test_safetensors: interop" ./build/tocha tests/run.lua
-"$venv/bin/python" tests/ref/check_safetensors.py "$out"
+"$venv/bin/python" tests/interop/check_safetensors.py "$out"

@@ -1,5 +1,5 @@
-"""gen_core.py: PyTorch reference values for the engine core tests (tests/test_*.lua of
-issue "Engine core"): dtype conversions, elementwise ops, reductions, matmul, linspace and
+"""gen_core.py: PyTorch reference values for the engine core tests (tests/test_tensor.lua,
+test_elementwise.lua, test_reduce.lua, test_matmul.lua, test_random.lua): dtype conversions, elementwise ops, reductions, matmul, linspace and
 arange, and the Philox stream. Writes tests/ref/core_ref.lua; run by hand:
 
     python3 tests/ref/gen_core.py            # writes core_ref.lua

@@ -1,12 +1,12 @@
 -- tocha.cli.plot: `tocha plot runs/t2i/* -o loss.png` draws one tag's curves (or several tags')
 -- from one or several runs into one PNG, with TensorBoard's smoothing, for a picture without
 -- starting TensorBoard. Reads metrics.jsonl, or the event files when a run has none; draws
--- with cairo (T._log().canvas). plot.main(args) returns the exit status; calling the module
+-- with cairo (T._log.canvas). plot.main(args) returns the exit status; calling the module
 -- (what `tocha plot` does) exits with it when it is not 0.
 local T = require "tocha"
 local log = require "tocha.log"
 local events = require "tocha.log.events"
-local C = T._log()
+local C = T._log
 
 local plot = {}
 
@@ -49,13 +49,13 @@ local function find_runs(paths, err_out)
   for _, p in ipairs(paths) do
     p = p:gsub("/+$", "")
     if is_run(p) then runs[#runs + 1] = p
-    elseif T._optim.isdir(p) then
-      local names = T._optim.listdir(p) or {}
+    elseif T._sys.isdir(p) then
+      local names = T._sys.listdir(p) or {}
       table.sort(names)
       local found = false
-      for _, n in ipairs(names) do
-        if T._optim.isdir(p .. "/" .. n) and is_run(p .. "/" .. n) then
-          runs[#runs + 1] = p .. "/" .. n
+      for _, n in ipairs(names) do -- directories end in "/"
+        if n:sub(-1) == "/" and is_run(p .. "/" .. n:sub(1, -2)) then
+          runs[#runs + 1] = p .. "/" .. n:sub(1, -2)
           found = true
         end
       end

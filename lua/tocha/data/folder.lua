@@ -87,7 +87,7 @@ end
 
 -- every file under dir (relative paths, sorted), skipping hidden ones
 local function walk(dir, rel, out)
-  local names, msg = C.listdir(rel == "" and dir or dir .. "/" .. rel)
+  local names, msg = T._sys.listdir(rel == "" and dir or dir .. "/" .. rel)
   if not names then error(msg, 0) end
   table.sort(names)
   for _, n in ipairs(names) do
@@ -233,8 +233,6 @@ function Shards:_text(i) return self.has_text and self.texts[i] or nil end
 ---------------------------------------------------------------------------------------------
 -- packing
 ---------------------------------------------------------------------------------------------
-local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
 --- data.pack(dir, out, {shard_size = 256 MiB, level = 3, captions = "auto", log = print}):
 --- writes the folder dataset at dir as shards in out (shard-00000.tzst, ... and index.jsonl,
 --- written last and atomically). Images are stored as their file bytes, so the shards decode
@@ -244,7 +242,8 @@ function M.pack(dir, out, opts)
   local ds = M.ImageFolder(dir, { channels = 0, captions = opts.captions })
   local shard_size, level = opts.shard_size or 256 * 2 ^ 20, opts.level or 3
   local log = opts.log or function() end
-  if not os.execute("mkdir -p " .. quote(out)) then error("pack: cannot create " .. out, 2) end
+  local made, err = T._sys.mkdirs(out)
+  if not made then error("pack: " .. err, 2) end
   local shards, rows = {}, {}
   local f, at
   local function open_shard()

@@ -3,22 +3,12 @@
 local T = require "tocha"
 local S = require "tocha.diffusion.schedule"
 
-local DDIM = setmetatable({}, { __index = S })
-DDIM.__index = DDIM
+local DDIM = S.class {}
 
-function DDIM.new(cfg)
-  local s = setmetatable(S.new(cfg), DDIM)
-  s.final_alpha_cumprod = s.config.set_alpha_to_one and 1.0 or s.alphas_cumprod[1]
-  s.init_noise_sigma = 1.0
-  return s
+function DDIM:init()
+  self.final_alpha_cumprod = self.config.set_alpha_to_one and 1.0 or self.alphas_cumprod[1]
+  self.init_noise_sigma = 1.0
 end
-
-function DDIM:set_timesteps(n)
-  self.timesteps = self:spaced_timesteps(n)
-  self.num_inference_steps = n
-end
-
-function DDIM:scale_model_input(x) return x end
 
 --- step(model_output, t, x, {eta = 0, noise = tensor}) -> prev_sample, pred_x0
 function DDIM:step(model_output, t, x, opts)

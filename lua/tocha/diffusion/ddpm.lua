@@ -3,27 +3,17 @@
 local T = require "tocha"
 local S = require "tocha.diffusion.schedule"
 
-local DDPM = setmetatable({}, { __index = S })
-DDPM.__index = DDPM
+local DDPM = S.class { variance_type = "fixed_small" }
 
-function DDPM.new(cfg)
-  local s = setmetatable(S.new(cfg, { variance_type = "fixed_small" }), DDPM)
-  local v = s.config.variance_type
+function DDPM:init()
+  local v = self.config.variance_type
   if v ~= "fixed_small" and v ~= "fixed_large" then
-    error("DDPM: variance_type must be fixed_small or fixed_large (got " .. tostring(v) .. ")", 2)
+    error("DDPM: variance_type must be fixed_small or fixed_large (got " .. tostring(v) .. ")", 3)
   end
-  s.init_noise_sigma = 1.0
-  s.timesteps = {}
-  for t = s.config.num_train_timesteps - 1, 0, -1 do s.timesteps[#s.timesteps + 1] = t end
-  return s
+  self.init_noise_sigma = 1.0
+  self.timesteps = {}
+  for t = self.config.num_train_timesteps - 1, 0, -1 do self.timesteps[#self.timesteps + 1] = t end
 end
-
-function DDPM:set_timesteps(n)
-  self.timesteps = self:spaced_timesteps(n)
-  self.num_inference_steps = n
-end
-
-function DDPM:scale_model_input(x) return x end
 
 function DDPM:previous_timestep(t)
   if not self.num_inference_steps then return t - 1 end

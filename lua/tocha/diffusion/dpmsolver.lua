@@ -1,41 +1,33 @@
 -- tocha/diffusion/dpmsolver.lua: DPM-Solver++ multistep (Lu et al. 2022), first or second
 -- order ("2M"), midpoint or heun corrector, optional Karras sigmas, as diffusers'
 -- DPMSolverMultistepScheduler with algorithm_type "dpmsolver++".
+local S = require "tocha.diffusion.schedule"
 local K = require "tocha.diffusion.sigmas"
 
-local DPM = K.class {
+local DPM = S.class({
   solver_order = 2, algorithm_type = "dpmsolver++", solver_type = "midpoint", lower_order_final = true,
   use_karras_sigmas = false, final_sigmas_type = "zero", timestep_spacing = "linspace",
-}
+}, K)
 
-local function f32(x) return (string.unpack("f", string.pack("f", x))) end
+local f32, round_half_even = S.f32, S.round_half_even
 
-local function round_half_even(x)
-  local r = math.floor(x + 0.5)
-  if x - math.floor(x) == 0.5 and r % 2 == 1 then r = r - 1 end
-  return r
-end
-
-local function new(cfg)
-  local s = K.init(DPM, cfg)
-  local c = s.config
-  if c.algorithm_type ~= "dpmsolver++" then error("DPMSolverMultistep: only algorithm_type dpmsolver++ is supported", 2) end
-  if c.solver_order ~= 1 and c.solver_order ~= 2 then error("DPMSolverMultistep: solver_order must be 1 or 2", 2) end
-  if c.solver_type ~= "midpoint" and c.solver_type ~= "heun" then error("DPMSolverMultistep: solver_type must be midpoint or heun", 2) end
+function DPM:init()
+  K.init(self)
+  local c = self.config
+  if c.algorithm_type ~= "dpmsolver++" then error("DPMSolverMultistep: only algorithm_type dpmsolver++ is supported", 3) end
+  if c.solver_order ~= 1 and c.solver_order ~= 2 then error("DPMSolverMultistep: solver_order must be 1 or 2", 3) end
+  if c.solver_type ~= "midpoint" and c.solver_type ~= "heun" then error("DPMSolverMultistep: solver_type must be midpoint or heun", 3) end
   if c.final_sigmas_type ~= "zero" and c.final_sigmas_type ~= "sigma_min" then
-    error("DPMSolverMultistep: final_sigmas_type must be zero or sigma_min", 2)
+    error("DPMSolverMultistep: final_sigmas_type must be zero or sigma_min", 3)
   end
-  s.init_noise_sigma = 1.0
-  return s
+  self.init_noise_sigma = 1.0
 end
 
 -- integer timesteps over n + 1 points with the last dropped (diffusers' DPM spacing)
 local function dpm_timesteps(self, n)
   local c = self.config
   local N = c.num_train_timesteps
-  if math.type(n) ~= "integer" or n < 1 or n > N then
-    error(string.format("set_timesteps: number of steps must be an integer in 1..%d (got %s)", N, tostring(n)), 3)
-  end
+  self:check_steps(n, 4)
   local ts = {}
   if c.timestep_spacing == "linspace" then
     local step = (N - 1) / n
@@ -80,7 +72,7 @@ function DPM:set_timesteps(n)
   self.model_outputs, self.lower_order_nums, self.step_index = {}, 0, nil
 end
 
-function DPM:scale_model_input(x) return x end
+DPM.scale_model_input = S.scale_model_input -- data-space steps: the model sees x as it is
 
 local function alpha_sigma(sigma)
   local a = 1 / math.sqrt(sigma * sigma + 1)
@@ -124,4 +116,4 @@ function DPM:step(model_output, t, x)
   return prev, x0
 end
 
-return { DPMSolverMultistep = new, class = DPM }
+return DPM

@@ -1,9 +1,10 @@
 -- tocha/diffusion/heun.lua: Heun's second-order sampler (Karras et al. 2022, Alg. 1), as
 -- diffusers' HeunDiscreteScheduler: every timestep after the first appears twice, the
 -- first visit takes an Euler step, the second corrects it with the averaged slope.
+local S = require "tocha.diffusion.schedule"
 local K = require "tocha.diffusion.sigmas"
 
-local Heun = K.class { use_karras_sigmas = false, clip_sample = false, timestep_spacing = "linspace" }
+local Heun = S.class({ use_karras_sigmas = false, clip_sample = false, timestep_spacing = "linspace" }, K)
 
 function Heun:set_timesteps(n)
   local ts, sigmas = self:sigma_schedule(n)
@@ -46,4 +47,4 @@ function Heun:step(model_output, t, x)
   return prev, x0
 end
 
-return { Heun = function(cfg) return K.init(Heun, cfg) end }
+return Heun

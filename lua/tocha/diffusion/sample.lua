@@ -3,10 +3,21 @@
 -- a seed and leaves the caller's random stream as it was.
 local T = require "tocha"
 
+-- the context for prompts, and the extra conditioning (a table of tensors) when the text
+-- encoder gives one as its second result
 local function encode(text_encoder, tokenizer, prompts)
   local ids = tokenizer:encode(prompts).input_ids
-  local out = text_encoder(ids)
+  local out, added = text_encoder(ids)
   if type(out) == "table" and not T.is_tensor(out) then out = out.last_hidden_state or out[1] end
+  if type(added) ~= "table" or T.is_tensor(added) then added = nil end
+  return out, added
+end
+
+-- the unconditional rows first, then the conditional ones, for each extra conditioning tensor
+local function batch_added(uncond, cond)
+  if not cond then return nil end
+  local out = {}
+  for k, v in pairs(cond) do out[k] = T.is_tensor(v) and T.cat({ uncond[k], v }, 1) or v end
   return out
 end
 
@@ -23,7 +34,10 @@ end
 
 --- sample{model, text_encoder, tokenizer, scheduler, prompts, negative_prompts, guidance_scale = 7.5,
 ---   guidance_rescale = 0, guidance_interval, steps = 50, seed, height, width, channels = 4, eta, progress}
---- model(x, timesteps, context) predicts what the scheduler's prediction_type says.
+--- model(x, timesteps, context, added) predicts what the scheduler's prediction_type says.
+--- text_encoder(ids) returns the context and, optionally, a table of extra conditioning
+--- tensors (batch first, e.g. {class_labels = pooled}: diffusers' added_cond_kwargs), which
+--- is batched like the context and reaches the model as added (nil without one).
 --- guidance_interval = {lo, hi}: guide only the steps whose timestep t has lo <= t <= hi; the
 --- others run the conditional pass alone (Kynkaanniemi et al. 2024: guidance at the noisiest
 --- steps costs variety and, in small models, the object's shape).
@@ -50,8 +64,12 @@ local function sample(o)
   local saved_rng = T.get_rng_state()
   if o.seed then T.manual_seed(o.seed) end
   local ok, result = pcall(T.no_grad, function()
-    local cond_context = encode(o.text_encoder, o.tokenizer, prompts)
-    local context = cfg and T.cat({ encode(o.text_encoder, o.tokenizer, neg), cond_context }, 1) or cond_context
+    local cond_context, cond_added = encode(o.text_encoder, o.tokenizer, prompts)
+    local context, added = cond_context, cond_added
+    if cfg then
+      local uncond_context, uncond_added = encode(o.text_encoder, o.tokenizer, neg)
+      context, added = T.cat({ uncond_context, cond_context }, 1), batch_added(uncond_added, cond_added)
+    end
     s:set_timesteps(o.steps or 50)
     local x = T.randn({ B, o.channels or 4, o.height, o.width }, { dtype = context.dtype, device = context.device })
     x = x * (s.init_noise_sigma or 1)
@@ -60,7 +78,7 @@ local function sample(o)
       local guide = guided(t)
       if guide then inp = T.cat({ inp, inp }, 1) end
       local ts = T.full({ inp.shape[1] }, t, { dtype = "i64", device = inp.device })
-      local out = o.model(inp, ts, guide and context or cond_context)
+      local out = o.model(inp, ts, guide and context or cond_context, guide and added or cond_added)
       if guide then
         local uncond, cond = out:narrow(1, 1, B), out:narrow(1, B + 1, B)
         out = uncond + (cond - uncond) * scale

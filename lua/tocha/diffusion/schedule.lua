@@ -1,14 +1,24 @@
 -- tocha/diffusion/schedule.lua: the noise schedule every sampler shares: betas (linear,
 -- scaled_linear, squaredcos_cap_v2, optional zero terminal SNR), cumulative alphas,
--- timestep spacing, and the training-side helpers (add_noise, get_velocity, snr).
--- Constants are plain Lua numbers computed in f64; samplers apply them to tensors.
+-- timestep spacing, and the training-side helpers (add_noise, get_velocity, snr); and
+-- S.class, which makes each sampler's class. Constants are plain Lua numbers computed in
+-- f64; samplers apply them to tensors.
 local T = require "tocha"
 
 local S = {}
 S.__index = S
 
--- torch computes these in f32; rounding through f32 keeps us within 1e-7 of diffusers
+--- S.f32(x): x rounded to f32. torch computes the schedules in f32; rounding through f32
+--- keeps us within 1e-7 of diffusers
 local function f32(x) return (string.unpack("f", string.pack("f", x))) end
+S.f32 = f32
+
+--- S.round_half_even(x): x rounded to an integer as numpy rounds (half to even)
+function S.round_half_even(x)
+  local r = math.floor(x + 0.5)
+  if x - math.floor(x) == 0.5 and r % 2 == 1 then r = r - 1 end
+  return r
+end
 
 local function linspace(a, b, n)
   local out, step = {}, n > 1 and (b - a) / (n - 1) or 0
@@ -76,16 +86,36 @@ function S.new(cfg, own_defaults)
   return s
 end
 
+--- S.class(defaults, base): a sampler class over base (S unless given), with its own option
+--- defaults. C.new(cfg) makes an instance: the schedule for cfg, then C's init(self) if it has
+--- one (which may raise with level 3, at the caller of new).
+function S.class(defaults, base)
+  local C = setmetatable({ defaults = defaults }, { __index = base or S })
+  C.__index = C
+  function C.new(cfg)
+    local s = setmetatable(S.new(cfg, C.defaults), C)
+    if s.init then s:init() end
+    return s
+  end
+  return C
+end
+
 --- alpha_bar at timestep t (0-based diffusers timestep)
 function S:alpha_bar(t) return self.alphas_cumprod[t + 1] end
+
+--- check_steps(n, level): raises at level unless n is a number of inference steps (1..N)
+function S:check_steps(n, level)
+  local N = self.config.num_train_timesteps
+  if math.type(n) ~= "integer" or n < 1 or n > N then
+    error(string.format("set_timesteps: number of steps must be an integer in 1..%d (got %s)", N, tostring(n)), level + 1)
+  end
+end
 
 --- timesteps for n inference steps, descending Lua integers, per timestep_spacing
 function S:spaced_timesteps(n)
   local c = self.config
   local N = c.num_train_timesteps
-  if math.type(n) ~= "integer" or n < 1 or n > N then
-    error(string.format("set_timesteps: number of steps must be an integer in 1..%d (got %s)", N, tostring(n)), 3)
-  end
+  self:check_steps(n, 3)
   local ts = {}
   if c.timestep_spacing == "linspace" then
     local step = (N - 1) / math.max(n - 1, 1)
@@ -97,10 +127,7 @@ function S:spaced_timesteps(n)
   elseif c.timestep_spacing == "trailing" then
     local ratio, i = N / n, 0
     while N - i * ratio > 0 do
-      local t = N - i * ratio
-      local r = math.floor(t + 0.5)
-      if t - math.floor(t) == 0.5 and r % 2 == 1 then r = r - 1 end -- numpy rounds half to even
-      ts[#ts + 1] = r - 1
+      ts[#ts + 1] = S.round_half_even(N - i * ratio) - 1
       i = i + 1
     end
   else
@@ -108,6 +135,15 @@ function S:spaced_timesteps(n)
   end
   return ts
 end
+
+--- the samplers' defaults on integer timesteps (DDIM, DDPM): set_timesteps(n) spaces n of them
+--- per timestep_spacing; the model's input needs no scaling
+function S:set_timesteps(n)
+  self.timesteps = self:spaced_timesteps(n)
+  self.num_inference_steps = n
+end
+
+function S:scale_model_input(x) return x end
 
 -- coefficients per sample as a tensor shaped [B, 1, 1, ...] for broadcasting over x
 local function per_sample(self, ts, x, fn)
@@ -153,12 +189,12 @@ function S:sample_timesteps(n, opts)
   return (T.rand({ n }):pow(power) * N):to("i64"):clamp(0, N - 1)
 end
 
---- snr(ts): alpha_bar / (1 - alpha_bar) per timestep, an f32 tensor
+--- snr(ts): alpha_bar / (1 - alpha_bar) per timestep, an f32 tensor on ts's device
 function S:snr(ts)
   local list = ts:tolist()
   local out = {}
   for i, t in ipairs(list) do local ab = self.alphas_cumprod[t + 1]; out[i] = ab / (1 - ab) end
-  return T.tensor(out)
+  return T.tensor(out, { device = ts.device })
 end
 
 --- min_snr_weights(ts, gamma): Min-SNR-gamma loss weights (Hang et al. 2023) as diffusers'
@@ -166,7 +202,7 @@ end
 --- for sample (x0) prediction, whose plain loss is already snr times epsilon's, min(snr, gamma)
 function S:min_snr_weights(ts, gamma)
   local snr = self:snr(ts)
-  local clipped = snr:minimum(T.full(snr.shape, gamma))
+  local clipped = snr:minimum(T.full(snr.shape, gamma, { device = snr.device }))
   local p = self.config.prediction_type
   if p == "v_prediction" then return clipped / (snr + 1) end
   if p == "sample" then return clipped end

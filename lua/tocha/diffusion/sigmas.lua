@@ -4,33 +4,20 @@
 -- and the step index those samplers keep from one step to the next.
 local S = require "tocha.diffusion.schedule"
 
-local K = setmetatable({}, { __index = S })
-K.__index = K
+local K = S.class {} -- the samplers' classes are S.class(defaults, K)
+local f32 = S.f32
 
-local function f32(x) return (string.unpack("f", string.pack("f", x))) end
-
---- a sampler class over K with its own defaults
-function K.class(defaults)
-  local C = setmetatable({}, { __index = K })
-  C.__index = C
-  C.defaults = defaults
-  return C
-end
-
-function K.init(C, cfg)
-  local s = setmetatable(S.new(cfg, C.defaults), C)
-  s.train_sigmas = {}
-  for i, ab in ipairs(s.alphas_cumprod) do s.train_sigmas[i] = math.sqrt((1 - ab) / ab) end
-  return s
+--- the training sigmas; a sampler's own init calls K.init(self) first
+function K:init()
+  self.train_sigmas = {}
+  for i, ab in ipairs(self.alphas_cumprod) do self.train_sigmas[i] = math.sqrt((1 - ab) / ab) end
 end
 
 -- float timesteps for n steps (not rounded, unlike DDIM's)
 local function float_timesteps(self, n)
   local c = self.config
   local N = c.num_train_timesteps
-  if math.type(n) ~= "integer" or n < 1 or n > N then
-    error(string.format("set_timesteps: number of steps must be an integer in 1..%d (got %s)", N, tostring(n)), 4)
-  end
+  self:check_steps(n, 4)
   if c.timestep_spacing == "linspace" then
     local ts = {}
     local step = n > 1 and (N - 1) / (n - 1) or 0

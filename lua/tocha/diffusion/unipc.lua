@@ -1,23 +1,23 @@
 -- tocha/diffusion/unipc.lua: UniPC (Zhao et al. 2023), a multistep predictor-corrector
 -- with the B(h) = e^h - 1 ("bh2") or B(h) = h ("bh1") variant, predicting x0, as diffusers'
 -- UniPCMultistepScheduler. Orders 1 to 3.
+local S = require "tocha.diffusion.schedule"
 local K = require "tocha.diffusion.sigmas"
-local DPM = require("tocha.diffusion.dpmsolver").class
+local DPM = require "tocha.diffusion.dpmsolver"
 
-local UniPC = K.class {
+local UniPC = S.class({
   solver_order = 2, solver_type = "bh2", lower_order_final = true, disable_corrector = {},
   use_karras_sigmas = false, final_sigmas_type = "zero", timestep_spacing = "linspace", predict_x0 = true,
-}
+}, K)
 UniPC.multistep_schedule = DPM.multistep_schedule
 
-local function new(cfg)
-  local s = K.init(UniPC, cfg)
-  local c = s.config
-  if c.solver_order < 1 or c.solver_order > 3 then error("UniPC: solver_order must be 1, 2 or 3", 2) end
-  if c.solver_type ~= "bh1" and c.solver_type ~= "bh2" then error("UniPC: solver_type must be bh1 or bh2", 2) end
-  if not c.predict_x0 then error("UniPC: only predict_x0 = true is supported", 2) end
-  s.init_noise_sigma = 1.0
-  return s
+function UniPC:init()
+  K.init(self)
+  local c = self.config
+  if c.solver_order < 1 or c.solver_order > 3 then error("UniPC: solver_order must be 1, 2 or 3", 3) end
+  if c.solver_type ~= "bh1" and c.solver_type ~= "bh2" then error("UniPC: solver_type must be bh1 or bh2", 3) end
+  if not c.predict_x0 then error("UniPC: only predict_x0 = true is supported", 3) end
+  self.init_noise_sigma = 1.0
 end
 
 function UniPC:set_timesteps(n)
@@ -26,7 +26,7 @@ function UniPC:set_timesteps(n)
   self.model_outputs, self.lower_order_nums, self.last_sample, self.step_index = {}, 0, nil, nil
 end
 
-function UniPC:scale_model_input(x) return x end
+UniPC.scale_model_input = S.scale_model_input
 
 local function lambda_of(sigma)
   local a = 1 / math.sqrt(sigma * sigma + 1)
@@ -140,4 +140,4 @@ function UniPC:step(model_output, t, x)
   return prev, x0
 end
 
-return { UniPC = new }
+return UniPC

@@ -46,7 +46,7 @@ local function file_id(path)
   f:seek("set", math.max(0, size - 65536))
   local tail = f:read(65536) or ""
   f:close()
-  return string.format("%08x", (T._log().crc32c(size .. head .. tail)))
+  return string.format("%08x", (T._log.crc32c(size .. head .. tail)))
 end
 
 ---------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ end
 ---------------------------------------------------------------------------------------------
 -- sources: folders, statistics files, images
 ---------------------------------------------------------------------------------------------
-local function is_dir(path) return T._optim.isdir(path) end
+local function is_dir(path) return T._sys.isdir(path) end
 
 -- the images of a folder, in sorted order, a batch (list of u8 [H, W, 3]) at a time, decoded
 -- on `workers` C threads
@@ -58,7 +58,7 @@ end
 
 -- a cache key for a folder's content: names, sizes and the first 4 KiB of every file
 local function folder_key(dir, names)
-  local crc = T._log().crc32c
+  local crc = T._log.crc32c
   local parts = {}
   for i, name in ipairs(names) do
     local f = io.open(dir .. "/" .. name, "rb")
@@ -142,7 +142,7 @@ local function folder_statistics(dir, get_ext, opts)
   for batch in loader:iter() do st:add(ext:features(batch)) end
   loader:close()
   if path then
-    local ok = T._log().mkdirs((path:gsub("/[^/]*$", "")))
+    local ok = T._sys.mkdirs((path:gsub("/[^/]*$", "")))
     if ok then eval.save_statistics(path, st, { extractor = ext.id }) end
   end
   return { mu = st:mean(), sigma = st:cov(), n = st.n, extractor = ext.id }, path, false

@@ -187,8 +187,9 @@ local function rates(acc)
 end
 
 --- eval.evaluate(images, captions, opts) -> {n, color, shape, position, size, all, count,
---- single = {...}, pair = {...}, results = {per image check}, confusion}: accuracies in
---- [0, 1]. images: a list of images or one batched tensor ([B, 3, H, W] float or
+--- single = {...}, pair = {...}, by_size = {small = {...}, big = {...}}, results = {per image
+--- check}, confusion}: accuracies in [0, 1]; by_size holds the single-object captions by the
+--- size they name (none for those naming no size). images: a list of images or one batched tensor ([B, 3, H, W] float or
 --- [B, H, W, 3] u8); captions: strings (or parsed scenes). An image showing nothing
 --- recognisable counts as wrong. confusion[wanted][found] counts the shapes of every wanted
 --- object against what its matched object was read as ("none": no kind fits, "missing": no
@@ -206,6 +207,7 @@ function M.evaluate(images, captions, opts)
   end
   local all = { n = 0, hits = {}, seen = {} }
   local by = { { n = 0, hits = {}, seen = {} }, { n = 0, hits = {}, seen = {} } }
+  local sized = {} -- single objects by the size their caption names
   local results, confusion = {}, {}
   for i = 1, n do
     local scene = parsed(captions[i], 2)
@@ -213,6 +215,11 @@ function M.evaluate(images, captions, opts)
     results[i] = res
     tally(all, res)
     tally(by[#scene.objects], res)
+    local size = #scene.objects == 1 and scene.objects[1].size
+    if size then
+      sized[size] = sized[size] or { n = 0, hits = {}, seen = {} }
+      tally(sized[size], res)
+    end
     for k, ob in ipairs(scene.objects) do
       local f = res.objects[k]
       local got = f and (f.shape or "none") or "missing"
@@ -223,6 +230,8 @@ function M.evaluate(images, captions, opts)
   end
   local out = rates(all)
   out.single, out.pair, out.results, out.confusion = rates(by[1]), rates(by[2]), results, confusion
+  out.by_size = {}
+  for size, acc in pairs(sized) do out.by_size[size] = rates(acc) end
   return out
 end
 

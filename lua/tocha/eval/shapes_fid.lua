@@ -193,7 +193,7 @@ function M.load(path)
     io.stderr:write("shapes_fid: no trained weights; training the feature network now (cached in " .. M.CACHED .. ")\n")
     local acc
     net, acc = M.train()
-    T._log().mkdirs((M.CACHED:gsub("/[^/]*$", "")))
+    T._sys.mkdirs((M.CACHED:gsub("/[^/]*$", "")))
     M.save(net, M.CACHED, { accuracy_pairs = tostring(acc.pairs) })
     path = M.CACHED
   end

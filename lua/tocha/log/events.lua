@@ -2,7 +2,7 @@
 -- TFRecord framing and both CRCs; the Event protos are decoded here from a schema of just the
 -- fields tocha and PyTorch write. Used by the tests, `tocha plot` and log.read_events.
 local T = require "tocha"
-local C = T._log()
+local C = T._log
 
 local events = {}
 
@@ -138,8 +138,8 @@ end
 --- events.files(dir) -> the event files directly in dir, oldest first (their names start with
 --- the creation time); dir may also be one event file. nil, message when dir cannot be listed.
 function events.files(dir)
-  if dir:find("tfevents", 1, true) and not T._optim.isdir(dir) then return { dir } end
-  local names, err = T._optim.listdir(dir)
+  if dir:find("tfevents", 1, true) and not T._sys.isdir(dir) then return { dir } end
+  local names, err = T._sys.listdir(dir)
   if not names then return nil, err end
   local files = {}
   for _, name in ipairs(names) do

@@ -2,7 +2,7 @@
 -- lr, it/s, elapsed and ETA. On a terminal it redraws in place (at most 10 times a second);
 -- otherwise (CI logs, files) it prints a plain line every `interval` seconds and at the end.
 local T = require "tocha"
-local C = T._log()
+local sys = T._sys
 
 local Progress = {}
 Progress.__index = Progress
@@ -37,7 +37,7 @@ local function progress(opts)
   end
   local out = opts.out or io.stdout
   local tty = opts.tty
-  if tty == nil then tty = C.isatty(out) end
+  if tty == nil then tty = sys.isatty(out) end
   local smooth = {}
   for _, k in ipairs(opts.smooth or { "loss" }) do smooth[k] = true end
   return setmetatable({

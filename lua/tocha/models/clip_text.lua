@@ -14,7 +14,7 @@ local SPEC = {
   defaults = {
     vocab_size = 49408, hidden_size = 512, intermediate_size = 2048, num_hidden_layers = 12,
     num_attention_heads = 8, max_position_embeddings = 77, hidden_act = "quick_gelu",
-    layer_norm_eps = 1e-5, attention_dropout = 0, initializer_range = 0.02, initializer_factor = 1,
+    layer_norm_eps = 1e-5, attention_dropout = 0.0, initializer_range = 0.02, initializer_factor = 1.0,
   },
   optional = { eos_token_id = true },
   ignored = { projection_dim = true, dropout = true, pad_token_id = true, bos_token_id = true,
@@ -208,19 +208,22 @@ function CLIPTextModel:forward(ids, opts)
   return x, pooled, hidden
 end
 
---- load_state_dict(sd, strict): as nn.Module's, also taking a checkpoint saved without the
---- "text_model." prefix (transformers >= 5 saves CLIPTextModel so), and skipping the
---- position_ids buffer older transformers saved (a constant 0 .. L - 1, as transformers does)
-function CLIPTextModel:load_state_dict(sd, strict)
-  if type(sd) == "table" then
-    local bare = sd["text_model.embeddings.token_embedding.weight"] == nil and sd["embeddings.token_embedding.weight"] ~= nil
-    local out = {}
-    for k, v in pairs(sd) do
-      if bare then k = "text_model." .. k end
-      if k ~= "text_model.embeddings.position_ids" then out[k] = v end
-    end
-    sd = out
+--- checkpoint_state_dict(sd) -> sd with this model's names: a checkpoint saved without the
+--- "text_model." prefix (transformers >= 5 saves CLIPTextModel so) gets it, and the position_ids
+--- buffer older transformers saved (a constant 0 .. L - 1, as transformers does) is dropped
+function CLIPTextModel:checkpoint_state_dict(sd)
+  local bare = sd["text_model.embeddings.token_embedding.weight"] == nil and sd["embeddings.token_embedding.weight"] ~= nil
+  local out = {}
+  for k, v in pairs(sd) do
+    if bare then k = "text_model." .. k end
+    if k ~= "text_model.embeddings.position_ids" then out[k] = v end
   end
+  return out
+end
+
+--- load_state_dict(sd, strict): as nn.Module's, on checkpoint_state_dict(sd)
+function CLIPTextModel:load_state_dict(sd, strict)
+  if type(sd) == "table" then sd = self:checkpoint_state_dict(sd) end
   return nn.Module.load_state_dict(self, sd, strict)
 end
 

@@ -90,6 +90,16 @@ function config.positive(what, cfg, keys)
   end
 end
 
+--- config.check_groups(what, cfg): every block_out_channels entry divisible by norm_num_groups
+function config.check_groups(what, c)
+  for i, ch in ipairs(c.block_out_channels) do
+    if ch % c.norm_num_groups ~= 0 then
+      error(string.format("%s: block_out_channels[%d] = %d is not divisible by norm_num_groups (%d)", what, i, ch,
+        c.norm_num_groups), 4)
+    end
+  end
+end
+
 --- config.layer_opts(cfg): the dtype / device options the nn layers take
 function config.layer_opts(cfg) return { dtype = cfg.dtype, device = cfg.device } end
 

@@ -25,14 +25,16 @@ local SPEC = {
     use_linear_projection = false, upcast_attention = false, conv_in_kernel = 3, conv_out_kernel = 3,
     resnet_time_scale_shift = "default",
   },
-  -- class_embed_type "projection": a vector per sample (e.g. the pooled text embedding)
-  -- through its own TimestepEmbedding, added to the time embedding (diffusers' names)
+  -- class embeddings added to the time embedding (diffusers' names): num_class_embeds (an
+  -- Embedding of class ids), class_embed_type "timestep" (a second timestep embedding),
+  -- "identity", "projection" (a vector per sample through a TimestepEmbedding, e.g. the pooled
+  -- text embedding) or "simple_projection" (through one Linear)
   optional = { sample_size = true, time_embedding_dim = true, class_embed_type = true,
-               projection_class_embeddings_input_dim = true },
+               projection_class_embeddings_input_dim = true, num_class_embeds = true },
   fixed = {
     act_fn = "silu", only_cross_attention = false, dual_cross_attention = false, num_attention_heads = NONE,
     addition_embed_type = NONE, addition_time_embed_dim = NONE,
-    num_class_embeds = NONE, resnet_skip_time_act = false,
+    resnet_skip_time_act = false,
     resnet_out_scale_factor = 1, time_embedding_type = "positional", time_embedding_act_fn = NONE,
     timestep_post_act = NONE, time_cond_proj_dim = NONE,
     attention_type = "default", class_embeddings_concat = false, mid_block_only_cross_attention = false,
@@ -48,6 +50,48 @@ local function reversed(list)
   local out = {}
   for i = #list, 1, -1 do out[#out + 1] = list[i] end
   return out
+end
+
+---------------------------------------------------------------------------
+-- class embeddings
+---------------------------------------------------------------------------
+local CLASS_TYPES = { timestep = true, identity = true, projection = true, simple_projection = true }
+
+-- checks the class embedding keys of a resolved config
+local function check_class(c)
+  local kind, d = c.class_embed_type, c.projection_class_embeddings_input_dim
+  if kind ~= nil and not CLASS_TYPES[kind] then
+    error(string.format('%s: class_embed_type = %s is not supported ("timestep", "identity", "projection" or '
+      .. '"simple_projection", or num_class_embeds for an Embedding)', WHAT, config.show(kind)), 4)
+  end
+  if (kind == "projection" or kind == "simple_projection") and (math.type(d) ~= "integer" or d < 1) then
+    error(string.format('%s: class_embed_type "%s" needs a positive integer projection_class_embeddings_input_dim',
+      WHAT, kind), 4)
+  end
+  local n = c.num_class_embeds
+  if kind == nil and n ~= nil and (math.type(n) ~= "integer" or n < 1) then
+    error(WHAT .. ": num_class_embeds must be a positive integer, got " .. config.show(n), 4)
+  end
+end
+
+-- the module diffusers puts under class_embedding for this config, or nil
+local function class_embedding(c, c0, temb, lo)
+  local kind = c.class_embed_type
+  if kind == "timestep" then return B.TimestepEmbedding(c0, temb, lo) end
+  if kind == "identity" then return nn.Identity() end
+  if kind == "projection" then return B.TimestepEmbedding(c.projection_class_embeddings_input_dim, temb, lo) end
+  if kind == "simple_projection" then return nn.Linear(c.projection_class_embeddings_input_dim, temb, lo) end
+  if c.num_class_embeds ~= nil then return nn.Embedding(c.num_class_embeds, temb, lo) end
+end
+
+-- the parameter count of class_embedding(c, ...)
+local function class_embedding_size(c, c0, temb)
+  local kind, d = c.class_embed_type, c.projection_class_embeddings_input_dim
+  if kind == "timestep" then return c0 * temb + temb + temb * temb + temb end
+  if kind == "projection" then return d * temb + temb + temb * temb + temb end
+  if kind == "simple_projection" then return d * temb + temb end
+  if kind == nil and c.num_class_embeds ~= nil then return c.num_class_embeds * temb end
+  return 0
 end
 
 --- resolve(cfg, overrides): the complete, checked config
@@ -74,11 +118,8 @@ local function resolve(cfg, overrides)
   for _, key in ipairs({ "layers_per_block", "transformer_layers_per_block", "attention_head_dim", "cross_attention_dim" }) do
     c[key] = config.per_block(WHAT, key, c[key], n)
   end
+  config.check_groups(WHAT, c)
   for i, ch in ipairs(c.block_out_channels) do
-    if ch % c.norm_num_groups ~= 0 then
-      error(string.format("%s: block_out_channels[%d] = %d is not divisible by norm_num_groups (%d)", WHAT, i, ch,
-        c.norm_num_groups), 3)
-    end
     if ch < c.attention_head_dim[i] then
       error(string.format("%s: block_out_channels[%d] = %d is smaller than its number of heads (attention_head_dim = %d)",
         WHAT, i, ch, c.attention_head_dim[i]), 3)
@@ -96,6 +137,7 @@ local function resolve(cfg, overrides)
   if c.downsample_padding ~= 0 and c.downsample_padding ~= 1 then
     error(WHAT .. ": downsample_padding must be 0 or 1, got " .. config.show(c.downsample_padding), 3)
   end
+  check_class(c)
   return c
 end
 
@@ -147,17 +189,7 @@ function UNet:init(cfg, overrides)
   self.conv_in = nn.Conv2d(c.in_channels, ch[1], c.conv_in_kernel,
     { padding = (c.conv_in_kernel - 1) // 2, dtype = lo.dtype, device = lo.device })
   self.time_embedding = B.TimestepEmbedding(ch[1], p.temb, lo)
-  if c.class_embed_type ~= nil then
-    local d = c.projection_class_embeddings_input_dim
-    if c.class_embed_type ~= "projection" then
-      error(string.format('%s: class_embed_type = "%s" is not supported (only "projection")', WHAT,
-        tostring(c.class_embed_type)), 2)
-    end
-    if math.type(d) ~= "integer" or d < 1 then
-      error(WHAT .. ': class_embed_type "projection" needs a positive integer projection_class_embeddings_input_dim', 2)
-    end
-    self.class_embedding = B.TimestepEmbedding(d, p.temb, lo)
-  end
+  self.class_embedding = class_embedding(c, ch[1], p.temb, lo)
   local down, up = {}, {}
   for i, o in ipairs(p.down) do down[i] = B[o.kind](o, lo) end
   for i, o in ipairs(p.up) do up[i] = B[o.kind](o, lo) end
@@ -194,9 +226,36 @@ local function timesteps(t, N, device)
   return t
 end
 
+-- the class embedding of class_labels for a batch of N, in sample's dtype
+function UNet:class_embed(labels, N, sample)
+  local c = self.config
+  local kind = c.class_embed_type
+  if kind == "timestep" then
+    if labels == nil then error(WHAT .. ": class_labels (timesteps, as timestep) are needed with class_embed_type timestep", 3) end
+    local t = B.timestep_embedding(timesteps(labels, N, sample.device), c.block_out_channels[1], c.flip_sin_to_cos,
+      c.freq_shift, sample.dtype == "f64" and "f64" or "f32")
+    return self.class_embedding(t:to(sample.dtype))
+  end
+  if kind == nil then -- num_class_embeds: an Embedding of 1-based class ids
+    if not T.is_tensor(labels) or labels:dim() ~= 1 or labels.shape[1] ~= N or (labels.dtype ~= "i64" and labels.dtype ~= "i32") then
+      error(string.format("%s: class_labels must be an integer tensor [%d (batch)] of 1-based class ids (num_class_embeds = %d)",
+        WHAT, N, c.num_class_embeds), 3)
+    end
+    return self.class_embedding(labels:to(sample.device)):to(sample.dtype)
+  end
+  local width = kind == "identity" and nil or c.projection_class_embeddings_input_dim
+  if not T.is_tensor(labels) or labels:dim() ~= 2 or labels.shape[1] ~= N or (width and labels.shape[2] ~= width) then
+    error(string.format("%s: class_labels must be [%d (batch), %s] with class_embed_type %s", WHAT, N,
+      width or "time embedding width", kind), 3)
+  end
+  return self.class_embedding(labels:to(sample.dtype))
+end
+
 --- unet(sample [N, in_channels, H, W], timestep (number, list or tensor of N), encoder_hidden_states
---- [N, S, cross_attention_dim], {encoder_attention_mask [N, S]: 1 / true keeps a text token})
---- -> the prediction [N, out_channels, H, W]. Any H and W work (odd sizes as diffusers does).
+--- [N, S, cross_attention_dim], {encoder_attention_mask [N, S]: 1 / true keeps a text token,
+--- class_labels}) -> the prediction [N, out_channels, H, W]. Any H and W work (odd sizes as
+--- diffusers does). class_labels, with a class embedding: 1-based class ids [N] (num_class_embeds),
+--- timesteps (class_embed_type "timestep") or vectors [N, d] (the others).
 function UNet:forward(sample, timestep, context, opts)
   opts = opts or {}
   local c = self.config
@@ -226,14 +285,7 @@ function UNet:forward(sample, timestep, context, opts)
   local t = B.timestep_embedding(timesteps(timestep, N, sample.device), c.block_out_channels[1], c.flip_sin_to_cos,
     c.freq_shift, sample.dtype == "f64" and "f64" or "f32")
   local temb = self.time_embedding(t:to(sample.dtype))
-  if self.class_embedding then
-    local cl = opts.class_labels
-    if not T.is_tensor(cl) or cl:dim() ~= 2 or cl.shape[1] ~= N then
-      error(string.format("%s: class_labels must be [%d (batch), %d] with class_embed_type projection", WHAT, N,
-        c.projection_class_embeddings_input_dim), 2)
-    end
-    temb = temb + self.class_embedding(cl:to(sample.dtype))
-  end
+  if self.class_embedding then temb = temb + self:class_embed(opts.class_labels, N, sample) end
 
   local h = self.conv_in(sample)
   local skips = { h }
@@ -273,9 +325,7 @@ local function num_parameters_for(cfg, overrides)
   local ss = c.resnet_time_scale_shift == "scale_shift"
   local n = conv(c.in_channels, c0, c.conv_in_kernel) + (c0 * p.temb + p.temb) + (p.temb * p.temb + p.temb)
     + 2 * c0 + conv(c0, c.out_channels, c.conv_out_kernel)
-  if c.class_embed_type then
-    n = n + c.projection_class_embeddings_input_dim * p.temb + p.temb + p.temb * p.temb + p.temb
-  end
+  n = n + class_embedding_size(c, c0, p.temb)
   for _, o in ipairs(p.down) do
     for i = 1, o.layers do
       n = n + resnet(i == 1 and o.in_channels or o.out_channels, o.out_channels, p.temb, ss)

@@ -8,11 +8,13 @@ local F = nn.functional
 
 local B = {}
 
+--- B.with(lo, extra): the layer options lo ({dtype, device}) plus extra ones
 local function with(lo, extra)
   local o = { dtype = lo.dtype, device = lo.device }
   for k, v in pairs(extra) do o[k] = v end
   return o
 end
+B.with = with
 
 -- fn(...) under gradient checkpointing when the block asks for it and a graph is being built
 local function run(block, fn, ...)
@@ -60,7 +62,8 @@ function B.TimestepEmbedding:forward(x) return self.linear_2(self.linear_1(x):si
 --- conv2, plus the input (through a 1x1 conv_shortcut when in ~= out), divided by
 --- output_scale_factor. time_embedding_norm "scale_shift" (diffusers' resnet_time_scale_shift):
 --- time_emb_proj gives a scale and a shift per channel, applied after norm2 as
---- norm2(h) * (1 + scale) + shift, a stronger conditioning than the default's added bias
+--- norm2(h) * (1 + scale) + shift, a stronger conditioning than the default's added bias.
+--- temb_channels nil (the VAE's blocks): no time_emb_proj, and forward takes no temb.
 B.ResnetBlock2D = nn.Module:extend("ResnetBlock2D")
 
 function B.ResnetBlock2D:init(in_ch, out_ch, temb_ch, o, lo)
@@ -68,19 +71,22 @@ function B.ResnetBlock2D:init(in_ch, out_ch, temb_ch, o, lo)
   self.scale_shift = o.time_embedding_norm == "scale_shift"
   self.norm1 = nn.GroupNorm(o.groups, in_ch, with(lo, { eps = o.eps }))
   self.conv1 = nn.Conv2d(in_ch, out_ch, 3, with(lo, { padding = 1 }))
-  self.time_emb_proj = nn.Linear(temb_ch, self.scale_shift and 2 * out_ch or out_ch, lo)
+  if temb_ch then self.time_emb_proj = nn.Linear(temb_ch, self.scale_shift and 2 * out_ch or out_ch, lo) end
   self.norm2 = nn.GroupNorm(o.groups, out_ch, with(lo, { eps = o.eps }))
   self.dropout = nn.Dropout(o.dropout or 0)
   self.conv2 = nn.Conv2d(out_ch, out_ch, 3, with(lo, { padding = 1 }))
   if in_ch ~= out_ch then self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1, lo) end
 end
 
--- x [N, in, H, W], temb [N, temb_channels] -> [N, out, H, W]
+-- x [N, in, H, W], temb [N, temb_channels] (nil without time_emb_proj) -> [N, out, H, W]
 function B.ResnetBlock2D:forward(x, temb)
   local h = self.conv1(self.norm1(x):silu())
-  local t = self.time_emb_proj(temb:silu())
-  t = t:view(t.shape[1], t.shape[2], 1, 1)
-  if self.scale_shift then
+  local t
+  if self.time_emb_proj then t = self.time_emb_proj(temb:silu()) end
+  if t then t = t:view(t.shape[1], t.shape[2], 1, 1) end
+  if not t then
+    h = self.norm2(h)
+  elseif self.scale_shift then
     local scale, shift = table.unpack(t:chunk(2, 2))
     h = self.norm2(h) * (scale + 1) + shift
   else

@@ -220,8 +220,7 @@ end
 --- q [..., L, E], k [..., S, E], v [..., S, Ev]; a bool mask is true where attention is
 --- allowed, a float mask is added to the scores
 function F.scaled_dot_product_attention(q, k, v, opts)
-  opts = opts or {}
-  return C.sdpa(q, k, v, opts.attn_mask, opts.is_causal or false, opts.dropout_p or 0, opts.scale or 0)
+  return C.sdpa(q, k, v, opts)
 end
 
 return F

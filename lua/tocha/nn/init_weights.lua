@@ -5,6 +5,21 @@ local T = require "tocha"
 
 local init = {}
 
+-- set while init.skip runs: every fill below leaves its tensor as it is
+local skipping = false
+
+--- init.skip(fn, ...) -> fn's results: builds modules without filling their weights (every
+--- init function is a no-op while fn runs), as PyTorch's skip_init: for a model whose weights
+--- are loaded next. Its parameters hold whatever memory T.empty gave them until then.
+function init.skip(fn, ...)
+  local was = skipping
+  skipping = true
+  local res = table.pack(pcall(fn, ...))
+  skipping = was
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
 --- init.calculate_gain(nonlinearity, param): the recommended gain for a nonlinearity
 function init.calculate_gain(nonlinearity, param)
   local linear = { linear = true, identity = true, sigmoid = true, conv1d = true, conv2d = true, conv3d = true,
@@ -58,6 +73,7 @@ end
 --- init.uniform_(t, a = 0, b = 1)
 function init.uniform_(t, ...)
   check(t, "uniform_")
+  if skipping then return t end
   local a, b = args({ ... }, { "a", "b" })
   return T.no_grad(function() return t:uniform_(a or 0, b or 1) end)
 end
@@ -65,6 +81,7 @@ end
 --- init.normal_(t, mean = 0, std = 1)
 function init.normal_(t, ...)
   check(t, "normal_")
+  if skipping then return t end
   local mean, std = args({ ... }, { "mean", "std" })
   return T.no_grad(function() return t:normal_(mean or 0, std or 1) end)
 end
@@ -73,11 +90,18 @@ end
 function init.constant_(t, value)
   check(t, "constant_")
   if type(value) ~= "number" then error("init.constant_: value must be a number", 2) end
+  if skipping then return t end
   return T.no_grad(function() return t:fill_(value) end)
 end
 
-function init.zeros_(t) check(t, "zeros_"); return T.no_grad(function() return t:fill_(0) end) end
-function init.ones_(t) check(t, "ones_"); return T.no_grad(function() return t:fill_(1) end) end
+function init.zeros_(t)
+  check(t, "zeros_")
+  return skipping and t or T.no_grad(function() return t:fill_(0) end)
+end
+function init.ones_(t)
+  check(t, "ones_")
+  return skipping and t or T.no_grad(function() return t:fill_(1) end)
+end
 
 --- init.xavier_uniform_(t, gain = 1): U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))
 function init.xavier_uniform_(t, ...)
@@ -121,6 +145,7 @@ function init.trunc_normal_(t, ...)
   local mean, std, a, b = args({ ... }, { "mean", "std", "a", "b" })
   mean, std, a, b = mean or 0, std or 1, a or -2, b or 2
   if not (a < b) then error("init.trunc_normal_: needs a < b", 2) end
+  if skipping then return t end
   if (b - mean) / std < -2 or (a - mean) / std > 2 then
     -- PyTorch warns here: the interval lies in a tail, and redrawing would take long
     error("init.trunc_normal_: [a, b] lies more than 2 std from the mean", 2)

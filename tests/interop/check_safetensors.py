@@ -6,7 +6,7 @@ mismatch and prints each check.
     pip install safetensors numpy
     TOCHA_SAFETENSORS_INTEROP=/tmp/tocha.safetensors TEST="test_safetensors: interop" \\
         ./build/tocha tests/run.lua
-    python3 tests/ref/check_safetensors.py /tmp/tocha.safetensors
+    python3 tests/interop/check_safetensors.py /tmp/tocha.safetensors
 """
 import json
 import struct

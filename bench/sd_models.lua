@@ -1,0 +1,61 @@
+-- bench/sd_models.lua: Stable Diffusion 1.5's three models at their real sizes with random
+-- weights, forward only, f32 on the CPU, tocha's side: the UNet on 64x64 latents (batch 1, 77
+-- text tokens), the VAE decoding 64x64 latents to a 512x512 image, the text encoder on 77
+-- tokens. bench/sd_models_torch.py is the same in diffusers / transformers; bench/sd.sh runs
+-- both, alternating, and prints the ratios.
+-- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the best of the timed calls).
+--   ./build/tocha bench/sd_models.lua [unet|vae|text ...]   (THREADS=2; REPS scales the repetitions)
+local T = require "tocha"
+local models = require "tocha.models"
+
+local THREADS = tonumber(os.getenv("THREADS") or "2")
+local REPS = tonumber(os.getenv("REPS") or "1")
+local SIZE = tonumber(os.getenv("SIZE") or "64") -- latent side (64: 512x512 images); small for a quick check
+T.set_num_threads(THREADS)
+T.manual_seed(0)
+local P = models.presets
+
+local function result(name, wall, cpu)
+  print(string.format("RESULT %s %.9g %.9g", name, wall, cpu))
+  io.stdout:flush()
+end
+
+-- the best wall and CPU time per call over reps timed calls after one untimed one
+local function best_of(fn, reps)
+  fn()
+  local wall, cpu = math.huge, math.huge
+  for _ = 1, reps do
+    local t0, c0 = T.clock(), os.clock()
+    fn()
+    wall, cpu = math.min(wall, T.clock() - t0), math.min(cpu, os.clock() - c0)
+    collectgarbage()
+  end
+  return wall, cpu
+end
+
+local BENCH = {}
+
+function BENCH.text()
+  local te = models.CLIPTextModel(P.sd15_text):eval()
+  local ids = T.randint(1, 49409, { 1, 77 })
+  result("text_encoder_77", best_of(function() T.no_grad(function() return te(ids) end) end, 5 * REPS))
+end
+
+function BENCH.unet()
+  local unet = models.UNet2DConditionModel(P.sd15_unet):eval()
+  local x, ctx = T.randn({ 1, 4, SIZE, SIZE }), T.randn({ 1, 77, 768 })
+  result("unet_64x64", best_of(function() T.no_grad(function() return unet(x, 500, ctx) end) end, 2 * REPS))
+end
+
+function BENCH.vae()
+  local vae = models.AutoencoderKL(P.sd15_vae):eval()
+  local z = T.randn({ 1, 4, SIZE, SIZE })
+  result("vae_decode_512", best_of(function() T.no_grad(function() return vae:decode(z) end) end, 2 * REPS))
+end
+
+local which = #arg > 0 and arg or { "text", "unet", "vae" }
+for _, name in ipairs(which) do
+  assert(BENCH[name], "unknown benchmark " .. name .. " (text, unet, vae)")
+  BENCH[name]()
+  collectgarbage()
+end
