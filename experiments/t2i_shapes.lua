@@ -226,6 +226,7 @@ local writer = r:writer()
 local progress = log.progress { total = cfg.steps, smooth = { "loss" } }
 local every_log = log.every(cfg.log_every)
 local t0 = T.clock()
+local stopped -- the step at which the run was asked to stop (SIGTERM: a sweep pruning it)
 for step = start, cfg.steps - 1 do
   local loss = train_step(step)
   local done = step + 1
@@ -240,12 +241,20 @@ for step = start, cfg.steps - 1 do
       res.shapes_fid and string.format("%.3f", res.shapes_fid) or "-", 100 * res.shape, 100 * res.color,
       100 * res.position))
   end
-  if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps) then
+  stopped = r:should_stop() and done or nil
+  if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopped) then
     ckpt.save(ckdir, { model = model, optimizer = opt, ema = ema, step = done, keep = 2 })
   end
+  if stopped then break end
 end
 progress:close()
 local train_secs = T.clock() - t0
+if stopped then -- no sampling; the checkpoint (if any) resumes it with --resume
+  print(string.format("stopped at step %d when asked (SIGTERM)%s", stopped,
+    cfg.checkpoint_every > 0 and "; checkpoint in " .. ckdir or ""))
+  r:finish({ ["train/seconds"] = train_secs })
+  return
+end
 
 -- the final grading (logged at the last step), then the sample grid, with the EMA weights
 local result, graded = evaluate(cfg.steps, writer)
