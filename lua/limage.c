@@ -1,6 +1,7 @@
 /* limage.c: binding for images and data loading, into T._image: codecs, transforms, transform
  * pipelines, sample sources (files and shards), the worker-pool loader and zstd. The Lua side (tocha.image, tocha.data) gives these their user-facing shape. */
 #include "ltocha.h"
+#include "tocha_io.h"
 
 #include <stdlib.h>
 #include <string.h>

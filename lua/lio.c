@@ -2,6 +2,7 @@
  * safetensors file (atomically); T.load(path) returns its tensors, zero-copy views of the
  * mapped file, and its metadata table. I/O failures raise with the engine's message. */
 #include "ltocha.h"
+#include "tocha_io.h"
 
 #include <string.h>
 

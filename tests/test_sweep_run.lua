@@ -274,7 +274,7 @@ return sweep {
     end
     local ok = "metric = 'final/loss', trials = 2, "
     bad(ok .. "script = 'nowhere.lua', space = { rate = 1 }", "the script nowhere.lua does not exist")
-    bad(ok .. "script = 'curve.lua', space = { lr = sweep.uniform(0, 1) }", "space.lr: curve.lua has no option --lr (its options: crash, floor, rate, seed, steps)")
+    bad(ok .. "script = 'curve.lua', space = { lr = sweep.uniform(0, 1) }", "space.lr: curve.lua has no option --lr (its options: crash, floor, name, rate, seed, steps)")
     bad(ok .. "script = 'curve.lua', space = { steps = sweep.uniform(1, 9) }", "space.steps: --steps takes integers")
     bad(ok .. "script = 'curve.lua', space = { crash = sweep.choice { 1, 2 } }", "--crash takes true or false")
     bad(ok .. "script = 'curve.lua', args = { '--epochs', '3' }, space = { rate = 1 }", "args --epochs: curve.lua has no option --epochs")

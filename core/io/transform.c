@@ -3,6 +3,7 @@
  * through a view with a signed pixel stride, so crops and flips cost nothing and a resize
  * followed by a crop computes only the pixels the crop keeps. */
 #include "tocha.h"
+#include "tocha_io.h"
 
 #include <math.h>
 #include <stdlib.h>

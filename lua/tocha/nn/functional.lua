@@ -29,7 +29,8 @@ function F.sigmoid(x) return x:sigmoid() end
 function F.tanh(x) return x:tanh() end
 function F.softplus(x) return x:softplus() end
 function F.leaky_relu(x, slope) return x:leaky_relu(slope or 0.01) end
-function F.quick_gelu(x) return x * (x * 1.702):sigmoid() end
+--- x * sigmoid(1.702 x) (CLIP's activation), one fused op
+function F.quick_gelu(x) return x:quick_gelu() end
 
 -- linear and convolution --------------------------------------------------------------------
 function F.linear(x, w, b) return T.linear(x, w, b) end
@@ -86,7 +87,11 @@ function F.max_pool2d(x, kernel, opts)
   return C.max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, opts.ceil_mode or false)
 end
 
---- F.interpolate(x, {size = {h, w}} or {scale_factor = 2, mode = "nearest" | "bilinear", align_corners})
+--- F.interpolate(x, {size = {h, w}} or {scale_factor = 2, mode = "nearest" | "bilinear", align_corners,
+--- recompute_scale_factor}). The kernel maps output to input pixels by the sizes; PyTorch maps
+--- by a given scale_factor itself, which is the same when the input size times the factor is a
+--- whole number. When it is not (1.5 on 5 pixels), pass recompute_scale_factor = true (PyTorch's
+--- option that maps by the sizes) or a size.
 function F.interpolate(x, opts)
   opts = opts or {}
   if #x.shape ~= 4 then error("interpolate: expected a 4-d input [N, C, H, W]", 2) end
@@ -94,7 +99,13 @@ function F.interpolate(x, opts)
   if opts.size then h, w = pair(opts.size, "size")
   elseif opts.scale_factor then
     local fh, fw = pair(opts.scale_factor, "scale_factor")
-    h, w = math.floor(x.shape[3] * fh), math.floor(x.shape[4] * fw)
+    local sh, sw = x.shape[3] * fh, x.shape[4] * fw
+    h, w = math.floor(sh), math.floor(sw)
+    if (sh ~= h or sw ~= w) and not opts.recompute_scale_factor and not opts.align_corners then
+      error(string.format("interpolate: scale_factor %g x %g on %d x %d pixels is not a whole size; PyTorch then maps "
+        .. "pixels by the factor and tocha by the sizes: give size = {%d, %d} or recompute_scale_factor = true",
+        fh, fw, x.shape[3], x.shape[4], h, w), 2)
+    end
   else error("interpolate: give size or scale_factor", 2) end
   local mode = opts.mode or "nearest"
   if mode ~= "nearest" and mode ~= "bilinear" then
@@ -146,12 +157,12 @@ function F.layer_norm(x, normalized_shape, w, b, opts)
         table.concat(normalized_shape, ", "), table.concat(x.shape, " x ")), 2)
     end
   end
-  return C.layer_norm(x, n, w, b, (opts and opts.eps) or 1e-5)
+  return C.layer_norm(x, n, w, b, opts)
 end
 
---- F.group_norm(x, num_groups, w, b, {eps = 1e-5})
+--- F.group_norm(x, num_groups, w, b, {eps = 1e-5, silu = false}); silu: silu(group_norm(x)) as one op
 function F.group_norm(x, groups, w, b, opts)
-  return C.group_norm(x, groups, w, b, (opts and opts.eps) or 1e-5)
+  return C.group_norm(x, groups, w, b, opts)
 end
 
 --- F.batch_norm(x, running_mean, running_var, w, b, {training = false, momentum = 0.1,
