@@ -3,8 +3,8 @@
 -- q, k and v against the CPU in f64 on the same rounded inputs: the head dims of Stable
 -- Diffusion's attention (40, 80, 160) and others, query and key tiles cut short (L, S not
 -- multiples of 64), cross-attention (S 77), causal with L < S and L > S, key padding masks
--- (bool and float), E ~= Ev, strided inputs, dropout and fully masked rows. Without a GPU every
--- test skips.
+-- (bool and float), E ~= Ev, strided and broadcast inputs, dropout, fully masked rows, and
+-- gradients wanted for only some of q, k, v. Without a GPU every test skips.
 --   TOCHA_CUDA_VERBOSE=1   prints every check's largest error
 local T = require "tocha"
 local F = require "tocha.nn.functional"
@@ -67,6 +67,8 @@ C("head dim 80, L 50 < 64, S 150 (one query tile: gk, gv written directly)",
   function() return { N(2, 50, 80), N(2, 150, 80), N(2, 150, 80) } end, attn({}))
 C("520 slices of 40 keys (a key tile's 3 query tiles split over 2 blocks, gk, gv summed)",
   function() return { N(520, 150, 8), N(520, 40, 8), N(520, 40, 16) } end, attn({}))
+C("broadcast batch dims (k [3, S, E], v [1, 3, S, Ev])", function() return { N(2, 3, 70, 40), N(3, 77, 40), N(1, 3, 77, 24) } end,
+  attn({}))
 C("head dim 96, only v wants a gradient", function() return { N(2, 70, 96), N(2, 90, 96), N(2, 90, 96) } end,
   attn({ causal = true }), { nograd = { [1] = true, [2] = true } })
 C("head dim 96, only q wants a gradient", function() return { N(2, 70, 96), N(2, 90, 96), N(2, 90, 96) } end,
