@@ -4,12 +4,14 @@
  * with an online softmax (running max and sum per row, the output rescaled when the max grows),
  * saving each row's logsumexp. The backward recomputes the probabilities tile by tile from it:
  * a pass per query tile for D = rowsum(P dP), then a block per tile of 64 keys that walks the
- * queries, accumulating gk and gv in registers and adding gq into a float buffer. Probabilities
+ * queries, accumulating gk and gv in registers and adding gq into a float buffer (where key
+ * tiles are few, a key tile's query tiles are shared out to several blocks, which add gk and gv
+ * into float buffers too; above head dim 64, gk and gv take a launch each). Probabilities
  * and dS are rounded to the input dtype for their products, as the mma takes 16-bit operands.
  * Scores, masks, causal and dropout follow attention.h, as the tiled float kernel does.
  *
  * A block is 4 warps; warp w owns rows 16 w..16 w + 15 of the block's 64. Tiles sit in shared
- * memory as rows of W = D + 8 16-bit elements (D: the head dims rounded up to 16, zero-padded),
+ * memory as rows of W = D + 8 16-bit elements (D: the wider head dim rounded up to 16, zero-padded),
  * which ldmatrix turns into fragments (mma.h has the layouts). */
 #include "attention.h"
 #include "mma.h"
@@ -398,9 +400,12 @@ template <typename T> __global__ void flash_cast(T *g, const float *g32, int64_t
 /* ---- launches ---------------------------------------------------------------------------------------------- */
 static unsigned fl_grid(int64_t n) { return (unsigned)(n < 1 ? 1 : n > 65535 * 8 ? 65535 * 8 : n); }
 
-/* whether an operand's rows can be copied 16 bytes at a time */
-static bool fl_vec(const operand &o) {
-    return o.cs == 1 && o.rs % 8 == 0 && ((uintptr_t)o.p & 15) == 0;
+/* whether an operand's rows can be copied 16 bytes at a time: a unit inner stride, and every row
+ * of every batch slice 16-byte aligned */
+static bool fl_vec(const operand &o, int nb) {
+    bool ok = o.p && o.cs == 1 && o.rs % 8 == 0 && ((uintptr_t)o.p & 15) == 0;
+    for (int d = 0; d < nb; d++) ok = ok && o.bs[d] % 8 == 0;
+    return ok;
 }
 
 static flash_geom geom_of(const attn &a) {
@@ -408,10 +413,10 @@ static flash_geom geom_of(const attn &a) {
     fg.dk = round16(a.E);
     fg.dv = round16(a.Ev);
     fg.w = (fg.dk > fg.dv ? fg.dk : fg.dv) + 8;
-    fg.vq = fl_vec(a.q);
-    fg.vk = fl_vec(a.k);
-    fg.vv = fl_vec(a.v);
-    fg.vgo = a.go.p && fl_vec(a.go);
+    fg.vq = fl_vec(a.q, a.nb);
+    fg.vk = fl_vec(a.k, a.nb);
+    fg.vv = fl_vec(a.v, a.nb);
+    fg.vgo = fl_vec(a.go, a.nb);
     return fg;
 }
 

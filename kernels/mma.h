@@ -115,9 +115,10 @@ __device__ static inline uint16_t tcu_emu_h(const void *p) {
     return h;
 }
 
-/* nmat matrices: lane 8j + r gives matrix j's row r */
+/* nmat matrices: lane 8j + r gives matrix j's row r (16-byte aligned, as on the GPU) */
 __device__ static inline void tcu_ldmatrix_emu(uint32_t *r, int nmat, bool trans, const void *row) {
     const void *all[32];
+    if ((uintptr_t)row & 15) tcu_emu_misaligned("ldmatrix", row);
     tcu_emu_warp_exchange(&row, sizeof row, all);
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     for (int j = 0; j < nmat; j++) {
@@ -136,8 +137,10 @@ __device__ static inline void tcu_ldmatrix_x2_trans(uint32_t r[2], const void *r
     tcu_ldmatrix_emu(r, 2, true, row);
 }
 
-/* copies complete at once here, which satisfies every later wait */
+/* copies complete at once here, which satisfies every later wait; both ends 16-byte aligned */
 __device__ static inline void tcu_cp_async16(void *dst, const void *src, bool valid) {
+    if ((uintptr_t)dst & 15) tcu_emu_misaligned("cp.async to shared memory", dst);
+    if (valid && ((uintptr_t)src & 15)) tcu_emu_misaligned("cp.async from global memory", src);
     if (valid) memcpy(dst, src, 16);
     else memset(dst, 0, 16);
 }

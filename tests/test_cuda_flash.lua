@@ -67,6 +67,9 @@ C("head dim 80, L 50 < 64, S 150 (one query tile: gk, gv written directly)",
   function() return { N(2, 50, 80), N(2, 150, 80), N(2, 150, 80) } end, attn({}))
 C("520 slices of 40 keys (a key tile's 3 query tiles split over 2 blocks, gk, gv summed)",
   function() return { N(520, 150, 8), N(520, 40, 8), N(520, 40, 16) } end, attn({}))
+C("q, k, v narrowed by one element (rows not 16-byte aligned: copied element by element)", function()
+    return { N(2, 70, 48), N(2, 66, 48), N(2, 66, 48) }
+  end, function(q, k, v) return F.scaled_dot_product_attention(q:narrow(3, 2, 40), k:narrow(3, 2, 40), v:narrow(3, 9, 32)) end)
 C("broadcast batch dims (k [3, S, E], v [1, 3, S, Ev])", function() return { N(2, 3, 70, 40), N(3, 77, 40), N(1, 3, 77, 24) } end,
   attn({}))
 C("head dim 96, only v wants a gradient", function() return { N(2, 70, 96), N(2, 90, 96), N(2, 90, 96) } end,

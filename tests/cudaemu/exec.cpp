@@ -414,6 +414,20 @@ void tcu_emu_warp_exchange(const void *mine, size_t n, void *all) {
     for (unsigned u = 0; u < 32; u++) memcpy((char *)all + u * n, S.xsnap[w][u], n);
 }
 
+/* an access a GPU faults on (the tensor-core copies need 16-byte aligned rows): fails the launch,
+ * and the block is abandoned */
+void tcu_emu_misaligned(const char *what, const void *p) {
+    char a[48];
+    if (cur == &main_fiber) {
+        tcu_emu_fail(cudaErrorMisalignedAddress, "%s at %p: not 16-byte aligned", what, p);
+        return;
+    }
+    S.failed = true;
+    tcu_emu_fail(cudaErrorMisalignedAddress, "block (%u,%u,%u): thread %s: %s at %p: not 16-byte aligned", blockIdx.x,
+                 blockIdx.y, blockIdx.z, thread_name((unsigned)cur->thread, a, sizeof a), what, p);
+    switch_to(&main_fiber); /* never resumed */
+}
+
 void *tcu_emu_dynamic_shared(void) { return S.dyn; }
 
 /* ---- faults -------------------------------------------------------------------------------

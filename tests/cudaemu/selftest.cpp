@@ -225,6 +225,14 @@ template <typename T> __global__ void mma_tile(const T *a, const T *b, const T *
         for (int i = 0; i < 4; i++) d[k * 128 + (g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = c[k][i];
 }
 
+/* ldmatrix from a row 2 bytes off 16: the GPU faults */
+__global__ void ldmatrix_misaligned(uint32_t *out) {
+    alignas(16) __shared__ __half s[8][24];
+    uint32_t r[4];
+    tcu_ldmatrix_x4(r, &s[threadIdx.x & 7][1]);
+    out[threadIdx.x] = r[0];
+}
+
 template <typename T> static void check_mma(const char *name, T (*from)(float)) {
     T *a = dev_alloc<T>(256), *b = dev_alloc<T>(128), *bt = dev_alloc<T>(128);
     float *d = dev_alloc<float>(256), av[256], bv[128];
@@ -263,6 +271,10 @@ static void test_exchange_and_mma(void) {
     cudaError_t e = cudaGetLastError();
     CHECK(e == cudaErrorLaunchFailure, "half a warp in a shuffle, half in an exchange: %s", cudaGetErrorName(e));
     printf("  mixed collectives: %s\n", cudaGetErrorString(e));
+    TCU_LAUNCH(ldmatrix_misaligned, 1, 32, 0, (uint32_t *)out);
+    e = cudaGetLastError();
+    CHECK(e == cudaErrorMisalignedAddress, "ldmatrix from a misaligned row: %s", cudaGetErrorName(e));
+    printf("  misaligned: %s\n", cudaGetErrorString(e));
     cudaFree(out);
     check_mma<__half>("f16", half_of);
     check_mma<__nv_bfloat16>("bf16", bf16_of);

@@ -352,6 +352,9 @@ TCU_EMU_HIDDEN uint64_t tcu_emu_shfl(uint64_t bits, int mode, unsigned b, unsign
  * lanes' bytes in lane order in all (32 n bytes; lanes past a partial last warp give 0xff) */
 #define TCU_EMU_EXCHANGE_MAX 64
 TCU_EMU_HIDDEN void tcu_emu_warp_exchange(const void *mine, size_t n, void *all);
+/* a misaligned address where the GPU faults (what: the instruction): the launch fails with
+ * cudaErrorMisalignedAddress */
+TCU_EMU_HIDDEN void tcu_emu_misaligned(const char *what, const void *p);
 }
 template <typename F> static void tcu_emu_call(void *f) { (*(F *)f)(); }
 template <typename F> static inline void tcu_emu_launch(dim3 grid, dim3 block, size_t shmem, F f) {
