@@ -465,7 +465,7 @@ static int flash_backward_run(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const
     TCU_LAUNCHED("scaled_dot_product_attention backward");
     bytes += (size_t)FL_TILE * (FL_TILE + 8) * sizeof(T) + 2 * FL_TILE * sizeof(float);
     T *k = gk ? (T *)tcu_ptr(gk) : NULL, *v = gv ? (T *)tcu_ptr(gv) : NULL;
-    if (NT <= 8) {
+    if constexpr (NT <= 8) {
         if (fl_kv<T, NT, FL_GK | FL_GV>(k, v, sums, dsum, lse, a, fg, bytes) != TC_OK) return TC_ERR;
     } else {
         if ((gq || gk) && fl_kv<T, NT, FL_GK>(k, NULL, sums, dsum, lse, a, fg, bytes) != TC_OK) return TC_ERR;
