@@ -2,7 +2,9 @@
  * core/cpu/attention.c does without an [L, S] buffer: tiles of 32 queries by 32 keys whose dot
  * products run over shared-memory chunks of the head dim, an online softmax forward, and a
  * backward that recomputes the probabilities from each row's logsumexp. Dropout follows the
- * Philox rule of kernels->dropout over the [B.., L, S] probabilities. Math in float (double for f64). */
+ * Philox rule of kernels->dropout over the [B.., L, S] probabilities. Math in float (double for f64).
+ * The entries send f16 and bf16 problems that tcu_flash_fits takes to the tensor-core kernels of
+ * flash.cu; this kernel serves f32, f64 and the rest. */
 #include "attention.h"
 
 /* ---- tiles --------------------------------------------------------------------------------------
