@@ -94,6 +94,7 @@ local CASES = {
   { "group_norm_16x32x32", function() return leaves({ N, 16, 32, 32 }, { 16 }, { 16 }) end, gn },
   { "group_norm_64x8x8", function() return leaves({ N, 64, 8, 8 }, { 64 }, { 64 }) end, gn },
   { "silu_16x32x32", function() return leaves({ N, 16, 32, 32 }) end, function(x) return x:silu() end },
+  { "exp_16x32x32", function() return leaves({ N, 16, 32, 32 }) end, function(x) return x:exp() end },
   { "sdpa_self_8x64x8", function() return leaves({ N, 8, 64, 8 }, { N, 8, 64, 8 }, { N, 8, 64, 8 }) end, sdpa },
   { "sdpa_cross_8x64x32", function() return leaves({ N, 8, 64, 8 }, { N, 8, 32, 8 }, { N, 8, 32, 8 }) end, sdpa },
   { "sdpa_causal_4x32x16", function() return leaves({ N, 4, 32, 16 }, { N, 4, 32, 16 }, { N, 4, 32, 16 }) end,

@@ -102,6 +102,7 @@ CASES = [
     ("group_norm_16x32x32", lambda: leaves((N, 16, 32, 32), (16,), (16,)), gn),
     ("group_norm_64x8x8", lambda: leaves((N, 64, 8, 8), (64,), (64,)), gn),
     ("silu_16x32x32", lambda: leaves((N, 16, 32, 32)), F.silu),
+    ("exp_16x32x32", lambda: leaves((N, 16, 32, 32)), torch.exp),
     ("sdpa_self_8x64x8", lambda: leaves((N, 8, 64, 8), (N, 8, 64, 8), (N, 8, 64, 8)), F.scaled_dot_product_attention),
     ("sdpa_cross_8x64x32", lambda: leaves((N, 8, 64, 8), (N, 8, 32, 8), (N, 8, 32, 8)), F.scaled_dot_product_attention),
     ("sdpa_causal_4x32x16", lambda: leaves((N, 4, 32, 16), (N, 4, 32, 16), (N, 4, 32, 16)),
