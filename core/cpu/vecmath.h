@@ -11,7 +11,12 @@
 #include <math.h>
 #include <stdint.h>
 
+/* -DTC_SIMD_NO_AVX512 leaves the AVX-512 clones out: an AVX-512 machine then runs the AVX2
+ * ones, to measure what an AVX2 machine gets */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && defined(TC_SIMD_NO_AVX512)
+#define TC_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
     !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define TC_SIMD_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
