@@ -122,7 +122,12 @@ CASES = [
 
 
 def ops_bench():
+    """OPS=silu,exp: only the cases whose names start so; REPS: timed calls per case (default 7)"""
+    prefixes = [p for p in os.environ.get("OPS", "").split(",") if p]
+    reps = int(os.environ.get("REPS", "7"))
     for name, make, op in CASES:
+        if prefixes and not any(name.startswith(p) for p in prefixes):
+            continue
         inputs = make()
         gy = torch.randn(op(*inputs).shape)
 
@@ -135,8 +140,8 @@ def ops_bench():
                 x.grad = None
             op(*inputs).backward(gy)
 
-        result(name + "_fwd", best_of(fwd, 7))
-        result(name + "_fwdbwd", best_of(fwdbwd, 7))
+        result(name + "_fwd", best_of(fwd, reps))
+        result(name + "_fwdbwd", best_of(fwdbwd, reps))
 
 
 if __name__ == "__main__":
