@@ -37,16 +37,16 @@ static inline int32_t tc_f32_bits(float f) {
     return u.i;
 }
 
-/* exp(x) within about 1 ulp (Cephes' polynomial on [-ln2/2, ln2/2] after x = k ln2 + r);
- * 0 below -104, inf above 88.72, NaN stays NaN. k is clamped rather than x: a clamped x
- * makes the compiler duplicate everything after it for the constant case (two divisions
- * in silu instead of one). 2^k is applied as two halves so that subnormal results come
- * out right. */
+/* exp(x) within about 1 ulp (Cephes' polynomial on [-ln2/2, ln2/2] after x = k ln2 + r):
+ * 0 below -104, inf above 88.72, NaN stays NaN. x is clamped to [-104, 88.73] first, which
+ * the vector code does with a min and a max (clamping k afterwards took a blend for every
+ * value computed from it); 2^k is applied as two halves so that subnormal results come out
+ * right and k = 128 (x in [88.38, 88.73]) does not overflow too early. */
 static inline float tc_expf(float x) {
-    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    k = k > -150.0f ? k : -150.0f;                                     /* (NaN becomes -150) */
-    k = k < 128.0f ? k : 128.0f;
-    float r = x - k * 0.693359375f;
+    float xc = x < -104.0f ? -104.0f : x; /* (NaN stays NaN) */
+    xc = xc > 88.73f ? 88.73f : xc;
+    float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = xc - k * 0.693359375f;
     r = r + k * 2.12194440e-4f; /* ln2 = 0.693359375 - 2.12194440e-4, split for exactness */
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -55,9 +55,8 @@ static inline float tc_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t ki = (int32_t)k, k1 = ki / 2, k2 = ki - k1;
-    float e = p * tc_bits_f32((k1 + 127) << 23) * tc_bits_f32((k2 + 127) << 23);
-    return x < -104.0f ? 0.0f : e;
+    int32_t ki = (int32_t)k, k1 = ki >> 1, k2 = ki - k1; /* k in [-150, 128] */
+    return p * tc_bits_f32((k1 + 127) << 23) * tc_bits_f32((k2 + 127) << 23);
 }
 
 static inline float tc_sigmoidf(float x) { return 1.0f / (1.0f + tc_expf(-x)); }
