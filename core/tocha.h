@@ -219,6 +219,11 @@ tc_tensor *tc_matmul(tc_tensor *a, tc_tensor *b); /* 1-D, 2-D and batched with b
 tc_tensor *tc_bmm(tc_tensor *a, tc_tensor *b);
 tc_tensor *tc_linear(tc_tensor *x, tc_tensor *w, tc_tensor *b); /* b may be NULL */
 tc_tensor *tc_outer(tc_tensor *a, tc_tensor *b);
+/* symmetric eigendecomposition (core/ops/linalg.c, LAPACK's syevd in OpenBLAS; CPU, f32/f64, no
+ * autograd): eigenvalues [..., n] in ascending order of the symmetric a [..., n, n], read from its
+ * lower triangle (upper: the upper one); *vectors (when not NULL) receives the eigenvectors
+ * [..., n, n], column j belonging to eigenvalue j */
+tc_tensor *tc_linalg_eigh(tc_tensor *a, bool upper, tc_tensor **vectors);
 
 /* ---- indexing ------------------------------------------------------------------- */
 tc_tensor *tc_index_select(tc_tensor *x, int dim, tc_tensor *index);

@@ -49,6 +49,9 @@ typedef enum { TC_RESIZE_NEAREST, TC_RESIZE_BILINEAR, TC_RESIZE_BICUBIC, TC_RESI
  * (antialiasing; AREA is PIL's BOX). antialias = false keeps the filter's own width, which
  * for BILINEAR is torch's interpolate(align_corners = false) */
 tc_tensor *tc_image_resize(tc_tensor *img, int64_t h, int64_t w, tc_resize_mode mode, bool antialias);
+/* the same resize on each channel as a float image (PIL's mode "F", as clean-fid resizes):
+ * u8 [H, W, C] -> f32 [C, h, w] on the 0-255 scale, not clipped (bicubic overshoots) */
+tc_tensor *tc_image_resize_float(tc_tensor *img, int64_t h, int64_t w, tc_resize_mode mode, bool antialias);
 tc_tensor *tc_image_crop(tc_tensor *img, int64_t top, int64_t left, int64_t h, int64_t w); /* 0-based */
 tc_tensor *tc_image_hflip(tc_tensor *img);
 /* u8 [..., H, W, C] -> f32 [..., C, H, W] in [-1, 1] (v / 127.5 - 1) */

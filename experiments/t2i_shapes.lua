@@ -13,6 +13,7 @@ local text = require "tocha.text"
 local models = require "tocha.models"
 local shapes = require "tocha.data.shapes"
 local eval = require "tocha.eval.shapes"
+local shapes_fid = require "tocha.eval.shapes_fid"
 local image = require "tocha.image"
 local log = require "tocha.log"
 local run = require "tocha.run"
@@ -47,8 +48,10 @@ local defaults = {
   guidance = { 7.5, min = 0, training = false, help = "classifier-free guidance scale" },
   guidance_interval = { { 200, 800 }, length = 2, min = 0, training = false, help = "guide only the sampler steps with lo <= t <= hi (timesteps of 1000; the rest run the conditional pass alone: 7.5 at every step draws stray objects and costs shape)" },
   guidance_rescale = { 0.0, min = 0, max = 1, training = false, help = "rescale the guided prediction toward the conditional one's spread (0: off, 0.7 in diffusers' advice)" },
-  eval_samples = { 200, min = 0, training = false, help = "held-out single-object prompts drawn and graded at the end (0: none)" },
-  eval_split = { "test", training = false, help = "which prompts the final grading draws: held out of training (test) or seen in it (train)", choices = { "test", "train" } },
+  eval_samples = { 200, min = 0, training = false, help = "held-out single-object prompts drawn and graded at the end and every --eval_every steps (0: none); over 64, also measured by the shapes FID" },
+  eval_split = { "test", training = false, help = "which prompts the grading draws: held out of training (test) or seen in it (train)", choices = { "test", "train" } },
+  eval_every = { 0, min = 0, training = false, help = "steps between evaluations during training: the --eval_samples prompts drawn with the EMA weights, graded and measured, logged to TensorBoard as eval/* (0: only at the end)" },
+  inception_weights = { "", training = false, help = "also measure Inception FID (pytorch-fid's preprocessing) against real scenes with these converted weights (docs/eval.md)" },
   checkpoint_every = { 500, min = 0, training = false, help = "steps between checkpoints in the run's checkpoints/ (0: none)" },
   sample_only = { false, training = false, help = "with --resume: no training, only draw and grade (with --sampler, --sample_steps, ...)" },
   grid = { 4, min = 1, training = false, help = "samples.png shows grid x grid held-out prompts" },
@@ -61,6 +64,7 @@ local defaults = {
 
 local function check(c, control)
   if c.sample_only and control.resume == "" then return "--sample_only draws from a trained model: give --resume (or --resume RUN)" end
+  if c.eval_every > 0 and c.eval_samples == 0 then return "--eval_every evaluates --eval_samples prompts: give more than 0" end
 end
 local r = run { name = "t2i_shapes", config = defaults, resume = true, check = check }
 local cfg = r.config
@@ -163,6 +167,28 @@ local function train_step(step)
   return loss
 end
 
+-- (the first 50 prompts draw with seed + 1, the next with seed + 51, ...: the demo's seeds)
+local function draw(prompts, seed) return model:sample { prompts = prompts, seed = seed + 1 } end
+
+-- the grading, at the end and every --eval_every steps: held-out prompts drawn with the
+-- weights in the model, their caption accuracy (tocha.eval.shapes), the shapes FID against
+-- real scenes when there are more samples than its features, and Inception FID when given weights
+local eval_prompts = cfg.eval_samples > 0 and
+  shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
+local fid_real = cfg.inception_weights ~= "" and cfg.eval_samples > 0 and shapes { size = cfg.size, seed = cfg.seed + 7,
+  objects = 1, split = cfg.eval_split, format = "u8" }:batch(1, cfg.eval_samples).image or nil
+local function grade()
+  local images = draw(eval_prompts, cfg.seed + 1000)
+  local result = eval.evaluate(images, eval_prompts)
+  if #eval_prompts > shapes_fid.DIMS then result.shapes_fid = shapes_fid.fid(images, { range = { -1, 1 }, size = cfg.size }) end
+  if fid_real then
+    result.fid = require("tocha.eval").fid(fid_real, images, { weights = cfg.inception_weights, range = { -1, 1 },
+      allow_singular = true })
+  end
+  return result, images
+end
+local EVAL_KEYS = { "shapes_fid", "fid", "color", "shape", "position", "all" }
+
 local writer = r:writer()
 local progress = log.progress { total = cfg.steps, smooth = { "loss" } }
 local every_log = log.every(cfg.log_every)
@@ -175,6 +201,15 @@ for step = start, cfg.sample_only and start - 1 or cfg.steps - 1 do
   if every_log(done) then
     writer:add_scalar("train/loss", loss, done)
     writer:add_scalar("train/lr", schedule(step), done)
+  end
+  if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done < cfg.steps then -- the last step's: below
+    if ema then ema:store(); ema:copy_to(params) end
+    local res = grade()
+    if ema then ema:restore() end
+    for _, k in ipairs(EVAL_KEYS) do if res[k] then writer:add_scalar("eval/" .. k, res[k], done) end end
+    progress:print(string.format("step %d: shapes FID %s, shape %.1f%%, color %.1f%%, position %.1f%%", done,
+      res.shapes_fid and string.format("%.3f", res.shapes_fid) or "-", 100 * res.shape, 100 * res.color,
+      100 * res.position))
   end
   stopped = r:should_stop() and done or nil
   if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopped) then
@@ -194,8 +229,6 @@ end
 
 -- sampling with the EMA weights, and the sampling options of the command line
 if ema then ema:store(); ema:copy_to(params) end
--- (the first 50 prompts draw with seed + 1, the next with seed + 51, ...: the demo's seeds)
-local function draw(prompts, seed) return model:sample { prompts = prompts, seed = seed + 1 } end
 
 local grid_prompts = shapes.prompts { split = "test", objects = { 1, 2 }, n = cfg.grid * cfg.grid, seed = cfg.seed }
 local grid = draw(grid_prompts, cfg.seed)
@@ -211,15 +244,17 @@ writer:add_images("samples", (grid + 1) * 0.5, cfg.steps)
 
 local metrics = { ["train/seconds"] = train_secs }
 if cfg.eval_samples > 0 then
-  local eval_prompts = shapes.prompts { split = cfg.eval_split, objects = { 1 }, n = cfg.eval_samples, seed = cfg.seed + 1 }
-  local graded = draw(eval_prompts, cfg.seed + 1000)
-  local result = eval.evaluate(graded, eval_prompts)
+  local result, graded = grade() -- its metrics are logged at the last step by r:finish
   image.save(out_dir .. "/graded.png", image.grid(graded, 20))
   print(string.format("\n%s single-object prompts (%d samples, %s %d steps, guidance %.1f):",
     cfg.eval_split == "test" and "held-out" or "training", cfg.eval_samples, cfg.sampler, cfg.sample_steps, cfg.guidance))
   print(eval.format(result))
   print("\nshapes asked for (rows) and read (columns):\n" .. eval.format_confusion(result))
-  for _, k in ipairs({ "color", "shape", "position", "all" }) do metrics["eval/" .. k] = result[k] end
+  if result.shapes_fid then
+    print(string.format("shapes FID (%d samples against 2000 real scenes): %.3f", cfg.eval_samples, result.shapes_fid))
+  end
+  if result.fid then print(string.format("Inception FID (%d samples against as many real scenes): %.3f", cfg.eval_samples, result.fid)) end
+  for _, k in ipairs(EVAL_KEYS) do metrics["eval/" .. k] = result[k] end
   -- shape read right, by the size the prompt asked for (small objects, 8 pixels across at 32, are the hard ones)
   for _, size in ipairs(shapes.SIZE_NAMES) do
     local t = result.by_size[size]

@@ -137,6 +137,10 @@ return {
     assert(before, "the sweep did not get going: " .. tostring(read_file(dir .. "/first.txt")))
     S.kill(pid, "KILL")
     S.wait(pid, true)
+    -- what the kill left is read after it: a trial seen running above may have finished before it
+    local st0 = open(dir, "slow")
+    before = st0:trials()
+    st0:close()
     local out, rc = tocha(dir, "sweep run slow.lua --workers 2 --stale 1")
     assert(rc == 0 and out:find("12 of 12 trials"), out)
     local st = open(dir, "slow")
@@ -158,7 +162,7 @@ return {
         assert(read_file(a.run_dir .. ".attempt1/log.txt") or true)
       end
     end
-    assert(interrupted == 2)
+    assert(interrupted >= 1, "no trial was running when the sweep was killed")
     for n = 1, 12 do assert((ends[tostring(n)] or 0) >= 1 and ends[tostring(n)] <= 2) end
     os.execute("rm -rf " .. dir)
   end,

@@ -1,7 +1,8 @@
 -- tests/test_t2i.lua: short runs of the default experiment, end to end: train a few steps,
 -- checkpoint, resume in the run's own directory (and refuse to when options that change
 -- training differ), sample and grade; the model a run leaves, drawn from by models.load and
--- `tocha sample` without the script; --sample_only with a sampler file, the grid options.
+-- `tocha sample` without the script; --sample_only with a sampler file, the grid options;
+-- the evaluations during training (--eval_every).
 -- (The accuracy of so short a run means nothing; that every piece runs does.)
 local T = require "tocha"
 local json = require "tocha.json"
@@ -134,6 +135,36 @@ tests["t2i_shapes --eval_samples 0 finishes the run without grading"] = function
   local meta = json.read_file(run_dir .. "/meta.json")
   assert(meta.end_time and meta.metrics["train/seconds"] and meta.metrics["eval/shape"] == nil, "finished, no eval metrics")
   assert(png(dir .. "/out/samples.png"), "the grid is still drawn")
+  os.execute("rm -rf '" .. dir .. "'")
+end
+
+tests["t2i_shapes --eval_every logs caption accuracy and the shapes FID during training"] = function()
+  local dir = T.testing.tmpdir()
+  local env = "TOCHA_RUNS=" .. dir .. "/runs "
+  -- 66 samples: more than the shapes FID's 64 features, so its covariance has full rank
+  local ok, out = sh("--batch 4 --size 16 --steps 3 --eval_every 2 --eval_samples 66 --sample_steps 2 --log_every 1 "
+    .. "--checkpoint_every 0 --threads 1 --out " .. dir .. "/out", env)
+  assert(ok, out)
+  assert(out:find("step 2: shapes FID [%d.]+, shape [%d.]+%%, color"), out)
+  assert(not out:find("step 3: shapes FID"), "the last step is graded once, at the end:\n" .. out)
+  assert(out:find("shapes FID %(66 samples against 2000 real scenes%): [%d.]+"), out)
+  local logged = {}
+  for _, row in ipairs(assert(log.read(out:match("run: (%S+)")))) do
+    for _, k in ipairs({ "eval/shapes_fid", "eval/shape", "eval/color", "eval/position", "eval/all" }) do
+      if row[k] then
+        assert(not (logged[k] and logged[k][row.step]), k .. " logged twice at step " .. row.step)
+        logged[k] = logged[k] or {}
+        logged[k][row.step] = row[k]
+      end
+    end
+  end
+  for _, k in ipairs({ "eval/shapes_fid", "eval/shape", "eval/color", "eval/position", "eval/all" }) do
+    assert(logged[k] and logged[k][2] and logged[k][3] and not logged[k][1], k .. " at steps 2 and 3 only")
+  end
+  assert(logged["eval/shapes_fid"][2] > 0, "a distance")
+  local rc
+  ok, out, rc = sh("--eval_every 5 --eval_samples 0", env)
+  assert(not ok and rc == 2 and out:find("%-%-eval_every evaluates %-%-eval_samples prompts"), out)
   os.execute("rm -rf '" .. dir .. "'")
 end
 

@@ -1,7 +1,8 @@
 -- tocha.models: the text-to-image models, each configured by a Lua table: CLIPTextModel (CLIP's
 -- text encoder, transformers' names), UNet2DConditionModel (Stable Diffusion's UNet, diffusers'
 -- names) and AutoencoderKL (its VAE), with presets from a tiny CPU model up to Stable Diffusion
--- 1.5's sizes; TextToImage, the two as one pixel-space model (t2i.lua).
+-- 1.5's sizes; TextToImage, the two as one pixel-space model (t2i.lua); and the networks the
+-- metrics use (InceptionV3FID, torchvision's names; CLIPVisionModel and CLIPModel, transformers').
 local clip_text = require "tocha.models.clip_text"
 local unet = require "tocha.models.unet"
 local vae = require "tocha.models.vae"
@@ -11,6 +12,9 @@ local models = {
   UNet2DConditionModel = unet.UNet2DConditionModel,
   AutoencoderKL = vae.AutoencoderKL,
   TextToImage = require("tocha.models.t2i").TextToImage,
+  InceptionV3FID = require("tocha.models.inception").InceptionV3FID,
+  CLIPVisionModel = require("tocha.models.clip_vision").CLIPVisionModel,
+  CLIPModel = require("tocha.models.clip_vision").CLIPModel,
   blocks = require "tocha.models.unet_blocks",
 }
 

@@ -165,6 +165,55 @@ function F.group_norm(x, groups, w, b, opts)
   return C.group_norm(x, groups, w, b, opts)
 end
 
+--- F.batch_norm(x, running_mean, running_var, w, b, {training = false, momentum = 0.1,
+--- eps = 1e-5}): x [N, C, *] normalised per channel. In training (or without running
+--- statistics) by the batch's mean and biased variance, and running_mean / running_var (when
+--- given) move toward the batch's mean and unbiased variance by momentum, in place; otherwise
+--- by the running statistics.
+function F.batch_norm(x, running_mean, running_var, w, b, opts)
+  opts = opts or {}
+  if x:dim() < 2 then error("batch_norm: expected an input [N, C, *], got " .. x:dim() .. "-d", 2) end
+  local C = x.shape[2]
+  for name, t in pairs({ running_mean = running_mean, running_var = running_var, weight = w, bias = b }) do
+    if t ~= nil and (t:dim() ~= 1 or t.shape[1] ~= C) then
+      error(string.format("batch_norm: %s has shape [%s], expected [%d] (the input's channels)", name,
+        table.concat(t.shape, " x "), C), 2)
+    end
+  end
+  if (running_mean == nil) ~= (running_var == nil) then error("batch_norm: give both running statistics or neither", 2) end
+  local shape = { 1, C }
+  for _ = 3, x:dim() do shape[#shape + 1] = 1 end
+  local eps = opts.eps or 1e-5
+  if opts.training or running_mean == nil then
+    local n = x:numel() // C
+    if n <= 1 then
+      error(string.format("batch_norm: expected more than 1 value per channel when training, got input [%s]",
+        table.concat(x.shape, " x ")), 2)
+    end
+    -- channels first, each a contiguous row: the statistics are then layer_norm's over a row,
+    -- whose fused kernels (forward and backward) beat reductions across the batch and space
+    local xt = x:transpose(1, 2):reshape(C, n)
+    if running_mean ~= nil then
+      local m = opts.momentum or 0.1
+      T.no_grad(function()
+        local xd = xt:detach()
+        running_mean:mul_(1 - m):add_(xd:mean(2):to(running_mean.dtype), m)
+        running_var:mul_(1 - m):add_(xd:var(2, false, { correction = 1 }):to(running_var.dtype), m)
+      end)
+    end
+    local z = F.layer_norm(xt, { n }, nil, nil, { eps = eps })
+    if w ~= nil then z = z * w:view(C, 1) end
+    if b ~= nil then z = z + b:view(C, 1) end
+    local cn = { C, x.shape[1] }
+    for d = 3, x:dim() do cn[#cn + 1] = x.shape[d] end
+    return z:view(cn):transpose(1, 2):contiguous()
+  end
+  local scale = (running_var:view(shape) + eps):rsqrt()
+  if w ~= nil then scale = scale * w:view(shape) end
+  local y = (x - running_mean:view(shape)) * scale
+  return b ~= nil and y + b:view(shape) or y
+end
+
 -- regularisation, embedding, attention ------------------------------------------------------------
 --- F.dropout(x, p = 0.5, {training = true})
 function F.dropout(x, p, opts)

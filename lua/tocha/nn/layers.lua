@@ -1,5 +1,5 @@
--- tocha/nn/layers.lua: the standard layers (Linear, convolutions, norms, Embedding, Dropout,
--- activations, Upsample). Each mirrors its PyTorch namesake: the same parameter names and
+-- tocha/nn/layers.lua: the standard layers (Linear, convolutions, norms, pooling, Embedding,
+-- Dropout, activations, Upsample). Each mirrors its PyTorch namesake: the same parameter names and
 -- shapes (so PyTorch state_dicts load), the same default initialisation, and a forward that
 -- calls tocha.nn.functional. Constructor options come in one table after the sizes.
 local T = require "tocha"
@@ -257,6 +257,59 @@ end
 function L.LayerNorm:extra_repr()
   return string.format("{%s}, eps=%g, elementwise_affine=%s", table.concat(self.normalized_shape, ", "), self.eps,
     tostring(self.elementwise_affine))
+end
+
+---------------------------------------------------------------------------
+-- pooling
+---------------------------------------------------------------------------
+local function pool_setup(self, what, kernel_size, opts)
+  opts = options(opts, what)
+  self.kernel_size = { pair(kernel_size, what .. ": kernel_size") }
+  self.stride = { pair(opts.stride or self.kernel_size, what .. ": stride") }
+  self.padding = { pair(opts.padding or 0, what .. ": padding") }
+  self.ceil_mode = opts.ceil_mode == true
+  return opts
+end
+
+--- nn.MaxPool2d(kernel_size, {stride = kernel_size, padding = 0, dilation = 1, ceil_mode = false})
+L.MaxPool2d = Module:extend("MaxPool2d")
+
+function L.MaxPool2d:init(kernel_size, opts)
+  opts = pool_setup(self, "MaxPool2d", kernel_size, opts)
+  self.dilation = { pair(opts.dilation or 1, "MaxPool2d: dilation") }
+  if opts.return_indices then error("MaxPool2d: return_indices is not supported", 2) end
+end
+
+function L.MaxPool2d:forward(x)
+  return F.max_pool2d(x, self.kernel_size, { stride = self.stride, padding = self.padding, dilation = self.dilation,
+    ceil_mode = self.ceil_mode })
+end
+
+function L.MaxPool2d:extra_repr()
+  return string.format("kernel_size=%s, stride=%s, padding=%s, dilation=%s, ceil_mode=%s",
+    tuple(self.kernel_size[1], self.kernel_size[2]), tuple(self.stride[1], self.stride[2]),
+    tuple(self.padding[1], self.padding[2]), tuple(self.dilation[1], self.dilation[2]), tostring(self.ceil_mode))
+end
+
+--- nn.AvgPool2d(kernel_size, {stride = kernel_size, padding = 0, ceil_mode = false,
+--- count_include_pad = true})
+L.AvgPool2d = Module:extend("AvgPool2d")
+
+function L.AvgPool2d:init(kernel_size, opts)
+  opts = pool_setup(self, "AvgPool2d", kernel_size, opts)
+  self.count_include_pad = opts.count_include_pad ~= false
+  if opts.divisor_override ~= nil then error("AvgPool2d: divisor_override is not supported", 2) end
+end
+
+function L.AvgPool2d:forward(x)
+  return F.avg_pool2d(x, self.kernel_size, { stride = self.stride, padding = self.padding, ceil_mode = self.ceil_mode,
+    count_include_pad = self.count_include_pad })
+end
+
+function L.AvgPool2d:extra_repr()
+  return string.format("kernel_size=%s, stride=%s, padding=%s, ceil_mode=%s, count_include_pad=%s",
+    tuple(self.kernel_size[1], self.kernel_size[2]), tuple(self.stride[1], self.stride[2]),
+    tuple(self.padding[1], self.padding[2]), tostring(self.ceil_mode), tostring(self.count_include_pad))
 end
 
 ---------------------------------------------------------------------------

@@ -350,16 +350,25 @@ end
 --- load_state_dict(sd, strict = true): copies sd's tensors into this module's parameters and
 --- buffers in place (no_grad; dtype and device converted to the module's). Every problem is
 --- found before anything is copied and reported in one error: missing and unexpected keys
---- (strict only) and shape mismatches (always). Returns {missing_keys, unexpected_keys}.
+--- (strict only) and shape mismatches (always). Returns {missing_keys, unexpected_keys}. A
+--- module class may define state_defaults() -> {name = tensor} for state an older checkpoint
+--- may lack (BatchNorm's num_batches_tracked), used when sd has no such key.
 --- strict may also be given as {strict = false}.
 function Module:load_state_dict(sd, strict)
   if type(sd) ~= "table" then error("load_state_dict: expected a table name -> tensor, got " .. type(sd), 2) end
   if type(strict) == "table" then strict = strict.strict end
   if strict == nil then strict = true end
   local own = collect_state(self, "", {}, true)
+  -- what a module may take from its own defaults when an older checkpoint lacks it
+  local defaults = {}
+  for prefix, m in self:named_modules() do
+    if m.state_defaults then
+      for k, t in pairs(m:state_defaults()) do defaults[join(prefix, k)] = t end
+    end
+  end
   local missing, unexpected, bad = {}, {}, {}
   for _, k in ipairs(sorted_keys(own)) do
-    local v, t = sd[k], own[k]
+    local v, t = sd[k] or defaults[k], own[k]
     if v == nil then missing[#missing + 1] = k
     elseif not T.is_tensor(v) then
       bad[#bad + 1] = string.format("%s: expected a tensor, got a %s", k, type(v))
@@ -375,7 +384,7 @@ function Module:load_state_dict(sd, strict)
   if problems then error(string.format("load_state_dict: error(s) loading into %s: %s", self.__name, problems), 2) end
   T.no_grad(function()
     for k, t in pairs(own) do
-      local v = sd[k]
+      local v = sd[k] or defaults[k]
       if v ~= nil then t:copy_(v:to(t.device)) end
     end
   end)
