@@ -3,12 +3,12 @@
 # (the functions built with TC_SIMD_CLONES, named <fn>.arch_x86_64_v3 and .arch_x86_64_v4 in
 # the objects) really run on vectors. In each clone, every innermost loop that does scalar
 # float arithmetic (vmulss, vfmadd213ss, vdivss, ...: a vectorised loop's remainder) needs a
-# vector twin: a loop of the same clone doing at least 3/4 as much arithmetic packed on the
-# clone's registers (ymm for AVX2, zmm for AVX-512), as a vectorised body does over its
-# remainder. A clone whose polynomial loops were left scalar (exp's once were, in AVX2) has
-# no such loop and fails with the clone's name. Limits: scalar work outside innermost loops
-# (a row's 1 / sum) is not counted, and one scalar loop among vectorised ones as big is not
-# caught (the count is per clone, not per source loop).
+# vector twin: a loop of the same clone doing at least 3/8 as much arithmetic packed on the
+# clone's registers (ymm for AVX2, zmm for AVX-512; a remainder may be unrolled twice). A
+# clone whose polynomial loops were left scalar (exp's once were, in AVX2) has no such loop
+# and fails with the clone's name. Limits: scalar work outside innermost loops (a row's
+# 1 / sum) is not counted, and one scalar loop among vectorised ones as big is not caught
+# (the count is per clone, not per source loop).
 # Prints one line per failure and a summary; exits 1 on failure. Needs objdump (x86-64 objects).
 set -e
 [ $# -gt 0 ] || { echo "usage: $0 OBJ..." >&2; exit 2; }
@@ -50,10 +50,12 @@ function finish(   i, j, k, f, L, best, twin, what) {
         else if (mn[i] ~ /ss$/) { sc[best, f]++; ns[best]++; fams[best] = fams[best] " " f }
     }
     for (L in fams) {
-        twin = 0
-        for (j in np) if (4 * np[j] >= 3 * ns[L]) twin = j
-        if (twin) continue
         split(substr(fams[L], 2), fl, " ")
+        twin = 0
+        for (j in np) {
+            if (8 * np[j] >= 3 * ns[L]) twin = j
+        }
+        if (twin) continue
         what = ""
         for (k in fl) if (!index(what, " " fl[k] "(")) what = what " " fl[k] "(" sc[L, fl[k]] ")"
         printf "check_simd: %s: a loop at %x runs scalar%s with no vector twin on %s\n", fn, lo[L], what, wide

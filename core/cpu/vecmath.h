@@ -43,8 +43,8 @@ static inline int32_t tc_f32_bits(float f) {
  * value computed from it); 2^k is applied as two halves so that subnormal results come out
  * right and k = 128 (x in [88.38, 88.73]) does not overflow too early. */
 static inline float tc_expf(float x) {
-    float xc = x < -104.0f ? -104.0f : x; /* (NaN stays NaN) */
-    xc = xc > 88.73f ? 88.73f : xc;
+    float xc = x > -104.0f ? x : -104.0f; /* NaN becomes -104 here (k stays an integer) */
+    xc = xc < 88.73f ? xc : 88.73f;
     float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
     float r = xc - k * 0.693359375f;
     r = r + k * 2.12194440e-4f; /* ln2 = 0.693359375 - 2.12194440e-4, split for exactness */
@@ -56,7 +56,8 @@ static inline float tc_expf(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     int32_t ki = (int32_t)k, k1 = ki >> 1, k2 = ki - k1; /* k in [-150, 128] */
-    return p * tc_bits_f32((k1 + 127) << 23) * tc_bits_f32((k2 + 127) << 23);
+    float e = p * tc_bits_f32((k1 + 127) << 23) * tc_bits_f32((k2 + 127) << 23);
+    return x == x ? e : x;
 }
 
 static inline float tc_sigmoidf(float x) { return 1.0f / (1.0f + tc_expf(-x)); }
@@ -76,7 +77,7 @@ static inline float tc_erff(float x) {
 static inline float tc_logf(float x) {
     int sub = x < 1.17549435e-38f;                          /* subnormal (or 0, or < 0) */
     float xs = sub ? x * 8388608.0f : x;                    /* times 2^23 */
-    int32_t i = tc_f32_bits(xs), d = i - 0x3f3504f3;        /* bits of sqrt(1/2) */
+    int32_t i = tc_f32_bits(xs) & 0x7fffffff, d = i - 0x3f3504f3; /* bits of sqrt(1/2); x < 0 is NaN below */
     int32_t e = d >> 23;                                    /* the exponent, rounding to [sqrt(1/2), sqrt(2)) */
     float f = tc_bits_f32(i - e * (1 << 23)) - 1.0f;
     float ef = (float)e - (sub ? 23.0f : 0.0f);
