@@ -216,9 +216,16 @@ local function draw(prompts, seed)
 end
 
 model:eval()
+local out_dir = run.mkdirs(cfg.out ~= "" and cfg.out or r.dir)
+-- the trained model as a diffusers folder, its conditioning in tocha.json: models.load,
+-- models.Denoiser and experiments/finetune_sd.lua take it (or this run's directory)
+local ddim = { clip_sample = false }
+for k, v in pairs(NOISE) do ddim[k] = v end
+models.save_pretrained(out_dir .. "/model", { unet = unet, text_encoder = text_encoder, tokenizer = tok,
+  scheduler = D.DDIM(ddim), extras = { coords = cfg.coords, pooled_text = cfg.pooled_text,
+  guidance_interval = cfg.guidance_interval } })
 local grid_prompts = shapes.prompts { split = "test", objects = { 1, 2 }, n = 16, seed = cfg.seed }
 local grid = draw(grid_prompts, cfg.seed)
-local out_dir = run.mkdirs(cfg.out ~= "" and cfg.out or r.dir)
 image.save(out_dir .. "/samples.png", image.grid(grid, 4))
 local f = assert(io.open(out_dir .. "/samples.txt", "w"))
 for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) end

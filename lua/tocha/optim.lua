@@ -514,13 +514,15 @@ local EMA = {}
 EMA.__index = EMA
 
 local EMA_FIELDS = { decay = true, min_decay = true, update_after_step = true, use_ema_warmup = true,
-  warmup = true, inv_gamma = true, power = true }
+  warmup = true, inv_gamma = true, power = true, device = true }
 
 --- optim.EMA(model_or_params, {decay = 0.9999, min_decay = 0, update_after_step = 0,
 ---   warmup = false, inv_gamma = 1, power = 2/3}): the average starts as a copy of the weights.
 --- The decay at optimization step s (1, 2, ...), with k = s - update_after_step - 1, is 0 while
 --- k <= 0, then 1 - (1 + k / inv_gamma)^-power with warmup, else (1 + k) / (10 + k); capped by
 --- decay and floored by min_decay. (warmup is diffusers' use_ema_warmup; either name works.)
+--- device (e.g. "cpu" while the model trains on "cuda"): where the average lives, as diffusers'
+--- EMA offload; each update then copies the weights there first.
 function M.EMA(model, opts)
   opts = opts or {}
   for k in pairs(opts) do
@@ -539,8 +541,11 @@ function M.EMA(model, opts)
     shadow_params = {},
   }, EMA)
   T.no_grad(function()
-    for i, p in ipairs(params) do self.shadow_params[i] = p:detach():contiguous():clone() end
+    for i, p in ipairs(params) do
+      self.shadow_params[i] = opts.device and p:detach():to(opts.device):contiguous():clone() or p:detach():contiguous():clone()
+    end
   end)
+  self.device = opts.device
   return self
 end
 
@@ -573,7 +578,8 @@ function EMA:update(model)
   T.no_grad(function()
     for i, p in ipairs(ps) do
       local s = self.shadow_params[i]
-      if p.requires_grad then C.ema_update(s, p, decay) else s:copy_(p) end
+      local w = self.device and p:detach():to(self.device) or p
+      if p.requires_grad then C.ema_update(s, w, decay) else s:copy_(w) end
     end
   end)
 end

@@ -10,6 +10,7 @@ local models = {
   CLIPTextModel = clip_text.CLIPTextModel,
   UNet2DConditionModel = unet.UNet2DConditionModel,
   AutoencoderKL = vae.AutoencoderKL,
+  Denoiser = require "tocha.models.denoiser",
   blocks = require "tocha.models.unet_blocks",
 }
 
@@ -87,6 +88,9 @@ local function isdir(path) return require("tocha")._sys.isdir(path) end
 --- boolean, load(path, opts) -> parts}. models.register_loader(l) puts l first, so another
 --- format (a training run's checkpoint) is one more entry.
 models.loaders = {
+  { name = "tocha run (its model/ folder)",
+    detect = function(path) return isdir(path) and diffusers.exists(path .. "/model/model_index.json") end,
+    load = function(path, opts) return diffusers.load(path .. "/model", opts, models) end },
   { name = "diffusers folder",
     detect = function(path) return isdir(path) and diffusers.exists(path .. "/model_index.json") end,
     load = function(path, opts) return diffusers.load(path, opts, models) end },
@@ -110,7 +114,8 @@ end
 
 --- models.load(path, {dtype = "f32", device = "cpu", variant, parts, config, tokenizer}) -> for a
 --- Stable Diffusion checkpoint (a diffusers folder, or one original .safetensors file), the
---- table {unet, vae, text_encoder, tokenizer, scheduler} (plus path and format); for a single
+--- table {unet, vae, text_encoder, tokenizer, scheduler} (plus path, format, and extras when the
+--- folder has a tocha.json: a tocha model's conditioning, see models.Denoiser); for a single
 --- model's folder (config.json + weights), that model. Weights stay memory-mapped where their
 --- dtype is the one asked for. config and tokenizer are for single files (single_file.lua).
 function models.load(path, opts)
@@ -127,7 +132,8 @@ end
 
 --- models.save_pretrained(dir, parts, {dtype, variant}): a diffusers folder (model_index.json,
 --- configs, safetensors weights) that diffusers' StableDiffusionPipeline.from_pretrained loads.
---- parts: {unet, vae, text_encoder, tokenizer, scheduler}, any of them.
+--- parts: {unet, vae, text_encoder, tokenizer, scheduler, extras}, any of them (extras, a tocha
+--- model's conditioning, go to tocha.json, which diffusers ignores).
 function models.save_pretrained(dir, parts, opts)
   if type(dir) ~= "string" then error("save_pretrained: dir must be a string", 2) end
   if type(parts) ~= "table" then error("save_pretrained: parts must be a table {unet, vae, ...}", 2) end
