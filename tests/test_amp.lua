@@ -249,6 +249,31 @@ tests["autocast on cuda: every lowered and raised op against f32"] = function()
   check_ops("cuda", "f16")
 end
 
+tests["f16 / bf16 elementwise ops compute in f32 and round once, strided and broadcast too"] = function()
+  T.manual_seed(4)
+  for _, dt in ipairs({ "bf16", "f16" }) do
+    local a = (T.randn({ 6, 40 }) * 3):to(dt)
+    local b = (T.randn({ 40, 6 }) * 3):to(dt):t() -- strided
+    local c = T.randn({ 1, 40 }):to(dt)           -- broadcast
+    local function same(got, want, what)
+      assert(got.dtype == dt, what .. ": " .. got.dtype)
+      T.testing.assert_close(got:to("f32"), want:to(dt):to("f32"), { rtol = 0, atol = 0, msg = dt .. " " .. what })
+    end
+    local af, bf, cf = a:to("f32"), b:to("f32"), c:to("f32")
+    same(a + b, af + bf, "add"); same(a * c, af * cf, "mul, broadcast"); same(a - c, af - cf, "sub")
+    same(a / b, af / bf, "div")
+    same(a:silu(), af:silu(), "silu"); same(b:gelu(), bf:gelu(), "gelu"); same(a:exp(), af:exp(), "exp")
+    same(a * 0.5, af * 0.5, "scalar")
+    -- a backward in the half dtype: the derivative in f32, rounded once
+    local x = a:clone():requires_grad_(true)
+    local gy = T.randn({ 6, 40 }):to(dt)
+    x:gelu():backward(gy)
+    local xf = af:clone():requires_grad_(true)
+    xf:gelu():backward(gy:to("f32"))
+    same(x.grad, xf.grad, "gelu backward")
+  end
+end
+
 tests["autocast: f64 stays f64, integer and bool inputs are left alone, off outside the scope"] = function()
   local a, b = T.randn({ 3, 4 }, { dtype = "f64" }), T.randn({ 4, 2 }, { dtype = "f64" })
   T.autocast("bf16", function()
