@@ -4,6 +4,8 @@
 #                 runs kernels/*.cu without a GPU so the GPU suite can test their logic
 #   make test     C and Lua tests, ending with "N passed, N failed"
 #   make demo     the default experiment: text-to-image on captioned shapes (about 10 minutes)
+#   make finetune-demo   fine-tunes the demo's model on a new color, full and LoRA, and measures
+#                 what it learnt and forgot (trains the demo's model first when it is missing)
 #   make SAN=1    AddressSanitizer + UndefinedBehaviorSanitizer build (in build-san/; with
 #                 EMU=1 in build-san-emu/, where it checks the kernels' memory accesses too)
 #   make EMU=1 cudaemu-selftest   the emulator's own test (tests/cudaemu/)
@@ -59,7 +61,7 @@ CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 BIND_OBJ = $(BIND_SRC:%.c=$(BUILD)/obj/%.o)
 CTEST_SRC = $(wildcard tests/c/*.c)
 
-.PHONY: all deps probe test demo clean bench cudaemu-selftest
+.PHONY: all deps probe test demo finetune-demo clean bench cudaemu-selftest
 all: probe $(BUILD)/tocha $(BUILD)/tocha.so
 
 # one line per dependency; a missing required one stops here with the package to install
@@ -132,6 +134,10 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	./$(BUILD)/tocha experiments/t2i_shapes.lua --out runs/demo
+
+finetune-demo: deps
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/tocha experiments/finetune_demo.lua --out runs/finetune-demo
 
 bench: all
 	sh bench/run.sh

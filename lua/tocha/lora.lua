@@ -179,17 +179,16 @@ end
 ---------------------------------------------------------------------------------------------
 -- merging and scale
 ---------------------------------------------------------------------------------------------
---- lora.merge(model): W += s B A in every unmerged LoRA layer (the forward then costs what the
---- plain model's does); returns the number merged
-function lora.merge(model)
-  check_model(model, "lora.merge", 2)
+-- folds (merge = true) or takes out (false) the adapters of the layers in the other state;
+-- returns how many changed
+local function set_merged(model, merge)
   local n = 0
   T.no_grad(function()
     for _, e in ipairs(layers(model)) do
       local m = e[2]
-      if not m.lora_merged then
-        m.weight:add_(delta(m))
-        rawset(m, "lora_merged", true)
+      if m.lora_merged ~= merge then
+        if merge then m.weight:add_(delta(m)) else m.weight:sub_(delta(m)) end
+        rawset(m, "lora_merged", merge)
         n = n + 1
       end
     end
@@ -197,21 +196,17 @@ function lora.merge(model)
   return n
 end
 
+--- lora.merge(model): W += s B A in every unmerged LoRA layer (the forward then costs what the
+--- plain model's does); returns the number merged
+function lora.merge(model)
+  check_model(model, "lora.merge", 2)
+  return set_merged(model, true)
+end
+
 --- lora.unmerge(model): W -= s B A where merged; returns the number unmerged
 function lora.unmerge(model)
   check_model(model, "lora.unmerge", 2)
-  local n = 0
-  T.no_grad(function()
-    for _, e in ipairs(layers(model)) do
-      local m = e[2]
-      if m.lora_merged then
-        m.weight:sub_(delta(m))
-        rawset(m, "lora_merged", false)
-        n = n + 1
-      end
-    end
-  end)
-  return n
+  return set_merged(model, false)
 end
 
 --- lora.set_scale(model, s): every adapter's output times s (0 turns them off); merged layers
