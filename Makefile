@@ -25,9 +25,9 @@ BLAS_INC ?= $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-openmp
 WARN    = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Werror
 SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 OPT     = $(if $(filter 1,$(SAN)),-O1 -g $(SANFLAGS),-O2 -g)
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(OPT) $(WARN) -Icore -I$(LUA_INC) -I$(BLAS_INC) $(shell pkg-config --cflags cairo 2>/dev/null)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(OPT) $(WARN) -Icore -I$(LUA_INC) -I$(BLAS_INC) $(shell pkg-config --cflags cairo 2>/dev/null) $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
 BLAS_LD = -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
-LDLIBS  = $(if $(BLAS_DIR),$(BLAS_LD)) -lopenblas -lpng -ljpeg -lzstd -lcairo -lm -lpthread -ldl -fopenmp
+LDLIBS  = $(if $(BLAS_DIR),$(BLAS_LD)) -lopenblas -lpng -ljpeg -lzstd -lcairo -lsqlite3 -lpq -lm -lpthread -ldl -fopenmp
 LDFLAGS += $(if $(filter 1,$(SAN)),$(SANFLAGS))
 
 CORE_SRC = $(wildcard core/*.c core/ops/*.c core/cpu/*.c core/io/*.c)

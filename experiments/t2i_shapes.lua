@@ -177,6 +177,7 @@ local writer = r:writer()
 local progress = log.progress { total = cfg.steps, smooth = { "loss" } }
 local every_log = log.every(cfg.log_every)
 local t0 = T.clock()
+local stopped -- the step at which the run was asked to stop (SIGTERM: a sweep pruning it)
 for step = start, cfg.steps - 1 do
   local loss = train_step(step)
   local done = step + 1
@@ -185,12 +186,20 @@ for step = start, cfg.steps - 1 do
     writer:add_scalar("train/loss", loss, done)
     writer:add_scalar("train/lr", schedule(step), done)
   end
-  if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps) then
+  stopped = r:should_stop() and done or nil
+  if cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps or stopped) then
     ckpt.save(ckdir, { model = model, optimizer = opt, ema = ema, step = done, keep = 2 })
   end
+  if stopped then break end
 end
 progress:close()
 local train_secs = T.clock() - t0
+if stopped then -- no sampling; the checkpoint (if any) resumes it with --resume
+  print(string.format("stopped at step %d when asked (SIGTERM)%s", stopped,
+    cfg.checkpoint_every > 0 and "; checkpoint in " .. ckdir or ""))
+  r:finish({ ["train/seconds"] = train_secs })
+  return
+end
 
 -- sampling with the EMA weights
 if ema then ema:store(); ema:copy_to(params) end

@@ -24,6 +24,8 @@ static const family families[] = {
     {NULL, tcl_io_funcs, tcl_io_methods, NULL},               /* lio.c */
     {NULL, tcl_proc_funcs, NULL, NULL},                       /* lsys.c */
     {"_sys", tcl_sys_funcs, NULL, NULL},                      /* lsys.c */
+    {"_sys", tcl_process_funcs, NULL, NULL},                  /* lsys.c */
+    {"_db", tcl_db_funcs, NULL, NULL},                        /* ldb.c */
     {"_nn", tcl_nn_funcs, NULL, NULL},                        /* lnn.c */
     {"_nn", tcl_norm_funcs, NULL, NULL},                      /* lnorm.c */
     {"_optim", tcl_optim_funcs, NULL, NULL},                  /* loptim.c */

@@ -78,6 +78,8 @@ extern const luaL_Reg tcl_index_funcs[], tcl_index_methods[];       /* lindex.c 
 extern const luaL_Reg tcl_io_funcs[], tcl_io_methods[]; /* lio.c: save, load, frombytes, tobytes */
 extern const luaL_Reg tcl_proc_funcs[];   /* lsys.c: clock, threads */
 extern const luaL_Reg tcl_sys_funcs[];    /* lsys.c: T._sys, the operating system's calls */
+extern const luaL_Reg tcl_process_funcs[]; /* lsys.c: T._sys too: spawn, fork, wait, kill, signals */
+extern const luaL_Reg tcl_db_funcs[];     /* ldb.c: T._db: SQLite and PostgreSQL connections */
 extern const luaL_Reg tcl_nn_funcs[];     /* lnn.c: T._nn: conv, pools, interpolate, pad */
 extern const luaL_Reg tcl_norm_funcs[];   /* lnorm.c: T._nn: softmax, losses, norms, dropout, attention */
 extern const luaL_Reg tcl_optim_funcs[];  /* loptim.c: T._optim: fused optimizer steps */

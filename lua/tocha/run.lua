@@ -462,10 +462,30 @@ function run.mkdirs(path)
   return path
 end
 
---- r:writer(opts) -> the run's TensorBoard writer (log.tensorboard(r.dir, opts)), made once
+--- r:writer(opts) -> the run's TensorBoard writer (log.tensorboard(r.dir, opts)), made once.
+--- A sweep's trial flushes every second, so that its worker follows metrics.jsonl closely.
 function Run:writer(opts)
-  if not self._writer then self._writer = require("tocha.log").tensorboard(self.dir, opts) end
+  if not self._writer then
+    if os.getenv("TOCHA_SWEEP_TRIAL") and not (opts and opts.flush_secs) then
+      local o = { flush_secs = 1 }
+      for k, v in pairs(opts or {}) do o[k] = v end
+      opts = o
+    end
+    self._writer = require("tocha.log").tensorboard(self.dir, opts)
+  end
   return self._writer
+end
+
+--- r:should_stop() -> true once the process was sent SIGTERM (a sweep stopping the trial
+--- early, or a scheduler): the script can then save a checkpoint and finish. The handler is
+--- installed by the first call (at the start for a sweep's trial), so a script that never
+--- asks still ends on SIGTERM as usual.
+function Run:should_stop()
+  if not self._catching then
+    T._sys.catch("TERM")
+    self._catching = true
+  end
+  return T._sys.caught("TERM")
 end
 
 --- r:finish(metrics): the run's hyperparameters (its config) and final metrics go to the
@@ -526,7 +546,13 @@ local function start(spec, level)
   math.randomseed(seed)
   local root = spec.root or os.getenv("TOCHA_RUNS") or "runs"
   local stamp = os.date("%Y%m%d-%H%M%S")
-  local dir = make_dir(root, name, stamp, describe(changed))
+  local dir = os.getenv("TOCHA_RUN_DIR") -- given by a sweep's worker: runs/<sweep>/<trial>
+  if dir and dir ~= "" then
+    local ok, err = sys.mkdirs(dir)
+    if not ok then error("tocha.run: " .. err, 0) end
+  else
+    dir = make_dir(root, name, stamp, describe(changed))
+  end
 
   local argv = {}
   if arg then
@@ -550,7 +576,9 @@ local function start(spec, level)
   write_file(dir .. "/command.txt", table.concat(quoted, " ") .. "\n")
   write_file(dir .. "/meta.json", json.encode(meta) .. "\n")
   if not spec.quiet then print("run: " .. dir) end
-  return setmetatable({ name = name, dir = dir, config = config, seed = seed, changed = changed, meta = meta }, Run)
+  local r = setmetatable({ name = name, dir = dir, config = config, seed = seed, changed = changed, meta = meta }, Run)
+  if os.getenv("TOCHA_SWEEP_TRIAL") then r:should_stop() end
+  return r
 end
 
 --- run{name = "t2i", config = defaults, description =, root = "runs" (or $TOCHA_RUNS),

@@ -1,12 +1,12 @@
 -- tocha.cli.plot: `tocha plot runs/t2i/* -o loss.png` draws one tag's curves (or several tags')
 -- from one or several runs into one PNG, with TensorBoard's smoothing, for a picture without
 -- starting TensorBoard. Reads metrics.jsonl, or the event files when a run has none; draws
--- with cairo (T._log.canvas). plot.main(args) returns the exit status; calling the module
--- (what `tocha plot` does) exits with it when it is not 0.
+-- with cairo through tocha.log.chart. plot.main(args) returns the exit status; calling the
+-- module (what `tocha plot` does) exits with it when it is not 0.
 local T = require "tocha"
 local log = require "tocha.log"
 local events = require "tocha.log.events"
-local C = T._log
+local chart = require "tocha.log.chart"
 
 local plot = {}
 
@@ -22,13 +22,7 @@ usage: tocha plot RUN... [-o loss.png] [--tag loss[,tag2...]] [--smooth 0.6] [--
   --logy     a logarithmic y axis
 ]==]
 
--- Tableau 10
-local COLORS = {
-  { 0.12, 0.47, 0.71 }, { 1.00, 0.50, 0.05 }, { 0.17, 0.63, 0.17 }, { 0.84, 0.15, 0.16 }, { 0.58, 0.40, 0.74 },
-  { 0.55, 0.34, 0.29 }, { 0.89, 0.47, 0.76 }, { 0.50, 0.50, 0.50 }, { 0.74, 0.74, 0.13 }, { 0.09, 0.75, 0.81 },
-}
-
-local function finite(v) return v == v and v ~= math.huge and v ~= -math.huge end
+local finite = chart.finite
 
 ---------------------------------------------------------------------------------------------
 -- reading runs
@@ -111,28 +105,6 @@ function plot.smooth(ys, w)
   return out
 end
 
--- about n round tick values covering [lo, hi]
-local function ticks(lo, hi, n)
-  local span = hi - lo
-  if span <= 0 then return { lo } end
-  local raw = span / n
-  local mag = 10 ^ math.floor(math.log(raw, 10))
-  local step = mag
-  for _, m in ipairs({ 1, 2, 5, 10 }) do
-    if raw <= m * mag then step = m * mag; break end
-  end
-  local out = {}
-  for k = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) do out[#out + 1] = k * step end
-  return out
-end
-
-local function label(v)
-  if v == 0 then return "0" end
-  local a = math.abs(v)
-  if a >= 1e5 or a < 1e-3 then return (string.format("%.1e", v):gsub("%.0e", "e")) end
-  return (string.format("%.4f", v):gsub("%.?0+$", ""))
-end
-
 local function duration_label(s)
   if s >= 3600 then return string.format("%.1fh", s / 3600) end
   if s >= 60 then return string.format("%.0fm", s / 60) end
@@ -161,34 +133,18 @@ function plot.draw(curves, opts)
   if ymax == ymin then ymin, ymax = ymin - 0.5, ymax + 0.5 end
   local pad = (ymax - ymin) * 0.05
   ymin, ymax = ymin - pad, ymax + pad
-  local function px(x) return L + (x - xmin) / (xmax - xmin) * pw end
-  local function py(y) return Tp + (1 - (y - ymin) / (ymax - ymin)) * ph end
 
-  local cv = C.canvas(W, H)
-  -- grid and tick labels
-  cv:line_width(1)
-  for _, y in ipairs(ticks(ymin, ymax, 6)) do
-    cv:color(0.9, 0.9, 0.9)
-    cv:move_to(L, py(y)); cv:line_to(L + pw, py(y)); cv:stroke()
-    cv:color(0.25, 0.25, 0.25)
-    cv:text(L - 8, py(y) + 4, opts.logy and label(10 ^ y) or label(y), 12, 1)
-  end
-  for _, x in ipairs(ticks(xmin, xmax, 8)) do
-    cv:color(0.9, 0.9, 0.9)
-    cv:move_to(px(x), Tp); cv:line_to(px(x), Tp + ph); cv:stroke()
-    cv:color(0.25, 0.25, 0.25)
-    cv:text(px(x), Tp + ph + 18, opts.time and duration_label(x) or label(x), 12, 0.5)
-  end
-  cv:color(0.3, 0.3, 0.3)
-  cv:rect(L, Tp, pw, ph); cv:stroke()
-  cv:text(L + pw / 2, H - 12, opts.xlabel or "step", 13, 0.5)
-  if opts.title then cv:text(L + pw / 2, 26, opts.title, 16, 0.5) end
+  local cv = chart.canvas(W, H)
+  local box = { L, Tp, pw, ph }
+  local px, py = chart.axes(cv, box, { xmin, xmax, ymin, ymax }, { logy = opts.logy, title = opts.title,
+    xlabel = opts.xlabel or "step", xfmt = opts.time and duration_label or nil, size = 12 })
 
   -- curves: the raw values faint, the smoothed ones solid
   cv:clip(L, Tp, pw, ph)
   local smooth = opts.smooth or 0
+  local items = {}
   for i, c in ipairs(curves) do
-    local col = COLORS[(i - 1) % #COLORS + 1]
+    local col = chart.color(i)
     local xs, raw, sm = {}, {}, {}
     local s = plot.smooth(c.ys, smooth)
     for j, x in ipairs(c.xs) do
@@ -202,27 +158,10 @@ function plot.draw(curves, opts)
     cv:color(col[1], col[2], col[3])
     cv:line_width(2)
     cv:polyline(xs, sm); cv:stroke()
+    items[i] = { c.name, col }
   end
   cv:clip()
-
-  -- legend, top right inside the plot
-  local lw = 0
-  for _, c in ipairs(curves) do lw = math.max(lw, cv:text_width(c.name, 12)) end
-  local bx, by, bh = L + pw - lw - 44, Tp + 8, 18 * #curves + 8
-  cv:color(1, 1, 1, 0.85)
-  cv:rect(bx, by, lw + 36, bh); cv:fill()
-  cv:color(0.7, 0.7, 0.7)
-  cv:line_width(1)
-  cv:rect(bx, by, lw + 36, bh); cv:stroke()
-  for i, c in ipairs(curves) do
-    local col = COLORS[(i - 1) % #COLORS + 1]
-    local y = by + 4 + 18 * (i - 1) + 9
-    cv:color(col[1], col[2], col[3])
-    cv:line_width(3)
-    cv:move_to(bx + 6, y); cv:line_to(bx + 24, y); cv:stroke()
-    cv:color(0.15, 0.15, 0.15)
-    cv:text(bx + 30, y + 4, c.name, 12, 0)
-  end
+  chart.legend(cv, box, items)
   return cv:write_png(opts.path)
 end
 
