@@ -11,8 +11,8 @@ local lora = require "tocha.lora"
 local shapes = require "tocha.data.shapes"
 local eval = require "tocha.eval.shapes"
 local image = require "tocha.image"
-local json = require "tocha.json"
 local run = require "tocha.run"
+local finetune_data = require "tocha.data.finetune"
 
 local defaults = {
   out = { "runs/finetune-demo", help = "where the base, the data, both fine-tunes and the results go" },
@@ -23,6 +23,7 @@ local defaults = {
   batch = { 16, help = "images per step (the seed's recipe)" },
   lr_full = { 2e-4, help = "learning rate of the full fine-tune (chosen by the search in docs/finetune.md)" },
   lr_lora = { 2e-3, help = "learning rate of the LoRA fine-tune (chosen likewise)" },
+  caption_dropout = { 0.1, help = "fraction of captions dropped, as the base was trained (keeps the unconditional half of guidance in step)" },
   lora_rank = { 4, help = "LoRA rank" },
   lora_targets = { { "to_q", "to_k", "to_v", "to_out.0", "class_embedding.linear_1", "class_embedding.linear_2" },
     help = "the layers that get adapters: the attention projections and the pooled caption's projection" },
@@ -71,17 +72,8 @@ local t_start = T.clock()
 ---------------------------------------------------------------------------------------------
 local data = string.format("%s/data/%s-%d", out, cfg.concept, cfg.images)
 if not exists(data .. "/metadata.jsonl") then
-  run.mkdirs(data)
   local ds = shapes { size = 32, seed = 1000 + cfg.seed, objects = 1, colors = { cfg.concept }, format = "u8" }
-  local f = assert(io.open(data .. "/metadata.jsonl.tmp", "w"))
-  for i = 1, cfg.images do
-    local s = ds[i]
-    local name = string.format("%04d.png", i)
-    image.write(data .. "/" .. name, s.image)
-    f:write(json.encode { file_name = name, text = s.caption }, "\n")
-  end
-  f:close()
-  assert(os.rename(data .. "/metadata.jsonl.tmp", data .. "/metadata.jsonl"))
+  finetune_data.write_folder(data, cfg.images, function(i) local s = ds[i]; return s.image, s.caption end)
   print(string.format("wrote %d images of %s shapes to %s", cfg.images, cfg.concept, data))
 end
 
@@ -132,8 +124,9 @@ local seconds = {}
 for _, method in ipairs(cfg.methods) do
   local dir = out .. "/" .. method
   local args = string.format("--model %s --data %s --recipe seed --batch %d --epochs %d --seed %d --threads %d "
-    .. "--validation_prompts '%s' --validation_every 0 --log_attention --checkpoint_every 0 --out %s",
-    base, data, cfg.batch, cfg.epochs, cfg.seed, cfg.threads, table.concat({ PROMPTS.new[1], PROMPTS.old[1] }, ","), dir)
+    .. "--caption_dropout %g --validation_prompts '%s' --validation_every 0 --log_attention --checkpoint_every 0 --out %s",
+    base, data, cfg.batch, cfg.epochs, cfg.seed, cfg.threads, cfg.caption_dropout,
+    table.concat({ PROMPTS.new[1], PROMPTS.old[1] }, ","), dir)
   if method == "lora" then
     args = args .. string.format(" --lora %d --lr %g --lora_targets %s", cfg.lora_rank, cfg.lr_lora,
       table.concat(cfg.lora_targets, ","))

@@ -58,6 +58,10 @@ local defaults = {
   no_cache = { false, help = "encode images and captions at every step instead of caching latents and text embeddings" },
   cache_dir = { "", help = "where the cache goes (default: DATA/.tocha-cache)" },
   caption_dropout = { 0.0, help = "fraction of captions replaced by \"\" (classifier-free guidance)" },
+  prior_data = { "", help = "prior preservation (DreamBooth): captioned images of what the model already draws, trained alongside --data so that it keeps drawing them" },
+  prior_prompts = { "", help = "a file of prompts, one a line: when --prior_data holds no images, the model draws --prior_images of them there first" },
+  prior_images = { 0, help = "how many prior images to draw (0: as many as --data has)" },
+  prior_loss_weight = { 1.0, help = "weight of the prior images' loss against the new images'" },
   lora = { 0, help = "train LoRA adapters of this rank instead of the whole UNet (0: full fine-tune)" },
   lora_alpha = { 0.0, help = "LoRA alpha (0: the rank)" },
   lora_targets = { { "to_q", "to_k", "to_v", "to_out.0" }, help = "the layers that get adapters" },
@@ -162,6 +166,39 @@ local set = finetune_data.new { data = cfg.data, resolution = resolution, center
 if not cfg.no_cache then
   autocast(function() set:build_cache(d, { dir = cfg.cache_dir ~= "" and cfg.cache_dir or nil, log = print }) end)
 end
+-- prior preservation: the model's own images of what it knew, drawn once when missing
+local prior
+if cfg.prior_data ~= "" then
+  local f = io.open(cfg.prior_data .. "/metadata.jsonl")
+  if f then f:close()
+  else
+    if cfg.prior_prompts == "" then usage("--prior_data " .. cfg.prior_data .. " holds no images; give --prior_prompts FILE to draw them") end
+    local prompts = {}
+    for line in assert(io.open(cfg.prior_prompts)):lines() do
+      if line:find("%S") then prompts[#prompts + 1] = line end
+    end
+    local n, chunk = cfg.prior_images > 0 and cfg.prior_images or #set, 50
+    print(string.format("drawing %d prior images into %s", n, cfg.prior_data))
+    d.unet:eval()
+    local images = {}
+    autocast(function()
+      for i = 1, n, chunk do
+        local list = {}
+        for k = i, math.min(i + chunk - 1, n) do list[#list + 1] = prompts[(k - 1) % #prompts + 1] end
+        images[#images + 1] = d:sample { prompts = list, steps = cfg.validation_steps, guidance_scale = cfg.guidance,
+          sampler = validation_sampler(), seed = cfg.seed + 100000 + i, height = resolution, width = resolution }
+      end
+    end)
+    images = T.cat(images, 1)
+    finetune_data.write_folder(cfg.prior_data, n, function(i) return images[i], prompts[(i - 1) % #prompts + 1] end)
+  end
+  prior = finetune_data.new { data = cfg.prior_data, resolution = resolution, center_crop = cfg.center_crop,
+    random_flip = cfg.random_flip, buckets = cfg.buckets, seed = cfg.seed + 1,
+    bucket_step = cfg.bucket_step > 0 and cfg.bucket_step or 8 * d.factor }
+  if not cfg.no_cache then
+    autocast(function() prior:build_cache(d, { dir = cfg.cache_dir ~= "" and cfg.cache_dir or nil, log = print }) end)
+  end
+end
 local batches_per_epoch = #set:batches(cfg.batch, 0)
 local steps_per_epoch = math.ceil(batches_per_epoch / cfg.accumulation)
 local total = cfg.max_steps > 0 and cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -219,8 +256,9 @@ end
 -- one optimizer step: accumulation micro-batches, each loss scaled (fp16), then unscale,
 -- clip, step (skipped when a gradient is not finite), update the scale
 ---------------------------------------------------------------------------------------------
-local function micro_step(idx)
-  local b = set:batch(idx, d, { caption_dropout = cfg.caption_dropout, device = dev,
+-- the loss of one batch of a set
+local function batch_loss(from, idx)
+  local b = from:batch(idx, d, { caption_dropout = cfg.caption_dropout, device = dev,
     encode_text = not cfg.train_text_encoder })
   local x0 = b.x0
   local noise = T.randn_like(x0)
@@ -238,14 +276,30 @@ local function micro_step(idx)
   end)
   local err = F.mse_loss(pred:to("f32"), target, { reduction = "none" }):mean({ 2, 3, 4 })
   local loss = cfg.snr_gamma > 0 and (err * noise_sched:min_snr_weights(ts, cfg.snr_gamma):to(dev)):mean() or err:mean()
+  return loss, x0.shape[1]
+end
+
+-- micro-batch k (0, 1, ...) of the run takes the prior set's k-th batch: its epochs run on
+-- their own, and a resumed run knows where it was from the step alone
+local prior_per_epoch = prior and #prior:batches(cfg.batch, 0)
+local function prior_batch(k)
+  return prior:batches(cfg.batch, k // prior_per_epoch)[k % prior_per_epoch + 1]
+end
+
+local function micro_step(idx, k)
+  local loss, n = batch_loss(set, idx)
+  if prior then
+    local prior_loss, m = batch_loss(prior, prior_batch(k))
+    loss, n = loss + prior_loss * cfg.prior_loss_weight, n + m
+  end
   scaler:scale(loss / cfg.accumulation):backward()
-  return loss:item(), x0.shape[1]
+  return loss:item(), n
 end
 
 local function train_step(step, micro_batches)
   local loss, images = 0, 0
-  for _, idx in ipairs(micro_batches) do
-    local l, n = micro_step(idx)
+  for j, idx in ipairs(micro_batches) do
+    local l, n = micro_step(idx, step * cfg.accumulation + j - 1)
     loss, images = loss + l / #micro_batches, images + n
   end
   local norm = scaler:unscale_(opt)

@@ -381,4 +381,33 @@ tests["finetune_sd.lua: a latent model, LoRA in fp16 with loss scaling and bucke
   assert(n > 0)
 end
 
+tests["finetune_sd.lua: prior preservation draws the model's own images once, then trains on both"] = function()
+  local root = T.testing.tmpdir()
+  local data = write_folder(root .. "/data", 6, 16)
+  models.save_pretrained(root .. "/base", tiny_parts(false))
+  local prompts = root .. "/prompts.txt"
+  T.testing.write_file(prompts, "a small red circle on the left\na big blue square at the top\n")
+  local args = string.format("--model %s/base --data %s --max_steps 2 --batch 3 --prior_data %s/prior --prior_prompts %s "
+    .. "--prior_images 5 --validation_steps 2 --threads 1 --lr 1e-3", root, data, root, prompts)
+  local out, rc = script(args, "TOCHA_RUNS=" .. root .. "/runs")
+  assert(rc == 0, out)
+  assert(out:find("drawing 5 prior images"), out)
+  local meta = T.testing.read_file(root .. "/prior/metadata.jsonl")
+  local n = 0
+  for line in meta:gmatch("[^\n]+") do
+    n = n + 1
+    local row = json.decode(line)
+    assert(row.text == (n % 2 == 1 and "a small red circle on the left" or "a big blue square at the top"), line)
+  end
+  assert(n == 5 and T.testing.shape_is(image.read(root .. "/prior/0003.png"), { 16, 16, 3 }))
+  -- the images per step count both sets: 3 new and 3 prior
+  local ev = require("tocha.log").read_events(run_dir(out))
+  assert(ev.scalars["train/images_per_second"], "logged")
+  out, rc = script(args, "TOCHA_RUNS=" .. root .. "/runs")
+  assert(rc == 0 and not out:find("drawing"), "drawn once: " .. out)
+  out, rc = script(string.format("--model %s/base --data %s --prior_data %s/none --max_steps 1", root, data, root),
+    "TOCHA_RUNS=" .. root .. "/runs")
+  assert(rc == 2 and out:find("holds no images; give %-%-prior_prompts"), out)
+end
+
 return tests

@@ -8,6 +8,7 @@ local data = require "tocha.data"
 local image = require "tocha.image"
 local buckets = require "tocha.data.buckets"
 local cache = require "tocha.data.cache"
+local json = require "tocha.json"
 
 local M = {}
 
@@ -178,6 +179,29 @@ function Set:build_cache(d, o)
   end
   self.cached = { images = images, texts = texts, dir = dir }
   return self.cached
+end
+
+---------------------------------------------------------------------------------------------
+-- writing a training set
+---------------------------------------------------------------------------------------------
+--- finetune.write_folder(dir, n, sample) -> dir: a folder set: sample(i) returns image i (u8
+--- [H, W, 3], or float [3, H, W] in [-1, 1]) and its caption; written as NNNN.png files and a
+--- metadata.jsonl, the metadata last (a folder without one is incomplete)
+function M.write_folder(dir, n, sample)
+  local ok, err = T._sys.mkdirs(dir)
+  if not ok then error("write_folder: " .. tostring(err), 2) end
+  local rows = {}
+  for i = 1, n do
+    local img, caption = sample(i)
+    local name = string.format("%04d.png", i)
+    image.write(dir .. "/" .. name, img, img.dtype ~= "u8" and { range = { -1, 1 } } or nil)
+    rows[i] = json.encode { file_name = name, text = caption }
+  end
+  local f = assert(io.open(dir .. "/metadata.jsonl.tmp", "w"))
+  f:write(table.concat(rows, "\n"), "\n")
+  f:close()
+  assert(os.rename(dir .. "/metadata.jsonl.tmp", dir .. "/metadata.jsonl"))
+  return dir
 end
 
 ---------------------------------------------------------------------------------------------
