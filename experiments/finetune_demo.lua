@@ -139,7 +139,7 @@ for _, method in ipairs(cfg.methods) do
   local parts
   if method == "lora" then
     parts = models.load(base)
-    lora.load(dir, { unet = parts.unet }, { merge = true })
+    lora.load(dir, { unet = parts.unet, text_encoder = parts.text_encoder }, { merge = true })
   else
     parts = models.load(dir)
   end

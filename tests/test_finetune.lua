@@ -307,7 +307,7 @@ tests["finetune_sd.lua: --help lists every option; bad combinations fail with th
     "ema", "ema_decay", "ema_offload", "snr_gamma", "noise_offset", "input_perturbation", "prediction_type",
     "mixed_precision", "gradient_checkpointing", "max_grad_norm", "train_text_encoder", "checkpoint_every",
     "checkpoints_total_limit", "resume", "validation_prompts", "validation_every", "seed", "caption_dropout", "recipe",
-    "no_cache", "buckets", "log_attention", "lora" }) do
+    "no_cache", "buckets", "log_attention", "lora", "prior_data", "prior_prompts", "prior_loss_weight" }) do
     assert(out:find("--" .. o .. "[ ,]"), "--help lacks --" .. o)
   end
   assert(out:find("cosine_with_restarts", 1, true) and out:find("no, fp16, bf16", 1, true))
