@@ -22,8 +22,10 @@ local defaults = {
   epochs = { 10, help = "passes over them (the seed's recipe)" },
   batch = { 16, help = "images per step (the seed's recipe)" },
   lr_full = { 2e-4, help = "learning rate of the full fine-tune (chosen by the search in docs/finetune.md)" },
-  lr_lora = { 2e-3, help = "learning rate of the LoRA fine-tune (chosen likewise)" },
+  lr_lora = { 3e-4, help = "learning rate of the LoRA fine-tune (chosen likewise)" },
   caption_dropout = { 0.1, help = "fraction of captions dropped, as the base was trained (keeps the unconditional half of guidance in step)" },
+  timestep_power = { 0.5, help = "training timesteps t = T u^p, as the base was trained (the noisy steps decide the shapes)" },
+  prior_images = { 300, help = "prior preservation: images of the base's own concepts it draws first and trains on alongside (0: none)" },
   lora_rank = { 4, help = "LoRA rank" },
   lora_targets = { { "to_q", "to_k", "to_v", "to_out.0", "class_embedding.linear_1", "class_embedding.linear_2" },
     help = "the layers that get adapters: the attention projections and the pooled caption's projection" },
@@ -120,13 +122,24 @@ local results = cfg.grade_base and { grade("base", models.load(base)) } or {}
 -- the fine-tunes: experiments/finetune_sd.lua with the seed's recipe (batch 16, 10 epochs,
 -- clipping 1.0, validation by DDIM 50 steps at guidance 7.5), at each method's measured lr
 ---------------------------------------------------------------------------------------------
+-- prior preservation: the base draws its own concepts (prompts of the training split) once
+local prior_args = ""
+if cfg.prior_images > 0 then
+  local file = out .. "/data/prior-prompts.txt"
+  local f = assert(io.open(file, "w"))
+  f:write(table.concat(shapes.prompts { split = "train", objects = { 1 }, n = cfg.prior_images, seed = cfg.seed + 3 }, "\n"), "\n")
+  f:close()
+  prior_args = string.format(" --prior_data %s/data/prior-%d --prior_prompts %s --prior_images %d", out, cfg.prior_images,
+    file, cfg.prior_images)
+end
+
 local seconds = {}
 for _, method in ipairs(cfg.methods) do
   local dir = out .. "/" .. method
   local args = string.format("--model %s --data %s --recipe seed --batch %d --epochs %d --seed %d --threads %d "
-    .. "--caption_dropout %g --validation_prompts '%s' --validation_every 0 --log_attention --checkpoint_every 0 --out %s",
-    base, data, cfg.batch, cfg.epochs, cfg.seed, cfg.threads, cfg.caption_dropout,
-    table.concat({ PROMPTS.new[1], PROMPTS.old[1] }, ","), dir)
+    .. "--caption_dropout %g --timestep_power %g --validation_prompts '%s' --validation_every 0 --log_attention "
+    .. "--checkpoint_every 0 --out %s%s", base, data, cfg.batch, cfg.epochs, cfg.seed, cfg.threads, cfg.caption_dropout,
+    cfg.timestep_power, table.concat({ PROMPTS.new[1], PROMPTS.old[1] }, ","), dir, prior_args)
   if method == "lora" then
     args = args .. string.format(" --lora %d --lr %g --lora_targets %s", cfg.lora_rank, cfg.lr_lora,
       table.concat(cfg.lora_targets, ","))

@@ -49,6 +49,7 @@ local defaults = {
   ema_decay = { 0.9999, help = "EMA decay" },
   ema_offload = { false, help = "keep the EMA weights on the CPU (when training on a GPU)" },
   snr_gamma = { 0.0, help = "Min-SNR-gamma loss weighting (0: off; 5 is the paper's)" },
+  timestep_power = { 1.0, help = "training timesteps t = T u^p, u uniform: 1 is diffusers' uniform draw, below 1 favours the noisy steps (as the default experiment trains)" },
   noise_offset = { 0.0, help = "add this much per-channel offset noise" },
   input_perturbation = { 0.0, help = "perturb the noise the input is made with (0.1 in the paper)" },
   prediction_type = { "", help = "train the UNet to predict this (default: the model's scheduler's)", choices = { "", "epsilon", "v_prediction", "sample" } },
@@ -265,7 +266,7 @@ local function batch_loss(from, idx)
   if cfg.noise_offset > 0 then
     noise = noise + T.randn({ x0.shape[1], x0.shape[2], 1, 1 }, { device = dev }) * cfg.noise_offset
   end
-  local ts = noise_sched:sample_timesteps(x0.shape[1]):to(dev)
+  local ts = noise_sched:sample_timesteps(x0.shape[1], { power = cfg.timestep_power }):to(dev)
   local noisy_with = cfg.input_perturbation > 0 and noise + T.randn_like(noise) * cfg.input_perturbation or noise
   local xt = noise_sched:add_noise(x0, noisy_with, ts)
   local target = prediction == "epsilon" and noise or prediction == "sample" and x0 or noise_sched:get_velocity(x0, noise, ts)
