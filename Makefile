@@ -1,5 +1,6 @@
 # tocha: one build. CPU always; CUDA when nvcc is found (CUDA=0 forces it off).
-#   make          build/tocha (the runner) and build/tocha.so (for stock lua5.4)
+#   make          build/tocha (the runner) and build/tocha.so (for stock lua5.4), on every core
+#                 (-jN or -j1 on the command line decides instead)
 #   make EMU=1    the cuda device on a CPU emulation of the CUDA runtime (build-emu/), which
 #                 runs kernels/*.cu without a GPU so the GPU suite can test their logic
 #   make test     C and Lua tests, ending with "N passed, N failed"
@@ -44,15 +45,16 @@ EMU_SRC   = $(filter-out tests/cudaemu/selftest.cpp,$(wildcard tests/cudaemu/*.c
 NVFLAGS   = -O2 -g -std=c++17 $(CUDA_ARCH) -Xcompiler -fPIC,-Wall,-Wextra,-Wshadow -Werror all-warnings -Icore
 # (g++ ignores nvcc's #pragma unroll)
 EMUFLAGS  = -std=c++17 -x c++ -DTCU_EMU -D_GNU_SOURCE -fPIC $(OPT) -Wall -Wextra -Wshadow -Werror -Wno-unknown-pragmas -Icore -Itests/cudaemu/include
+# kernels/cuda_none.c stands in for the CUDA runtime when CUDA is off
+CU_C_SRC  = $(if $(CUDA_ON),$(filter-out kernels/cuda_none.c,$(wildcard kernels/*.c)),kernels/cuda_none.c)
+CORE_SRC += $(CU_C_SRC)
 ifeq ($(CUDA_ON),nvcc)
   CFLAGS  += -DTC_HAVE_CUDA -I$(CUDA_HOME)/include
-  CORE_SRC += $(wildcard kernels/*.c)
   CU_OBJ  = $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
   LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasLt -lcudart_static -lrt -lstdc++
 endif
 ifeq ($(CUDA_ON),emu)
   CFLAGS  += -DTC_HAVE_CUDA -DTCU_EMU
-  CORE_SRC += $(wildcard kernels/*.c)
   CU_OBJ  = $(CU_SRC:%.cu=$(BUILD)/obj/%.o) $(EMU_SRC:%.cpp=$(BUILD)/obj/%.o)
   LDLIBS  += -lstdc++
 endif
@@ -61,7 +63,16 @@ CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 BIND_OBJ = $(BIND_SRC:%.c=$(BUILD)/obj/%.o)
 CTEST_SRC = $(wildcard tests/c/*.c)
 
-.PHONY: all deps probe test demo finetune-demo clean bench cudaemu-selftest
+# `make`, `make test` and `make demo` build on every core unless the command line gives -j
+# (-j1 included). MAKEFLAGS shows -j only inside recipes, so they hand the build to a
+# recursive make that gets JOBS there; `make all` itself builds as told.
+NPROC ?= $(shell nproc 2>/dev/null || echo 2)
+JOBS   = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(NPROC))
+
+.PHONY: default all deps probe test demo finetune-demo clean bench cudaemu-selftest
+default:
+	@$(MAKE) --no-print-directory $(JOBS) all
+
 all: probe $(BUILD)/tocha $(BUILD)/tocha.so
 
 # one line per dependency; a missing required one stops here with the package to install
@@ -78,24 +89,42 @@ probe:
 	 if [ $$lua = missing ]; then echo "error: Lua 5.4 not found: apt-get install liblua5.4-dev (or run scripts/deps.sh)"; exit 1; fi; \
 	 if [ $$blas = missing ]; then echo "error: OpenBLAS not found: apt-get install libopenblas-openmp-dev (or run scripts/deps.sh)"; exit 1; fi
 
-$(BUILD)/obj/%.o: %.c $(wildcard core/*.h core/cpu/*.h lua/*.h kernels/table.h)
+# every object records the headers it read (-MMD -MP): a changed header rebuilds what includes it
+DEPFLAGS = -MMD -MP -MF $(@:.o=.d)
+
+# the configuration (compilers, flags, which objects): objects and the archive depend on it, so
+# switching one build folder between configurations (CUDA=0 after a CUDA build) rebuilds them
+CONFIG = $(CC) $(CFLAGS) | $(CXX) $(EMUFLAGS) | $(NVCC) $(NVFLAGS) | $(CORE_OBJ)
+$(BUILD)/config: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CONFIG)' | cmp -s - $@ || echo '$(CONFIG)' > $@
+
+$(BUILD)/obj/%.o: %.c $(BUILD)/config
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
-	@$(CC) $(CFLAGS) -c $< -o $@
+	@$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu $(wildcard core/*.h kernels/*.h tests/cudaemu/include/*.h)
+$(BUILD)/obj/%.o: %.cu $(BUILD)/config
 	@mkdir -p $(dir $@)
 	@echo "  $(if $(filter emu,$(CUDA_ON)),C++ (emu),NVCC) $<"
-	@$(if $(filter emu,$(CUDA_ON)),$(CXX) $(EMUFLAGS),$(NVCC) $(NVFLAGS)) -c $< -o $@
+	@$(if $(filter emu,$(CUDA_ON)),$(CXX) $(EMUFLAGS),$(NVCC) $(NVFLAGS)) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cpp $(wildcard tests/cudaemu/*.h tests/cudaemu/include/*.h) kernels/cuda.h
+$(BUILD)/obj/%.o: %.cpp $(BUILD)/config
 	@mkdir -p $(dir $@)
 	@echo "  C++   $<"
-	@$(CXX) $(EMUFLAGS) -c $< -o $@
+	@$(CXX) $(EMUFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BUILD)/libtocha.a: $(CORE_OBJ)
+ALL_OBJ = $(CORE_OBJ) $(BIND_OBJ) $(BUILD)/obj/lua/main.o $(CTEST_SRC:%.c=$(BUILD)/obj/%.o) \
+          $(if $(filter emu,$(CUDA_ON)),$(BUILD)/obj/tests/cudaemu/selftest.o)
+-include $(wildcard $(ALL_OBJ:.o=.d))
+# an object built before it had a .d (an older build folder) is rebuilt once to get one
+$(foreach o,$(ALL_OBJ),$(if $(wildcard $(o:.o=.d)),,$(eval $(o): FORCE)))
+.PHONY: FORCE
+FORCE:
+
+$(BUILD)/libtocha.a: $(CORE_OBJ) $(BUILD)/config
 	@echo "  AR    $@"
-	@rm -f $@ && ar rcs $@ $^
+	@rm -f $@ && ar rcs $@ $(CORE_OBJ)
 
 # the runner links Lua statically, so it starts on machines without liblua
 $(BUILD)/tocha: $(BUILD)/obj/lua/main.o $(BIND_OBJ) $(BUILD)/libtocha.a
@@ -107,9 +136,9 @@ $(BUILD)/tocha.so: $(BIND_OBJ) $(BUILD)/libtocha.a
 	@echo "  LINK  $@"
 	@$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
 
-$(BUILD)/test_c: $(CTEST_SRC) $(BUILD)/libtocha.a
+$(BUILD)/test_c: $(CTEST_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/libtocha.a
 	@echo "  LINK  $@"
-	@$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CTEST_SRC) $(BUILD)/libtocha.a $(LDLIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # the emulator's own test (tests/cudaemu/selftest.cpp), run in both thread orders
 ifeq ($(CUDA_ON),emu)
@@ -128,15 +157,15 @@ deps:
 	@sh scripts/deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/test_c
+	@$(MAKE) --no-print-directory $(JOBS) all $(BUILD)/test_c
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/tocha tests/run.lua $(BUILD)/test_c
 
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(JOBS) all
 	./$(BUILD)/tocha experiments/t2i_shapes.lua --out runs/demo
 
 finetune-demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(JOBS) all
 	./$(BUILD)/tocha experiments/finetune_demo.lua --out runs/finetune-demo
 
 bench: all

@@ -5,32 +5,19 @@ gradient clipping, AdamW; in f32 and under torch.autocast("cpu", torch.bfloat16)
 Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions),
 on THREADS threads."""
 import os
-import time
+import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from t2i_torch import best_of, result  # noqa: E402  (the same timing as the other benchmarks)
 
 THREADS = int(os.environ.get("THREADS", "2"))
 STEPS = int(os.environ.get("STEPS", "5"))
 N, LEN, WIDTH = 16, 32, 64
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)
-
-
-def result(name, times):
-    print("RESULT %s %.9g %.9g" % ((name,) + times), flush=True)
-
-
-def best_of(fn, reps, warm=2):
-    """the best wall time and the best CPU time (all threads) per call, as bench/finetune.lua's"""
-    for _ in range(warm):
-        fn()
-    wall = cpu = float("inf")
-    for _ in range(reps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-    return wall, cpu
 
 
 def main():

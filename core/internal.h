@@ -1,9 +1,10 @@
 /* internal.h: what core/ files share and no one else sees: the autograd node, the
- * helpers every op uses to record itself on the tape, and the device kernel table.
- * Ops in core/ops/ validate and shape, record autograd, then call tc_kern(dev)->... */
+ * helpers every op uses to record itself on the tape, and (kernels.h) the device kernel
+ * table. Ops in core/ops/ validate and shape, record autograd, then call tc_kern(dev)->... */
 #ifndef TOCHA_INTERNAL_H
 #define TOCHA_INTERNAL_H
 
+#include "kernels.h"
 #include "tocha.h"
 
 #include <stdlib.h>
@@ -76,120 +77,14 @@ bool tc_same_shape(const tc_tensor *a, const tc_tensor *b);
 int tc_check_same_device(const char *op, tc_tensor *a, tc_tensor *b);
 /* a tensor shaped like x (contiguous, same device), of dtype dt */
 tc_tensor *tc_empty_like(const tc_tensor *x, tc_dtype dt);
+/* elements of a shape of non-negative sizes, or -1 when the sizes multiply past int64;
+ * zeros count as 1 there, since strides are products of the other sizes */
+int64_t tc_checked_numel(int ndim, const int64_t *shape);
 
-/* ---- device kernels ----------------------------------------------------------------
- * A kernel computes; it never allocates autograd state and never sees Lua. Unless a
- * signature says otherwise, outputs are contiguous and inputs may be any strided view
- * of the output's shape (broadcast inputs have stride 0). */
-/* attention's scalar arguments (kern_norm): dropout on the probabilities uses the rule of
- * kernels->dropout over the [B.., L, S] probabilities, from (seed, offset) */
-typedef struct {
-    double scale, dropout_p;
-    bool causal; /* top-left aligned: row l attends to columns s <= l */
-    uint64_t seed, offset;
-} tc_sdpa_params;
-
-typedef struct tc_kernels {
-    /* storage */
-    void *(*alloc)(size_t nbytes);
-    void (*free)(void *p);
-    /* elementwise (kern_elem) */
-    int (*copy)(tc_tensor *dst, const tc_tensor *src);          /* dst any strides, dtypes may differ */
-    int (*fill)(tc_tensor *dst, double v);                      /* dst any strides */
-    int (*unary)(tc_tensor *out, const tc_tensor *x, tc_op op, double a, double b);
-    int (*unary_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x,
-                          const tc_tensor *y, tc_op op, double a, double b);
-    int (*binary)(tc_tensor *out, const tc_tensor *a, const tc_tensor *b, tc_op op);
-    int (*where)(tc_tensor *out, const tc_tensor *c, const tc_tensor *a, const tc_tensor *b);
-    /* reductions: x's last nred dims are reduced; out has x's leading dims */
-    int (*reduce)(tc_tensor *out, const tc_tensor *x, tc_op op, int nred);
-    /* along x's last dim: values (x's dtype) and 1-based i64 indices, either may be NULL */
-    int (*arg_reduce)(tc_tensor *values, tc_tensor *indices, const tc_tensor *x, tc_op op);
-    /* c[b] = alpha * a[b] @ b[b] + beta * c[b]; a [B, M, K], b [B, K, N], c [B, M, N]
-     * contiguous; a and b: each inner matrix has a unit stride in one of its dims */
-    int (*gemm)(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alpha, double beta);
-    /* random: t contiguous; element i takes lane i % 4 of counter offset + i / 4 */
-    int (*fill_uniform)(tc_tensor *t, uint64_t seed, uint64_t offset, double lo, double hi);
-    int (*fill_normal)(tc_tensor *t, uint64_t seed, uint64_t offset, double mean, double std);
-
-    /* indexing (kern_index): index values are 1-based, i64 or i32; a kernel checks them all
-     * before writing and fails naming one out of range. index_add and scatter_add add into out */
-    int (*index_select)(tc_tensor *out, const tc_tensor *x, int dim, const tc_tensor *idx);
-    int (*index_add)(tc_tensor *out, int dim, const tc_tensor *idx, const tc_tensor *src);
-    int (*gather)(tc_tensor *out, const tc_tensor *x, int dim, const tc_tensor *idx);
-    int (*scatter_add)(tc_tensor *out, int dim, const tc_tensor *idx, const tc_tensor *src);
-
-    /* neural-net ops (kern_nn): NCHW, contiguous tensors (pad's constant mode: any strides).
-     * conv2d: y [N, O, OH, OW] = x [N, C, H, W] * w [O, C / groups, kh, kw] + b (may be NULL);
-     * conv2d_backward: gx, gw, gb each NULL when not wanted (gx needs w, gw needs x), sizes
-     * taken from the tensors given (conv_transpose2d's forward is its gx path). max_pool2d's
-     * argmax: i64, 1-based offsets within each H x W plane. pads: a (before, after) pair for
-     * every dim, from the last dim back. Gradient outputs are overwritten, not accumulated. */
-    int (*conv2d)(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
-                  const tc_conv_params *p);
-    int (*conv2d_backward)(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
-                           const tc_tensor *x, const tc_tensor *w, const tc_conv_params *p);
-    int (*avg_pool2d)(tc_tensor *y, const tc_tensor *x, const tc_pool_params *p);
-    int (*avg_pool2d_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_pool_params *p);
-    int (*max_pool2d)(tc_tensor *y, tc_tensor *argmax, const tc_tensor *x, const tc_pool_params *p);
-    int (*max_pool2d_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *argmax);
-    int (*interpolate)(tc_tensor *y, const tc_tensor *x, tc_interp_mode mode, bool align_corners);
-    int (*interpolate_backward)(tc_tensor *gx, const tc_tensor *gy, tc_interp_mode mode, bool align_corners);
-    int (*pad)(tc_tensor *y, const tc_tensor *x, const int64_t *pads, tc_pad_mode mode, double value);
-    int (*pad_backward)(tc_tensor *gx, const tc_tensor *gy, const int64_t *pads, tc_pad_mode mode);
-
-    /* norms, softmax, losses, dropout, attention (kern_norm). Inputs may be strided views
-     * of any float dtype (w, b, weight may differ from x's); outputs are contiguous.
-     * Statistics (mean, rstd, lse) are f64 for f64 inputs, else f32. Gradient outputs
-     * passed as NULL are not needed. */
-    int (*softmax)(tc_tensor *y, const tc_tensor *x, int dim, bool log);       /* along dim */
-    int (*softmax_backward)(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *y, int dim, bool log);
-    /* logits [N, C, D]; target [N, D] integer 1-based classes or [N, C, D] probabilities;
-     * weight [C] or NULL; loss [N, D]: each sample's loss; tw [N, D]: its weight in a mean
-     * (the target class's weight, 0 where ignored; 1 for probability targets) */
-    int (*cross_entropy)(tc_tensor *loss, tc_tensor *tw, const tc_tensor *logits, const tc_tensor *target,
-                         const tc_tensor *weight, int64_t ignore_index, double smoothing);
-    /* glogits [N, C, D], gtarget [N, C, D] (probability targets) from gloss [N, D] * scale */
-    int (*cross_entropy_backward)(tc_tensor *glogits, tc_tensor *gtarget, const tc_tensor *gloss, double scale,
-                                  const tc_tensor *logits, const tc_tensor *target, const tc_tensor *weight,
-                                  int64_t ignore_index, double smoothing);
-    /* x [M, N] normalised along rows; mean, rstd [M]; w, b [N] or NULL */
-    int (*layer_norm)(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
-                      const tc_tensor *w, const tc_tensor *b, double eps);
-    int (*layer_norm_backward)(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
-                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                               const tc_tensor *w);
-    /* x [N, C, HW]; mean, rstd [N, groups]; w, b [C] or NULL */
-    int (*group_norm)(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
-                      const tc_tensor *w, const tc_tensor *b, int groups, double eps);
-    int (*group_norm_backward)(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
-                               const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                               const tc_tensor *w, int groups);
-    /* y = x * keep / (1 - p): element i (row-major) is kept when lane i % 4 of Philox counter
-     * offset + i / 4, as a uniform in (0, 1), is >= p. The same call with gy gives gx. */
-    int (*dropout)(tc_tensor *y, const tc_tensor *x, double p, uint64_t seed, uint64_t offset);
-    /* attention, one batch slice at a time. q [B.., L, E], k [B.., S, E], v [B.., S, Ev] and
-     * mask [B.., L, S] (bool: true attends; float: added; or NULL) share the batch dims B..
-     * (stride 0 where broadcast); each inner matrix has a unit stride in one of its dims.
-     * out [B.., L, Ev], lse [B.., L] (the rows' logsumexp; -inf where fully masked). */
-    int (*sdpa)(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
-                const tc_tensor *mask, const tc_sdpa_params *p);
-    /* gq, gk, gv, gmask shaped like q, k, v, mask with the full batch dims; gout as out */
-    int (*sdpa_backward)(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor *gmask, const tc_tensor *gout,
-                         const tc_tensor *q, const tc_tensor *k, const tc_tensor *v, const tc_tensor *mask,
-                         const tc_tensor *lse, const tc_sdpa_params *p);
-
-    /* optimizers (kern_optim): every tensor contiguous, one float dtype; g never written */
-    int (*sgd_step)(tc_tensor *p, const tc_tensor *g, tc_tensor *buf, const tc_sgd_opts *o);
-    int (*adam_step)(tc_tensor *p, const tc_tensor *g, tc_tensor *m, tc_tensor *v, tc_tensor *vmax,
-                     const tc_adam_opts *o);
-    int (*ema_update)(tc_tensor *shadow, const tc_tensor *p, double decay);
-    /* sum of |x|^p over x (p = INFINITY: max |x|), in double */
-    int (*pow_sum)(const tc_tensor *x, double p, double *out);
-} tc_kernels;
-
-const tc_kernels *tc_kern(tc_device dev); /* NULL (with an error set) if the device is not built in */
-extern const tc_kernels tc_cpu_kernels;
+/* an element of dtype dt at p, through double (tc_store converts as a C cast, but total:
+ * NaN gives 0 and integers saturate, u8 wrapping modulo 256) */
+double tc_load(const void *p, tc_dtype dt);
+void tc_store(void *p, tc_dtype dt, double v);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
-/* tensor.c: errors, dtypes, devices, refcounted storage and tensor headers.
- * A tensor is storage + dtype + shape + strides + offset; views share storage.
- * The view ops themselves live in ops/view.c. */
+/* tensor.c: errors, dtypes (and element load/store), devices, refcounted storage and
+ * tensor headers. A tensor is storage + dtype + shape + strides + offset; views share
+ * storage. Nothing here runs an op: the factories that fill tensors are factories.c, the
+ * view ops ops/view.c. */
 #include "internal.h"
 
 #include <math.h>
@@ -127,6 +128,49 @@ uint16_t tc_f32_to_bf16(float f) {
     memcpy(&x, &f, 4);
     if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40);
     return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+/* ---- elements of any dtype, through double ------------------------------------------ */
+double tc_load(const void *p, tc_dtype dt) {
+    switch (dt) {
+    case TC_F32: return *(const float *)p;
+    case TC_F64: return *(const double *)p;
+    case TC_F16: return tc_f16_to_f32(*(const uint16_t *)p);
+    case TC_BF16: return tc_bf16_to_f32(*(const uint16_t *)p);
+    case TC_I32: return *(const int32_t *)p;
+    case TC_I64: return (double)*(const int64_t *)p;
+    case TC_U8: return *(const uint8_t *)p;
+    case TC_BOOL: return *(const uint8_t *)p != 0;
+    default: return 0;
+    }
+}
+
+/* float to integer by truncation, as a C cast, but total: NaN gives 0 and values out of
+ * range saturate, where the cast would be undefined behaviour */
+static int64_t to_i64(double v) {
+    if (v != v) return 0;
+    if (v >= 0x1p63) return INT64_MAX;
+    if (v < -0x1p63) return INT64_MIN;
+    return (int64_t)v;
+}
+
+static int32_t to_i32(double v) {
+    int64_t i = to_i64(v);
+    return i > INT32_MAX ? INT32_MAX : i < INT32_MIN ? INT32_MIN : (int32_t)i;
+}
+
+void tc_store(void *p, tc_dtype dt, double v) {
+    switch (dt) {
+    case TC_F32: *(float *)p = (float)v; break;
+    case TC_F64: *(double *)p = v; break;
+    case TC_F16: *(uint16_t *)p = tc_f32_to_f16((float)v); break;
+    case TC_BF16: *(uint16_t *)p = tc_f32_to_bf16((float)v); break;
+    case TC_I32: *(int32_t *)p = to_i32(v); break;
+    case TC_I64: *(int64_t *)p = to_i64(v); break;
+    case TC_U8: *(uint8_t *)p = (uint8_t)to_i64(v); break; /* wraps modulo 256, as PyTorch */
+    case TC_BOOL: *(uint8_t *)p = v != 0; break;
+    default: break;
+    }
 }
 
 /* ---- storage ------------------------------------------------------------------- */
@@ -327,10 +371,8 @@ tc_tensor *tc_alias(tc_tensor *x) {
     return t;
 }
 
-/* ---- creation --------------------------------------------------------------------- */
-/* elements of a shape of non-negative sizes, or -1 when the sizes multiply past int64;
- * zeros count as 1 there, since strides are products of the other sizes */
-static int64_t checked_numel(int ndim, const int64_t *shape) {
+/* ---- empty tensors ------------------------------------------------------------------ */
+int64_t tc_checked_numel(int ndim, const int64_t *shape) {
     int64_t n = 1;
     bool empty = false;
     for (int i = 0; i < ndim; i++) {
@@ -350,7 +392,7 @@ tc_tensor *tc_empty(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev) 
             tc_error("negative dimension %lld in a shape", (long long)shape[i]);
             return NULL;
         }
-    int64_t n = checked_numel(ndim, shape), nbytes;
+    int64_t n = tc_checked_numel(ndim, shape), nbytes;
     if (n < 0 || __builtin_mul_overflow(n, (int64_t)tc_dtype_size(dt), &nbytes)) {
         char sh[160];
         tc_shape_str(ndim, shape, sh, sizeof sh);
@@ -368,93 +410,8 @@ tc_tensor *tc_empty_like(const tc_tensor *x, tc_dtype dt) {
     return tc_empty(x->ndim, x->shape, dt, x->storage->device);
 }
 
-tc_tensor *tc_full(int ndim, const int64_t *shape, double value, tc_dtype dt, tc_device dev) {
-    tc_tensor *t = tc_empty(ndim, shape, dt, dev);
-    if (t && tc_kern(dev)->fill(t, value) != TC_OK) { tc_tensor_release(t); return NULL; }
-    return t;
-}
-
-tc_tensor *tc_zeros(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev) {
-    return tc_full(ndim, shape, 0, dt, dev);
-}
-
-tc_tensor *tc_scalar_tensor(double v, tc_dtype dt, tc_device dev) { return tc_full(0, NULL, v, dt, dev); }
-
-/* values are computed in f64 on the host and copied; these are small setup tensors */
-static tc_tensor *from_f64(const double *v, int64_t n, tc_dtype dt, tc_device dev) {
-    tc_tensor *h = tc_empty(1, &n, TC_F64, TC_DEV_CPU);
-    if (!h) return NULL;
-    memcpy(tc_data(h), v, (size_t)n * sizeof(double));
-    tc_tensor *t = tc_to(h, dt, dev);
-    tc_tensor_release(h);
-    return t;
-}
-
-tc_tensor *tc_arange(double start, double end, double step, tc_dtype dt, tc_device dev) {
-    if (step == 0 || !isfinite(start) || !isfinite(end) || !isfinite(step)) {
-        tc_error("arange: step must be non-zero and bounds finite");
-        return NULL;
-    }
-    double nf = ceil((end - start) / step);
-    if (nf > 0x1p53) {
-        tc_error("arange: too many elements (%g)", nf);
-        return NULL;
-    }
-    int64_t n = nf > 0 ? (int64_t)nf : 0;
-    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
-    if (!v) { tc_error("out of memory"); return NULL; }
-    for (int64_t i = 0; i < n; i++) v[i] = start + (double)i * step;
-    tc_tensor *t = from_f64(v, n, dt, dev);
-    free(v);
-    return t;
-}
-
-tc_tensor *tc_linspace(double start, double end, int64_t n, tc_dtype dt, tc_device dev) {
-    if (n < 0) { tc_error("linspace: number of steps must be non-negative"); return NULL; }
-    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
-    if (!v) { tc_error("out of memory"); return NULL; }
-    double step = n > 1 ? (end - start) / (double)(n - 1) : 0;
-    /* like PyTorch: fill the second half from the end, so the last value is exact (a single
-     * step is the start) */
-    for (int64_t i = 0; i < n; i++)
-        v[i] = n == 1 || i < n / 2 ? start + step * (double)i : end - step * (double)(n - 1 - i);
-    tc_tensor *t = from_f64(v, n, dt, dev);
-    free(v);
-    return t;
-}
-
 double tc_get(const tc_tensor *t, const int64_t *index) {
     int64_t off = 0;
     for (int i = 0; i < t->ndim; i++) off += index[i] * t->stride[i];
-    const char *p = (const char *)tc_data(t) + off * (int64_t)tc_dtype_size(t->dtype);
-    switch (t->dtype) {
-    case TC_F32: return *(const float *)p;
-    case TC_F64: return *(const double *)p;
-    case TC_F16: return tc_f16_to_f32(*(const uint16_t *)p);
-    case TC_BF16: return tc_bf16_to_f32(*(const uint16_t *)p);
-    case TC_I32: return *(const int32_t *)p;
-    case TC_I64: return (double)*(const int64_t *)p;
-    case TC_U8: return *(const uint8_t *)p;
-    case TC_BOOL: return *(const uint8_t *)p != 0;
-    default: return 0;
-    }
-}
-
-int tc_item(const tc_tensor *t, double *out) {
-    if (tc_numel(t) != 1) {
-        char s[128];
-        tc_shape_str(t->ndim, t->shape, s, sizeof s);
-        return tc_error("item: only one-element tensors can be converted to a number (shape %s)", s);
-    }
-    if (t->storage->device.type != TC_CPU) {
-        tc_tensor *h = tc_to((tc_tensor *)t, t->dtype, TC_DEV_CPU);
-        if (!h) return TC_ERR;
-        int64_t idx[TC_MAX_DIMS] = {0};
-        *out = tc_get(h, idx);
-        tc_tensor_release(h);
-        return TC_OK;
-    }
-    int64_t idx[TC_MAX_DIMS] = {0};
-    *out = tc_get(t, idx);
-    return TC_OK;
+    return tc_load((const char *)tc_data(t) + off * (int64_t)tc_dtype_size(t->dtype), t->dtype);
 }

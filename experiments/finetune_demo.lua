@@ -4,7 +4,7 @@
 -- metadata.jsonl; experiments/finetune_sd.lua fine-tunes the base on them twice, the whole UNet
 -- and LoRA adapters, with the seed's recipe scaled to the tiny model; then held-out prompts of
 -- the new color and of the old ones are drawn by each model and graded by tocha.eval.shapes.
---   tocha experiments/finetune_demo.lua [--out runs/finetune-demo] [--lr_full 1e-4] ... (--help)
+--   tocha experiments/finetune_demo.lua [--out runs/finetune-demo] [--lr_full 2e-5] ... (--help)
 local T = require "tocha"
 local models = require "tocha.models"
 local lora = require "tocha.lora"
@@ -13,6 +13,7 @@ local eval = require "tocha.eval.shapes"
 local image = require "tocha.image"
 local run = require "tocha.run"
 local finetune_data = require "tocha.data.finetune"
+local R = require "tocha.run.resume"
 
 local defaults = {
   out = { "runs/finetune-demo", help = "where the base, the data, both fine-tunes and the results go" },
@@ -21,7 +22,7 @@ local defaults = {
   images = { 600, help = "captioned images of the new color to fine-tune on" },
   epochs = { 10, help = "passes over them (the seed's recipe)" },
   batch = { 16, help = "images per step (the seed's recipe)" },
-  lr_full = { 2e-4, help = "learning rate of the full fine-tune (chosen by the search in docs/finetune.md)" },
+  lr_full = { 2e-5, help = "learning rate of the full fine-tune (chosen by the search in docs/finetune.md)" },
   lr_lora = { 3e-4, help = "learning rate of the LoRA fine-tune (chosen likewise)" },
   caption_dropout = { 0.1, help = "fraction of captions dropped, as the base was trained (keeps the unconditional half of guidance in step)" },
   timestep_power = { 0.5, help = "training timesteps t = T u^p, as the base was trained (the noisy steps decide the shapes)" },
@@ -61,10 +62,14 @@ end
 local base = cfg.base ~= "" and cfg.base or out .. "/base/model"
 if not exists(base .. "/model_index.json") then
   if cfg.base ~= "" then error("finetune_demo: --base " .. cfg.base .. " is not a model folder", 0) end
-  local ckdir = out .. "/base/checkpoints"
+  -- an interrupted training (a run of it with a checkpoint) continues where it stopped
+  local resume = false
+  for _, dir in ipairs(R.runs(out .. "/runs/t2i_shapes")) do
+    if require("tocha.checkpoint").latest(R.checkpoints(dir)) then resume = true end
+  end
   print("no base model yet: training the default experiment (about 10 minutes on two idle cores)")
-  sh(string.format("OMP_NUM_THREADS=%d TOCHA_RUNS=%s/runs %s experiments/t2i_shapes.lua --out %s/base --checkpoint_dir %s --threads %d%s",
-    cfg.threads, out, tocha_bin, out, ckdir, cfg.threads, require("tocha.checkpoint").latest(ckdir) and " --resume" or ""))
+  sh(string.format("OMP_NUM_THREADS=%d TOCHA_RUNS=%s/runs %s experiments/t2i_shapes.lua --out %s/base --threads %d%s",
+    cfg.threads, out, tocha_bin, out, cfg.threads, resume and " --resume" or ""))
 end
 local t_start = T.clock()
 

@@ -21,7 +21,7 @@ local attention_maps = require "tocha.models.attention_maps"
 
 local SCHEDULES = { "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial" }
 local defaults = {
-  model = { "", help = "the pre-trained model: a diffusers folder, a single .safetensors file, or a tocha run (its model/)" },
+  model = { "", help = "the pre-trained model: a diffusers folder, a single .safetensors file, or a tocha run (or checkpoint) of a TextToImage" },
   data = { "", help = "the images: a folder with captions (metadata.jsonl or .txt files) or shards from tocha pack" },
   recipe = { "", help = "preset the recipe's numbers where not given: seed = lr 5e-6, batch 16, 10 epochs, clipping 1.0, "
     .. "validation by DDIM 50 steps at guidance 7.5, fp16 on a GPU", choices = { "", "seed" } },
@@ -110,7 +110,7 @@ T.set_num_threads(cfg.threads)
 -- the model: f32 weights whatever the file holds (mixed precision computes in half, the
 -- weights the optimizer updates stay f32)
 ---------------------------------------------------------------------------------------------
-local parts = models.load(cfg.model, { dtype = "f32", device = dev })
+local parts = models.Denoiser.parts(models.load(cfg.model, { dtype = "f32", device = dev })) -- (a tocha run: its TextToImage)
 if not parts.scheduler then usage(cfg.model .. " has no scheduler config, so no noise schedule to train with") end
 local d = models.Denoiser(parts)
 local noise_cfg = D.samplers.to_diffusers(parts.scheduler)

@@ -161,7 +161,7 @@ template <typename A> __device__ static A drop_mul(const attn &a, int64_t b, int
     uint32_t w[4];
     tc_philox_words(a.seed, a.offset + i / 4, w);
     uint32_t x = i % 4 == 0 ? w[0] : i % 4 == 1 ? w[1] : i % 4 == 2 ? w[2] : w[3]; /* w stays in registers */
-    bool keep = ((double)x + 0.5) * (1.0 / 4294967296.0) >= a.p;
+    bool keep = tc_philox_u01_open(x) >= a.p;
     return keep && a.p < 1 ? (A)(1 / (1 - a.p)) : (A)0;
 }
 

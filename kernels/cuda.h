@@ -221,6 +221,12 @@ __device__ static inline double tcu_max(double a, double b) { return b > a ? b :
 /* ---- Philox 4x32-10: the CPU's own function (core/philox.h), so both devices draw alike ---- */
 #include "../core/philox.h"
 
-#include "table.h" /* the exported entries */
+/* ---- the exported entries: tc_cuda_<name> for every kernel of core/kernels.h (the table in
+ * table.c), and the device-to-device copy under tc_cuda_copy, which kernels call directly:
+ * tc_cuda_copy (device.cu) also moves data between host and device ---------------------- */
+extern "C" {
+TC_KERNELS(TC_KERNEL_CUDA)
+int tc_cuda_copy_device(tc_tensor *dst, const tc_tensor *src); /* both on the GPU; any strides, dtypes */
+}
 
 #endif

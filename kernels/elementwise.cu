@@ -1,8 +1,10 @@
-/* elementwise.cu (cuda): fill, copies between device tensors, unary ops and their derivatives,
- * broadcasting binary ops and where: the twins of core/cpu/elementwise.c, one kernel per call.
+/* elementwise.cu (cuda): fill, copies between device tensors, unary ops and their derivatives
+ * (the formulas of core/unary.h), broadcasting binary ops and where: the twins of
+ * core/cpu/elementwise.c, one kernel per call.
  * Operands of one float dtype run typed kernels that compute in float (double for f64), with a
  * unit-stride fast path; integers, bool and mixed dtypes go through double, as the CPU does. */
 #include "cuda.h"
+#include "../core/unary.h"
 
 #include <string.h>
 
@@ -109,9 +111,6 @@ __device__ static inline double m_pow(double x, double y) {
 }
 __device__ static inline int64_t m_pow(int64_t x, int64_t y) { return (int64_t)pow((double)x, (double)y); } /* unused */
 
-#define EW_SQRT1_2 0.70710678118654752440
-#define EW_SQRT2_PI 0.79788456080286535588 /* sqrt(2/pi) */
-
 /* ---- fill -------------------------------------------------------------------------------------- */
 template <typename U>
 __global__ void fill_kernel(U *dst, U bits, ew_layout l) {
@@ -122,32 +121,10 @@ __global__ void fill_kernel(U *dst, U bits, ew_layout l) {
     }
 }
 
-/* float to integer as the CPU's tc_store: truncation, NaN gives 0, saturation */
-static int64_t ew_to_i64(double v) {
-    if (v != v) return 0;
-    if (v >= 0x1p63) return INT64_MAX;
-    if (v < -0x1p63) return INT64_MIN;
-    return (int64_t)v;
-}
-
-/* the bytes of v stored as dtype dt (in the low bytes), exactly as tc_store writes them */
+/* the bytes of v stored as dtype dt (in the low bytes), exactly as the CPU's tc_store writes them */
 static uint64_t ew_bits(tc_dtype dt, double v) {
     uint64_t u = 0;
-    switch (dt) {
-    case TC_F32: { float f = (float)v; memcpy(&u, &f, 4); } break;
-    case TC_F64: memcpy(&u, &v, 8); break;
-    case TC_F16: u = tc_f32_to_f16((float)v); break;
-    case TC_BF16: u = tc_f32_to_bf16((float)v); break;
-    case TC_I32: {
-        int64_t i = ew_to_i64(v);
-        int32_t w = (int32_t)(i > INT32_MAX ? INT32_MAX : i < INT32_MIN ? INT32_MIN : i);
-        memcpy(&u, &w, 4);
-    } break;
-    case TC_I64: { int64_t i = ew_to_i64(v); memcpy(&u, &i, 8); } break;
-    case TC_U8: u = (uint8_t)ew_to_i64(v); break;
-    case TC_BOOL: u = v != 0; break;
-    default: break;
-    }
+    tc_store(&u, dt, v);
     return u;
 }
 
@@ -231,54 +208,27 @@ extern "C" int tc_cuda_copy_device(tc_tensor *dst, const tc_tensor *src) {
 }
 
 /* ---- unary --------------------------------------------------------------------------------------
- * The formulas of the CPU's UNARY_CASES, in A (float, or double for f64 and the generic path). */
+ * The formulas of core/unary.h (the CPU's), in A: float, or double for f64 and the generic path;
+ * M(fn) is m_fn above. */
+#define M_(fn) m_##fn
+#define KNOWN_(op, fk, f, dk, uses, d) case TC_OP_##op:
 static bool unary_known(tc_op op) {
     switch (op) {
-    case TC_OP_NEG: case TC_OP_EXP: case TC_OP_LOG: case TC_OP_SQRT: case TC_OP_RSQRT: case TC_OP_ABS:
-    case TC_OP_SIN: case TC_OP_COS: case TC_OP_TANH: case TC_OP_SIGMOID: case TC_OP_RELU: case TC_OP_SILU:
-    case TC_OP_GELU: case TC_OP_GELU_TANH: case TC_OP_QUICK_GELU: case TC_OP_SOFTPLUS: case TC_OP_SIGN:
-    case TC_OP_RECIPROCAL: case TC_OP_SQUARE: case TC_OP_LOGICAL_NOT: case TC_OP_ISFINITE:
-    case TC_OP_ADD_SCALAR: case TC_OP_MUL_SCALAR: case TC_OP_POW_SCALAR: case TC_OP_RPOW_SCALAR:
-    case TC_OP_RSUB_SCALAR: case TC_OP_RDIV_SCALAR: case TC_OP_CLAMP: case TC_OP_LEAKY_RELU: return true;
+    TC_UNARY_OPS(KNOWN_, float, M_) return true;
     default: return false;
     }
 }
+#undef KNOWN_
 
+#define FWD_(op, fk, f, dk, uses, d) case TC_OP_##op: return (f);
 template <typename A>
 __device__ static inline A ew_unary(tc_op op, A x, A a, A b) {
     switch (op) {
-    case TC_OP_NEG: return -x;
-    case TC_OP_EXP: return m_exp(x);
-    case TC_OP_LOG: return m_log(x);
-    case TC_OP_SQRT: return m_sqrt(x);
-    case TC_OP_RSQRT: return 1 / m_sqrt(x);
-    case TC_OP_ABS: return m_fabs(x);
-    case TC_OP_SIN: return m_sin(x);
-    case TC_OP_COS: return m_cos(x);
-    case TC_OP_TANH: return m_tanh(x);
-    case TC_OP_SIGMOID: return 1 / (1 + m_exp(-x));
-    case TC_OP_RELU: return x > 0 ? x : 0;
-    case TC_OP_SILU: return x / (1 + m_exp(-x));
-    case TC_OP_GELU: return (A)0.5 * x * (1 + m_erf(x * (A)EW_SQRT1_2));
-    case TC_OP_GELU_TANH: return (A)0.5 * x * (1 + m_tanh((A)EW_SQRT2_PI * (x + (A)0.044715 * x * x * x)));
-    case TC_OP_QUICK_GELU: return x / (1 + m_exp((A)-1.702 * x));
-    case TC_OP_SOFTPLUS: return x > 20 ? x : m_log1p(m_exp(x));
-    case TC_OP_SIGN: return x > 0 ? 1 : x < 0 ? -1 : 0;
-    case TC_OP_RECIPROCAL: return 1 / x;
-    case TC_OP_SQUARE: return x * x;
-    case TC_OP_LOGICAL_NOT: return x == 0;
-    case TC_OP_ISFINITE: return isfinite(x) ? 1 : 0;
-    case TC_OP_ADD_SCALAR: return x + a;
-    case TC_OP_MUL_SCALAR: return x * a;
-    case TC_OP_POW_SCALAR: return a == 2 ? x * x : m_pow(x, a);
-    case TC_OP_RPOW_SCALAR: return m_pow(a, x);
-    case TC_OP_RSUB_SCALAR: return a - x;
-    case TC_OP_RDIV_SCALAR: return a / x;
-    case TC_OP_CLAMP: return isnan(x) ? x : x < a ? a : x > b ? b : x;
-    case TC_OP_LEAKY_RELU: return x > 0 ? x : x * a;
+    TC_UNARY_OPS(FWD_, A, M_)
     default: return 0;
     }
 }
+#undef FWD_
 
 template <typename T>
 __global__ void unary_kernel(T *out, const T *x, ew_layout l, tc_op op, double a, double b) {
@@ -317,52 +267,26 @@ extern "C" int tc_cuda_unary(tc_tensor *out, const tc_tensor *x, tc_op op, doubl
     return TC_OK;
 }
 
-/* d y / d x given x and y: the CPU's DERIV_CASES */
+/* d y / d x given x and y */
+#define DIFF_(op, fk, f, dk, uses, d) TC_UNARY_IF_DIFF_##dk(case TC_OP_##op:)
 static bool deriv_known(tc_op op) {
     switch (op) {
-    case TC_OP_SIGN: case TC_OP_LOGICAL_NOT: case TC_OP_ISFINITE: return false;
-    default: return unary_known(op);
+    TC_UNARY_OPS(DIFF_, float, M_) return true;
+    default: return false;
     }
 }
+#undef DIFF_
 
-template <typename A> __device__ static inline A ew_sig(A v) { return 1 / (1 + m_exp(-v)); }
-
+#define DER_(op, fk, f, dk, uses, d) TC_UNARY_IF_DIFF_##dk(case TC_OP_##op: return (d);)
 template <typename A>
 __device__ static inline A ew_deriv(tc_op op, A x, A y, A a, A b) {
     switch (op) {
-    case TC_OP_NEG: return -1;
-    case TC_OP_EXP: return y;
-    case TC_OP_LOG: return 1 / x;
-    case TC_OP_SQRT: return (A)0.5 / y;
-    case TC_OP_RSQRT: return (A)-0.5 * y * y * y;
-    case TC_OP_ABS: return x > 0 ? 1 : x < 0 ? -1 : 0;
-    case TC_OP_SIN: return m_cos(x);
-    case TC_OP_COS: return -m_sin(x);
-    case TC_OP_TANH: return 1 - y * y;
-    case TC_OP_SIGMOID: return y * (1 - y);
-    case TC_OP_RELU: return x > 0 ? 1 : 0;
-    case TC_OP_SILU: { A s = ew_sig(x); return s * (1 + x * (1 - s)); }
-    case TC_OP_GELU:
-        return (A)0.5 * (1 + m_erf(x * (A)EW_SQRT1_2)) + x * m_exp((A)-0.5 * x * x) * (A)0.39894228040143267794;
-    case TC_OP_GELU_TANH: {
-        A t = m_tanh((A)EW_SQRT2_PI * (x + (A)0.044715 * x * x * x));
-        return (A)0.5 * (1 + t) + (A)0.5 * x * (1 - t * t) * (A)EW_SQRT2_PI * (1 + 3 * (A)0.044715 * x * x);
-    }
-    case TC_OP_QUICK_GELU: { A s = ew_sig((A)1.702 * x); return s + (A)1.702 * x * s * (1 - s); }
-    case TC_OP_SOFTPLUS: return x > 20 ? 1 : 1 / (1 + m_exp(-x));
-    case TC_OP_RECIPROCAL: return -y * y;
-    case TC_OP_SQUARE: return 2 * x;
-    case TC_OP_ADD_SCALAR: return 1;
-    case TC_OP_MUL_SCALAR: return a;
-    case TC_OP_POW_SCALAR: return a == 0 ? 0 : a * m_pow(x, a - 1);
-    case TC_OP_RPOW_SCALAR: return y * m_log(a);
-    case TC_OP_RSUB_SCALAR: return -1;
-    case TC_OP_RDIV_SCALAR: return -a / (x * x);
-    case TC_OP_CLAMP: return x >= a && x <= b ? 1 : 0;
-    case TC_OP_LEAKY_RELU: return x > 0 ? 1 : a;
+    TC_UNARY_OPS(DER_, A, M_)
     default: return 0;
     }
 }
+#undef DER_
+#undef M_
 
 /* operands gx, gy, x, y; an absent x or y is gy again, never read */
 template <typename T>

@@ -1,8 +1,10 @@
 /* norm.cu: layer norm over the rows of [M, N] and group norm over the channel groups of
- * [N, C, HW], forward and backward, computing what core/cpu/norm.c does: statistics as sums
- * in double, elementwise work in float (double for f64). gw and gb are summed across rows
+ * [N, C, HW] (with silu fused in on request), forward and backward, computing what
+ * core/cpu/norm.c does: statistics as sums in double (kept as f32 for f16, bf16 and f32 inputs),
+ * elementwise work in float (double for f64). gw and gb are summed across rows
  * deterministically: per-block partials, then one pass over them in a fixed order. */
 #include "cuda.h"
+#include "../core/unary.h"
 
 /* ---- shared pieces ---------------------------------------------------------------------------- */
 /* an optional per-feature vector (w or b) of any float dtype and stride */
@@ -279,18 +281,36 @@ __global__ void gn_stats(typename tcu_acc<T>::type *mean, typename tcu_acc<T>::t
     }
 }
 
-/* y = (x - mean) rstd w + b, a block per (n, c) row of HW */
+#define M_(fn) tcu_##fn /* the math functions of core/unary.h's formulas */
+
+/* y = (x - mean) rstd w + b, and with silu the silu of that (one read of x, one write of y), a
+ * block per (n, c) row of HW */
 template <typename T>
-__global__ void gn_normalize(T *y, const T *x, gn_shape s, const double *st, vec w, vec b) {
+__global__ void gn_normalize(T *y, const T *x, gn_shape s, const double *st, vec w, vec b, bool silu) {
     typedef typename tcu_acc<T>::type A;
     for (int64_t row = blockIdx.x; row < s.N * s.C; row += gridDim.x) {
         int64_t n = row / s.C, c = row % s.C, ng = n * s.G + c / s.cg;
         double mu = st[ng * 2], rs = st[ng * 2 + 1];
         A hi = (A)mu, lo = (A)(mu - (double)hi), a = (A)(rs * vec_at(w, c, 1)), o = (A)vec_at(b, c, 0);
         const T *xr = x + n * s.s0 + c * s.s1;
-        for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x)
-            tcu_put(y[row * s.HW + i], (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * a + o);
+        for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x) {
+            A h = (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * a + o;
+            tcu_put(y[row * s.HW + i], silu ? TC_SILU(M_, h) : h);
+        }
     }
+}
+
+/* the gradient reaching the norm at element i of row (n, c): gy itself, or with silu
+ * gy silu'(h), h recomputed from x as gn_normalize did from the saved statistics */
+template <typename T>
+__device__ static inline double gn_grad_in(const T *gr, int64_t gs2, const T *xr, int64_t xs2, int64_t i, bool silu,
+                                           double mu, double rs, const vec &w, const vec &b, int64_t c) {
+    typedef typename tcu_acc<T>::type A;
+    A g = tcu_float(gr[i * gs2]);
+    if (!silu) return g;
+    A hi = (A)mu, lo = (A)(mu - (double)hi), a = (A)(rs * vec_at(w, c, 1)), o = (A)vec_at(b, c, 0);
+    A h = (((A)tcu_float(xr[i * xs2]) - hi) - lo) * a + o;
+    return g * TC_SILU_GRAD(M_, h);
 }
 
 /* chunks per group for the moments: at least 2048 elements each, about 1024 blocks in all */
@@ -303,7 +323,7 @@ static int64_t gn_chunks(const gn_shape &s) {
 /* ws: NG (2 P + 2) doubles */
 template <typename T>
 static int group_norm_run(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x, const tc_tensor *w,
-                          const tc_tensor *b, const gn_shape &s, double eps, double *ws) {
+                          const tc_tensor *b, const gn_shape &s, double eps, bool silu, double *ws) {
     typedef typename tcu_acc<T>::type A;
     int64_t NG = s.N * s.G, cnt = s.cg * s.HW, P = gn_chunks(s), R = (cnt + P - 1) / P;
     double *part = ws, *st = ws + NG * 2 * P;
@@ -317,26 +337,27 @@ static int group_norm_run(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
     TCU_LAUNCHED("group_norm");
     if (cnt == 0) return TC_OK;
     TCU_LAUNCH(gn_normalize<T>, grid_of(s.N * s.C), row_threads(s.HW), 0, (T *)tcu_ptr(y), xp, s,
-               (const double *)st, vec_of(w), vec_of(b));
+               (const double *)st, vec_of(w), vec_of(b), silu);
     TCU_LAUNCHED("group_norm");
     return TC_OK;
 }
 
-/* Backward, with xh = (x - mean) rstd and gh = gy w over each group:
+/* Backward, with xh = (x - mean) rstd and gh = gy w over each group (gy through silu's
+ * derivative first, where the forward applied it: gn_grad_in):
  * per (n, c) row: pw = sum gy xh, pb = sum gy (a block per row, into [N, C] doubles);
  * per group: s1 = mean of gh = sum_c pb w / cnt, s2 = mean of gh xh = sum_c pw w / cnt;
  * gx = rstd (gy w - s1 - xh s2); gw[c] = sum_n pw[n, c], gb[c] = sum_n pb[n, c]. */
 template <typename T>
 __global__ void gn_backward_rows(double *pw, double *pb, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2,
                                  const T *x, gn_shape s, const typename tcu_acc<T>::type *mean,
-                                 const typename tcu_acc<T>::type *rstd) {
+                                 const typename tcu_acc<T>::type *rstd, vec w, vec b, bool silu) {
     __shared__ double red[32];
     for (int64_t row = blockIdx.x; row < s.N * s.C; row += gridDim.x) {
         int64_t n = row / s.C, c = row % s.C, ng = n * s.G + c / s.cg;
         double mu = mean[ng], sg = 0, sgx = 0;
         const T *xr = x + n * s.s0 + c * s.s1, *gr = gy + n * gs0 + c * gs1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x) {
-            double g = tcu_float(gr[i * gs2]);
+            double g = gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rstd[ng], w, b, c);
             sg += g;
             sgx += g * ((double)tcu_float(xr[i * s.s2]) - mu);
         }
@@ -383,7 +404,7 @@ __global__ void gn_backward_channels(void *gw, tc_dtype wdt, void *gb, tc_dtype 
 template <typename T>
 __global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2, const T *x, gn_shape s,
                               const typename tcu_acc<T>::type *mean, const typename tcu_acc<T>::type *rstd,
-                              const double *co, vec w) {
+                              const double *co, vec w, vec b, bool silu) {
     typedef typename tcu_acc<T>::type A;
     for (int64_t row = blockIdx.x; row < s.N * s.C; row += gridDim.x) {
         int64_t n = row / s.C, c = row % s.C, ng = n * s.G + c / s.cg;
@@ -392,7 +413,8 @@ __global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int6
         A bb = (A)(-rs * rs * co[ng * 2 + 1]), cc = (A)(-rs * co[ng * 2]);
         const T *xr = x + n * s.s0 + c * s.s1, *gr = gy + n * gs0 + c * gs1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x)
-            tcu_put(gx[row * s.HW + i], (A)tcu_float(gr[i * gs2]) * a + (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
+            tcu_put(gx[row * s.HW + i], (A)gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rs, w, b, c) * a +
+                                            (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
     }
 }
 
@@ -400,7 +422,7 @@ __global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int6
 template <typename T>
 static int group_norm_backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                                    const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                                   const tc_tensor *w, const gn_shape &s, double *ws) {
+                                   const tc_tensor *w, const tc_tensor *b, const gn_shape &s, bool silu, double *ws) {
     typedef typename tcu_acc<T>::type A;
     int64_t NC = s.N * s.C, NG = s.N * s.G;
     double *pw = ws, *pb = ws + NC, *co = pb + NC;
@@ -408,7 +430,7 @@ static int group_norm_backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
     const A *mp = (const A *)tcu_ptr(mean), *rp = (const A *)tcu_ptr(rstd);
     if (NC > 0) {
         TCU_LAUNCH(gn_backward_rows<T>, grid_of(NC), row_threads(s.HW), 0, pw, pb, gp, gy->stride[0], gy->stride[1],
-                   gy->stride[2], xp, s, mp, rp);
+                   gy->stride[2], xp, s, mp, rp, vec_of(w), vec_of(b), silu);
         TCU_LAUNCHED("group_norm backward");
     }
     if (gw || gb) {
@@ -422,7 +444,7 @@ static int group_norm_backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
                vec_of(w), s);
     TCU_LAUNCHED("group_norm backward");
     TCU_LAUNCH(gn_backward_x<T>, grid_of(NC), row_threads(s.HW), 0, (T *)tcu_ptr(gx), gp, gy->stride[0],
-               gy->stride[1], gy->stride[2], xp, s, mp, rp, (const double *)co, vec_of(w));
+               gy->stride[1], gy->stride[2], xp, s, mp, rp, (const double *)co, vec_of(w), vec_of(b), silu);
     TCU_LAUNCHED("group_norm backward");
     return TC_OK;
 }
@@ -437,16 +459,16 @@ static int layer_norm_backward_typed(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb
 }
 
 static int group_norm_typed(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x, const tc_tensor *w,
-                            const tc_tensor *b, const gn_shape &s, double eps, double *ws) {
-    TCU_FLOAT_DISPATCH(x->dtype, T, "group_norm", return group_norm_run<T>(y, mean, rstd, x, w, b, s, eps, ws));
+                            const tc_tensor *b, const gn_shape &s, double eps, bool silu, double *ws) {
+    TCU_FLOAT_DISPATCH(x->dtype, T, "group_norm", return group_norm_run<T>(y, mean, rstd, x, w, b, s, eps, silu, ws));
     return TC_OK;
 }
 
 static int group_norm_backward_typed(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                                      const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                                     const tc_tensor *w, const gn_shape &s, double *ws) {
+                                     const tc_tensor *w, const tc_tensor *b, const gn_shape &s, bool silu, double *ws) {
     TCU_FLOAT_DISPATCH(x->dtype, T, "group_norm backward",
-                       return group_norm_backward_run<T>(gx, gw, gb, gy, x, mean, rstd, w, s, ws));
+                       return group_norm_backward_run<T>(gx, gw, gb, gy, x, mean, rstd, w, b, s, silu, ws));
     return TC_OK;
 }
 
@@ -472,24 +494,25 @@ int tc_cuda_layer_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, con
 }
 
 int tc_cuda_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x, const tc_tensor *w,
-                       const tc_tensor *b, int groups, double eps) {
+                       const tc_tensor *b, int groups, double eps, bool silu) {
     gn_shape s = gn_shape_of(x, groups);
     int64_t NG = s.N * s.G;
     if (NG == 0) return TC_OK;
     double *ws = workspace(NG * (2 * gn_chunks(s) + 2), "group_norm");
-    int rc = ws ? group_norm_typed(y, mean, rstd, x, w, b, s, eps, ws) : TC_ERR;
+    int rc = ws ? group_norm_typed(y, mean, rstd, x, w, b, s, eps, silu, ws) : TC_ERR;
     workspace_free(ws);
     return rc;
 }
 
 int tc_cuda_group_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x,
-                                const tc_tensor *mean, const tc_tensor *rstd, const tc_tensor *w, int groups) {
+                                const tc_tensor *mean, const tc_tensor *rstd, const tc_tensor *w, const tc_tensor *b,
+                                int groups, bool silu) {
     gn_shape s = gn_shape_of(x, groups);
     if (s.C == 0 || (!gx && !gw && !gb)) return TC_OK;
     tc_tensor *tmp;
     const tc_tensor *g = in_dtype(gy, x->dtype, &tmp);
     double *ws = g ? workspace(2 * s.N * s.C + 2 * s.N * s.G, "group_norm backward") : NULL;
-    int rc = ws ? group_norm_backward_typed(gx, gw, gb, g, x, mean, rstd, w, s, ws) : TC_ERR;
+    int rc = ws ? group_norm_backward_typed(gx, gw, gb, g, x, mean, rstd, w, b, s, silu, ws) : TC_ERR;
     workspace_free(ws);
     tc_tensor_release(tmp);
     return rc;

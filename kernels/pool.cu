@@ -4,6 +4,7 @@
  * the result; the backward passes gather per input element (deterministic sums), except
  * max_pool2d's, which is given only the argmax and so scatters through it with atomics. */
 #include "cuda.h"
+#include "../core/pad.h"
 
 /* ---- shared helpers ------------------------------------------------------------------------ */
 /* stores a value of the compute type (float, or double for f64) as element type T */
@@ -415,31 +416,8 @@ static int pad_constant(tc_tensor *y, const tc_tensor *x, const int64_t *pads, i
     }
 }
 
-/* reflect (mirror without repeating the edge) and replicate (repeat the edge), over the last
- * two dims of contiguous tensors seen as [B, H, W] (H = 1 for a 1-d pad) */
-typedef struct {
-    int64_t B, H, W, OH, OW, top, left;
-    tc_pad_mode mode;
-} pad_geom;
-
-static pad_geom pad_geom_of(const tc_tensor *x, const tc_tensor *y, const int64_t *pads, tc_pad_mode mode) {
-    int nd = x->ndim;
-    pad_geom g = {1, nd >= 2 ? x->shape[nd - 2] : 1, x->shape[nd - 1], nd >= 2 ? y->shape[nd - 2] : 1,
-                  y->shape[nd - 1], nd >= 2 ? pads[2] : 0, pads[0], mode};
-    for (int d = 0; d < nd - 2; d++) g.B *= x->shape[d];
-    return g;
-}
-
-/* the source of output coordinate o, as the CPU's pad_src */
-__device__ static inline int64_t pad_src(int64_t o, int64_t before, int64_t n, tc_pad_mode mode) {
-    int64_t i = o - before;
-    if (mode == TC_PAD_REPLICATE) return i < 0 ? 0 : i >= n ? n - 1 : i;
-    if (i < 0) i = -i;
-    if (i >= n) i = 2 * (n - 1) - i;
-    return i;
-}
-
-/* the output coordinates whose source is i, within up to three ranges [lo, hi) of [0, out):
+/* reflect and replicate over [B, H, W]: core/pad.h's geometry, shared with the CPU.
+ * The output coordinates whose source is i, within up to three ranges [lo, hi) of [0, out):
  * replicate: one range (wider at the edges); reflect: i itself and its two mirror images */
 typedef struct { int64_t lo[3], hi[3]; } spans;
 
@@ -466,16 +444,16 @@ __device__ static inline spans pad_spans(int64_t i, int64_t before, int64_t n, i
 }
 
 template <typename T>
-__global__ void pad_kernel(T *y, const T *x, pad_geom g) {
+__global__ void pad_kernel(T *y, const T *x, tc_pad_geom g) {
     TCU_GRID_STRIDE(i, g.B * g.OH * g.OW) {
         int64_t ow = i % g.OW, oh = i / g.OW % g.OH, b = i / (g.OW * g.OH);
-        y[i] = x[(b * g.H + pad_src(oh, g.top, g.H, g.mode)) * g.W + pad_src(ow, g.left, g.W, g.mode)];
+        y[i] = x[(b * g.H + tc_pad_src(oh, g.top, g.H, g.mode)) * g.W + tc_pad_src(ow, g.left, g.W, g.mode)];
     }
 }
 
 /* gx [B, H, W]: each input gathers gy over the outputs that copied it */
 template <typename T>
-__global__ void pad_backward_kernel(T *gx, const T *gy, pad_geom g) {
+__global__ void pad_backward_kernel(T *gx, const T *gy, tc_pad_geom g) {
     typedef typename tcu_acc<T>::type A;
     TCU_GRID_STRIDE(i, g.B * g.H * g.W) {
         int64_t w = i % g.W, h = i / g.W % g.H, b = i / (g.W * g.H);
@@ -484,24 +462,24 @@ __global__ void pad_backward_kernel(T *gx, const T *gy, pad_geom g) {
         A s = 0;
         for (int jh = 0; jh < 3; jh++)
             for (int64_t oh = sh.lo[jh]; oh < sh.hi[jh]; oh++) {
-                if (pad_src(oh, g.top, g.H, g.mode) != h) continue;
+                if (tc_pad_src(oh, g.top, g.H, g.mode) != h) continue;
                 for (int jw = 0; jw < 3; jw++)
                     for (int64_t ow = sw.lo[jw]; ow < sw.hi[jw]; ow++)
-                        if (pad_src(ow, g.left, g.W, g.mode) == w) s += tcu_float(gyb[oh * g.OW + ow]);
+                        if (tc_pad_src(ow, g.left, g.W, g.mode) == w) s += tcu_float(gyb[oh * g.OW + ow]);
             }
         store(&gx[i], s);
     }
 }
 
 template <typename T>
-static int pad_launch(tc_tensor *y, const tc_tensor *x, const pad_geom &g) {
+static int pad_launch(tc_tensor *y, const tc_tensor *x, const tc_pad_geom &g) {
     TCU_LAUNCH(pad_kernel<T>, tcu_blocks(g.B * g.OH * g.OW), TCU_THREADS, 0, (T *)tcu_ptr(y), (const T *)tcu_ptr(x), g);
     TCU_LAUNCHED("pad");
     return TC_OK;
 }
 
 template <typename T>
-static int pad_backward_launch(tc_tensor *gx, const tc_tensor *gy, const pad_geom &g) {
+static int pad_backward_launch(tc_tensor *gx, const tc_tensor *gy, const tc_pad_geom &g) {
     TCU_LAUNCH(pad_backward_kernel<T>, tcu_blocks(g.B * g.H * g.W), TCU_THREADS, 0, (T *)tcu_ptr(gx),
                (const T *)tcu_ptr(gy), g);
     TCU_LAUNCHED("pad backward");
@@ -510,7 +488,7 @@ static int pad_backward_launch(tc_tensor *gx, const tc_tensor *gy, const pad_geo
 
 extern "C" int tc_cuda_pad(tc_tensor *y, const tc_tensor *x, const int64_t *pads, tc_pad_mode mode, double value) {
     if (mode == TC_PAD_CONSTANT) return pad_constant(y, x, pads, 1, value);
-    pad_geom g = pad_geom_of(x, y, pads, mode);
+    tc_pad_geom g = tc_pad_geom_of(x, y, pads, mode);
     if (g.B * g.OH * g.OW == 0) return TC_OK;
     int rc = TC_OK;
     TCU_FLOAT_DISPATCH(x->dtype, T, "pad", rc = pad_launch<T>(y, x, g));
@@ -519,7 +497,7 @@ extern "C" int tc_cuda_pad(tc_tensor *y, const tc_tensor *x, const int64_t *pads
 
 extern "C" int tc_cuda_pad_backward(tc_tensor *gx, const tc_tensor *gy, const int64_t *pads, tc_pad_mode mode) {
     if (mode == TC_PAD_CONSTANT) return pad_constant(gx, gy, pads, -1, 0);
-    pad_geom g = pad_geom_of(gx, gy, pads, mode);
+    tc_pad_geom g = tc_pad_geom_of(gx, gy, pads, mode);
     if (g.B * g.H * g.W == 0) return TC_OK;
     int rc = TC_OK;
     TCU_FLOAT_DISPATCH(gy->dtype, T, "pad backward", rc = pad_backward_launch<T>(gx, gy, g));

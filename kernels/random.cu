@@ -5,27 +5,9 @@
 
 #include <math.h>
 
-/* ---- the CPU's conversions ------------------------------------------------------------------
- * The formulas below round as the CPU's do: nvcc would fuse a product and a sum into one
- * fused multiply-add (one rounding instead of two), which the CPU build never does, so the
- * products that feed a sum are kept apart. Philox itself is tc_philox_words (core/philox.h). */
-
-/* (w + 1/2) / 2^32: in (0, 1), never 0 (Box-Muller's log, dropout's draw) */
-__device__ static inline double u01_open(uint32_t w) { return ((double)w + 0.5) * (1.0 / 4294967296.0); }
-
-/* [0, 1) with `bits` random bits (the dtype's significand, 32 at most): exact in double */
-__device__ static inline double u01_bits(uint32_t w, int bits) {
-    return (double)(w >> (32 - bits)) * (1.0 / (double)(1ull << bits));
-}
-
-static int significand_bits(tc_dtype dt) {
-    switch (dt) {
-    case TC_F16: return 11;
-    case TC_BF16: return 8;
-    case TC_F32: return 24;
-    default: return 32;
-    }
-}
+/* The values are computed in double by core/philox.h's conversions, as the CPU's. nvcc would
+ * fuse a product and a sum into one fused multiply-add (one rounding instead of two), which the
+ * CPU build never does, so the products that feed a sum are kept apart (tcu_mul_rn). */
 
 /* ---- fills: one thread per counter (four elements) ------------------------------------------ */
 __global__ void uniform_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, uint64_t offset, double lo,
@@ -34,7 +16,7 @@ __global__ void uniform_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, u
         uint32_t w[4];
         tc_philox_words(seed, offset + (uint64_t)blk, w);
         for (int l = 0; l < 4 && blk * 4 + l < n; l++)
-            tcu_store(t, dt, blk * 4 + l, lo + tcu_mul_rn(span, u01_bits(w[l], bits)));
+            tcu_store(t, dt, blk * 4 + l, lo + tcu_mul_rn(span, tc_philox_u01(w[l], bits)));
     }
 }
 
@@ -45,12 +27,7 @@ __global__ void normal_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, ui
         uint32_t w[4];
         tc_philox_words(seed, offset + (uint64_t)blk, w);
         double z[4];
-        for (int h = 0; h < 2; h++) {
-            double r = sqrt(-2.0 * log(u01_open(w[2 * h])));
-            double th = tcu_mul_rn(2.0 * 3.14159265358979323846, u01_open(w[2 * h + 1]));
-            z[2 * h] = r * cos(th);
-            z[2 * h + 1] = r * sin(th);
-        }
+        tc_philox_normals(w, z);
         for (int l = 0; l < 4 && blk * 4 + l < n; l++) tcu_store(t, dt, blk * 4 + l, mean + tcu_mul_rn(std, z[l]));
     }
 }
@@ -67,7 +44,7 @@ extern "C" int tc_cuda_fill_uniform(tc_tensor *t, uint64_t seed, uint64_t offset
     int64_t n = tc_numel(t);
     if (n == 0) return TC_OK;
     TCU_LAUNCH(uniform_kernel, tcu_blocks((n + 3) / 4), TCU_THREADS, 0, tcu_ptr(t), t->dtype, n, seed, offset, lo,
-               hi - lo, significand_bits(t->dtype));
+               hi - lo, tc_philox_bits(t->dtype));
     TCU_LAUNCHED("uniform_");
     return TC_OK;
 }
@@ -92,7 +69,7 @@ __global__ void dropout_kernel(void *y, const void *x, tcu_layout lx, tc_dtype d
         tc_philox_words(seed, offset + (uint64_t)blk, w);
         for (int l = 0; l < 4 && blk * 4 + l < n; l++) {
             int64_t i = blk * 4 + l;
-            tcu_store(y, dt, i, u01_open(w[l]) >= p ? tcu_load(x, dt, tcu_offset(lx, i)) * scale : 0.0);
+            tcu_store(y, dt, i, tc_philox_u01_open(w[l]) >= p ? tcu_load(x, dt, tcu_offset(lx, i)) * scale : 0.0);
         }
     }
 }

@@ -62,8 +62,24 @@ tc_tensor *tcl_test(lua_State *L, int idx) {
     return p ? *p : NULL;
 }
 
+/* true when the running function is a tensor method (the very closure in the methods table,
+ * not T's function of the same name) called as a field, x.sum() rather than x:sum() */
+static int called_with_dot(lua_State *L, lua_Debug *ar) {
+    int top = lua_gettop(L);
+    if (!lua_getstack(L, 0, ar) || !lua_getinfo(L, "nf", ar)) return 0;
+    int dot = ar->name && strcmp(ar->namewhat, "method") != 0 && luaL_getmetatable(L, TCL_TENSOR) == LUA_TTABLE &&
+              lua_getfield(L, -1, "__index") == LUA_TFUNCTION && lua_getupvalue(L, -1, 2) &&
+              lua_getfield(L, -1, ar->name) == LUA_TFUNCTION && lua_rawequal(L, -1, -5);
+    lua_settop(L, top);
+    return dot;
+}
+
 tc_tensor *tcl_check(lua_State *L, int idx) {
     tc_tensor **p = tcl_toslot(L, idx);
+    lua_Debug ar;
+    if (!p && idx == 1 && called_with_dot(L, &ar))
+        luaL_error(L, "bad argument #1 to '%s' (tocha.Tensor expected, got %s): a method is called with ':', as in x:%s(...)",
+                   ar.name, luaL_typename(L, 1), ar.name);
     if (!p) luaL_typeerror(L, idx, TCL_TENSOR);
     if (!*p) luaL_argerror(L, idx, "tensor was released (used after <close>)");
     return *p;

@@ -1,6 +1,7 @@
 /* limage.c: binding for images and data loading, into T._image: codecs, transforms, transform
  * pipelines, sample sources (files and shards), the worker-pool loader and zstd. The Lua side (tocha.image, tocha.data) gives these their user-facing shape. */
 #include "ltocha.h"
+#include "tocha_io.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -122,6 +123,17 @@ static int l_resize(lua_State *L) {
     int aa = lua_isnoneornil(L, 5) ? 1 : lua_toboolean(L, 5);
     tc_tensor **slot = tcl_slot(L);
     *slot = tc_image_resize(t, h, w, (tc_resize_mode)mode, aa);
+    return tcl_done(L, *slot);
+}
+
+/* resize_float(t, h, w, mode, antialias) -> f32 [C, h, w] */
+static int l_resize_float(lua_State *L) {
+    tc_tensor *t = tcl_check(L, 1);
+    lua_Integer h = luaL_checkinteger(L, 2), w = luaL_checkinteger(L, 3);
+    int mode = luaL_checkoption(L, 4, "bicubic", resize_modes);
+    int aa = lua_isnoneornil(L, 5) ? 1 : lua_toboolean(L, 5);
+    tc_tensor **slot = tcl_slot(L);
+    *slot = tc_image_resize_float(t, h, w, (tc_resize_mode)mode, aa);
     return tcl_done(L, *slot);
 }
 
@@ -484,7 +496,7 @@ static int l_zstd_decompress(lua_State *L) {
 
 const luaL_Reg tcl_image_funcs[] = {
     {"decode", l_decode}, {"read", l_read}, {"encode", l_encode}, {"write", l_write},
-    {"resize", l_resize}, {"crop", l_crop}, {"hflip", l_hflip}, {"to_float", l_to_float},
+    {"resize", l_resize}, {"resize_float", l_resize_float}, {"crop", l_crop}, {"hflip", l_hflip}, {"to_float", l_to_float},
     {"to_u8", l_to_u8}, {"pipeline", l_pipeline}, {"pipeline_run", l_pipeline_run},
     {"pipeline_shape", l_pipeline_shape}, {"source_files", l_source_files},
     {"source_shards", l_source_shards}, {"source_read", l_source_read},

@@ -4,6 +4,7 @@
  * x:tobytes() and T.frombytes(s, dtype, shape) move a CPU tensor's elements to and from a
  * Lua string (for records in other containers: zstd frames, sockets). */
 #include "ltocha.h"
+#include "tocha_io.h"
 
 #include <string.h>
 

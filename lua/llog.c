@@ -3,6 +3,7 @@
  * small cairo canvas that `tocha plot` draws its curves with (and labelled image grids).
  * File operations that fail for ordinary reasons return nil, message; Lua raises at the call. */
 #include "ltocha.h"
+#include "tocha_io.h"
 
 #include <cairo.h>
 #include <errno.h>

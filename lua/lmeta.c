@@ -1,5 +1,6 @@
 /* lmeta.c: the tensor type's metatable: properties (x.shape, x.grad, ...), x[i] reads and
- * writes, #x, the arithmetic metamethods (each a one-line wrapper over one helper), and
+ * writes, #x, the arithmetic metamethods (each a one-line wrapper over one helper), the
+ * comparisons that explain themselves, and
  * release for __gc, __close and x:release(). Methods come from the families' tables. */
 #include "ltocha.h"
 
@@ -170,10 +171,22 @@ static int m_unm(lua_State *L) {
     return tcl_done(L, *slot);
 }
 
+/* a < b and a <= b (and > and >=, which Lua turns into them) cannot give a tensor: Lua makes
+ * the result one boolean. Say what to write instead. (a == b stays Lua's identity test: Lua
+ * calls __eq only for two different objects and keeps a boolean too.) */
+static int compare(lua_State *L, const char *ops, const char *names) {
+    return luaL_error(L, "attempt to compare tensors with %s: Lua comparisons give one boolean; for an elementwise "
+                         "bool tensor use %s, for a one-element tensor compare x:item()", ops, names);
+}
+
+static int m_lt(lua_State *L) { return compare(L, "'<' or '>'", "x:lt(y) or x:gt(y) (T.lt, T.gt)"); }
+static int m_le(lua_State *L) { return compare(L, "'<=' or '>='", "x:le(y) or x:ge(y) (T.le, T.ge)"); }
+
 static const luaL_Reg meta[] = {
     {"__gc", tcl_release}, {"__close", tcl_release}, {"__len", tensor_len},
     {"__add", m_add},         {"__sub", m_sub},            {"__mul", m_mul},
     {"__div", m_div},         {"__pow", m_pow},            {"__unm", m_unm},
+    {"__lt", m_lt},           {"__le", m_le},
     {"__newindex", tensor_newindex}, {NULL, NULL},
 };
 

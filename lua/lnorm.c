@@ -40,27 +40,28 @@ static int n_pointwise_loss(lua_State *L, bool mse) {
 static int n_mse_loss(lua_State *L) { return n_pointwise_loss(L, true); }
 static int n_l1_loss(lua_State *L) { return n_pointwise_loss(L, false); }
 
-/* layer_norm(x, nnorm, w, b, eps) */
+/* layer_norm(x, nnorm, w, b, {eps = 1e-5}) */
 static int n_layer_norm(lua_State *L) {
     tc_tensor *x = tcl_check(L, 1);
     lua_Integer nn = luaL_checkinteger(L, 2);
     tc_tensor *w = tcl_opt(L, 3), *b = tcl_opt(L, 4);
-    double eps = luaL_optnumber(L, 5, 1e-5);
+    double eps = tcl_optnumber(L, 5, "eps", 1e-5);
     luaL_argcheck(L, nn >= 1 && nn <= TC_MAX_DIMS, 2, "number of normalised dims out of range");
     tc_tensor **slot = tcl_slot(L);
     *slot = tc_layer_norm(x, (int)nn, w, b, eps);
     return tcl_done(L, *slot);
 }
 
-/* group_norm(x, groups, w, b, eps) */
+/* group_norm(x, groups, w, b, {eps = 1e-5, silu = false}) */
 static int n_group_norm(lua_State *L) {
     tc_tensor *x = tcl_check(L, 1);
     lua_Integer g = luaL_checkinteger(L, 2);
     tc_tensor *w = tcl_opt(L, 3), *b = tcl_opt(L, 4);
-    double eps = luaL_optnumber(L, 5, 1e-5);
+    double eps = tcl_optnumber(L, 5, "eps", 1e-5);
+    bool silu = tcl_optbool(L, 5, "silu", 0);
     luaL_argcheck(L, g >= 1 && g <= (1 << 30), 2, "number of groups must be positive");
     tc_tensor **slot = tcl_slot(L);
-    *slot = tc_group_norm(x, (int)g, w, b, eps);
+    *slot = tc_group_norm(x, (int)g, w, b, eps, silu);
     return tcl_done(L, *slot);
 }
 

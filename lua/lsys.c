@@ -4,6 +4,7 @@
  * T.clock and the thread count are public.
  * Calls that fail for ordinary reasons return nil, message; the Lua side raises. */
 #include "ltocha.h"
+#include "tocha_io.h"
 
 #include <dirent.h>
 #include <errno.h>

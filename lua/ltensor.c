@@ -505,6 +505,7 @@ UNARY(m_tanh, TC_OP_TANH)
 UNARY(m_sigmoid, TC_OP_SIGMOID)
 UNARY(m_relu, TC_OP_RELU)
 UNARY(m_silu, TC_OP_SILU)
+UNARY(m_quick_gelu, TC_OP_QUICK_GELU)
 UNARY(m_softplus, TC_OP_SOFTPLUS)
 UNARY(m_sign, TC_OP_SIGN)
 UNARY(m_reciprocal, TC_OP_RECIPROCAL)
@@ -743,6 +744,7 @@ const luaL_Reg tcl_tensor_funcs[] = {
     {"get_rng_state", t_get_rng_state}, {"set_rng_state", t_set_rng_state},
     {"where", t_where}, {"matmul", m_matmul}, {"bmm", m_bmm}, {"outer", m_outer},
     {"maximum", m_maximum}, {"minimum", m_minimum}, {"linear", m_linear},
+    {"eq", m_eq}, {"ne", m_ne}, {"lt", m_lt}, {"le", m_le}, {"gt", m_gt}, {"ge", m_ge},
     {NULL, NULL},
 };
 
@@ -758,8 +760,8 @@ const luaL_Reg tcl_tensor_methods[] = {
     {"select", m_select}, {"squeeze", m_squeeze}, {"unsqueeze", m_unsqueeze}, {"flatten", m_flatten},
     {"neg", m_neg}, {"exp", m_exp}, {"log", m_log}, {"sqrt", m_sqrt}, {"rsqrt", m_rsqrt}, {"abs", m_abs},
     {"sin", m_sin}, {"cos", m_cos}, {"tanh", m_tanh}, {"sigmoid", m_sigmoid}, {"relu", m_relu},
-    {"silu", m_silu}, {"gelu", m_gelu}, {"softplus", m_softplus}, {"sign", m_sign},
-    {"reciprocal", m_reciprocal}, {"square", m_square}, {"logical_not", m_logical_not},
+    {"silu", m_silu}, {"gelu", m_gelu}, {"quick_gelu", m_quick_gelu}, {"softplus", m_softplus},
+    {"sign", m_sign}, {"reciprocal", m_reciprocal}, {"square", m_square}, {"logical_not", m_logical_not},
     {"isfinite", m_isfinite}, {"clamp", m_clamp}, {"leaky_relu", m_leaky_relu}, {"pow", m_pow},
     {"add", m_add_alpha}, {"sub", m_sub}, {"mul", m_mul}, {"div", m_div}, {"maximum", m_maximum},
     {"minimum", m_minimum}, {"eq", m_eq}, {"ne", m_ne}, {"lt", m_lt}, {"le", m_le}, {"gt", m_gt},

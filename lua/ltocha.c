@@ -32,6 +32,7 @@ static const family families[] = {
     {"_image", tcl_image_funcs, NULL, NULL},                  /* limage.c */
     {"_log", tcl_log_funcs, NULL, tcl_open_log},              /* llog.c */
     {"_shapes", tcl_shapes_funcs, NULL, NULL},                /* lshapes.c */
+    {"linalg", tcl_linalg_funcs, NULL, NULL},                 /* llinalg.c */
     {"cuda", tcl_cuda_funcs, NULL, tcl_open_cuda},            /* lcuda.c */
     {"backends", tcl_backends_funcs, NULL, NULL},             /* lcuda.c */
 };

@@ -87,6 +87,7 @@ extern const luaL_Reg tcl_image_funcs[];  /* limage.c: T._image: codecs, transfo
 extern const luaL_Reg tcl_log_funcs[];    /* llog.c: T._log: log files, TensorBoard writer, canvas */
 void tcl_open_log(lua_State *L);          /*   its classes */
 extern const luaL_Reg tcl_shapes_funcs[]; /* lshapes.c: T._shapes: synthetic shapes */
+extern const luaL_Reg tcl_linalg_funcs[]; /* llinalg.c: T.linalg: eigh, eigvalsh */
 extern const luaL_Reg tcl_cuda_funcs[];   /* lcuda.c: T.cuda */
 void tcl_open_cuda(lua_State *L);         /*   the out-of-memory hook */
 extern const luaL_Reg tcl_backends_funcs[]; /* lcuda.c: T.backends */

@@ -1,5 +1,6 @@
 /* main.c: build/tocha, a runner like `lua` with the engine built in.
- *   tocha script.lua args...   runs the script with `arg` filled as lua does
+ *   tocha script.lua args...   runs the script with `arg` filled as lua does, its directory
+ *                              first on package.path
  *   tocha -e 'code'            runs a chunk
  *   tocha <command> args...    runs lua/tocha/cli/<command>.lua (e.g. tocha pack, tocha plot)
  *   tocha                      a REPL: expressions print their values
@@ -15,9 +16,13 @@
 
 int luaopen_tocha(lua_State *L);
 
+/* the message handler: a traceback, and the message kept in the registry ("tocha.error") for
+ * the finalizers that run when the state closes (tocha.run marks a run that failed) */
 static int traceback(lua_State *L) {
     const char *msg = lua_tostring(L, 1);
     if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    lua_pushstring(L, msg);
+    lua_setfield(L, LUA_REGISTRYINDEX, "tocha.error");
     luaL_traceback(L, L, msg, 1);
     return 1;
 }
@@ -50,8 +55,23 @@ static void create_arg_table(lua_State *L, char **argv, int argc, int script) {
     lua_setglobal(L, "arg");
 }
 
+/* the script's own directory goes first on package.path, so that require "my_sampler" finds
+ * my_sampler.lua beside the script from any working directory (as Python's sys.path[0]) */
+static void add_script_dir(lua_State *L, const char *script) {
+    const char *slash = strrchr(script, '/');
+    if (!slash) return; /* in the working directory: "./?.lua" is on the path already */
+    lua_getglobal(L, "package");
+    lua_pushlstring(L, script, (size_t)(slash - script));
+    const char *dir = lua_tostring(L, -1);
+    lua_getfield(L, -2, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -4, "path");
+    lua_pop(L, 3);
+}
+
 static int run_script(lua_State *L, char **argv, int argc, int script) {
     create_arg_table(L, argv, argc, script);
+    add_script_dir(L, argv[script]);
     int status = luaL_loadfile(L, argv[script]);
     if (status == LUA_OK) {
         int n = argc - script - 1;

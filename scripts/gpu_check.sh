@@ -30,7 +30,7 @@ PACK=build/gpu.tar.xz # build/tocha, build/test_c and build/gpulibs/, compressed
 
 prepare() {
     echo "== building build/tocha and build/test_c with CUDA"
-    make --no-print-directory build/tocha build/test_c || { echo "error: the build failed"; exit 1; }
+    make --no-print-directory -j"$(nproc)" build/tocha build/test_c || { echo "error: the build failed"; exit 1; }
     if ! nm build/tocha 2>/dev/null | grep -q cudaStreamSynchronize; then
         echo "error: build/tocha has no CUDA in it (is nvcc on the PATH or in /usr/local/cuda/bin?)"; exit 1
     fi

@@ -78,6 +78,15 @@ Nc("group_norm far from 0 (1000 + noise)", function() return { N(2, 8, 9, 9) * 0
   function(x) return F.group_norm(x, 4) end, { dtypes = { "f64", "f32" }, tol = 30, gtol = 100 })
 Nc("group_norm (weight and bias only want gradients)", function() return { N(3, 6, 10), N(6), N(6) } end,
   function(x, w, b) return F.group_norm(x, 3, w, b) end, { nograd = { [1] = true }, tol = 3 })
+-- the fused silu: the activation in the normalize pass, its derivative recomputed in the backward
+Nc("group_norm {silu = true} groups split over blocks [2, 64, 16, 16] / 8",
+  function() return { N(2, 64, 16, 16), N(64), N(64) } end,
+  function(x, w, b) return F.group_norm(x, 8, w, b, { eps = 1e-6, silu = true }) end, { tol = 30, gtol = 300 })
+Nc("group_norm {silu = true} of a permuted input, no weight or bias", function() return { N(2, 7, 5, 6) * 2 + 1 } end,
+  function(x) return F.group_norm(x:transpose(2, 4), 3, nil, nil, { silu = true }) end, { tol = 3 })
+Nc("group_norm {silu = true}: half inputs, f32 weight and bias", function() return { N(3, 8, 7), N(8), N(8) } end,
+  function(x, w, b) return F.group_norm(x, 4, w, b, { silu = true }) end,
+  { dtypes = { "f16", "bf16" }, fixed = { [2] = "f32", [3] = "f32" }, tol = 3 })
 
 -- ---- attention ------------------------------------------------------------------------------------------
 local attn_cases, A = cases()

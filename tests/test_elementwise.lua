@@ -90,6 +90,29 @@ return {
     assert(not T.ones(2, { requires_grad = true }):sign().requires_grad)
   end,
 
+  ["quick_gelu: one fused op equal to x * sigmoid(1.702 x), forward and backward"] = function()
+    local F = require "tocha.nn.functional"
+    local function composite(x) return x * (x * 1.702):sigmoid() end
+    local x = T.randn({ 5, 7 }, { dtype = "f64" }) * 4
+    assert(x:quick_gelu().grad_fn == nil and F.quick_gelu(x:requires_grad_()).grad_fn ~= nil)
+    close(F.quick_gelu(x), composite(x), { rtol = 1e-14, atol = 1e-15 })
+    close(F.quick_gelu(x:t()), composite(x:t()), { rtol = 1e-14, atol = 1e-15 })
+    local x32 = x:detach():float()
+    close(F.quick_gelu(x32), composite(x32), { rtol = 2e-6, atol = 1e-6 })
+    close(F.quick_gelu(x32:t()), composite(x32):t(), { rtol = 2e-6, atol = 1e-6 })
+    -- the fused derivative against the composite's, then against finite differences
+    local a = x:detach():requires_grad_()
+    F.quick_gelu(a):sum():backward()
+    local b = x:detach():requires_grad_()
+    composite(b):sum():backward()
+    close(a.grad, b.grad, { rtol = 1e-12, atol = 1e-14 })
+    local a32 = x32:requires_grad_()
+    F.quick_gelu(a32):sum():backward()
+    close(a32.grad, b.grad:float(), { rtol = 1e-5, atol = 1e-6 })
+    assert(gradcheck(F.quick_gelu, { normal(3, 4) }))
+    assert(gradcheck(function(t) return F.quick_gelu(t:t()) end, { normal(3, 4) }))
+  end,
+
   ["i64 add, sub and mul wrap around on overflow, as PyTorch's (contiguous and strided)"] = function()
     local big = 1 << 62
     local function same(x, y) return x:ne(y):sum():item() == 0 end

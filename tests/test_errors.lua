@@ -46,6 +46,91 @@ return {
     errors("expected {seed = integer, offset = integer}", T.set_rng_state, { seed = "x" })
   end,
 
+  ["a method called with '.' instead of ':' says so"] = function()
+    local nn, optim = require "tocha.nn", require "tocha.optim"
+    local x = T.ones(4, 3)
+    local ok, err = pcall(function() local y = x.sum(); return y end)
+    assert(not ok and err:find("test_errors%.lua:%d+: bad argument #1 to 'sum' %(tocha%.Tensor expected, got no value%): "
+      .. "a method is called with ':', as in x:sum%(...%)"), err)
+    errors("a method is called with ':', as in x:view", function() local y = x.view(3, 4); return y end)
+    errors("tensor:split: called with '.' (self is a number): write x:split(...)", function() local y = x.split(2); return y end)
+    errors("(tocha.Tensor expected, got no value)", T.matmul)
+    assert(not select(2, pcall(T.matmul)):find("method"), "T's own function: no method hint")
+    local m = nn.Sequential(nn.Linear(3, 2))
+    local opt = optim.AdamW(m:parameters())
+    local ema = optim.EMA(m)
+    for _, case in ipairs({ { function() m.eval() end, "Module:eval: called with '.' (self is nil): write m:eval(...), not m.eval(...)" },
+        { function() local p = m.parameters(); return p end, "write m:parameters(...)" },
+        { function() m.append() end, "Sequential:append: called with '.' (self is nil)" },
+        { function() opt.step() end, "Optimizer:step: called with '.' (self is nil): write opt:step(...)" },
+        { function() opt.zero_grad() end, "write opt:zero_grad(...)" },
+        { function() ema.update() end, "EMA:update: called with '.'" } }) do
+      ok, err = pcall(case[1])
+      assert(not ok and err:find("test_errors%.lua:%d+: ") and err:find(case[2], 1, true), err)
+    end
+    -- the right calls are untouched
+    assert(m:eval() == m and #m:parameters() == 2 and x:split(2)[2].shape[1] == 2)
+  end,
+
+  ["tensor comparisons with < and <= name the functions to use; == is identity"] = function()
+    local a, b = T.tensor({ 1, 2 }), T.tensor({ 2, 1 })
+    errors("attempt to compare tensors with '<' or '>': Lua comparisons give one boolean; for an elementwise bool tensor "
+      .. "use x:lt(y) or x:gt(y) (T.lt, T.gt)", function() return a < b end)
+    errors("use x:lt(y) or x:gt(y)", function() return a > 1 end)
+    errors("'<=' or '>=': Lua comparisons give one boolean; for an elementwise bool tensor use x:le(y) or x:ge(y) (T.le, T.ge)",
+      function() return 0 >= a end)
+    assert(T.lt(a, b):tolist()[1] == true and T.ge(a, 2):tolist()[1] == false and T.ne(a, b):sum():item() == 2)
+    assert(T.equal(a, a:clone()) and not T.equal(a, b) and not a:equal(T.tensor({ 1, 2, 3 })))
+    assert(a == a and a ~= a:clone(), "== compares identity")
+  end,
+
+  ["the library's Lua errors point at the caller's line"] = function()
+    local nn, F, optim, lr = require "tocha.nn", require "tocha.nn.functional", require "tocha.optim", require "tocha.lr"
+    local D, text, data, json = require "tocha.diffusion", require "tocha.text", require "tocha.data", require "tocha.json"
+    local ckpt, log, models, run = require "tocha.checkpoint", require "tocha.log", require "tocha.models", require "tocha.run"
+    local lin = nn.Linear(3, 2)
+    local opt = optim.AdamW(lin:parameters())
+    local dir = T.testing.tmpdir()
+    local Mine = nn.Module:extend("Mine")
+    function Mine:init(n) if n < 0 then error("Mine: n must be >= 0", 2) end end
+    -- each call on one line, not a tail call: the error must name this file and that line
+    local calls = {
+      function() local m = nn.Linear("a", 2); return m end,
+      function() local m = nn.Conv2d(3, 2, 3, { groups = 2 }); return m end,
+      function() local m = nn.Conv2d(3, 2, 3, { padding = { 1, 2, 3 } }); return m end,
+      function() local m = nn.GroupNorm(3, 4); return m end,
+      function() local m = nn.Dropout(2); return m end,
+      function() local m = nn.Sequential(5); return m end,
+      function() local m = Mine(-1); return m end,
+      function() local m = models.CLIPTextModel({ hidden_size = 7, num_attention_heads = 2 }); return m end,
+      function() local m = lin:to("i64"); return m end,
+      function() local r = lin:load_state_dict({}); return r end,
+      function() local y = F.interpolate(T.zeros(2, 3)); return y end,
+      function() local o = optim.AdamW(lin:parameters(), { betas = { 0.9 } }); return o end,
+      function() local o = optim.SGD(lin:parameters(), { foo = 1 }); return o end,
+      function() local o = optim.Adam(5); return o end,
+      function() opt:set_lr("x") end,
+      function() local f = lr.cosine { lr = -1, steps = 10 }; return f end,
+      function() ckpt.save(dir .. "/ck", { model = 5, step = 1 }) end,
+      function() local s = D.Euler { beta_schedule = "x" }; return s end,
+      function() local s = D.DDIM { foo = 1 }; return s end,
+      function() local s = D.DDIM {}; s:set_timesteps(0) end,
+      function() local x = D.sample {}; return x end,
+      function() local t = text.Tokenizer(5); return t end,
+      function() local d = data.subset(5, { 1 }); return d end,
+      function() local v = json.decode("{"); return v end,
+      function() local w = log.tensorboard(dir .. "/tb"); w:add_scalar(5, 1, 1) end,
+      function() local r = run(5); return r end,
+      function() local y = T.no_grad(5); return y end,
+      function() local y = T.checkpoint(5); return y end,
+    }
+    for i, f in ipairs(calls) do
+      local ok, err = pcall(f)
+      local where = "test_errors.lua:" .. debug.getinfo(f, "S").linedefined .. ": "
+      assert(not ok and tostring(err):find(where, 1, true), string.format("call %d: %s", i, tostring(err)))
+    end
+  end,
+
   ["shape mismatches name the op and the shapes"] = function()
     local a, b = T.zeros(2, 3), T.zeros(4, 3)
     errors("add: shapes [2 x 3] and [4 x 3] cannot be broadcast together (dimension 1: 2 vs 4)", function() return a + b end)

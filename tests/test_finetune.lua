@@ -248,6 +248,30 @@ tests["Denoiser: coordinate channels and pooled text as the default experiment f
     tokenizer = parts.tokenizer, extras = { colour = true } })
 end
 
+tests["Denoiser: a tocha run's TextToImage as its parts; tocha sample draws a pixel-space folder"] = function()
+  local parts = tiny_parts(false)
+  local m = models.TextToImage { text_encoder = parts.text_encoder, unet = parts.unet, tokenizer = parts.tokenizer,
+    noise = { beta_schedule = "squaredcos_cap_v2", prediction_type = "v_prediction" }, coords = true, pooled_text = true,
+    sampling = { sampler = "ddim", options = { ddim = { clip_sample = false } }, guidance_interval = { 100, 900 } } }
+  local p = models.Denoiser.parts(m)
+  assert(p.unet == parts.unet and p.extras.coords and p.extras.pooled_text and p.extras.guidance_interval[1] == 100)
+  assert(models.Denoiser.parts(parts) == parts, "a parts table stays as it is")
+  local prompts = { "a small red circle on the left" }
+  local want = m:sample { prompts = prompts, steps = 3, seed = 4, guidance_scale = 7.5 }
+  T.testing.assert_close(models.Denoiser(m):sample { prompts = prompts, steps = 3, seed = 4 }, want, { rtol = 0, atol = 1e-6 })
+  -- the same model as a diffusers folder: tocha sample draws it in pixel space
+  local dir = T.testing.tmpdir()
+  models.save_pretrained(dir .. "/model", parts)
+  local sink = { write = function(self) return self end, flush = function() end }
+  assert(require("tocha.cli.sample")({ dir .. "/model", "--prompt", prompts[1], "--steps", "3", "--seed", "4",
+    "--sampler", "ddim", "--out", dir .. "/out", "--quiet" }, sink, sink) == 0)
+  local got = image.read(dir .. "/out/00000-4.png")
+  local d = models.Denoiser(models.load(dir .. "/model"))
+  local img = d:sample { prompts = prompts, steps = 3, seed = 4 }
+  T.testing.assert_close(got:to("f32") / 255, ((img[1] + 1) / 2):permute(2, 3, 1), { rtol = 0, atol = 1.01 / 255 })
+  raises("expected a TextToImage or a parts table", models.Denoiser.parts, 3)
+end
+
 tests["Denoiser: a latent model encodes through the VAE (scaled) and decodes back"] = function()
   local parts = tiny_parts(true)
   local d = models.Denoiser(parts)

@@ -469,6 +469,20 @@ return {
     assert(plot.main({ dir .. "/runs", "--smooth", "1.5" }, out, err) == 2)
     assert(plot.main({}, out, err) == 2 and err:text():find("no runs given"))
     assert(plot.main({ dir .. "/runs", "-o", "/proc/no/such.png" }, out, err) == 2 and err:text():find("cannot write"))
+    -- without --tag: the loss the runs log, train/loss as the experiments name it, or loss
+    local exp = dir .. "/exp/run1"
+    local w = log.tensorboard(exp)
+    for step = 1, 10 do w:add_scalar("train/loss", 1 / step, step); w:add_scalar("eval/acc", step / 10, step) end
+    w:close()
+    assert(plot.main({ dir .. "/exp", "-o", png }, out, err) == 0, err:text())
+    assert(out:text():find("wrote .*%(1 curve%) of train/loss"), out:text())
+    assert(plot.main({ dir .. "/runs", "-o", png }, out, err) == 0 and out:text():find("of loss\n$"), out:text())
+    local only = dir .. "/acc/run1"
+    w = log.tensorboard(only)
+    w:add_scalar("eval/acc", 0.5, 1)
+    w:close()
+    assert(plot.main({ only, "-o", png }, out, err) == 2)
+    assert(err:text():find("no loss tag; give one with %-%-tag %(tags: eval/acc%)"), err:text())
     -- TensorBoard's smoothing: a debiased moving average that NaN does not enter
     local sm = plot.smooth({ 1, 2, 0 / 0, 4 }, 0.5)
     assert(sm[1] == 1 and close_to(sm[2], (0.5 * 0.5 + 0.5 * 2) / 0.75) and sm[3] ~= sm[3])

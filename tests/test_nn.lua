@@ -193,10 +193,20 @@ tests["strict loading lists every problem in one error"] = function()
   sd["3.weight"] = T.zeros({ 1 })        -- unexpected
   sd["extra"] = T.zeros({ 1 })           -- unexpected
   local err = raises("load_state_dict", function() m:load_state_dict(sd) end)
-  assert(err:find("missing keys: 2.bias", 1, true), err)
-  assert(err:find("unexpected keys: 3.weight, extra", 1, true), err)
-  assert(err:find("size mismatch for 0.weight: the checkpoint has shape [16 x 5], the model [16 x 4]", 1, true), err)
+  assert(err:find("loading into Sequential: 1 missing key, 2 unexpected keys, 1 bad tensor\n"
+    .. "  missing keys: 2.bias\n"
+    .. "  unexpected keys: 3.weight\n"
+    .. "                   extra\n"
+    .. "  size mismatch for 0.weight: the checkpoint has shape [16 x 5], the model [16 x 4]", 1, true), err)
   assert(m[1].weight:allclose(before, 0, 0), "nothing is copied when loading fails")
+  -- a long list: one per line, the first 20 and a count of the rest
+  local wrong = {}
+  for i = 1, 30 do wrong["stray." .. string.format("%02d", i)] = T.zeros({ 1 }) end
+  err = raises("load_state_dict", function() m:load_state_dict(wrong) end)
+  assert(err:find("4 missing keys, 30 unexpected keys\n  missing keys: 0.bias\n                0.weight\n", 1, true), err)
+  assert(err:find("\n  unexpected keys: stray.01\n                   stray.02\n", 1, true), err)
+  local tail = "\n                   stray.16\n  ... and 14 more (34 in all)"
+  assert(err:sub(-#tail) == tail, err)
   -- non-strict: missing and unexpected keys are returned, shape mismatches still raise
   raises("size mismatch for 0.weight", function() m:load_state_dict(sd, false) end)
   sd["0.weight"] = T.ones({ 16, 4 })

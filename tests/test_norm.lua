@@ -77,6 +77,51 @@ tests["group_norm: f64 gradient checks (several group counts, 2-d to 4-d inputs)
   assert(F.group_norm(x3, 2).grad_fn == "GroupNormBackward")
 end
 
+-- ---- group_norm with silu fused in ------------------------------------------------------------------------
+tests["group_norm {silu = true}: silu(group_norm(x)) as one op, forward and backward"] = function()
+  local close = T.testing.assert_close
+  local function ref(x, g, w, b) return F.silu(F.group_norm(x, g, w, b, { eps = 1e-6 })) end
+  local x = T.randn({ 2, 6, 5, 4 }, { dtype = "f64" }) * 3 + 1
+  local w, b = T.randn({ 6 }, { dtype = "f64" }), T.randn({ 6 }, { dtype = "f64" })
+  local y = F.group_norm(x, 3, w, b, { eps = 1e-6, silu = true })
+  close(y, ref(x, 3, w, b), { rtol = 1e-14, atol = 1e-15 })
+  close(F.group_norm(x, 2, nil, nil, { silu = true }), F.silu(F.group_norm(x, 2)), { rtol = 1e-14, atol = 1e-15 })
+  local v = x:permute(1, 3, 2, 4) -- [2, 5, 6, 4], strided: channels 5
+  close(F.group_norm(v, 5, nil, nil, { silu = true }), F.silu(F.group_norm(v:contiguous(), 5)), { rtol = 1e-13 })
+  -- f32 (the vectorised path), and f16 / bf16 (through double) against the f64 reference
+  close(F.group_norm(x:float(), 3, w:float(), b:float(), { eps = 1e-6, silu = true }), ref(x, 3, w, b),
+    { rtol = 1e-5, atol = 1e-5 })
+  for _, dt in ipairs({ "f16", "bf16" }) do
+    local yh = F.group_norm(x:to(dt), 3, w, b, { eps = 1e-6, silu = true })
+    assert(yh.dtype == dt)
+    close(yh, ref(x:to(dt):double(), 3, w, b), { rtol = 2e-2, atol = 3e-2 })
+  end
+  -- the gradients: the composite's, in f64 and f32, then finite differences in f64
+  local gy = T.randn(x.shape, { dtype = "f64" })
+  local function grads(dt, fused)
+    local function leaf_of(t) return t:to(dt):clone():requires_grad_() end
+    local a, ww, bb = leaf_of(x), leaf_of(w), leaf_of(b)
+    local out = fused and F.group_norm(a, 3, ww, bb, { eps = 1e-6, silu = true }) or ref(a, 3, ww, bb)
+    out:backward(gy:to(dt))
+    return { a.grad, ww.grad, bb.grad }, out.grad_fn
+  end
+  local want = grads("f64", false)
+  local got, fn = grads("f64", true)
+  assert(fn == "GroupNormSiluBackward", tostring(fn))
+  for i = 1, 3 do close(got[i], want[i], { rtol = 1e-12, atol = 1e-13 }) end
+  local got32 = grads("f32", true)
+  for i = 1, 3 do close(got32[i], want[i], { rtol = 1e-4, atol = 1e-4 }) end
+  local xg = T.randn({ 2, 6, 2, 3 }, { dtype = "f64", requires_grad = true })
+  local wg = T.randn({ 6 }, { dtype = "f64", requires_grad = true })
+  local bg = T.randn({ 6 }, { dtype = "f64", requires_grad = true })
+  for _, g in ipairs({ 1, 3, 6 }) do
+    T.testing.gradcheck(function(a, ww, bb) return F.group_norm(a, g, ww, bb, { silu = true }) end, { xg, wg, bg })
+  end
+  T.testing.gradcheck(function(a) return F.group_norm(a:transpose(1, 2), 2, nil, nil, { silu = true }) end,
+    { T.randn({ 4, 2, 5 }, { dtype = "f64", requires_grad = true }) })
+  T.testing.gradcheck(function(ww, bb) return F.group_norm(xg:detach(), 2, ww, bb, { silu = true }) end, { wg, bg })
+end
+
 -- ---- strided, half precision, odd sizes ---------------------------------------------------------------
 tests["norms: strided inputs equal their contiguous copies"] = function()
   local base = T.randn({ 5, 4, 6 }, { dtype = "f64" })
@@ -123,7 +168,7 @@ tests["norms: errors name what was wrong"] = function()
   raises("does not match the input's trailing dims", F.layer_norm, x, { 5 })
   raises("weight has shape [5], expected [4]", F.layer_norm, x, { 4 }, T.ones({ 5 }))
   raises("bias has shape [2 x 2], expected [4]", F.layer_norm, x, { 4 }, nil, T.ones({ 2, 2 }))
-  raises("cannot normalise over the last 4 dims", T._nn.layer_norm, x, 4, nil, nil, 1e-5)
+  raises("cannot normalise over the last 4 dims", T._nn.layer_norm, x, 4)
   raises("floating point", F.layer_norm, T.ones({ 2, 3 }, { dtype = "i64" }), 3)
   raises("6 channels cannot be split into 4 groups", F.group_norm, x, 4)
   raises("expected an input [N, C, *]", F.group_norm, T.randn({ 6 }), 3)

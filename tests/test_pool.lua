@@ -1,4 +1,4 @@
--- tests/test_pool.lua: avg_pool2d, max_pool2d, interpolate and pad against PyTorch (forward
+-- tests/test_pool.lua: avg_pool2d, max_pool2d, interpolate, nn.Upsample and pad against PyTorch (forward
 -- and input gradient, tests/ref/gen_pool.py), f64 gradient checks, strided inputs, half
 -- precision, and the error messages.
 local T = require "tocha"
@@ -26,6 +26,9 @@ local function op_of(c)
     end
   elseif c.op == "interpolate" then
     return function(x) return F.interpolate(x, { size = c.size, mode = c.mode, align_corners = c.align_corners }) end
+  elseif c.op == "upsample" then
+    return require("tocha.nn").Upsample { size = c.size, scale_factor = c.scale_factor, mode = c.mode,
+      align_corners = c.align_corners, recompute_scale_factor = c.recompute_scale_factor }
   end
   return function(x) return F.pad(x, c.pads, { mode = c.mode, value = c.value }) end
 end
@@ -69,6 +72,21 @@ tests["gradcheck interpolate"] = function()
   T.testing.gradcheck(function(x)
     return F.interpolate(x, { size = { 2, 6 }, mode = "bilinear", align_corners = true })
   end, { mk(1, 2, 3, 4) })
+end
+
+tests["nn.Upsample: options checked when made, a scale PyTorch would map differently refused"] = function()
+  local nn = require "tocha.nn"
+  raises("Upsample: give size or scale_factor", function() return nn.Upsample {} end)
+  raises("Upsample: give size or scale_factor", function() return nn.Upsample { size = 4, scale_factor = 2 } end)
+  raises("Upsample: mode must be \"nearest\" or \"bilinear\" (got bicubic)", function()
+    return nn.Upsample { scale_factor = 2, mode = "bicubic" }
+  end)
+  raises("align_corners needs mode \"bilinear\"", function() return nn.Upsample { scale_factor = 2, align_corners = true } end)
+  local up = nn.Upsample { scale_factor = 1.5, mode = "bilinear" }
+  raises("scale_factor 1.5 x 1.5 on 5 x 5 pixels is not a whole size", function() return up(T.zeros(1, 1, 5, 5)) end)
+  assert(up(T.zeros(1, 1, 4, 6)).shape[4] == 9, "a whole size is fine")
+  assert(tostring(up) == "Upsample(scale_factor=1.5, mode=bilinear)" and #up:parameters() == 0)
+  assert(tostring(nn.Upsample { size = { 3, 4 } }) == "Upsample(size=(3, 4), mode=nearest)")
 end
 
 tests["gradcheck pad"] = function()

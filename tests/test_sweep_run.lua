@@ -137,6 +137,10 @@ return {
     assert(before, "the sweep did not get going: " .. tostring(read_file(dir .. "/first.txt")))
     S.kill(pid, "KILL")
     S.wait(pid, true)
+    -- what the kill left is read after it: a trial seen running above may have finished before it
+    local st0 = open(dir, "slow")
+    before = st0:trials()
+    st0:close()
     local out, rc = tocha(dir, "sweep run slow.lua --workers 2 --stale 1")
     assert(rc == 0 and out:find("12 of 12 trials"), out)
     local st = open(dir, "slow")
@@ -158,7 +162,7 @@ return {
         assert(read_file(a.run_dir .. ".attempt1/log.txt") or true)
       end
     end
-    assert(interrupted == 2)
+    assert(interrupted >= 1, "no trial was running when the sweep was killed")
     for n = 1, 12 do assert((ends[tostring(n)] or 0) >= 1 and ends[tostring(n)] <= 2) end
     os.execute("rm -rf " .. dir)
   end,
@@ -274,7 +278,7 @@ return sweep {
     end
     local ok = "metric = 'final/loss', trials = 2, "
     bad(ok .. "script = 'nowhere.lua', space = { rate = 1 }", "the script nowhere.lua does not exist")
-    bad(ok .. "script = 'curve.lua', space = { lr = sweep.uniform(0, 1) }", "space.lr: curve.lua has no option --lr (its options: crash, floor, rate, seed, steps)")
+    bad(ok .. "script = 'curve.lua', space = { lr = sweep.uniform(0, 1) }", "space.lr: curve.lua has no option --lr (its options: crash, floor, name, rate, seed, steps)")
     bad(ok .. "script = 'curve.lua', space = { steps = sweep.uniform(1, 9) }", "space.steps: --steps takes integers")
     bad(ok .. "script = 'curve.lua', space = { crash = sweep.choice { 1, 2 } }", "--crash takes true or false")
     bad(ok .. "script = 'curve.lua', args = { '--epochs', '3' }, space = { rate = 1 }", "args --epochs: curve.lua has no option --epochs")

@@ -3,6 +3,7 @@
  * GEMMs forward (QK^T, PV) and four backward; both share the Philox dropout rule. f32
  * without dropout has its own path: float scores and slices spread over the threads. */
 #include "cpu.h"
+#include "philox.h"
 #include "vecmath.h"
 
 #include <cblas.h>
@@ -12,7 +13,6 @@
 #define PAR_MIN 32768 /* elements below which threads cost more than they save */
 
 /* ---- dropout -------------------------------------------------------------------------------- */
-static double u01(uint32_t w) { return ((double)w + 0.5) * (1.0 / 4294967296.0); }
 
 /* r[j] *= keep / (1 - p) for the elements first + j of the Philox stream at (seed, offset) */
 static void drop_row(double *r, int64_t n, uint64_t first, double p, uint64_t seed, uint64_t offset) {
@@ -21,7 +21,7 @@ static void drop_row(double *r, int64_t n, uint64_t first, double p, uint64_t se
     for (int64_t j = 0; j < n; j++) {
         uint64_t i = first + (uint64_t)j;
         if (j == 0 || i % 4 == 0) tc_philox(seed, offset + i / 4, w);
-        r[j] = u01(w[i % 4]) >= p ? r[j] * scale : 0;
+        r[j] = tc_philox_u01_open(w[i % 4]) >= p ? r[j] * scale : 0;
     }
 }
 

@@ -1,78 +1,14 @@
 /* elementwise.c (cpu): copy, fill, unary ops and their derivatives, binary ops and where.
  * f32 and f64 get typed loops (one switch per run, not per element); other dtypes go
- * through a double-precision path with load/store. Contiguous f32 runs of the hot ops take
- * vectorised loops (vecmath.h) first. */
+ * through a double-precision path with load/store. The unary formulas are core/unary.h's,
+ * shared with the CUDA kernels; contiguous f32 runs of the hot ops take vectorised loops
+ * (vecmath.h) first. */
 #include "cpu.h"
+#include "unary.h"
 #include "vecmath.h"
 
 #include <string.h>
-#include <tgmath.h> /* exp, log, ... pick the float or double version by type */
-
-#define SQRT1_2 0.70710678118654752440
-#define SQRT2_PI 0.79788456080286535588 /* sqrt(2/pi) */
-
-/* one formula per op, in double; the typed loops below instantiate them for f32 too */
-#define UNARY_CASES(x, a, b, F)                                                           \
-    case TC_OP_NEG: F(-(x));                                                              \
-    case TC_OP_EXP: F(exp(x));                                                            \
-    case TC_OP_LOG: F(log(x));                                                            \
-    case TC_OP_SQRT: F(sqrt(x));                                                          \
-    case TC_OP_RSQRT: F(1 / sqrt(x));                                                     \
-    case TC_OP_ABS: F(fabs(x));                                                           \
-    case TC_OP_SIN: F(sin(x));                                                            \
-    case TC_OP_COS: F(cos(x));                                                            \
-    case TC_OP_TANH: F(tanh(x));                                                          \
-    case TC_OP_SIGMOID: F(1 / (1 + exp(-(x))));                                           \
-    case TC_OP_RELU: F((x) > 0 ? (x) : 0);                                                \
-    case TC_OP_SILU: F((x) / (1 + exp(-(x))));                                            \
-    case TC_OP_GELU: F(0.5 * (x) * (1 + erf((x) * SQRT1_2)));                             \
-    case TC_OP_GELU_TANH: F(0.5 * (x) * (1 + tanh(SQRT2_PI * ((x) + 0.044715 * (x) * (x) * (x))))); \
-    case TC_OP_QUICK_GELU: F((x) / (1 + exp(-1.702 * (x))));                              \
-    case TC_OP_SOFTPLUS: F((x) > 20 ? (x) : log1p(exp(x)));                               \
-    case TC_OP_SIGN: F((x) > 0 ? 1 : (x) < 0 ? -1 : 0);                                   \
-    case TC_OP_RECIPROCAL: F(1 / (x));                                                    \
-    case TC_OP_SQUARE: F((x) * (x));                                                      \
-    case TC_OP_LOGICAL_NOT: F((x) == 0);                                                  \
-    case TC_OP_ISFINITE: F(isfinite(x) ? 1 : 0);                                          \
-    case TC_OP_ADD_SCALAR: F((x) + (a));                                                  \
-    case TC_OP_MUL_SCALAR: F((x) * (a));                                                  \
-    case TC_OP_POW_SCALAR: F((a) == 2 ? (x) * (x) : pow(x, a));                           \
-    case TC_OP_RPOW_SCALAR: F(pow(a, x));                                                 \
-    case TC_OP_RSUB_SCALAR: F((a) - (x));                                                 \
-    case TC_OP_RDIV_SCALAR: F((a) / (x));                                                 \
-    case TC_OP_CLAMP: F(isnan(x) ? (x) : (x) < (a) ? (a) : (x) > (b) ? (b) : (x));        \
-    case TC_OP_LEAKY_RELU: F((x) > 0 ? (x) : (x) * (a));
-
-/* d y / d x given x and y (repeated subexpressions are left to the compiler) */
-#define SIG_(v) (1 / (1 + exp(-(v))))
-#define TANHU_(v) tanh(SQRT2_PI * ((v) + 0.044715 * (v) * (v) * (v)))
-#define DERIV_CASES(x, y, a, b, F)                                                        \
-    case TC_OP_NEG: F(-1);                                                                \
-    case TC_OP_EXP: F(y);                                                                 \
-    case TC_OP_LOG: F(1 / (x));                                                           \
-    case TC_OP_SQRT: F(0.5 / (y));                                                        \
-    case TC_OP_RSQRT: F(-0.5 * (y) * (y) * (y));                                          \
-    case TC_OP_ABS: F((x) > 0 ? 1 : (x) < 0 ? -1 : 0);                                    \
-    case TC_OP_SIN: F(cos(x));                                                            \
-    case TC_OP_COS: F(-sin(x));                                                           \
-    case TC_OP_TANH: F(1 - (y) * (y));                                                    \
-    case TC_OP_SIGMOID: F((y) * (1 - (y)));                                               \
-    case TC_OP_RELU: F((x) > 0 ? 1 : 0);                                                  \
-    case TC_OP_SILU: F(SIG_(x) * (1 + (x) * (1 - SIG_(x))));                                 \
-    case TC_OP_GELU: F(0.5 * (1 + erf((x) * SQRT1_2)) + (x) * exp(-0.5 * (x) * (x)) * 0.39894228040143267794); \
-    case TC_OP_GELU_TANH: F(0.5 * (1 + TANHU_(x)) + 0.5 * (x) * (1 - TANHU_(x) * TANHU_(x)) * SQRT2_PI * (1 + 3 * 0.044715 * (x) * (x))); \
-    case TC_OP_QUICK_GELU: F(SIG_(1.702 * (x)) + 1.702 * (x) * SIG_(1.702 * (x)) * (1 - SIG_(1.702 * (x))));   \
-    case TC_OP_SOFTPLUS: F((x) > 20 ? 1 : 1 / (1 + exp(-(x))));                           \
-    case TC_OP_RECIPROCAL: F(-(y) * (y));                                                 \
-    case TC_OP_SQUARE: F(2 * (x));                                                        \
-    case TC_OP_ADD_SCALAR: F(1);                                                          \
-    case TC_OP_MUL_SCALAR: F(a);                                                          \
-    case TC_OP_POW_SCALAR: F((a) == 0 ? 0 : (a) * pow(x, (a) - 1));                       \
-    case TC_OP_RPOW_SCALAR: F((y) * log(a));                                              \
-    case TC_OP_RSUB_SCALAR: F(-1);                                                        \
-    case TC_OP_RDIV_SCALAR: F(-(a) / ((x) * (x)));                                        \
-    case TC_OP_CLAMP: F((x) >= (a) && (x) <= (b) ? 1 : 0);                                \
-    case TC_OP_LEAKY_RELU: F((x) > 0 ? 1 : (a));
+#include <tgmath.h> /* the binary ops' pow: powf for f32, pow for f64 */
 
 typedef struct { tc_op op; double a, b; tc_dtype dt[4]; } ew_ctx;
 
@@ -233,51 +169,47 @@ int tc_cpu_fill(tc_tensor *dst, double v) {
 }
 
 /* ---- unary ------------------------------------------------------------------------------- */
+#define FWD_CASE_(op, fk, f, dk, uses, d) case TC_OP_##op: RET_(f)
 #define RET_(e) { for (int64_t i = 0; i < n; i++) { E x = X(i); (void)x; Y(i) = (E)(e); } return; }
-#define DEF_UNARY(NAME, T)                                                                 \
-    static void NAME(int64_t n, char **p, const int64_t *st, void *vctx) { typedef T E;                \
+#define DEF_UNARY(NAME, T, M)                                                              \
+    static void NAME(int64_t n, char **p, const int64_t *st, void *vctx) { typedef T E;    \
         ew_ctx *c = vctx;                                                                  \
         T a = (T)c->a, b = (T)c->b;                                                        \
         (void)a; (void)b;                                                                  \
-        switch (c->op) { UNARY_CASES(x, a, b, RET_) default: return; }                     \
+        switch (c->op) { TC_UNARY_OPS(FWD_CASE_, T, M) default: return; }                 \
     }
 #define X(i) ((E *)p[1])[(i) * st[1]]
 #define Y(i) ((E *)p[0])[(i) * st[0]]
-DEF_UNARY(unary_f32, float)
-DEF_UNARY(unary_f64, double)
+DEF_UNARY(unary_f32, float, TC_LIBM_F32)
+DEF_UNARY(unary_f64, double, TC_LIBM_F64)
 #undef Y
 #undef X
 #undef RET_
 
-#define RETD_(e) { for (int64_t i = 0; i < n; i++) { double x = tc_load(p[1] + i * st[1] * ei, c->dt[1]); \
-                       tc_store(p[0] + i * st[0] * eo, c->dt[0], (e)); } return; }
+#define RET_(e) { for (int64_t i = 0; i < n; i++) { double x = tc_load(p[1] + i * st[1] * ei, c->dt[1]); \
+                      tc_store(p[0] + i * st[0] * eo, c->dt[0], (e)); } return; }
 static void unary_any(int64_t n, char **p, const int64_t *st, void *vctx) {
     ew_ctx *c = vctx;
     int64_t eo = (int64_t)tc_dtype_size(c->dt[0]), ei = (int64_t)tc_dtype_size(c->dt[1]);
     double a = c->a, b = c->b;
-    switch (c->op) { UNARY_CASES(x, a, b, RETD_) default: return; }
+    (void)b;
+    switch (c->op) { TC_UNARY_OPS(FWD_CASE_, double, TC_LIBM_F64) default: return; }
 }
-#undef RETD_
+#undef RET_
+#undef FWD_CASE_
 
-/* contiguous f32 runs of the hot ops, vectorised; false: not one of them */
+/* contiguous f32 runs of the ops whose formula vectorises (V in the list), vectorised;
+ * false: not one of them */
 #define SIMD_(e) { _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { float x = xs[i]; y[i] = (e); } return true; }
+#define VEC_CASE_(op, fk, f, dk, uses, d) TC_UNARY_IF_VEC_##fk(case TC_OP_##op: SIMD_(f))
 TC_SIMD_CLONES
 static bool unary_f32_simd(int64_t n, float *restrict y, const float *restrict xs, tc_op op, float a) {
     switch (op) {
-    case TC_OP_NEG: SIMD_(-x)
-    case TC_OP_EXP: SIMD_(tc_expf(x))
-    case TC_OP_SIGMOID: SIMD_(tc_sigmoidf(x))
-    case TC_OP_RELU: SIMD_(x > 0 ? x : 0)
-    case TC_OP_SILU: SIMD_(x / (1 + tc_expf(-x)))
-    case TC_OP_GELU: SIMD_(0.5f * x * (1 + tc_erff(x * (float)SQRT1_2)))
-    case TC_OP_QUICK_GELU: SIMD_(x / (1 + tc_expf(-1.702f * x)))
-    case TC_OP_SQUARE: SIMD_(x * x)
-    case TC_OP_ADD_SCALAR: SIMD_(x + a)
-    case TC_OP_MUL_SCALAR: SIMD_(x * a)
-    case TC_OP_RSUB_SCALAR: SIMD_(a - x)
+    TC_UNARY_OPS(VEC_CASE_, float, TC_VECMATH)
     default: return false;
     }
 }
+#undef VEC_CASE_
 #undef SIMD_
 
 /* f32 runs: contiguous ones straight through unary_f32_simd, strided ones through it in
@@ -314,28 +246,29 @@ int tc_cpu_unary(tc_tensor *out, const tc_tensor *x, tc_op op, double a, double 
 }
 
 /* operands: gx, gy, x, y (x or y may be absent: then gy stands in, never read) */
-#define RETG_(e) { for (int64_t i = 0; i < n; i++) { E x = X(i), y = YY(i); (void)x; (void)y; \
-                       G(i) = GY(i) * (E)(e); } return; }
-#define DEF_UNARY_BW(NAME, T)                                                              \
-    static void NAME(int64_t n, char **p, const int64_t *st, void *vctx) { typedef T E;                \
+#define DER_CASE_(op, fk, f, dk, uses, d) TC_UNARY_IF_DIFF_##dk(case TC_OP_##op: RET_(d))
+#define RET_(e) { for (int64_t i = 0; i < n; i++) { E x = X(i), y = YY(i); (void)x; (void)y; \
+                      G(i) = GY(i) * (E)(e); } return; }
+#define DEF_UNARY_BW(NAME, T, M)                                                           \
+    static void NAME(int64_t n, char **p, const int64_t *st, void *vctx) { typedef T E;    \
         ew_ctx *c = vctx;                                                                  \
         T a = (T)c->a, b = (T)c->b;                                                        \
         (void)a; (void)b;                                                                  \
-        switch (c->op) { DERIV_CASES(x, y, a, b, RETG_) default: return; }                 \
+        switch (c->op) { TC_UNARY_OPS(DER_CASE_, T, M) default: return; }                 \
     }
 #define G(i) ((E *)p[0])[(i) * st[0]]
 #define GY(i) ((E *)p[1])[(i) * st[1]]
 #define X(i) ((E *)p[2])[(i) * st[2]]
 #define YY(i) ((E *)p[3])[(i) * st[3]]
-DEF_UNARY_BW(unary_bw_f32, float)
-DEF_UNARY_BW(unary_bw_f64, double)
+DEF_UNARY_BW(unary_bw_f32, float, TC_LIBM_F32)
+DEF_UNARY_BW(unary_bw_f64, double, TC_LIBM_F64)
 #undef G
 #undef GY
 #undef X
 #undef YY
-#undef RETG_
+#undef RET_
 
-#define RETGD_(e) { for (int64_t i = 0; i < n; i++) {                                       \
+#define RET_(e) { for (int64_t i = 0; i < n; i++) {                                          \
         double x = tc_load(p[2] + i * st[2] * e2, c->dt[2]), y = tc_load(p[3] + i * st[3] * e3, c->dt[3]); \
         (void)x; (void)y;                                                                   \
         tc_store(p[0] + i * st[0] * e0, c->dt[0], tc_load(p[1] + i * st[1] * e1, c->dt[1]) * (e)); } return; }
@@ -344,32 +277,26 @@ static void unary_bw_any(int64_t n, char **p, const int64_t *st, void *vctx) {
     int64_t e0 = (int64_t)tc_dtype_size(c->dt[0]), e1 = (int64_t)tc_dtype_size(c->dt[1]),
             e2 = (int64_t)tc_dtype_size(c->dt[2]), e3 = (int64_t)tc_dtype_size(c->dt[3]);
     double a = c->a, b = c->b;
-    switch (c->op) { DERIV_CASES(x, y, a, b, RETGD_) default: return; }
+    (void)b;
+    switch (c->op) { TC_UNARY_OPS(DER_CASE_, double, TC_LIBM_F64) default: return; }
 }
-#undef RETGD_
+#undef RET_
+#undef DER_CASE_
 
-/* contiguous f32 runs of the hot derivatives, vectorised; x or y may alias gy where absent */
+/* contiguous f32 runs of the derivatives that vectorise, vectorised; x or y may alias gy
+ * where absent */
 #define SIMD_(e) { _Pragma("omp simd") for (int64_t i = 0; i < n; i++) { float x = xs[i], y = ys[i]; (void)x; (void)y; \
                        g[i] = gy[i] * (e); } return true; }
+#define VEC_CASE_(op, fk, f, dk, uses, d) TC_UNARY_IF_VEC_##dk(case TC_OP_##op: SIMD_(d))
 TC_SIMD_CLONES
 static bool unary_bw_f32_simd(int64_t n, float *restrict g, const float *restrict gy, const float *restrict xs,
                               const float *restrict ys, tc_op op, float a) {
     switch (op) {
-    case TC_OP_NEG: SIMD_(-1.0f)
-    case TC_OP_EXP: SIMD_(y)
-    case TC_OP_TANH: SIMD_(1 - y * y)
-    case TC_OP_SIGMOID: SIMD_(y * (1 - y))
-    case TC_OP_RELU: SIMD_(x > 0 ? 1.0f : 0.0f)
-    case TC_OP_SILU: SIMD_(tc_sigmoidf(x) * (1 + x * (1 - tc_sigmoidf(x))))
-    case TC_OP_GELU: SIMD_(0.5f * (1 + tc_erff(x * (float)SQRT1_2)) + x * tc_expf(-0.5f * x * x) * 0.39894228040143267794f)
-    case TC_OP_QUICK_GELU: SIMD_(tc_sigmoidf(1.702f * x) * (1 + 1.702f * x * (1 - tc_sigmoidf(1.702f * x))))
-    case TC_OP_SQUARE: SIMD_(2 * x)
-    case TC_OP_ADD_SCALAR: SIMD_(1.0f)
-    case TC_OP_MUL_SCALAR: SIMD_(a)
-    case TC_OP_RSUB_SCALAR: SIMD_(-1.0f)
+    TC_UNARY_OPS(VEC_CASE_, float, TC_VECMATH)
     default: return false;
     }
 }
+#undef VEC_CASE_
 #undef SIMD_
 
 /* as unary_f32_run: operands gx, gy, x, y */

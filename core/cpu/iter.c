@@ -1,6 +1,6 @@
-/* iter.c: the strided iterator under every CPU elementwise kernel, and element load and
- * store for any dtype. Dims are merged where all operands allow, so a contiguous tensor
- * is one run of numel elements; large runs are split across threads. */
+/* iter.c: the strided iterator under every CPU elementwise kernel. Dims are merged where
+ * all operands allow, so a contiguous tensor is one run of numel elements; large runs are
+ * split across threads. */
 #include "cpu.h"
 
 #include <string.h>
@@ -85,46 +85,4 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
     }
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
-}
-
-double tc_load(const void *p, tc_dtype dt) {
-    switch (dt) {
-    case TC_F32: return *(const float *)p;
-    case TC_F64: return *(const double *)p;
-    case TC_F16: return tc_f16_to_f32(*(const uint16_t *)p);
-    case TC_BF16: return tc_bf16_to_f32(*(const uint16_t *)p);
-    case TC_I32: return *(const int32_t *)p;
-    case TC_I64: return (double)*(const int64_t *)p;
-    case TC_U8: return *(const uint8_t *)p;
-    case TC_BOOL: return *(const uint8_t *)p != 0;
-    default: return 0;
-    }
-}
-
-/* float to integer by truncation, as a C cast, but total: NaN gives 0 and values out of
- * range saturate, where the cast would be undefined behaviour */
-static int64_t to_i64(double v) {
-    if (v != v) return 0;
-    if (v >= 0x1p63) return INT64_MAX;
-    if (v < -0x1p63) return INT64_MIN;
-    return (int64_t)v;
-}
-
-static int32_t to_i32(double v) {
-    int64_t i = to_i64(v);
-    return i > INT32_MAX ? INT32_MAX : i < INT32_MIN ? INT32_MIN : (int32_t)i;
-}
-
-void tc_store(void *p, tc_dtype dt, double v) {
-    switch (dt) {
-    case TC_F32: *(float *)p = (float)v; break;
-    case TC_F64: *(double *)p = v; break;
-    case TC_F16: *(uint16_t *)p = tc_f32_to_f16((float)v); break;
-    case TC_BF16: *(uint16_t *)p = tc_f32_to_bf16((float)v); break;
-    case TC_I32: *(int32_t *)p = to_i32(v); break;
-    case TC_I64: *(int64_t *)p = to_i64(v); break;
-    case TC_U8: *(uint8_t *)p = (uint8_t)to_i64(v); break; /* wraps modulo 256, as PyTorch */
-    case TC_BOOL: *(uint8_t *)p = v != 0; break;
-    default: break;
-    }
 }

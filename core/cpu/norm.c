@@ -1,8 +1,10 @@
 /* norm.c (cpu): layer norm over the rows of [M, N] and group norm over the groups of
- * [N, C, HW], forward and fused backward. f32 with unit-stride rows (what models run) takes
- * vectorised float loops with double sums; every other dtype and stride goes through double
- * rows loaded by tc_cpu_load_row (f64 stays exact for the gradient checks). */
+ * [N, C, HW] (with silu fused in on request), forward and fused backward. f32 with unit-stride
+ * rows (what models run) takes vectorised float loops with double sums; every other dtype and
+ * stride goes through double rows loaded by tc_cpu_load_row (f64 stays exact for the gradient
+ * checks). */
 #include "cpu.h"
+#include "unary.h"
 #include "vecmath.h"
 
 #include <math.h>
@@ -105,7 +107,7 @@ static int layer_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
 /* ---- group norm ------------------------------------------------------------------------------
  * Group (n, g) holds channels g * C / G .. (g + 1) * C / G - 1 of sample n, each a row of HW. */
 static int group_norm_any(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
-                          const tc_tensor *w, const tc_tensor *b, int groups, double eps) {
+                          const tc_tensor *w, const tc_tensor *b, int groups, double eps, bool silu) {
     int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / groups, G = groups;
     double *wv = vec(w, C, 1), *bv = vec(b, C, 0), cnt = (double)(cg * HW);
     int err = wv && bv ? 0 : 1;
@@ -130,6 +132,8 @@ static int group_norm_any(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
                 tc_cpu_load_row(r, at(x, n * x->stride[0] + c * x->stride[1]), HW, x->stride[2], x->dtype);
                 double a = rs * wv[c], o = bv[c] - mu * a;
                 for (int64_t i = 0; i < HW; i++) r[i] = r[i] * a + o;
+                if (silu)
+                    for (int64_t i = 0; i < HW; i++) r[i] = TC_SILU(TC_LIBM_F64, r[i]);
                 tc_cpu_store_row((char *)at(y, (n * C + c) * HW), r, HW, 1, y->dtype);
             }
             tc_store((char *)at(mean, ng), mean->dtype, mu);
@@ -142,14 +146,23 @@ static int group_norm_any(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
     return err ? tc_error("group_norm: out of memory") : TC_OK;
 }
 
-/* as layer norm, over each group; gw and gb sum per (n, c) partials over n */
+/* g = gy silu'(h) for the row of channel c, where h = x a + o is what the forward activated */
+static void silu_grad_row(double *g, const double *xr, int64_t n, double a, double o) {
+    for (int64_t i = 0; i < n; i++) {
+        double h = xr[i] * a + o;
+        g[i] *= TC_SILU_GRAD(TC_LIBM_F64, h);
+    }
+}
+
+/* as layer norm, over each group; gw and gb sum per (n, c) partials over n. With silu, gy
+ * first goes through the activation's derivative. */
 static int group_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                                    const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                                   const tc_tensor *w, int groups) {
+                                   const tc_tensor *w, const tc_tensor *b, int groups, bool silu) {
     int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / groups, G = groups;
-    double *wv = vec(w, C, 1), cnt = (double)(cg * HW);
+    double *wv = vec(w, C, 1), *bv = vec(b, C, 0), cnt = (double)(cg * HW);
     double *pw = calloc((size_t)(N * C) + 1, sizeof *pw), *pb = calloc((size_t)(N * C) + 1, sizeof *pb);
-    int err = wv && pw && pb ? 0 : 1;
+    int err = wv && bv && pw && pb ? 0 : 1;
 #pragma omp parallel reduction(max : err) if (!err && N * G > 1 && N * C * HW >= PAR_MIN)
     {
         double *xr = malloc((size_t)(2 * HW + 1) * sizeof *xr), *g = xr ? xr + HW : NULL;
@@ -163,6 +176,7 @@ static int group_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
             for (int64_t c = c0; c < c0 + cg; c++) {
                 tc_cpu_load_row(xr, at(x, n * x->stride[0] + c * x->stride[1]), HW, x->stride[2], x->dtype);
                 tc_cpu_load_row(g, at(gy, n * gy->stride[0] + c * gy->stride[1]), HW, gy->stride[2], gy->dtype);
+                if (silu) silu_grad_row(g, xr, HW, rs * wv[c], bv[c] - mu * (rs * wv[c]));
                 double sw = 0, sb = 0;
                 for (int64_t i = 0; i < HW; i++) {
                     sw += g[i] * (xr[i] - mu) * rs;
@@ -179,6 +193,7 @@ static int group_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
             for (int64_t c = c0; c < c0 + cg; c++) {
                 tc_cpu_load_row(xr, at(x, n * x->stride[0] + c * x->stride[1]), HW, x->stride[2], x->dtype);
                 tc_cpu_load_row(g, at(gy, n * gy->stride[0] + c * gy->stride[1]), HW, gy->stride[2], gy->dtype);
+                if (silu) silu_grad_row(g, xr, HW, rs * wv[c], bv[c] - mu * (rs * wv[c]));
                 for (int64_t i = 0; i < HW; i++) g[i] = rs * (g[i] * wv[c] - s1 - (xr[i] - mu) * rs * s2);
                 tc_cpu_store_row((char *)at(gx, (n * C + c) * HW), g, HW, 1, gx->dtype);
             }
@@ -192,6 +207,7 @@ static int group_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
         if (gb) tc_store((char *)at(gb, c), gb->dtype, sb);
     }
     free(wv);
+    free(bv);
     free(pw);
     free(pb);
     return err ? tc_error("group_norm backward: out of memory") : TC_OK;
@@ -221,11 +237,32 @@ static void row_moments(const float *restrict x, int64_t n, double shift, double
 typedef struct { float hi, lo; } split_mean;
 static split_mean split(double mu) { float hi = (float)mu; return (split_mean){hi, (float)(mu - hi)}; }
 
-/* y = (x - mu) * a + o */
+/* y = (x - mu) * a + o, and with silu y = silu of that: one read of x, one write of y */
 TC_SIMD_CLONES
-static void row_normalize(float *restrict y, const float *restrict x, int64_t n, split_mean mu, float a, float o) {
+static void row_normalize(float *restrict y, const float *restrict x, int64_t n, split_mean mu, float a, float o,
+                          bool silu) {
+    if (silu) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            float h = ((x[i] - mu.hi) - mu.lo) * a + o;
+            y[i] = TC_SILU(TC_VECMATH, h);
+        }
+        return;
+    }
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] = ((x[i] - mu.hi) - mu.lo) * a + o;
+}
+
+/* gh = g * silu'(h) with h = (x - mu) * a + o, as row_normalize activated it: the gradient that
+ * reaches the norm through the silu */
+TC_SIMD_CLONES
+static void row_silu_grad(float *restrict gh, const float *restrict g, const float *restrict x, int64_t n,
+                          split_mean mu, float a, float o) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        float h = ((x[i] - mu.hi) - mu.lo) * a + o;
+        gh[i] = g[i] * TC_SILU_GRAD(TC_VECMATH, h);
+    }
 }
 
 /* y = (x - mu) * rs * w + b */
@@ -345,7 +382,7 @@ static int layer_norm_backward_f32(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
 }
 
 static int group_norm_f32(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x, const double *wv,
-                          const double *bv, int64_t G, double eps) {
+                          const double *bv, int64_t G, double eps, bool silu) {
     int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / G, s0 = x->stride[0], s1c = x->stride[1];
     double cnt = (double)(cg * HW);
     const float *xp = tc_data(x);
@@ -359,42 +396,64 @@ static int group_norm_f32(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
         double m1 = cnt > 0 ? s1 / cnt : 0, var = cnt > 0 ? s2 / cnt - m1 * m1 : 0, mu = shift + m1;
         double rs = 1 / sqrt((var > 0 ? var : 0) + eps);
         for (int64_t c = c0; c < c0 + cg; c++)
-            row_normalize(yp + (n * C + c) * HW, xp + n * s0 + c * s1c, HW, split(mu), (float)(rs * wv[c]), (float)bv[c]);
+            row_normalize(yp + (n * C + c) * HW, xp + n * s0 + c * s1c, HW, split(mu), (float)(rs * wv[c]),
+                          (float)bv[c], silu);
         mp[ng] = (float)mu;
         rp[ng] = (float)rs;
     }
     return TC_OK;
 }
 
-/* as group_norm_backward_any: pw, pb [N, C] get each (n, c)'s share of gw and gb */
-static void group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *mean,
-                                    const tc_tensor *rstd, const double *wv, int64_t G, double *pw, double *pb) {
+/* as group_norm_backward_any: pw, pb [N, C] get each (n, c)'s share of gw and gb. With silu,
+ * gy goes through the activation's derivative first, into a scratch copy of the group that
+ * both passes read (the derivative's exp once per element). */
+static int group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *mean,
+                                   const tc_tensor *rstd, const double *wv, const double *bv, int64_t G, bool silu,
+                                   double *pw, double *pb) {
     int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / G;
     double cnt = (double)(cg * HW);
     const float *xp = tc_data(x), *gp = tc_data(gy), *mp = tc_data(mean), *rp = tc_data(rstd);
+    int err = 0;
 #define XROW(c) (xp + n * x->stride[0] + (c) * x->stride[1])
 #define GROW(c) (gp + n * gy->stride[0] + (c) * gy->stride[1])
-#pragma omp parallel for schedule(static) if (N * G > 1 && N * C * HW >= PAR_MIN)
-    for (int64_t ng = 0; ng < N * G; ng++) {
-        int64_t n = ng / G, c0 = ng % G * cg;
-        double mu = mp[ng], rs = rp[ng], s1 = 0, s2 = 0; /* sums of gh and gh * xh over the group */
-        for (int64_t c = c0; c < c0 + cg; c++) {
-            double sg, sgx;
-            row_grad_sums(GROW(c), XROW(c), HW, mu, &sg, &sgx);
-            pw[n * C + c] = sgx * rs;
-            pb[n * C + c] = sg;
-            s1 += sg * wv[c];
-            s2 += sgx * rs * wv[c];
+#pragma omp parallel reduction(max : err) if (N * G > 1 && N * C * HW >= PAR_MIN)
+    {
+        float *gh = silu ? malloc((size_t)(cg * HW + 1) * sizeof *gh) : NULL;
+        bool ok = !silu || gh; /* err itself starts at INT_MIN here, max's identity */
+        if (!ok) err = 1;
+#pragma omp for schedule(static)
+        for (int64_t ng = 0; ng < N * G; ng++) {
+            if (!ok) continue;
+            int64_t n = ng / G, c0 = ng % G * cg;
+            double mu = mp[ng], rs = rp[ng], s1 = 0, s2 = 0; /* sums of gh and gh * xh over the group */
+            for (int64_t c = c0; c < c0 + cg; c++) {
+                const float *g = GROW(c);
+                if (silu) {
+                    float *ghc = gh + (c - c0) * HW;
+                    row_silu_grad(ghc, g, XROW(c), HW, split(mu), (float)(rs * wv[c]), (float)bv[c]);
+                    g = ghc;
+                }
+                double sg, sgx;
+                row_grad_sums(g, XROW(c), HW, mu, &sg, &sgx);
+                pw[n * C + c] = sgx * rs;
+                pb[n * C + c] = sg;
+                s1 += sg * wv[c];
+                s2 += sgx * rs * wv[c];
+            }
+            if (!gx) continue;
+            s1 /= cnt;
+            s2 /= cnt;
+            for (int64_t c = c0; c < c0 + cg; c++) {
+                const float *g = silu ? gh + (c - c0) * HW : GROW(c);
+                row_grad((float *)tc_data(gx) + (n * C + c) * HW, g, XROW(c), HW, split(mu), (float)(rs * wv[c]),
+                         (float)(-rs * rs * s2), (float)(-rs * s1));
+            }
         }
-        if (!gx) continue;
-        s1 /= cnt;
-        s2 /= cnt;
-        for (int64_t c = c0; c < c0 + cg; c++)
-            row_grad((float *)tc_data(gx) + (n * C + c) * HW, GROW(c), XROW(c), HW, split(mu), (float)(rs * wv[c]),
-                     (float)(-rs * rs * s2), (float)(-rs * s1));
+        free(gh);
     }
 #undef XROW
 #undef GROW
+    return err ? tc_error("group_norm backward: out of memory") : TC_OK;
 }
 
 /* ---- entry points: the f32 paths where they apply -------------------------------------- */
@@ -421,12 +480,13 @@ int tc_cpu_layer_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, cons
 }
 
 int tc_cpu_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
-                      const tc_tensor *w, const tc_tensor *b, int groups, double eps) {
+                      const tc_tensor *w, const tc_tensor *b, int groups, double eps, bool silu) {
     if (!unit_rows(x) || y->dtype != TC_F32 || mean->dtype != TC_F32)
-        return group_norm_any(y, mean, rstd, x, w, b, groups, eps);
+        return group_norm_any(y, mean, rstd, x, w, b, groups, eps, silu);
     int64_t C = x->shape[1];
     double *wv = vec(w, C, 1), *bv = vec(b, C, 0);
-    int rc = wv && bv ? group_norm_f32(y, mean, rstd, x, wv, bv, groups, eps) : tc_error("group_norm: out of memory");
+    int rc = wv && bv ? group_norm_f32(y, mean, rstd, x, wv, bv, groups, eps, silu)
+                      : tc_error("group_norm: out of memory");
     free(wv);
     free(bv);
     return rc;
@@ -434,21 +494,22 @@ int tc_cpu_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_t
 
 int tc_cpu_group_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                                const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
-                               const tc_tensor *w, int groups) {
+                               const tc_tensor *w, const tc_tensor *b, int groups, bool silu) {
     if (!unit_rows(x) || !unit_rows(gy) || (gx && gx->dtype != TC_F32) || mean->dtype != TC_F32)
-        return group_norm_backward_any(gx, gw, gb, gy, x, mean, rstd, w, groups);
+        return group_norm_backward_any(gx, gw, gb, gy, x, mean, rstd, w, b, groups, silu);
     int64_t N = x->shape[0], C = x->shape[1];
-    double *wv = vec(w, C, 1), *pw = calloc((size_t)(2 * N * C) + 1, sizeof *pw);
-    if (!wv || !pw) { free(wv); free(pw); return tc_error("group_norm backward: out of memory"); }
-    double *pb = pw + N * C;
-    group_norm_backward_f32(gx, gy, x, mean, rstd, wv, groups, pw, pb);
-    for (int64_t c = 0; c < C; c++) { /* gw and gb: the (n, c) shares summed over n */
+    double *wv = vec(w, C, 1), *bv = vec(b, C, 0), *pw = calloc((size_t)(2 * N * C) + 1, sizeof *pw);
+    int rc = wv && bv && pw ? TC_OK : tc_error("group_norm backward: out of memory");
+    double *pb = pw ? pw + N * C : NULL;
+    if (rc == TC_OK) rc = group_norm_backward_f32(gx, gy, x, mean, rstd, wv, bv, groups, silu, pw, pb);
+    for (int64_t c = 0; rc == TC_OK && c < C; c++) { /* gw and gb: the (n, c) shares summed over n */
         double sw = 0, sb = 0;
         for (int64_t n = 0; n < N; n++) { sw += pw[n * C + c]; sb += pb[n * C + c]; }
         if (gw) tc_store((char *)tc_data(gw) + c * (int64_t)tc_dtype_size(gw->dtype), gw->dtype, sw);
         if (gb) tc_store((char *)tc_data(gb) + c * (int64_t)tc_dtype_size(gb->dtype), gb->dtype, sb);
     }
     free(wv);
+    free(bv);
     free(pw);
-    return TC_OK;
+    return rc;
 }

@@ -2,6 +2,7 @@
  * its state (SGD momentum, Adam moments) in place from its gradient; plus the EMA blend and the
  * |x|^p sums of gradient clipping. The formulas follow PyTorch's CPU kernels op for op. */
 #include "cpu.h"
+#include "adam.h"
 
 #include <math.h>
 
@@ -32,32 +33,6 @@ static bool cpu_has_avx2(void) { return __builtin_cpu_supports("avx2") && __buil
 #define SIMD
 #define SIMD_SUM
 #endif
-
-/* ---- Adam's scalars, computed in double as PyTorch's Python code does ------------------------ */
-typedef struct {
-    double shrink, wd;       /* AdamW: p * (1 - lr * wd); Adam: grad + wd * p (one is a no-op) */
-    double coef;             /* lerp weight (1 - beta1), less 1 when the weight is not small */
-    bool small;              /* PyTorch's lerp starts from the nearer end: exp_avg if small */
-    double b2, w2, bc2_sqrt, eps, neg_step;
-} adam_k;
-
-static adam_k adam_consts(const tc_adam_opts *o, bool f32) {
-    double step = (double)o->step;
-    double bc1 = 1 - pow(o->beta1, step), bc2 = 1 - pow(o->beta2, step);
-    bool decay = o->weight_decay != 0;
-    double w1 = 1 - o->beta1;
-    if (f32) w1 = (float)w1;
-    adam_k k = {
-        .shrink = decay && o->decoupled ? 1 - o->lr * o->weight_decay : 1,
-        .wd = decay && !o->decoupled ? o->weight_decay : 0,
-        .small = fabs(w1) < 0.5,
-        .b2 = o->beta2, .w2 = 1 - o->beta2, .bc2_sqrt = pow(bc2, 0.5), .eps = o->eps,
-        .neg_step = -(o->lr / bc1),
-    };
-    /* weight - 1 in the tensor's precision, as PyTorch's lerp computes it */
-    k.coef = k.small ? w1 : f32 ? (double)((float)w1 - 1.0f) : w1 - 1;
-    return k;
-}
 
 /* ---- the element loops over [lo, hi), one instance per dtype (and per target) ---------------
  * Each keeps the order of operations of PyTorch's single-tensor update as its CPU kernels
@@ -93,29 +68,13 @@ static adam_k adam_consts(const tc_adam_opts *o, bool f32) {
         }                                                                                         \
     }                                                                                             \
                                                                                                   \
-    /* exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2);    \
-     * p.addcdiv_(exp_avg, sqrt(v) / sqrt(bias_correction2) + eps, value=-lr / bias_correction1) */ \
+    /* Adam and AdamW: core/adam.h's update */                                                 \
     ATTR LOOP_OPTS static void adam_##T##SUF(void *pv, const void *gv, void *mv, void *vv,      \
-                                             void *xv, int64_t lo, int64_t hi, const adam_k *k) { \
+                                             void *xv, int64_t lo, int64_t hi, const tc_adam_scalars *k) { \
         T *restrict p = pv, *restrict m = mv, *restrict v = vv, *restrict vmax = xv;              \
         const T *restrict g = gv;                                                                 \
-        const T shrink = (T)k->shrink, wd = (T)k->wd, coef = (T)k->coef, b2 = (T)k->b2;           \
-        const T w2 = (T)k->w2, bc2_sqrt = (T)k->bc2_sqrt, eps = (T)k->eps;                        \
-        const T neg_step = (T)k->neg_step;                                                        \
-        const bool small = k->small;                                                              \
-        for (int64_t i = lo; i < hi; i++) {                                                       \
-            T pi = p[i] * shrink, gi = FMA(pi, wd, g[i]), mi = m[i];                              \
-            mi = FMA(coef, gi - mi, small ? mi : gi);                                             \
-            T vi = FMA(w2 * gi, gi, v[i] * b2);                                                   \
-            m[i] = mi;                                                                            \
-            v[i] = vi;                                                                            \
-            if (vmax) {                                          /* torch.maximum: NaN wins */    \
-                T mx = vmax[i];                                                                   \
-                vi = ((mx > vi) | (mx != mx)) ? mx : vi;                                          \
-                vmax[i] = vi;                                                                     \
-            }                                                                                     \
-            p[i] = pi + neg_step * mi / (SQRT(vi) / bc2_sqrt + eps);                              \
-        }                                                                                         \
+        const struct { TC_ADAM_FIELDS(T) } s = TC_ADAM_ROUND(T, *k);                             \
+        for (int64_t i = lo; i < hi; i++) TC_ADAM_UPDATE(T, FMA, MUL_, SQRT, s, p, g, m, v, vmax, i); \
     }                                                                                             \
                                                                                                   \
     /* s.sub_((1 - decay) * (s - p)) */                                                           \
@@ -126,6 +85,7 @@ static adam_k adam_consts(const tc_adam_opts *o, bool f32) {
         SIMD for (int64_t i = lo; i < hi; i++) s[i] = s[i] - w * (s[i] - p[i]);                   \
     }
 
+#define MUL_(a, b) ((a) * (b)) /* C rounds each product: -std=c11 turns contraction off */
 OPTIM_LOOPS(float, fmaf, sqrtf, , )
 OPTIM_LOOPS(double, fma, sqrt, , )
 #if HAVE_AVX2
@@ -134,7 +94,7 @@ OPTIM_LOOPS(double, fma, sqrt, _avx2, AVX2_TARGET)
 
 /* Adam's f32 loop, eight lanes at a time; the scalar loop above (same formulas) does the tail */
 AVX2_TARGET static void adam_f32_simd(void *pv, const void *gv, void *mv, void *vv, void *xv, int64_t lo,
-                                      int64_t hi, const adam_k *k) {
+                                      int64_t hi, const tc_adam_scalars *k) {
     float *restrict p = pv, *restrict m = mv, *restrict v = vv, *restrict vmax = xv;
     const float *restrict g = gv;
     const __m256 shrink = _mm256_set1_ps((float)k->shrink), wd = _mm256_set1_ps((float)k->wd);
@@ -166,7 +126,7 @@ AVX2_TARGET static void adam_f32_simd(void *pv, const void *gv, void *mv, void *
 /* ---- kernels: the loop for the dtype and this CPU, run by threads over blocks ------------------ */
 typedef void (*sgd_fn)(void *p, const void *g, void *buf, int64_t lo, int64_t hi, const tc_sgd_opts *o);
 typedef void (*adam_fn)(void *p, const void *g, void *m, void *v, void *vmax, int64_t lo, int64_t hi,
-                        const adam_k *k);
+                        const tc_adam_scalars *k);
 typedef void (*ema_fn)(void *s, const void *p, int64_t lo, int64_t hi, double decay);
 
 #if HAVE_AVX2
@@ -199,7 +159,7 @@ int tc_cpu_adam_step(tc_tensor *p, const tc_tensor *g, tc_tensor *m, tc_tensor *
                      const tc_adam_opts *o) {
     if (check_float("adam", p->dtype) != TC_OK) return TC_ERR;
     adam_fn fn = PICK(p->dtype, adam_float, adam_double, adam_f32_simd, adam_double_avx2);
-    adam_k k = adam_consts(o, p->dtype == TC_F32);
+    tc_adam_scalars k = tc_adam_scalars_of(o, p->dtype == TC_F32);
     void *pd = tc_data(p), *md = tc_data(m), *vd = tc_data(v), *xd = vmax ? tc_data(vmax) : NULL;
     const void *gd = tc_data(g);
     int64_t n = tc_numel(p);

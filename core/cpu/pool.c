@@ -2,6 +2,7 @@
  * (constant, reflect, replicate), each with its backward. Tensors are contiguous; the
  * pooling and resampling kernels see [N, C, H, W] as N * C independent planes. */
 #include "cpu.h"
+#include "pad.h"
 
 #include <math.h>
 
@@ -358,33 +359,13 @@ static int pad_constant(tc_tensor *out, const tc_tensor *in, const int64_t *pads
     return rc;
 }
 
-/* reflect (mirror without repeating the edge) or replicate (repeat the edge) */
-static int64_t pad_src(int64_t o, int64_t before, int64_t n, tc_pad_mode mode) {
-    int64_t i = o - before;
-    if (mode == TC_PAD_REPLICATE) return i < 0 ? 0 : i >= n ? n - 1 : i;
-    if (i < 0) i = -i;
-    if (i >= n) i = 2 * (n - 1) - i;
-    return i;
-}
-
-/* x seen as [B, H, W] over its last two dims (H = 1 for a 1-d pad); y likewise */
-typedef struct { int64_t B, H, W, OH, OW, top, left; tc_pad_mode mode; } pad_geom;
-
-static pad_geom pad_geom_of(const tc_tensor *x, const tc_tensor *y, const int64_t *pads, tc_pad_mode mode) {
-    int nd = x->ndim;
-    pad_geom g = {1, nd >= 2 ? x->shape[nd - 2] : 1, x->shape[nd - 1], nd >= 2 ? y->shape[nd - 2] : 1,
-                  y->shape[nd - 1], nd >= 2 ? pads[2] : 0, pads[0], mode};
-    for (int d = 0; d < nd - 2; d++) g.B *= x->shape[d];
-    return g;
-}
-
-ALWAYS_INLINE void pad_plane(char *y, const char *x, const pad_geom *g, bool backward, bool f32) {
+ALWAYS_INLINE void pad_plane(char *y, const char *x, const tc_pad_geom *g, bool backward, bool f32) {
     size_t es = f32 ? 4 : 8;
     if (backward) memset(y, 0, (size_t)(g->H * g->W) * es); /* here y is gx [H, W], x is gy */
     for (int64_t oh = 0; oh < g->OH; oh++) {
-        int64_t ih = pad_src(oh, g->top, g->H, g->mode);
+        int64_t ih = tc_pad_src(oh, g->top, g->H, g->mode);
         for (int64_t ow = 0; ow < g->OW; ow++) {
-            int64_t iw = pad_src(ow, g->left, g->W, g->mode);
+            int64_t iw = tc_pad_src(ow, g->left, g->W, g->mode);
             if (backward) add_to(y, ih * g->W + iw, ld(x, oh * g->OW + ow, f32), f32);
             else st(y, oh * g->OW + ow, ld(x, ih * g->W + iw, f32), f32);
         }
@@ -396,7 +377,7 @@ typedef struct { const int64_t *pads; tc_pad_mode mode; double value; } pad_aux;
 static int pad_run(tc_tensor *out, const tc_tensor *in, const void *aux, bool backward) {
     const pad_aux *a = aux;
     if (a->mode == TC_PAD_CONSTANT) return pad_constant(out, in, a->pads, backward ? -1 : 1, backward ? 0 : a->value);
-    pad_geom g = backward ? pad_geom_of(out, in, a->pads, a->mode) : pad_geom_of(in, out, a->pads, a->mode);
+    tc_pad_geom g = backward ? tc_pad_geom_of(out, in, a->pads, a->mode) : tc_pad_geom_of(in, out, a->pads, a->mode);
     size_t es = tc_dtype_size(in->dtype);
     bool f32 = in->dtype == TC_F32;
     const char *id = tc_data(in);

@@ -59,6 +59,9 @@ static inline float tc_erff(float x) {
     return x < 0 ? -e : e;
 }
 
+/* these functions as the M of core/unary.h's formulas: TC_VECMATH(exp) is tc_expf */
+#define TC_VECMATH(fn) tc_##fn##f
+
 /* the largest of x[0..n), -inf when n is 0 or all are -inf (NaNs are passed over). The simd
  * max is gcc's alone: clang will not vectorise it without fast-math, and warns. */
 static inline float tc_maxf(const float *restrict x, int64_t n) {

@@ -2,6 +2,7 @@
  * event records, and the "mask" TFRecord applies to it. Slicing-by-8 over tables built
  * once (about 2 GB/s; an event record is a few bytes to a few hundred kilobytes). */
 #include "tocha.h"
+#include "tocha_io.h"
 
 #include <pthread.h>
 #include <string.h>

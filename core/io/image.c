@@ -4,6 +4,7 @@
  * file and the reason, never an exit or a crash. libjpeg's warnings (premature end of
  * data, corrupt entropy data) are errors here too: a damaged image must not load. */
 #include "tocha.h"
+#include "tocha_io.h"
 
 #include <errno.h>
 #include <png.h>

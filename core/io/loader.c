@@ -4,6 +4,7 @@
  * finished batches in order. With no workers, taking a batch runs it on the caller's
  * thread: the same code on the same (seed, counter), so the results are identical. */
 #include "tocha.h"
+#include "tocha_io.h"
 
 #include <pthread.h>
 #include <stdio.h>

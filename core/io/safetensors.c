@@ -5,6 +5,7 @@
  * every header field is validated first. Saving writes a temporary file and renames it. */
 #include "../internal.h"
 #include "json.h"
+#include "tocha_io.h"
 
 #include <errno.h>
 #include <fcntl.h>

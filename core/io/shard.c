@@ -3,6 +3,7 @@
  * sample; an index kept beside the shards (by tocha.data) gives each sample's shard,
  * offset and size, so any sample is one pread and one decompression away. */
 #include "tocha.h"
+#include "tocha_io.h"
 
 #include <errno.h>
 #include <fcntl.h>

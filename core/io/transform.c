@@ -3,6 +3,7 @@
  * through a view with a signed pixel stride, so crops and flips cost nothing and a resize
  * followed by a crop computes only the pixels the crop keeps. */
 #include "tocha.h"
+#include "tocha_io.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -105,18 +106,22 @@ typedef struct {
     int ksize;
     int *bounds;
     int32_t *kk;
+    double *kd;   /* the same weights before rounding, when asked for (float images) */
 } taps;
 
-static int make_taps(taps *t, int64_t in, int64_t out, int64_t o0, int64_t n, const filter *fl, bool antialias) {
+static int make_taps(taps *t, int64_t in, int64_t out, int64_t o0, int64_t n, const filter *fl, bool antialias,
+                     bool keep_double) {
     double scale = (double)in / (double)out, fscale = scale < 1.0 || !antialias ? 1.0 : scale;
     double support = fl->support * fscale;
     int ksize = (int)ceil(support) * 2 + 1;
     t->ksize = ksize;
     t->bounds = malloc(sizeof(int) * 2 * (size_t)n);
     t->kk = malloc(sizeof(int32_t) * (size_t)(n * ksize));
+    t->kd = keep_double ? malloc(sizeof(double) * (size_t)(n * ksize)) : NULL;
     double *k = malloc(sizeof(double) * (size_t)ksize);
-    if (!t->bounds || !t->kk || !k) {
-        free(t->bounds); free(t->kk); free(k);
+    if (!t->bounds || !t->kk || !k || (keep_double && !t->kd)) {
+        free(t->bounds); free(t->kk); free(t->kd); free(k);
+        t->bounds = NULL; t->kk = NULL; t->kd = NULL;
         return tc_error("resize: out of memory");
     }
     for (int64_t j = 0; j < n; j++) {
@@ -133,6 +138,7 @@ static int make_taps(taps *t, int64_t in, int64_t out, int64_t o0, int64_t n, co
         for (int x = 0; x < ksize; x++) {
             double w = x < xmax ? (ww != 0.0 ? k[x] / ww : k[x]) : 0.0;
             kj[x] = (int32_t)(w < 0 ? -0.5 + w * (1 << PRECISION_BITS) : 0.5 + w * (1 << PRECISION_BITS));
+            if (t->kd) t->kd[j * ksize + x] = w;
         }
         t->bounds[2 * j] = xmin;
         t->bounds[2 * j + 1] = xmax;
@@ -141,7 +147,7 @@ static int make_taps(taps *t, int64_t in, int64_t out, int64_t o0, int64_t n, co
     return TC_OK;
 }
 
-static void free_taps(taps *t) { free(t->bounds); free(t->kk); }
+static void free_taps(taps *t) { free(t->bounds); free(t->kk); free(t->kd); }
 
 static inline uint8_t clip8(int32_t v) {
     v >>= PRECISION_BITS;
@@ -239,8 +245,8 @@ static tc_tensor *resize_window(view v, int64_t H, int64_t W, int64_t y0, int64_
     const filter *fl = &filters[mode];
     bool need_h = W != v.w, need_v = H != v.h;
     taps th = {0}, tv = {0};
-    if (need_v && make_taps(&tv, v.h, H, y0, h, fl, antialias) != TC_OK) goto fail;
-    if (need_h && make_taps(&th, v.w, W, x0, w, fl, antialias) != TC_OK) goto fail;
+    if (need_v && make_taps(&tv, v.h, H, y0, h, fl, antialias, false) != TC_OK) goto fail;
+    if (need_h && make_taps(&th, v.w, W, x0, w, fl, antialias, false) != TC_OK) goto fail;
     view src = need_v ? v : crop_view(v, y0, 0, h, v.w);
     if (need_v) { /* only the input rows the vertical taps read */
         int first = tv.bounds[0], last = 0;
@@ -290,6 +296,110 @@ tc_tensor *tc_image_resize(tc_tensor *img, int64_t h, int64_t w, tc_resize_mode 
         tc_tensor *o2 = tc_view(out, 2, out->shape);
         tc_tensor_release(out);
         out = o2;
+    }
+    return out;
+}
+
+/* ---- resizing in floating point: PIL's mode "F" ---------------------------------------------
+ * clean-fid resizes each channel as a float image: the filters and taps of the 8-bit path, but
+ * weights kept in double, sums in double and each pass stored as float. Channels are planar. */
+
+/* rows [first, first + nrows) of channel ch, resampled across to W columns (or copied) */
+static void resample_h_float(view v, int64_t ch, int64_t first, int64_t nrows, const taps *t, int64_t W, float *out) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = v.p + (first + r) * v.sy + ch;
+        float *o = out + r * W;
+        if (!t) {
+            for (int64_t x = 0; x < W; x++) o[x] = row[x * v.sx];
+            continue;
+        }
+        for (int64_t j = 0; j < W; j++) {
+            const double *k = t->kd + j * t->ksize;
+            const uint8_t *px = row + (int64_t)t->bounds[2 * j] * v.sx;
+            double ss = 0.0;
+            for (int x = 0; x < t->bounds[2 * j + 1]; x++) ss += (double)(float)px[x * v.sx] * k[x];
+            o[j] = (float)ss;
+        }
+    }
+}
+
+/* out[i] = sum_y in[bounds_i + y] * k[y] over rows of W floats, accumulated a row at a time */
+static void resample_v_float(const float *in, const taps *t, int64_t H, int64_t W, double *acc, float *out) {
+    for (int64_t i = 0; i < H; i++) {
+        const double *k = t->kd + i * t->ksize;
+        const float *r0 = in + (int64_t)t->bounds[2 * i] * W;
+        for (int64_t x = 0; x < W; x++) acc[x] = 0.0;
+        for (int y = 0; y < t->bounds[2 * i + 1]; y++) {
+            const float *restrict r = r0 + y * W;
+            const double ky = k[y];
+#pragma omp simd
+            for (int64_t x = 0; x < W; x++) acc[x] += (double)r[x] * ky;
+        }
+        for (int64_t x = 0; x < W; x++) out[i * W + x] = (float)acc[x];
+    }
+}
+
+tc_tensor *tc_image_resize_float(tc_tensor *img, int64_t h, int64_t w, tc_resize_mode mode, bool antialias) {
+    view v;
+    tc_tensor *hold;
+    if (view_of(img, &v, &hold, "resize_float") != TC_OK) return NULL;
+    if (h < 1 || w < 1 || h > 65535 || w > 65535 || !valid_mode(mode) || v.h < 1 || v.w < 1) {
+        tc_tensor_release(hold);
+        if (!valid_mode(mode)) tc_error("resize_float: unknown mode %d", (int)mode);
+        else tc_error("resize_float: cannot resize a %lld x %lld image to %lld x %lld", (long long)v.h, (long long)v.w,
+                      (long long)h, (long long)w);
+        return NULL;
+    }
+    int64_t shape[3] = {v.c, h, w};
+    tc_tensor *out = tc_empty(3, shape, TC_F32, TC_DEV_CPU);
+    float *o = out ? tc_data(out) : NULL;
+    if (out && mode == TC_RESIZE_NEAREST) { /* PIL's source pixel: floor((out + 0.5) * in / out) */
+        for (int64_t ch = 0; ch < v.c; ch++)
+            for (int64_t i = 0; i < h; i++) {
+                int64_t sy = (int64_t)(((double)i + 0.5) * (double)v.h / (double)h);
+                for (int64_t j = 0; j < w; j++) {
+                    int64_t sx = (int64_t)(((double)j + 0.5) * (double)v.w / (double)w);
+                    o[(ch * h + i) * w + j] = v.p[sy * v.sy + sx * v.sx + ch];
+                }
+            }
+        tc_tensor_release(hold);
+        return out;
+    }
+    const filter *fl = &filters[mode];
+    bool need_h = w != v.w, need_v = h != v.h;
+    taps th = {0}, tv = {0};
+    int rc = out ? TC_OK : TC_ERR;
+    if (rc == TC_OK && need_v) rc = make_taps(&tv, v.h, h, 0, h, fl, antialias, true);
+    if (rc == TC_OK && need_h) rc = make_taps(&th, v.w, w, 0, w, fl, antialias, true);
+    /* the vertical pass reads input rows [first, last) only, as PIL's */
+    int64_t first = 0, last = v.h;
+    if (rc == TC_OK && need_v) {
+        first = tv.bounds[0];
+        last = 0;
+        for (int64_t i = 0; i < h; i++) {
+            if (tv.bounds[2 * i] < first) first = tv.bounds[2 * i];
+            if (tv.bounds[2 * i] + tv.bounds[2 * i + 1] > last) last = tv.bounds[2 * i] + tv.bounds[2 * i + 1];
+        }
+        if (last < first) last = first;
+        for (int64_t i = 0; i < h; i++) tv.bounds[2 * i] -= (int)first;
+    }
+    float *mid = rc == TC_OK && need_v ? malloc(sizeof(float) * (size_t)((last - first) * w + 1)) : NULL;
+    double *acc = rc == TC_OK && need_v ? malloc(sizeof(double) * (size_t)w) : NULL;
+    if (rc == TC_OK && need_v && (!mid || !acc)) rc = tc_error("resize_float: out of memory");
+    for (int64_t ch = 0; rc == TC_OK && ch < v.c; ch++) {
+        float *plane = o + ch * h * w;
+        if (!need_v) { resample_h_float(v, ch, 0, h, need_h ? &th : NULL, w, plane); continue; }
+        resample_h_float(v, ch, first, last - first, need_h ? &th : NULL, w, mid);
+        resample_v_float(mid, &tv, h, w, acc, plane);
+    }
+    free(mid);
+    free(acc);
+    free_taps(&th);
+    free_taps(&tv);
+    tc_tensor_release(hold);
+    if (rc != TC_OK) {
+        tc_tensor_release(out);
+        return NULL;
     }
     return out;
 }

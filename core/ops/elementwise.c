@@ -2,6 +2,7 @@
  * (contiguous, clone, to, copy_, fill_, in-place arithmetic). Each op's derivative rule
  * sits next to it; unary derivatives are one fused kernel (kernels->unary_backward). */
 #include "../internal.h"
+#include "../unary.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -167,18 +168,21 @@ int tc_fill_(tc_tensor *dst, double value) { return fill_named(dst, value, "fill
 int tc_zero_(tc_tensor *dst) { return fill_named(dst, 0, "zero_"); }
 
 /* ---- unary ops ------------------------------------------------------------------------- */
-/* which of x and y each derivative needs; ops without a derivative are not recorded */
+/* which of x and y each derivative reads (the list in core/unary.h); ops without a
+ * derivative are not recorded */
+#define NEEDS_(op, fk, f, dk, uses, d)                                                     \
+    case TC_OP_##op:                                                                       \
+        *nx = false TC_UNARY_IF_X_##uses(|| true);                                         \
+        *ny = false TC_UNARY_IF_Y_##uses(|| true);                                         \
+        *diff = false TC_UNARY_IF_DIFF_##dk(|| true);                                      \
+        return;
 static void unary_needs(tc_op op, bool *nx, bool *ny, bool *diff) {
-    *nx = *ny = false;
-    *diff = true;
     switch (op) {
-    case TC_OP_NEG: case TC_OP_ADD_SCALAR: case TC_OP_MUL_SCALAR: case TC_OP_RSUB_SCALAR: break;
-    case TC_OP_EXP: case TC_OP_SQRT: case TC_OP_RSQRT: case TC_OP_TANH: case TC_OP_SIGMOID:
-    case TC_OP_RPOW_SCALAR: case TC_OP_RECIPROCAL: *ny = true; break;
-    case TC_OP_SIGN: case TC_OP_LOGICAL_NOT: case TC_OP_ISFINITE: *diff = false; break;
-    default: *nx = true; break;
+    TC_UNARY_OPS(NEEDS_, double, )
+    default: *nx = *diff = true; *ny = false; return;
     }
 }
+#undef NEEDS_
 
 static bool float_op(tc_op op) {
     switch (op) {

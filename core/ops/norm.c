@@ -1,6 +1,7 @@
 /* norm.c: layer norm (over the last dims) and group norm (over channel groups of
- * [N, C, *]), each one autograd node: forward saves mean and 1/std, and the fused backward
- * kernel gives the input, weight and bias gradients in one pass (core/cpu/norm.c). */
+ * [N, C, *], optionally followed by a fused silu), each one autograd node: forward saves mean
+ * and 1/std, and the fused backward kernel gives the input, weight and bias gradients in one
+ * pass (core/cpu/norm.c). */
 #include "../internal.h"
 
 #include <stdio.h>
@@ -30,10 +31,12 @@ static int check_param(const char *op, const char *name, tc_tensor *x, tc_tensor
     return tc_error("%s: %s has shape %s, expected %s", op, name, a, b);
 }
 
-/* Both nodes: saved x (2-d or 3-d view), mean, rstd, w; i[0] = groups (group norm).
- * Gradients come back in the shapes of x, w and b. */
+/* Every node: saved x (2-d or 3-d view), mean, rstd, w, and b where the silu of group norm
+ * needs it to recompute what it activated; i[0] = groups (group norm). Gradients come back in
+ * the shapes of x, w and b. */
 static int norm_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_tensor *x = tc_saved(n, 0), *mean = tc_saved(n, 1), *rstd = tc_saved(n, 2), *w = tc_saved(n, 3);
+    tc_tensor *b = n->op == TC_OP_GROUP_NORM_SILU ? tc_saved(n, 4) : NULL;
     tc_tensor *g = reshaped(gy, x->ndim, x->shape), *r[3] = {NULL, NULL, NULL};
     int rc = g ? TC_OK : TC_ERR;
     for (int i = 0; i < 3 && rc == TC_OK; i++) {
@@ -44,7 +47,8 @@ static int norm_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     const tc_kernels *k = tc_kern(x->storage->device);
     if (rc == TC_OK)
         rc = n->op == TC_OP_LAYER_NORM ? k->layer_norm_backward(r[0], r[1], r[2], g, x, mean, rstd, w)
-                                       : k->group_norm_backward(r[0], r[1], r[2], g, x, mean, rstd, w, (int)n->i[0]);
+                                       : k->group_norm_backward(r[0], r[1], r[2], g, x, mean, rstd, w, b, (int)n->i[0],
+                                                                n->op == TC_OP_GROUP_NORM_SILU);
     for (int i = 0; i < 3; i++) {
         if (rc == TC_OK && r[i] && !(gx[i] = tc_reshape(r[i], n->next[i].ndim, n->next[i].shape))) rc = TC_ERR;
         tc_tensor_release(r[i]);
@@ -66,7 +70,7 @@ static tc_tensor *norm_forward(tc_op op, tc_tensor *x, tc_tensor *xs, int64_t ns
     const tc_kernels *k = tc_kern(dev);
     if (rc == TC_OK)
         rc = op == TC_OP_LAYER_NORM ? k->layer_norm(y, mean, rstd, xs, wv, bv, eps)
-                                    : k->group_norm(y, mean, rstd, xs, wv, bv, groups, eps);
+                                    : k->group_norm(y, mean, rstd, xs, wv, bv, groups, eps, op == TC_OP_GROUP_NORM_SILU);
     tc_tensor *out = rc == TC_OK ? tc_tensor_make(y->storage, y->dtype, x->ndim, x->shape, NULL, 0) : NULL;
     tc_tensor *ins[3] = {x, w, b};
     tc_node *n = out ? tc_node_new(op, 3, ins, norm_backward) : NULL;
@@ -75,6 +79,7 @@ static tc_tensor *norm_forward(tc_op op, tc_tensor *x, tc_tensor *xs, int64_t ns
         tc_node_save(n, mean);
         tc_node_save(n, rstd);
         tc_node_save(n, wv);
+        tc_node_save(n, op == TC_OP_GROUP_NORM_SILU ? bv : NULL);
         n->i[0] = groups;
     }
     tc_tensor *tmp[] = {y, mean, rstd, wv, bv};
@@ -102,7 +107,7 @@ static tc_tensor *layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b
     return y;
 }
 
-static tc_tensor *group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps) {
+static tc_tensor *group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu) {
     if (!tc_dtype_is_float(x->dtype)) {
         tc_error("group_norm: input must be a floating point tensor (got %s)", tc_dtype_name(x->dtype));
         return NULL;
@@ -123,7 +128,8 @@ static tc_tensor *group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *
         return NULL;
     int64_t s3[3] = {x->shape[0], C, tc_shape_numel(x->ndim - 2, x->shape + 2)};
     tc_tensor *xs = reshaped(x, 3, s3);
-    tc_tensor *y = xs ? norm_forward(TC_OP_GROUP_NORM, x, xs, s3[0] * groups, w, b, groups, eps) : NULL;
+    tc_op op = silu ? TC_OP_GROUP_NORM_SILU : TC_OP_GROUP_NORM;
+    tc_tensor *y = xs ? norm_forward(op, x, xs, s3[0] * groups, w, b, groups, eps) : NULL;
     tc_tensor_release(xs);
     return y;
 }
@@ -138,11 +144,11 @@ tc_tensor *tc_layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, do
     return y;
 }
 
-tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps) {
-    if (!tc_autocast_enabled()) return group_norm(x, groups, w, b, eps);
+tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu) {
+    if (!tc_autocast_enabled()) return group_norm(x, groups, w, b, eps, silu);
     tc_tensor *c[3];
     if (tc_autocast_inputs(TC_CAST_UPPER, 3, (tc_tensor *[]){x, w, b}, c) != TC_OK) return NULL;
-    tc_tensor *y = group_norm(c[0], groups, c[1], c[2], eps);
+    tc_tensor *y = group_norm(c[0], groups, c[1], c[2], eps, silu);
     tc_autocast_release(3, c);
     return y;
 }

@@ -51,18 +51,6 @@ static tc_tensor *make_view(tc_tensor *x, int ndim, const int64_t *shape, const 
     return tc_attach(t, n);
 }
 
-/* elements of a shape of non-negative sizes, or -1 when the sizes multiply past int64;
- * zeros count as 1 there, since strides are products of the other sizes */
-static int64_t checked_numel(int ndim, const int64_t *shape) {
-    int64_t n = 1;
-    bool empty = false;
-    for (int i = 0; i < ndim; i++) {
-        empty |= shape[i] == 0;
-        if (__builtin_mul_overflow(n, shape[i] ? shape[i] : 1, &n)) return -1;
-    }
-    return empty ? 0 : n;
-}
-
 /* resolves one -1 and checks the element count */
 static int infer_shape(const char *op, const tc_tensor *x, int ndim, const int64_t *in, int64_t *out) {
     int infer = -1;
@@ -74,12 +62,12 @@ static int infer_shape(const char *op, const tc_tensor *x, int ndim, const int64
             infer = i;
         } else if (in[i] < 0) return tc_error("%s: invalid size %lld", op, (long long)in[i]);
     }
-    int64_t n = tc_numel(x), known = checked_numel(ndim, out); /* the -1 counted as 1 */
+    int64_t n = tc_numel(x), known = tc_checked_numel(ndim, out); /* the -1 counted as 1 */
     if (infer >= 0) {
         if (known <= 0 || n % known != 0) goto bad;
         out[infer] = n / known;
     } else if (known != n) goto bad;
-    if (checked_numel(ndim, out) < 0) goto bad;
+    if (tc_checked_numel(ndim, out) < 0) goto bad;
     return TC_OK;
 bad:;
     char a[128], b[128];
@@ -218,7 +206,7 @@ tc_tensor *tc_expand(tc_tensor *x, int ndim, const int64_t *shape) {
         sh[i] = want;
         st[i] = i < lead || have != want ? 0 : x->stride[i - lead];
     }
-    if (checked_numel(ndim, sh) < 0) {
+    if (tc_checked_numel(ndim, sh) < 0) {
         char b[160];
         tc_shape_str(ndim, sh, b, sizeof b);
         tc_error("expand: a tensor of shape %s is too large", b);

@@ -191,12 +191,16 @@ end
 ---------------------------------------------------------------------------------------------
 -- the interface
 ---------------------------------------------------------------------------------------------
-local PARTS = { model = true, optimizer = true, ema = true, scaler = true, step = true, extra = true, data = true, keep = true }
+local PARTS = { model = true, optimizer = true, ema = true, scaler = true, step = true, extra = true, data = true,
+  keep = true, config = true, files = true }
 
---- checkpoint.save(root, {model =, optimizer =, ema =, scaler =, step = n, extra = {...},
---- data = {...}, keep = N}) -> the directory written (root/step-<n>). The RNG state is saved too
---- (and a GradScaler's scale, growth count and skips in meta.lua). With keep,
---- only the newest N complete checkpoints stay. A crash at any point leaves the previous
+--- checkpoint.save(root, {model =, optimizer =, ema =, scaler =, step = n, extra = {...}, data = {...},
+--- config = {...}, files = function(dir), keep = N}) -> the directory written (root/step-<n>).
+--- The RNG state is saved too (and a GradScaler's scale, growth count and skips in meta.lua).
+--- config: the run's resolved options (what a resume compares); files(dir) writes more files
+--- into the checkpoint before it is complete (a model's configs and tokenizer, so that the
+--- checkpoint is usable on its own). With keep, only the newest N complete checkpoints stay.
+--- A crash at any point leaves the previous
 --- checkpoints as they were (a half-written step-<n>.tmp is ignored, and removed by the next save).
 function M.save(root, state)
   if type(root) ~= "string" or root == "" then error("checkpoint.save: expected a directory name", 2) end
@@ -212,10 +216,12 @@ function M.save(root, state)
   if keep ~= nil and (math.type(keep) ~= "integer" or keep < 1) then
     error("checkpoint.save: keep must be a positive integer", 2)
   end
+  if state.files ~= nil and type(state.files) ~= "function" then error("checkpoint.save: files must be a function(dir)", 2) end
+  if state.config ~= nil and type(state.config) ~= "table" then error("checkpoint.save: config must be a table", 2) end
   local data = state.data
   if type(data) == "table" and type(data.state_dict) == "function" then data = data:state_dict() end
-  local meta = { format = FORMAT, step = step, rng = T.get_rng_state(), extra = state.extra, data = data,
-    scaler = state.scaler and state.scaler:state_dict() or nil }
+  local meta = { format = FORMAT, step = step, time = sys.now(), rng = T.get_rng_state(), extra = state.extra,
+    data = data, config = state.config, scaler = state.scaler and state.scaler:state_dict() or nil }
 
   local ok, err = pcall(function()
     check(sys.mkdirs(root))
@@ -242,6 +248,7 @@ function M.save(root, state)
       meta.ema = split(state.ema:state_dict(), "", tensors)
       meta.ema_file = write("ema.safetensors", tensors)
     end
+    if state.files then state.files(tmp) end
     write_meta(join(tmp, META), meta)
     check(sys.fsync(join(tmp, META)))
     check(sys.fsync(tmp))
@@ -271,6 +278,16 @@ function M.latest(root)
   if type(root) ~= "string" then error("checkpoint.latest: expected a directory name", 2) end
   local list = complete(root)
   return list[#list] and list[#list].dir or nil
+end
+
+--- checkpoint.info(dir_or_root) -> {step =, time =, config =, extra =, dir =} of a checkpoint (a root:
+--- its latest), without loading any tensor; nil when there is none
+function M.info(path)
+  if type(path) ~= "string" then error("checkpoint.info: expected a directory name", 2) end
+  local dir = exists(join(path, META)) and path or M.latest(path)
+  if not dir then return nil end
+  local meta = read_meta(dir)
+  return { step = meta.step, time = meta.time, config = meta.config, extra = meta.extra, dir = dir }
 end
 
 --- checkpoint.load(dir_or_root, {model =, optimizer =, ema =, scaler =, data =, rng = true}) restores in
@@ -317,7 +334,7 @@ function M.load(path, targets)
     error("checkpoint.load: " .. msg, 2)
   end
   if targets.rng ~= false then T.set_rng_state(meta.rng) end
-  return { step = meta.step, extra = meta.extra, data = meta.data, dir = dir }
+  return { step = meta.step, extra = meta.extra, data = meta.data, config = meta.config, dir = dir }
 end
 
 return M

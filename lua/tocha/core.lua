@@ -7,6 +7,9 @@ local methods = T._methods
 
 local core = {}
 
+--- T.version: this tocha's version (recorded in every run's meta.json)
+core.version = "0.1.0"
+
 ---------------------------------------------------------------------------
 -- printing: values (abbreviated when large), shape, dtype, device, grad_fn
 ---------------------------------------------------------------------------
@@ -94,7 +97,16 @@ getmetatable(T.zeros(0)).__tostring = tensor_tostring
 ---------------------------------------------------------------------------
 -- grad mode
 ---------------------------------------------------------------------------
+local function callable(f)
+  if type(f) == "function" then return true end
+  local mt = getmetatable(f)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
 local function with_grad_mode(on, fn, ...)
+  if not callable(fn) then
+    error(string.format("%s: expected a function, got a %s", on and "enable_grad" or "no_grad", type(fn)), 2) -- tail-called
+  end
   local prev = T.set_grad_enabled(on)
   local res = table.pack(pcall(fn, ...))
   T.set_grad_enabled(prev)
@@ -192,7 +204,21 @@ end
 
 function methods.type_as(x, y) return x:to(y.dtype) end
 
-core.split, core.chunk, core.allclose = methods.split, methods.chunk, methods.allclose
+--- x:equal(y) / T.equal(x, y): true when both have the same shape and the same values (as
+--- torch.equal; a == b is Lua's identity test, x:eq(y) the elementwise comparison)
+function methods.equal(x, y)
+  if not T.is_tensor(y) then error("equal: expected a tensor, got " .. type(y), 2) end
+  local a, b = x.shape, y.shape
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return x:ne(y):sum():item() == 0
+end
+-- x.split(2) for x:split(2) names the mistake, as the C methods do
+local lua_methods = { split = methods.split, chunk = methods.chunk, allclose = methods.allclose, type_as = methods.type_as,
+  equal = methods.equal }
+for name, fn in pairs(require("tocha.guard").methods(lua_methods, T.is_tensor, "x", "tensor")) do methods[name] = fn end
+
+core.split, core.chunk, core.allclose, core.equal = methods.split, methods.chunk, methods.allclose, methods.equal
 
 ---------------------------------------------------------------------------
 -- autograd in Lua: grad, Function, checkpoint
@@ -247,6 +273,7 @@ end
 --- it again (with the same random numbers) to get them. Parameters fn uses through
 --- closures (a module's weights) receive their gradients as usual.
 function core.checkpoint(fn, ...)
+  if not callable(fn) then error("checkpoint: expected a function or a module, got a " .. type(fn), 2) end
   local args = table.pack(...)
   local rng = T.get_rng_state()
   local amp_on, amp_dt = T._autocast() -- the replay computes in the forward's precision

@@ -158,6 +158,17 @@ function image.resize(img, size, opts)
   return image.Resize(size, opts)(img)
 end
 
+--- image.resize_float(img, {h, w}, {mode = "bicubic", antialias = true}) -> f32 [C, h, w]:
+--- the same filters with each channel resized as a float image (PIL's mode "F", which
+--- clean-fid uses): values on the 0-255 scale, unrounded and unclipped
+function image.resize_float(img, size, opts)
+  opts = opts_or_empty(opts, 2)
+  local h, w = hw(size, "resize_float", 2)
+  local mode = opts.mode or "bicubic"
+  if not MODES[mode] then error("resize_float: unknown mode '" .. tostring(mode) .. "'", 2) end
+  return C.resize_float(img, h, w, mode, opts.antialias ~= false)
+end
+
 --- image.crop(img, top, left, h, w): top and left are 1-based
 function image.crop(img, top, left, h, w) return C.crop(img, top, left, h, w) end
 

@@ -101,9 +101,13 @@ end
 --- json.decode(text) -> value
 function json.decode(s)
   if type(s) ~= "string" then error("json.decode: expected a string", 2) end
-  local v, i = decode_value(s, 1)
-  i = skip(s, i)
-  if i <= #s then fail("trailing characters", i) end
+  local ok, v = pcall(function()
+    local v, i = decode_value(s, 1)
+    i = skip(s, i)
+    if i <= #s then fail("trailing characters", i) end
+    return v
+  end)
+  if not ok then error(v, 2) end -- the parser's message, at the caller's line
   return v
 end
 

@@ -285,24 +285,25 @@ function Optimizer:load_state_dict(sd)
   self.state = new_state
 end
 
+-- SGD, Adam and AdamW tail-call it: level 2 is their caller
 local function new_optimizer(name, params, opts)
   local kind = KINDS[name]
   local who = "optim." .. name
   opts = opts or {}
-  if type(opts) ~= "table" then error(who .. ": options must be a table", 3) end
+  if type(opts) ~= "table" then error(who .. ": options must be a table", 2) end
   local defaults = copy_options(kind.defaults)
   for k, v in pairs(opts) do
-    if kind.defaults[k] == nil then error(string.format("%s: unknown option %q", who, tostring(k)), 3) end
+    if kind.defaults[k] == nil then error(string.format("%s: unknown option %q", who, tostring(k)), 2) end
     defaults[k] = type(v) == "table" and copy_options({ v })[1] or v
   end
   local msg = kind.check(defaults)
-  if msg then error(who .. ": " .. msg, 3) end
+  if msg then error(who .. ": " .. msg, 2) end
   local self = setmetatable({ name = name, kind = kind, defaults = defaults, param_groups = {}, state = {} },
     Optimizer_meta)
   local groups = is_group_list(params) and params or { { params = params } }
   for _, g in ipairs(groups) do
     local ok, err = pcall(self.add_param_group, self, g)
-    if not ok then error(err, 3) end
+    if not ok then error(err, 2) end
   end
   return self
 end
@@ -644,5 +645,10 @@ function EMA:load_state_dict(sd)
     end
   end)
 end
+
+-- opt.step() for opt:step() names the mistake
+local guard = require "tocha.guard"
+guard.methods(Optimizer, function(o) return getmetatable(o) == Optimizer_meta end, "opt", "Optimizer")
+guard.methods(EMA, function(e) return getmetatable(e) == EMA end, "ema", "EMA")
 
 return M

@@ -87,6 +87,8 @@ Tokenizer.__index = Tokenizer
 --- vocab.json), merges is a list of "a b" strings in rank order. opts.max_length (77).
 function text.Tokenizer(vocab, merges, opts)
   opts = opts or {}
+  if type(vocab) ~= "table" then error("tokenizer: vocab must be a table symbol -> 0-based id, got a " .. type(vocab), 2) end
+  if type(merges) ~= "table" then error("tokenizer: merges must be a list of \"a b\" strings, got a " .. type(merges), 2) end
   local self = setmetatable({ encoder = {}, decoder = {}, ranks = {}, cache = {},
                               max_length = opts.max_length or 77, warned = false }, Tokenizer)
   for sym, id in pairs(vocab) do

@@ -1,5 +1,5 @@
 """gen_pool.py: PyTorch references for tests/test_pool.lua (avg_pool2d, max_pool2d,
-interpolate, pad).
+interpolate, nn.Upsample, pad).
 
 Run by hand from the repository root: python3 tests/ref/gen_pool.py
 Writes tests/ref/pool_ref.lua: per case, the input (multiples of 1/256, exact in f32 and
@@ -65,6 +65,14 @@ def interp(shape, size, mode, align_corners=None):
     return case("interpolate", shape, fn, size=size, mode=mode, align_corners=bool(align_corners))
 
 
+def upsample(shape, mode, size=None, scale_factor=None, align_corners=None, recompute=None):
+    m = torch.nn.Upsample(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                          recompute_scale_factor=recompute)
+    opts = {k: v for k, v in dict(size=size, scale_factor=scale_factor, align_corners=align_corners,
+                                   recompute_scale_factor=recompute).items() if v is not None}
+    return case("upsample", shape, m, mode=mode, **opts)
+
+
 def pad(shape, pads, mode="constant", value=0.0):
     if mode == "constant":
         fn = lambda x: F.pad(x, pads, mode, value)
@@ -94,6 +102,12 @@ CASES = {
     "pad_reflect1": pad((2, 3, 6), (3, 2), "reflect"),
     "pad_replicate2": pad((1, 2, 4, 5), (2, 3, 1, 0), "replicate"),
     "pad_replicate1": pad((2, 3, 4), (0, 4), "replicate"),
+    "upsample_x2_nearest": upsample((1, 2, 3, 4), "nearest", scale_factor=2),
+    "upsample_x2_bilinear": upsample((2, 2, 3, 5), "bilinear", scale_factor=2),
+    "upsample_x3x2_bilinear_align": upsample((1, 2, 3, 4), "bilinear", scale_factor=(3, 2), align_corners=True),
+    "upsample_size_nearest": upsample((1, 3, 4, 4), "nearest", size=(5, 7)),
+    "upsample_x1p5_bilinear_recompute": upsample((1, 1, 5, 5), "bilinear", scale_factor=1.5, recompute=True),
+    "upsample_x1p5_nearest_exact": upsample((1, 2, 4, 6), "nearest", scale_factor=1.5),
 }
 
 here = os.path.dirname(os.path.abspath(__file__))

@@ -50,6 +50,15 @@ CASES = [
     ("unipc_bh1_v_trailing", UniPCMultistepScheduler, dict(SD, solver_type="bh1", prediction_type="v_prediction", final_sigmas_type="sigma_min",
                                                             timestep_spacing="trailing"), 8, dict()),
     ("unipc_long", UniPCMultistepScheduler, dict(SD, disable_corrector=[0, 3]), 20, dict()),
+    # zero terminal SNR: the sigma-space samplers clamp the last alpha_bar to 2^-24 (sigma_max 4096)
+    ("euler_zsnr_v_trailing", EulerDiscreteScheduler, dict(SD, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                                                           timestep_spacing="trailing"), 8, dict()),
+    ("euler_ancestral_zsnr_leading", EulerAncestralDiscreteScheduler, dict(SD, rescale_betas_zero_snr=True,
+        prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1), 6, dict()),
+    ("dpmpp2m_zsnr_euler_final", DPMSolverMultistepScheduler, dict(SD, rescale_betas_zero_snr=True,
+        prediction_type="v_prediction", timestep_spacing="trailing", final_sigmas_type="sigma_min", euler_at_final=True), 20, dict()),
+    ("unipc_zsnr_v_trailing", UniPCMultistepScheduler, dict(SD, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                                                            timestep_spacing="trailing"), 8, dict()),
     ("ddpm_large_v", DDPMScheduler, dict(SD, variance_type="fixed_large", prediction_type="v_prediction",
                                          timestep_spacing="trailing", clip_sample=False), 6, dict()),
 ]

@@ -16,7 +16,7 @@ usage: tocha plot RUN... [-o loss.png] [--tag loss[,tag2...]] [--smooth 0.6] [--
   RUN        a run directory (with metrics.jsonl or TensorBoard event files), or a directory
              of runs
   -o FILE    the PNG to write (default plot.png)
-  --tag      the tags to draw, comma-separated (default loss)
+  --tag      the tags to draw, comma-separated (default: the runs' loss, train/loss or loss)
   --smooth   TensorBoard's smoothing weight in [0, 1) (default 0.6; 0 draws the raw values only)
   --x        step (default) or time: seconds since the run's first logged value
   --logy     a logarithmic y axis
@@ -33,8 +33,11 @@ local function exists(path)
   return f ~= nil
 end
 
+-- a run with logs; one its meta.json marks failed (it ended in an error) is left out
 local function is_run(dir)
-  return exists(dir .. "/metrics.jsonl") or #(events.files(dir) or {}) > 0
+  if not (exists(dir .. "/metrics.jsonl") or #(events.files(dir) or {}) > 0) then return false end
+  local meta = exists(dir .. "/meta.json") and require("tocha.json").read_file(dir .. "/meta.json")
+  return not (meta and meta.status == "failed")
 end
 
 -- the run directories named by the arguments: a run itself, or a directory of runs
@@ -175,7 +178,7 @@ function plot.main(args, out, err_out)
     err_out:write("tocha plot: ", msg, "\n")
     return 2
   end
-  local paths, opts, tags, xmode = {}, { path = "plot.png", smooth = 0.6 }, { "loss" }, "step"
+  local paths, opts, tags, xmode = {}, { path = "plot.png", smooth = 0.6 }, nil, "step"
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -219,10 +222,28 @@ function plot.main(args, out, err_out)
   local runs = find_runs(paths, err_out)
   if #runs == 0 then return fail("no runs found") end
 
-  local curves, available = {}, {}
-  for _, dir in ipairs(runs) do
+  local all, available = {}, {}
+  for i, dir in ipairs(runs) do
     local ok, series = pcall(read_run, dir)
     if not ok then return fail(tostring(series)) end
+    all[i] = series
+    for tag in pairs(series) do available[tag] = true end
+  end
+  local names = {}
+  for t in pairs(available) do names[#names + 1] = t end
+  table.sort(names)
+  local listed = #names > 0 and table.concat(names, ", ") or "none"
+  if not tags then -- the loss: as the experiments log it (train/loss), or plain loss
+    local tag = available["train/loss"] and "train/loss" or available.loss and "loss"
+    if not tag then
+      for _, t in ipairs(names) do if t:match("loss$") then tag = t; break end end
+    end
+    if not tag then return fail("no loss tag; give one with --tag (tags: " .. listed .. ")") end
+    tags = { tag }
+  end
+  local curves = {}
+  for i, dir in ipairs(runs) do
+    local series = all[i]
     local short = dir:match("([^/]+)$")
     for _, tag in ipairs(tags) do
       local s = series[tag]
@@ -236,21 +257,15 @@ function plot.main(args, out, err_out)
         curves[#curves + 1] = { name = name, xs = xs, ys = s.ys }
       end
     end
-    for tag in pairs(series) do available[tag] = true end
   end
-  if #curves == 0 then
-    local names = {}
-    for t in pairs(available) do names[#names + 1] = t end
-    table.sort(names)
-    return fail(string.format("no run has the tag %s (tags: %s)", table.concat(tags, ", "),
-      #names > 0 and table.concat(names, ", ") or "none"))
-  end
+  if #curves == 0 then return fail(string.format("no run has the tag %s (tags: %s)", table.concat(tags, ", "), listed)) end
   opts.time = xmode == "time"
   opts.xlabel = opts.time and "time" or "step"
   opts.title = opts.title or table.concat(tags, ", ")
   local ok, err = plot.draw(curves, opts)
   if not ok then return fail(err) end
-  out:write(string.format("wrote %s (%d curve%s)\n", opts.path, #curves, #curves == 1 and "" or "s"))
+  out:write(string.format("wrote %s (%d curve%s) of %s\n", opts.path, #curves, #curves == 1 and "" or "s",
+    table.concat(tags, ", ")))
   return 0
 end
 

@@ -1,17 +1,19 @@
 -- tocha/cli/sample.lua: `tocha sample MODEL --prompt "..." [options]` draws images from a Stable
 -- Diffusion checkpoint (anything models.load reads: a diffusers folder, a single .safetensors
--- file, or a format registered with models.register_loader) and writes them as PNGs with
+-- file, a format registered with models.register_loader) or from a tocha training run's
+-- TextToImage, and writes them as PNGs with
 -- the prompt and every setting in a "parameters" text chunk, as A1111's web UI does, so
 -- each image says how to make it again. The module returns main(args, out, err) -> status.
 local USAGE = [[
 usage: tocha sample MODEL --prompt TEXT [options]
-  MODEL               a diffusers folder or a single-file .safetensors checkpoint
+  MODEL               a diffusers folder, a single-file .safetensors checkpoint, or a tocha
+                      training run (or one of its checkpoints) of a models.TextToImage
   --prompt TEXT       what to draw
   --prompts FILE      one prompt a line (blank lines and lines starting with # are skipped)
   --negative TEXT     what to steer away from (default: nothing)
-  --sampler NAME      ddim, pndm, euler, euler_a, heun, dpmpp2m, dpmpp2m_karras, unipc, ddpm
-                      (default: the model's own scheduler)
-  --steps N           sampler steps (default 25)
+  --sampler NAME      ddim, pndm, euler, euler_a, heun, dpmpp2m, dpmpp2m_karras, unipc, ddpm,
+                      or a .lua file returning a sampler class (default: the model's own)
+  --steps N           sampler steps (default 25; a tocha run: its own)
   --guidance G        classifier-free guidance scale (default 7.5)
   --rescale PHI       guidance rescale (default 0)
   --seed S            the first image's seed; image k takes S + k - 1 (default: from the clock)
@@ -114,6 +116,35 @@ local function parameters(o, prompt, seed, width, height, sampler)
   return table.concat(lines, "\n")
 end
 
+-- a pixel-space TextToImage (a tocha run or checkpoint): one image at a time, image k with seed
+-- S + k - 1, written as the Stable Diffusion path writes them
+local function run_pixels(m, o, prompts, width, height, out, err)
+  local T, image, log = require "tocha", require "tocha.image", require "tocha.log"
+  local seed = o.seed or (os.time() % 1000000007)
+  local dir = o.out or "samples"
+  local made, why = T._sys.mkdirs(dir)
+  if not made then err:write("tocha sample: cannot create ", dir, ": ", tostring(why), "\n"); return 1 end
+  width, height = width or m.size, height or m.size
+  local sampler = o.sampler or m.sampling.sampler or "ddim"
+  local progress = not o.quiet and log.progress { total = #prompts * o.n, out = err, smooth = {}, tty = io.type(err) == "file"
+    and T._sys.isatty(err) }
+  local index, k = next_index(T, dir), 0
+  for _, p in ipairs(prompts) do
+    for _ = 1, o.n do
+      local img = m:sample { prompts = { p }, negative_prompts = o.negative, sampler = o.sampler, steps = o.steps,
+        guidance_scale = o.guidance, guidance_rescale = o.rescale, seed = seed + k, height = height, width = width,
+        eta = o.eta }
+      local path = string.format("%s/%05d-%d.png", dir, index, seed + k)
+      image.write(path, img[1], { range = { -1, 1 },
+        text = { parameters = parameters(o, p, seed + k, width, height, A1111[sampler] or sampler) } })
+      index, k = index + 1, k + 1
+      if progress then progress:update(k); progress:print(path) else out:write(path, "\n") end
+    end
+  end
+  if progress then progress:close() end
+  return 0
+end
+
 local function run(o, out, err)
   local T = require "tocha"
   local models = require "tocha.models"
@@ -129,6 +160,7 @@ local function run(o, out, err)
     prompts = list
   end
   if not prompts[1] then err:write("tocha sample: give --prompt TEXT or --prompts FILE\n"); return 2 end
+  local given = { steps = o.steps, guidance = o.guidance } -- a trained run has its own defaults
   o.steps, o.guidance, o.n = o.steps or 25, o.guidance or 7.5, o.n or 1
   o.batch = o.batch or o.n
   if o.n < 1 or o.batch < 1 or o.steps < 1 then err:write("tocha sample: --n, --batch and --steps must be positive\n"); return 2 end
@@ -141,18 +173,31 @@ local function run(o, out, err)
   end
   local parts = models.load(o.model, { dtype = o.dtype or "f32", device = o.device, variant = o.variant,
     config = o.config, tokenizer = o.tokenizer, scheduler = o.sampler })
-  if type(parts) ~= "table" or not parts.unet or not parts.vae or not parts.text_encoder or not parts.tokenizer then
+  if type(parts) == "table" and parts.sample and not parts.vae then -- a TextToImage (a tocha run)
+    o.steps, o.guidance = given.steps or parts.sampling.steps or 50, given.guidance or parts.sampling.guidance_scale or 7.5
+    return run_pixels(parts, o, prompts, width, height, out, err)
+  end
+  local pixels = type(parts) == "table" and parts.unet and not parts.vae and parts.scheduler -- tocha saved it
+  if type(parts) ~= "table" or not parts.unet or not (parts.vae or pixels) or not parts.text_encoder or not parts.tokenizer then
     err:write("tocha sample: ", o.model, " is not a whole Stable Diffusion model (unet, vae, text encoder, tokenizer)\n")
     return 1
   end
   if o.device then
-    for _, name in ipairs({ "unet", "vae", "text_encoder" }) do parts[name]:to(o.device) end
+    for _, name in ipairs({ "unet", "vae", "text_encoder" }) do if parts[name] then parts[name]:to(o.device) end end
   end
   if o.lora then -- merged: sampling then costs what the plain model does
     require("tocha.lora").load(o.lora, { unet = parts.unet, text_encoder = parts.text_encoder },
       { scale = o.lora_scale or 1, merge = true })
   elseif o.lora_scale then
     err:write("tocha sample: --lora-scale needs --lora FILE\n"); return 2
+  end
+  if pixels then -- a pixel-space model (a diffusers folder with its conditioning in tocha.json)
+    local d = models.Denoiser(parts)
+    return run_pixels({ size = d.size, sampling = { sampler = D.samplers.kind(parts.scheduler) },
+      sample = function(_, so)
+        so.sampler = parts.scheduler
+        return d:sample(so)
+      end }, o, prompts, width, height, out, err)
   end
   local pipe = D.StableDiffusion(parts)
   width, height = width or pipe.default_size, height or pipe.default_size

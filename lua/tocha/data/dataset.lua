@@ -20,6 +20,7 @@ end
 --- the length and the i-th sample of any dataset
 function M.len(ds)
   if type(ds) == "table" and type(ds.len) == "function" then return ds:len() end
+  if type(ds) ~= "table" then error("expected a dataset (a list, or a table with len and get), got a " .. type(ds), 3) end
   return #ds
 end
 

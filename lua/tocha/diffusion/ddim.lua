@@ -7,7 +7,6 @@ local DDIM = S.class {}
 
 function DDIM:init()
   self.final_alpha_cumprod = self.config.set_alpha_to_one and 1.0 or self.alphas_cumprod[1]
-  self.init_noise_sigma = 1.0
 end
 
 --- step(model_output, t, x, {eta = 0, noise = tensor}) -> prev_sample, pred_x0

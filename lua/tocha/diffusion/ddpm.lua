@@ -10,7 +10,6 @@ function DDPM:init()
   if v ~= "fixed_small" and v ~= "fixed_large" then
     error("DDPM: variance_type must be fixed_small or fixed_large (got " .. tostring(v) .. ")", 3)
   end
-  self.init_noise_sigma = 1.0
   self.timesteps = {}
   for t = self.config.num_train_timesteps - 1, 0, -1 do self.timesteps[#self.timesteps + 1] = t end
 end

@@ -1,12 +1,12 @@
 -- tocha/diffusion/dpmsolver.lua: DPM-Solver++ multistep (Lu et al. 2022), first or second
--- order ("2M"), midpoint or heun corrector, optional Karras sigmas, as diffusers'
--- DPMSolverMultistepScheduler with algorithm_type "dpmsolver++".
+-- order ("2M"), midpoint or heun corrector, optional Karras sigmas, euler_at_final, as
+-- diffusers' DPMSolverMultistepScheduler with algorithm_type "dpmsolver++".
 local S = require "tocha.diffusion.schedule"
 local K = require "tocha.diffusion.sigmas"
 
 local DPM = S.class({
   solver_order = 2, algorithm_type = "dpmsolver++", solver_type = "midpoint", lower_order_final = true,
-  use_karras_sigmas = false, final_sigmas_type = "zero", timestep_spacing = "linspace",
+  euler_at_final = false, use_karras_sigmas = false, final_sigmas_type = "zero", timestep_spacing = "linspace",
 }, K)
 
 local f32, round_half_even = S.f32, S.round_half_even
@@ -20,7 +20,7 @@ function DPM:init()
   if c.final_sigmas_type ~= "zero" and c.final_sigmas_type ~= "sigma_min" then
     error("DPMSolverMultistep: final_sigmas_type must be zero or sigma_min", 3)
   end
-  self.init_noise_sigma = 1.0
+  self.init_noise_sigma = 1.0 -- its steps work on x itself: unit noise to start
 end
 
 -- integer timesteps over n + 1 points with the last dropped (diffusers' DPM spacing)
@@ -84,7 +84,9 @@ function DPM:step(model_output, t, x)
   if not self.num_inference_steps then error("DPMSolverMultistep: call set_timesteps before step", 2) end
   local i = self:index_for(t)
   local c, n = self.config, #self.timesteps
-  local lower_final = i == n and (c.lower_order_final and n < 15 or c.final_sigmas_type == "zero")
+  -- the last step is first order (an Euler step in lambda) when asked, for short schedules, or
+  -- when it lands on sigma 0
+  local lower_final = i == n and (c.euler_at_final or c.lower_order_final and n < 15 or c.final_sigmas_type == "zero")
   -- convert to a data (x0) prediction
   local a_s0, s_s0 = alpha_sigma(self.sigmas[i])
   local x0

@@ -5,12 +5,6 @@ local K = require "tocha.diffusion.sigmas"
 
 local Euler = S.class({ use_karras_sigmas = false, timestep_spacing = "linspace" }, K)
 
-function Euler:set_timesteps(n)
-  self.timesteps, self.sigmas = self:sigma_schedule(n)
-  self.init_noise_sigma = self:init_noise_sigma_for()
-  self.step_index = nil
-end
-
 --- step(model_output, t, x) -> prev_sample, pred_x0
 function Euler:step(model_output, t, x)
   local i = self:index_for(t)

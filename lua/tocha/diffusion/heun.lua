@@ -5,6 +5,7 @@ local S = require "tocha.diffusion.schedule"
 local K = require "tocha.diffusion.sigmas"
 
 local Heun = S.class({ use_karras_sigmas = false, clip_sample = false, timestep_spacing = "linspace" }, K)
+Heun.order = 2
 
 function Heun:set_timesteps(n)
   local ts, sigmas = self:sigma_schedule(n)

@@ -20,7 +20,8 @@ local KINDS = {
   { name = "euler_a", class = "EulerAncestralDiscreteScheduler", file = "euler_ancestral", keys = {} },
   { name = "heun", class = "HeunDiscreteScheduler", file = "heun", keys = { "use_karras_sigmas", "clip_sample", "clip_sample_range" } },
   { name = "dpmpp2m", class = "DPMSolverMultistepScheduler", file = "dpmsolver",
-    keys = { "solver_order", "algorithm_type", "solver_type", "lower_order_final", "use_karras_sigmas", "final_sigmas_type" } },
+    keys = { "solver_order", "algorithm_type", "solver_type", "lower_order_final", "use_karras_sigmas", "final_sigmas_type",
+             "euler_at_final" } },
   { name = "unipc", class = "UniPCMultistepScheduler", file = "unipc",
     keys = { "solver_order", "solver_type", "lower_order_final", "disable_corrector", "use_karras_sigmas",
              "final_sigmas_type", "predict_x0" } },
@@ -28,6 +29,7 @@ local KINDS = {
 -- names that are a kind plus options
 local ALIASES = { plms = { "pndm", {} }, dpmpp2m_karras = { "dpmpp2m", { use_karras_sigmas = true } },
   euler_karras = { "euler", { use_karras_sigmas = true } }, ["euler-a"] = { "euler_a", {} },
+  euler_ancestral = { "euler_a", {} },
   ["dpm++2m"] = { "dpmpp2m", {} } }
 
 -- diffusers options tocha's samplers do not take, accepted when they hold a value that
@@ -38,7 +40,7 @@ local NEUTRAL = {
   skip_prk_steps = any, thresholding = is(false), dynamic_thresholding_ratio = any, sample_max_value = any,
   interpolation_type = is("linear"), use_exponential_sigmas = is(false), use_beta_sigmas = is(false),
   use_flow_sigmas = is(false), flow_shift = any, shift = any, timestep_type = is("discrete"),
-  euler_at_final = is(false), lambda_min_clipped = is(-math.huge), variance_type = any, use_lu_lambdas = is(false),
+  lambda_min_clipped = is(-math.huge), variance_type = any, use_lu_lambdas = is(false),
   clip_sample = any, clip_sample_range = any, set_alpha_to_one = any, final_sigmas_type = is("zero"),
   solver_p = any, predict_x0 = is(true), use_dynamic_shifting = is(false), sigma_min = any, sigma_max = any,
   sigma_data = any, rho = any,
@@ -103,9 +105,47 @@ function R.choose(cfg, choice, where)
   return choice
 end
 
---- R.by_name(name, base) -> the sampler `name` (R.names()) with the noise schedule and the
---- options of `base` (a sampler or a config table) that it takes
+-- a sampler file's class: any Lua file returning a class with new(cfg) (S.class makes one)
+local function class_from_file(path)
+  local chunk, err = loadfile(path)
+  if not chunk then error("sampler " .. path .. ": " .. tostring(err), 3) end
+  local ok, C = pcall(chunk)
+  if not ok then error("sampler " .. path .. ": " .. tostring(C), 3) end
+  if type(C) ~= "table" or type(C.new) ~= "function" then
+    error("sampler " .. path .. ": the file must return a sampler class (a table with new(cfg))", 3)
+  end
+  return C
+end
+
+--- R.is_file(name) -> whether a sampler name is a path to a sampler file (it ends in .lua)
+function R.is_file(name) return type(name) == "string" and name:match("%.lua$") ~= nil end
+
+--- R.check(name) -> nil when name is a sampler R.by_name makes (a name of R.names(), or an
+--- existing .lua file), else why not (for a command-line option's check)
+function R.check(name)
+  if R.is_file(name) then
+    local f = io.open(name)
+    if f then f:close() return nil end
+    return "names a sampler file that does not exist"
+  end
+  local known = {}
+  for _, n in ipairs(R.names()) do known[n] = true end
+  if not known[name] then return "must be a sampler (" .. table.concat(R.names(), ", ") .. ") or a .lua file" end
+end
+
+--- R.by_name(name, base) -> the sampler `name` (R.names(), or the path of a Lua file returning a
+--- sampler class) with the noise schedule and the options of `base` (a sampler or a config
+--- table) that it takes (for a file: the shared schedule's and those its class declares)
 function R.by_name(name, base)
+  if R.is_file(name) then
+    local C = class_from_file(name)
+    local cfg, take = base and (base.config or base) or {}, {}
+    for _, key in ipairs(COMMON) do take[key] = true end
+    for key in pairs(C.defaults or {}) do take[key] = true end
+    local o = {}
+    for key, v in pairs(cfg) do if take[key] and v ~= json.null then o[key] = v end end
+    return C.new(o)
+  end
   local extra = {}
   if ALIASES[name] then name, extra = ALIASES[name][1], ALIASES[name][2] end
   local k = by_name[name]

@@ -34,7 +34,9 @@ end
 
 --- sample{model, text_encoder, tokenizer, scheduler, prompts, negative_prompts, guidance_scale = 7.5,
 ---   guidance_rescale = 0, guidance_interval, steps = 50, seed, height, width, channels = 4, eta, progress}
---- model(x, timesteps, context, added) predicts what the scheduler's prediction_type says.
+--- model(x, timesteps, context, added) predicts what the scheduler's prediction_type says;
+--- timesteps is an f32 tensor [B] holding the sampler's timestep as it is (978.6122 for Euler,
+--- as diffusers passes it; integers for DDIM).
 --- text_encoder(ids) returns the context and, optionally, a table of extra conditioning
 --- tensors (batch first, e.g. {class_labels = pooled}: diffusers' added_cond_kwargs), which
 --- is batched like the context and reaches the model as added (nil without one).
@@ -61,6 +63,11 @@ local function sample(o)
   end
   local function guided(t) return cfg and (not interval or (t >= interval[1] and t <= interval[2])) end
   local s = o.scheduler
+  s:set_timesteps(o.steps or 50)
+  if type(s.init_noise_sigma) ~= "number" then
+    error("sample: the scheduler has no init_noise_sigma after set_timesteps (the scale of the starting noise: "
+      .. "a sigma-space sampler sets it from its sigmas, self:init_noise_sigma_for())", 2)
+  end
   local saved_rng = T.get_rng_state()
   if o.seed then T.manual_seed(o.seed) end
   local ok, result = pcall(T.no_grad, function()
@@ -70,14 +77,13 @@ local function sample(o)
       local uncond_context, uncond_added = encode(o.text_encoder, o.tokenizer, neg)
       context, added = T.cat({ uncond_context, cond_context }, 1), batch_added(uncond_added, cond_added)
     end
-    s:set_timesteps(o.steps or 50)
     local x = T.randn({ B, o.channels or 4, o.height, o.width }, { dtype = context.dtype, device = context.device })
-    x = x * (s.init_noise_sigma or 1)
+    x = x * s.init_noise_sigma
     for i, t in ipairs(s.timesteps) do
       local inp = s:scale_model_input(x, t)
       local guide = guided(t)
       if guide then inp = T.cat({ inp, inp }, 1) end
-      local ts = T.full({ inp.shape[1] }, t, { dtype = "i64", device = inp.device })
+      local ts = T.full({ inp.shape[1] }, t, { dtype = "f32", device = inp.device }) -- fractional for sigma-space samplers
       local out = o.model(inp, ts, guide and context or cond_context, guide and added or cond_added)
       if guide then
         local uncond, cond = out:narrow(1, 1, B), out:narrow(1, B + 1, B)

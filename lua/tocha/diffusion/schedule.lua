@@ -7,6 +7,7 @@ local T = require "tocha"
 
 local S = {}
 S.__index = S
+S.order = 1 -- model evaluations per step, as diffusers' scheduler.order (Heun: 2)
 
 --- S.f32(x): x rounded to f32. torch computes the schedules in f32; rounding through f32
 --- keeps us within 1e-7 of diffusers
@@ -41,7 +42,8 @@ local function betas_for(cfg)
     for i = 0, n - 1 do r[i + 1] = f32(math.min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)) end
     return r
   end
-  error("unknown beta_schedule '" .. tostring(cfg.beta_schedule) .. "' (linear, scaled_linear, squaredcos_cap_v2)", 3)
+  -- betas_for <- S.new <- a class's new <- its caller
+  error("unknown beta_schedule '" .. tostring(cfg.beta_schedule) .. "' (linear, scaled_linear, squaredcos_cap_v2)", 4)
 end
 
 -- Lin et al. 2023, "Common diffusion noise schedules and sample steps are flawed", Alg. 1
@@ -82,7 +84,9 @@ function S.new(cfg, own_defaults)
   if c.rescale_betas_zero_snr then betas = rescale_zero_terminal_snr(betas) end
   local ac, acc = {}, 1
   for i, b in ipairs(betas) do acc = acc * f32(1 - b); ac[i] = f32(acc) end
-  local s = setmetatable({ config = c, betas = betas, alphas_cumprod = ac }, S)
+  -- init_noise_sigma: samplers stepping in data space start from unit noise (sigma-space ones
+  -- set it from their sigmas)
+  local s = setmetatable({ config = c, betas = betas, alphas_cumprod = ac, init_noise_sigma = 1.0 }, S)
   return s
 end
 

@@ -7,8 +7,13 @@ local S = require "tocha.diffusion.schedule"
 local K = S.class {} -- the samplers' classes are S.class(defaults, K)
 local f32 = S.f32
 
---- the training sigmas; a sampler's own init calls K.init(self) first
+--- the training sigmas; a sampler's own init calls K.init(self) first. With
+--- rescale_betas_zero_snr the last alpha_bar is 0 and its sigma infinite: as diffusers, it
+--- becomes 2^-24 (sigma_max 4096). init_noise_sigma is left for set_timesteps to set, from the
+--- sigmas (the data-space default of 1 is wrong here)
 function K:init()
+  if self.config.rescale_betas_zero_snr then self.alphas_cumprod[#self.alphas_cumprod] = 2.0 ^ -24 end
+  self.init_noise_sigma = nil
   self.train_sigmas = {}
   for i, ab in ipairs(self.alphas_cumprod) do self.train_sigmas[i] = math.sqrt((1 - ab) / ab) end
 end
@@ -69,12 +74,24 @@ function K:sigma_schedule(n)
   return ts, sigmas
 end
 
+--- the standard deviation of the starting noise: the largest sigma (sqrt(sigma^2 + 1) with
+--- leading spacing, as diffusers)
 function K:init_noise_sigma_for()
   local m = 0
   for _, s in ipairs(self.sigmas) do if s > m then m = s end end
   local sp = self.config.timestep_spacing
   if sp == "linspace" or sp == "trailing" then return m end
   return math.sqrt(m * m + 1)
+end
+
+--- set_timesteps(n), the default of the sigma-space samplers: timesteps and sigmas per
+--- timestep_spacing (and use_karras_sigmas when the class has that option), the starting noise
+--- scale, and the step index reset
+function K:set_timesteps(n)
+  self.timesteps, self.sigmas = self:sigma_schedule(n)
+  self.num_inference_steps = #self.timesteps
+  self.init_noise_sigma = self:init_noise_sigma_for()
+  self.step_index = nil
 end
 
 --- the step index for timestep t: kept between calls, found on the first one

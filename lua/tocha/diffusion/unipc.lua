@@ -17,7 +17,7 @@ function UniPC:init()
   if c.solver_order < 1 or c.solver_order > 3 then error("UniPC: solver_order must be 1, 2 or 3", 3) end
   if c.solver_type ~= "bh1" and c.solver_type ~= "bh2" then error("UniPC: solver_type must be bh1 or bh2", 3) end
   if not c.predict_x0 then error("UniPC: only predict_x0 = true is supported", 3) end
-  self.init_noise_sigma = 1.0
+  self.init_noise_sigma = 1.0 -- its steps work on x itself: unit noise to start
 end
 
 function UniPC:set_timesteps(n)

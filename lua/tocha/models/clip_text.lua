@@ -59,12 +59,13 @@ function Attention:init(c, lo)
   self.out_proj = nn.Linear(d, d, lo)
 end
 
--- x [B, L, D], mask: nil (causal only) or a bool [B, 1, L, L] (true = may attend) -> [B, L, D]
+-- x [B, L, D], mask: nil (causal only), false (no mask at all: the vision tower) or a bool
+-- [B, 1, L, L] (true = may attend) -> [B, L, D]
 function Attention:forward(x, mask)
   local B, L = x.shape[1], x.shape[2]
   local function heads(t) return t:view(B, L, self.heads, self.head_dim):transpose(2, 3) end
   local o = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
-    { attn_mask = mask, is_causal = mask == nil, dropout_p = self.training and self.dropout or 0 })
+    { attn_mask = mask or nil, is_causal = mask == nil, dropout_p = self.training and self.dropout or 0 })
   return self.out_proj(o:transpose(2, 3):reshape(B, L, self.heads * self.head_dim))
 end
 
@@ -138,15 +139,12 @@ function CLIPTextModel:init(cfg, overrides)
   self:reset_parameters()
 end
 
--- transformers' CLIPPreTrainedModel._init_weights for the text tower
-function CLIPTextModel:reset_parameters()
-  local c, init = self.config, nn.init
+-- transformers' CLIPPreTrainedModel._init_weights for an encoder's layers (both towers)
+local function init_encoder(encoder, c)
+  local init = nn.init
   local d, f = c.hidden_size, c.initializer_factor
   local in_std = d ^ -0.5 * (2 * c.num_hidden_layers) ^ -0.5 * f
-  local emb = self.text_model.embeddings
-  init.normal_(emb.token_embedding.weight, 0, c.initializer_range * f)
-  init.normal_(emb.position_embedding.weight, 0, c.initializer_range * f)
-  for _, layer in ipairs(self.text_model.encoder.layers) do
+  for _, layer in ipairs(encoder.layers) do
     local a, m = layer.self_attn, layer.mlp
     for _, lin in ipairs({ a.q_proj, a.k_proj, a.v_proj, a.out_proj, m.fc1, m.fc2 }) do init.zeros_(lin.bias) end
     for _, lin in ipairs({ a.q_proj, a.k_proj, a.v_proj }) do init.normal_(lin.weight, 0, in_std) end
@@ -154,6 +152,15 @@ function CLIPTextModel:reset_parameters()
     init.normal_(m.fc1.weight, 0, (2 * d) ^ -0.5 * f)
     init.normal_(m.fc2.weight, 0, in_std)
   end
+end
+
+-- and for the text tower's embeddings
+function CLIPTextModel:reset_parameters()
+  local c = self.config
+  local emb = self.text_model.embeddings
+  nn.init.normal_(emb.token_embedding.weight, 0, c.initializer_range * c.initializer_factor)
+  nn.init.normal_(emb.position_embedding.weight, 0, c.initializer_range * c.initializer_factor)
+  init_encoder(self.text_model.encoder, c)
 end
 
 -- the position of each row's end token: the first eos_token_id (transformers' 0-based id,
@@ -229,4 +236,5 @@ local function num_parameters_for(cfg, overrides)
   return (c.vocab_size + c.max_position_embeddings) * d + c.num_hidden_layers * layer + 2 * d
 end
 
-return { CLIPTextModel = CLIPTextModel, resolve = resolve, num_parameters_for = num_parameters_for }
+return { CLIPTextModel = CLIPTextModel, resolve = resolve, num_parameters_for = num_parameters_for, Encoder = Encoder,
+  init_encoder = init_encoder, SPEC = SPEC, ACTS = ACTS }

@@ -11,12 +11,24 @@ Denoiser.__index = Denoiser
 
 local EXTRAS = { coords = true, pooled_text = true, guidance_interval = true }
 
+--- Denoiser.parts(m) -> the parts table of a models.TextToImage (what models.load gives for a
+--- tocha training run): its UNet, text encoder and tokenizer, its default sampler on its noise
+--- schedule as the scheduler, its coordinates, pooled caption and guidance interval as extras.
+--- A parts table is returned as it is.
+function Denoiser.parts(m)
+  if type(m) ~= "table" then error("Denoiser.parts: expected a TextToImage or a parts table", 2) end
+  if m.scheduler ~= nil or not (m.noise and m.sampling) then return m end
+  return { unet = m.unet, text_encoder = m.text_encoder, tokenizer = m.tokenizer, scheduler = m:sampler(),
+    extras = { coords = m.coords or nil, pooled_text = m.pooled_text or nil, guidance_interval = m.sampling.guidance_interval } }
+end
+
 --- models.Denoiser(parts) -> d, with parts {unet, text_encoder, tokenizer, scheduler, vae (nil
 --- for a pixel-space model), extras = {coords, pooled_text, guidance_interval}}. d.latent tells
 --- the kind; d.channels and d.factor are the space the UNet works in (channels, and pixels per
 --- latent position: 1 in pixel space).
 local function new(parts)
   if type(parts) ~= "table" then error("Denoiser: expected the parts table models.load returns", 2) end
+  parts = Denoiser.parts(parts) -- (a TextToImage: its parts)
   for _, k in ipairs({ "unet", "text_encoder", "tokenizer" }) do
     if parts[k] == nil then error("Denoiser: missing part '" .. k .. "'", 2) end
   end
@@ -128,4 +140,5 @@ function Denoiser:modules()
   return out
 end
 
-return new
+-- models.Denoiser(parts) builds one; models.Denoiser.parts converts a TextToImage
+return setmetatable({ parts = Denoiser.parts }, { __call = function(_, parts) return new(parts) end })

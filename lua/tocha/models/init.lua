@@ -1,7 +1,8 @@
 -- tocha.models: the text-to-image models, each configured by a Lua table: CLIPTextModel (CLIP's
 -- text encoder, transformers' names), UNet2DConditionModel (Stable Diffusion's UNet, diffusers'
 -- names) and AutoencoderKL (its VAE), with presets from a tiny CPU model up to Stable Diffusion
--- 1.5's sizes.
+-- 1.5's sizes; TextToImage, the two as one pixel-space model (t2i.lua); and the networks the
+-- metrics use (InceptionV3FID, torchvision's names; CLIPVisionModel and CLIPModel, transformers').
 local clip_text = require "tocha.models.clip_text"
 local unet = require "tocha.models.unet"
 local vae = require "tocha.models.vae"
@@ -10,6 +11,10 @@ local models = {
   CLIPTextModel = clip_text.CLIPTextModel,
   UNet2DConditionModel = unet.UNet2DConditionModel,
   AutoencoderKL = vae.AutoencoderKL,
+  TextToImage = require("tocha.models.t2i").TextToImage,
+  InceptionV3FID = require("tocha.models.inception").InceptionV3FID,
+  CLIPVisionModel = require("tocha.models.clip_vision").CLIPVisionModel,
+  CLIPModel = require("tocha.models.clip_vision").CLIPModel,
   Denoiser = require "tocha.models.denoiser",
   blocks = require "tocha.models.unet_blocks",
 }
@@ -88,9 +93,9 @@ local function isdir(path) return require("tocha")._sys.isdir(path) end
 --- boolean, load(path, opts) -> parts}. models.register_loader(l) puts l first, so another
 --- format (a training run's checkpoint) is one more entry.
 models.loaders = {
-  { name = "tocha run (its model/ folder)",
-    detect = function(path) return isdir(path) and diffusers.exists(path .. "/model/model_index.json") end,
-    load = function(path, opts) return diffusers.load(path .. "/model", opts, models) end },
+  { name = "tocha run or checkpoint (a TextToImage)", -- before config.json: a run directory has one
+    detect = function(path) return require("tocha.models.t2i").detect(path) end,
+    load = function(path, opts) return require("tocha.models.t2i").load(path, opts) end },
   { name = "diffusers folder",
     detect = function(path) return isdir(path) and diffusers.exists(path .. "/model_index.json") end,
     load = function(path, opts) return diffusers.load(path, opts, models) end },
@@ -116,7 +121,8 @@ end
 --- Stable Diffusion checkpoint (a diffusers folder, or one original .safetensors file), the
 --- table {unet, vae, text_encoder, tokenizer, scheduler} (plus path, format, and extras when the
 --- folder has a tocha.json: a tocha model's conditioning, see models.Denoiser); for a single
---- model's folder (config.json + weights), that model. Weights stay memory-mapped where their
+--- model's folder (config.json + weights), that model; for a tocha training run or one of its
+--- checkpoints, the TextToImage it holds (with its averaged weights, in eval mode). Weights stay memory-mapped where their
 --- dtype is the one asked for. config and tokenizer are for single files (single_file.lua).
 function models.load(path, opts)
   if type(path) ~= "string" then error("models.load: path must be a string, got " .. type(path), 2) end

@@ -29,7 +29,8 @@ function F.sigmoid(x) return x:sigmoid() end
 function F.tanh(x) return x:tanh() end
 function F.softplus(x) return x:softplus() end
 function F.leaky_relu(x, slope) return x:leaky_relu(slope or 0.01) end
-function F.quick_gelu(x) return x * (x * 1.702):sigmoid() end
+--- x * sigmoid(1.702 x) (CLIP's activation), one fused op
+function F.quick_gelu(x) return x:quick_gelu() end
 
 -- linear and convolution --------------------------------------------------------------------
 function F.linear(x, w, b) return T.linear(x, w, b) end
@@ -86,7 +87,11 @@ function F.max_pool2d(x, kernel, opts)
   return C.max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, opts.ceil_mode or false)
 end
 
---- F.interpolate(x, {size = {h, w}} or {scale_factor = 2, mode = "nearest" | "bilinear", align_corners})
+--- F.interpolate(x, {size = {h, w}} or {scale_factor = 2, mode = "nearest" | "bilinear", align_corners,
+--- recompute_scale_factor}). The kernel maps output to input pixels by the sizes; PyTorch maps
+--- by a given scale_factor itself, which is the same when the input size times the factor is a
+--- whole number. When it is not (1.5 on 5 pixels), pass recompute_scale_factor = true (PyTorch's
+--- option that maps by the sizes) or a size.
 function F.interpolate(x, opts)
   opts = opts or {}
   if #x.shape ~= 4 then error("interpolate: expected a 4-d input [N, C, H, W]", 2) end
@@ -94,7 +99,13 @@ function F.interpolate(x, opts)
   if opts.size then h, w = pair(opts.size, "size")
   elseif opts.scale_factor then
     local fh, fw = pair(opts.scale_factor, "scale_factor")
-    h, w = math.floor(x.shape[3] * fh), math.floor(x.shape[4] * fw)
+    local sh, sw = x.shape[3] * fh, x.shape[4] * fw
+    h, w = math.floor(sh), math.floor(sw)
+    if (sh ~= h or sw ~= w) and not opts.recompute_scale_factor and not opts.align_corners then
+      error(string.format("interpolate: scale_factor %g x %g on %d x %d pixels is not a whole size; PyTorch then maps "
+        .. "pixels by the factor and tocha by the sizes: give size = {%d, %d} or recompute_scale_factor = true",
+        fh, fw, x.shape[3], x.shape[4], h, w), 2)
+    end
   else error("interpolate: give size or scale_factor", 2) end
   local mode = opts.mode or "nearest"
   if mode ~= "nearest" and mode ~= "bilinear" then
@@ -146,12 +157,61 @@ function F.layer_norm(x, normalized_shape, w, b, opts)
         table.concat(normalized_shape, ", "), table.concat(x.shape, " x ")), 2)
     end
   end
-  return C.layer_norm(x, n, w, b, (opts and opts.eps) or 1e-5)
+  return C.layer_norm(x, n, w, b, opts)
 end
 
---- F.group_norm(x, num_groups, w, b, {eps = 1e-5})
+--- F.group_norm(x, num_groups, w, b, {eps = 1e-5, silu = false}); silu: silu(group_norm(x)) as one op
 function F.group_norm(x, groups, w, b, opts)
-  return C.group_norm(x, groups, w, b, (opts and opts.eps) or 1e-5)
+  return C.group_norm(x, groups, w, b, opts)
+end
+
+--- F.batch_norm(x, running_mean, running_var, w, b, {training = false, momentum = 0.1,
+--- eps = 1e-5}): x [N, C, *] normalised per channel. In training (or without running
+--- statistics) by the batch's mean and biased variance, and running_mean / running_var (when
+--- given) move toward the batch's mean and unbiased variance by momentum, in place; otherwise
+--- by the running statistics.
+function F.batch_norm(x, running_mean, running_var, w, b, opts)
+  opts = opts or {}
+  if x:dim() < 2 then error("batch_norm: expected an input [N, C, *], got " .. x:dim() .. "-d", 2) end
+  local C = x.shape[2]
+  for name, t in pairs({ running_mean = running_mean, running_var = running_var, weight = w, bias = b }) do
+    if t ~= nil and (t:dim() ~= 1 or t.shape[1] ~= C) then
+      error(string.format("batch_norm: %s has shape [%s], expected [%d] (the input's channels)", name,
+        table.concat(t.shape, " x "), C), 2)
+    end
+  end
+  if (running_mean == nil) ~= (running_var == nil) then error("batch_norm: give both running statistics or neither", 2) end
+  local shape = { 1, C }
+  for _ = 3, x:dim() do shape[#shape + 1] = 1 end
+  local eps = opts.eps or 1e-5
+  if opts.training or running_mean == nil then
+    local n = x:numel() // C
+    if n <= 1 then
+      error(string.format("batch_norm: expected more than 1 value per channel when training, got input [%s]",
+        table.concat(x.shape, " x ")), 2)
+    end
+    -- channels first, each a contiguous row: the statistics are then layer_norm's over a row,
+    -- whose fused kernels (forward and backward) beat reductions across the batch and space
+    local xt = x:transpose(1, 2):reshape(C, n)
+    if running_mean ~= nil then
+      local m = opts.momentum or 0.1
+      T.no_grad(function()
+        local xd = xt:detach()
+        running_mean:mul_(1 - m):add_(xd:mean(2):to(running_mean.dtype), m)
+        running_var:mul_(1 - m):add_(xd:var(2, false, { correction = 1 }):to(running_var.dtype), m)
+      end)
+    end
+    local z = F.layer_norm(xt, { n }, nil, nil, { eps = eps })
+    if w ~= nil then z = z * w:view(C, 1) end
+    if b ~= nil then z = z + b:view(C, 1) end
+    local cn = { C, x.shape[1] }
+    for d = 3, x:dim() do cn[#cn + 1] = x.shape[d] end
+    return z:view(cn):transpose(1, 2):contiguous()
+  end
+  local scale = (running_var:view(shape) + eps):rsqrt()
+  if w ~= nil then scale = scale * w:view(shape) end
+  local y = (x - running_mean:view(shape)) * scale
+  return b ~= nil and y + b:view(shape) or y
 end
 
 -- regularisation, embedding, attention ------------------------------------------------------------

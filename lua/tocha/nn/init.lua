@@ -1,5 +1,5 @@
 -- tocha/nn: require "tocha.nn" returns this table: nn.Module and nn.Parameter (module.lua), the
--- containers, the layers (layers.lua), nn.MultiheadAttention (attention.lua), nn.init
+-- containers, the layers (layers.lua, batchnorm.lua), nn.MultiheadAttention (attention.lua), nn.init
 -- (init_weights.lua) and nn.functional. docs/nn.md shows how to write a module.
 local M = require "tocha.nn.module"
 local layers = require "tocha.nn.layers"
@@ -18,5 +18,6 @@ local nn = {
   functional = require "tocha.nn.functional",
 }
 for name, cls in pairs(layers) do nn[name] = cls end
+for name, cls in pairs(require "tocha.nn.batchnorm") do nn[name] = cls end
 
 return nn

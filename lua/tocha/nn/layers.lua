@@ -1,5 +1,5 @@
--- tocha/nn/layers.lua: the standard layers (Linear, convolutions, norms, Embedding, Dropout,
--- activations, Upsample). Each mirrors its PyTorch namesake: the same parameter names and
+-- tocha/nn/layers.lua: the standard layers (Linear, convolutions, norms, pooling, Embedding,
+-- Dropout, activations, Upsample). Each mirrors its PyTorch namesake: the same parameter names and
 -- shapes (so PyTorch state_dicts load), the same default initialisation, and a forward that
 -- calls tocha.nn.functional. Constructor options come in one table after the sizes.
 local T = require "tocha"
@@ -23,10 +23,10 @@ local function options(o, what)
 end
 
 -- a number or a pair {h, w} as two numbers
-local function pair(v, what)
+local function pair(v, what, level)
   if type(v) == "number" then return v, v end
   if type(v) == "table" and #v == 2 then return v[1], v[2] end
-  error(string.format("%s must be a number or a pair {h, w}, got %s", what, tostring(v)), 3)
+  error(string.format("%s must be a number or a pair {h, w}, got %s", what, tostring(v)), level or 3)
 end
 
 local function tensor_opts(o) return { dtype = o.dtype, device = o.device } end
@@ -86,9 +86,12 @@ local function conv_setup(self, what, in_ch, out_ch, kernel, opts)
   if in_ch % groups ~= 0 then error(string.format("%s: in_channels (%d) must be divisible by groups (%d)", what, in_ch, groups), 4) end
   if out_ch % groups ~= 0 then error(string.format("%s: out_channels (%d) must be divisible by groups (%d)", what, out_ch, groups), 4) end
   self.in_channels, self.out_channels, self.groups = in_ch, out_ch, groups
-  self.kernel_size = { pair(kernel, what .. ": kernel_size") }
-  self.stride = { pair(opts.stride or 1, what .. ": stride") }
-  self.dilation = { pair(opts.dilation or 1, what .. ": dilation") }
+  self.kernel_size = { pair(kernel, what .. ": kernel_size", 4) }
+  for _, k in ipairs(self.kernel_size) do
+    if math.type(k) ~= "integer" or k < 1 then error(what .. ": kernel_size must be positive integers, got " .. tostring(k), 3) end
+  end
+  self.stride = { pair(opts.stride or 1, what .. ": stride", 4) }
+  self.dilation = { pair(opts.dilation or 1, what .. ": dilation", 4) }
 end
 
 local function conv_repr(self, extra)
@@ -257,6 +260,59 @@ function L.LayerNorm:extra_repr()
 end
 
 ---------------------------------------------------------------------------
+-- pooling
+---------------------------------------------------------------------------
+local function pool_setup(self, what, kernel_size, opts)
+  opts = options(opts, what)
+  self.kernel_size = { pair(kernel_size, what .. ": kernel_size") }
+  self.stride = { pair(opts.stride or self.kernel_size, what .. ": stride") }
+  self.padding = { pair(opts.padding or 0, what .. ": padding") }
+  self.ceil_mode = opts.ceil_mode == true
+  return opts
+end
+
+--- nn.MaxPool2d(kernel_size, {stride = kernel_size, padding = 0, dilation = 1, ceil_mode = false})
+L.MaxPool2d = Module:extend("MaxPool2d")
+
+function L.MaxPool2d:init(kernel_size, opts)
+  opts = pool_setup(self, "MaxPool2d", kernel_size, opts)
+  self.dilation = { pair(opts.dilation or 1, "MaxPool2d: dilation") }
+  if opts.return_indices then error("MaxPool2d: return_indices is not supported", 2) end
+end
+
+function L.MaxPool2d:forward(x)
+  return F.max_pool2d(x, self.kernel_size, { stride = self.stride, padding = self.padding, dilation = self.dilation,
+    ceil_mode = self.ceil_mode })
+end
+
+function L.MaxPool2d:extra_repr()
+  return string.format("kernel_size=%s, stride=%s, padding=%s, dilation=%s, ceil_mode=%s",
+    tuple(self.kernel_size[1], self.kernel_size[2]), tuple(self.stride[1], self.stride[2]),
+    tuple(self.padding[1], self.padding[2]), tuple(self.dilation[1], self.dilation[2]), tostring(self.ceil_mode))
+end
+
+--- nn.AvgPool2d(kernel_size, {stride = kernel_size, padding = 0, ceil_mode = false,
+--- count_include_pad = true})
+L.AvgPool2d = Module:extend("AvgPool2d")
+
+function L.AvgPool2d:init(kernel_size, opts)
+  opts = pool_setup(self, "AvgPool2d", kernel_size, opts)
+  self.count_include_pad = opts.count_include_pad ~= false
+  if opts.divisor_override ~= nil then error("AvgPool2d: divisor_override is not supported", 2) end
+end
+
+function L.AvgPool2d:forward(x)
+  return F.avg_pool2d(x, self.kernel_size, { stride = self.stride, padding = self.padding, ceil_mode = self.ceil_mode,
+    count_include_pad = self.count_include_pad })
+end
+
+function L.AvgPool2d:extra_repr()
+  return string.format("kernel_size=%s, stride=%s, padding=%s, ceil_mode=%s, count_include_pad=%s",
+    tuple(self.kernel_size[1], self.kernel_size[2]), tuple(self.stride[1], self.stride[2]),
+    tuple(self.padding[1], self.padding[2]), tostring(self.ceil_mode), tostring(self.count_include_pad))
+end
+
+---------------------------------------------------------------------------
 -- Embedding
 ---------------------------------------------------------------------------
 --- nn.Embedding(num_embeddings, embedding_dim, {padding_idx, dtype, device}): weight
@@ -358,20 +414,25 @@ end
 function L.GELU:forward(x) return x:gelu({ approximate = self.approximate }) end
 function L.GELU:extra_repr() return self.approximate == "tanh" and "approximate=tanh" or "" end
 
---- nn.Upsample({size = {h, w} | scale_factor = 2, mode = "nearest" | "bilinear", align_corners})
+--- nn.Upsample({size = {h, w} | scale_factor = 2 (or {2, 3}), mode = "nearest" | "bilinear",
+--- align_corners, recompute_scale_factor}): F.interpolate as a layer (no parameters)
 L.Upsample = Module:extend("Upsample")
 
 function L.Upsample:init(opts)
   opts = options(opts, "Upsample")
-  if opts.size == nil and opts.scale_factor == nil then error("Upsample: give size or scale_factor", 2) end
-  self.size, self.scale_factor = opts.size, opts.scale_factor
-  self.mode = opts.mode or "nearest"
-  self.align_corners = opts.align_corners
+  if (opts.size == nil) == (opts.scale_factor == nil) then error("Upsample: give size or scale_factor (one of them)", 2) end
+  local mode = opts.mode or "nearest"
+  if mode ~= "nearest" and mode ~= "bilinear" then
+    error("Upsample: mode must be \"nearest\" or \"bilinear\" (got " .. tostring(mode) .. ")", 2)
+  end
+  if opts.align_corners and mode ~= "bilinear" then error("Upsample: align_corners needs mode \"bilinear\"", 2) end
+  self.size, self.scale_factor, self.mode = opts.size, opts.scale_factor, mode
+  self.align_corners, self.recompute_scale_factor = opts.align_corners, opts.recompute_scale_factor
 end
 
 function L.Upsample:forward(x)
   return F.interpolate(x, { size = self.size, scale_factor = self.scale_factor, mode = self.mode,
-    align_corners = self.align_corners })
+    align_corners = self.align_corners, recompute_scale_factor = self.recompute_scale_factor })
 end
 
 function L.Upsample:extra_repr()

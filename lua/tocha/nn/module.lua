@@ -47,7 +47,18 @@ local function new_instance(cls, ...)
     _nonpersistent = {},                                 -- buffers left out of state_dict
     training = true,
   }, cls)
-  self:init(...)
+  -- init's errors belong to the line that made the module. Under pcall, one raised for init's
+  -- caller (level 2) has no position and one for the caller's caller (level 3) points at the
+  -- pcall's line (hence `here` on the same line): both are raised again at our caller.
+  -- Errors from deeper down keep their position.
+  local ok, err = pcall(self.init, self, ...); local here = debug.getinfo(1, "Sl")
+  if not ok then
+    if type(err) ~= "string" then error(err, 0) end
+    local own = here.short_src .. ":" .. here.currentline .. ": "
+    if err:sub(1, #own) == own then err = err:sub(#own + 1)
+    elseif err:find("^[^\n]-:%d+: ") then error(err, 0) end
+    error(err, 2)
+  end
   return self
 end
 
@@ -314,19 +325,50 @@ local function sorted_keys(t)
   return ks
 end
 
+-- the problems of a load, one per line, the first LIST_LIMIT of them and a count of the rest:
+-- "missing keys: a" then the other missing keys aligned under it, the same for unexpected
+-- keys, then the shape mismatches; nil when there are none
+local LIST_LIMIT = 20
+local function report_problems(missing, unexpected, bad)
+  local n = #missing + #unexpected + #bad
+  if n == 0 then return nil end
+  local counts = {}
+  for _, c in ipairs({ { #missing, "missing key" }, { #unexpected, "unexpected key" }, { #bad, "bad tensor" } }) do
+    if c[1] > 0 then counts[#counts + 1] = string.format("%d %s%s", c[1], c[2], c[1] > 1 and "s" or "") end
+  end
+  local lines = {}
+  for _, group in ipairs({ { "missing keys: ", missing }, { "unexpected keys: ", unexpected }, { "", bad } }) do
+    for i, item in ipairs(group[2]) do
+      if #lines == LIST_LIMIT then break end
+      lines[#lines + 1] = (i == 1 and group[1] or string.rep(" ", #group[1])) .. item
+    end
+  end
+  if n > #lines then lines[#lines + 1] = string.format("... and %d more (%d in all)", n - #lines, n) end
+  return table.concat(counts, ", ") .. "\n  " .. table.concat(lines, "\n  ")
+end
+
 --- load_state_dict(sd, strict = true): copies sd's tensors into this module's parameters and
 --- buffers in place (no_grad; dtype and device converted to the module's). Every problem is
 --- found before anything is copied and reported in one error: missing and unexpected keys
---- (strict only) and shape mismatches (always). Returns {missing_keys, unexpected_keys}.
+--- (strict only) and shape mismatches (always). Returns {missing_keys, unexpected_keys}. A
+--- module class may define state_defaults() -> {name = tensor} for state an older checkpoint
+--- may lack (BatchNorm's num_batches_tracked), used when sd has no such key.
 --- strict may also be given as {strict = false}.
 function Module:load_state_dict(sd, strict)
   if type(sd) ~= "table" then error("load_state_dict: expected a table name -> tensor, got " .. type(sd), 2) end
   if type(strict) == "table" then strict = strict.strict end
   if strict == nil then strict = true end
   local own = collect_state(self, "", {}, true)
+  -- what a module may take from its own defaults when an older checkpoint lacks it
+  local defaults = {}
+  for prefix, m in self:named_modules() do
+    if m.state_defaults then
+      for k, t in pairs(m:state_defaults()) do defaults[join(prefix, k)] = t end
+    end
+  end
   local missing, unexpected, bad = {}, {}, {}
   for _, k in ipairs(sorted_keys(own)) do
-    local v, t = sd[k], own[k]
+    local v, t = sd[k] or defaults[k], own[k]
     if v == nil then missing[#missing + 1] = k
     elseif not T.is_tensor(v) then
       bad[#bad + 1] = string.format("%s: expected a tensor, got a %s", k, type(v))
@@ -338,17 +380,11 @@ function Module:load_state_dict(sd, strict)
   for _, k in ipairs(sorted_keys(sd)) do
     if own[k] == nil then unexpected[#unexpected + 1] = tostring(k) end
   end
-  local problems = {}
-  if strict and #missing > 0 then problems[#problems + 1] = "missing keys: " .. table.concat(missing, ", ") end
-  if strict and #unexpected > 0 then problems[#problems + 1] = "unexpected keys: " .. table.concat(unexpected, ", ") end
-  for _, b in ipairs(bad) do problems[#problems + 1] = b end
-  if #problems > 0 then
-    error(string.format("load_state_dict: error(s) loading into %s:\n  %s", self.__name,
-      table.concat(problems, "\n  ")), 2)
-  end
+  local problems = report_problems(strict and missing or {}, strict and unexpected or {}, bad)
+  if problems then error(string.format("load_state_dict: error(s) loading into %s: %s", self.__name, problems), 2) end
   T.no_grad(function()
     for k, t in pairs(own) do
-      local v = sd[k]
+      local v = sd[k] or defaults[k]
       if v ~= nil then t:copy_(v:to(t.device)) end
     end
   end)
@@ -578,6 +614,12 @@ function ModuleDict:contains(k) return self._modules[k] ~= nil end
 
 function ModuleDict:forward()
   error("ModuleDict has no forward: index it in the parent's forward", 2)
+end
+
+-- m.eval() for m:eval() names the mistake (extend is called on classes, init by the constructor)
+local guard = require "tocha.guard"
+for _, cls in ipairs({ Module, Sequential, ModuleList, ModuleDict }) do
+  guard.methods(cls, is_module, "m", cls.__name, { extend = true, init = true })
 end
 
 return M

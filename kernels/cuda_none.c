@@ -1,11 +1,11 @@
 /* cuda_none.c: the CUDA API of tocha.h when tocha is built without CUDA (no nvcc, or
- * CUDA=0): nothing is available, the memory stats are 0, and what needs a GPU fails saying
- * so. With CUDA these come from kernels/device.cu and kernels/alloc.cu instead. */
-#include "internal.h"
+ * CUDA=0; the Makefile then builds this file instead of the others of kernels/): nothing is
+ * available, the memory stats are 0, and what needs a GPU fails saying so. With CUDA these
+ * come from device.cu and alloc.cu instead. */
+#include "../core/internal.h"
 
 #include <stdio.h>
 
-#ifndef TC_HAVE_CUDA
 #define WHY "tocha was built without CUDA: nvcc was not found, or CUDA=0"
 #define NO_CUDA "cuda is not available (" WHY ")"
 
@@ -33,4 +33,3 @@ void tc_cuda_set_cudnn_benchmark(bool on) { bench = on; }
 bool tc_cuda_cudnn_benchmark(void) { return bench; }
 tc_tensor *tc_pin_memory(tc_tensor *x) { (void)x; tc_error("pin_memory: %s", NO_CUDA); return NULL; }
 bool tc_is_pinned(const tc_tensor *x) { return x->storage->pinned; }
-#endif
