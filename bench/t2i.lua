@@ -5,7 +5,8 @@
 -- ops at its shapes instead, to find the gaps.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions).
 --   ./build/tocha bench/t2i.lua [--ops]      (THREADS=2 STEPS=5 by default; DEVICE=cuda runs the
---                                            training step on the GPU, synchronized after each step)
+--                                            training step on the GPU, synchronized after each step;
+--                                            OPS=silu,exp REPS=40: some cases, more repetitions)
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 local models = require "tocha.models"
@@ -94,6 +95,7 @@ local CASES = {
   { "group_norm_16x32x32", function() return leaves({ N, 16, 32, 32 }, { 16 }, { 16 }) end, gn },
   { "group_norm_64x8x8", function() return leaves({ N, 64, 8, 8 }, { 64 }, { 64 }) end, gn },
   { "silu_16x32x32", function() return leaves({ N, 16, 32, 32 }) end, function(x) return x:silu() end },
+  { "exp_16x32x32", function() return leaves({ N, 16, 32, 32 }) end, function(x) return x:exp() end },
   { "sdpa_self_8x64x8", function() return leaves({ N, 8, 64, 8 }, { N, 8, 64, 8 }, { N, 8, 64, 8 }) end, sdpa },
   { "sdpa_cross_8x64x32", function() return leaves({ N, 8, 64, 8 }, { N, 8, 32, 8 }, { N, 8, 32, 8 }) end, sdpa },
   { "sdpa_causal_4x32x16", function() return leaves({ N, 4, 32, 16 }, { N, 4, 32, 16 }, { N, 4, 32, 16 }) end,
@@ -116,19 +118,31 @@ local CASES = {
   { "sum_16x32x32", function() return leaves({ N, 16, 32, 32 }) end, function(x) return x:sum() end },
 }
 
+-- OPS=silu,exp: only the cases whose names start so; REPS: timed calls per case (default 7)
+local function selected(name)
+  local want = os.getenv("OPS")
+  if not want or want == "" then return true end
+  for prefix in want:gmatch("[^,]+") do
+    if name:sub(1, #prefix) == prefix then return true end
+  end
+  return false
+end
+
 local function ops_bench()
   for _, case in ipairs(CASES) do
     local name, make, op = case[1], case[2], case[3]
+    if not selected(name) then goto continue end
     local inputs = make()
     local y = op(table.unpack(inputs))
     local gy = T.randn(y.shape)
-    local reps = 7
+    local reps = tonumber(os.getenv("REPS") or "7")
     result(name .. "_fwd", best_of(function() T.no_grad(function() return op(table.unpack(inputs)) end) end, reps))
     result(name .. "_fwdbwd", best_of(function()
       for _, x in ipairs(inputs) do x.grad = nil end
       op(table.unpack(inputs)):backward(gy)
     end, reps))
     collectgarbage()
+    ::continue::
   end
 end
 

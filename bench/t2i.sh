@@ -4,7 +4,8 @@
 # (default 2) so both see the same machine load, and prints one table of the best times: the
 # training step of the default experiment's model, or with --ops the model's main ops.
 # Wall time and CPU time (all threads; steadier when the machine is shared) are both shown;
-# ratio = PyTorch / tocha, > 1 means tocha is faster. Needs python3 with torch, diffusers, transformers.
+# ratio = PyTorch / tocha, > 1 means tocha is faster. OPS=silu,exp REPS=40 (with --ops): only the
+# cases whose names start so, timed 40 times each. Needs python3 with torch, diffusers, transformers.
 set -e
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}; export THREADS

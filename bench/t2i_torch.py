@@ -102,6 +102,7 @@ CASES = [
     ("group_norm_16x32x32", lambda: leaves((N, 16, 32, 32), (16,), (16,)), gn),
     ("group_norm_64x8x8", lambda: leaves((N, 64, 8, 8), (64,), (64,)), gn),
     ("silu_16x32x32", lambda: leaves((N, 16, 32, 32)), F.silu),
+    ("exp_16x32x32", lambda: leaves((N, 16, 32, 32)), torch.exp),
     ("sdpa_self_8x64x8", lambda: leaves((N, 8, 64, 8), (N, 8, 64, 8), (N, 8, 64, 8)), F.scaled_dot_product_attention),
     ("sdpa_cross_8x64x32", lambda: leaves((N, 8, 64, 8), (N, 8, 32, 8), (N, 8, 32, 8)), F.scaled_dot_product_attention),
     ("sdpa_causal_4x32x16", lambda: leaves((N, 4, 32, 16), (N, 4, 32, 16), (N, 4, 32, 16)),
@@ -121,7 +122,12 @@ CASES = [
 
 
 def ops_bench():
+    """OPS=silu,exp: only the cases whose names start so; REPS: timed calls per case (default 7)"""
+    prefixes = [p for p in os.environ.get("OPS", "").split(",") if p]
+    reps = int(os.environ.get("REPS", "7"))
     for name, make, op in CASES:
+        if prefixes and not any(name.startswith(p) for p in prefixes):
+            continue
         inputs = make()
         gy = torch.randn(op(*inputs).shape)
 
@@ -134,8 +140,8 @@ def ops_bench():
                 x.grad = None
             op(*inputs).backward(gy)
 
-        result(name + "_fwd", best_of(fwd, 7))
-        result(name + "_fwdbwd", best_of(fwdbwd, 7))
+        result(name + "_fwd", best_of(fwd, reps))
+        result(name + "_fwdbwd", best_of(fwdbwd, reps))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
  *   x, y, a, b  the input, the output f(x) and the op's scalar arguments, which the caller
  *       has in scope;
  *   fk, dk  V where the CPU's contiguous f32 loop vectorises the formula (it calls no math
- *       function but exp and erf, which core/cpu/vecmath.h provides), S where it does not;
+ *       function but those core/cpu/vecmath.h provides: exp, log, log1p, tanh, erf, sqrt,
+ *       fabs), S where it does not;
  *       dk is N for an op with no derivative;
  *   uses  what the derivative reads besides the scalars: X (x), Y (y = f(x), saved by the
  *       forward) or C (neither), so an op saves only what its derivative needs. */
@@ -35,29 +36,29 @@
 #define TC_UNARY_OPS(ENTRY, A, M)                                                                        \
     ENTRY(NEG,         V, -(x),                                  V, C, -1)                               \
     ENTRY(EXP,         V, M(exp)(x),                             V, Y, y)                                \
-    ENTRY(LOG,         S, M(log)(x),                             S, X, 1 / (x))                          \
-    ENTRY(SQRT,        S, M(sqrt)(x),                            S, Y, (A)0.5 / (y))                     \
-    ENTRY(RSQRT,       S, 1 / M(sqrt)(x),                        S, Y, (A)-0.5 * (y) * (y) * (y))        \
-    ENTRY(ABS,         S, M(fabs)(x),                            S, X, (x) > 0 ? 1 : (x) < 0 ? -1 : 0)   \
+    ENTRY(LOG,         V, M(log)(x),                             V, X, 1 / (x))                          \
+    ENTRY(SQRT,        V, M(sqrt)(x),                            V, Y, (A)0.5 / (y))                     \
+    ENTRY(RSQRT,       V, 1 / M(sqrt)(x),                        V, Y, (A)-0.5 * (y) * (y) * (y))        \
+    ENTRY(ABS,         V, M(fabs)(x),                            V, X, (x) > 0 ? 1 : (x) < 0 ? -1 : 0)   \
     ENTRY(SIN,         S, M(sin)(x),                             S, X, M(cos)(x))                        \
     ENTRY(COS,         S, M(cos)(x),                             S, X, -M(sin)(x))                       \
-    ENTRY(TANH,        S, M(tanh)(x),                            V, Y, 1 - (y) * (y))                    \
+    ENTRY(TANH,        V, M(tanh)(x),                            V, Y, 1 - (y) * (y))                    \
     ENTRY(SIGMOID,     V, TC_SIGMOID_(M, x),                     V, Y, (y) * (1 - (y)))                  \
     ENTRY(RELU,        V, (x) > 0 ? (x) : 0,                     V, X, (x) > 0 ? 1 : 0)                  \
     ENTRY(SILU,        V, TC_SILU(M, x),                         V, X, TC_SILU_GRAD(M, x))               \
     ENTRY(GELU,        V, (A)0.5 * (x) * (1 + M(erf)((x) * (A)TC_SQRT1_2)),                              \
                           V, X, (A)0.5 * (1 + M(erf)((x) * (A)TC_SQRT1_2)) +                             \
                                 (x) * M(exp)((A)-0.5 * (x) * (x)) * (A)TC_INV_SQRT_2PI)                  \
-    ENTRY(GELU_TANH,   S, (A)0.5 * (x) * (1 + TC_TANH_GELU_(A, M, x)),                                   \
-                          S, X, (A)0.5 * (1 + TC_TANH_GELU_(A, M, x)) +                                  \
+    ENTRY(GELU_TANH,   V, (A)0.5 * (x) * (1 + TC_TANH_GELU_(A, M, x)),                                   \
+                          V, X, (A)0.5 * (1 + TC_TANH_GELU_(A, M, x)) +                                  \
                                 (A)0.5 * (x) * (1 - TC_TANH_GELU_(A, M, x) * TC_TANH_GELU_(A, M, x)) *   \
                                 (A)TC_SQRT2_PI * (1 + 3 * (A)0.044715 * (x) * (x)))                      \
     ENTRY(QUICK_GELU,  V, (x) / (1 + M(exp)((A)-1.702 * (x))),                                           \
                           V, X, TC_SIGMOID_(M, (A)1.702 * (x)) *                                         \
                                 (1 + (A)1.702 * (x) * (1 - TC_SIGMOID_(M, (A)1.702 * (x)))))             \
-    ENTRY(SOFTPLUS,    S, (x) > 20 ? (x) : M(log1p)(M(exp)(x)),  S, X, (x) > 20 ? 1 : TC_SIGMOID_(M, x)) \
+    ENTRY(SOFTPLUS,    V, (x) > 20 ? (x) : M(log1p)(M(exp)(x)),  V, X, (x) > 20 ? 1 : TC_SIGMOID_(M, x)) \
     ENTRY(SIGN,        S, (x) > 0 ? 1 : (x) < 0 ? -1 : 0,        N, C, 0)                                \
-    ENTRY(RECIPROCAL,  S, 1 / (x),                               S, Y, -(y) * (y))                       \
+    ENTRY(RECIPROCAL,  V, 1 / (x),                               V, Y, -(y) * (y))                       \
     ENTRY(SQUARE,      V, (x) * (x),                             V, X, 2 * (x))                          \
     ENTRY(LOGICAL_NOT, S, (x) == 0,                              N, C, 0)                                \
     ENTRY(ISFINITE,    S, isfinite(x) ? 1 : 0,                   N, C, 0)                                \
@@ -68,10 +69,10 @@
                           S, X, (a) == 0 ? 0 : (a) * M(pow)(x, (a) - 1))                                 \
     ENTRY(RPOW_SCALAR, S, M(pow)(a, x),                          S, Y, (y) * M(log)(a))                  \
     ENTRY(RSUB_SCALAR, V, (a) - (x),                             V, C, -1)                               \
-    ENTRY(RDIV_SCALAR, S, (a) / (x),                             S, X, -(a) / ((x) * (x)))               \
+    ENTRY(RDIV_SCALAR, V, (a) / (x),                             V, X, -(a) / ((x) * (x)))               \
     ENTRY(CLAMP,       S, isnan(x) ? (x) : (x) < (a) ? (a) : (x) > (b) ? (b) : (x),                      \
                           S, X, (x) >= (a) && (x) <= (b) ? 1 : 0)                                        \
-    ENTRY(LEAKY_RELU,  S, (x) > 0 ? (x) : (x) * (a),             S, X, (x) > 0 ? 1 : (a))
+    ENTRY(LEAKY_RELU,  V, (x) > 0 ? (x) : (x) * (a),             V, X, (x) > 0 ? 1 : (a))
 
 /* selectors for building one kind of case from the list: TC_UNARY_IF_<flag>_<kind>(...) keeps
  * its arguments when the flag holds for that kind (VEC: vectorised; DIFF: has a derivative;

@@ -1,6 +1,7 @@
-/* vecmath.h (cpu): f32 exp, sigmoid and erf with no libm call and no branch, so that the
- * loops calling them vectorise under `#pragma omp simd` (libm's scalar expf was most of the
- * time of silu, gelu and softmax), and TC_SIMD_CLONES, which builds a hot loop for AVX-512,
+/* vecmath.h (cpu): f32 exp, log, log1p, tanh, sigmoid and erf with no libm call and no
+ * branch, so that the loops calling them vectorise under `#pragma omp simd` (libm's scalar
+ * expf was most of the time of silu, gelu and softmax; the selects below become vector blends
+ * because the build says -fno-trapping-math), and TC_SIMD_CLONES, which builds a hot loop for AVX-512,
  * AVX2 + FMA and baseline x86-64 and picks one at load time, letting it fuse multiply-adds
  * (-std=c11 turns contraction off elsewhere; the polynomials run 15% faster fused). f64
  * never comes here: it keeps libm's correctly rounded functions for the gradient checks. */
@@ -10,7 +11,12 @@
 #include <math.h>
 #include <stdint.h>
 
+/* -DTC_SIMD_NO_AVX512 leaves the AVX-512 clones out: an AVX-512 machine then runs the AVX2
+ * ones, to measure what an AVX2 machine gets */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && defined(TC_SIMD_NO_AVX512)
+#define TC_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
     !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
 #define TC_SIMD_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
@@ -25,16 +31,22 @@ static inline float tc_bits_f32(int32_t i) {
     return u.f;
 }
 
-/* exp(x) within about 1 ulp (Cephes' polynomial on [-ln2/2, ln2/2] after x = k ln2 + r);
- * 0 below -104, inf above 88.72, NaN stays NaN. k is clamped rather than x: a clamped x
- * makes the compiler duplicate everything after it for the constant case (two divisions
- * in silu instead of one). 2^k is applied as two halves so that subnormal results come
- * out right. */
+/* the bits of f (as tc_bits_f32) */
+static inline int32_t tc_f32_bits(float f) {
+    union { float f; int32_t i; } u = {.f = f};
+    return u.i;
+}
+
+/* exp(x) within about 1 ulp (Cephes' polynomial on [-ln2/2, ln2/2] after x = k ln2 + r):
+ * 0 below -104, inf above 88.72, NaN stays NaN. x is clamped to [-104, 88.73] first, which
+ * the vector code does with a min and a max (clamping k afterwards took a blend for every
+ * value computed from it); 2^k is applied as two halves so that subnormal results come out
+ * right and k = 128 (x in [88.38, 88.73]) does not overflow too early. */
 static inline float tc_expf(float x) {
-    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    k = k > -150.0f ? k : -150.0f;                                     /* (NaN becomes -150) */
-    k = k < 128.0f ? k : 128.0f;
-    float r = x - k * 0.693359375f;
+    float xc = x > -104.0f ? x : -104.0f; /* NaN becomes -104 here (k stays an integer) */
+    xc = xc < 88.73f ? xc : 88.73f;
+    float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = xc - k * 0.693359375f;
     r = r + k * 2.12194440e-4f; /* ln2 = 0.693359375 - 2.12194440e-4, split for exactness */
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -43,9 +55,9 @@ static inline float tc_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t ki = (int32_t)k, k1 = ki / 2, k2 = ki - k1;
+    int32_t ki = (int32_t)k, k1 = ki >> 1, k2 = ki - k1; /* k in [-150, 128] */
     float e = p * tc_bits_f32((k1 + 127) << 23) * tc_bits_f32((k2 + 127) << 23);
-    return x < -104.0f ? 0.0f : e;
+    return x == x ? e : x;
 }
 
 static inline float tc_sigmoidf(float x) { return 1.0f / (1.0f + tc_expf(-x)); }
@@ -58,6 +70,61 @@ static inline float tc_erff(float x) {
     float e = 1.0f - r * tc_expf(-a * a);
     return x < 0 ? -e : e;
 }
+
+/* log(x) within about 1 ulp (Cephes' polynomial for log(1 + f), f in [sqrt(1/2) - 1,
+ * sqrt(2) - 1], after x = 2^e (1 + f)): subnormals are scaled up first; 0 gives -inf,
+ * below 0 NaN, inf inf, NaN NaN */
+static inline float tc_logf(float x) {
+    int sub = x < 1.17549435e-38f;                          /* subnormal (or 0, or < 0) */
+    float xs = sub ? x * 8388608.0f : x;                    /* times 2^23 */
+    int32_t i = tc_f32_bits(xs) & 0x7fffffff, d = i - 0x3f3504f3; /* bits of sqrt(1/2); x < 0 is NaN below */
+    int32_t e = d >> 23;                                    /* the exponent, rounding to [sqrt(1/2), sqrt(2)) */
+    float f = tc_bits_f32(i - e * (1 << 23)) - 1.0f;
+    float ef = (float)e - (sub ? 23.0f : 0.0f);
+    float z = f * f;
+    float p = 7.0376836292e-2f;
+    p = p * f - 1.1514610310e-1f;
+    p = p * f + 1.1676998740e-1f;
+    p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f;
+    p = p * f - 1.6668057665e-1f;
+    p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f;
+    p = p * f + 3.3333331174e-1f;
+    float y = f * z * p + ef * -2.12194440e-4f - 0.5f * z;
+    float r = (f + y) + ef * 0.693359375f;
+    r = x == 0 ? -INFINITY : r;
+    r = x < 0 ? NAN : r;
+    return x == INFINITY || x != x ? x + x : r;
+}
+
+/* log(1 + x) within about 2 ulp: log(u) with u = 1 + x rounded, corrected by x / (u - 1)
+ * (the rounding of u, which matters when x is small); x itself where u rounds to 1 */
+static inline float tc_log1pf(float x) {
+    float u = 1.0f + x, um = u - 1.0f;
+    float r = tc_logf(u) * (x / (um == 0 ? 1.0f : um));
+    r = um == 0 ? x : r;
+    return u == INFINITY ? u : r;
+}
+
+/* tanh(x) within about 2 ulp (Cephes): an odd polynomial below 0.625, 1 - 2 / (e^2|x| + 1)
+ * above, with x's sign; NaN stays NaN */
+static inline float tc_tanhf(float x) {
+    float a = x < 0 ? -x : x, z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    float small = p * z * x + x;
+    float t = 1.0f - 2.0f / (tc_expf(2.0f * (a < 10.0f ? a : 10.0f)) + 1.0f); /* 1 in f32 from 9.01 */
+    t = x < 0 ? -t : t;
+    return a > 0.625f ? t : small;
+}
+
+/* these inline as vector instructions (-fno-math-errno) */
+static inline float tc_sqrtf(float x) { return sqrtf(x); }
+static inline float tc_fabsf(float x) { return fabsf(x); }
 
 /* these functions as the M of core/unary.h's formulas: TC_VECMATH(exp) is tc_expf */
 #define TC_VECMATH(fn) tc_##fn##f

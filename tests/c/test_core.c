@@ -1,9 +1,13 @@
 /* test_core.c: C unit tests of the engine core: storage and tensor lifetimes, view strides,
  * half-precision conversions, the Philox generator against known answers, broadcasting and
- * error messages, and graphs too deep to free recursively. Prints "N passed, N failed" last. */
+ * error messages, graphs too deep to free recursively, and the error of the CPU's vectorised f32
+ * math (the ops' forward and derivative against the f64 ones, in ulps). Prints "N passed, N failed" last. */
+#include "kernels.h"
 #include "tocha.h"
 
+#include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -349,6 +353,87 @@ static void test_custom_function(void) {
     tc_tensor_release(x);
 }
 
+/* ---- the CPU's vectorised f32 math against f64 (libm) ----------------------------------- */
+/* the error of got against want in ulps of ref (>= |want|) as a float: a result below the
+ * smallest normal float (2^-126) by its absolute error in units of 2^-126 (it may flush to
+ * 0); both infinite alike, or both NaN: 0 */
+static double ulp_error(float got, double want, double ref) {
+    if (isnan(want) || isnan(got)) return isnan(want) && isnan(got) ? 0 : INFINITY;
+    if (fabs(want) > FLT_MAX) return isinf(got) && (got > 0) == (want > 0) ? 0 : INFINITY;
+    if (ref < FLT_MIN) return fabs((double)got - want) / FLT_MIN;
+    int e;
+    frexp(ref, &e);
+    return fabs((double)got - want) / ldexp(1, e - 24);
+}
+
+/* every 4099th float with |x| <= lim (and 0, +-inf, NaN) as f32 and f64 tensors of n values */
+static int64_t sweep_inputs(float lim, tc_tensor **x32, tc_tensor **x64) {
+    int64_t n = 0, cap = 2 * (0x7f800000 / 4099) + 8;
+    float *v = malloc((size_t)cap * sizeof *v);
+    for (uint32_t b = 0; b < 0x7f800000u; b += 4099) {
+        float f;
+        memcpy(&f, &b, 4);
+        if (f > lim) break;
+        v[n++] = f;
+        v[n++] = -f;
+    }
+    v[n++] = 0.0f; v[n++] = INFINITY; v[n++] = -INFINITY; v[n++] = NAN;
+    *x32 = tc_empty(1, &n, TC_F32, TC_DEV_CPU);
+    *x64 = tc_empty(1, &n, TC_F64, TC_DEV_CPU);
+    for (int64_t i = 0; i < n; i++) { ((float *)tc_data(*x32))[i] = v[i]; ((double *)tc_data(*x64))[i] = v[i]; }
+    free(v);
+    return n;
+}
+
+/* each op, forward: the most ulps off libm's f64 over |x| <= lim, in ulps of the result
+ * (exp, log, tanh, sigmoid, softplus) or, for the products x g(x) (silu, the gelus), of
+ * max(|result|, |x|): where g(x) = 1 + erf(x / sqrt 2) cancels to a few ulps of 1 (gelu's
+ * left tail, x < -3), f32 arithmetic holds no more than that, libm's erff neither.
+ * Derivative (gy = 1): the largest |error| / max(|f'(x)|, 1) in ulps of 1. */
+static void test_vecmath_ulp(void) {
+    static const struct { tc_op op; const char *name; float lim; bool of_x; double fwd, bwd; } ops[] = {
+        {TC_OP_EXP, "exp", 100, false, 2, 2},         {TC_OP_LOG, "log", FLT_MAX, false, 2, 2},
+        {TC_OP_TANH, "tanh", 1e4f, false, 2, 2},      {TC_OP_SIGMOID, "sigmoid", 1e4f, false, 3, 2},
+        {TC_OP_SOFTPLUS, "softplus", 1e4f, false, 3, 2}, {TC_OP_SILU, "silu", 1e4f, true, 2, 12},
+        {TC_OP_GELU, "gelu", 1e4f, true, 6, 4},       {TC_OP_GELU_TANH, "gelu_tanh", 1e4f, true, 2, 8},
+        {TC_OP_QUICK_GELU, "quick_gelu", 1e4f, true, 2, 12},
+    };
+    const tc_kernels *k = tc_kern(TC_DEV_CPU);
+    char line[512];
+    int len = snprintf(line, sizeof line, "vecmath: max ulp vs f64 (forward / derivative):");
+    for (size_t o = 0; o < sizeof ops / sizeof ops[0]; o++) {
+        tc_tensor *x32, *x64;
+        int64_t n = sweep_inputs(ops[o].lim, &x32, &x64);
+        tc_tensor *y32 = tc_empty(1, &n, TC_F32, TC_DEV_CPU), *y64 = tc_empty(1, &n, TC_F64, TC_DEV_CPU);
+        tc_tensor *g32 = tc_empty(1, &n, TC_F32, TC_DEV_CPU), *g64 = tc_empty(1, &n, TC_F64, TC_DEV_CPU);
+        tc_tensor *one32 = tc_full(1, &n, 1, TC_F32, TC_DEV_CPU), *one64 = tc_full(1, &n, 1, TC_F64, TC_DEV_CPU);
+        CHECK(k->unary(y32, x32, ops[o].op, 0, 0) == TC_OK && k->unary(y64, x64, ops[o].op, 0, 0) == TC_OK);
+        CHECK(k->unary_backward(g32, one32, x32, y32, ops[o].op, 0, 0) == TC_OK &&
+              k->unary_backward(g64, one64, x64, y64, ops[o].op, 0, 0) == TC_OK);
+        double fwd = 0, bwd = 0;
+        float worst = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double xv = ((double *)tc_data(x64))[i];
+            double want = ((double *)tc_data(y64))[i];
+            double e = ulp_error(((float *)tc_data(y32))[i], want, ops[o].of_x ? fmax(fabs(want), fabs(xv)) : fabs(want));
+            if (e > fwd) { fwd = e; worst = (float)xv; }
+            double gw = ((double *)tc_data(g64))[i], gg = ((float *)tc_data(g32))[i];
+            if (isfinite(xv)) {
+                double eb = ulp_error((float)gg, gw, fmax(fabs(gw), 1));
+                bwd = eb > bwd ? eb : bwd;
+            }
+        }
+        if (fwd > ops[o].fwd || bwd > ops[o].bwd)
+            printf("FAIL  %s: %.2f ulp forward (at %.9g, bound %g), %.2f derivative (bound %g)\n", ops[o].name, fwd,
+                   worst, ops[o].fwd, bwd, ops[o].bwd);
+        CHECK(fwd <= ops[o].fwd && bwd <= ops[o].bwd);
+        len += snprintf(line + len, sizeof line - (size_t)len, " %s %.2f/%.2f", ops[o].name, fwd, bwd);
+        tc_tensor *ts[] = {x32, x64, y32, y64, g32, g64, one32, one64};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tc_tensor_release(ts[i]);
+    }
+    printf("%s\n", line);
+}
+
 int main(void) {
     test_refcounts();
     test_wrapped_storage();
@@ -360,6 +445,7 @@ int main(void) {
     test_broadcast();
     test_deep_graph();
     test_custom_function();
+    test_vecmath_ulp();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }
