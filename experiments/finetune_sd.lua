@@ -76,6 +76,11 @@ local defaults = {
   validation_steps = { 50, help = "sampler steps for validation images" },
   guidance = { 7.5, help = "classifier-free guidance scale for validation images" },
   guidance_interval = { {}, help = "guide only timesteps lo,hi (default: the model's own, if it has one)" },
+  eval_prompts = { "", help = "the seed's evaluation: a file of prompts (one a line; 10 in its protocol) whose images, drawn before and after fine-tuning, are measured by FID against --eval_real" },
+  eval_images = { 100, help = "images the evaluation draws, spread evenly over --eval_prompts (the seed's: 100 from 10 prompts)" },
+  eval_real = { "", help = "the held-out real images the evaluation's FID is measured against: a folder, or statistics saved by tocha eval" },
+  eval_model = { "inception", help = "the FID's features: inception (pytorch-fid's network, needs --inception_weights) or shapes (tocha.data.shapes images, no download)", choices = { "inception", "shapes" } },
+  inception_weights = { "", help = "pytorch-fid's Inception weights converted to safetensors (docs/eval.md)" },
   log_attention = { false, help = "also log each validation prompt's cross-attention map per token" },
   log_every = { 10, help = "optimizer steps between logged scalars" },
   out = { "", help = "where the fine-tuned model goes (default: the run directory's model/)" },
@@ -102,6 +107,20 @@ if cfg.device == "cuda" and not T.cuda.is_available() then usage("--device cuda:
 if #cfg.guidance_interval ~= 0 and #cfg.guidance_interval ~= 2 then usage("--guidance_interval takes lo,hi") end
 for _, k in ipairs({ "batch", "accumulation", "epochs" }) do
   if cfg[k] < 1 then usage("--" .. k .. " must be at least 1") end
+end
+local eval_prompts = {}
+if cfg.eval_prompts ~= "" then
+  local f = io.open(cfg.eval_prompts) or usage("--eval_prompts: cannot read " .. cfg.eval_prompts)
+  for line in f:lines() do
+    if line:find("%S") then eval_prompts[#eval_prompts + 1] = line end
+  end
+  f:close()
+  if #eval_prompts == 0 then usage("--eval_prompts: " .. cfg.eval_prompts .. " holds no prompt") end
+  if cfg.eval_real == "" then usage("--eval_prompts measures FID against held-out images: give --eval_real DIR") end
+  if cfg.eval_images < #eval_prompts then usage("--eval_images must be at least one image a prompt") end
+  if cfg.eval_model == "inception" and cfg.inception_weights == "" then
+    usage("--eval_model inception needs --inception_weights FILE (or --eval_model shapes for shapes images)")
+  end
 end
 local dev = cfg.device
 T.set_num_threads(cfg.threads)
@@ -346,13 +365,44 @@ local function validate(step)
   end
 end
 
+-- the seed's evaluation: eval_images images of the eval prompts (EMA weights when kept), saved
+-- as PNGs under eval/<when>/ and measured by FID against the held-out real images
+local fids = {}
+local function evaluate(when, step)
+  if #eval_prompts == 0 then return end
+  if ema then ema:store(params); ema:copy_to(params) end
+  for _, m in ipairs(d:modules()) do m:eval() end
+  local prompts, chunks = {}, {}
+  for i = 1, cfg.eval_images do prompts[i] = eval_prompts[(i - 1) % #eval_prompts + 1] end
+  autocast(function()
+    for i = 1, #prompts, 50 do
+      chunks[#chunks + 1] = d:sample { prompts = table.move(prompts, i, math.min(i + 49, #prompts), 1, {}),
+        steps = cfg.validation_steps, guidance_scale = cfg.guidance, sampler = validation_sampler(),
+        seed = cfg.seed + 200000 + i, height = resolution, width = resolution }
+    end
+  end)
+  d.unet:train()
+  if cfg.train_text_encoder then d.text_encoder:train() end
+  if ema then ema:restore() end
+  local images = T.cat(chunks, 1)
+  for i = 1, images.shape[1] do
+    image.write(r:path("eval", when, string.format("%04d.png", i)), images[i], { range = { -1, 1 } })
+  end
+  fids[when] = require("tocha.eval").fid(cfg.eval_real, images, { model = cfg.eval_model,
+    weights = cfg.inception_weights ~= "" and cfg.inception_weights or nil,
+    range = { -1, 1 }, device = dev, allow_singular = true })
+  writer:add_scalar("eval/fid", fids[when], step)
+  print(string.format("FID %s fine-tuning: %.3f (%d images of %d prompts against %s)", when, fids[when], #prompts,
+    #eval_prompts, cfg.eval_real))
+end
+
 ---------------------------------------------------------------------------------------------
 -- the loop
 ---------------------------------------------------------------------------------------------
 for _, m in ipairs(d:modules()) do m:eval() end
 d.unet:train()
 if cfg.train_text_encoder then d.text_encoder:train() end
-if start == 0 then validate(0) end
+if start == 0 then validate(0); evaluate("before", 0) end
 local progress = log.progress { total = total, smooth = { "loss" } }
 local every_log = log.every(cfg.log_every)
 local every_val = cfg.validation_every > 0 and log.every(cfg.validation_every) or function() return false end
@@ -390,6 +440,7 @@ end
 progress:close()
 local train_secs = T.clock() - t0
 validate(total)
+evaluate("after", total)
 
 ---------------------------------------------------------------------------------------------
 -- the result: a diffusers folder (full fine-tune), or the LoRA weights diffusers'
@@ -406,4 +457,5 @@ else
 end
 print(string.format("training: %d steps in %.0f s (%d skipped for non-finite gradients)", total - start, train_secs,
   scaler.skipped_steps))
-r:finish { ["train/seconds"] = train_secs, ["train/skipped_steps"] = scaler.skipped_steps }
+r:finish { ["train/seconds"] = train_secs, ["train/skipped_steps"] = scaler.skipped_steps, ["eval/fid_before"] = fids.before,
+  ["eval/fid_after"] = fids.after }

@@ -331,7 +331,8 @@ tests["finetune_sd.lua: --help lists every option; bad combinations fail with th
     "ema", "ema_decay", "ema_offload", "snr_gamma", "noise_offset", "input_perturbation", "prediction_type",
     "mixed_precision", "gradient_checkpointing", "max_grad_norm", "train_text_encoder", "checkpoint_every",
     "checkpoints_total_limit", "resume", "validation_prompts", "validation_every", "seed", "caption_dropout", "recipe",
-    "no_cache", "buckets", "log_attention", "lora", "prior_data", "prior_prompts", "prior_loss_weight" }) do
+    "no_cache", "buckets", "log_attention", "lora", "prior_data", "prior_prompts", "prior_loss_weight", "eval_prompts",
+    "eval_images", "eval_real", "eval_model", "inception_weights" }) do
     assert(out:find("--" .. o .. "[ ,]"), "--help lacks --" .. o)
   end
   assert(out:find("cosine_with_restarts", 1, true) and out:find("no, fp16, bf16", 1, true))
@@ -403,6 +404,39 @@ tests["finetune_sd.lua: a latent model, LoRA in fp16 with loss scaling and bucke
   local n = 0
   for k in pairs(first) do assert(k:match("^unet%..-%.lora_[AB]%.weight$"), k); n = n + 1 end
   assert(n > 0)
+end
+
+tests["finetune_sd.lua: the seed's evaluation: FID of the eval prompts' images before and after, against held-out images"] = function()
+  local root = T.testing.tmpdir()
+  local data = write_folder(root .. "/data", 4, 16)
+  local real = write_folder(root .. "/real", 70, 16) -- more images than the shapes features' 64 dims
+  models.save_pretrained(root .. "/base", tiny_parts(false))
+  local prompts = root .. "/prompts.txt"
+  T.testing.write_file(prompts, "a small red circle on the left\na big blue square at the top\n")
+  local env = "TOCHA_RUNS=" .. root .. "/runs"
+  local args = string.format("--model %s/base --data %s --max_steps 2 --batch 2 --validation_steps 2 --threads 1 "
+    .. "--lr 1e-2 --eval_prompts %s --eval_images 66 --eval_real %s --eval_model shapes", root, data, prompts, real)
+  local out, rc = script(args, env)
+  assert(rc == 0, out)
+  local before = tonumber(out:match("FID before fine%-tuning: ([%d%.]+) %(66 images of 2 prompts"))
+  local after = tonumber(out:match("FID after fine%-tuning: ([%d%.]+)"))
+  assert(before and after and before > 0 and after > 0 and before ~= after, out)
+  local dir = run_dir(out)
+  assert(T.testing.shape_is(image.read(dir .. "/eval/before/0066.png"), { 16, 16, 3 }))
+  assert(T.testing.shape_is(image.read(dir .. "/eval/after/0001.png"), { 16, 16, 3 }))
+  -- the same FID from the saved images, as tocha eval would measure them
+  local again = require("tocha.eval").fid(real, dir .. "/eval/before", { model = "shapes", cache = false })
+  assert(math.abs(again - before) < 0.05 * before + 1e-3, again .. " vs " .. before)
+  local ev = require("tocha.log").read_events(dir)
+  local fid = ev.scalars["eval/fid"]
+  assert(fid and fid[1].step == 0 and fid[#fid].step == 2, "eval/fid logged at the start and the end")
+  -- bad combinations name the option
+  out, rc = script(string.format("--model %s/base --data %s --eval_prompts %s", root, data, prompts), env)
+  assert(rc == 2 and out:find("give %-%-eval_real"), out)
+  out, rc = script(string.format("--model %s/base --data %s --eval_prompts %s --eval_real %s", root, data, prompts, real), env)
+  assert(rc == 2 and out:find("needs %-%-inception_weights"), out)
+  out, rc = script(string.format("--model %s/base --data %s --eval_prompts %s/none.txt --eval_real %s", root, data, root, real), env)
+  assert(rc == 2 and out:find("cannot read"), out)
 end
 
 tests["finetune_sd.lua: prior preservation draws the model's own images once, then trains on both"] = function()
