@@ -6,6 +6,8 @@
 #   make test     C and Lua tests, ending with "N passed, N failed" (first: the CPU's
 #                 AVX2 / AVX-512 loops vectorised, tests/check_simd.sh)
 #   make demo     the default experiment: text-to-image on captioned shapes (about 10 minutes)
+#   make finetune-demo   fine-tunes the demo's model on a new color, full and LoRA, and measures
+#                 what it learnt and forgot (trains the demo's model first when it is missing)
 #   make SAN=1    AddressSanitizer + UndefinedBehaviorSanitizer build (in build-san/; with
 #                 EMU=1 in build-san-emu/, where it checks the kernels' memory accesses too)
 #   make EMU=1 cudaemu-selftest   the emulator's own test (tests/cudaemu/)
@@ -72,7 +74,7 @@ CTEST_SRC = $(wildcard tests/c/*.c)
 NPROC ?= $(shell nproc 2>/dev/null || echo 2)
 JOBS   = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(NPROC))
 
-.PHONY: default all deps probe test demo clean bench cudaemu-selftest
+.PHONY: default all deps probe test demo finetune-demo clean bench cudaemu-selftest
 default:
 	@$(MAKE) --no-print-directory $(JOBS) all
 
@@ -167,6 +169,10 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory $(JOBS) all
 	./$(BUILD)/tocha experiments/t2i_shapes.lua --out runs/demo
+
+finetune-demo: deps
+	@$(MAKE) --no-print-directory $(JOBS) all
+	./$(BUILD)/tocha experiments/finetune_demo.lua --out runs/finetune-demo
 
 bench: all
 	sh bench/run.sh

@@ -300,6 +300,9 @@ static int run_backward(int nroots, tc_tensor **roots, tc_tensor **grads, bool r
     if (nroots > 64) return tc_error("backward: at most 64 outputs at once");
     for (int r = 0; r < nroots; r++) rn[r] = roots[r]->grad_fn;
     bool prev = tc_set_grad_enabled(false);
+    bool amp = tc_autocast_enabled(); /* backward ops follow the dtypes their forward saw */
+    tc_dtype amp_dt = tc_autocast_dtype();
+    tc_set_autocast(false, amp_dt);
     int rc = collect(nroots, rn, &order);
     for (int r = 0; r < nroots && rc == TC_OK; r++) {
         if (!rn[r]) { /* a leaf root */
@@ -358,6 +361,7 @@ static int run_backward(int nroots, tc_tensor **roots, tc_tensor **grads, bool r
     }
     free(order.v);
     tc_set_grad_enabled(prev);
+    tc_set_autocast(amp, amp_dt);
     return rc;
 }
 

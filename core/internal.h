@@ -63,6 +63,14 @@ tc_tensor *tc_sum_to(tc_tensor *g, int ndim, const int64_t *shape);
 /* checks that an in-place write to t is allowed under autograd, and bumps its version */
 int tc_check_inplace(tc_tensor *t, const char *op);
 
+/* ---- autocast (ops/autocast.c): an op under the scope calls tc_autocast_inputs on its
+ * tensor arguments and runs on the results (new references, NULL kept), then releases them.
+ * LOWER: f32 inputs go to the scope's f16 / bf16; UPPER: f16 / bf16 inputs go to f32. Off
+ * the scope both keep every dtype. */
+typedef enum { TC_CAST_LOWER, TC_CAST_UPPER } tc_cast_kind;
+int tc_autocast_inputs(tc_cast_kind kind, int n, tc_tensor *const *in, tc_tensor **out);
+void tc_autocast_release(int n, tc_tensor **t);
+
 /* an alias of x sharing its storage with no autograd history */
 tc_tensor *tc_alias(tc_tensor *x);
 bool tc_same_shape(const tc_tensor *a, const tc_tensor *b);

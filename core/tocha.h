@@ -276,6 +276,13 @@ tc_tensor *tc_dropout(tc_tensor *x, double p, bool training);
 tc_tensor *tc_sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bool is_causal,
                    double dropout_p, double scale /* <= 0: 1/sqrt(E) */);
 
+/* ---- autocast: mixed precision as a scope (ops/autocast.c). On, matmul, bmm, linear,
+ * conv2d, conv_transpose2d and sdpa compute in dt (f16 or bf16; f32 accumulation); norms,
+ * softmax, losses and reductions in f32. Per thread; backward passes run with it off. */
+bool tc_autocast_enabled(void);
+tc_dtype tc_autocast_dtype(void);
+int tc_set_autocast(bool on, tc_dtype dt);
+
 /* ---- autograd ------------------------------------------------------------------------- */
 bool tc_grad_enabled(void);
 bool tc_set_grad_enabled(bool on); /* returns the previous mode */

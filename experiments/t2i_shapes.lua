@@ -237,6 +237,15 @@ local again = cfg.sample_only and string.format("samples/%s-%dsteps", cfg.sample
 local out_dir = run.mkdirs(cfg.out ~= "" and cfg.out or again and r.dir .. "/" .. again or r.dir)
 local shown = cfg.grid_scale > 1 and F.interpolate(grid, { scale_factor = cfg.grid_scale }) or grid
 image.save(out_dir .. "/samples.png", image.grid(shown, cfg.grid))
+-- the trained model as a diffusers folder too, its conditioning in tocha.json: diffusers-style
+-- tools (models.load on the folder, models.Denoiser, experiments/finetune_sd.lua) take it
+if not cfg.sample_only then
+  local ddim = { clip_sample = false }
+  for k, v in pairs(NOISE) do ddim[k] = v end
+  models.save_pretrained(out_dir .. "/model", { unet = unet, text_encoder = text_encoder, tokenizer = tok,
+    scheduler = D.DDIM(ddim), extras = { coords = cfg.coords, pooled_text = cfg.pooled_text,
+    guidance_interval = cfg.guidance_interval } })
+end
 local f = assert(io.open(out_dir .. "/samples.txt", "w"))
 for i, p in ipairs(grid_prompts) do f:write(string.format("%2d  %s\n", i, p)) end
 f:close()

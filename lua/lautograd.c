@@ -32,6 +32,17 @@ static int t_set_grad_enabled(lua_State *L) {
     return 1;
 }
 
+/* T._autocast() -> enabled, dtype; T._autocast(enabled, dtype) sets them and returns the
+ * previous pair (tocha.core's T.autocast scopes build on this) */
+static int t_autocast(lua_State *L) {
+    bool prev = tc_autocast_enabled();
+    tc_dtype prev_dt = tc_autocast_dtype();
+    if (!lua_isnoneornil(L, 1)) tcl_check_rc(L, tc_set_autocast(lua_toboolean(L, 1), tcl_checkdtype(L, 2)));
+    lua_pushboolean(L, prev);
+    lua_pushstring(L, tc_dtype_name(prev_dt));
+    return 2;
+}
+
 /* list of tensors in the table at idx into a Lua-owned array; returns the count */
 static int tensor_list(lua_State *L, int idx, tc_tensor ***out) {
     if (tcl_test(L, idx)) {
@@ -129,7 +140,7 @@ static int t_custom_attach(lua_State *L) {
 }
 
 const luaL_Reg tcl_autograd_funcs[] = {
-    {"is_grad_enabled", t_is_grad_enabled}, {"set_grad_enabled", t_set_grad_enabled},
+    {"is_grad_enabled", t_is_grad_enabled}, {"set_grad_enabled", t_set_grad_enabled}, {"_autocast", t_autocast},
     {"_autograd_grad", t_autograd_grad},    {"_custom_attach", t_custom_attach},
     {NULL, NULL},
 };

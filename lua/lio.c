@@ -1,6 +1,8 @@
 /* lio.c: binding for tensor files. T.save(path, {name = tensor, ...}, metadata) writes a
  * safetensors file (atomically); T.load(path) returns its tensors, zero-copy views of the
- * mapped file, and its metadata table. I/O failures raise with the engine's message. */
+ * mapped file, and its metadata table. I/O failures raise with the engine's message.
+ * x:tobytes() and T.frombytes(s, dtype, shape) move a CPU tensor's elements to and from a
+ * Lua string (for records in other containers: zstd frames, sockets). */
 #include "ltocha.h"
 #include "tocha_io.h"
 
@@ -101,4 +103,33 @@ static int io_load(lua_State *L) {
     return 2;
 }
 
-const luaL_Reg tcl_io_funcs[] = {{"save", io_save}, {"load", io_load}, {NULL, NULL}};
+/* x:tobytes() -> the elements of a CPU tensor, row-major, as a string */
+static int io_tobytes(lua_State *L) {
+    tc_tensor *x = tcl_check(L, 1);
+    if (x->storage->device.type != TC_CPU) return luaL_error(L, "tobytes: the tensor is on %s; move it to the CPU first",
+                                                         x->storage->device.type == TC_CUDA ? "cuda" : "another device");
+    tc_tensor **slot = tcl_slot(L); /* keeps a contiguous copy alive (and released) through pushlstring */
+    *slot = tc_contiguous(x);
+    if (!*slot) return tcl_error(L);
+    lua_pushlstring(L, tc_data(*slot), (size_t)tc_numel(*slot) * tc_dtype_size(x->dtype));
+    return 1;
+}
+
+/* T.frombytes(s, dtype, shape) -> a new CPU tensor holding a copy of s's bytes */
+static int io_frombytes(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    tc_dtype dt = tcl_checkdtype(L, 2);
+    int64_t shape[TC_MAX_DIMS];
+    int nd = tcl_checkshape(L, 3, shape);
+    size_t want = (size_t)tc_shape_numel(nd, shape) * tc_dtype_size(dt);
+    if (want != n) return luaL_error(L, "frombytes: %d bytes do not make a %s tensor of that shape (%d bytes)", (int)n,
+                                     tc_dtype_name(dt), (int)want);
+    tc_tensor **slot = tcl_slot(L);
+    *slot = tc_empty(nd, shape, dt, TC_DEV_CPU);
+    if (*slot && n) memcpy(tc_data(*slot), s, n);
+    return tcl_done(L, *slot);
+}
+
+const luaL_Reg tcl_io_funcs[] = {{"save", io_save}, {"load", io_load}, {"frombytes", io_frombytes}, {NULL, NULL}};
+const luaL_Reg tcl_io_methods[] = {{"tobytes", io_tobytes}, {NULL, NULL}};

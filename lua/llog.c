@@ -1,6 +1,6 @@
 /* llog.c: binding for run logs (T._log, used by lua/tocha/log.lua, run.lua and cli/plot.lua):
  * log files and TensorBoard event writers (core/io/tensorboard.c), a TFRecord reader, and a
- * small cairo canvas that `tocha plot` draws its curves with.
+ * small cairo canvas that `tocha plot` draws its curves with (and labelled image grids).
  * File operations that fail for ordinary reasons return nil, message; Lua raises at the call. */
 #include "ltocha.h"
 #include "tocha_io.h"
@@ -345,6 +345,58 @@ static int cv_text_width(lua_State *L) {
     return 1;
 }
 
+/* c:image(img, x, y): paints img (u8 [H, W, 3], CPU) with its top left corner at (x, y) */
+static int cv_image(lua_State *L) {
+    canvas *c = check_canvas(L);
+    tc_tensor *img = tcl_check(L, 2);
+    int x0 = (int)luaL_checkinteger(L, 3), y0 = (int)luaL_checkinteger(L, 4);
+    if (img->dtype != TC_U8 || img->ndim != 3 || img->shape[2] != 3 || img->storage->device.type != TC_CPU)
+        return luaL_error(L, "canvas:image: expected a u8 [H, W, 3] image on the CPU");
+    cairo_surface_flush(c->surface);
+    unsigned char *data = cairo_image_surface_get_data(c->surface);
+    int W = cairo_image_surface_get_width(c->surface), H = cairo_image_surface_get_height(c->surface);
+    int stride = cairo_image_surface_get_stride(c->surface);
+    const unsigned char *p = tc_data(img);
+    int64_t h = img->shape[0], w = img->shape[1], s0 = img->stride[0], s1 = img->stride[1], s2 = img->stride[2];
+    for (int64_t i = 0; i < h; i++) {
+        int64_t y = y0 + i;
+        if (y < 0 || y >= H) continue;
+        for (int64_t j = 0; j < w; j++) {
+            int64_t x = x0 + j;
+            if (x < 0 || x >= W) continue;
+            const unsigned char *q = p + i * s0 + j * s1;
+            uint32_t px = (uint32_t)q[0] << 16 | (uint32_t)q[s2] << 8 | (uint32_t)q[2 * s2]; /* RGB24: 0x00RRGGBB */
+            memcpy(data + y * stride + x * 4, &px, 4);
+        }
+    }
+    cairo_surface_mark_dirty(c->surface);
+    return 0;
+}
+
+/* c:pixels() -> the canvas as a u8 [H, W, 3] image */
+static int cv_pixels(lua_State *L) {
+    canvas *c = check_canvas(L);
+    cairo_surface_flush(c->surface);
+    const unsigned char *data = cairo_image_surface_get_data(c->surface);
+    int W = cairo_image_surface_get_width(c->surface), H = cairo_image_surface_get_height(c->surface);
+    int stride = cairo_image_surface_get_stride(c->surface);
+    int64_t shape[3] = {H, W, 3};
+    tc_tensor **slot = tcl_slot(L);
+    *slot = tc_empty(3, shape, TC_U8, TC_DEV_CPU);
+    if (!*slot) return tcl_error(L);
+    unsigned char *out = tc_data(*slot);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            uint32_t px;
+            memcpy(&px, data + y * stride + x * 4, 4);
+            unsigned char *o = out + ((int64_t)y * W + x) * 3;
+            o[0] = (unsigned char)(px >> 16);
+            o[1] = (unsigned char)(px >> 8);
+            o[2] = (unsigned char)px;
+        }
+    return 1;
+}
+
 /* c:write_png(path) -> true, or nil, message */
 static int cv_write_png(lua_State *L) {
     canvas *c = check_canvas(L);
@@ -371,7 +423,7 @@ static const luaL_Reg canvas_methods[] = {
     {"color", cv_color},   {"line_width", cv_line_width}, {"dash", cv_dash},       {"move_to", cv_move_to},
     {"line_to", cv_line_to}, {"polyline", cv_polyline}, {"rect", cv_rect},         {"stroke", cv_stroke},
     {"fill", cv_fill},     {"clip", cv_clip},             {"text", cv_text},       {"text_width", cv_text_width},
-    {"write_png", cv_write_png}, {NULL, NULL},
+    {"write_png", cv_write_png}, {"image", cv_image}, {"pixels", cv_pixels}, {NULL, NULL},
 };
 
 const luaL_Reg tcl_log_funcs[] = {

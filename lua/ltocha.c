@@ -21,7 +21,7 @@ static const family families[] = {
     {NULL, tcl_tensor_funcs, tcl_tensor_methods, NULL},       /* ltensor.c */
     {NULL, tcl_autograd_funcs, tcl_autograd_methods, NULL},   /* lautograd.c */
     {NULL, tcl_index_funcs, tcl_index_methods, NULL},         /* lindex.c */
-    {NULL, tcl_io_funcs, NULL, NULL},                         /* lio.c */
+    {NULL, tcl_io_funcs, tcl_io_methods, NULL},               /* lio.c */
     {NULL, tcl_proc_funcs, NULL, NULL},                       /* lsys.c */
     {"_sys", tcl_sys_funcs, NULL, NULL},                      /* lsys.c */
     {"_sys", tcl_process_funcs, NULL, NULL},                  /* lsys.c */

@@ -75,7 +75,7 @@ void tcl_open_tensor_type(lua_State *L); /* lmeta.c: the metatable; the methods 
 extern const luaL_Reg tcl_tensor_funcs[], tcl_tensor_methods[];     /* ltensor.c */
 extern const luaL_Reg tcl_autograd_funcs[], tcl_autograd_methods[]; /* lautograd.c */
 extern const luaL_Reg tcl_index_funcs[], tcl_index_methods[];       /* lindex.c */
-extern const luaL_Reg tcl_io_funcs[];     /* lio.c: save, load */
+extern const luaL_Reg tcl_io_funcs[], tcl_io_methods[]; /* lio.c: save, load, frombytes, tobytes */
 extern const luaL_Reg tcl_proc_funcs[];   /* lsys.c: clock, threads */
 extern const luaL_Reg tcl_sys_funcs[];    /* lsys.c: T._sys, the operating system's calls */
 extern const luaL_Reg tcl_process_funcs[]; /* lsys.c: T._sys too: spawn, fork, wait, kill, signals */

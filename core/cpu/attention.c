@@ -367,7 +367,7 @@ int tc_cpu_sdpa(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_ten
     if (f32_path(q, mask, p)) return sdpa_f32(out, lse, q, k, v, mask, p);
     if (!narrow_float(q->dtype)) return sdpa_typed(out, lse, q, k, v, mask, p);
     tc_tensor *qf = f32_copy(q), *kf = f32_copy(k), *vf = f32_copy(v), *of = f32_out(out);
-    int rc = qf && kf && vf && of ? sdpa_typed(of, lse, qf, kf, vf, mask, p) : TC_ERR;
+    int rc = qf && kf && vf && of ? tc_cpu_sdpa(of, lse, qf, kf, vf, mask, p) : TC_ERR; /* f32's fast path */
     if (rc == TC_OK) rc = tc_cpu_copy(out, of);
     tc_tensor *tmp[] = {qf, kf, vf, of};
     for (int i = 0; i < 4; i++) tc_tensor_release(tmp[i]);
@@ -382,7 +382,7 @@ int tc_cpu_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor 
     tc_tensor *qf = f32_copy(q), *kf = f32_copy(k), *vf = f32_copy(v), *gof = f32_copy(gout);
     tc_tensor *gqf = f32_out(gq), *gkf = f32_out(gk), *gvf = f32_out(gv);
     int rc = qf && kf && vf && gof && (gqf || !gq) && (gkf || !gk) && (gvf || !gv)
-                 ? sdpa_backward_typed(gqf, gkf, gvf, gmask, gof, qf, kf, vf, mask, lse, p) : TC_ERR;
+                 ? tc_cpu_sdpa_backward(gqf, gkf, gvf, gmask, gof, qf, kf, vf, mask, lse, p) : TC_ERR;
     if (rc == TC_OK && gq) rc = tc_cpu_copy(gq, gqf);
     if (rc == TC_OK && gk) rc = tc_cpu_copy(gk, gkf);
     if (rc == TC_OK && gv) rc = tc_cpu_copy(gv, gvf);

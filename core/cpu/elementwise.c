@@ -13,6 +13,90 @@
 typedef struct { tc_op op; double a, b; tc_dtype dt[4]; } ew_ctx;
 
 /* ---- copy and fill ---------------------------------------------------------------------- */
+/* ---- f32 <-> f16 / bf16: the casts autocast makes around every lowered op. bf16 is the top
+ * half of an f32 (rounded to nearest even; NaN kept quiet); f16 through the F16C instructions
+ * where the CPU has them, else the scalar conversions of tensor.c. */
+static inline uint16_t bf16_of(uint32_t x) {
+    uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? (x >> 16) | 0x40u : r);
+}
+
+static void bf16_from_f32(uint16_t *restrict d, int64_t sd, const uint32_t *restrict s, int64_t ss, int64_t n) {
+    if (sd == 1 && ss == 1) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) d[i] = bf16_of(s[i]);
+    } else
+        for (int64_t i = 0; i < n; i++) d[i * sd] = bf16_of(s[i * ss]);
+}
+
+static void f32_from_bf16(uint32_t *restrict d, int64_t sd, const uint16_t *restrict s, int64_t ss, int64_t n) {
+    if (sd == 1 && ss == 1) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) d[i] = (uint32_t)s[i] << 16;
+    } else
+        for (int64_t i = 0; i < n; i++) d[i * sd] = (uint32_t)s[i * ss] << 16;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_F16C_PATH 1
+__attribute__((target("avx,f16c"))) static void f16_from_f32_f16c(uint16_t *d, const float *s, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) d[i] = tc_f32_to_f16(s[i]);
+}
+
+__attribute__((target("avx,f16c"))) static void f32_from_f16_f16c(float *d, const uint16_t *s, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    for (; i < n; i++) d[i] = tc_f16_to_f32(s[i]);
+}
+
+static bool has_f16c(void) {
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    return known;
+}
+#endif
+
+/* d (dtype dd) from s (dtype ds), one of them f32 and the other f16 or bf16 */
+static void half_run(int64_t n, char *d, int64_t sd, tc_dtype dd, const char *s, int64_t ss, tc_dtype ds) {
+    if (dd == TC_BF16) { bf16_from_f32((uint16_t *)d, sd, (const uint32_t *)s, ss, n); return; }
+    if (ds == TC_BF16) { f32_from_bf16((uint32_t *)d, sd, (const uint16_t *)s, ss, n); return; }
+#ifdef HAVE_F16C_PATH
+    if (sd == 1 && ss == 1 && has_f16c()) {
+        if (dd == TC_F16) f16_from_f32_f16c((uint16_t *)d, (const float *)s, n);
+        else f32_from_f16_f16c((float *)d, (const uint16_t *)s, n);
+        return;
+    }
+#endif
+    if (dd == TC_F16)
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * sd] = tc_f32_to_f16(((const float *)s)[i * ss]);
+    else
+        for (int64_t i = 0; i < n; i++) ((float *)d)[i * sd] = tc_f16_to_f32(((const uint16_t *)s)[i * ss]);
+}
+
+static bool is_half(tc_dtype dt) { return dt == TC_F16 || dt == TC_BF16; }
+
+/* a run whose operands are all one half dtype, through an f32 run in chunks: inputs
+ * widened, the f32 kernel, the output rounded back (as PyTorch computes half ops in f32);
+ * the double-precision path per element costs ten times more */
+#define HALF_CHUNK 256
+static void through_f32(int64_t n, char **p, const int64_t *st, ew_ctx *c, int nops, tc_iter_fn f32_run) {
+    float buf[4][HALF_CHUNK];
+    char *q[4];
+    int64_t unit[4] = {1, 1, 1, 1};
+    tc_dtype dt = c->dt[0];
+    for (int k = 0; k < nops; k++) q[k] = (char *)buf[k];
+    for (int64_t i0 = 0; i0 < n; i0 += HALF_CHUNK) {
+        int64_t m = n - i0 < HALF_CHUNK ? n - i0 : HALF_CHUNK;
+        for (int k = 1; k < nops; k++) half_run(m, q[k], 1, TC_F32, p[k] + i0 * st[k] * 2, st[k], dt);
+        f32_run(m, q, unit, c);
+        half_run(m, p[0] + i0 * st[0] * 2, st[0], dt, q[0], 1, TC_F32);
+    }
+}
+
 static void copy_run(int64_t n, char **p, const int64_t *st, void *vctx) {
     ew_ctx *c = vctx;
     size_t es = tc_dtype_size(c->dt[0]);
@@ -34,6 +118,10 @@ static void copy_run(int64_t n, char **p, const int64_t *st, void *vctx) {
             for (int64_t i = 0; i < n; i++) d[i * st[0]] = s[i * st[1]];
         } else
             for (int64_t i = 0; i < n; i++) memcpy(p[0] + i * st[0] * (int64_t)es, p[1] + i * st[1] * (int64_t)es, es);
+        return;
+    }
+    if ((c->dt[0] == TC_F32 && is_half(c->dt[1])) || (is_half(c->dt[0]) && c->dt[1] == TC_F32)) {
+        half_run(n, p[0], st[0], c->dt[0], p[1], st[1], c->dt[1]);
         return;
     }
     if (c->dt[0] == TC_F32 && c->dt[1] == TC_F64) {
@@ -144,13 +232,16 @@ static void unary_f32_run(int64_t n, char **p, const int64_t *st, void *vctx) {
     }
 }
 
+static void unary_half(int64_t n, char **p, const int64_t *st, void *vctx) { through_f32(n, p, st, vctx, 2, unary_f32_run); }
+
 int tc_cpu_unary(tc_tensor *out, const tc_tensor *x, tc_op op, double a, double b) {
     const tc_tensor *ts[2] = {out, x};
     tc_iter it;
     tc_iter_init(&it, 2, ts);
     ew_ctx c = {op, a, b, {out->dtype, x->dtype}};
     bool same = out->dtype == x->dtype;
-    tc_iter_run(&it, same && x->dtype == TC_F32 ? unary_f32_run : same && x->dtype == TC_F64 ? unary_f64 : unary_any, &c);
+    tc_iter_run(&it, same && x->dtype == TC_F32 ? unary_f32_run : same && x->dtype == TC_F64 ? unary_f64
+                     : same && is_half(x->dtype) ? unary_half : unary_any, &c);
     return TC_OK;
 }
 
@@ -228,15 +319,23 @@ static void unary_bw_f32_run(int64_t n, char **p, const int64_t *st, void *vctx)
 }
 #undef CHUNK
 
+static void unary_bw_half(int64_t n, char **p, const int64_t *st, void *vctx) {
+    through_f32(n, p, st, vctx, 4, unary_bw_f32_run);
+}
+
 int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *y,
                           tc_op op, double a, double b) {
     const tc_tensor *ts[4] = {gx, gy, x ? x : gy, y ? y : gy};
     tc_iter it;
     tc_iter_init(&it, 4, ts);
     ew_ctx c = {op, a, b, {gx->dtype, gy->dtype, ts[2]->dtype, ts[3]->dtype}};
-    bool f32 = true, f64 = true;
-    for (int k = 0; k < 4; k++) { f32 &= ts[k]->dtype == TC_F32; f64 &= ts[k]->dtype == TC_F64; }
-    tc_iter_run(&it, f32 ? unary_bw_f32_run : f64 ? unary_bw_f64 : unary_bw_any, &c);
+    bool f32 = true, f64 = true, half = is_half(gx->dtype);
+    for (int k = 0; k < 4; k++) {
+        f32 &= ts[k]->dtype == TC_F32;
+        f64 &= ts[k]->dtype == TC_F64;
+        half &= ts[k]->dtype == gx->dtype;
+    }
+    tc_iter_run(&it, f32 ? unary_bw_f32_run : f64 ? unary_bw_f64 : half ? unary_bw_half : unary_bw_any, &c);
     return TC_OK;
 }
 
@@ -337,6 +436,8 @@ static void binary_any(int64_t n, char **p, const int64_t *st, void *vctx) {
 #undef LD
 #undef RETBD_
 
+static void binary_half(int64_t n, char **p, const int64_t *st, void *vctx) { through_f32(n, p, st, vctx, 3, binary_f32); }
+
 int tc_cpu_binary(tc_tensor *out, const tc_tensor *a, const tc_tensor *b, tc_op op) {
     const tc_tensor *ts[3] = {out, a, b};
     tc_iter it;
@@ -348,6 +449,7 @@ int tc_cpu_binary(tc_tensor *out, const tc_tensor *a, const tc_tensor *b, tc_op 
         if (a->dtype == TC_F32) fn = binary_f32;
         else if (a->dtype == TC_F64) fn = binary_f64;
         else if (a->dtype == TC_I64 && op != TC_OP_DIV) fn = binary_i64;
+        else if (is_half(a->dtype) && out->dtype == a->dtype) fn = binary_half;
     }
     tc_iter_run(&it, fn, &c);
     return TC_OK;

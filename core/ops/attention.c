@@ -109,8 +109,8 @@ static int batch_shape(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask
     return TC_OK;
 }
 
-tc_tensor *tc_sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bool is_causal, double dropout_p,
-                   double scale) {
+static tc_tensor *sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bool is_causal, double dropout_p,
+                      double scale) {
     if (check_inputs(q, k, v, mask) != TC_OK) return NULL;
     if (is_causal && mask) {
         tc_error("scaled_dot_product_attention: pass either attn_mask or is_causal, not both");
@@ -170,4 +170,15 @@ tc_tensor *tc_sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bo
     tc_tensor_release(lse);
     if (rc != TC_OK) { tc_tensor_release(out); return NULL; }
     return tc_attach(out, n);
+}
+
+/* under autocast: q, k and v in the scope's dtype (the mask as given) */
+tc_tensor *tc_sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bool is_causal, double dropout_p,
+                   double scale) {
+    if (!tc_autocast_enabled()) return sdpa(q, k, v, mask, is_causal, dropout_p, scale);
+    tc_tensor *c[3];
+    if (tc_autocast_inputs(TC_CAST_LOWER, 3, (tc_tensor *[]){q, k, v}, c) != TC_OK) return NULL;
+    tc_tensor *y = sdpa(c[0], c[1], c[2], mask, is_causal, dropout_p, scale);
+    tc_autocast_release(3, c);
+    return y;
 }

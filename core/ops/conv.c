@@ -112,7 +112,7 @@ static int conv2d_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     return TC_OK;
 }
 
-tc_tensor *tc_conv2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv_params *p) {
+static tc_tensor *conv2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv_params *p) {
     const char *op = "conv2d";
     if (check_args(op, x, w, b, p) != TC_OK || check_bias(op, b, w->shape[0]) != TC_OK) return NULL;
     char s1[128], s2[128];
@@ -188,7 +188,7 @@ static int conv_transpose2d_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) 
     return TC_OK;
 }
 
-tc_tensor *tc_conv_transpose2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv_params *p) {
+static tc_tensor *conv_transpose2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv_params *p) {
     const char *op = "conv_transpose2d";
     if (check_args(op, x, w, b, p) != TC_OK) return NULL;
     char s1[128], s2[128];
@@ -230,4 +230,20 @@ tc_tensor *tc_conv_transpose2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const t
     release_all(tmp, 2);
     if (rc != TC_OK) { tc_tensor_release(y); return NULL; }
     return tc_attach(y, n);
+}
+
+/* ---- under autocast: x, w and b in the scope's dtype --------------------------------------- */
+static tc_tensor *lowered(tc_tensor *(*op)(tc_tensor *, tc_tensor *, tc_tensor *, const tc_conv_params *), tc_tensor *x,
+                          tc_tensor *w, tc_tensor *b, const tc_conv_params *p) {
+    if (!tc_autocast_enabled()) return op(x, w, b, p);
+    tc_tensor *c[3];
+    if (tc_autocast_inputs(TC_CAST_LOWER, 3, (tc_tensor *[]){x, w, b}, c) != TC_OK) return NULL;
+    tc_tensor *y = op(c[0], c[1], c[2], p);
+    tc_autocast_release(3, c);
+    return y;
+}
+
+tc_tensor *tc_conv2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv_params *p) { return lowered(conv2d, x, w, b, p); }
+tc_tensor *tc_conv_transpose2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv_params *p) {
+    return lowered(conv_transpose2d, x, w, b, p);
 }

@@ -53,7 +53,7 @@ static int check_operands(const char *op, tc_tensor *a, tc_tensor *b) {
     return tc_check_same_device(op, a, b);
 }
 
-tc_tensor *tc_bmm(tc_tensor *a, tc_tensor *b) {
+static tc_tensor *bmm(tc_tensor *a, tc_tensor *b) {
     if (a->ndim != 3 || b->ndim != 3) {
         tc_error("bmm: expected 3-d tensors, got %d-d and %d-d", a->ndim, b->ndim);
         return NULL;
@@ -76,8 +76,20 @@ tc_tensor *tc_bmm(tc_tensor *a, tc_tensor *b) {
     return tc_attach(out, n);
 }
 
+/* under autocast, op(a, b) on a and b cast to the scope's dtype */
+static tc_tensor *lowered2(tc_tensor *(*op)(tc_tensor *, tc_tensor *), tc_tensor *a, tc_tensor *b) {
+    if (!tc_autocast_enabled()) return op(a, b);
+    tc_tensor *in[2] = {a, b}, *c[2];
+    if (tc_autocast_inputs(TC_CAST_LOWER, 2, in, c) != TC_OK) return NULL;
+    tc_tensor *y = op(c[0], c[1]);
+    tc_autocast_release(2, c);
+    return y;
+}
+
+tc_tensor *tc_bmm(tc_tensor *a, tc_tensor *b) { return lowered2(bmm, a, b); }
+
 /* the general case: promote 1-d operands, broadcast batch dims, fold into one bmm */
-tc_tensor *tc_matmul(tc_tensor *a, tc_tensor *b) {
+static tc_tensor *matmul(tc_tensor *a, tc_tensor *b) {
     if (a->ndim == 0 || b->ndim == 0) {
         tc_error("matmul: both arguments need at least 1 dimension (got %d-d and %d-d)", a->ndim, b->ndim);
         return NULL;
@@ -128,7 +140,9 @@ done:
     return out;
 }
 
-tc_tensor *tc_linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
+tc_tensor *tc_matmul(tc_tensor *a, tc_tensor *b) { return lowered2(matmul, a, b); }
+
+static tc_tensor *linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
     if (w->ndim != 2) { tc_error("linear: weight must be 2-d [out, in], got %d-d", w->ndim); return NULL; }
     if (x->ndim == 0 || x->shape[x->ndim - 1] != w->shape[1]) return size_mismatch("linear", x, w);
     if (b && (b->ndim > 1 || (b->ndim == 1 && b->shape[0] != w->shape[0]))) {
@@ -145,6 +159,16 @@ tc_tensor *tc_linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
     tc_tensor *r = tc_binary(TC_OP_ADD, y, b);
     tc_tensor_release(y);
     return r;
+}
+
+/* under autocast the bias is cast too, so the output stays in the scope's dtype */
+tc_tensor *tc_linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
+    if (!tc_autocast_enabled()) return linear(x, w, b);
+    tc_tensor *in[3] = {x, w, b}, *c[3];
+    if (tc_autocast_inputs(TC_CAST_LOWER, 3, in, c) != TC_OK) return NULL;
+    tc_tensor *y = linear(c[0], c[1], c[2]);
+    tc_autocast_release(3, c);
+    return y;
 }
 
 tc_tensor *tc_outer(tc_tensor *a, tc_tensor *b) {

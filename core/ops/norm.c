@@ -87,7 +87,7 @@ static tc_tensor *norm_forward(tc_op op, tc_tensor *x, tc_tensor *xs, int64_t ns
     return out ? tc_attach(out, n) : NULL;
 }
 
-tc_tensor *tc_layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, double eps) {
+static tc_tensor *layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, double eps) {
     if (!tc_dtype_is_float(x->dtype)) {
         tc_error("layer_norm: input must be a floating point tensor (got %s)", tc_dtype_name(x->dtype));
         return NULL;
@@ -107,7 +107,7 @@ tc_tensor *tc_layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, do
     return y;
 }
 
-tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu) {
+static tc_tensor *group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu) {
     if (!tc_dtype_is_float(x->dtype)) {
         tc_error("group_norm: input must be a floating point tensor (got %s)", tc_dtype_name(x->dtype));
         return NULL;
@@ -131,5 +131,24 @@ tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, d
     tc_op op = silu ? TC_OP_GROUP_NORM_SILU : TC_OP_GROUP_NORM;
     tc_tensor *y = xs ? norm_forward(op, x, xs, s3[0] * groups, w, b, groups, eps) : NULL;
     tc_tensor_release(xs);
+    return y;
+}
+
+/* ---- under autocast: the input, weight and bias in f32 ------------------------------------- */
+tc_tensor *tc_layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, double eps) {
+    if (!tc_autocast_enabled()) return layer_norm(x, nnorm, w, b, eps);
+    tc_tensor *c[3];
+    if (tc_autocast_inputs(TC_CAST_UPPER, 3, (tc_tensor *[]){x, w, b}, c) != TC_OK) return NULL;
+    tc_tensor *y = layer_norm(c[0], nnorm, c[1], c[2], eps);
+    tc_autocast_release(3, c);
+    return y;
+}
+
+tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu) {
+    if (!tc_autocast_enabled()) return group_norm(x, groups, w, b, eps, silu);
+    tc_tensor *c[3];
+    if (tc_autocast_inputs(TC_CAST_UPPER, 3, (tc_tensor *[]){x, w, b}, c) != TC_OK) return NULL;
+    tc_tensor *y = group_norm(c[0], groups, c[1], c[2], eps, silu);
+    tc_autocast_release(3, c);
     return y;
 }

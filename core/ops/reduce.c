@@ -115,7 +115,7 @@ static int reduce_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     return r ? TC_OK : TC_ERR;
 }
 
-tc_tensor *tc_reduce(tc_op op, tc_tensor *x, int ndims, const int *dims, bool keepdim) {
+static tc_tensor *reduce(tc_op op, tc_tensor *x, int ndims, const int *dims, bool keepdim) {
     const char *name = tc_op_name(op);
     bool mask[TC_MAX_DIMS];
     if (dim_mask(name, x, ndims, dims, mask) != TC_OK) return NULL;
@@ -165,6 +165,17 @@ tc_tensor *tc_reduce(tc_op op, tc_tensor *x, int ndims, const int *dims, bool ke
     }
     tc_tensor_release(xc);
     return tc_attach(out, n);
+}
+
+/* under autocast, sums, means, products and logsumexp of f16 / bf16 inputs in f32 (max and
+ * min are exact in any dtype) */
+tc_tensor *tc_reduce(tc_op op, tc_tensor *x, int ndims, const int *dims, bool keepdim) {
+    if (!tc_autocast_enabled() || op == TC_OP_MAX || op == TC_OP_MIN) return reduce(op, x, ndims, dims, keepdim);
+    tc_tensor *c;
+    if (tc_autocast_inputs(TC_CAST_UPPER, 1, &x, &c) != TC_OK) return NULL;
+    tc_tensor *y = reduce(op, c, ndims, dims, keepdim);
+    tc_tensor_release(c);
+    return y;
 }
 
 /* ---- composites: their gradients come from the ops they are built of ------------------ */

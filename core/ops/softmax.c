@@ -58,8 +58,18 @@ static tc_tensor *softmax_op(tc_op op, tc_tensor *x, int dim) {
     return tc_attach(y, n);
 }
 
-tc_tensor *tc_softmax(tc_tensor *x, int dim) { return softmax_op(TC_OP_SOFTMAX, x, dim); }
-tc_tensor *tc_log_softmax(tc_tensor *x, int dim) { return softmax_op(TC_OP_LOG_SOFTMAX, x, dim); }
+/* under autocast: in f32 */
+static tc_tensor *softmax_f32(tc_op op, tc_tensor *x, int dim) {
+    if (!tc_autocast_enabled()) return softmax_op(op, x, dim);
+    tc_tensor *c;
+    if (tc_autocast_inputs(TC_CAST_UPPER, 1, &x, &c) != TC_OK) return NULL;
+    tc_tensor *y = softmax_op(op, c, dim);
+    tc_tensor_release(c);
+    return y;
+}
+
+tc_tensor *tc_softmax(tc_tensor *x, int dim) { return softmax_f32(TC_OP_SOFTMAX, x, dim); }
+tc_tensor *tc_log_softmax(tc_tensor *x, int dim) { return softmax_f32(TC_OP_LOG_SOFTMAX, x, dim); }
 
 /* ---- cross entropy --------------------------------------------------------------------------
  * The kernel gives each sample's loss and its weight in a mean; the op reduces them, so
@@ -121,8 +131,8 @@ static int ce_shapes(tc_tensor *logits, tc_tensor *target, tc_tensor *weight, bo
     return TC_OK;
 }
 
-tc_tensor *tc_cross_entropy(tc_tensor *logits, tc_tensor *target, tc_tensor *weight, int64_t ignore_index,
-                            double label_smoothing, tc_reduction red) {
+static tc_tensor *cross_entropy(tc_tensor *logits, tc_tensor *target, tc_tensor *weight, int64_t ignore_index,
+                                double label_smoothing, tc_reduction red) {
     if (!check_float("cross_entropy", "logits", logits)) return NULL;
     bool probs = tc_dtype_is_float(target->dtype);
     if (!probs && target->dtype != TC_I64 && target->dtype != TC_I32) {
@@ -251,5 +261,25 @@ static tc_tensor *pointwise_loss(tc_op op, tc_tensor *a, tc_tensor *b, tc_reduct
     return tc_attach(out, n);
 }
 
-tc_tensor *tc_mse_loss(tc_tensor *a, tc_tensor *b, tc_reduction red) { return pointwise_loss(TC_OP_MSE_LOSS, a, b, red); }
-tc_tensor *tc_l1_loss(tc_tensor *a, tc_tensor *b, tc_reduction red) { return pointwise_loss(TC_OP_L1_LOSS, a, b, red); }
+/* ---- under autocast, losses in f32 ---------------------------------------------------------- */
+tc_tensor *tc_cross_entropy(tc_tensor *logits, tc_tensor *target, tc_tensor *weight, int64_t ignore_index,
+                            double label_smoothing, tc_reduction red) {
+    if (!tc_autocast_enabled()) return cross_entropy(logits, target, weight, ignore_index, label_smoothing, red);
+    tc_tensor *c[3];
+    if (tc_autocast_inputs(TC_CAST_UPPER, 3, (tc_tensor *[]){logits, target, weight}, c) != TC_OK) return NULL;
+    tc_tensor *y = cross_entropy(c[0], c[1], c[2], ignore_index, label_smoothing, red);
+    tc_autocast_release(3, c);
+    return y;
+}
+
+static tc_tensor *pointwise_loss_f32(tc_op op, tc_tensor *a, tc_tensor *b, tc_reduction red) {
+    if (!tc_autocast_enabled()) return pointwise_loss(op, a, b, red);
+    tc_tensor *c[2];
+    if (tc_autocast_inputs(TC_CAST_UPPER, 2, (tc_tensor *[]){a, b}, c) != TC_OK) return NULL;
+    tc_tensor *y = pointwise_loss(op, c[0], c[1], red);
+    tc_autocast_release(2, c);
+    return y;
+}
+
+tc_tensor *tc_mse_loss(tc_tensor *a, tc_tensor *b, tc_reduction red) { return pointwise_loss_f32(TC_OP_MSE_LOSS, a, b, red); }
+tc_tensor *tc_l1_loss(tc_tensor *a, tc_tensor *b, tc_reduction red) { return pointwise_loss_f32(TC_OP_L1_LOSS, a, b, red); }

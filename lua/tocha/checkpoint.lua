@@ -191,15 +191,16 @@ end
 ---------------------------------------------------------------------------------------------
 -- the interface
 ---------------------------------------------------------------------------------------------
-local PARTS = { model = true, optimizer = true, ema = true, step = true, extra = true, data = true, keep = true,
-  config = true, files = true }
+local PARTS = { model = true, optimizer = true, ema = true, scaler = true, step = true, extra = true, data = true,
+  keep = true, config = true, files = true }
 
---- checkpoint.save(root, {model =, optimizer =, ema =, step = n, extra = {...}, data = {...},
+--- checkpoint.save(root, {model =, optimizer =, ema =, scaler =, step = n, extra = {...}, data = {...},
 --- config = {...}, files = function(dir), keep = N}) -> the directory written (root/step-<n>).
---- The RNG state is saved too. config: the run's resolved options (what a resume compares);
---- files(dir) writes more files into the checkpoint before it is complete (a model's configs
---- and tokenizer, so that the checkpoint is usable on its own). With keep, only the newest N
---- complete checkpoints stay. A crash at any point leaves the previous
+--- The RNG state is saved too (and a GradScaler's scale, growth count and skips in meta.lua).
+--- config: the run's resolved options (what a resume compares); files(dir) writes more files
+--- into the checkpoint before it is complete (a model's configs and tokenizer, so that the
+--- checkpoint is usable on its own). With keep, only the newest N complete checkpoints stay.
+--- A crash at any point leaves the previous
 --- checkpoints as they were (a half-written step-<n>.tmp is ignored, and removed by the next save).
 function M.save(root, state)
   if type(root) ~= "string" or root == "" then error("checkpoint.save: expected a directory name", 2) end
@@ -220,7 +221,7 @@ function M.save(root, state)
   local data = state.data
   if type(data) == "table" and type(data.state_dict) == "function" then data = data:state_dict() end
   local meta = { format = FORMAT, step = step, time = sys.now(), rng = T.get_rng_state(), extra = state.extra,
-    data = data, config = state.config }
+    data = data, config = state.config, scaler = state.scaler and state.scaler:state_dict() or nil }
 
   local ok, err = pcall(function()
     check(sys.mkdirs(root))
@@ -289,7 +290,7 @@ function M.info(path)
   return { step = meta.step, time = meta.time, config = meta.config, extra = meta.extra, dir = dir }
 end
 
---- checkpoint.load(dir_or_root, {model =, optimizer =, ema =, data =, rng = true}) restores in
+--- checkpoint.load(dir_or_root, {model =, optimizer =, ema =, scaler =, data =, rng = true}) restores in
 --- place what it is given, and the RNG state (unless rng = false); returns {step =, extra =,
 --- data =, dir =}. A root directory loads its latest checkpoint. data: an object with
 --- load_state_dict receives the saved position too.
@@ -319,6 +320,10 @@ function M.load(path, targets)
     if targets.ema then
       local ts, file = tensors_of(meta.ema_file, "EMA")
       targets.ema:load_state_dict(rejoin(meta.ema, ts, file))
+    end
+    if targets.scaler then
+      if not meta.scaler then error(string.format("checkpoint.load: %s holds no GradScaler state", dir), 0) end
+      targets.scaler:load_state_dict(meta.scaler)
     end
     if type(targets.data) == "table" and type(targets.data.load_state_dict) == "function" then
       targets.data:load_state_dict(meta.data)

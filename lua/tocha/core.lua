@@ -119,6 +119,48 @@ function core.no_grad(fn, ...) return with_grad_mode(false, fn, ...) end
 function core.enable_grad(fn, ...) return with_grad_mode(true, fn, ...) end
 
 ---------------------------------------------------------------------------
+-- autocast: mixed precision as a scope (core/ops/autocast.c says which ops do what)
+---------------------------------------------------------------------------
+local AUTOCAST_DTYPES = { f16 = true, bf16 = true, fp16 = "f16", float16 = "f16", half = "f16", bfloat16 = "bf16" }
+
+local Scope = { __name = "tocha.autocast" }
+Scope.__index = Scope
+function Scope:close()
+  if self.prev then T._autocast(self.prev[1], self.prev[2]); self.prev = nil end
+end
+Scope.__close = Scope.close
+
+--- T.autocast(dtype, fn, ...) runs fn(...) with matmul, linear, conv and attention in dtype
+--- ("f16" or "bf16"; f32 accumulation) and norms, softmax, losses and reductions in f32, and
+--- returns its results; parameters stay f32 and get f32 gradients. T.autocast{dtype = "bf16",
+--- enabled = true} returns a scope to close (local s <close> = T.autocast{...}), or with a
+--- function as second argument runs it. enabled = false turns autocast off inside.
+function core.autocast(o, fn, ...)
+  local dtype, enabled = o, true
+  if type(o) == "table" then
+    dtype = o.dtype or "bf16"
+    if o.enabled ~= nil then enabled = o.enabled and true or false end
+  end
+  local dt = AUTOCAST_DTYPES[dtype]
+  if not dt then error("autocast: dtype must be \"f16\" or \"bf16\" (got " .. tostring(dtype) .. ")", 2) end
+  if dt == true then dt = dtype end
+  local on, prev_dt = T._autocast()
+  local scope = setmetatable({ prev = { on, prev_dt } }, Scope)
+  T._autocast(enabled, dt)
+  if fn == nil then
+    if type(o) ~= "table" then scope:close(); error("autocast: T.autocast(dtype, fn): give the function to run", 2) end
+    return scope
+  end
+  local res = table.pack(pcall(fn, ...))
+  scope:close()
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+--- T.is_autocast_enabled() -> on, dtype
+function core.is_autocast_enabled() return T._autocast() end
+
+---------------------------------------------------------------------------
 -- methods written in Lua
 ---------------------------------------------------------------------------
 --- x:split(size, dim): pieces of `size` along dim (the last may be smaller);
@@ -234,6 +276,7 @@ function core.checkpoint(fn, ...)
   if not callable(fn) then error("checkpoint: expected a function or a module, got a " .. type(fn), 2) end
   local args = table.pack(...)
   local rng = T.get_rng_state()
+  local amp_on, amp_dt = T._autocast() -- the replay computes in the forward's precision
   local out = core.no_grad(fn, ...)
   if not T.is_tensor(out) then error("checkpoint: fn must return one tensor", 2) end
   local anchor = T.zeros({}, { requires_grad = true }) -- the node exists even if no input needs grad
@@ -248,7 +291,7 @@ function core.checkpoint(fn, ...)
     local replay = {}
     for i = 1, args.n do replay[i] = args[i] end
     for _, i in ipairs(pos) do replay[i] = args[i]:detach():requires_grad_(true) end
-    local y = core.enable_grad(fn, table.unpack(replay, 1, args.n))
+    local y = core.autocast({ dtype = amp_dt, enabled = amp_on }, core.enable_grad, fn, table.unpack(replay, 1, args.n))
     T.set_rng_state(after)
     -- y needs no grad when only non-differentiable ops or no-grad parameters were involved
     if y.requires_grad then core.enable_grad(function() y:backward(gy) end) end

@@ -356,19 +356,174 @@ function M.clip_grad_value(params, v)
 end
 
 ---------------------------------------------------------------------------------------------
+-- GradScaler: dynamic loss scaling for f16 training, as torch.amp.GradScaler
+---------------------------------------------------------------------------------------------
+local GradScaler = {}
+GradScaler.__index = GradScaler
+
+local SCALER_FIELDS = { init_scale = true, growth_factor = true, backoff_factor = true, growth_interval = true,
+  enabled = true }
+
+--- optim.GradScaler{init_scale = 2^16, growth_factor = 2, backoff_factor = 0.5,
+--- growth_interval = 2000, enabled = true}. f16 gradients of small losses underflow to zero;
+--- scaling the loss by S before backward keeps them representable, and the gradients are
+--- divided by S before the optimizer sees them. A step whose gradients hold an inf or NaN is
+--- skipped and S shrinks by backoff_factor; after growth_interval finite steps in a row S grows
+--- by growth_factor. The loop:
+---   scaler:scale(loss):backward(); scaler:unscale_(opt) (before clipping);
+---   optim.clip_grad_norm(...); scaler:step(opt); scaler:update()
+--- enabled = false (f32 or bf16 training) makes every method a pass-through.
+function M.GradScaler(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("optim.GradScaler: options must be a table", 2) end
+  for k in pairs(opts) do
+    if not SCALER_FIELDS[k] then error(string.format("optim.GradScaler: unknown option %q", tostring(k)), 2) end
+  end
+  local self = setmetatable({
+    scale_value = opts.init_scale or 2.0 ^ 16,
+    growth_factor = opts.growth_factor or 2.0,
+    backoff_factor = opts.backoff_factor or 0.5,
+    growth_interval = opts.growth_interval or 2000,
+    enabled = opts.enabled ~= false,
+    growth_tracker = 0, -- finite steps since the scale last changed
+    skipped_steps = 0,  -- steps skipped for non-finite gradients, over the whole run
+    steps = 0,          -- updates made (skipped or not)
+    per_optimizer = {}, -- opt -> {unscaled = bool, found_inf = bool} for the current step
+  }, GradScaler)
+  local msg = bad_range("init_scale", self.scale_value, 0, math.huge)
+    or ((type(self.growth_factor) ~= "number" or not (self.growth_factor > 1)) and "growth_factor must be a number above 1")
+    or bad_range("backoff_factor", self.backoff_factor, 0, 1, true)
+    or ((math.type(self.growth_interval) ~= "integer" or self.growth_interval < 1) and "growth_interval must be a positive integer")
+  if not msg and self.scale_value <= 0 then msg = "init_scale must be positive" end
+  if not msg and self.backoff_factor <= 0 then msg = "backoff_factor must be in (0, 1)" end
+  if msg then error("optim.GradScaler: " .. msg, 2) end
+  return self
+end
+
+--- scaler:get_scale() -> the current scale (1 when disabled)
+function GradScaler:get_scale() return self.enabled and self.scale_value or 1.0 end
+
+--- scaler:scale(loss) -> loss * scale (the loss itself when disabled)
+function GradScaler:scale(loss)
+  if not T.is_tensor(loss) then error("GradScaler:scale: expected the loss tensor, got " .. type(loss), 2) end
+  if not self.enabled then return loss end
+  return loss * self.scale_value
+end
+
+local function opt_state(self, opt)
+  local st = self.per_optimizer[opt]
+  if not st then
+    st = { unscaled = false, found_inf = false }
+    self.per_optimizer[opt] = st
+  end
+  return st
+end
+
+local function check_optimizer(opt, who)
+  if type(opt) ~= "table" or type(opt.param_groups) ~= "table" or type(opt.step) ~= "function" then
+    error(who .. ": expected an optimizer", 3)
+  end
+end
+
+--- scaler:unscale_(opt) -> the gradients' total 2-norm after unscaling: divides the gradients
+--- of opt's parameters by the scale, in place, and notes whether any is inf or NaN. Call it
+--- once per step, before clipping; step() calls it when the loop has not.
+function GradScaler:unscale_(opt)
+  check_optimizer(opt, "GradScaler:unscale_")
+  if not self.enabled then return nil end
+  local st = opt_state(self, opt)
+  if st.unscaled then error("GradScaler:unscale_: already called for this optimizer since the last update()", 2) end
+  local gs = {}
+  for _, g in ipairs(opt.param_groups) do
+    for _, p in ipairs(g.params) do
+      local grad = p.grad
+      if grad then gs[#gs + 1] = grad end
+    end
+  end
+  local inv = 1.0 / self.scale_value
+  T.no_grad(function() for _, g in ipairs(gs) do g:mul_(inv) end end)
+  -- the norm in double is inf or NaN exactly when some element is: squares of finite f32
+  -- values cannot overflow a double
+  local total = #gs > 0 and C.total_norm(gs, 2) or 0.0
+  st.unscaled, st.found_inf = true, total ~= total or total == math.huge
+  return total
+end
+
+--- scaler:step(opt, ...) -> true when opt stepped, false when the step was skipped for
+--- non-finite gradients (they are left unscaled; the next zero_grad clears them)
+function GradScaler:step(opt, ...)
+  check_optimizer(opt, "GradScaler:step")
+  if not self.enabled then opt:step(...); return true end
+  local st = opt_state(self, opt)
+  if not st.unscaled then self:unscale_(opt) end
+  if st.found_inf then return false end
+  opt:step(...)
+  return true
+end
+
+--- scaler:update(new_scale) -> true when this step was skipped: backs the scale off if any
+--- optimizer saw non-finite gradients (and counts the skip), else grows it after
+--- growth_interval finite steps; new_scale sets the scale instead
+function GradScaler:update(new_scale)
+  if not self.enabled then return false end
+  local found = false
+  for _, st in pairs(self.per_optimizer) do found = found or st.found_inf end
+  self.per_optimizer = {}
+  self.steps = self.steps + 1
+  if found then self.skipped_steps = self.skipped_steps + 1 end
+  if new_scale ~= nil then
+    if type(new_scale) ~= "number" or not (new_scale > 0) then error("GradScaler:update: new_scale must be a positive number", 2) end
+    self.scale_value, self.growth_tracker = new_scale, 0
+  elseif found then
+    self.scale_value, self.growth_tracker = self.scale_value * self.backoff_factor, 0
+  else
+    self.growth_tracker = self.growth_tracker + 1
+    if self.growth_tracker == self.growth_interval then
+      local grown = self.scale_value * self.growth_factor
+      if grown < math.huge then self.scale_value = grown end
+      self.growth_tracker = 0
+    end
+  end
+  return found
+end
+
+--- scaler:state_dict() -> plain numbers (PyTorch's names, plus the skip count)
+function GradScaler:state_dict()
+  return { scale = self.scale_value, growth_factor = self.growth_factor, backoff_factor = self.backoff_factor,
+    growth_interval = self.growth_interval, _growth_tracker = self.growth_tracker, enabled = self.enabled,
+    skipped_steps = self.skipped_steps, steps = self.steps }
+end
+
+function GradScaler:load_state_dict(sd)
+  if type(sd) ~= "table" or type(sd.scale) ~= "number" then
+    error("GradScaler:load_state_dict: expected a table with a scale", 2)
+  end
+  self.scale_value = sd.scale
+  self.growth_factor = sd.growth_factor or self.growth_factor
+  self.backoff_factor = sd.backoff_factor or self.backoff_factor
+  self.growth_interval = sd.growth_interval or self.growth_interval
+  self.growth_tracker = sd._growth_tracker or 0
+  if sd.enabled ~= nil then self.enabled = sd.enabled end
+  self.skipped_steps, self.steps = sd.skipped_steps or 0, sd.steps or 0
+  self.per_optimizer = {}
+end
+
+---------------------------------------------------------------------------------------------
 -- EMA: an exponential moving average of weights, as diffusers' EMAModel
 ---------------------------------------------------------------------------------------------
 local EMA = {}
 EMA.__index = EMA
 
 local EMA_FIELDS = { decay = true, min_decay = true, update_after_step = true, use_ema_warmup = true,
-  warmup = true, inv_gamma = true, power = true }
+  warmup = true, inv_gamma = true, power = true, device = true }
 
 --- optim.EMA(model_or_params, {decay = 0.9999, min_decay = 0, update_after_step = 0,
 ---   warmup = false, inv_gamma = 1, power = 2/3}): the average starts as a copy of the weights.
 --- The decay at optimization step s (1, 2, ...), with k = s - update_after_step - 1, is 0 while
 --- k <= 0, then 1 - (1 + k / inv_gamma)^-power with warmup, else (1 + k) / (10 + k); capped by
 --- decay and floored by min_decay. (warmup is diffusers' use_ema_warmup; either name works.)
+--- device (e.g. "cpu" while the model trains on "cuda"): where the average lives, as diffusers'
+--- EMA offload; each update then copies the weights there first.
 function M.EMA(model, opts)
   opts = opts or {}
   for k in pairs(opts) do
@@ -387,8 +542,11 @@ function M.EMA(model, opts)
     shadow_params = {},
   }, EMA)
   T.no_grad(function()
-    for i, p in ipairs(params) do self.shadow_params[i] = p:detach():contiguous():clone() end
+    for i, p in ipairs(params) do
+      self.shadow_params[i] = opts.device and p:detach():to(opts.device):contiguous():clone() or p:detach():contiguous():clone()
+    end
   end)
+  self.device = opts.device
   return self
 end
 
@@ -421,7 +579,8 @@ function EMA:update(model)
   T.no_grad(function()
     for i, p in ipairs(ps) do
       local s = self.shadow_params[i]
-      if p.requires_grad then C.ema_update(s, p, decay) else s:copy_(p) end
+      local w = self.device and p:detach():to(self.device) or p
+      if p.requires_grad then C.ema_update(s, w, decay) else s:copy_(w) end
     end
   end)
 end

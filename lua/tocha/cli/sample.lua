@@ -22,6 +22,9 @@ usage: tocha sample MODEL --prompt TEXT [options]
   --batch B           images drawn at once (default: N)
   --clip-skip K       use the text encoder's output K layers from the end
   --eta E             DDIM's eta (default 0)
+  --lora FILE         LoRA weights to apply (pytorch_lora_weights.safetensors as diffusers and
+                      finetune_sd.lua write them, a folder holding one, or a kohya file)
+  --lora-scale S      the LoRA's strength (default 1; 0 turns it off)
   --device DEV        cpu or cuda (default cpu)
   --dtype DT          f32, f16 or bf16 (default f32)
   --variant V         load *.V.safetensors weights where present (e.g. fp16)
@@ -40,9 +43,10 @@ local OPTIONS = { ["--prompt"] = "prompt", ["--prompts"] = "prompts", ["--negati
   ["--sampler"] = "sampler", ["--steps"] = "steps", ["--guidance"] = "guidance", ["--rescale"] = "rescale",
   ["--seed"] = "seed", ["--size"] = "size", ["--n"] = "n", ["--batch"] = "batch", ["--clip-skip"] = "clip_skip",
   ["--eta"] = "eta", ["--device"] = "device", ["--dtype"] = "dtype", ["--variant"] = "variant", ["--out"] = "out",
-  ["--config"] = "config", ["--tokenizer"] = "tokenizer" }
+  ["--config"] = "config", ["--tokenizer"] = "tokenizer", ["--lora"] = "lora", ["--lora-scale"] = "lora_scale",
+  ["--lora_scale"] = "lora_scale" }
 local INTEGER = { steps = true, seed = true, n = true, batch = true, clip_skip = true }
-local NUMBER = { guidance = true, rescale = true, eta = true }
+local NUMBER = { guidance = true, rescale = true, eta = true, lora_scale = true }
 
 local function parse(args)
   local o, pos = {}, {}
@@ -106,6 +110,7 @@ local function parameters(o, prompt, seed, width, height, sampler)
   if o.rescale and o.rescale > 0 then s[#s + 1] = "Guidance rescale: " .. o.rescale end
   if o.clip_skip then s[#s + 1] = "Clip skip: " .. (o.clip_skip + 1) end -- A1111 counts the last layer as 1
   if o.eta then s[#s + 1] = "Eta: " .. o.eta end
+  if o.lora then s[#s + 1] = string.format("Lora: %s, Lora scale: %g", o.lora:match("([^/]+)/*$"), o.lora_scale or 1) end
   s[#s + 1] = "Version: tocha"
   lines[#lines + 1] = table.concat(s, ", ")
   return table.concat(lines, "\n")
@@ -172,12 +177,27 @@ local function run(o, out, err)
     o.steps, o.guidance = given.steps or parts.sampling.steps or 50, given.guidance or parts.sampling.guidance_scale or 7.5
     return run_pixels(parts, o, prompts, width, height, out, err)
   end
-  if type(parts) ~= "table" or not parts.unet or not parts.vae or not parts.text_encoder or not parts.tokenizer then
+  local pixels = type(parts) == "table" and parts.unet and not parts.vae and parts.scheduler -- tocha saved it
+  if type(parts) ~= "table" or not parts.unet or not (parts.vae or pixels) or not parts.text_encoder or not parts.tokenizer then
     err:write("tocha sample: ", o.model, " is not a whole Stable Diffusion model (unet, vae, text encoder, tokenizer)\n")
     return 1
   end
   if o.device then
-    for _, name in ipairs({ "unet", "vae", "text_encoder" }) do parts[name]:to(o.device) end
+    for _, name in ipairs({ "unet", "vae", "text_encoder" }) do if parts[name] then parts[name]:to(o.device) end end
+  end
+  if o.lora then -- merged: sampling then costs what the plain model does
+    require("tocha.lora").load(o.lora, { unet = parts.unet, text_encoder = parts.text_encoder },
+      { scale = o.lora_scale or 1, merge = true })
+  elseif o.lora_scale then
+    err:write("tocha sample: --lora-scale needs --lora FILE\n"); return 2
+  end
+  if pixels then -- a pixel-space model (a diffusers folder with its conditioning in tocha.json)
+    local d = models.Denoiser(parts)
+    return run_pixels({ size = d.size, sampling = { sampler = D.samplers.kind(parts.scheduler) },
+      sample = function(_, so)
+        so.sampler = parts.scheduler
+        return d:sample(so)
+      end }, o, prompts, width, height, out, err)
   end
   local pipe = D.StableDiffusion(parts)
   width, height = width or pipe.default_size, height or pipe.default_size

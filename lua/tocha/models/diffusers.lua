@@ -24,6 +24,8 @@ local PARTS = {
   scheduler = { lib = "diffusers" },
 }
 M.PART_NAMES = { "unet", "vae", "text_encoder", "tokenizer", "scheduler" }
+-- a tocha model's conditioning extras (coordinate channels, pooled text), beside model_index.json
+local EXTRAS = "tocha.json"
 
 local PICKLES = { ".bin", ".ckpt", ".pt", ".pth", ".pkl" }
 
@@ -228,6 +230,7 @@ function M.load(root, opts, models)
   for _, name in ipairs({ "unet", "vae", "text_encoder" }) do
     if out[name] then out[name]:eval() end
   end
+  if exists(root .. "/" .. EXTRAS) then out.extras = read_json(root .. "/" .. EXTRAS, "tocha extras") end
   return out
 end
 
@@ -342,6 +345,7 @@ function M.save(dir, parts, opts)
     cfg._diffusers_version = index._diffusers_version
     write(at .. "scheduler_config.json", json.encode(cfg))
   end
+  if parts.extras then write(dir .. "/" .. EXTRAS, json.encode(parts.extras)) end
   write(dir .. "/model_index.json", json.encode(index))
 end
 

@@ -15,6 +15,7 @@ local models = {
   InceptionV3FID = require("tocha.models.inception").InceptionV3FID,
   CLIPVisionModel = require("tocha.models.clip_vision").CLIPVisionModel,
   CLIPModel = require("tocha.models.clip_vision").CLIPModel,
+  Denoiser = require "tocha.models.denoiser",
   blocks = require "tocha.models.unet_blocks",
 }
 
@@ -118,7 +119,8 @@ end
 
 --- models.load(path, {dtype = "f32", device = "cpu", variant, parts, config, tokenizer}) -> for a
 --- Stable Diffusion checkpoint (a diffusers folder, or one original .safetensors file), the
---- table {unet, vae, text_encoder, tokenizer, scheduler} (plus path and format); for a single
+--- table {unet, vae, text_encoder, tokenizer, scheduler} (plus path, format, and extras when the
+--- folder has a tocha.json: a tocha model's conditioning, see models.Denoiser); for a single
 --- model's folder (config.json + weights), that model; for a tocha training run or one of its
 --- checkpoints, the TextToImage it holds (with its averaged weights, in eval mode). Weights stay memory-mapped where their
 --- dtype is the one asked for. config and tokenizer are for single files (single_file.lua).
@@ -136,7 +138,8 @@ end
 
 --- models.save_pretrained(dir, parts, {dtype, variant}): a diffusers folder (model_index.json,
 --- configs, safetensors weights) that diffusers' StableDiffusionPipeline.from_pretrained loads.
---- parts: {unet, vae, text_encoder, tokenizer, scheduler}, any of them.
+--- parts: {unet, vae, text_encoder, tokenizer, scheduler, extras}, any of them (extras, a tocha
+--- model's conditioning, go to tocha.json, which diffusers ignores).
 function models.save_pretrained(dir, parts, opts)
   if type(dir) ~= "string" then error("save_pretrained: dir must be a string", 2) end
   if type(parts) ~= "table" then error("save_pretrained: parts must be a table {unet, vae, ...}", 2) end

@@ -108,7 +108,12 @@ B.GEGLU = nn.Module:extend("GEGLU")
 function B.GEGLU:init(dim, inner, lo) self.proj = nn.Linear(dim, 2 * inner, lo) end
 
 -- two GEMMs on the halves of the weight: contiguous outputs, cheaper than one GEMM cut in two
+-- (a LoRA-adapted proj runs as a whole, adapter included)
 function B.GEGLU:forward(x)
+  if self.proj.lora_A then
+    local h, gate = table.unpack(self.proj(x):chunk(2, -1))
+    return h * gate:gelu()
+  end
   local w, b = self.proj.weight, self.proj.bias
   local n = w.shape[1] // 2
   local h = F.linear(x, w:narrow(1, 1, n), b:narrow(1, 1, n))
