@@ -28,4 +28,13 @@ function timing.result(name, wall, cpu)
   io.stdout:flush()
 end
 
+--- command(cmd, pattern) -> the number pattern captures in cmd's output (nil when missing: the
+--- peer failed or is not installed), and the whole output
+function timing.command(cmd, pattern)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  p:close()
+  return tonumber(out:match(pattern)), out
+end
+
 return timing
