@@ -6,6 +6,7 @@
 -- on a shared machine falls on both alike.
 -- usage: build/tocha bench/data.lua [--workers 2] [--images 200] [--epochs 2] [--batch 32] [--rounds 3]
 local T = require "tocha"
+local timing = require "timing"
 local image = require "tocha.image"
 local data = require "tocha.data"
 
@@ -57,10 +58,9 @@ local cmd = string.format("python3 %s/data_torch.py %s %d %d %d 2>&1", arg[0]:ma
   dir, cfg.workers, cfg.epochs, cfg.batch)
 local out = ""
 local function run_torch()
-  local p = io.popen(cmd)
-  out = p:read("a")
-  p:close()
-  return tonumber(out:match("images/s: ([%d%.]+)"))
+  local ips
+  ips, out = timing.command(cmd, "images/s: ([%d%.]+)")
+  return ips
 end
 
 local tocha_ips, torch_ips = 0, nil

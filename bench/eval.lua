@@ -6,6 +6,7 @@
 -- from other processes on a shared machine falls on both alike.
 -- usage: build/tocha bench/eval.lua [--batch 50] [--batches 2] [--threads 2] [--rounds 3] [--device cpu]
 local T = require "tocha"
+local timing = require "timing"
 local models = require "tocha.models"
 
 local cfg = { batch = 50, batches = 2, threads = 2, rounds = 3, device = "cpu" }
@@ -51,10 +52,9 @@ local cmd = string.format("OMP_NUM_THREADS=%d python3 %s/eval_torch.py %d %d %d 
   cfg.batches, cfg.threads, cfg.device)
 local out = ""
 local function run_torch()
-  local p = io.popen(cmd)
-  out = p:read("a")
-  p:close()
-  return tonumber(out:match("images/s: ([%d%.]+)"))
+  local ips
+  ips, out = timing.command(cmd, "images/s: ([%d%.]+)")
+  return ips
 end
 
 local tocha_ips, torch_ips = 0, nil

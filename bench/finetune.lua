@@ -19,21 +19,8 @@ local N, LEN, WIDTH = 16, 32, 64
 T.set_num_threads(THREADS)
 T.manual_seed(0)
 
-local function result(name, wall, cpu)
-  print(string.format("RESULT %s %.9g %.9g", name, wall, cpu))
-  io.stdout:flush()
-end
-
-local function best_of(fn, reps, warm)
-  for _ = 1, warm or 2 do fn() end
-  local wall, cpu = math.huge, math.huge
-  for _ = 1, reps do
-    local t0, c0 = T.clock(), os.clock()
-    fn()
-    wall, cpu = math.min(wall, T.clock() - t0), math.min(cpu, os.clock() - c0)
-  end
-  return wall, cpu
-end
+local timing = require "timing"
+local result, best_of = timing.result, timing.best_of
 
 local function train_step_bench()
   -- the default experiment's UNet (experiments/t2i_shapes.lua's overrides)
@@ -59,7 +46,7 @@ local function train_step_bench()
       opt:step()
       opt:zero_grad()
     end
-    result("finetune_step_" .. dtype, best_of(step, STEPS, 2))
+    result("finetune_step_" .. dtype, best_of(step, STEPS))
   end
 end
 
@@ -97,7 +84,7 @@ local function data_bench()
   local wall, cpu = best_of(epoch, 2, 1)
   result("encode_images_per_s", n / wall, n / cpu)
   set:build_cache(d, { dir = dir .. "/cache" })
-  wall, cpu = best_of(epoch, 3, 1)
+  wall, cpu = best_of(epoch, 3, { warm = 1 })
   result("cached_images_per_s", n / wall, n / cpu)
   os.execute("rm -rf '" .. dir .. "'")
 end

@@ -15,42 +15,30 @@ T.set_num_threads(THREADS)
 T.manual_seed(0)
 local P = models.presets
 
-local function result(name, wall, cpu)
-  print(string.format("RESULT %s %.9g %.9g", name, wall, cpu))
-  io.stdout:flush()
-end
-
--- the best wall and CPU time per call over reps timed calls after one untimed one
-local function best_of(fn, reps)
-  fn()
-  local wall, cpu = math.huge, math.huge
-  for _ = 1, reps do
-    local t0, c0 = T.clock(), os.clock()
-    fn()
-    wall, cpu = math.min(wall, T.clock() - t0), math.min(cpu, os.clock() - c0)
-    collectgarbage()
-  end
-  return wall, cpu
-end
+local timing = require "timing"
+local result, best_of = timing.result, timing.best_of
 
 local BENCH = {}
 
 function BENCH.text()
   local te = models.CLIPTextModel(P.sd15_text):eval()
   local ids = T.randint(1, 49409, { 1, 77 })
-  result("text_encoder_77", best_of(function() T.no_grad(function() return te(ids) end) end, 5 * REPS))
+  result("text_encoder_77", best_of(function() T.no_grad(function() return te(ids) end) end, 5 * REPS,
+    { warm = 1, collect = true }))
 end
 
 function BENCH.unet()
   local unet = models.UNet2DConditionModel(P.sd15_unet):eval()
   local x, ctx = T.randn({ 1, 4, SIZE, SIZE }), T.randn({ 1, 77, 768 })
-  result("unet_64x64", best_of(function() T.no_grad(function() return unet(x, 500, ctx) end) end, 2 * REPS))
+  result("unet_64x64", best_of(function() T.no_grad(function() return unet(x, 500, ctx) end) end, 2 * REPS,
+    { warm = 1, collect = true }))
 end
 
 function BENCH.vae()
   local vae = models.AutoencoderKL(P.sd15_vae):eval()
   local z = T.randn({ 1, 4, SIZE, SIZE })
-  result("vae_decode_512", best_of(function() T.no_grad(function() return vae:decode(z) end) end, 2 * REPS))
+  result("vae_decode_512", best_of(function() T.no_grad(function() return vae:decode(z) end) end, 2 * REPS,
+    { warm = 1, collect = true }))
 end
 
 local which = #arg > 0 and arg or { "text", "unet", "vae" }

@@ -20,23 +20,8 @@ local N, VOCAB, LEN = 24, 1024, 32
 T.set_num_threads(THREADS)
 T.manual_seed(0)
 
-local function result(name, wall, cpu)
-  print(string.format("RESULT %s %.9g %.9g", name, wall, cpu))
-  io.stdout:flush()
-end
-
--- the best wall time and the best CPU time (all threads; steadier than the wall clock on a loaded
--- machine) per call of fn over `reps` timed calls, after `warm` untimed ones
-local function best_of(fn, reps, warm)
-  for _ = 1, warm or 2 do fn() end
-  local wall, cpu = math.huge, math.huge
-  for _ = 1, reps do
-    local t0, c0 = T.clock(), os.clock()
-    fn()
-    wall, cpu = math.min(wall, T.clock() - t0), math.min(cpu, os.clock() - c0)
-  end
-  return wall, cpu
-end
+local timing = require "timing"
+local result, best_of = timing.result, timing.best_of
 
 ---------------------------------------------------------------------------------------------
 -- the training step
@@ -72,7 +57,7 @@ local function train_step_bench()
     opt:zero_grad()
     if DEVICE ~= "cpu" then T.cuda.synchronize() end
   end
-  result("train_step", best_of(step, STEPS, 2))
+  result("train_step", best_of(step, STEPS))
 end
 
 ---------------------------------------------------------------------------------------------

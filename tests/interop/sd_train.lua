@@ -7,23 +7,14 @@ local T = require "tocha"
 local F = require "tocha.nn.functional"
 local models = require "tocha.models"
 local optim = require "tocha.optim"
-local text = require "tocha.text"
 local D = require "tocha.diffusion"
 
 local dir = assert(arg[1], "usage: tocha tests/interop/sd_train.lua DIR")
 T.manual_seed(0)
 local captions = { "a small red circle on the left", "a big blue square on the right", "a green triangle above a star",
   "two yellow stars", "a purple hexagon below a red square" }
-local tok = text.train_bpe(captions, 600, { max_length = 16 })
-local te = models.CLIPTextModel(models.presets.tiny_text, { vocab_size = tok.vocab_size, max_position_embeddings = 16,
-  hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2 })
-local unet = models.UNet2DConditionModel({ sample_size = 8, in_channels = 4, out_channels = 4,
-  block_out_channels = { 16, 32 }, layers_per_block = 1, down_block_types = { "CrossAttnDownBlock2D", "DownBlock2D" },
-  up_block_types = { "UpBlock2D", "CrossAttnUpBlock2D" }, cross_attention_dim = 32, attention_head_dim = { 2, 4 },
-  norm_num_groups = 8 })
-local vae = models.AutoencoderKL(models.presets.tiny_vae, { sample_size = 16 })
-local sched = D.DDIM { beta_start = 0.00085, beta_end = 0.012, beta_schedule = "scaled_linear", clip_sample = false,
-  set_alpha_to_one = false, steps_offset = 1 }
+local sd = require("tiny_sd")(captions)
+local tok, te, unet, vae, sched = sd.tokenizer, sd.text_encoder, sd.unet, sd.vae, sd.scheduler
 
 local params = unet:parameters()
 for _, p in ipairs(te:parameters()) do params[#params + 1] = p end
