@@ -1,6 +1,6 @@
 -- bench/gpu_ops.lua: the GPU benchmarks, tocha's side: bf16 GEMM 8192^3, conv2d 3x3 forward +
--- backward at Stable Diffusion UNet shapes in bf16, the per-op overhead of small tensors, and
--- for reference attention and GroupNorm + SiLU at SD shapes.
+-- backward at Stable Diffusion UNet shapes in bf16, the per-op overhead of small tensors,
+-- attention forward + backward at SD shapes, and for reference GroupNorm + SiLU.
 -- bench/gpu_ops_torch.py does the same work in PyTorch; scripts/gpu_check.sh runs both on the
 -- GPU machine and prints the ratios. Prints "RESULT <name> <seconds per iteration> <flops per
 -- iteration>" lines: the median of ROUNDS timed batches after warm-up, each batch synchronized
@@ -86,19 +86,25 @@ do
   end, 0, (n // 4) * 5)
 end
 
--- for reference (no goal): attention forward + backward at SD 1.x's self-attention shapes
--- (flops: 4 B H L^2 E forward, 2.5 times that backward), and GroupNorm(32) + SiLU forward
-for _, s in ipairs({ { 4096, 40 }, { 1024, 80 } }) do
-  local nb, nh, L, E = 8, 8, s[1], s[2]
-  if small then nb, nh, L = 1, 2, L // 32 end
-  local q, k, v = T.randn({ nb, nh, L, E }, cuda), T.randn({ nb, nh, L, E }, cuda), T.randn({ nb, nh, L, E }, cuda)
+-- attention forward + backward at Stable Diffusion's shapes, batch 8, 8 heads (goal: at least
+-- 1.0x PyTorch's SDPA): self-attention at the UNet's three resolutions and cross-attention to 77
+-- text tokens (flops: 4 B H L S E forward, 2.5 times that backward); and for reference
+-- GroupNorm(32) + SiLU forward
+for _, s in ipairs({ { 4096, 4096, 40 }, { 1024, 1024, 80 }, { 256, 256, 160 }, { 4096, 77, 40 } }) do
+  local nb, nh, L, S, E = 8, 8, s[1], s[2], s[3]
+  local self_attn = L == S
+  if small then nb, nh, L, S = 1, 2, L // 32, self_attn and L // 32 or S end
+  local q = T.randn({ nb, nh, L, E }, cuda)
+  local k, v = T.randn({ nb, nh, S, E }, cuda), T.randn({ nb, nh, S, E }, cuda)
   q:requires_grad_(); k:requires_grad_(); v:requires_grad_()
   local go = T.randn({ nb, nh, L, E }, cuda)
-  bench(string.format("sdpa_fwd_bwd_bf16_b%d_h%d_L%d_E%d", nb, nh, L, E), small and 2 or 3, function()
+  local name = self_attn and string.format("sdpa_fwd_bwd_bf16_b%d_h%d_L%d_E%d", nb, nh, L, E)
+    or string.format("sdpa_fwd_bwd_bf16_b%d_h%d_L%dx%d_E%d", nb, nh, L, S, E)
+  bench(name, small and 2 or 3, function()
     local o <close> = F.scaled_dot_product_attention(q, k, v)
     o:backward(go)
     q.grad, k.grad, v.grad = nil, nil, nil
-  end, 3.5 * 4 * nb * nh * L * L * E)
+  end, 3.5 * 4 * nb * nh * L * S * E)
 end
 do
   local nb, c, hw = 8, 320, 64

@@ -85,20 +85,24 @@ def mixed_chain():  # 5 ops: mul, add, relu, sum over a dim, add
 
 bench("mixed_small_per_op", 1, mixed_chain, 0, (n // 4) * 5)
 
-# for reference (no goal): attention forward + backward at SD 1.x's self-attention shapes
-# (flops: 4 B H L^2 E forward, 2.5 times that backward), and GroupNorm(32) + SiLU forward
-for L, E in [(4096, 40), (1024, 80)]:
-    nb, nh = 8, 8
+# attention forward + backward at Stable Diffusion's shapes, batch 8, 8 heads (tocha's goal: at
+# least 1.0x this): self-attention at the UNet's three resolutions and cross-attention to 77 text
+# tokens (flops: 4 B H L S E forward, 2.5 times that backward); and for reference GroupNorm(32) +
+# SiLU forward
+for L, S, E in [(4096, 4096, 40), (1024, 1024, 80), (256, 256, 160), (4096, 77, 40)]:
+    nb, nh, self_attn = 8, 8, L == S
     if small:
-        nb, nh, L = 1, 2, L // 32
-    q, k, v = (torch.randn(nb, nh, L, E, device=dev, dtype=torch.bfloat16).requires_grad_() for _ in range(3))
+        nb, nh, L, S = 1, 2, L // 32, L // 32 if self_attn else S
+    q = torch.randn(nb, nh, L, E, device=dev, dtype=torch.bfloat16).requires_grad_()
+    k, v = (torch.randn(nb, nh, S, E, device=dev, dtype=torch.bfloat16).requires_grad_() for _ in range(2))
     go = torch.randn(nb, nh, L, E, device=dev, dtype=torch.bfloat16)
 
     def attn(q=q, k=k, v=v, go=go):
         F.scaled_dot_product_attention(q, k, v).backward(go)
         q.grad = k.grad = v.grad = None
 
-    bench(f"sdpa_fwd_bwd_bf16_b{nb}_h{nh}_L{L}_E{E}", 2 if small else 3, attn, 3.5 * 4 * nb * nh * L * L * E)
+    name = f"sdpa_fwd_bwd_bf16_b{nb}_h{nh}_L{L}_E{E}" if self_attn else f"sdpa_fwd_bwd_bf16_b{nb}_h{nh}_L{L}x{S}_E{E}"
+    bench(name, 2 if small else 3, attn, 3.5 * 4 * nb * nh * L * S * E)
 nb, c, hw = (1, 64, 16) if small else (8, 320, 64)
 x = torch.randn(nb, c, hw, hw, device=dev, dtype=torch.bfloat16)
 gw, gb = torch.randn(c, device=dev, dtype=torch.bfloat16), torch.randn(c, device=dev, dtype=torch.bfloat16)

@@ -2,8 +2,10 @@
  * core/cpu/attention.c does without an [L, S] buffer: tiles of 32 queries by 32 keys whose dot
  * products run over shared-memory chunks of the head dim, an online softmax forward, and a
  * backward that recomputes the probabilities from each row's logsumexp. Dropout follows the
- * Philox rule of kernels->dropout over the [B.., L, S] probabilities. Math in float (double for f64). */
-#include "cuda.h"
+ * Philox rule of kernels->dropout over the [B.., L, S] probabilities. Math in float (double for f64).
+ * The entries send f16 and bf16 problems that tcu_flash_fits takes to the tensor-core kernels of
+ * flash.cu; this kernel serves f32, f64 and the rest. */
+#include "attention.h"
 
 /* ---- tiles --------------------------------------------------------------------------------------
  * A block of ATT_THREADS threads works on a TILE x TILE tile of (row, column) pairs: thread t
@@ -76,113 +78,6 @@ __device__ static void mul_tile(A *acc, int nu, A (*ps)[TILE + 1], A (*zs)[W]) {
             if (u < nu) acc[u] += p * zs[i][j + 8 * u];
     }
 }
-
-/* ---- the problem ----------------------------------------------------------------------------------
- * Every operand has the batch dims B.. (stride 0 where broadcast) and an inner matrix. */
-typedef struct {
-    const void *p;            /* NULL: absent */
-    int64_t rs, cs;           /* the inner matrix's strides */
-    int64_t bs[TC_MAX_DIMS];  /* the batch dims' strides */
-} operand;
-
-typedef struct {
-    int nb;
-    int64_t bshape[TC_MAX_DIMS];
-    int64_t B, L, S, E, Ev;
-    operand q, k, v, m, go; /* m: the mask (or absent), go: gout (backward) */
-    tc_dtype mdt;
-    double scale, p; /* p: dropout */
-    bool causal;
-    uint64_t seed, offset;
-} attn;
-
-static operand operand_of(const tc_tensor *t, int nb) {
-    operand o;
-    memset(&o, 0, sizeof o);
-    if (!t) return o;
-    o.p = tcu_ptr(t);
-    o.rs = t->stride[nb];
-    o.cs = t->stride[nb + 1];
-    for (int d = 0; d < nb; d++) o.bs[d] = t->stride[d];
-    return o;
-}
-
-static attn attn_of(const tc_tensor *q, const tc_tensor *k, const tc_tensor *v, const tc_tensor *mask,
-                    const tc_tensor *gout, const tc_sdpa_params *p) {
-    attn a;
-    memset(&a, 0, sizeof a);
-    a.nb = q->ndim - 2;
-    for (int d = 0; d < a.nb; d++) a.bshape[d] = q->shape[d];
-    a.B = tc_shape_numel(a.nb, q->shape);
-    a.L = q->shape[a.nb];
-    a.S = k->shape[a.nb];
-    a.E = q->shape[a.nb + 1];
-    a.Ev = v->shape[a.nb + 1];
-    a.q = operand_of(q, a.nb);
-    a.k = operand_of(k, a.nb);
-    a.v = operand_of(v, a.nb);
-    a.m = operand_of(mask, a.nb);
-    a.go = operand_of(gout, a.nb);
-    a.mdt = mask ? mask->dtype : TC_BOOL;
-    a.scale = p->scale;
-    a.p = p->dropout_p;
-    a.causal = p->causal;
-    a.seed = p->seed;
-    a.offset = p->offset;
-    return a;
-}
-
-/* the element offset of batch slice b in an operand */
-__device__ static int64_t batch_off(const attn &a, const operand &o, int64_t b) {
-    int64_t off = 0;
-    for (int d = a.nb - 1; d >= 0; d--) {
-        off += b % a.bshape[d] * o.bs[d];
-        b /= a.bshape[d];
-    }
-    return off;
-}
-
-/* the score of (l, s) from its dot product: scaled, -inf outside [L, S], where causal hides it
- * or a bool mask is false, plus a float mask. moff: the mask's batch offset */
-template <typename A> __device__ static A score(const attn &a, int64_t moff, int64_t l, int64_t s, A dot) {
-    if (l >= a.L || s >= a.S || (a.causal && s > l)) return -INFINITY;
-    A v = a.E > 0 ? dot * (A)a.scale : (A)0; /* E = 0: scale is inf, the scores 0 (the CPU's GEMM) */
-    if (!a.m.p) return v;
-    double mv = tcu_load(a.m.p, a.mdt, moff + l * a.m.rs + s * a.m.cs);
-    if (a.mdt == TC_BOOL) return mv != 0 ? v : (A)-INFINITY;
-    return v + (A)mv;
-}
-
-/* what dropout multiplies probability (b, l, s) by: 1 / (1 - p) where lane i % 4 of counter
- * offset + i / 4, i = (b L + l) S + s, as a uniform in (0, 1), is >= p; else 0 */
-template <typename A> __device__ static A drop_mul(const attn &a, int64_t b, int64_t l, int64_t s) {
-    if (a.p <= 0) return 1;
-    uint64_t i = (uint64_t)((b * a.L + l) * a.S + s);
-    uint32_t w[4];
-    tc_philox_words(a.seed, a.offset + i / 4, w);
-    uint32_t x = i % 4 == 0 ? w[0] : i % 4 == 1 ? w[1] : i % 4 == 2 ? w[2] : w[3]; /* w stays in registers */
-    bool keep = tc_philox_u01_open(x) >= a.p;
-    return keep && a.p < 1 ? (A)(1 / (1 - a.p)) : (A)0;
-}
-
-/* slice b's operands */
-template <typename T> struct slice {
-    const T *q, *k, *v, *go;
-    int64_t b, moff; /* moff: the mask's batch offset */
-};
-template <typename T> __device__ static slice<T> slice_at(const attn &a, int64_t b) {
-    slice<T> sl;
-    sl.q = (const T *)a.q.p + batch_off(a, a.q, b);
-    sl.k = (const T *)a.k.p + batch_off(a, a.k, b);
-    sl.v = (const T *)a.v.p + batch_off(a, a.v, b);
-    sl.go = a.go.p ? (const T *)a.go.p + batch_off(a, a.go, b) : NULL;
-    sl.b = b;
-    sl.moff = a.m.p ? batch_off(a, a.m, b) : 0;
-    return sl;
-}
-
-/* the probability of a score given its row's logsumexp (0 for a row with nothing to attend) */
-template <typename A> __device__ static inline A prob(A s, A lse) { return lse == -INFINITY ? 0 : tcu_exp(s - lse); }
 
 /* the keys the query tile at l0 sees: with causal, those past its last query are hidden from it */
 __device__ static inline int64_t keys_seen(const attn &a, int64_t l0) {
@@ -413,6 +308,7 @@ extern "C" {
 int tc_cuda_sdpa(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
                  const tc_tensor *mask, const tc_sdpa_params *p) {
     attn a = attn_of(q, k, v, mask, NULL, p);
+    if (tcu_flash_fits(q->dtype, a, false)) return tcu_flash_forward(out, lse, q->dtype, a);
     return sdpa_typed(out, lse, q, a);
 }
 
@@ -426,7 +322,9 @@ int tc_cuda_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor
     size_t n = (size_t)(a.B * a.L > 0 ? a.B * a.L : 1) * tc_dtype_size(lse->dtype);
     void *dsum = tc_cuda_alloc(n);
     if (!dsum) return tc_error("scaled_dot_product_attention backward: out of GPU memory for a %zu-byte workspace", n);
-    int rc = sdpa_backward_typed(gq, gk, gv, gmask, q, lse, a, dsum);
+    int rc = tcu_flash_fits(q->dtype, a, gmask != NULL)
+                 ? tcu_flash_backward(gq, gk, gv, q->dtype, a, lse, (float *)dsum)
+                 : sdpa_backward_typed(gq, gk, gv, gmask, q, lse, a, dsum);
     tc_cuda_free(dsum);
     return rc;
 }

@@ -210,6 +210,11 @@ static struct {
     unsigned warp_arrived[MAX_THREADS / 32];
     uint64_t val[MAX_THREADS], res[MAX_THREADS];
     unsigned char src[MAX_THREADS];
+    /* warp exchanges: the kind of collective a warp's first lane entered (a lane entering the
+     * other kind is an error), each lane's bytes, and the copy the last lane makes for all */
+    unsigned char warp_kind[MAX_THREADS / 32];
+    unsigned char xslot[MAX_THREADS][TCU_EMU_EXCHANGE_MAX];
+    unsigned char xsnap[MAX_THREADS / 32][32][TCU_EMU_EXCHANGE_MAX];
 } S;
 
 static void set_thread(unsigned t) {
@@ -329,6 +334,27 @@ void __syncthreads(void) {
     switch_to(pick_next());
 }
 
+/* a lane enters a warp collective of the given kind; false (the launch failed) when lanes of
+ * its warp wait in the other kind */
+enum { COLL_NONE, COLL_SHUFFLE, COLL_EXCHANGE };
+static bool enter_collective(unsigned t, int kind) {
+    unsigned w = t >> 5;
+    if (S.warp_arrived[w] == 0) S.warp_kind[w] = (unsigned char)kind;
+    else if (S.warp_kind[w] != kind) {
+        char a[48];
+        S.failed = true;
+        tcu_emu_fail(cudaErrorLaunchFailure,
+                     "block (%u,%u,%u): thread %s enters a warp %s while lanes of its warp wait in %s",
+                     blockIdx.x, blockIdx.y, blockIdx.z, thread_name(t, a, sizeof a),
+                     kind == COLL_SHUFFLE ? "shuffle" : "exchange (mma, ldmatrix)",
+                     kind == COLL_SHUFFLE ? "an exchange (mma, ldmatrix)" : "a shuffle");
+        switch_to(&main_fiber); /* never resumed: the block is abandoned */
+        return false;
+    }
+    S.state[t] = T_WARP;
+    return true;
+}
+
 uint64_t tcu_emu_shfl(uint64_t bits, int mode, unsigned b, unsigned c) {
     if (cur == &main_fiber) return bits;
     unsigned t = (unsigned)cur->thread, lane = t & 31, w = t >> 5, base = t & ~31u;
@@ -345,7 +371,7 @@ uint64_t tcu_emu_shfl(uint64_t bits, int mode, unsigned b, unsigned c) {
     }
     S.src[t] = (unsigned char)(ok ? j : (int)lane);
     S.val[t] = bits;
-    S.state[t] = T_WARP;
+    if (!enter_collective(t, COLL_SHUFFLE)) return bits;
     if (++S.warp_arrived[w] == size) { /* the last lane to arrive hands out the values */
         for (unsigned u = base; u < base + size; u++) {
             S.res[u] = S.src[u] < size ? S.val[base + S.src[u]] : ~(uint64_t)0;
@@ -357,6 +383,49 @@ uint64_t tcu_emu_shfl(uint64_t bits, int mode, unsigned b, unsigned c) {
         switch_to(pick_next());
     }
     return S.res[t];
+}
+
+/* every lane gives n bytes; when all lanes of the warp have, the last one copies them all to
+ * the warp's snapshot, from which each lane takes its copy as it resumes. The snapshot is
+ * rewritten only by the next exchange's last lane, which cannot arrive before every lane has
+ * taken this one's (each lane copies before it can enter another collective). */
+void tcu_emu_warp_exchange(const void *mine, size_t n, void *all) {
+    if (n > TCU_EMU_EXCHANGE_MAX) n = TCU_EMU_EXCHANGE_MAX;
+    if (cur == &main_fiber) { /* not in a kernel: a lone lane */
+        memset(all, 0xff, 32 * n);
+        memcpy(all, mine, n);
+        return;
+    }
+    unsigned t = (unsigned)cur->thread, w = t >> 5, base = t & ~31u;
+    unsigned size = S.n - base < 32 ? S.n - base : 32;
+    memcpy(S.xslot[t], mine, n);
+    if (!enter_collective(t, COLL_EXCHANGE)) return;
+    if (++S.warp_arrived[w] == size) {
+        for (unsigned u = 0; u < 32; u++) {
+            if (u < size) memcpy(S.xsnap[w][u], S.xslot[base + u], TCU_EMU_EXCHANGE_MAX);
+            else memset(S.xsnap[w][u], 0xff, TCU_EMU_EXCHANGE_MAX); /* lanes past a partial warp */
+            if (u < size && base + u != t) make_ready(base + u);
+        }
+        S.warp_arrived[w] = 0;
+        S.state[t] = T_RUN;
+    } else {
+        switch_to(pick_next());
+    }
+    for (unsigned u = 0; u < 32; u++) memcpy((char *)all + u * n, S.xsnap[w][u], n);
+}
+
+/* an access a GPU faults on (the tensor-core copies need 16-byte aligned rows): fails the launch,
+ * and the block is abandoned */
+void tcu_emu_misaligned(const char *what, const void *p) {
+    char a[48];
+    if (cur == &main_fiber) {
+        tcu_emu_fail(cudaErrorMisalignedAddress, "%s at %p: not 16-byte aligned", what, p);
+        return;
+    }
+    S.failed = true;
+    tcu_emu_fail(cudaErrorMisalignedAddress, "block (%u,%u,%u): thread %s: %s at %p: not 16-byte aligned", blockIdx.x,
+                 blockIdx.y, blockIdx.z, thread_name((unsigned)cur->thread, a, sizeof a), what, p);
+    switch_to(&main_fiber); /* never resumed */
 }
 
 void *tcu_emu_dynamic_shared(void) { return S.dyn; }

@@ -1,8 +1,9 @@
 /* selftest.cpp (cudaemu): checks the emulator itself, through kernels/cuda.h's launch macros
  * as tocha's kernels use them: block and warp reductions, grid-stride loops on 2D grids,
- * dynamic shared memory, atomics, half rounding, launch errors, deadlock reports and the
- * host API. Run: make EMU=1 cudaemu-selftest (it runs twice, once with TOCHA_EMU_ORDER=reverse). */
+ * dynamic shared memory, atomics, half rounding, warp exchanges and the tensor-core
+ * instructions of kernels/mma.h, launch errors, deadlock reports and the host API. Run: make EMU=1 cudaemu-selftest (it runs twice, once with TOCHA_EMU_ORDER=reverse). */
 #include "../../kernels/cuda.h"
+#include "../../kernels/mma.h"
 
 #include <float.h>
 #include <stdio.h>
@@ -186,6 +187,97 @@ static void test_partial_warp(void) {
     CHECK(out[64 + 32] == 40.0f, "lane 0 of warp 1 reads lane 8: %g", out[64 + 32]);
     CHECK(isnan(out[64 + 40]), "lane 8 of warp 1 reads non-existent lane 16: %g", out[64 + 40]);
     cudaFree(out);
+}
+
+/* ---- warp exchanges, and mma.sync / ldmatrix built on them -------------------------------- */
+__global__ void exchange_all(int *out) {
+    int mine[2] = {(int)threadIdx.x * 3, -(int)threadIdx.x}, all[32][2];
+    tcu_emu_warp_exchange(mine, sizeof mine, all);
+    for (int u = 0; u < 32; u++) out[threadIdx.x * 32 + u] = all[u][0] + all[u][1];
+}
+/* lanes 0..15 shuffle while 16..31 exchange: a deadlock on the GPU's terms */
+__global__ void exchange_mixed(int *out) {
+    int all[32];
+    if (threadIdx.x < 16) out[0] = __shfl_xor_sync(0xffffffffu, 1, 1);
+    else tcu_emu_warp_exchange(&out, sizeof(int), all);
+}
+
+/* d = a b (16 x 16 times 16 x 8) on one warp, from row-major a [16][16] and b given as b [16][8]
+ * (ldmatrix .trans) and as its transpose bt [8][16] (plain ldmatrix); d [2][16][8]: the two */
+template <typename T> __global__ void mma_tile(const T *a, const T *b, const T *bt, float *d) {
+    __shared__ T as[16][16], bs[16][8], bts[8][16];
+    int l = threadIdx.x;
+    for (int i = l; i < 256; i += 32) as[i / 16][i % 16] = a[i];
+    for (int i = l; i < 128; i += 32) {
+        bs[i / 8][i % 8] = b[i];
+        bts[i / 16][i % 16] = bt[i];
+    }
+    __syncwarp();
+    uint32_t af[4], bf[2], btf[2];
+    tcu_ldmatrix_x4(af, &as[(l & 7) + 8 * ((l >> 3) & 1)][8 * (l >> 4)]);
+    tcu_ldmatrix_x2_trans(bf, &bs[(l & 7) + 8 * ((l >> 3) & 1)][0]);
+    tcu_ldmatrix_x2(btf, &bts[l & 7][8 * ((l >> 3) & 1)]);
+    float c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    tcu_mma<T>(c[0], af, bf);
+    tcu_mma<T>(c[1], af, btf);
+    int g = l >> 2, t = l & 3;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 4; i++) d[k * 128 + (g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = c[k][i];
+}
+
+/* ldmatrix from a row 2 bytes off 16: the GPU faults */
+__global__ void ldmatrix_misaligned(uint32_t *out) {
+    alignas(16) __shared__ __half s[8][24];
+    uint32_t r[4];
+    tcu_ldmatrix_x4(r, &s[threadIdx.x & 7][1]);
+    out[threadIdx.x] = r[0];
+}
+
+template <typename T> static void check_mma(const char *name, T (*from)(float)) {
+    T *a = dev_alloc<T>(256), *b = dev_alloc<T>(128), *bt = dev_alloc<T>(128);
+    float *d = dev_alloc<float>(256), av[256], bv[128];
+    for (int i = 0; i < 256; i++) a[i] = from(av[i] = (float)((i * 7) % 13) - 6);
+    for (int i = 0; i < 128; i++) b[i] = from(bv[i] = (float)((i * 5) % 11) * 0.5f - 2);
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 8; n++) bt[n * 16 + k] = b[k * 8 + n];
+    TCU_LAUNCH(mma_tile<T>, 1, 32, 0, a, b, bt, d);
+    CHECK(cudaGetLastError() == cudaSuccess, "%s mma launch", name);
+    int bad = 0;
+    for (int r = 0; r < 16; r++)
+        for (int n = 0; n < 8; n++) {
+            float e = 0;
+            for (int k = 0; k < 16; k++) e += av[r * 16 + k] * bv[k * 8 + n];
+            bad += d[r * 8 + n] != e; /* small integers and halves: exact */
+            bad += d[128 + r * 8 + n] != e;
+        }
+    CHECK(bad == 0, "%s: ldmatrix (plain, .trans) + mma.sync m16n8k16 give a b (%d of 256 differ)", name, bad);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(bt);
+    cudaFree(d);
+}
+static __half half_of(float v) { return __float2half_rn(v); }
+static __nv_bfloat16 bf16_of(float v) { return __float2bfloat16_rn(v); }
+
+static void test_exchange_and_mma(void) {
+    int *out = dev_alloc<int>(64 * 32);
+    TCU_LAUNCH(exchange_all, 1, 64, 0, out);
+    CHECK(cudaGetLastError() == cudaSuccess, "exchange launch");
+    bool ok = true;
+    for (int t = 0; t < 64; t++)
+        for (int u = 0; u < 32; u++) ok &= out[t * 32 + u] == 2 * ((t & ~31) + u);
+    CHECK(ok, "every lane of each warp gets its warp's 32 values in lane order");
+    TCU_LAUNCH(exchange_mixed, 1, 32, 0, out);
+    cudaError_t e = cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure, "half a warp in a shuffle, half in an exchange: %s", cudaGetErrorName(e));
+    printf("  mixed collectives: %s\n", cudaGetErrorString(e));
+    TCU_LAUNCH(ldmatrix_misaligned, 1, 32, 0, (uint32_t *)out);
+    e = cudaGetLastError();
+    CHECK(e == cudaErrorMisalignedAddress, "ldmatrix from a misaligned row: %s", cudaGetErrorName(e));
+    printf("  misaligned: %s\n", cudaGetErrorString(e));
+    cudaFree(out);
+    check_mma<__half>("f16", half_of);
+    check_mma<__nv_bfloat16>("bf16", bf16_of);
 }
 
 /* ---- grid-stride loop over 1e6 elements, 2D grid and 2D blocks --------------------------- */
@@ -612,6 +704,7 @@ int main(void) {
     test_dynamic_shared();
     test_atomics();
     test_half();
+    test_exchange_and_mma();
     test_errors();
     test_barrier_cost();
     printf("%d checks, %d failed\n", checks, failures);

@@ -347,6 +347,14 @@ TCU_EMU_HIDDEN void __syncthreads(void);
 /* a warp collective: every lane of the warp gives bits; returns the bits of the lane the
  * PTX shfl.sync rule picks for (mode, b, c) */
 TCU_EMU_HIDDEN uint64_t tcu_emu_shfl(uint64_t bits, int mode, unsigned b, unsigned c);
+/* a warp exchange, what the emulation of the tensor-core instructions (mma.sync, ldmatrix)
+ * builds on: every lane of the warp gives n bytes (n <= TCU_EMU_EXCHANGE_MAX) and gets all 32
+ * lanes' bytes in lane order in all (32 n bytes; lanes past a partial last warp give 0xff) */
+#define TCU_EMU_EXCHANGE_MAX 64
+TCU_EMU_HIDDEN void tcu_emu_warp_exchange(const void *mine, size_t n, void *all);
+/* a misaligned address where the GPU faults (what: the instruction): the launch fails with
+ * cudaErrorMisalignedAddress */
+TCU_EMU_HIDDEN void tcu_emu_misaligned(const char *what, const void *p);
 }
 template <typename F> static void tcu_emu_call(void *f) { (*(F *)f)(); }
 template <typename F> static inline void tcu_emu_launch(dim3 grid, dim3 block, size_t shmem, F f) {
