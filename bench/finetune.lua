@@ -81,7 +81,7 @@ local function data_bench()
   local set = finetune.new { data = dir, resolution = size, random_flip = true, seed = 0 }
   local batches = set:batches(N, 0)
   local function epoch() for _, idx in ipairs(batches) do set:batch(idx, d) end end
-  local wall, cpu = best_of(epoch, 2, 1)
+  local wall, cpu = best_of(epoch, 2, { warm = 1 })
   result("encode_images_per_s", n / wall, n / cpu)
   set:build_cache(d, { dir = dir .. "/cache" })
   wall, cpu = best_of(epoch, 3, { warm = 1 })

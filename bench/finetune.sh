@@ -6,19 +6,9 @@
 # side, tocha alone: images/s from the latent cache against encoding every batch.
 set -e
 cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3} sh bench/alternate.sh finetune
 THREADS=${THREADS:-2}; export THREADS
-ROUNDS=${ROUNDS:-3}
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
-make -s build/tocha >/dev/null
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-r=0
-while [ $r -lt "$ROUNDS" ]; do
-    ./build/tocha bench/finetune.lua | sed -n 's/^RESULT /tocha /p' >>"$out"
-    python3 bench/finetune_torch.py | sed -n 's/^RESULT /torch /p' >>"$out"
-    r=$((r + 1))
-done
-awk -v threads="$THREADS" -v rounds="$ROUNDS" -f bench/best.awk "$out"
 echo
 echo "the training set, images/s (best of the timed passes; higher is faster):"
 ./build/tocha bench/finetune.lua --data | awk '/^RESULT/ { v[$2] = $3; printf "  %-22s %10.1f\n", $2, $3 }

@@ -20,14 +20,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
 case " $what " in *" models "*)
-    r=0
-    while [ $r -lt "$ROUNDS" ]; do
-        ./build/tocha bench/sd_models.lua | sed -n 's/^RESULT /tocha /p' >>"$out"
-        python3 bench/sd_models_torch.py | sed -n 's/^RESULT /torch /p' >>"$out"
-        r=$((r + 1))
-    done
-    awk -v threads="$THREADS" -v rounds="$ROUNDS" -f bench/best.awk "$out"
-    : >"$out" ;;
+    ROUNDS=$ROUNDS sh bench/alternate.sh sd_models ;;
 esac
 
 case " $what " in *" load "*)

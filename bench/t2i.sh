@@ -6,18 +6,4 @@
 # Wall time and CPU time (all threads; steadier when the machine is shared) are both shown;
 # ratio = PyTorch / tocha, > 1 means tocha is faster. OPS=silu,exp REPS=40 (with --ops): only the
 # cases whose names start so, timed 40 times each. Needs python3 with torch, diffusers, transformers.
-set -e
-cd "$(dirname "$0")/.."
-THREADS=${THREADS:-2}; export THREADS
-ROUNDS=${ROUNDS:-2}
-export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
-make -s build/tocha >/dev/null
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-r=0
-while [ $r -lt "$ROUNDS" ]; do
-    ./build/tocha bench/t2i.lua "$@" | sed -n 's/^RESULT /tocha /p' >>"$out"
-    python3 bench/t2i_torch.py "$@" | sed -n 's/^RESULT /torch /p' >>"$out"
-    r=$((r + 1))
-done
-awk -v threads="$THREADS" -v rounds="$ROUNDS" -f bench/best.awk "$out"
+exec sh "$(dirname "$0")/alternate.sh" t2i "$@"
