@@ -11,8 +11,8 @@
  *   x, y, a, b  the input, the output f(x) and the op's scalar arguments, which the caller
  *       has in scope;
  *   fk, dk  V where the CPU's contiguous f32 loop vectorises the formula (it calls no math
- *       function but those core/cpu/vecmath.h provides: exp, log, log1p, tanh, erf, sqrt,
- *       fabs), S where it does not;
+ *       function but those core/cpu/vecmath.h provides: exp, log, log1p, tanh, erf, sin, cos,
+ *       sqrt, fabs; sin and cos beyond TC_TRIG_MAX are redone with libm), S where it does not;
  *       dk is N for an op with no derivative;
  *   uses  what the derivative reads besides the scalars: X (x), Y (y = f(x), saved by the
  *       forward) or C (neither), so an op saves only what its derivative needs. */
@@ -63,8 +63,8 @@
     ENTRY(SQRT,        V, M(sqrt)(x),                            V, Y, (A)0.5 / (y))                     \
     ENTRY(RSQRT,       V, 1 / M(sqrt)(x),                        V, Y, (A)-0.5 * (y) * (y) * (y))        \
     ENTRY(ABS,         V, M(fabs)(x),                            V, X, (x) > 0 ? 1 : (x) < 0 ? -1 : 0)   \
-    ENTRY(SIN,         S, M(sin)(x),                             S, X, M(cos)(x))                        \
-    ENTRY(COS,         S, M(cos)(x),                             S, X, -M(sin)(x))                       \
+    ENTRY(SIN,         V, M(sin)(x),                             V, X, M(cos)(x))                        \
+    ENTRY(COS,         V, M(cos)(x),                             V, X, -M(sin)(x))                       \
     ENTRY(TANH,        V, TC_ACT_TANH(A, M, x),                  V, Y, TC_ACT_TANH_D(A, M, x, y))        \
     ENTRY(SIGMOID,     V, TC_ACT_SIGMOID(A, M, x),               V, Y, TC_ACT_SIGMOID_D(A, M, x, y))     \
     ENTRY(RELU,        V, TC_ACT_RELU(A, M, x),                  V, X, TC_ACT_RELU_D(A, M, x, y))        \

@@ -1,4 +1,4 @@
-/* vecmath.h (cpu): f32 exp, log, log1p, tanh, sigmoid and erf with no libm call and no
+/* vecmath.h (cpu): f32 exp, log, log1p, tanh, sigmoid, erf, sin and cos with no libm call and no
  * branch, so that the loops calling them vectorise under `#pragma omp simd` (libm's scalar
  * expf was most of the time of silu, gelu and softmax; the selects below become vector blends
  * because the build says -fno-trapping-math), and TC_SIMD_CLONES, which builds a hot loop for AVX-512,
@@ -146,6 +146,29 @@ static inline float tc_tanhf(float x) {
     t = x < 0 ? -t : t;
     return a > 0.625f ? t : small;
 }
+
+/* sin(x + shift pi/2) for |x| < TC_TRIG_MAX (Cephes' polynomials on [-pi/4, pi/4]): x = j pi/2 +
+ * r, j rounded to nearest, pi/2 in four parts of which the first two times j are exact while
+ * |j| < 2^13 (the other two keep the results near the zeros accurate where multiply-adds are
+ * fused, as in the AVX2 and AVX-512 clones); then sin(r) or cos(r) by the quadrant j + shift. Beyond the bound (and for inf
+ * and NaN) the result is meaningless: the kernels give those arguments, rare, to libm. */
+#define TC_TRIG_MAX 8192.0f
+static inline float tc_sin_shifted(float x, int32_t shift) {
+    float xc = x > -TC_TRIG_MAX && x < TC_TRIG_MAX ? x : 0.0f; /* keeps j an integer */
+    float j = (xc * 0.636619772f + 12582912.0f) - 12582912.0f;
+    float r = xc - j * 1.5703125f;
+    r = r - j * 4.837512969970703125e-4f;
+    r = r - j * 7.549790126e-8f;
+    r = r - j * -1.715124510e-15f;
+    int32_t q = (int32_t)j + shift;
+    float z = r * r;
+    float sn = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
+    float cs = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z - 0.5f * z + 1.0f;
+    float v = (q & 1) ? cs : sn;
+    return (q & 2) ? -v : v;
+}
+static inline float tc_sinf(float x) { return tc_sin_shifted(x, 0); }
+static inline float tc_cosf(float x) { return tc_sin_shifted(x, 1); }
 
 /* these inline as vector instructions (-fno-math-errno) */
 static inline float tc_sqrtf(float x) { return sqrtf(x); }
