@@ -100,6 +100,15 @@ tests["bias_act, geglu backward: the composition's gradients, and f64 finite dif
     local got32 = grads(fused, x, b, gy, "f32")
     for i = 1, 2 do close(got32[i], want[i], { rtol = 1e-4, atol = 1e-4 }) end
   end
+  -- rows enough for the threads and for several blocks of bias sums, f32 against f64
+  local xl, bl = T.randn({ 300, 128 }, { dtype = "f64" }), T.randn({ 128 }, { dtype = "f64" })
+  local gl = T.randn({ 300, 64 }, { dtype = "f64" })
+  local want = grads(function(a, bb) return geglu_ref(a, bb) end, xl, bl, gl, "f64")
+  local got32 = grads(function(a, bb) return F.geglu(a, bb) end, xl, bl, gl, "f32")
+  for i = 1, 2 do close(got32[i], want[i], { rtol = 1e-4, atol = 1e-4 }) end
+  want = grads(function(a, bb) return bias_act_ref(a, bb, "silu") end, xl, bl, xl, "f64")
+  got32 = grads(function(a, bb) return F.bias_act(a, bb, "silu") end, xl, bl, xl, "f32")
+  for i = 1, 2 do close(got32[i], want[i], { rtol = 1e-4, atol = 1e-4 }) end
   local xg = T.randn({ 3, 2, 6 }, { dtype = "f64", requires_grad = true })
   local bg = T.randn({ 6 }, { dtype = "f64", requires_grad = true })
   for _, act in ipairs(ACTS) do

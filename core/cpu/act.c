@@ -1,8 +1,8 @@
 /* act.c (cpu): bias + activation and GEGLU, forward and backward, over the rows of [M, K]. f32
  * takes vectorised row loops (the activations' formulas from core/unary.h with vecmath.h's
  * functions, built per instruction set); f64, f16 and bf16 go through double rows with libm, as
- * the norms' generic path does. The bias gradient is summed per thread in double, then added
- * in thread order. */
+ * the norms' generic path does. The bias gradient (when wanted) is summed per thread, in float
+ * over blocks of rows and in double across them, then added in thread order. */
 #include "cpu.h"
 #include "unary.h"
 #include "vecmath.h"
@@ -36,8 +36,8 @@ static bool act_row_f32(float *restrict y, const float *restrict u, const float 
 #undef FWD_
 
 /* backward: gu[i] = g[i] act'(z) (glu: times (v[i] + bv[i]), and gv[i] = g[i] act(z)), z =
- * u[i] + bu[i]; the gradients also added to su (and sv), this thread's bias sums */
-#define BWD_(OP) case TC_OP_##OP:                                                                   \
+ * u[i] + bu[i]; with su (sv) not NULL, the gradients are also added to these bias sums */
+#define BWD_LOOP_(OP, SUMS)                                                                         \
     if (glu) {                                                                                      \
         _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                       \
             float z = u[i] + bu[i], a = TC_ACT_##OP(float, TC_VECMATH, z), h = v[i] + bv[i];        \
@@ -45,8 +45,7 @@ static bool act_row_f32(float *restrict y, const float *restrict u, const float 
             float ga = g[i] * h * d, gh = g[i] * a;                                                 \
             gu[i] = ga;                                                                             \
             gv[i] = gh;                                                                             \
-            su[i] += ga;                                                                            \
-            sv[i] += gh;                                                                            \
+            if (SUMS) { su[i] += ga; sv[i] += gh; }                                                 \
         }                                                                                           \
     } else {                                                                                        \
         _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                       \
@@ -54,20 +53,23 @@ static bool act_row_f32(float *restrict y, const float *restrict u, const float 
             float ga = g[i] * (TC_ACT_##OP##_D(float, TC_VECMATH, z, a));                           \
             (void)a;                                                                                \
             gu[i] = ga;                                                                             \
-            su[i] += ga;                                                                            \
+            if (SUMS) su[i] += ga;                                                                  \
         }                                                                                           \
-    }                                                                                               \
+    }
+#define BWD_(OP) case TC_OP_##OP:                                                                   \
+    if (su) { BWD_LOOP_(OP, 1) } else { BWD_LOOP_(OP, 0) }                                          \
     return true;
 TC_SIMD_CLONES
 static bool act_row_backward_f32(float *restrict gu, float *restrict gv, const float *restrict g,
                                  const float *restrict u, const float *restrict bu, const float *restrict v,
-                                 const float *restrict bv, double *restrict su, double *restrict sv, int64_t n,
+                                 const float *restrict bv, float *restrict su, float *restrict sv, int64_t n,
                                  tc_op op, bool glu) {
     switch (op) {
     TC_FUSED_ACTS(BWD_)
     default: return false;
     }
 }
+#undef BWD_LOOP_
 #undef BWD_
 
 /* ---- double rows (f64, f16, bf16): the same formulas in double with libm ------------------- */
@@ -124,34 +126,44 @@ int tc_cpu_bias_act(tc_tensor *y, const tc_tensor *x, const tc_tensor *b, tc_op 
     return TC_OK;
 }
 
+/* the bias sums: float over blocks of SUM_ROWS rows (the row loop stays in single precision),
+ * each block's added to the thread's double sums, those added in thread order */
+#define SUM_ROWS 64
 static int backward_f32(tc_tensor *gx, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *b,
                         tc_op act, bool glu) {
     act_shape s = shape_of(x, glu);
     int64_t M = s.M, K = s.K, C = s.C, gate = glu ? C : 0;
     float *zero = b ? NULL : calloc((size_t)(K ? K : 1), sizeof *zero);
-    double *acc = calloc((size_t)(K + 1), sizeof *acc);
-    int err = (b || zero) && acc ? 0 : 1;
+    double *acc = gb ? calloc((size_t)(K + 1), sizeof *acc) : NULL;
+    int err = (b || zero) && (acc || !gb) ? 0 : 1;
     const float *bp = b ? (const float *)tc_data(b) : zero, *xp = tc_data(x), *gp = tc_data(gy);
     float *gxp = tc_data(gx);
 #pragma omp parallel reduction(max : err) if (!err && M > 1 && M * K >= PAR_MIN)
     {
-        double *part = calloc((size_t)(K + 1), sizeof *part); /* this thread's bias sums */
-        bool ok = part != NULL;
+        /* this thread's sums: double, and float for the current block of rows */
+        double *part = gb ? calloc((size_t)(K + 1), sizeof *part) : NULL;
+        float *blk = gb ? calloc((size_t)(K + 1), sizeof *blk) : NULL;
+        bool ok = !gb || (part && blk);
+        int64_t rows = 0;
         if (!ok) err = 1;
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; m++) {
             if (!ok) continue;
             const float *r = xp + m * K;
             float *gr = gxp + m * K;
-            if (!act_row_backward_f32(gr + gate, gr, gp + m * C, r + gate, bp + gate, r, bp, part + gate, part, C,
-                                      act, glu))
+            if (!act_row_backward_f32(gr + gate, gr, gp + m * C, r + gate, bp + gate, r, bp, blk ? blk + gate : NULL,
+                                      blk, C, act, glu))
                 err = 2;
+            if (blk && ++rows % SUM_ROWS == 0)
+                for (int64_t i = 0; i < K; i++) { part[i] += blk[i]; blk[i] = 0; }
         }
-        if (ok) {
+        if (ok && gb) {
+            for (int64_t i = 0; i < K; i++) part[i] += blk[i];
 #pragma omp critical(tc_bias_act_sums)
             for (int64_t i = 0; i < K; i++) acc[i] += part[i];
         }
         free(part);
+        free(blk);
     }
     if (!err && gb) tc_cpu_store_row(tc_data(gb), acc, K, 1, gb->dtype);
     free(zero);
