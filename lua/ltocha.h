@@ -91,5 +91,6 @@ extern const luaL_Reg tcl_linalg_funcs[]; /* llinalg.c: T.linalg: eigh, eigvalsh
 extern const luaL_Reg tcl_cuda_funcs[];   /* lcuda.c: T.cuda */
 void tcl_open_cuda(lua_State *L);         /*   the out-of-memory hook */
 extern const luaL_Reg tcl_backends_funcs[]; /* lcuda.c: T.backends */
+extern const luaL_Reg tcl_cpu_funcs[];    /* lmemory.c: T.cpu, the CPU allocator */
 
 #endif
