@@ -68,7 +68,7 @@ static void *data_of(block *b) { return (char *)b + HEADER; }
 static block *system_alloc(size_t size, int cls) {
     block *b;
     size_t mapped = 0;
-    if (!SANITIZED && size >= MAPPED_MIN) {
+    if (cls >= 0 && size >= MAPPED_MIN) { /* uncached blocks come from malloc, as they did before the cache */
         long page = sysconf(_SC_PAGESIZE);
         size_t pg = page > 0 ? (size_t)page : 4096;
         mapped = (HEADER + size + pg - 1) / pg * pg;
