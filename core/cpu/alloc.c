@@ -240,12 +240,12 @@ void tc_cpu_empty_cache(void) {
 
 /* "1.50 MiB" */
 static const char *human(size_t n, char *buf, size_t cap) {
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    static const char prefix[] = "KMGTPE";
     double v = (double)n;
-    int u = 0;
-    while (v >= 1024 && u < 6) { v /= 1024; u++; }
-    if (u == 0) snprintf(buf, cap, "%zu B", n);
-    else snprintf(buf, cap, "%.2f %s", v, units[u]);
+    int u = -1;
+    for (; v >= 1024 && u < 5; u++) v /= 1024;
+    if (u < 0) snprintf(buf, cap, "%zu B", n);
+    else snprintf(buf, cap, "%.2f %ciB", v, prefix[u]);
     return buf;
 }
 
