@@ -310,6 +310,12 @@ local function allocator(device, fname)
   error(string.format("%s: unknown device %s (expected \"cpu\" or \"cuda\")", fname, tostring(device)), 3)
 end
 
+-- T.cpu.memory_allocated(), ...: single fields of T.cpu.memory_stats(), named as T.cuda's
+for name, key in pairs { memory_allocated = "allocated", max_memory_allocated = "max_allocated",
+                         memory_reserved = "reserved", max_memory_reserved = "max_reserved" } do
+  T.cpu[name] = function() return T.cpu.memory_stats()[key] end
+end
+
 --- T.memory_stats([device]): the allocator's stats table of "cpu" (the default) or "cuda"
 function core.memory_stats(device) return allocator(device, "memory_stats").memory_stats() end
 
