@@ -218,6 +218,16 @@ typedef struct {
     int64_t s0, s1, s2; /* x's strides */
 } gn_shape;
 
+/* an output's strides over [N, C, HW]: channels-last outputs are written in place */
+typedef struct {
+    int64_t s0, s1, s2;
+} gn_strides;
+
+static gn_strides gn_strides_of(const tc_tensor *t) {
+    gn_strides g = {t->stride[0], t->stride[1], t->stride[2]};
+    return g;
+}
+
 static gn_shape gn_shape_of(const tc_tensor *x, int groups) {
     gn_shape g = {x->shape[0], x->shape[1], x->shape[2], groups, x->shape[1] / groups,
                   x->stride[0], x->stride[1], x->stride[2]};
@@ -284,9 +294,9 @@ __global__ void gn_stats(typename tcu_acc<T>::type *mean, typename tcu_acc<T>::t
 #define M_(fn) tcu_##fn /* the math functions of core/unary.h's formulas */
 
 /* y = (x - mean) rstd w + b, and with silu the silu of that (one read of x, one write of y), a
- * block per (n, c) row of HW */
+ * block per (n, c) row of HW; y's strides ys (NCHW: {C HW, HW, 1}) */
 template <typename T>
-__global__ void gn_normalize(T *y, const T *x, gn_shape s, const double *st, vec w, vec b, bool silu) {
+__global__ void gn_normalize(T *y, gn_strides ys, const T *x, gn_shape s, const double *st, vec w, vec b, bool silu) {
     typedef typename tcu_acc<T>::type A;
     for (int64_t row = blockIdx.x; row < s.N * s.C; row += gridDim.x) {
         int64_t n = row / s.C, c = row % s.C, ng = n * s.G + c / s.cg;
@@ -295,7 +305,7 @@ __global__ void gn_normalize(T *y, const T *x, gn_shape s, const double *st, vec
         const T *xr = x + n * s.s0 + c * s.s1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x) {
             A h = (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * a + o;
-            tcu_put(y[row * s.HW + i], silu ? TC_SILU(M_, h) : h);
+            tcu_put(y[n * ys.s0 + c * ys.s1 + i * ys.s2], silu ? TC_SILU(M_, h) : h);
         }
     }
 }
@@ -336,7 +346,7 @@ static int group_norm_run(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
                (const double *)part, xp, s, P, eps);
     TCU_LAUNCHED("group_norm");
     if (cnt == 0) return TC_OK;
-    TCU_LAUNCH(gn_normalize<T>, grid_of(s.N * s.C), row_threads(s.HW), 0, (T *)tcu_ptr(y), xp, s,
+    TCU_LAUNCH(gn_normalize<T>, grid_of(s.N * s.C), row_threads(s.HW), 0, (T *)tcu_ptr(y), gn_strides_of(y), xp, s,
                (const double *)st, vec_of(w), vec_of(b), silu);
     TCU_LAUNCHED("group_norm");
     return TC_OK;
@@ -402,7 +412,7 @@ __global__ void gn_backward_channels(void *gw, tc_dtype wdt, void *gb, tc_dtype 
 
 /* gx = gy (rstd w) + (x - mean) (-rstd^2 s2) - rstd s1, a block per (n, c) row */
 template <typename T>
-__global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2, const T *x, gn_shape s,
+__global__ void gn_backward_x(T *gx, gn_strides xs, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2, const T *x, gn_shape s,
                               const typename tcu_acc<T>::type *mean, const typename tcu_acc<T>::type *rstd,
                               const double *co, vec w, vec b, bool silu) {
     typedef typename tcu_acc<T>::type A;
@@ -413,7 +423,7 @@ __global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int6
         A bb = (A)(-rs * rs * co[ng * 2 + 1]), cc = (A)(-rs * co[ng * 2]);
         const T *xr = x + n * s.s0 + c * s.s1, *gr = gy + n * gs0 + c * gs1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x)
-            tcu_put(gx[row * s.HW + i], (A)gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rs, w, b, c) * a +
+            tcu_put(gx[n * xs.s0 + c * xs.s1 + i * xs.s2], (A)gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rs, w, b, c) * a +
                                             (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
     }
 }
@@ -443,7 +453,7 @@ static int group_norm_backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
     TCU_LAUNCH(gn_backward_groups, tcu_blocks(NG), TCU_THREADS, 0, co, (const double *)pw, (const double *)pb,
                vec_of(w), s);
     TCU_LAUNCHED("group_norm backward");
-    TCU_LAUNCH(gn_backward_x<T>, grid_of(NC), row_threads(s.HW), 0, (T *)tcu_ptr(gx), gp, gy->stride[0],
+    TCU_LAUNCH(gn_backward_x<T>, grid_of(NC), row_threads(s.HW), 0, (T *)tcu_ptr(gx), gn_strides_of(gx), gp, gy->stride[0],
                gy->stride[1], gy->stride[2], xp, s, mp, rp, (const double *)co, vec_of(w), vec_of(b), silu);
     TCU_LAUNCHED("group_norm backward");
     return TC_OK;
