@@ -2,7 +2,7 @@
 # the same way (synchronize around each batch, median of the batches; no CUDA events, as tocha
 # has none). Prints "RESULT <name> <seconds per iteration> <flops per iteration>" lines, the conv
 # rows once more with torch.backends.cudnn.benchmark on (*_timed, as tocha's cudnn_benchmark rows),
-# and once more in channels-last (PyTorch's fastest layout; tocha's is NCHW) as *_cl.
+# and once more in channels-last (input, weight and output gradient; tocha's *_cl rows alike) as *_cl.
 #   python3 bench/gpu_ops_torch.py [--small]
 import math, statistics, sys, time
 import torch

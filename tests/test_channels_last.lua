@@ -166,17 +166,33 @@ tests["gradcheck group_norm with a channels-last input (f64)"] = function()
 end
 
 ---------------------------------------------------------------------------------------------
--- pooling and upsampling take channels-last inputs
+-- pooling and upsampling keep the layout
 ---------------------------------------------------------------------------------------------
-on_devices("pooling and interpolate: channels-last inputs give the NCHW results", function(dev)
-  local s = { { 2, 3, 6, 8 } }
-  same_both_ways(dev, s, function(x) return F.avg_pool2d(x, 2) end, false)
-  same_both_ways(dev, s, function(x) return F.max_pool2d(x, 3, { stride = 2, padding = 1 }) end, false)
-  same_both_ways(dev, s, function(x) return F.interpolate(x, { scale_factor = 2, mode = "nearest" }) end, false)
-  same_both_ways(dev, s, function(x)
-    return F.interpolate(x, { size = { 9, 5 }, mode = "bilinear", align_corners = false })
-  end, false)
+on_devices("avg_pool2d, max_pool2d, interpolate channels-last: equal to NCHW, forward and backward", function(dev)
+  for _, dt in ipairs({ "f64", "f32" }) do
+    local s = { { 2, 3, 6, 8 } }
+    local function as(f) return function(x) return f(x:to(dt)) end end
+    same_both_ways(dev, s, as(function(x) return F.avg_pool2d(x, 2) end))
+    same_both_ways(dev, s, as(function(x) return F.avg_pool2d(x, 3, { stride = 2, padding = 1, ceil_mode = true }) end))
+    same_both_ways(dev, s, as(function(x) return F.max_pool2d(x, 3, { stride = 2, padding = 1 }) end))
+    same_both_ways(dev, s, as(function(x) return F.max_pool2d(x, 2, { dilation = 2 }) end))
+    same_both_ways(dev, s, as(function(x) return F.interpolate(x, { scale_factor = 2, mode = "nearest" }) end))
+    same_both_ways(dev, s, as(function(x) return F.interpolate(x, { size = { 9, 5 }, mode = "nearest" }) end))
+    same_both_ways(dev, s, as(function(x)
+      return F.interpolate(x, { size = { 9, 5 }, mode = "bilinear", align_corners = false })
+    end))
+    same_both_ways(dev, s, as(function(x)
+      return F.interpolate(x, { size = { 4, 11 }, mode = "bilinear", align_corners = true })
+    end))
+  end
 end)
+
+tests["gradcheck pooling and interpolate with channels-last inputs (f64)"] = function()
+  local x = T.randn({ 1, 3, 5, 4 }, { dtype = "f64" }):contiguous(CL):requires_grad_(true)
+  T.testing.gradcheck(function(a) return F.avg_pool2d(a, 2, { stride = 1 }) end, { x })
+  T.testing.gradcheck(function(a) return F.max_pool2d(a, 2, { stride = 1 }) end, { x })
+  T.testing.gradcheck(function(a) return F.interpolate(a, { size = { 7, 6 }, mode = "bilinear" }) end, { x })
+end
 
 ---------------------------------------------------------------------------------------------
 -- modules
