@@ -134,6 +134,35 @@ on_devices("conv_transpose2d channels-last: equal to NCHW, with output_padding",
   end)
 end)
 
+tests["conv2d channels-last in f32, f16 and bf16, cuDNN's heuristics and timed algorithms (cuda)"] = function()
+  if not (T.cuda and T.cuda.is_available()) then skip("no CUDA GPU (T.cuda.is_available() is false)") end
+  local tol = { f32 = 1e-5, f16 = 1e-2, bf16 = 2e-2 }
+  for _, timed in ipairs({ false, true }) do
+    local prev = T.backends.cudnn_benchmark(timed)
+    for _, dt in ipairs({ "f32", "f16", "bf16" }) do
+      local o = { device = "cuda", dtype = dt }
+      local x, w, b = T.randn({ 2, 8, 6, 5 }, o), T.randn({ 16, 4, 3, 3 }, o) * 0.2, T.randn({ 16 }, o)
+      local gy = T.randn({ 2, 16, 3, 3 }, o)
+      local function run(fmt)
+        local xs = x:clone():contiguous(fmt):requires_grad_(true)
+        local ws = w:clone():contiguous(fmt):requires_grad_(true)
+        local bs = b:clone():requires_grad_(true)
+        local y = F.conv2d(xs, ws, bs, { stride = 2, padding = 1, groups = 2 })
+        y:backward(gy:contiguous(fmt))
+        return y, xs.grad, ws.grad, bs.grad
+      end
+      local a = { run({ memory_format = "contiguous_format" }) }
+      local c = { run(CL) }
+      assert(is_cl(c[1]) and is_cl(c[2]) and is_cl(c[3]), "channels-last output and gradients")
+      for i = 1, 4 do
+        T.testing.assert_close(c[i]:double():to("cpu"), a[i]:double():to("cpu"),
+          { rtol = tol[dt], atol = tol[dt], msg = dt .. " result " .. i })
+      end
+    end
+    T.backends.cudnn_benchmark(prev)
+  end
+end
+
 tests["gradcheck conv2d and conv_transpose2d with channels-last inputs (f64)"] = function()
   local function mk(...) return T.randn({ ... }, { dtype = "f64" }):contiguous(CL):requires_grad_(true) end
   T.testing.gradcheck(function(a, k, c) return F.conv2d(a, k, c, { stride = { 2, 1 }, padding = 1 }) end,
