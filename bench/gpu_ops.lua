@@ -120,3 +120,12 @@ do
     local y <close> = F.group_norm(x, 32, w, b):silu()
   end, 0)
 end
+do -- the same in channels-last (the layout a channels-last UNet hands its norms)
+  local nb, c, hw = 8, 320, 64
+  if small then nb, c, hw = 1, 64, 16 end
+  local x = T.randn({ nb, c, hw, hw }, cuda):contiguous{ memory_format = "channels_last" }
+  local w, b = T.randn({ c }, cuda), T.randn({ c }, cuda)
+  bench(string.format("groupnorm32_silu_fwd_bf16_b%d_c%d_%dx%d_cl", nb, c, hw, hw), small and 2 or 20, function()
+    local y <close> = F.group_norm(x, 32, w, b, { silu = true })
+  end, 0)
+end

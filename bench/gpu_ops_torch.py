@@ -108,3 +108,6 @@ x = torch.randn(nb, c, hw, hw, device=dev, dtype=torch.bfloat16)
 gw, gb = torch.randn(c, device=dev, dtype=torch.bfloat16), torch.randn(c, device=dev, dtype=torch.bfloat16)
 bench(f"groupnorm32_silu_fwd_bf16_b{nb}_c{c}_{hw}x{hw}", 2 if small else 20,
       lambda: F.silu(F.group_norm(x, 32, gw, gb)), 0)
+x = x.contiguous(memory_format=torch.channels_last)  # the same in channels-last
+bench(f"groupnorm32_silu_fwd_bf16_b{nb}_c{c}_{hw}x{hw}_cl", 2 if small else 20,
+      lambda: F.silu(F.group_norm(x, 32, gw, gb)), 0)
