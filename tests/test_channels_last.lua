@@ -7,6 +7,7 @@ local T = require "tocha"
 local F = require "tocha.nn.functional"
 local nn = require "tocha.nn"
 local optim = require "tocha.optim"
+local models = require "tocha.models"
 local raises = T.testing.raises
 
 local tests = {}
@@ -282,6 +283,34 @@ on_devices("model:to{memory_format = channels_last}: conv weights channels-last,
   assert(is_cl(b[1].weight), "the step keeps the layout")
   b:to{ memory_format = "contiguous_format" }
   assert(b[1].weight:is_contiguous())
+end)
+
+on_devices("a UNet2DConditionModel in channels-last: output and every gradient equal to NCHW's (f64)", function(dev)
+  local json = require "tocha.json"
+  local sd, meta = T.load(T.testing.path("ref/models_unet.safetensors"))
+  local io = T.load(T.testing.path("ref/models_unet_io.safetensors"))
+  local cfg = json.decode(meta.config)
+  local x = io.sample:narrow(1, 1, 1):narrow(3, 1, 8):narrow(4, 1, 8):double():to(dev)
+  local ctx = io.context:narrow(1, 1, 1):double():to(dev)
+  local function run(cl)
+    local m = models.UNet2DConditionModel(cfg, { dtype = "f64" })
+    m:load_state_dict(sd)
+    m:to(dev)
+    if cl then m:to(CL) end
+    local y = m(cl and x:contiguous(CL) or x, 500, ctx)
+    y:square():sum():backward()
+    local g = {}
+    for k, p in m:named_parameters() do g[k] = p.grad end
+    return y, g, m
+  end
+  local ya, ga = run(false)
+  local yb, gb, mb = run(true)
+  assert(is_cl(yb), "the channels-last UNet's output is channels-last")
+  assert(is_cl(mb.conv_in.weight.grad), "conv weights' gradients channels-last")
+  T.testing.assert_close(yb:to("cpu"), ya:to("cpu"), { rtol = 1e-9, atol = 1e-10, msg = "output" })
+  for k, g in pairs(ga) do
+    T.testing.assert_close(gb[k]:to("cpu"), g:to("cpu"), { rtol = 1e-9, atol = 1e-10, msg = k })
+  end
 end)
 
 return tests
