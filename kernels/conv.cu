@@ -1,5 +1,6 @@
 /* conv.cu: conv2d's forward and both backward passes (contiguous NCHW, or every operand
- * channels-last: cuDNN's NHWC descriptors, no transposes) through cuDNN's legacy API; conv_transpose2d reaches the same two entries (core/ops/conv.c). Per (dtype, shapes,
+ * channels-last: cuDNN's NHWC descriptors, no transposes) through cuDNN's legacy API;
+ * conv_transpose2d reaches the same two entries (core/ops/conv.c). Per (dtype, layout, shapes,
  * params, math mode) key, a plan holds the descriptors and, once chosen, the algorithm of each
  * direction: cuDNN's heuristics' first that runs, or with T.backends.cudnn_benchmark(true) the
  * fastest by timing. All of tocha's cuDNN code lives here, behind kernels/cudnn.h. */

@@ -480,7 +480,8 @@ __global__ void gn_backward_channels(void *gw, tc_dtype wdt, void *gb, tc_dtype 
 
 /* gx = gy (rstd w) + (x - mean) (-rstd^2 s2) - rstd s1, a block per (n, c) row */
 template <typename T>
-__global__ void gn_backward_x(T *gx, gn_strides xs, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2, const T *x, gn_shape s,
+__global__ void gn_backward_x(T *gx, gn_strides xs, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2, const T *x,
+                              gn_shape s,
                               const typename tcu_acc<T>::type *mean, const typename tcu_acc<T>::type *rstd,
                               const double *co, vec w, vec b, bool silu) {
     typedef typename tcu_acc<T>::type A;
@@ -491,8 +492,9 @@ __global__ void gn_backward_x(T *gx, gn_strides xs, const T *gy, int64_t gs0, in
         A bb = (A)(-rs * rs * co[ng * 2 + 1]), cc = (A)(-rs * co[ng * 2]);
         const T *xr = x + n * s.s0 + c * s.s1, *gr = gy + n * gs0 + c * gs1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x)
-            tcu_put(gx[n * xs.s0 + c * xs.s1 + i * xs.s2], (A)gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rs, w, b, c) * a +
-                                            (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
+            tcu_put(gx[n * xs.s0 + c * xs.s1 + i * xs.s2],
+                    (A)gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rs, w, b, c) * a +
+                        (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
     }
 }
 
@@ -550,8 +552,9 @@ static int group_norm_backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
         TCU_LAUNCHED("group_norm backward");
         return TC_OK;
     }
-    TCU_LAUNCH(gn_backward_x<T>, grid_of(NC), row_threads(s.HW), 0, (T *)tcu_ptr(gx), gn_strides_of(gx), gp, gy->stride[0],
-               gy->stride[1], gy->stride[2], xp, s, mp, rp, (const double *)co, vec_of(w), vec_of(b), silu);
+    TCU_LAUNCH(gn_backward_x<T>, grid_of(NC), row_threads(s.HW), 0, (T *)tcu_ptr(gx), gn_strides_of(gx), gp,
+               gy->stride[0], gy->stride[1], gy->stride[2], xp, s, mp, rp, (const double *)co, vec_of(w), vec_of(b),
+               silu);
     TCU_LAUNCHED("group_norm backward");
     return TC_OK;
 }

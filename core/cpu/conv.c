@@ -341,7 +341,8 @@ static void release_all(tc_tensor **ts, int n) {
 static int conv2d_staged_copy(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
                            const tc_conv_params *p) {
     tc_dtype dt = is_half(x) ? TC_F32 : x->dtype;
-    tc_tensor *t[4] = {staged_copy(y, dt, false), staged_copy(x, dt, true), staged_copy(w, dt, true), staged_copy(b, dt, true)};
+    tc_tensor *t[4] = {staged_copy(y, dt, false), staged_copy(x, dt, true), staged_copy(w, dt, true),
+                       staged_copy(b, dt, true)};
     int rc = t[0] && t[1] && t[2] && (!b || t[3]) ? tc_cpu_conv2d(t[0], t[1], t[2], t[3], p) : TC_ERR;
     if (rc == TC_OK) tc_cpu_copy(y, t[0]);
     release_all(t, 4);

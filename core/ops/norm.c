@@ -89,7 +89,9 @@ static tc_tensor *norm_forward(tc_op op, tc_tensor *x, tc_tensor *xs, int64_t ns
     if (rc == TC_OK)
         rc = op == TC_OP_LAYER_NORM ? k->layer_norm(y, mean, rstd, xs, wv, bv, eps)
                                     : k->group_norm(y, mean, rstd, xs, wv, bv, groups, eps, op == TC_OP_GROUP_NORM_SILU);
-    tc_tensor *out = rc != TC_OK ? NULL : y4 ? tc_tensor_retain(y4) : tc_tensor_make(y->storage, y->dtype, x->ndim, x->shape, NULL, 0);
+    tc_tensor *out = rc != TC_OK ? NULL
+                     : y4        ? tc_tensor_retain(y4)
+                                 : tc_tensor_make(y->storage, y->dtype, x->ndim, x->shape, NULL, 0);
     tc_tensor *ins[3] = {x, w, b};
     tc_node *n = out ? tc_node_new(op, 3, ins, norm_backward) : NULL;
     if (n) {

@@ -190,7 +190,8 @@ static cudnnStatus_t convolve(int dir, const tcu_emu_cudnn_tensor *xd, const voi
         (dir != FWD && !on_device(y, yd)) || !on_device(out, od))
         return CUDNN_STATUS_BAD_PARAM;
     bool f64 = xd->dt == CUDNN_DATA_DOUBLE;
-    double a = f64 ? *(const double *)alpha : *(const float *)alpha, b = f64 ? *(const double *)beta : *(const float *)beta;
+    double a = f64 ? *(const double *)alpha : *(const float *)alpha;
+    double b = f64 ? *(const double *)beta : *(const float *)beta;
     int64_t n_out = numel(od);
     double *acc = (double *)calloc((size_t)n_out, sizeof *acc);
     if (!acc) return CUDNN_STATUS_EXECUTION_FAILED;
@@ -308,8 +309,8 @@ cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t h, cudnn
                                                           int *returned, cudnnConvolutionBwdDataAlgoPerf_t *perf,
                                                           void *ws, size_t wsize) {
     cudnnStatus_t st = cudnnGetConvolutionBackwardDataAlgorithm_v7(h, wd, dyd, conv, dxd, requested, returned, perf);
-    return st != CUDNN_STATUS_SUCCESS ? st
-                                      : convolve(BWD_DATA, dxd, dx, wd, w, conv, dyd, dy, SCALARS(dxd), ws, wsize, dxd, dx);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    return convolve(BWD_DATA, dxd, dx, wd, w, conv, dyd, dy, SCALARS(dxd), ws, wsize, dxd, dx);
 }
 
 cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t h, cudnnTensorDescriptor_t xd, const void *x,
@@ -319,8 +320,8 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t h, cud
                                                             int *returned, cudnnConvolutionBwdFilterAlgoPerf_t *perf,
                                                             void *ws, size_t wsize) {
     cudnnStatus_t st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, xd, dyd, conv, dwd, requested, returned, perf);
-    return st != CUDNN_STATUS_SUCCESS ? st
-                                      : convolve(BWD_FILTER, xd, x, dwd, dw, conv, dyd, dy, SCALARS(xd), ws, wsize, dwd, dw);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    return convolve(BWD_FILTER, xd, x, dwd, dw, conv, dyd, dy, SCALARS(xd), ws, wsize, dwd, dw);
 }
 
 static cudnnStatus_t workspace(cudnnHandle_t h, cudnnStatus_t shapes, int algo, size_t *size) {
