@@ -7,7 +7,7 @@
 #include "unary.h"
 #include "vecmath.h"
 
-#define PAR_MIN 32768 /* elements below which threads cost more than they save */
+#define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* elements below which one thread runs (cpu.h) */
 
 /* ---- f32 rows -------------------------------------------------------------------------------
  * forward: y[i] = act(u[i] + bu[i]) (glu: (v[i] + bv[i]) act(u[i] + bu[i]), v the first half,
