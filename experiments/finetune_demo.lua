@@ -263,6 +263,8 @@ g:write("rows: ", table.concat((function() local n = {} for i, x in ipairs(resul
 g:close()
 print("\n" .. tbl)
 print(string.format("\nfine-tuning and grading took %.0f s; results in %s/results.md, the grid in %s/grid.png", T.clock() - t_start, work, work))
+-- the run's metrics: eval/base_new, eval/full_new, eval/lora_new (the new color's accuracy),
+-- eval/base_old, eval/full_old, eval/lora_old (the old prompts'), eval/full_score, eval/lora_score
 local metrics = {}
 for _, res in ipairs(results) do
   metrics["eval/" .. res.name .. "_new"] = res.new.color
