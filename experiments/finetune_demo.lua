@@ -39,7 +39,7 @@ local defaults = {
   eval_old = { 200, help = "held-out prompts of the base's colors drawn and graded per model" },
   methods = { { "full", "lora" }, help = "which fine-tunes to run" },
   grade_base = { true, help = "grade the base too (--no-grade_base: the fine-tunes only, as the lr search runs it); its grades are kept in OUT and reused while the base, the prompts and the sampler are unchanged" },
-  sample_steps = { 50, help = "DDIM steps of every image the demo draws (grading, the prior images)" },
+  sample_steps = { 20, help = "DDIM steps of every image the demo draws (grading, the prior images)" },
   side_by_side = { true, help = "run the fine-tunes at the same time, the threads shared among them (--no-side_by_side: one after the other, each with every thread)" },
   work = { "", help = "where the fine-tunes, the graded images and the results go (default: OUT; under `tocha sweep`, the trial's run directory)" },
   threads = { 2, help = "CPU threads" },
@@ -67,6 +67,14 @@ local function exists(path)
   return false
 end
 
+-- a captioned image folder, written whole under another name and renamed: runs of the demo side
+-- by side (a sweep's trials) never read one half written
+local function write_once(dir, n, sample)
+  local tmp = string.format("%s.tmp-%d", dir, T._sys.getpid())
+  finetune_data.write_folder(tmp, n, sample)
+  if not os.rename(tmp, dir) then os.execute("rm -rf '" .. tmp .. "'") end -- another run wrote it first
+end
+
 ---------------------------------------------------------------------------------------------
 -- the base: the default experiment's model (trained once, then reused)
 ---------------------------------------------------------------------------------------------
@@ -91,7 +99,7 @@ local t_start = T.clock()
 local data = string.format("%s/data/%s-%d", out, cfg.concept, cfg.images)
 if not exists(data .. "/metadata.jsonl") then
   local ds = shapes { size = 32, seed = 1000 + cfg.seed, objects = 1, colors = { cfg.concept }, format = "u8" }
-  finetune_data.write_folder(data, cfg.images, function(i) local s = ds[i]; return s.image, s.caption end)
+  write_once(data, cfg.images, function(i) local s = ds[i]; return s.image, s.caption end)
   print(string.format("wrote %d images of %s shapes to %s", cfg.images, cfg.concept, data))
 end
 
@@ -169,9 +177,7 @@ if cfg.prior_images > 0 then
   if not exists(dir .. "/metadata.jsonl") then
     local prompts = shapes.prompts { split = "train", objects = { 1 }, n = cfg.prior_images, seed = cfg.seed + 3 }
     local images = draw(models.Denoiser(models.load(base)), prompts, cfg.seed + 100000)
-    local tmp = string.format("%s.tmp-%d", dir, T._sys.getpid())
-    finetune_data.write_folder(tmp, #prompts, function(i) return images[i], prompts[i] end)
-    if not os.rename(tmp, dir) then os.execute("rm -rf '" .. tmp .. "'") end -- another run wrote it first
+    write_once(dir, #prompts, function(i) return images[i], prompts[i] end)
     print(string.format("the base drew %d prior images into %s", #prompts, dir))
   end
   prior_args = string.format(" --prior_data %s --prior_loss_weight %g", dir, cfg.prior_loss_weight)

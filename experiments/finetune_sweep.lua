@@ -13,8 +13,8 @@ local sweep = require "tocha.sweep"
 
 local method = os.getenv("FINETUNE_SWEEP") or "lora"
 local SPACES = {
-  lora = { lr_lora = sweep.grid { 1.5e-4, 3e-4, 6e-4 }, prior_loss_weight = sweep.grid { 1, 2 } },
-  full = { lr_full = sweep.grid { 5e-6, 1e-5, 2e-5 }, prior_loss_weight = sweep.grid { 1, 2 } },
+  lora = { lr_lora = sweep.grid { 1.5e-4, 3e-4 }, prior_loss_weight = sweep.grid { 1, 2 } },
+  full = { lr_full = sweep.grid { 1e-5, 2e-5 }, prior_loss_weight = sweep.grid { 1, 2 } },
 }
 local space = SPACES[method]
 if not space then error("finetune_sweep: FINETUNE_SWEEP must be lora or full, not " .. method, 0) end
@@ -26,7 +26,7 @@ return sweep {
     "--sample_steps", "20", "--threads", "1" },
   space = space,
   metric = "eval/" .. method .. "_score", goal = "max",
-  strategy = "grid", trials = 6,
+  strategy = "grid", trials = 4,
   seed = 0, seed_per_trial = false, -- the same data, noise and prompts in every trial: only the parameters differ
   workers = 2,
 }
