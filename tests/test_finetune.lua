@@ -469,4 +469,37 @@ tests["finetune_sd.lua: prior preservation draws the model's own images once, th
   assert(rc == 2 and out:find("holds no images; give %-%-prior_prompts"), out)
 end
 
+tests["finetune_demo.lua: both fine-tunes side by side on a tiny base, graded; the base's grades kept and reused"] = function()
+  local root = T.testing.tmpdir()
+  models.save_pretrained(root .. "/base", tiny_parts(false))
+  local args = string.format("experiments/finetune_demo.lua --out %s/out --base %s/base --images 8 --batch 4 --epochs 1 "
+    .. "--eval_new 3 --eval_old 3 --prior_images 4 --sample_steps 2", root, root)
+  local env = "OMP_NUM_THREADS=1 TOCHA_RUNS=" .. root .. "/runs "
+  local out, rc = T.testing.tocha(args .. " --threads 2", env)
+  assert(rc == 0, out)
+  assert(out:find("fine%-tuning full and lora side by side, 1 thread%(s%) each"), out)
+  assert(out:find("the base drew 4 prior images"), out)
+  local res = T.testing.read_file(root .. "/out/results.md")
+  for _, name in ipairs({ "base", "full", "lora" }) do assert(res:find("\n| " .. name .. " | "), res) end
+  for _, f in ipairs({ "full.log", "lora.log", "full.seconds", "lora.seconds", "grid.png", "base-graded.json",
+    "base-graded-grid.safetensors", "lora/pytorch_lora_weights.safetensors", "full/model_index.json" }) do
+    assert(io.open(root .. "/out/" .. f), f)
+  end
+  local kept = T.testing.read_file(root .. "/out/base-graded.json")
+  -- again, LoRA alone in another folder: the base's grades come from the file, the prior images are not drawn again
+  out, rc = T.testing.tocha(args .. " --threads 1 --methods lora --work " .. root .. "/again", env)
+  assert(rc == 0, out)
+  assert(not out:find("drew") and not out:find("side by side"), out)
+  assert(T.testing.read_file(root .. "/again/results.md"):find("\n| base | " .. res:match("\n| base | ([^\n]+)"), 1, true))
+  assert(T.testing.read_file(root .. "/out/base-graded.json") == kept)
+  -- the lr search's sweep names a metric the demo reports, for both methods
+  T.testing.write_file(root .. "/metric.lua", 'print(assert(require("tocha.sweep").load("experiments/finetune_sweep.lua")).metric)')
+  for _, method in ipairs({ "lora", "full" }) do
+    out, rc = T.testing.tocha(root .. "/metric.lua", "FINETUNE_SWEEP=" .. method .. " ")
+    assert(rc == 0 and out:find("eval/" .. method .. "_score", 1, true), out)
+  end
+  out, rc = T.testing.tocha(root .. "/metric.lua", "FINETUNE_SWEEP=half ")
+  assert(rc ~= 0 and out:find("FINETUNE_SWEEP must be lora or full, not half", 1, true), out)
+end
+
 return tests
