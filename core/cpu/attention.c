@@ -230,7 +230,7 @@ static bool threaded(const attn *a) { return a->B * a->L * a->S >= PAR_MIN && om
 /* ---- forward -------------------------------------------------------------------------------- */
 
 /* rows [i0, i0 + nr) of slice b: o [nr, Ev] (the output's rows) and the rows' logsumexp;
- * sc: a [BR, BC] tile, m and l: BR running maxima and sums */
+ * sc: a [BR, min(S, BC)] tile, m and l: BR running maxima and sums */
 static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat q, mat k, mat v, char *o,
                           tc_tensor *lse, char *sc, double *m, double *l) {
     const row_math *rm = a->rm;
@@ -246,7 +246,7 @@ static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat 
             char *row = at(sc, es, r * nc);
             mask_row(a, b, i0 + r, c0, row, nc);
             double alpha = rm->online(row, nc, &m[r], &l[r]);
-            if (alpha != 1) rm->scale(at(o, es, r * Ev), Ev, alpha);
+            if (alpha != 1 && c0 > 0) rm->scale(at(o, es, r * Ev), Ev, alpha); /* o is 0 before the first */
             if (p->dropout_p > 0)
                 rm->drop(row, nc, (uint64_t)((b * a->L + i0 + r) * a->S + c0), p->dropout_p, p->seed, p->offset);
         }
@@ -262,11 +262,11 @@ static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat 
 static int sdpa_forward(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
                         const tc_tensor *mask, const tc_sdpa_params *p) {
     attn a = attn_of(q, k, v, mask, p);
-    int64_t nblk = (a.L + BR - 1) / BR, Ev = a.Ev;
+    int64_t nblk = (a.L + BR - 1) / BR, Ev = a.Ev, tile = a.S < BC ? a.S : BC;
     int err = 0;
 #pragma omp parallel reduction(max : err) if (threaded(&a))
     {
-        char *sc = malloc((size_t)(BR * BC) * a.es);
+        char *sc = malloc((size_t)(BR * tile + 1) * a.es);
         double *m = malloc(2 * BR * sizeof *m);
         if (!sc || !m) err = 1;
 #pragma omp for schedule(dynamic, 1)
