@@ -23,14 +23,42 @@
  * masked scores into the row's running max m and sum l, leaves exp(score - m) in r and returns
  * what the row's output so far must be multiplied by. probs: exp(score - lse), 0 where the row
  * attends nothing. dscores: dS = P * (dP - rowsum(P dP)) in place of dP. */
-static float maxf(const float *r, int64_t n) { return n > 0 ? tc_maxf(r, n) : -INFINITY; }
+/* a row's max and sum through LANES partial results, folded in halves: gcc's own reduction
+ * epilogues (lane by lane through memory) cost more than the row itself at 32 to 64 keys */
+#define LANES 16
+static inline float maxf(const float *r, int64_t n) {
+    float acc[LANES];
+    for (int j = 0; j < LANES; j++) acc[j] = -INFINITY;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] = r[i + j] > acc[j] ? r[i + j] : acc[j];
+    for (; i < n; i++) acc[0] = r[i] > acc[0] ? r[i] : acc[0];
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] = acc[j + w] > acc[j] ? acc[j + w] : acc[j];
+    return acc[0];
+}
+static inline double sumf(const float *r, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += r[i + j];
+    double s = 0;
+    for (; i < n; i++) s += r[i];
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
 static double maxd(const double *r, int64_t n) {
     double m = -INFINITY;
     for (int64_t i = 0; i < n; i++) m = r[i] > m ? r[i] : m;
     return m;
 }
+static double sumd(const double *r, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += r[i];
+    return s;
+}
 
-#define ROW_MATH(T, SFX, EXP, MAX, CLONES)                                                            \
+#define ROW_MATH(T, SFX, EXP, MAX, SUM, CLONES)                                                            \
     static void drop_##SFX(T *r, int64_t n, uint64_t first, double p, uint64_t seed, uint64_t offset) { \
         T scale = p < 1 ? (T)(1 / (1 - p)) : 0;                                                       \
         uint32_t w[4];                                                                                \
@@ -47,8 +75,7 @@ static double maxd(const double *r, int64_t n) {
             return 1;                                                                                 \
         }                                                                                             \
         _Pragma("omp simd") for (int64_t i = 0; i < n; i++) r[i] = EXP(r[i] - mn);                    \
-        double s = 0, alpha = exp(*m - (double)mn);                                                   \
-        _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < n; i++) s += r[i];               \
+        double s = SUM(r, n), alpha = *m == -INFINITY ? 0 : *m == (double)mn ? 1 : exp(*m - (double)mn); \
         *m = mn;                                                                                      \
         *l = *l * alpha + s;                                                                          \
         return alpha;                                                                                 \
@@ -72,8 +99,8 @@ static double maxd(const double *r, int64_t n) {
         _Pragma("omp simd") for (int64_t i = 0; i < n; i++) dp[i] = pr[i] * (dp[i] - dt);             \
     }
 
-ROW_MATH(float, f32, tc_expf, maxf, TC_SIMD_CLONES)
-ROW_MATH(double, f64, exp, maxd, )
+ROW_MATH(float, f32, tc_expf, maxf, sumf, TC_SIMD_CLONES)
+ROW_MATH(double, f64, exp, maxd, sumd, )
 
 typedef struct {
     void (*drop)(void *r, int64_t n, uint64_t first, double p, uint64_t seed, uint64_t offset);
@@ -349,7 +376,7 @@ static int sdpa_backward(const grads *g, const tc_tensor *mask, const tc_sdpa_pa
             if (!pb) err = 1;
             if (mine) memset(mine, 0, (size_t)nacc * es);
             int64_t ntask = whole ? a.B : nblk;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static) /* static: each thread's sums the same blocks on every run */
             for (int64_t t = 0; t < ntask; t++) { /* whole: slice b0 + t; else block t of slice b0 */
                 int64_t b = b0 + (whole ? t : 0);
                 char *gk = g->gk ? at(tc_data(g->gk), es, b * S * E) : NULL;
