@@ -42,10 +42,10 @@ static inline double sumf(const float *r, int64_t n) {
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++) acc[j] += r[i + j];
-    double s = 0;
-    for (; i < n; i++) s += r[i];
-    for (int j = 0; j < LANES; j++) s += acc[j];
-    return s;
+    for (; i < n; i++) acc[0] += r[i];
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
 }
 static double maxd(const double *r, int64_t n) {
     double m = -INFINITY;
@@ -222,11 +222,11 @@ static int64_t keys_of(const attn *a, int64_t i0, int64_t nr) {
  * place: -inf where causal or a bool mask hides a key, plus a float mask */
 static void mask_row(const attn *a, int64_t b, int64_t l, int64_t c0, void *r, int64_t n) {
     bool f32 = a->dt == TC_F32;
-    if (a->p->causal)
-        for (int64_t s = l + 1 > c0 ? l + 1 - c0 : 0; s < n; s++) {
-            if (f32) ((float *)r)[s] = -INFINITY;
-            else ((double *)r)[s] = -INFINITY;
-        }
+    if (a->p->causal) {
+        int64_t first = l + 1 > c0 ? l + 1 - c0 : 0;
+        if (f32) for (int64_t s = first; s < n; s++) ((float *)r)[s] = -INFINITY;
+        else for (int64_t s = first; s < n; s++) ((double *)r)[s] = -INFINITY;
+    }
     const tc_tensor *m = a->mask;
     if (!m) return;
     int nb = a->nb;
@@ -264,7 +264,7 @@ static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat 
     const tc_sdpa_params *p = a->p;
     size_t es = a->es;
     int64_t Ev = a->Ev, keys = keys_of(a, i0, nr);
-    memset(o, 0, (size_t)(nr * Ev) * es);
+    if (keys == 0) memset(o, 0, (size_t)(nr * Ev) * es); /* else the first tile's product sets o */
     for (int64_t r = 0; r < nr; r++) m[r] = -INFINITY, l[r] = 0;
     for (int64_t c0 = 0; c0 < keys; c0 += BC) {
         int64_t nc = keys - c0 < BC ? keys - c0 : BC;
@@ -277,12 +277,13 @@ static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat 
             if (p->dropout_p > 0)
                 rm->drop(row, nc, (uint64_t)((b * a->L + i0 + r) * a->S + c0), p->dropout_p, p->seed, p->offset);
         }
-        gemm(a->dt, nr, Ev, nc, 1, dense(sc, nc), from_row(v, c0, es), 1, o);
+        gemm(a->dt, nr, Ev, nc, 1, dense(sc, nc), from_row(v, c0, es), c0 > 0, o);
     }
-    for (int64_t r = 0; r < nr; r++) {
+    for (int64_t r = 0; r < nr; r++) { /* lse has the compute dtype */
         rm->scale(at(o, es, r * Ev), Ev, l[r] > 0 ? 1 / l[r] : 0);
-        tc_store(at(tc_data(lse), tc_dtype_size(lse->dtype), b * a->L + i0 + r), lse->dtype,
-                 l[r] > 0 ? m[r] + log(l[r]) : -INFINITY);
+        double x = l[r] > 0 ? m[r] + log(l[r]) : -INFINITY;
+        if (a->dt == TC_F32) ((float *)tc_data(lse))[b * a->L + i0 + r] = (float)x;
+        else ((double *)tc_data(lse))[b * a->L + i0 + r] = x;
     }
 }
 
