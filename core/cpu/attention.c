@@ -13,7 +13,7 @@
 #include <math.h>
 #include <omp.h>
 
-#define PAR_MIN 32768 /* elements below which threads cost more than they save */
+#define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* elements below which one thread runs (cpu.h) */
 #define BR 64         /* query rows per block */
 #define BC 512        /* keys per tile in the forward */
 
