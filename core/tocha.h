@@ -147,7 +147,8 @@ void tc_cpu_memory_summary(char *buf, size_t n); /* a readable table of the stat
     X(SOFTMAX, "softmax") X(LOG_SOFTMAX, "log_softmax")                                \
     X(CROSS_ENTROPY, "cross_entropy") X(MSE_LOSS, "mse_loss") X(L1_LOSS, "l1_loss")    \
     X(LAYER_NORM, "layer_norm") X(GROUP_NORM, "group_norm") X(DROPOUT, "dropout")      \
-    X(GROUP_NORM_SILU, "group_norm_silu") X(SDPA, "scaled_dot_product_attention")
+    X(GROUP_NORM_SILU, "group_norm_silu") X(SDPA, "scaled_dot_product_attention")     \
+    X(BIAS_ACT, "bias_act") X(GEGLU, "geglu")
 
 #define TC_OP_ENUM_(name, str) TC_OP_##name,
 typedef enum tc_op { TC_OP_LIST(TC_OP_ENUM_) TC_OP_COUNT } tc_op;
@@ -294,6 +295,11 @@ tc_tensor *tc_layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, do
  * norm and nonlinearity), which writes no intermediate and saves none for the backward */
 tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu);
 tc_tensor *tc_dropout(tc_tensor *x, double p, bool training);
+/* act(x + b) as one op (ops/act.c), b [K] over x's last dim (or NULL), act one of RELU, SILU,
+ * GELU, GELU_TANH, QUICK_GELU, SIGMOID, TANH. glu: x [.., 2C] -> [.., C], the first half (plus
+ * b's first half) times act of the second (plus b's second half): GEGLU with act GELU. Under
+ * autocast b is cast to x's dtype, as linear casts its bias. */
+tc_tensor *tc_bias_act(tc_tensor *x, tc_tensor *b, tc_op act, bool glu);
 /* q [.., L, E], k [.., S, E], v [.., S, Ev]; mask bool (true = attend) or float (added), may be NULL */
 tc_tensor *tc_sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bool is_causal,
                    double dropout_p, double scale /* <= 0: 1/sqrt(E) */);
