@@ -3,6 +3,7 @@
 # against diffusers / transformers on the same threads (THREADS, default 2), each side in its own
 # process, alternating ROUNDS times (default 2) so both see the same machine load; best times.
 #   models: bench/sd_models.lua vs bench/sd_models_torch.py: UNet forward (64x64 latents, batch 1),
+#           attention at the UNet's 4,096 tokens (forward, forward + backward),
 #           VAE decode (512x512), text encoder (77 tokens), f32; ratio = PyTorch / tocha
 #   load:   bench/sd_load.lua vs bench/sd_load_torch.py: models.load against from_pretrained on a
 #           random SD 1.5 in f16 (written once to SD_DIR, default /tmp/tocha-sd15, 2 GB), as f16

@@ -1,10 +1,12 @@
 -- bench/sd_models.lua: Stable Diffusion 1.5's three models at their real sizes with random
 -- weights, forward only, f32 on the CPU, tocha's side: the UNet on 64x64 latents (batch 1, 77
 -- text tokens), the VAE decoding 64x64 latents to a 512x512 image, the text encoder on 77
--- tokens. bench/sd_models_torch.py is the same in diffusers / transformers; bench/sd.sh runs
+-- tokens, and the UNet's attention alone at its largest level (batch 2 as under classifier-free
+-- guidance, 8 heads of 40 over 4,096 tokens; self and cross with 77 text tokens), forward and
+-- forward + backward. bench/sd_models_torch.py is the same in diffusers / transformers; bench/sd.sh runs
 -- both, alternating, and prints the ratios.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the best of the timed calls).
---   ./build/tocha bench/sd_models.lua [unet|vae|text ...]   (THREADS=2; REPS scales the repetitions)
+--   ./build/tocha bench/sd_models.lua [unet|vae|text|attn ...]   (THREADS=2; REPS scales the repetitions)
 local T = require "tocha"
 local models = require "tocha.models"
 
@@ -41,9 +43,27 @@ function BENCH.vae()
     { warm = 1, collect = true }))
 end
 
-local which = #arg > 0 and arg or { "text", "unet", "vae" }
+function BENCH.attn()
+  local F = require "tocha.nn.functional"
+  local n = SIZE * SIZE
+  for _, case in ipairs({ { "self", n }, { "cross", 77 } }) do
+    local name = string.format("sdpa_%s_%dx%d", case[1], n, case[2])
+    local q = T.randn({ 2, 8, n, 40 }, { requires_grad = true })
+    local k, v = T.randn({ 2, 8, case[2], 40 }, { requires_grad = true }), T.randn({ 2, 8, case[2], 40 }, { requires_grad = true })
+    local gy = T.randn({ 2, 8, n, 40 })
+    result(name .. "_fwd", best_of(function()
+      T.no_grad(function() return F.scaled_dot_product_attention(q, k, v) end)
+    end, 3 * REPS, { warm = 1, collect = true }))
+    result(name .. "_fwdbwd", best_of(function()
+      q.grad, k.grad, v.grad = nil, nil, nil
+      F.scaled_dot_product_attention(q, k, v):backward(gy)
+    end, 2 * REPS, { warm = 1, collect = true }))
+  end
+end
+
+local which = #arg > 0 and arg or { "text", "unet", "vae", "attn" }
 for _, name in ipairs(which) do
-  assert(BENCH[name], "unknown benchmark " .. name .. " (text, unet, vae)")
+  assert(BENCH[name], "unknown benchmark " .. name .. " (text, unet, vae, attn)")
   BENCH[name]()
   collectgarbage()
 end

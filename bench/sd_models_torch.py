@@ -1,6 +1,8 @@
 """sd_models_torch.py [unet|vae|text ...]: the peer of bench/sd_models.lua: Stable Diffusion 1.5's
 UNet (64x64 latents, batch 1), VAE decoder (512x512) and text encoder (77 tokens) with random
-weights in diffusers / transformers, forward only under inference_mode, f32, THREADS threads.
+weights in diffusers / transformers, forward only under inference_mode, f32, THREADS threads,
+and torch.nn.functional.scaled_dot_product_attention at the UNet's largest attention (forward,
+forward + backward).
 Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the best of the timed calls)."""
 import os
 import sys
@@ -47,5 +49,22 @@ def vae():
         result("vae_decode_512", best_of(lambda: m.decode(z), 2 * REPS, warm=1))
 
 
-for name in sys.argv[1:] or ["text", "unet", "vae"]:
-    {"text": text, "unet": unet, "vae": vae}[name]()
+def attn():
+    import torch.nn.functional as F
+    n = SIZE * SIZE
+    for kind, s in (("self", n), ("cross", 77)):
+        name = "sdpa_%s_%dx%d" % (kind, n, s)
+        q = torch.randn(2, 8, n, 40, requires_grad=True)
+        k, v = torch.randn(2, 8, s, 40, requires_grad=True), torch.randn(2, 8, s, 40, requires_grad=True)
+        gy = torch.randn(2, 8, n, 40)
+        with torch.no_grad():
+            result(name + "_fwd", best_of(lambda: F.scaled_dot_product_attention(q, k, v), 3 * REPS, warm=1))
+
+        def fwdbwd():
+            q.grad = k.grad = v.grad = None
+            F.scaled_dot_product_attention(q, k, v).backward(gy)
+        result(name + "_fwdbwd", best_of(fwdbwd, 2 * REPS, warm=1))
+
+
+for name in sys.argv[1:] or ["text", "unet", "vae", "attn"]:
+    {"text": text, "unet": unet, "vae": vae, "attn": attn}[name]()

@@ -84,18 +84,20 @@ tests["a fully masked row gives 0 and passes no gradient"] = function()
   T.testing.gradcheck(function(a, b, c) return sdpa(a, b, c, { attn_mask = m }) end, { q, k, v })
 end
 
--- ---- against the composite ---------------------------------------------------------------------------
-local function compare_with_naive(q, k, v, opts, tol)
-  local qa, ka, va = q:detach():requires_grad_(true), k:detach():requires_grad_(true), v:detach():requires_grad_(true)
-  local qb, kb, vb = q:detach():requires_grad_(true), k:detach():requires_grad_(true), v:detach():requires_grad_(true)
-  local a, b = sdpa(qa, ka, va, opts), naive(qb, kb, vb, opts)
+-- a and b close, and so the gradients of xs and ys (leaves) after a backward of one random gradient
+local function same_with_grads(a, b, xs, ys, tol)
   T.testing.assert_close(a, b, tol)
   local g = T.randn(a.shape, { dtype = a.dtype })
   a:backward(g)
   b:backward(g)
-  T.testing.assert_close(qa.grad, qb.grad, tol)
-  T.testing.assert_close(ka.grad, kb.grad, tol)
-  T.testing.assert_close(va.grad, vb.grad, tol)
+  for i = 1, #xs do T.testing.assert_close(xs[i].grad, ys[i].grad, tol) end
+end
+
+-- ---- against the composite ---------------------------------------------------------------------------
+local function compare_with_naive(q, k, v, opts, tol)
+  local qa, ka, va = q:detach():requires_grad_(true), k:detach():requires_grad_(true), v:detach():requires_grad_(true)
+  local qb, kb, vb = q:detach():requires_grad_(true), k:detach():requires_grad_(true), v:detach():requires_grad_(true)
+  same_with_grads(sdpa(qa, ka, va, opts), naive(qb, kb, vb, opts), { qa, ka, va }, { qb, kb, vb }, tol)
 end
 
 tests["matches the matmul + softmax composite (masks, causal, L ~= S, Ev ~= E, broadcast)"] = function()
@@ -122,6 +124,119 @@ tests["matches the composite on large slices (threaded rows), f32"] = function()
   local a = sdpa(q, k, v, { is_causal = true })
   T.testing.assert_close(a, naive(q:double(), k:double(), v:double(), { is_causal = true }), { rtol = 1e-4, atol = 1e-5 })
   compare_with_naive(q, k, v, { attn_mask = T.randn({ 200, 300 }) }, { rtol = 1e-3, atol = 1e-4 })
+end
+
+-- ---- tiles: blocks of 64 queries against tiles of 512 keys (core/cpu/attention.c) ---------------------
+-- sizes that span several blocks and tiles with ragged last ones
+local function against_f64(q, k, v, opts, tol)
+  opts = opts or {}
+  local o64 = {}
+  for key, val in pairs(opts) do o64[key] = val end
+  if opts.attn_mask and opts.attn_mask.dtype ~= "bool" then o64.attn_mask = opts.attn_mask:double() end
+  local a = { q:detach():requires_grad_(true), k:detach():requires_grad_(true), v:detach():requires_grad_(true) }
+  local b = { q:double():detach():requires_grad_(true), k:double():detach():requires_grad_(true),
+    v:double():detach():requires_grad_(true) }
+  local out, want = sdpa(a[1], a[2], a[3], opts), naive(b[1], b[2], b[3], o64)
+  T.testing.assert_close(out, want:to(out.dtype), tol)
+  local g = T.randn(out.shape, { dtype = "f64" })
+  out:backward(g:to(out.dtype))
+  want:backward(g)
+  for i, name in ipairs({ "gq", "gk", "gv" }) do
+    T.testing.assert_close(a[i].grad, b[i].grad:to(out.dtype), { rtol = tol.rtol, atol = tol.atol, msg = name })
+  end
+end
+
+tests["tiles: forward and gradients against f64 across blocks and ragged edges (masks, causal L ~= S)"] = function()
+  local f64 = { rtol = 1e-10, atol = 1e-12 }
+  local q, k, v = T.randn({ 2, 150, 8 }, { dtype = "f64" }), T.randn({ 2, 1100, 8 }, { dtype = "f64" }),
+    T.randn({ 2, 1100, 5 }, { dtype = "f64" })
+  against_f64(q, k, v, {}, f64)
+  against_f64(q, k, v, { is_causal = true }, f64) -- L < S: the later keys are never attended
+  against_f64(k:narrow(2, 1, 700), q, q:narrow(3, 1, 5), { is_causal = true }, f64) -- L > S
+  local bm = T.rand({ 150, 1100 }):gt(0.7)
+  bm:narrow(2, 1, 1):fill_(1)
+  bm:narrow(1, 40, 1):fill_(0) -- a row with nothing to attend
+  local a = sdpa(q, k, v, { attn_mask = bm })
+  assert(a[1][40]:abs():sum():item() == 0 and a:isfinite():logical_not():sum():item() == 0)
+  bm:narrow(1, 40, 1):fill_(1)
+  against_f64(q, k, v, { attn_mask = bm }, f64)
+  -- a float mask, and its gradient
+  local fm = T.randn({ 150, 1100 }, { dtype = "f64", requires_grad = true })
+  local fm2 = fm:detach():requires_grad_(true)
+  local out, want = sdpa(q, k, v, { attn_mask = fm }), naive(q, k, v, { attn_mask = fm2 })
+  T.testing.assert_close(out, want, f64)
+  local g = T.randn(out.shape, { dtype = "f64" })
+  out:backward(g)
+  want:backward(g)
+  T.testing.assert_close(fm.grad, fm2.grad, f64)
+  -- f32 against f64, a mask broadcast over the batch
+  against_f64(q:float(), k:float(), v:float(), { attn_mask = bm }, { rtol = 1e-4, atol = 2e-5 })
+  against_f64(q:float(), k:float(), v:float(), { is_causal = true }, { rtol = 1e-4, atol = 2e-5 })
+end
+
+tests["tiles: one slice shared out to the threads sums gk, gv the same on every run"] = function()
+  local n = T.get_num_threads()
+  T.set_num_threads(2)
+  local q, k, v = T.randn({ 1, 300, 16 }), T.randn({ 1, 700, 16 }), T.randn({ 1, 700, 12 })
+  local ok, err = pcall(function()
+    against_f64(q, k, v, { is_causal = true }, { rtol = 1e-4, atol = 2e-5 })
+    local function grads()
+      local a, b, c = q:detach():requires_grad_(true), k:detach():requires_grad_(true), v:detach():requires_grad_(true)
+      sdpa(a, b, c):sum():backward()
+      return { a.grad, b.grad, c.grad }
+    end
+    local x, y = grads(), grads()
+    for i = 1, 3 do assert(x[i]:ne(y[i]):sum():item() == 0, "gradients differ between runs") end
+  end)
+  T.set_num_threads(n)
+  assert(ok, err)
+end
+
+tests["tiles: dropout draws the mask F.dropout draws on the probabilities, across tiles"] = function()
+  for _, dtype in ipairs({ "f64", "f32" }) do
+    local q = T.randn({ 2, 70, 8 }, { dtype = dtype, requires_grad = true })
+    local k = T.randn({ 2, 600, 8 }, { dtype = dtype, requires_grad = true })
+    local v = T.randn({ 2, 600, 4 }, { dtype = dtype, requires_grad = true })
+    local q2, k2, v2 = q:detach():requires_grad_(true), k:detach():requires_grad_(true), v:detach():requires_grad_(true)
+    local st = T.get_rng_state()
+    local a = sdpa(q, k, v, { dropout_p = 0.3, scale = 0.5 })
+    T.set_rng_state(st)
+    local b = F.dropout(F.softmax(q2:matmul(k2:transpose(2, 3)) * 0.5, -1), 0.3):matmul(v2)
+    local tol = dtype == "f64" and { rtol = 1e-10, atol = 1e-12 } or { rtol = 1e-4, atol = 1e-5 }
+    same_with_grads(a, b, { q, k, v }, { q2, k2, v2 }, tol)
+  end
+end
+
+-- the peak resident memory (VmHWM) since it was last reset, in bytes, or nil without /proc
+local function peak_rss()
+  local f = io.open("/proc/self/status")
+  if not f then return nil end
+  local kb = f:read("a"):match("VmHWM:%s*(%d+)")
+  f:close()
+  return kb and tonumber(kb) * 1024
+end
+
+local function reset_peak_rss()
+  local f = io.open("/proc/self/clear_refs", "w")
+  if not f then return false end
+  local ok = f:write("5")
+  f:close()
+  return ok ~= nil
+end
+
+tests["tiles: attention over 4096 x 4096 never holds a 4096 x 4096 buffer"] = function()
+  local q, k, v = T.randn({ 1, 4096, 8 }, { requires_grad = true }), T.randn({ 1, 4096, 8 }, { requires_grad = true }),
+    T.randn({ 1, 4096, 8 }, { requires_grad = true })
+  local g = T.randn({ 1, 4096, 8 })
+  collectgarbage()
+  if not reset_peak_rss() or not peak_rss() then skip("no /proc/self/clear_refs and VmHWM") end
+  local before = peak_rss()
+  local out = sdpa(q, k, v, { is_causal = true })
+  out:backward(g)
+  local grown = peak_rss() - before
+  local scores = 4096 * 4096 * 4
+  assert(grown < scores / 4, string.format("peak memory grew by %.1f MB (the scores: %.0f MB)", grown / 2 ^ 20, scores / 2 ^ 20))
+  assert(q.grad:isfinite():logical_not():sum():item() == 0 and out[1][1]:sub(v[1][1]):abs():max():item() < 1e-6) -- row 1 sees key 1 only
 end
 
 -- ---- gradient checks -----------------------------------------------------------------------------------

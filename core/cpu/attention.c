@@ -1,7 +1,10 @@
-/* attention.c (cpu): dropout, and scaled dot-product attention with its fused backward.
- * Attention works one batch slice at a time with an [L, S] scores buffer, two OpenBLAS
- * GEMMs forward (QK^T, PV) and four backward; both share the Philox dropout rule. f32
- * without dropout has its own path: float scores and slices spread over the threads. */
+/* attention.c (cpu): dropout, and scaled dot-product attention with its fused backward, never
+ * with an [L, S] buffer. The forward walks blocks of BR queries against tiles of BC keys with an
+ * online softmax (a running max and sum per row; the output rows rescaled when the max grows)
+ * and saves each row's logsumexp; the backward recomputes the probabilities of a block's row
+ * strip [BR, S] from q, k and that logsumexp. Products are OpenBLAS GEMMs on tiles and strips;
+ * the row arithmetic is built once per compute dtype (f32 vectorised, f64 for the gradient
+ * checks). Both passes and the dropout op share the Philox dropout rule. */
 #include "cpu.h"
 #include "philox.h"
 #include "vecmath.h"
@@ -11,19 +14,109 @@
 #include <omp.h>
 
 #define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* elements below which one thread runs (cpu.h) */
+#define BR 64         /* query rows per block */
+#define BC 512        /* keys per tile in the forward */
+
+/* ---- the row arithmetic, once per compute dtype ----------------------------------------------
+ * r is a row of scores or probabilities. drop: dropout's rule on elements first.. of the Philox
+ * stream at (seed, offset): kept ones times 1 / (1 - p), the rest 0. online: folds a tile's
+ * masked scores into the row's running max m and sum l, leaves exp(score - m) in r and returns
+ * what the row's output so far must be multiplied by. probs: exp(score - lse), 0 where the row
+ * attends nothing. dscores: dS = P * (dP - rowsum(P dP)) in place of dP. */
+/* a row's max and sum through LANES partial results, folded in halves: gcc's own reduction
+ * epilogues (lane by lane through memory) cost more than the row itself at 32 to 64 keys */
+#define LANES 16
+static inline float maxf(const float *r, int64_t n) {
+    float acc[LANES];
+    for (int j = 0; j < LANES; j++) acc[j] = -INFINITY;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] = r[i + j] > acc[j] ? r[i + j] : acc[j];
+    for (; i < n; i++) acc[0] = r[i] > acc[0] ? r[i] : acc[0];
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] = acc[j + w] > acc[j] ? acc[j + w] : acc[j];
+    return acc[0];
+}
+static inline double sumf(const float *r, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += r[i + j];
+    for (; i < n; i++) acc[0] += r[i];
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
+}
+static double maxd(const double *r, int64_t n) {
+    double m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = r[i] > m ? r[i] : m;
+    return m;
+}
+static double sumd(const double *r, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += r[i];
+    return s;
+}
+
+#define ROW_MATH(T, SFX, EXP, MAX, SUM, CLONES)                                                            \
+    static void drop_##SFX(T *r, int64_t n, uint64_t first, double p, uint64_t seed, uint64_t offset) { \
+        T scale = p < 1 ? (T)(1 / (1 - p)) : 0;                                                       \
+        uint32_t w[4];                                                                                \
+        for (int64_t j = 0; j < n; j++) {                                                             \
+            uint64_t i = first + (uint64_t)j;                                                         \
+            if (j == 0 || i % 4 == 0) tc_philox(seed, offset + i / 4, w);                             \
+            r[j] = tc_philox_u01_open(w[i % 4]) >= p ? r[j] * scale : 0;                              \
+        }                                                                                             \
+    }                                                                                                 \
+    CLONES static double online_##SFX(T *restrict r, int64_t n, double *m, double *l) {               \
+        T mx = MAX(r, n), mn = mx > (T)*m ? mx : (T)*m;                                               \
+        if (mn == -INFINITY) {                                                                        \
+            for (int64_t i = 0; i < n; i++) r[i] = 0;                                                 \
+            return 1;                                                                                 \
+        }                                                                                             \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; i++) r[i] = EXP(r[i] - mn);                    \
+        double s = SUM(r, n), alpha = *m == -INFINITY ? 0 : *m == (double)mn ? 1 : exp(*m - (double)mn); \
+        *m = mn;                                                                                      \
+        *l = *l * alpha + s;                                                                          \
+        return alpha;                                                                                 \
+    }                                                                                                 \
+    CLONES static void scale_##SFX(T *restrict r, int64_t n, double f) {                              \
+        T ft = (T)f;                                                                                  \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; i++) r[i] *= ft;                               \
+    }                                                                                                 \
+    CLONES static void probs_##SFX(T *restrict r, int64_t n, double lse) {                            \
+        T m = (T)lse;                                                                                 \
+        if (lse == -INFINITY) {                                                                       \
+            for (int64_t i = 0; i < n; i++) r[i] = 0;                                                 \
+            return;                                                                                   \
+        }                                                                                             \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; i++) r[i] = EXP(r[i] - m);                     \
+    }                                                                                                 \
+    CLONES static void dscores_##SFX(T *restrict dp, const T *restrict pr, int64_t n) {               \
+        double d = 0;                                                                                 \
+        _Pragma("omp simd reduction(+ : d)") for (int64_t i = 0; i < n; i++) d += (double)(pr[i] * dp[i]); \
+        T dt = (T)d;                                                                                  \
+        _Pragma("omp simd") for (int64_t i = 0; i < n; i++) dp[i] = pr[i] * (dp[i] - dt);             \
+    }
+
+ROW_MATH(float, f32, tc_expf, maxf, sumf, TC_SIMD_CLONES)
+ROW_MATH(double, f64, exp, maxd, sumd, )
+
+typedef struct {
+    void (*drop)(void *r, int64_t n, uint64_t first, double p, uint64_t seed, uint64_t offset);
+    double (*online)(void *r, int64_t n, double *m, double *l);
+    void (*scale)(void *r, int64_t n, double f);
+    void (*probs)(void *r, int64_t n, double lse);
+    void (*dscores)(void *dp, const void *pr, int64_t n);
+} row_math;
+
+#define ROW_TABLE(SFX)                                                                                 \
+    {(void (*)(void *, int64_t, uint64_t, double, uint64_t, uint64_t))drop_##SFX,                      \
+     (double (*)(void *, int64_t, double *, double *))online_##SFX, (void (*)(void *, int64_t, double))scale_##SFX, \
+     (void (*)(void *, int64_t, double))probs_##SFX, (void (*)(void *, const void *, int64_t))dscores_##SFX}
+static const row_math ROWS_F32 = ROW_TABLE(f32), ROWS_F64 = ROW_TABLE(f64);
 
 /* ---- dropout -------------------------------------------------------------------------------- */
-
-/* r[j] *= keep / (1 - p) for the elements first + j of the Philox stream at (seed, offset) */
-static void drop_row(double *r, int64_t n, uint64_t first, double p, uint64_t seed, uint64_t offset) {
-    double scale = p < 1 ? 1 / (1 - p) : 0;
-    uint32_t w[4];
-    for (int64_t j = 0; j < n; j++) {
-        uint64_t i = first + (uint64_t)j;
-        if (j == 0 || i % 4 == 0) tc_philox(seed, offset + i / 4, w);
-        r[j] = tc_philox_u01_open(w[i % 4]) >= p ? r[j] * scale : 0;
-    }
-}
 
 /* runs of the last dim (any strides), or blocks of a contiguous x */
 int tc_cpu_dropout(tc_tensor *y, const tc_tensor *x, double p, uint64_t seed, uint64_t offset) {
@@ -44,7 +137,7 @@ int tc_cpu_dropout(tc_tensor *y, const tc_tensor *x, double p, uint64_t seed, ui
             const char *src = flat ? (const char *)tc_data(x) + first * es
                                    : (const char *)tc_data(x) + tc_cpu_offset_of(k, x->ndim - 1, x->shape, x->stride) * es;
             tc_cpu_load_row(r, src, n, flat ? 1 : x->stride[x->ndim - 1], x->dtype);
-            drop_row(r, n, (uint64_t)first, p, seed, offset);
+            drop_f64(r, n, (uint64_t)first, p, seed, offset);
             tc_cpu_store_row((char *)tc_data(y) + first * (int64_t)tc_dtype_size(y->dtype), r, n, 1, y->dtype);
         }
         free(r);
@@ -52,7 +145,7 @@ int tc_cpu_dropout(tc_tensor *y, const tc_tensor *x, double p, uint64_t seed, ui
     return err ? tc_error("dropout: out of memory") : TC_OK;
 }
 
-/* ---- GEMM on one slice ---------------------------------------------------------------------- */
+/* ---- GEMM on tiles -------------------------------------------------------------------------- */
 typedef struct {
     char *p;
     bool t; /* stored transposed: element (i, j) at p[i + j * ld] */
@@ -68,6 +161,12 @@ static mat mat_of(const tc_tensor *t, int64_t b) {
     if (cs == 1 && (rows <= 1 || rs >= cols)) m.ld = (int)(rows <= 1 ? cols : rs);
     else { m.t = true; m.ld = (int)(cols <= 1 ? rows : cs); }
     if (m.ld < 1) m.ld = 1;
+    return m;
+}
+
+/* m from its row r0 on */
+static mat from_row(mat m, int64_t r0, size_t es) {
+    m.p += (m.t ? r0 : r0 * m.ld) * (int64_t)es;
     return m;
 }
 
@@ -93,11 +192,13 @@ static void gemm(tc_dtype dt, int64_t M, int64_t N, int64_t K, double alpha, mat
                     (const double *)b.p, b.ld, beta, (double *)c, (int)N);
 }
 
-/* ---- attention --------------------------------------------------------------------------- */
+/* ---- the problem ---------------------------------------------------------------------------- */
 typedef struct {
     int nb;                /* batch dims */
     int64_t B, L, S, E, Ev;
     tc_dtype dt;           /* compute dtype: f32 or f64 */
+    size_t es;
+    const row_math *rm;
     const tc_tensor *mask;
     const tc_sdpa_params *p;
 } attn;
@@ -106,251 +207,217 @@ static attn attn_of(const tc_tensor *q, const tc_tensor *k, const tc_tensor *v, 
                     const tc_sdpa_params *p) {
     int nb = q->ndim - 2;
     attn a = {nb, tc_shape_numel(nb, q->shape), q->shape[nb], k->shape[nb], q->shape[nb + 1], v->shape[nb + 1],
-              q->dtype, mask, p};
+              q->dtype, tc_dtype_size(q->dtype), q->dtype == TC_F32 ? &ROWS_F32 : &ROWS_F64, mask, p};
     return a;
 }
 
-/* row l of slice b's scores, masked: r += mask, -inf where not attended */
-static void mask_row(const attn *a, int64_t b, int64_t l, double *r, double *tmp) {
-    if (a->p->causal)
-        for (int64_t s = l + 1; s < a->S; s++) r[s] = -INFINITY;
+static char *at(void *buf, size_t es, int64_t i) { return (char *)buf + i * (int64_t)es; }
+
+/* the keys rows [i0, i0 + nr) can attend: all S, or under causal those up to the last row */
+static int64_t keys_of(const attn *a, int64_t i0, int64_t nr) {
+    return a->p->causal && i0 + nr < a->S ? i0 + nr : a->S;
+}
+
+/* row l of slice b's scores at keys c0 .. c0 + n - 1 (r, in the compute dtype), masked in
+ * place: -inf where causal or a bool mask hides a key, plus a float mask */
+static void mask_row(const attn *a, int64_t b, int64_t l, int64_t c0, void *r, int64_t n) {
+    bool f32 = a->dt == TC_F32;
+    if (a->p->causal) {
+        int64_t first = l + 1 > c0 ? l + 1 - c0 : 0;
+        if (f32) for (int64_t s = first; s < n; s++) ((float *)r)[s] = -INFINITY;
+        else for (int64_t s = first; s < n; s++) ((double *)r)[s] = -INFINITY;
+    }
     const tc_tensor *m = a->mask;
     if (!m) return;
     int nb = a->nb;
     int64_t ms = m->stride[nb + 1];
-    const char *mp = (const char *)tc_data(m) +
-                     (tc_cpu_offset_of(b, nb, m->shape, m->stride) + l * m->stride[nb]) * (int64_t)tc_dtype_size(m->dtype);
+    const char *mp = at(tc_data(m), tc_dtype_size(m->dtype),
+                        tc_cpu_offset_of(b, nb, m->shape, m->stride) + l * m->stride[nb] + c0 * ms);
     if (m->dtype == TC_BOOL) {
-        for (int64_t s = 0; s < a->S; s++)
-            if (!mp[s * ms]) r[s] = -INFINITY;
+        for (int64_t s = 0; s < n; s++)
+            if (!mp[s * ms]) {
+                if (f32) ((float *)r)[s] = -INFINITY;
+                else ((double *)r)[s] = -INFINITY;
+            }
+    } else if (m->dtype == TC_F32 && f32) {
+        for (int64_t s = 0; s < n; s++) ((float *)r)[s] += ((const float *)mp)[s * ms];
     } else {
-        tc_cpu_load_row(tmp, mp, a->S, ms, m->dtype);
-        for (int64_t s = 0; s < a->S; s++) r[s] += tmp[s];
+        int64_t mes = (int64_t)tc_dtype_size(m->dtype);
+        for (int64_t s = 0; s < n; s++) {
+            double x = tc_load(mp + s * ms * mes, m->dtype);
+            if (f32) ((float *)r)[s] += (float)x;
+            else ((double *)r)[s] += x;
+        }
     }
 }
 
-/* softmax in place; a row with nothing to attend becomes 0 (lse -inf) */
-static double softmax_masked(double *r, int64_t n) {
-    double m = -INFINITY, s = 0;
-    for (int64_t i = 0; i < n; i++) m = r[i] > m ? r[i] : m;
-    if (m == -INFINITY) {
-        for (int64_t i = 0; i < n; i++) r[i] = 0;
-        return -INFINITY;
+/* work split over the threads when there is enough of it */
+static bool threaded(const attn *a) { return a->B * a->L * a->S >= PAR_MIN && omp_get_max_threads() > 1; }
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+/* rows [i0, i0 + nr) of slice b: o [nr, Ev] (the output's rows) and the rows' logsumexp;
+ * sc: a [BR, min(S, BC)] tile, m and l: BR running maxima and sums */
+static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat q, mat k, mat v, char *o,
+                          tc_tensor *lse, char *sc, double *m, double *l) {
+    const row_math *rm = a->rm;
+    const tc_sdpa_params *p = a->p;
+    size_t es = a->es;
+    int64_t Ev = a->Ev, keys = keys_of(a, i0, nr);
+    if (keys == 0) memset(o, 0, (size_t)(nr * Ev) * es); /* else the first tile's product sets o */
+    for (int64_t r = 0; r < nr; r++) m[r] = -INFINITY, l[r] = 0;
+    for (int64_t c0 = 0; c0 < keys; c0 += BC) {
+        int64_t nc = keys - c0 < BC ? keys - c0 : BC;
+        gemm(a->dt, nr, nc, a->E, p->scale, from_row(q, i0, es), transposed(from_row(k, c0, es)), 0, sc);
+        for (int64_t r = 0; r < nr; r++) {
+            char *row = at(sc, es, r * nc);
+            mask_row(a, b, i0 + r, c0, row, nc);
+            double alpha = rm->online(row, nc, &m[r], &l[r]);
+            if (alpha != 1 && c0 > 0) rm->scale(at(o, es, r * Ev), Ev, alpha); /* o is 0 before the first */
+            if (p->dropout_p > 0)
+                rm->drop(row, nc, (uint64_t)((b * a->L + i0 + r) * a->S + c0), p->dropout_p, p->seed, p->offset);
+        }
+        gemm(a->dt, nr, Ev, nc, 1, dense(sc, nc), from_row(v, c0, es), c0 > 0, o);
     }
-    for (int64_t i = 0; i < n; i++) s += (r[i] = exp(r[i] - m));
-    double inv = 1 / s;
-    for (int64_t i = 0; i < n; i++) r[i] *= inv;
-    return m + log(s);
+    for (int64_t r = 0; r < nr; r++) { /* lse has the compute dtype */
+        rm->scale(at(o, es, r * Ev), Ev, l[r] > 0 ? 1 / l[r] : 0);
+        double x = l[r] > 0 ? m[r] + log(l[r]) : -INFINITY;
+        if (a->dt == TC_F32) ((float *)tc_data(lse))[b * a->L + i0 + r] = (float)x;
+        else ((double *)tc_data(lse))[b * a->L + i0 + r] = x;
+    }
 }
 
-static char *row_ptr(void *buf, tc_dtype dt, int64_t i) { return (char *)buf + i * (int64_t)tc_dtype_size(dt); }
-
-/* per-thread scratch rows: n doubles each, k per thread */
-static double *scratch(int64_t n, int k) {
-    return malloc((size_t)omp_get_max_threads() * (size_t)k * (size_t)(n + 1) * sizeof(double));
-}
-#define MY_ROWS(base, n, k) ((base) + (size_t)omp_get_thread_num() * (size_t)(k) * (size_t)((n) + 1))
-
-static int sdpa_typed(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
-                      const tc_tensor *mask, const tc_sdpa_params *p) {
+static int sdpa_forward(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
+                        const tc_tensor *mask, const tc_sdpa_params *p) {
     attn a = attn_of(q, k, v, mask, p);
-    int64_t L = a.L, S = a.S;
-    size_t es = tc_dtype_size(a.dt);
-    void *sc = malloc((size_t)(L * S + 1) * es); /* scores, then probabilities: [L, S] */
-    double *rows = scratch(S, 2);
-    if (!sc || !rows) { free(sc); free(rows); return tc_error("scaled_dot_product_attention: out of memory"); }
-    for (int64_t b = 0; b < a.B; b++) {
-        gemm(a.dt, L, S, a.E, p->scale, mat_of(q, b), transposed(mat_of(k, b)), 0, sc);
-#pragma omp parallel for schedule(static) if (L > 1 && L * S >= PAR_MIN)
-        for (int64_t l = 0; l < L; l++) {
-            double *r = MY_ROWS(rows, S, 2), *tmp = r + S + 1;
-            tc_cpu_load_row(r, row_ptr(sc, a.dt, l * S), S, 1, a.dt);
-            mask_row(&a, b, l, r, tmp);
-            double m = softmax_masked(r, S);
-            if (p->dropout_p > 0) drop_row(r, S, (uint64_t)((b * L + l) * S), p->dropout_p, p->seed, p->offset);
-            tc_cpu_store_row(row_ptr(sc, a.dt, l * S), r, S, 1, a.dt);
-            tc_store(row_ptr(tc_data(lse), lse->dtype, b * L + l), lse->dtype, m);
+    int64_t nblk = (a.L + BR - 1) / BR, Ev = a.Ev, tile = a.S < BC ? a.S : BC;
+    int err = 0;
+#pragma omp parallel reduction(max : err) if (threaded(&a))
+    {
+        char *sc = malloc((size_t)(BR * tile + 1) * a.es);
+        double *m = malloc(2 * BR * sizeof *m);
+        if (!sc || !m) err = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < a.B * nblk; t++) {
+            if (!sc || !m) continue;
+            int64_t b = t / nblk, i0 = t % nblk * BR, nr = a.L - i0 < BR ? a.L - i0 : BR;
+            forward_block(&a, b, i0, nr, mat_of(q, b), mat_of(k, b), mat_of(v, b),
+                          at(tc_data(out), a.es, (b * a.L + i0) * Ev), lse, sc, m, m + BR);
         }
-        gemm(a.dt, L, a.Ev, S, 1, dense(sc, S), mat_of(v, b), 0, row_ptr(tc_data(out), a.dt, b * L * a.Ev));
+        free(sc);
+        free(m);
     }
-    free(sc);
-    free(rows);
-    return TC_OK;
+    return err ? tc_error("scaled_dot_product_attention: out of memory") : TC_OK;
 }
 
-/* Per slice, with P the probabilities and Pd = P after dropout:
- *   gv = Pd^T gout;  dP = (gout v^T) * dropout mask;  dS = P * (dP - rowsum(P dP));
- *   gq = scale dS k;  gk = scale dS^T q;  gmask = dS */
-static int sdpa_backward_typed(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor *gmask, const tc_tensor *gout,
-                               const tc_tensor *q, const tc_tensor *k, const tc_tensor *v, const tc_tensor *mask,
-                               const tc_tensor *lse, const tc_sdpa_params *p) {
-    attn a = attn_of(q, k, v, mask, p);
-    int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev;
-    size_t es = tc_dtype_size(a.dt);
-    bool drop = p->dropout_p > 0, need_ds = gq || gk || gmask;
-    void *pb = malloc((size_t)(L * S + 1) * es), *db = malloc((size_t)(L * S + 1) * es); /* P and Pd/dP/dS */
-    double *rows = scratch(S, 2);
-    if (!pb || !db || !rows) {
-        free(pb); free(db); free(rows);
-        return tc_error("scaled_dot_product_attention backward: out of memory");
+/* ---- backward ------------------------------------------------------------------------------- */
+typedef struct {
+    tc_tensor *gq, *gk, *gv, *gmask;
+    const tc_tensor *gout, *q, *k, *v, *lse;
+} grads;
+
+/* Rows [i0, i0 + nr) of slice b, with P their probabilities, Pd = P after dropout, and the
+ * strips pb, db [nr, keys]:
+ *   gv += Pd^T gout;  dP = (gout v^T) * dropout mask;  dS = P * (dP - rowsum(P dP));
+ *   gq = scale dS k;  gk += scale dS^T q;  gmask = dS
+ * gk and gv point at the slice's accumulators [S, E] and [S, Ev]; gq at its rows of the output */
+static void backward_block(const attn *a, const grads *g, int64_t b, int64_t i0, int64_t nr, char *gq, char *gk,
+                           char *gv, char *pb, char *db) {
+    const row_math *rm = a->rm;
+    const tc_sdpa_params *p = a->p;
+    size_t es = a->es;
+    int64_t keys = keys_of(a, i0, nr);
+    bool drop = p->dropout_p > 0;
+    mat q = mat_of(g->q, b), k = mat_of(g->k, b), v = mat_of(g->v, b), go = from_row(mat_of(g->gout, b), i0, es);
+    gemm(a->dt, nr, keys, a->E, p->scale, from_row(q, i0, es), transposed(k), 0, pb);
+    for (int64_t r = 0; r < nr; r++) {
+        char *row = at(pb, es, r * keys);
+        mask_row(a, b, i0 + r, 0, row, keys);
+        rm->probs(row, keys, tc_load(at(tc_data(g->lse), tc_dtype_size(g->lse->dtype), b * a->L + i0 + r), g->lse->dtype));
     }
-    for (int64_t b = 0; b < a.B; b++) {
-        gemm(a.dt, L, S, E, p->scale, mat_of(q, b), transposed(mat_of(k, b)), 0, pb);
-#pragma omp parallel for schedule(static) if (L > 1 && L * S >= PAR_MIN)
-        for (int64_t l = 0; l < L; l++) {
-            double *r = MY_ROWS(rows, S, 2), *tmp = r + S + 1;
-            double m = tc_load(row_ptr(tc_data(lse), lse->dtype, b * L + l), lse->dtype);
-            tc_cpu_load_row(r, row_ptr(pb, a.dt, l * S), S, 1, a.dt);
-            mask_row(&a, b, l, r, tmp);
-            for (int64_t s = 0; s < S; s++) r[s] = m == -INFINITY ? 0 : exp(r[s] - m);
-            tc_cpu_store_row(row_ptr(pb, a.dt, l * S), r, S, 1, a.dt);
-            if (!drop || !gv) continue;
-            drop_row(r, S, (uint64_t)((b * L + l) * S), p->dropout_p, p->seed, p->offset);
-            tc_cpu_store_row(row_ptr(db, a.dt, l * S), r, S, 1, a.dt);
+    if (gv) {
+        if (drop) {
+            memcpy(db, pb, (size_t)(nr * keys) * es);
+            for (int64_t r = 0; r < nr; r++)
+                rm->drop(at(db, es, r * keys), keys, (uint64_t)((b * a->L + i0 + r) * a->S), p->dropout_p, p->seed, p->offset);
         }
-        mat go = mat_of(gout, b);
-        if (gv) gemm(a.dt, S, Ev, L, 1, transposed(dense(drop ? db : pb, S)), go, 0, row_ptr(tc_data(gv), a.dt, b * S * Ev));
-        if (!need_ds) continue;
-        gemm(a.dt, L, S, Ev, 1, go, transposed(mat_of(v, b)), 0, db);
-#pragma omp parallel for schedule(static) if (L > 1 && L * S >= PAR_MIN)
-        for (int64_t l = 0; l < L; l++) {
-            double *dp = MY_ROWS(rows, S, 2), *pr = dp + S + 1;
-            tc_cpu_load_row(dp, row_ptr(db, a.dt, l * S), S, 1, a.dt);
-            tc_cpu_load_row(pr, row_ptr(pb, a.dt, l * S), S, 1, a.dt);
-            if (drop) drop_row(dp, S, (uint64_t)((b * L + l) * S), p->dropout_p, p->seed, p->offset);
-            double d = 0;
-            for (int64_t s = 0; s < S; s++) d += pr[s] * dp[s];
-            for (int64_t s = 0; s < S; s++) dp[s] = pr[s] * (dp[s] - d);
-            tc_cpu_store_row(row_ptr(db, a.dt, l * S), dp, S, 1, a.dt);
-            if (gmask) tc_cpu_store_row(row_ptr(tc_data(gmask), gmask->dtype, (b * L + l) * S), dp, S, 1, gmask->dtype);
+        gemm(a->dt, keys, a->Ev, nr, 1, transposed(dense(drop ? db : pb, keys)), go, 1, gv);
+    }
+    if (!gq && !gk && !g->gmask) return;
+    gemm(a->dt, nr, keys, a->Ev, 1, go, transposed(v), 0, db);
+    for (int64_t r = 0; r < nr; r++) {
+        char *row = at(db, es, r * keys);
+        if (drop) rm->drop(row, keys, (uint64_t)((b * a->L + i0 + r) * a->S), p->dropout_p, p->seed, p->offset);
+        rm->dscores(row, at(pb, es, r * keys), keys);
+        if (!g->gmask) continue;
+        tc_dtype mdt = g->gmask->dtype;
+        char *gm = at(tc_data(g->gmask), tc_dtype_size(mdt), (b * a->L + i0 + r) * a->S);
+        for (int64_t s = 0; s < a->S; s++) /* keys == S: a float mask excludes causal */
+            tc_store(at(gm, tc_dtype_size(mdt), s), mdt, a->dt == TC_F32 ? ((float *)row)[s] : ((double *)row)[s]);
+    }
+    if (gq) gemm(a->dt, nr, a->E, keys, p->scale, dense(db, keys), k, 0, gq);
+    if (gk) gemm(a->dt, keys, a->E, nr, p->scale, transposed(dense(db, keys)), from_row(q, i0, es), 1, gk);
+}
+
+/* Slices go to the threads whole when there are enough of them (gk and gv summed in place);
+ * otherwise each slice's row blocks are shared out, every thread summing gk and gv into buffers
+ * of its own, added up in thread order afterwards (the same sums on every run) */
+static int sdpa_backward(const grads *g, const tc_tensor *mask, const tc_sdpa_params *p) {
+    attn a = attn_of(g->q, g->k, g->v, mask, p);
+    int64_t nblk = (a.L + BR - 1) / BR, S = a.S, E = a.E, Ev = a.Ev, nacc = S * (E + Ev);
+    size_t es = a.es, strip = (size_t)(BR * S + 1) * es;
+    int nt = threaded(&a) ? omp_get_max_threads() : 1;
+    bool whole = nt == 1 || a.B >= nt;
+    char *accs = whole ? NULL : malloc((size_t)nt * (size_t)nacc * es);
+    int err = !whole && !accs;
+    for (int64_t b0 = 0; b0 < a.B && !err; b0 += whole ? a.B : 1) {
+#pragma omp parallel num_threads(nt) reduction(max : err) if (nt > 1)
+        {
+            char *pb = malloc(2 * strip), *mine = whole ? NULL : at(accs, es, omp_get_thread_num() * nacc);
+            if (!pb) err = 1;
+            if (mine) memset(mine, 0, (size_t)nacc * es);
+            int64_t ntask = whole ? a.B : nblk;
+#pragma omp for schedule(static) /* static: each thread's sums the same blocks on every run */
+            for (int64_t t = 0; t < ntask; t++) { /* whole: slice b0 + t; else block t of slice b0 */
+                int64_t b = b0 + (whole ? t : 0);
+                char *gk = g->gk ? at(tc_data(g->gk), es, b * S * E) : NULL;
+                char *gv = g->gv ? at(tc_data(g->gv), es, b * S * Ev) : NULL;
+                if (mine) {
+                    gk = g->gk ? mine : NULL;
+                    gv = g->gv ? at(mine, es, S * E) : NULL;
+                } else {
+                    if (gk) memset(gk, 0, (size_t)(S * E) * es);
+                    if (gv) memset(gv, 0, (size_t)(S * Ev) * es);
+                }
+                for (int64_t ib = whole ? 0 : t; pb && ib < (whole ? nblk : t + 1); ib++) {
+                    int64_t i0 = ib * BR, nr = a.L - i0 < BR ? a.L - i0 : BR;
+                    char *gq = g->gq ? at(tc_data(g->gq), es, (b * a.L + i0) * E) : NULL;
+                    backward_block(&a, g, b, i0, nr, gq, gk, gv, pb, pb + strip);
+                }
+            }
+            if (mine) { /* gk and gv of slice b0: the threads' sums, in thread order */
+#pragma omp for schedule(static)
+                for (int64_t s = 0; s < S; s++)
+                    for (int part = 0; part < 2; part++) {
+                        tc_tensor *dst = part == 0 ? g->gk : g->gv;
+                        int64_t w = part == 0 ? E : Ev, first = part == 0 ? s * E : S * E + s * Ev;
+                        if (!dst) continue;
+                        char *d = at(tc_data(dst), es, b0 * S * w + s * w);
+                        for (int64_t j = 0; j < w; j++) {
+                            double sum = 0;
+                            for (int th = 0; th < nt; th++) sum += tc_load(at(accs, es, th * nacc + first + j), a.dt);
+                            tc_store(at(d, es, j), a.dt, sum);
+                        }
+                    }
+            }
+            free(pb);
         }
-        if (gq) gemm(a.dt, L, E, S, p->scale, dense(db, S), mat_of(k, b), 0, row_ptr(tc_data(gq), a.dt, b * L * E));
-        if (gk) gemm(a.dt, S, E, L, p->scale, transposed(dense(db, S)), mat_of(q, b), 0, row_ptr(tc_data(gk), a.dt, b * S * E));
     }
-    free(pb);
-    free(db);
-    free(rows);
-    return TC_OK;
+    free(accs);
+    return err ? tc_error("scaled_dot_product_attention backward: out of memory") : TC_OK;
 }
 
-/* ---- f32 without dropout: float scores, vectorised softmax, batch slices in parallel -----
- * Each thread takes whole slices with its own [L, S] buffers; OpenBLAS (the OpenMP build)
- * runs single-threaded inside the parallel region, so the small GEMMs do not fight. */
-static bool f32_path(const tc_tensor *q, const tc_tensor *mask, const tc_sdpa_params *p) {
-    return q->dtype == TC_F32 && p->dropout_p == 0 && (!mask || mask->dtype == TC_BOOL || mask->dtype == TC_F32);
-}
-
-/* row l of slice b's scores, masked in place: + a float mask, -inf where not attended */
-static void mask_row_f32(const attn *a, int64_t b, int64_t l, float *r) {
-    if (a->p->causal)
-        for (int64_t s = l + 1; s < a->S; s++) r[s] = -INFINITY;
-    const tc_tensor *m = a->mask;
-    if (!m) return;
-    int nb = a->nb;
-    int64_t ms = m->stride[nb + 1], off = tc_cpu_offset_of(b, nb, m->shape, m->stride) + l * m->stride[nb];
-    if (m->dtype == TC_BOOL) {
-        const uint8_t *mp = (const uint8_t *)tc_data(m) + off;
-        for (int64_t s = 0; s < a->S; s++)
-            if (!mp[s * ms]) r[s] = -INFINITY;
-    } else {
-        const float *mp = (const float *)tc_data(m) + off;
-        for (int64_t s = 0; s < a->S; s++) r[s] += mp[s * ms];
-    }
-}
-
-/* softmax of r in place; returns the logsumexp (-inf, and r all 0, where nothing is attended) */
-TC_SIMD_CLONES
-static float softmax_row_f32(float *restrict r, int64_t n) {
-    float m = tc_maxf(r, n), s = 0;
-    if (m == -INFINITY) {
-        for (int64_t i = 0; i < n; i++) r[i] = 0;
-        return -INFINITY;
-    }
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) r[i] = tc_expf(r[i] - m);
-#pragma omp simd reduction(+ : s) /* apart: gcc vectorises no reduction around tc_expf's selects */
-    for (int64_t i = 0; i < n; i++) s += r[i];
-    float inv = 1 / s;
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) r[i] *= inv;
-    return m + logf(s);
-}
-
-/* the probabilities again from the masked scores and the row's logsumexp */
-TC_SIMD_CLONES
-static void probs_row_f32(float *restrict r, int64_t n, float lse) {
-    if (lse == -INFINITY) {
-        for (int64_t i = 0; i < n; i++) r[i] = 0;
-        return;
-    }
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) r[i] = tc_expf(r[i] - lse);
-}
-
-/* dS = P * (dP - rowsum(P dP)), in place of dP */
-TC_SIMD_CLONES
-static void dscores_row_f32(float *restrict dp, const float *restrict pr, int64_t n) {
-    double d = 0;
-#pragma omp simd reduction(+ : d)
-    for (int64_t i = 0; i < n; i++) d += (double)(pr[i] * dp[i]);
-    float df = (float)d;
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) dp[i] = pr[i] * (dp[i] - df);
-}
-
-static bool slices_in_parallel(const attn *a) { return a->B > 1 && a->B * a->L * a->S >= PAR_MIN; }
-
-static int sdpa_f32(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
-                    const tc_tensor *mask, const tc_sdpa_params *p) {
-    attn a = attn_of(q, k, v, mask, p);
-    int64_t L = a.L, S = a.S, Ev = a.Ev, LS = L * S + 1;
-    float *bufs = malloc((size_t)omp_get_max_threads() * (size_t)LS * sizeof *bufs); /* [L, S] per thread */
-    if (!bufs) return tc_error("scaled_dot_product_attention: out of memory");
-    float *op = tc_data(out), *lp = tc_data(lse);
-#pragma omp parallel for schedule(static) if (slices_in_parallel(&a))
-    for (int64_t b = 0; b < a.B; b++) {
-        float *sc = bufs + (size_t)omp_get_thread_num() * (size_t)LS;
-        gemm(TC_F32, L, S, a.E, p->scale, mat_of(q, b), transposed(mat_of(k, b)), 0, sc);
-        for (int64_t l = 0; l < L; l++) {
-            mask_row_f32(&a, b, l, sc + l * S);
-            lp[b * L + l] = softmax_row_f32(sc + l * S, S);
-        }
-        gemm(TC_F32, L, Ev, S, 1, dense(sc, S), mat_of(v, b), 0, op + b * L * Ev);
-    }
-    free(bufs);
-    return TC_OK;
-}
-
-/* as sdpa_backward_typed without dropout and the mask's gradient */
-static int sdpa_backward_f32(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, const tc_tensor *gout, const tc_tensor *q,
-                             const tc_tensor *k, const tc_tensor *v, const tc_tensor *mask, const tc_tensor *lse,
-                             const tc_sdpa_params *p) {
-    attn a = attn_of(q, k, v, mask, p);
-    int64_t L = a.L, S = a.S, E = a.E, Ev = a.Ev, LS = L * S + 1;
-    float *bufs = malloc((size_t)omp_get_max_threads() * 2 * (size_t)LS * sizeof *bufs); /* P and dP, per thread */
-    if (!bufs) return tc_error("scaled_dot_product_attention backward: out of memory");
-    const float *lp = tc_data(lse);
-#pragma omp parallel for schedule(static) if (slices_in_parallel(&a))
-    for (int64_t b = 0; b < a.B; b++) {
-        float *pb = bufs + (size_t)omp_get_thread_num() * 2 * (size_t)LS, *db = pb + LS;
-        gemm(TC_F32, L, S, E, p->scale, mat_of(q, b), transposed(mat_of(k, b)), 0, pb);
-        for (int64_t l = 0; l < L; l++) {
-            mask_row_f32(&a, b, l, pb + l * S);
-            probs_row_f32(pb + l * S, S, lp[b * L + l]);
-        }
-        mat go = mat_of(gout, b);
-        if (gv) gemm(TC_F32, S, Ev, L, 1, transposed(dense(pb, S)), go, 0, (float *)tc_data(gv) + b * S * Ev);
-        if (!gq && !gk) continue;
-        gemm(TC_F32, L, S, Ev, 1, go, transposed(mat_of(v, b)), 0, db);
-        for (int64_t l = 0; l < L; l++) dscores_row_f32(db + l * S, pb + l * S, S);
-        if (gq) gemm(TC_F32, L, E, S, p->scale, dense(db, S), mat_of(k, b), 0, (float *)tc_data(gq) + b * L * E);
-        if (gk) gemm(TC_F32, S, E, L, p->scale, transposed(dense(db, S)), mat_of(q, b), 0, (float *)tc_data(gk) + b * S * E);
-    }
-    free(bufs);
-    return TC_OK;
-}
-
-/* ---- f16 and bf16: through f32 copies (the CPU is not where they are fast) --------------- */
+/* ---- entry points: f32 and f64 directly, f16 and bf16 through f32 copies ------------------- */
 static tc_tensor *f32_copy(const tc_tensor *t) {
     if (!t) return NULL;
     tc_tensor *c = tc_empty_like(t, TC_F32);
@@ -364,10 +431,9 @@ static bool narrow_float(tc_dtype dt) { return dt == TC_F16 || dt == TC_BF16; }
 
 int tc_cpu_sdpa(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
                 const tc_tensor *mask, const tc_sdpa_params *p) {
-    if (f32_path(q, mask, p)) return sdpa_f32(out, lse, q, k, v, mask, p);
-    if (!narrow_float(q->dtype)) return sdpa_typed(out, lse, q, k, v, mask, p);
+    if (!narrow_float(q->dtype)) return sdpa_forward(out, lse, q, k, v, mask, p);
     tc_tensor *qf = f32_copy(q), *kf = f32_copy(k), *vf = f32_copy(v), *of = f32_out(out);
-    int rc = qf && kf && vf && of ? tc_cpu_sdpa(of, lse, qf, kf, vf, mask, p) : TC_ERR; /* f32's fast path */
+    int rc = qf && kf && vf && of ? sdpa_forward(of, lse, qf, kf, vf, mask, p) : TC_ERR;
     if (rc == TC_OK) rc = tc_cpu_copy(out, of);
     tc_tensor *tmp[] = {qf, kf, vf, of};
     for (int i = 0; i < 4; i++) tc_tensor_release(tmp[i]);
@@ -377,12 +443,14 @@ int tc_cpu_sdpa(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_ten
 int tc_cpu_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor *gmask, const tc_tensor *gout,
                          const tc_tensor *q, const tc_tensor *k, const tc_tensor *v, const tc_tensor *mask,
                          const tc_tensor *lse, const tc_sdpa_params *p) {
-    if (f32_path(q, mask, p) && !gmask) return sdpa_backward_f32(gq, gk, gv, gout, q, k, v, mask, lse, p);
-    if (!narrow_float(q->dtype)) return sdpa_backward_typed(gq, gk, gv, gmask, gout, q, k, v, mask, lse, p);
+    if (!narrow_float(q->dtype)) {
+        grads g = {gq, gk, gv, gmask, gout, q, k, v, lse};
+        return sdpa_backward(&g, mask, p);
+    }
     tc_tensor *qf = f32_copy(q), *kf = f32_copy(k), *vf = f32_copy(v), *gof = f32_copy(gout);
     tc_tensor *gqf = f32_out(gq), *gkf = f32_out(gk), *gvf = f32_out(gv);
-    int rc = qf && kf && vf && gof && (gqf || !gq) && (gkf || !gk) && (gvf || !gv)
-                 ? tc_cpu_sdpa_backward(gqf, gkf, gvf, gmask, gof, qf, kf, vf, mask, lse, p) : TC_ERR;
+    grads g = {gqf, gkf, gvf, gmask, gof, qf, kf, vf, lse};
+    int rc = qf && kf && vf && gof && (gqf || !gq) && (gkf || !gk) && (gvf || !gv) ? sdpa_backward(&g, mask, p) : TC_ERR;
     if (rc == TC_OK && gq) rc = tc_cpu_copy(gq, gqf);
     if (rc == TC_OK && gk) rc = tc_cpu_copy(gk, gkf);
     if (rc == TC_OK && gv) rc = tc_cpu_copy(gv, gvf);
