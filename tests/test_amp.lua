@@ -356,13 +356,15 @@ tests["autocast: gradient checkpointing replays the forward in its precision"] =
   y:to("f32"):sum():backward() -- outside the scope
   assert(#seen == 2 and seen[1] == "bf16" and seen[2] == "bf16", table.concat(seen, " "))
   assert(w.grad.dtype == "f32")
-  -- a whole UNet: the same loss; gradients that differ only by where bf16 sums round
+  -- a whole UNet: the same loss; gradients that differ only by where bf16 sums round (the
+  -- gradients reach a parameter in another order when the forward is replayed: up to 2.6 bf16
+  -- ulps of the largest value seen, so 4 allowed)
   local l1, g1 = unet_step("bf16", false)
   local l2, g2 = unet_step("bf16", true)
   assert(l1:item() == l2:item())
   for name, g in pairs(g1) do
     local e = rel_err(g2[name], g)
-    assert(e < TOL.bf16, string.format("%s: %.3g", name, e))
+    assert(e < 4 * 2^-7, string.format("%s: %.3g", name, e))
   end
 end
 
