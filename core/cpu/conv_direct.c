@@ -103,15 +103,25 @@ static void pad_image(float *xp, const float *x, int64_t C, int64_t H, int64_t W
         }
 }
 
+/* output channel blocks [k0, k1) of one image, through the clone for its width */
+static void run_blocks(float *y, const float *xp, const float *wp, const float *bp, int64_t C, int64_t O, int64_t OH,
+                       int64_t OW, int64_t HP, int64_t WP, int64_t kh, int64_t kw, int64_t k0, int64_t k1) {
+    int64_t o0 = k0 * OB, o1 = k1 * OB < O ? k1 * OB : O, kk = C * kh * kw * OB;
+    float *yb = y + o0 * OH * OW;
+    const float *wb = wp + k0 * kk, *bb = bp + o0;
+    if (OW <= 8) image_8(yb, xp, wb, bb, C, o1 - o0, OH, OW, HP, WP, kh, kw);
+    else image_16(yb, xp, wb, bb, C, o1 - o0, OH, OW, HP, WP, kh, kw);
+}
+
 int tc_cpu_conv_direct(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d) {
     int64_t N = d->N, C = d->C, H = d->H, W = d->W, O = d->O, OH = d->OH, OW = d->OW, kh = d->kh, kw = d->kw;
     int64_t HP = OH + kh, WP = OW + kw - 1 + 16, nb = (O + OB - 1) / OB;
     int64_t kk = C * kh * kw;
     int nt = omp_get_max_threads();
-    if (nt > N) nt = N > 0 ? (int)N : 1;
+    int npads = N >= nt ? nt : 1;
     /* packed weights [nb][C][kh][kw][OB] and bias [nb * OB], then one padded image per thread */
     size_t wsize = (size_t)(nb * kk * OB), psize = (size_t)(C * HP * WP);
-    float *buf = malloc((wsize + (size_t)(nb * OB) + (size_t)nt * psize) * sizeof(float));
+    float *buf = malloc((wsize + (size_t)(nb * OB) + (size_t)npads * psize) * sizeof(float));
     if (!buf) return tc_error("conv2d: out of memory for the padded input");
     float *wp = buf, *bp = buf + wsize, *pads = bp + nb * OB;
     for (int64_t o = 0; o < nb * OB; o++) {
@@ -126,14 +136,20 @@ int tc_cpu_conv_direct(float *y, const float *x, const float *w, const float *b,
             wp[(o / OB * kk + k) * OB + o % OB] = v;
         }
     }
+    if (N >= nt) { /* threads take whole images */
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        float *xp = pads + (size_t)omp_get_thread_num() * psize;
-        pad_image(xp, x + n * C * H * W, C, H, W, HP, WP, d->ph, d->pw);
-        float *yn = y + n * O * OH * OW;
-        if (OW <= 8) image_8(yn, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw);
-        else image_16(yn, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw);
-    }
+        for (int64_t n = 0; n < N; n++) {
+            float *xp = pads + (size_t)omp_get_thread_num() * psize;
+            pad_image(xp, x + n * C * H * W, C, H, W, HP, WP, d->ph, d->pw);
+            run_blocks(y + n * O * OH * OW, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw, 0, nb);
+        }
+    } else /* fewer images than threads: they share each image's blocks of output channels */
+        for (int64_t n = 0; n < N; n++) {
+            pad_image(pads, x + n * C * H * W, C, H, W, HP, WP, d->ph, d->pw);
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
+            for (int64_t k = 0; k < nb; k++)
+                run_blocks(y + n * O * OH * OW, pads, wp, bp, C, O, OH, OW, HP, WP, kh, kw, k, k + 1);
+        }
     free(buf);
     return TC_OK;
 }
