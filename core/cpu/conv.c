@@ -344,9 +344,9 @@ static int conv2d_f32_copy(tc_tensor *y, const tc_tensor *x, const tc_tensor *w,
     return rc;
 }
 
-/* whether the direct kernel's AVX-512 clone runs here: its AVX2 clone spills the tile's 16 ymm
- * accumulators and measured no faster than im2col + GEMM (16 -> 16 channels at 32x32: 2.20
- * against 2.29 ms; 64 -> 64 at 8x8: 2.03 against 1.85 ms, one thread) */
+/* whether the direct kernel (AVX-512) can run here. A version built for AVX2 (8 channels x 16
+ * pixels in 16 ymm registers, which spilled) measured no faster than im2col + GEMM: 16 -> 16
+ * channels at 32x32 2.20 against 2.29 ms, 64 -> 64 at 8x8 2.03 against 1.85 ms (one thread). */
 static bool avx512(void) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(TC_SIMD_NO_AVX512)
     return __builtin_cpu_supports("avx512f");

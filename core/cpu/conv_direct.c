@@ -1,94 +1,104 @@
 /* conv_direct.c (cpu): f32 convolution with stride 1, no dilation and one group, computed
- * straight from a zero-padded copy of each image, without a column matrix. A tile of output
- * (OB channels x VW adjacent pixels of one row) stays in registers while the loop runs over
- * the input channels and taps: each step loads VW input floats once and adds them, times one
- * weight each, into the OB channels. conv.c decides when this path runs (conv_direct_fits). */
+ * straight from a zero-padded copy of each image, without a column matrix, in AVX-512. A tile
+ * of output (8 channels x 32 pixels: one row of 32, two of 16 or four of 8) stays in 16 zmm
+ * registers while the loop runs over the input channels and taps: each step loads the tile's
+ * 32 input pixels once and adds them, times one weight each, into the 8 channels. conv.c
+ * decides when this path runs (direct_fits). */
 #include "cpu.h"
-#include "vecmath.h"
 
 #include <omp.h>
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define AVX512 __attribute__((target("arch=x86-64-v4")))
+#define OB 8 /* output channels per tile */
 
-/* a tile of ob channels x 16 pixels, rows of vr pixels (16: one row; 8: two rows of 8):
- * acc[o][v] = bias[o] + the sum over c, i, j of wp[c][i][j][o] * x[c][i + v / vr][j + v % vr]
- * (x: the tile's first input pixel in the padded image, rows wp_ apart, planes plane apart).
- * Stored to y (channels ohw apart, rows ow_ apart): nr rows of nc pixels. */
-ALWAYS_INLINE void tile(float *restrict y, int64_t ohw, int64_t ow_, int64_t nr, int64_t nc, const float *restrict x,
-                        int64_t wp_, int64_t plane, const float *restrict wp, const float *restrict bias, int64_t C,
-                        int64_t kh, int64_t kw, const int ob, const int vr) {
-    float acc[8][16];
-    for (int o = 0; o < ob; o++)
-        for (int v = 0; v < 16; v++) acc[o][v] = bias[o];
+/* a tile of 8 output channels x 32 pixels (16 zmm accumulators), as 32 / vr rows of vr
+ * pixels (vr: 32, 16 or 8): acc = bias + the sum over c, i, j of wp[c][i][j][o] *
+ * x[c][i + row][j + col] (x: the tile's first input pixel in the padded image, rows wp_
+ * apart, planes plane apart). Stored to y (channels ohw apart, rows ow_ apart): nr rows of nc
+ * pixels. */
+static inline __attribute__((always_inline)) AVX512 void tile(float *y, int64_t ohw, int64_t ow_, int64_t nr,
+                                                              int64_t nc, const float *x, int64_t wp_,
+                                                              int64_t plane, const float *wp, const float *bias,
+                                                              int64_t C, int64_t kh, int64_t kw, const int vr) {
+    __m512 acc[OB][2];
+#pragma GCC unroll 8
+    for (int o = 0; o < OB; o++) acc[o][0] = acc[o][1] = _mm512_set1_ps(bias[o]);
     for (int64_t c = 0; c < C; c++)
         for (int64_t i = 0; i < kh; i++)
             for (int64_t j = 0; j < kw; j++) {
                 const float *xr = x + c * plane + i * wp_ + j;
-                const float *wr = wp + ((c * kh + i) * kw + j) * ob;
+                const float *wr = wp + ((c * kh + i) * kw + j) * OB;
+                __m512 x0, x1;
+                if (vr == 32) {
+                    x0 = _mm512_loadu_ps(xr);
+                    x1 = _mm512_loadu_ps(xr + 16);
+                } else if (vr == 16) {
+                    x0 = _mm512_loadu_ps(xr);
+                    x1 = _mm512_loadu_ps(xr + wp_);
+                } else {
+                    x0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xr)), _mm256_loadu_ps(xr + wp_), 1);
+                    x1 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xr + 2 * wp_)),
+                                            _mm256_loadu_ps(xr + 3 * wp_), 1);
+                }
 #pragma GCC unroll 8
-                for (int o = 0; o < ob; o++) {
-                    float wv = wr[o];
-#pragma omp simd
-                    for (int v = 0; v < vr; v++) acc[o][v] += wv * xr[v];
-                    if (vr == 8) /* the second row */
-#pragma omp simd
-                        for (int v = 0; v < 8; v++) acc[o][8 + v] += wv * xr[wp_ + v];
+                for (int o = 0; o < OB; o++) {
+                    __m512 w = _mm512_set1_ps(wr[o]);
+                    acc[o][0] = _mm512_fmadd_ps(w, x0, acc[o][0]);
+                    acc[o][1] = _mm512_fmadd_ps(w, x1, acc[o][1]);
                 }
             }
-    bool full = nr * vr == 16 / vr * vr && nc == vr;
-    for (int o = 0; o < ob; o++) {
-        float *yr = y + o * ohw;
-        if (full && vr == 16) {
-#pragma omp simd
-            for (int v = 0; v < 16; v++) yr[v] = acc[o][v];
-        } else
-            for (int64_t r = 0; r < nr; r++)
-                for (int64_t v = 0; v < nc; v++) yr[r * ow_ + v] = acc[o][r * vr + v];
+    int64_t rows = 32 / vr;
+#pragma GCC unroll 8
+    for (int o = 0; o < OB; o++) {
+        float t[32], *yr = y + o * ohw;
+        _mm512_storeu_ps(t, acc[o][0]);
+        _mm512_storeu_ps(t + 16, acc[o][1]);
+        if (nr == rows && nc == vr)
+            for (int64_t r = 0; r < rows; r++) memcpy(yr + r * ow_, t + r * vr, (size_t)vr * sizeof(float));
+        else
+            for (int64_t r = 0; r < nr; r++) memcpy(yr + r * ow_, t + r * vr, (size_t)nc * sizeof(float));
     }
 }
 
-/* all tiles of one image: y [O, OH, OW] from the padded image xp [C, HP, WP] (HP >= OH + kh,
- * WP >= OW + kw - 1 + 16, so that a tile may read past its row's end and below the last row)
- * and the packed weights (blocks of ob output channels, [O / ob][C][kh][kw][ob], zero beyond
- * O; bias likewise padded) */
-ALWAYS_INLINE void image(float *y, const float *xp, const float *wp, const float *bp, int64_t C, int64_t O,
-                         int64_t OH, int64_t OW, int64_t HP, int64_t WP, int64_t kh, int64_t kw, const int ob,
-                         const int vr) {
-    int64_t ohw = OH * OW, kk = C * kh * kw * ob, rows = 16 / vr;
-    float spill[8 * 16]; /* the rows of a last channel block that are past O: stored here */
-    for (int64_t o0 = 0; o0 < O; o0 += ob) {
-        const float *wb = wp + o0 / ob * kk, *bb = bp + o0;
-        for (int64_t oh = 0; oh < OH; oh += rows)
-            for (int64_t ow = 0; ow < OW; ow += vr) {
-                int64_t nc = OW - ow < vr ? OW - ow : vr, nr = OH - oh < rows ? OH - oh : rows;
-                const float *xt = xp + oh * WP + ow;
-                if (o0 + ob <= O)
-                    tile(y + o0 * ohw + oh * OW + ow, ohw, OW, nr, nc, xt, WP, HP * WP, wb, bb, C, kh, kw, ob, vr);
-                else { /* the last block, short of channels: tile into spill, keep the real ones */
-                    tile(spill, 16, vr, nr, nc, xt, WP, HP * WP, wb, bb, C, kh, kw, ob, vr);
-                    for (int64_t o = 0; o0 + o < O; o++)
-                        for (int64_t r = 0; r < nr; r++)
-                            memcpy(y + (o0 + o) * ohw + (oh + r) * OW + ow, spill + o * 16 + r * vr,
-                                   (size_t)nc * sizeof(float));
-                }
+/* all tiles of one image for the output channels [0, O) (O <= OB is a block's last, short
+ * of channels: its tiles go through spill): y [O, OH, OW] from the padded image xp [C, HP, WP]
+ * (HP >= OH + kh + 3, WP >= OW + kw - 1 + 32: a tile may read past its row's end and below
+ * the last row) and packed weights [C][kh][kw][OB], bias [OB], zero past O */
+static inline __attribute__((always_inline)) AVX512 void block(float *y, const float *xp, const float *wp,
+                                                               const float *bp, int64_t C, int64_t O, int64_t OH,
+                                                               int64_t OW, int64_t HP, int64_t WP, int64_t kh,
+                                                               int64_t kw, const int vr) {
+    int64_t ohw = OH * OW, rows = 32 / vr;
+    float spill[OB * 32];
+    for (int64_t oh = 0; oh < OH; oh += rows)
+        for (int64_t ow = 0; ow < OW; ow += vr) {
+            int64_t nc = OW - ow < vr ? OW - ow : vr, nr = OH - oh < rows ? OH - oh : rows;
+            const float *xt = xp + oh * WP + ow;
+            if (O == OB)
+                tile(y + oh * OW + ow, ohw, OW, nr, nc, xt, WP, HP * WP, wp, bp, C, kh, kw, vr);
+            else {
+                tile(spill, 32, vr, nr, nc, xt, WP, HP * WP, wp, bp, C, kh, kw, vr);
+                for (int64_t o = 0; o < O; o++)
+                    for (int64_t r = 0; r < nr; r++)
+                        memcpy(y + o * ohw + (oh + r) * OW + ow, spill + o * 32 + r * vr, (size_t)nc * sizeof(float));
             }
-    }
+        }
 }
 
-/* the clones: 8 channels x 16 pixels of one row (AVX-512: 8 zmm accumulators), and of two
- * rows for images at most 8 pixels wide */
-TC_SIMD_CLONES static void image_16(float *y, const float *xp, const float *wp, const float *bp, int64_t C,
-                                    int64_t O, int64_t OH, int64_t OW, int64_t HP, int64_t WP, int64_t kh,
-                                    int64_t kw) {
-    image(y, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw, 8, 16);
+AVX512 static void block_32(float *y, const float *xp, const float *wp, const float *bp, int64_t C, int64_t O,
+                            int64_t OH, int64_t OW, int64_t HP, int64_t WP, int64_t kh, int64_t kw) {
+    block(y, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw, 32);
 }
-TC_SIMD_CLONES static void image_8(float *y, const float *xp, const float *wp, const float *bp, int64_t C,
-                                   int64_t O, int64_t OH, int64_t OW, int64_t HP, int64_t WP, int64_t kh,
-                                   int64_t kw) {
-    image(y, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw, 8, 8);
+AVX512 static void block_16(float *y, const float *xp, const float *wp, const float *bp, int64_t C, int64_t O,
+                            int64_t OH, int64_t OW, int64_t HP, int64_t WP, int64_t kh, int64_t kw) {
+    block(y, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw, 16);
 }
-
-#define OB 8
+AVX512 static void block_8(float *y, const float *xp, const float *wp, const float *bp, int64_t C, int64_t O,
+                           int64_t OH, int64_t OW, int64_t HP, int64_t WP, int64_t kh, int64_t kw) {
+    block(y, xp, wp, bp, C, O, OH, OW, HP, WP, kh, kw, 8);
+}
 
 /* xp [C, HP, WP] <- x [C, H, W] placed at (ph, pw), zeros around */
 static void pad_image(float *xp, const float *x, int64_t C, int64_t H, int64_t W, int64_t HP, int64_t WP,
@@ -103,19 +113,23 @@ static void pad_image(float *xp, const float *x, int64_t C, int64_t H, int64_t W
         }
 }
 
-/* output channel blocks [k0, k1) of one image, through the clone for its width */
+/* output channel blocks [k0, k1) of one image, through the tile for its width */
 static void run_blocks(float *y, const float *xp, const float *wp, const float *bp, int64_t C, int64_t O, int64_t OH,
                        int64_t OW, int64_t HP, int64_t WP, int64_t kh, int64_t kw, int64_t k0, int64_t k1) {
-    int64_t o0 = k0 * OB, o1 = k1 * OB < O ? k1 * OB : O, kk = C * kh * kw * OB;
-    float *yb = y + o0 * OH * OW;
-    const float *wb = wp + k0 * kk, *bb = bp + o0;
-    if (OW <= 8) image_8(yb, xp, wb, bb, C, o1 - o0, OH, OW, HP, WP, kh, kw);
-    else image_16(yb, xp, wb, bb, C, o1 - o0, OH, OW, HP, WP, kh, kw);
+    int64_t kk = C * kh * kw * OB;
+    for (int64_t k = k0; k < k1; k++) {
+        int64_t o0 = k * OB, n = O - o0 < OB ? O - o0 : OB;
+        float *yb = y + o0 * OH * OW;
+        const float *wb = wp + k * kk, *bb = bp + o0;
+        if (OW <= 8) block_8(yb, xp, wb, bb, C, n, OH, OW, HP, WP, kh, kw);
+        else if (OW <= 16) block_16(yb, xp, wb, bb, C, n, OH, OW, HP, WP, kh, kw);
+        else block_32(yb, xp, wb, bb, C, n, OH, OW, HP, WP, kh, kw);
+    }
 }
 
 int tc_cpu_conv_direct(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d) {
     int64_t N = d->N, C = d->C, H = d->H, W = d->W, O = d->O, OH = d->OH, OW = d->OW, kh = d->kh, kw = d->kw;
-    int64_t HP = OH + kh, WP = OW + kw - 1 + 16, nb = (O + OB - 1) / OB;
+    int64_t HP = OH + kh + 3, WP = OW + kw - 1 + 32, nb = (O + OB - 1) / OB;
     int64_t kk = C * kh * kw;
     int nt = omp_get_max_threads();
     int npads = N >= nt ? nt : 1;
@@ -153,3 +167,10 @@ int tc_cpu_conv_direct(float *y, const float *x, const float *w, const float *b,
     free(buf);
     return TC_OK;
 }
+
+#else /* the direct kernel needs gcc's AVX-512 intrinsics; conv.c does not pick it elsewhere */
+int tc_cpu_conv_direct(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d) {
+    (void)y, (void)x, (void)w, (void)b, (void)d;
+    return tc_error("conv2d: the direct kernel is not built here");
+}
+#endif
