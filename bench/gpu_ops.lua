@@ -1,6 +1,7 @@
 -- bench/gpu_ops.lua: the GPU benchmarks, tocha's side: bf16 GEMM 8192^3, conv2d 3x3 forward +
--- backward at Stable Diffusion UNet shapes in bf16, the per-op overhead of small tensors,
--- attention forward + backward at SD shapes, and for reference GroupNorm + SiLU.
+-- backward at Stable Diffusion UNet shapes in bf16 (NCHW and channels-last), the per-op overhead of small tensors,
+-- attention forward + backward at SD shapes, for reference GroupNorm + SiLU, and the fused
+-- elementwise ops and norms (GEGLU, bias + gelu, LayerNorm, GroupNorm + SiLU) in bf16 and f32.
 -- bench/gpu_ops_torch.py does the same work in PyTorch; scripts/gpu_check.sh runs both on the
 -- GPU machine and prints the ratios. Prints "RESULT <name> <seconds per iteration> <flops per
 -- iteration>" lines: the median of ROUNDS timed batches after warm-up, each batch synchronized
@@ -50,18 +51,23 @@ do
   bench("gemm_bf16_" .. n, small and 2 or 20, function() local c <close> = a:matmul(b) end, 2 * n ^ 3)
 end
 
--- conv2d 3x3, padding 1, with bias: forward and the backward of x, w and b, as a UNet trains
+-- conv2d 3x3, padding 1, with bias: forward and the backward of x, w and b, as a UNet trains;
+-- in NCHW (with cuDNN's heuristics, then its algorithms timed) and in channels-last (*_cl:
+-- input, weight and output gradient channels-last, cuDNN's NHWC kernels, heuristics)
 for _, s in ipairs({ { 320, 64 }, { 640, 32 }, { 1280, 16 } }) do
   local batch, c, hw = 8, s[1], s[2]
   if small then batch, c, hw = 1, c // 40, hw // 4 end
-  local x = T.randn({ batch, c, hw, hw }, cuda):requires_grad_()
-  local w = (T.randn({ c, c, 3, 3 }, cuda) * (1 / math.sqrt(9 * c))):requires_grad_()
-  local b = (T.randn({ c }, cuda) * 0.1):requires_grad_()
-  local gy = T.randn({ batch, c, hw, hw }, cuda)
   local flops = 3 * 2 * batch * hw * hw * c * c * 9
-  for _, timed in ipairs({ false, true }) do -- cuDNN's heuristics, then its algorithms timed
+  for _, v in ipairs({ { false, false }, { false, true }, { true, false } }) do
+    local cl, timed = v[1], v[2]
+    local fmt = { memory_format = cl and "channels_last" or "contiguous_format" }
+    local x = T.randn({ batch, c, hw, hw }, cuda):contiguous(fmt):requires_grad_()
+    local w = (T.randn({ c, c, 3, 3 }, cuda) * (1 / math.sqrt(9 * c))):contiguous(fmt):requires_grad_()
+    local b = (T.randn({ c }, cuda) * 0.1):requires_grad_()
+    local gy = T.randn({ batch, c, hw, hw }, cuda):contiguous(fmt)
     local prev = T.backends.cudnn_benchmark(timed)
-    bench(string.format("conv3x3_fwd_bwd_bf16_b%d_c%d_%dx%d%s", batch, c, hw, hw, timed and "_timed" or ""),
+    bench(string.format("conv3x3_fwd_bwd_bf16_b%d_c%d_%dx%d%s%s", batch, c, hw, hw, cl and "_cl" or "",
+        timed and "_timed" or ""),
       small and 2 or 20, function()
         local y <close> = F.conv2d(x, w, b, { padding = 1 })
         y:backward(gy)
@@ -114,4 +120,42 @@ do
   bench(string.format("groupnorm32_silu_fwd_bf16_b%d_c%d_%dx%d", nb, c, hw, hw), small and 2 or 20, function()
     local y <close> = F.group_norm(x, 32, w, b):silu()
   end, 0)
+end
+do -- the same in channels-last (the layout a channels-last UNet hands its norms)
+  local nb, c, hw = 8, 320, 64
+  if small then nb, c, hw = 1, 64, 16 end
+  local x = T.randn({ nb, c, hw, hw }, cuda):contiguous{ memory_format = "channels_last" }
+  local w, b = T.randn({ c }, cuda), T.randn({ c }, cuda)
+  bench(string.format("groupnorm32_silu_fwd_bf16_b%d_c%d_%dx%d_cl", nb, c, hw, hw), small and 2 or 20, function()
+    local y <close> = F.group_norm(x, 32, w, b, { silu = true })
+  end, 0)
+end
+
+-- the fused elementwise ops and norms at SD shapes, forward + backward in bf16 and f32 (goal: at
+-- least 1.0x the unfused PyTorch expression diffusers runs): GEGLU after the feed-forward's
+-- projection (64x64 latents: 4096 tokens, 2 x 1280), bias + gelu, LayerNorm over 320 features,
+-- GroupNorm(32) with the SiLU fused in
+for _, dt in ipairs({ "bf16", "f32" }) do
+  local o = { device = "cuda", dtype = dt }
+  local nb, L = 8, 4096
+  if small then nb, L = 1, 64 end
+  local function fwd_bwd(name, inputs, f)
+    for _, t in ipairs(inputs) do t:requires_grad_() end
+    local gy = T.randn(f(table.unpack(inputs)).shape, o)
+    bench(name, small and 2 or 20, function()
+      local y <close> = f(table.unpack(inputs))
+      y:backward(gy)
+      for _, t in ipairs(inputs) do t.grad = nil end
+    end, 0)
+  end
+  fwd_bwd(string.format("geglu_fwd_bwd_%s_b%d_%dx2560", dt, nb, L), { T.randn({ nb, L, 2560 }, o) }, F.geglu)
+  fwd_bwd(string.format("bias_gelu_fwd_bwd_%s_b%d_%dx1280", dt, nb, L), { T.randn({ nb, L, 1280 }, o), T.randn({ 1280 }, o) },
+    function(x, b) return F.bias_act(x, b, "gelu") end)
+  fwd_bwd(string.format("layernorm_fwd_bwd_%s_b%d_%dx320", dt, nb, L),
+    { T.randn({ nb, L, 320 }, o), T.randn({ 320 }, o), T.randn({ 320 }, o) },
+    function(x, w, b) return F.layer_norm(x, { 320 }, w, b) end)
+  local hw = small and 8 or 64
+  fwd_bwd(string.format("groupnorm32_silu_fused_fwd_bwd_%s_b%d_c320_%dx%d", dt, nb, hw, hw),
+    { T.randn({ nb, 320, hw, hw }, o), T.randn({ 320 }, o), T.randn({ 320 }, o) },
+    function(x, w, b) return F.group_norm(x, 32, w, b, { silu = true }) end)
 end

@@ -2,7 +2,7 @@
 # the same way (synchronize around each batch, median of the batches; no CUDA events, as tocha
 # has none). Prints "RESULT <name> <seconds per iteration> <flops per iteration>" lines, the conv
 # rows once more with torch.backends.cudnn.benchmark on (*_timed, as tocha's cudnn_benchmark rows),
-# and once more in channels-last (PyTorch's fastest layout; tocha's is NCHW) as *_cl.
+# and once more in channels-last (input, weight and output gradient; tocha's *_cl rows alike) as *_cl.
 #   python3 bench/gpu_ops_torch.py [--small]
 import math, statistics, sys, time
 import torch
@@ -108,3 +108,39 @@ x = torch.randn(nb, c, hw, hw, device=dev, dtype=torch.bfloat16)
 gw, gb = torch.randn(c, device=dev, dtype=torch.bfloat16), torch.randn(c, device=dev, dtype=torch.bfloat16)
 bench(f"groupnorm32_silu_fwd_bf16_b{nb}_c{c}_{hw}x{hw}", 2 if small else 20,
       lambda: F.silu(F.group_norm(x, 32, gw, gb)), 0)
+x = x.contiguous(memory_format=torch.channels_last)  # the same in channels-last
+bench(f"groupnorm32_silu_fwd_bf16_b{nb}_c{c}_{hw}x{hw}_cl", 2 if small else 20,
+      lambda: F.silu(F.group_norm(x, 32, gw, gb)), 0)
+
+# the fused elementwise ops and norms at SD shapes, forward + backward in bf16 and f32, as the
+# unfused expressions diffusers runs (tocha's goal: at least 1.0x these)
+def geglu(x):
+    h, gate = x.chunk(2, dim=-1)
+    return h * F.gelu(gate)
+
+
+for dt, name_dt in [(torch.bfloat16, "bf16"), (torch.float32, "f32")]:
+    nb, L = (1, 64) if small else (8, 4096)
+
+    def fwd_bwd(name, inputs, f):
+        for t in inputs:
+            t.requires_grad_()
+        gy = torch.randn(f(*inputs).shape, device=dev, dtype=dt)
+
+        def step(inputs=inputs, f=f, gy=gy):
+            f(*inputs).backward(gy)
+            for t in inputs:
+                t.grad = None
+
+        bench(name, 2 if small else 20, step, 0)
+
+    def rnd(*shape, dt=dt):
+        return torch.randn(*shape, device=dev, dtype=dt)
+
+    fwd_bwd(f"geglu_fwd_bwd_{name_dt}_b{nb}_{L}x2560", [rnd(nb, L, 2560)], geglu)
+    fwd_bwd(f"bias_gelu_fwd_bwd_{name_dt}_b{nb}_{L}x1280", [rnd(nb, L, 1280), rnd(1280)], lambda x, b: F.gelu(x + b))
+    fwd_bwd(f"layernorm_fwd_bwd_{name_dt}_b{nb}_{L}x320", [rnd(nb, L, 320), rnd(320), rnd(320)],
+            lambda x, w, b: F.layer_norm(x, (320,), w, b))
+    hw = 8 if small else 64
+    fwd_bwd(f"groupnorm32_silu_fused_fwd_bwd_{name_dt}_b{nb}_c320_{hw}x{hw}", [rnd(nb, 320, hw, hw), rnd(320), rnd(320)],
+            lambda x, w, b: F.silu(F.group_norm(x, 32, w, b)))

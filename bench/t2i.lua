@@ -93,6 +93,13 @@ local CASES = {
   { "mul_64x256", function() return leaves({ N, 64, 256 }, { N, 64, 256 }) end, function(a, b) return a * b end },
   { "gelu_64x256", function() return leaves({ N, 64, 256 }) end, function(x) return x:gelu() end },
   { "quick_gelu_32x256", function() return leaves({ N, 32, 256 }) end, F.quick_gelu },
+  -- the fused ops against the unfused expressions diffusers runs: GEGLU after its projection (the
+  -- bias inside PyTorch's addmm: none here) at the demo's shape and at SD 1.5's first transformer
+  -- (64x64 latents: 4096 tokens, 2 x 1280), and a bias + gelu
+  { "geglu_64x512", function() return leaves({ N, 64, 512 }) end, F.geglu },
+  { "geglu_sd_4096x2560", function() return leaves({ 1, 4096, 2560 }) end, F.geglu },
+  { "bias_gelu_64x256", function() return leaves({ N, 64, 256 }, { 256 }) end,
+    function(x, b) return F.bias_act(x, b, "gelu") end },
   { "cat_32x16x16", function() return leaves({ N, 32, 16, 16 }, { N, 32, 16, 16 }) end,
     function(a, b) return T.cat({ a, b }, 2) end },
   { "upsample_64x8x8", function() return leaves({ N, 64, 8, 8 }) end,

@@ -87,6 +87,12 @@ def quick_gelu(x):
     return x * torch.sigmoid(x * 1.702)
 
 
+def geglu(x):
+    """diffusers' GEGLU after its projection"""
+    h, gate = x.chunk(2, dim=-1)
+    return h * F.gelu(gate)
+
+
 def conv3(x, w, b):
     return F.conv2d(x, w, b, padding=1)
 
@@ -113,6 +119,9 @@ CASES = [
     ("mul_64x256", lambda: leaves((N, 64, 256), (N, 64, 256)), lambda a, b: a * b),
     ("gelu_64x256", lambda: leaves((N, 64, 256)), F.gelu),
     ("quick_gelu_32x256", lambda: leaves((N, 32, 256)), quick_gelu),
+    ("geglu_64x512", lambda: leaves((N, 64, 512)), geglu),
+    ("geglu_sd_4096x2560", lambda: leaves((1, 4096, 2560)), geglu),
+    ("bias_gelu_64x256", lambda: leaves((N, 64, 256), (256,)), lambda x, b: F.gelu(x + b)),
     ("cat_32x16x16", lambda: leaves((N, 32, 16, 16), (N, 32, 16, 16)), lambda a, b: torch.cat([a, b], 1)),
     ("upsample_64x8x8", lambda: leaves((N, 64, 8, 8)), lambda x: F.interpolate(x, scale_factor=2, mode="nearest")),
     ("tokens_64x8x8", lambda: leaves((N, 64, 8, 8)), lambda x: x.permute(0, 2, 3, 1).reshape(N, 64, 64)),

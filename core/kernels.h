@@ -116,6 +116,13 @@ typedef struct {
     X(int, group_norm_backward, (tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, \
                                  const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd, \
                                  const tc_tensor *w, const tc_tensor *b, int groups, bool silu))   \
+    /* bias and activation: x [M, K] and y, gy, gx contiguous, b [K] contiguous or NULL, one    \
+     * dtype; act a differentiable op of core/unary.h without scalar arguments. glu false:     \
+     * y [M, K] = act(x + b); glu true: K = 2C, y [M, C] = (x[:, :C] + b[:C]) act(x[:, C:] +      \
+     * b[C:]). The backward gives gx [M, K] and gb [K] (NULL when not wanted) from gy, y's shape */ \
+    X(int, bias_act, (tc_tensor *y, const tc_tensor *x, const tc_tensor *b, tc_op act, bool glu)) \
+    X(int, bias_act_backward, (tc_tensor *gx, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x, \
+                               const tc_tensor *b, tc_op act, bool glu))                           \
     /* attention, one batch slice at a time. q [B.., L, E], k [B.., S, E], v [B.., S, Ev] and     \
      * mask [B.., L, S] (bool: true attends; float: added; or NULL) share the batch dims B..      \
      * (stride 0 where broadcast); each inner matrix has a unit stride in one of its dims.        \

@@ -96,6 +96,18 @@ void tc_shape_str(int ndim, const int64_t *shape, char *buf, size_t n); /* "[4 x
  * its data (monotonic; the binding paces Lua's collector with it) */
 size_t tc_mem_allocated_total(void);
 size_t tc_mem_in_use(void);
+/* the CPU's caching allocator (core/cpu/alloc.c): tensor data above 256 bytes. Counts as the
+ * cuda allocator's, "os" for what came from (or went back to) the system. */
+typedef struct {
+    size_t allocated, max_allocated;   /* bytes in blocks handed out now / at the peak */
+    size_t reserved, max_reserved;     /* bytes held from the system (handed out + cached) */
+    int64_t allocs, frees, cache_hits, os_allocs, os_frees, ooms;
+    bool caching;                      /* false under TOCHA_CPU_CACHE=0 and sanitizer builds */
+} tc_cpu_memory_stats;
+void tc_cpu_memory(tc_cpu_memory_stats *out);
+void tc_cpu_empty_cache(void);                   /* gives every cached block back to the system */
+void tc_cpu_reset_peak(void);                    /* the peaks restart from the current values */
+void tc_cpu_memory_summary(char *buf, size_t n); /* a readable table of the stats and lists */
 
 /* ---- ops: one enum, one name table ----------------------------------------- */
 #define TC_OP_LIST(X) \
@@ -135,7 +147,8 @@ size_t tc_mem_in_use(void);
     X(SOFTMAX, "softmax") X(LOG_SOFTMAX, "log_softmax")                                \
     X(CROSS_ENTROPY, "cross_entropy") X(MSE_LOSS, "mse_loss") X(L1_LOSS, "l1_loss")    \
     X(LAYER_NORM, "layer_norm") X(GROUP_NORM, "group_norm") X(DROPOUT, "dropout")      \
-    X(GROUP_NORM_SILU, "group_norm_silu") X(SDPA, "scaled_dot_product_attention")
+    X(GROUP_NORM_SILU, "group_norm_silu") X(SDPA, "scaled_dot_product_attention")     \
+    X(BIAS_ACT, "bias_act") X(GEGLU, "geglu")
 
 #define TC_OP_ENUM_(name, str) TC_OP_##name,
 typedef enum tc_op { TC_OP_LIST(TC_OP_ENUM_) TC_OP_COUNT } tc_op;
@@ -185,6 +198,16 @@ tc_tensor *tc_flatten(tc_tensor *x, int start, int end);
 
 /* ---- copies and conversions -------------------------------------------------- */
 tc_tensor *tc_contiguous(tc_tensor *x); /* new reference to x itself when already contiguous */
+/* memory formats (PyTorch's): CONTIGUOUS is row-major; CHANNELS_LAST lays a 4-d [N, C, H, W]
+ * out as [N, H, W, C] (strides {H*W*C, 1, W*C, C}) with its shape unchanged. Ops that take
+ * images (conv2d, group_norm, pooling, interpolate) and elementwise ops keep the layout of
+ * their input; a tensor whose layout is both (C = 1, or H = W = 1) counts as contiguous. */
+typedef enum { TC_CONTIGUOUS_FORMAT, TC_CHANNELS_LAST } tc_memory_format;
+bool tc_is_contiguous_format(const tc_tensor *t, tc_memory_format f);
+tc_tensor *tc_contiguous_format(tc_tensor *x, tc_memory_format f); /* CHANNELS_LAST: 4-d only */
+tc_tensor *tc_empty_format(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev, tc_memory_format f);
+/* the format x is dense in: CHANNELS_LAST when x is 4-d, channels-last and not row-major */
+tc_memory_format tc_suggest_format(const tc_tensor *x);
 tc_tensor *tc_clone(tc_tensor *x);
 tc_tensor *tc_to(tc_tensor *x, tc_dtype dt, tc_device dev); /* x itself when nothing changes */
 tc_tensor *tc_detach(tc_tensor *x);
@@ -272,6 +295,11 @@ tc_tensor *tc_layer_norm(tc_tensor *x, int nnorm, tc_tensor *w, tc_tensor *b, do
  * norm and nonlinearity), which writes no intermediate and saves none for the backward */
 tc_tensor *tc_group_norm(tc_tensor *x, int groups, tc_tensor *w, tc_tensor *b, double eps, bool silu);
 tc_tensor *tc_dropout(tc_tensor *x, double p, bool training);
+/* act(x + b) as one op (ops/act.c), b [K] over x's last dim (or NULL), act one of RELU, SILU,
+ * GELU, GELU_TANH, QUICK_GELU, SIGMOID, TANH. glu: x [.., 2C] -> [.., C], the first half (plus
+ * b's first half) times act of the second (plus b's second half): GEGLU with act GELU. Under
+ * autocast b is cast to x's dtype, as linear casts its bias. */
+tc_tensor *tc_bias_act(tc_tensor *x, tc_tensor *b, tc_op act, bool glu);
 /* q [.., L, E], k [.., S, E], v [.., S, Ev]; mask bool (true = attend) or float (added), may be NULL */
 tc_tensor *tc_sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask, bool is_causal,
                    double dropout_p, double scale /* <= 0: 1/sqrt(E) */);

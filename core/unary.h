@@ -11,8 +11,8 @@
  *   x, y, a, b  the input, the output f(x) and the op's scalar arguments, which the caller
  *       has in scope;
  *   fk, dk  V where the CPU's contiguous f32 loop vectorises the formula (it calls no math
- *       function but those core/cpu/vecmath.h provides: exp, log, log1p, tanh, erf, sqrt,
- *       fabs), S where it does not;
+ *       function but those core/cpu/vecmath.h provides: exp, log, log1p, tanh, erf, sin, cos,
+ *       sqrt, fabs; sin and cos beyond TC_TRIG_MAX are redone with libm), S where it does not;
  *       dk is N for an op with no derivative;
  *   uses  what the derivative reads besides the scalars: X (x), Y (y = f(x), saved by the
  *       forward) or C (neither), so an op saves only what its derivative needs. */
@@ -33,6 +33,29 @@
 #define TC_SILU_GRAD(M, v) (TC_SIGMOID_(M, v) * (1 + (v) * (1 - TC_SIGMOID_(M, v))))
 #define TC_TANH_GELU_(A, M, v) M(tanh)((A)TC_SQRT2_PI * ((v) + (A)0.044715 * (v) * (v) * (v)))
 
+/* the activations that bias_act and geglu fuse (core/ops/act.c): TC_ACT_<OP>(A, M, v) is f(v)
+ * and TC_ACT_<OP>_D(A, M, v, y) its derivative given v and y = f(v); the list below uses them */
+#define TC_FUSED_ACTS(F) F(RELU) F(SILU) F(GELU) F(GELU_TANH) F(QUICK_GELU) F(SIGMOID) F(TANH)
+#define TC_ACT_RELU(A, M, v) ((v) > 0 ? (v) : 0)
+#define TC_ACT_RELU_D(A, M, v, y) ((v) > 0 ? 1 : 0)
+#define TC_ACT_SILU(A, M, v) TC_SILU(M, v)
+#define TC_ACT_SILU_D(A, M, v, y) TC_SILU_GRAD(M, v)
+#define TC_ACT_GELU(A, M, v) ((A)0.5 * (v) * (1 + M(erf)((v) * (A)TC_SQRT1_2)))
+#define TC_ACT_GELU_D(A, M, v, y) \
+    ((A)0.5 * (1 + M(erf)((v) * (A)TC_SQRT1_2)) + (v) * M(exp)((A)-0.5 * (v) * (v)) * (A)TC_INV_SQRT_2PI)
+#define TC_ACT_GELU_TANH(A, M, v) ((A)0.5 * (v) * (1 + TC_TANH_GELU_(A, M, v)))
+#define TC_ACT_GELU_TANH_D(A, M, v, y)                                                            \
+    ((A)0.5 * (1 + TC_TANH_GELU_(A, M, v)) +                                                      \
+     (A)0.5 * (v) * (1 - TC_TANH_GELU_(A, M, v) * TC_TANH_GELU_(A, M, v)) * (A)TC_SQRT2_PI *      \
+         (1 + 3 * (A)0.044715 * (v) * (v)))
+#define TC_ACT_QUICK_GELU(A, M, v) ((v) / (1 + M(exp)((A)-1.702 * (v))))
+#define TC_ACT_QUICK_GELU_D(A, M, v, y) \
+    (TC_SIGMOID_(M, (A)1.702 * (v)) * (1 + (A)1.702 * (v) * (1 - TC_SIGMOID_(M, (A)1.702 * (v)))))
+#define TC_ACT_SIGMOID(A, M, v) TC_SIGMOID_(M, v)
+#define TC_ACT_SIGMOID_D(A, M, v, y) ((y) * (1 - (y)))
+#define TC_ACT_TANH(A, M, v) M(tanh)(v)
+#define TC_ACT_TANH_D(A, M, v, y) (1 - (y) * (y))
+
 #define TC_UNARY_OPS(ENTRY, A, M)                                                                        \
     ENTRY(NEG,         V, -(x),                                  V, C, -1)                               \
     ENTRY(EXP,         V, M(exp)(x),                             V, Y, y)                                \
@@ -40,22 +63,15 @@
     ENTRY(SQRT,        V, M(sqrt)(x),                            V, Y, (A)0.5 / (y))                     \
     ENTRY(RSQRT,       V, 1 / M(sqrt)(x),                        V, Y, (A)-0.5 * (y) * (y) * (y))        \
     ENTRY(ABS,         V, M(fabs)(x),                            V, X, (x) > 0 ? 1 : (x) < 0 ? -1 : 0)   \
-    ENTRY(SIN,         S, M(sin)(x),                             S, X, M(cos)(x))                        \
-    ENTRY(COS,         S, M(cos)(x),                             S, X, -M(sin)(x))                       \
-    ENTRY(TANH,        V, M(tanh)(x),                            V, Y, 1 - (y) * (y))                    \
-    ENTRY(SIGMOID,     V, TC_SIGMOID_(M, x),                     V, Y, (y) * (1 - (y)))                  \
-    ENTRY(RELU,        V, (x) > 0 ? (x) : 0,                     V, X, (x) > 0 ? 1 : 0)                  \
-    ENTRY(SILU,        V, TC_SILU(M, x),                         V, X, TC_SILU_GRAD(M, x))               \
-    ENTRY(GELU,        V, (A)0.5 * (x) * (1 + M(erf)((x) * (A)TC_SQRT1_2)),                              \
-                          V, X, (A)0.5 * (1 + M(erf)((x) * (A)TC_SQRT1_2)) +                             \
-                                (x) * M(exp)((A)-0.5 * (x) * (x)) * (A)TC_INV_SQRT_2PI)                  \
-    ENTRY(GELU_TANH,   V, (A)0.5 * (x) * (1 + TC_TANH_GELU_(A, M, x)),                                   \
-                          V, X, (A)0.5 * (1 + TC_TANH_GELU_(A, M, x)) +                                  \
-                                (A)0.5 * (x) * (1 - TC_TANH_GELU_(A, M, x) * TC_TANH_GELU_(A, M, x)) *   \
-                                (A)TC_SQRT2_PI * (1 + 3 * (A)0.044715 * (x) * (x)))                      \
-    ENTRY(QUICK_GELU,  V, (x) / (1 + M(exp)((A)-1.702 * (x))),                                           \
-                          V, X, TC_SIGMOID_(M, (A)1.702 * (x)) *                                         \
-                                (1 + (A)1.702 * (x) * (1 - TC_SIGMOID_(M, (A)1.702 * (x)))))             \
+    ENTRY(SIN,         V, M(sin)(x),                             V, X, M(cos)(x))                        \
+    ENTRY(COS,         V, M(cos)(x),                             V, X, -M(sin)(x))                       \
+    ENTRY(TANH,        V, TC_ACT_TANH(A, M, x),                  V, Y, TC_ACT_TANH_D(A, M, x, y))        \
+    ENTRY(SIGMOID,     V, TC_ACT_SIGMOID(A, M, x),               V, Y, TC_ACT_SIGMOID_D(A, M, x, y))     \
+    ENTRY(RELU,        V, TC_ACT_RELU(A, M, x),                  V, X, TC_ACT_RELU_D(A, M, x, y))        \
+    ENTRY(SILU,        V, TC_ACT_SILU(A, M, x),                  V, X, TC_ACT_SILU_D(A, M, x, y))        \
+    ENTRY(GELU,        V, TC_ACT_GELU(A, M, x),                  V, X, TC_ACT_GELU_D(A, M, x, y))        \
+    ENTRY(GELU_TANH,   V, TC_ACT_GELU_TANH(A, M, x),             V, X, TC_ACT_GELU_TANH_D(A, M, x, y))   \
+    ENTRY(QUICK_GELU,  V, TC_ACT_QUICK_GELU(A, M, x),            V, X, TC_ACT_QUICK_GELU_D(A, M, x, y))  \
     ENTRY(SOFTPLUS,    V, (x) > 20 ? (x) : M(log1p)(M(exp)(x)),  V, X, (x) > 20 ? 1 : TC_SIGMOID_(M, x)) \
     ENTRY(SIGN,        S, (x) > 0 ? 1 : (x) < 0 ? -1 : 0,        N, C, 0)                                \
     ENTRY(RECIPROCAL,  V, 1 / (x),                               V, Y, -(y) * (y))                       \

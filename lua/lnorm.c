@@ -1,4 +1,5 @@
-/* lnorm.c: binding for softmax, the losses, the norms, dropout and attention, registered
+/* lnorm.c: binding for softmax, the losses, the norms, dropout, attention and the fused
+ * activations, registered
  * into T._nn. The argument orders are the ones tocha/nn/functional.lua calls with; dims
  * are Lua's (1-based, negative from the end). */
 #include "ltocha.h"
@@ -86,9 +87,22 @@ static int n_sdpa(lua_State *L) {
     return tcl_done(L, *slot);
 }
 
+/* bias_act(x, b_or_nil, act, glu): act(x + b) as one op; glu: GEGLU's halves */
+static int n_bias_act(lua_State *L) {
+    static const char *const names[] = {"relu", "silu", "gelu", "gelu_tanh", "quick_gelu", "sigmoid", "tanh", NULL};
+    static const tc_op ops[] = {TC_OP_RELU, TC_OP_SILU, TC_OP_GELU, TC_OP_GELU_TANH, TC_OP_QUICK_GELU,
+                                TC_OP_SIGMOID, TC_OP_TANH};
+    tc_tensor *x = tcl_check(L, 1), *b = tcl_opt(L, 2);
+    tc_op act = ops[luaL_checkoption(L, 3, NULL, names)];
+    bool glu = lua_toboolean(L, 4);
+    tc_tensor **slot = tcl_slot(L);
+    *slot = tc_bias_act(x, b, act, glu);
+    return tcl_done(L, *slot);
+}
+
 const luaL_Reg tcl_norm_funcs[] = {
     {"softmax", n_softmax}, {"log_softmax", n_log_softmax}, {"cross_entropy", n_cross_entropy},
     {"mse_loss", n_mse_loss}, {"l1_loss", n_l1_loss}, {"layer_norm", n_layer_norm},
-    {"group_norm", n_group_norm}, {"dropout", n_dropout}, {"sdpa", n_sdpa},
+    {"group_norm", n_group_norm}, {"dropout", n_dropout}, {"sdpa", n_sdpa}, {"bias_act", n_bias_act},
     {NULL, NULL},
 };

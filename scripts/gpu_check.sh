@@ -196,7 +196,7 @@ step_memcheck() {
 
 # the benchmarks: one table of tocha's and PyTorch's times on this card, ratio = PyTorch / tocha
 step_bench() {
-    section "benchmarks (bf16 GEMM, conv 3x3 fwd+bwd, per-op overhead, attention fwd+bwd)"
+    section "benchmarks (bf16 GEMM, conv 3x3 fwd+bwd in NCHW and channels-last, per-op overhead, attention fwd+bwd)"
     local small="" rc
     [ "$GPU" = 0 ] && small="--small"
     in_time "benchmarks" 120 || return
@@ -217,8 +217,10 @@ step_bench() {
 }
 
 # RESULT lines (tocha's bare, PyTorch's prefixed "torch ") -> the table; goals: GEMM and conv at
-# least 0.95x PyTorch (NCHW), per-op overhead at most PyTorch eager's, attention (fwd+bwd, bf16)
-# at least 1.0x PyTorch's SDPA; the GroupNorm row is for reference
+# least 0.95x PyTorch (NCHW against NCHW, channels-last *_cl against channels-last; under each
+# NCHW row PyTorch's channels-last time for reference), per-op overhead at most PyTorch eager's, attention (fwd+bwd, bf16)
+# at least 1.0x PyTorch's SDPA, the fused GEGLU, bias + gelu, LayerNorm and GroupNorm + SiLU (fwd+bwd,
+# bf16 and f32) at least 1.0x PyTorch's unfused expressions; the GroupNorm forward rows are for reference
 bench_table() {
     awk '
         $1 == "RESULT" { t[$2] = $3; fl[$2] = $4; order[++n] = $2 }
@@ -226,7 +228,7 @@ bench_table() {
         END {
             printf "%-42s %13s %13s %8s %9s  %s\n", "benchmark", "tocha", "torch", "ratio", "TFLOP/s", "goal"
             for (i = 1; i <= n; i++) {
-                k = order[i]; per_op = k ~ /per_op/; goal = per_op || k ~ /^sdpa/ ? 1.0 : k ~ /^(gemm|conv)/ ? 0.95 : 0
+                k = order[i]; per_op = k ~ /per_op/; goal = per_op || k ~ /^(sdpa|geglu|bias_gelu|layernorm|groupnorm32_silu_fused)/ ? 1.0 : k ~ /^(gemm|conv)/ ? 0.95 : 0
                 s = per_op ? 1e6 : 1e3; u = per_op ? "us" : "ms"
                 tf = fl[k] > 0 ? sprintf("%9.1f", fl[k] / t[k] / 1e12) : sprintf("%9s", "-")
                 if (k in p) {

@@ -1,4 +1,4 @@
--- test_cuda_norm.lua: the cuda kernels of softmax.cu, norm.cu and attention.cu against the CPU,
+-- test_cuda_norm.lua: the cuda kernels of softmax.cu, norm.cu, act.cu and attention.cu against the CPU,
 -- beyond test_cuda.lua's cases: strided and broadcast inputs, sizes past one block or tile
 -- (rows of 5000, groups split over blocks, L and S past 32, head dims past a pass), inputs far
 -- from 0, mixed dtypes, every mask kind, causal with L < S and L > S, dropout equal to the
@@ -115,8 +115,24 @@ A("sdpa dropout 0.2 with a bool mask", function() return { N(3, 9, 8), N(3, 10, 
   attn({ p = 0.2 }), { tol = 3 })
 A("sdpa dropout 1 (all dropped)", function() return { N(2, 5, 8), N(2, 6, 8), N(2, 6, 8) } end, attn({ p = 1 }))
 
+-- ---- bias + activation and GEGLU (act.cu) ------------------------------------------------------------
+local act_cases, Ac = cases()
+for _, act in ipairs({ "relu", "silu", "gelu", "gelu_tanh", "quick_gelu", "sigmoid", "tanh" }) do
+  Ac("bias_act " .. act .. " [3, 70, 40] (columns past a tile, rows over chunks)",
+    function() return { N(3, 70, 40) * 2, N(40) } end, function(x, b) return F.bias_act(x, b, act) end, { tol = 3, gtol = 10 })
+end
+Ac("geglu [2, 300, 2 x 33] with a bias", function() return { N(2, 300, 66) * 2, N(66) } end,
+  function(x, b) return F.geglu(x, b) end, { tol = 3, gtol = 10 })
+Ac("geglu tanh form of a strided input, no bias", function() return { N(8, 5, 3) } end,
+  function(x) return F.geglu(x:transpose(1, 3), nil, { approximate = "tanh" }) end, { tol = 3 })
+Ac("bias_act of a 1-d input, no bias; geglu of rows of one pair", function() return { N(37), N(9, 2) } end,
+  function(x, y) return F.bias_act(x, nil, "silu"), F.geglu(y) end, { tol = 3 })
+Ac("geglu, bias_act (only the bias wants a gradient)", function() return { N(40, 24), N(24) } end,
+  function(x, b) return F.geglu(x, b), F.bias_act(x, b, "gelu") end, { nograd = { [1] = true }, tol = 3, gtol = 10 })
+
 return {
   ["softmax, log_softmax, cross_entropy"] = suite(softmax_cases),
+  ["bias_act, geglu"] = suite(act_cases),
   ["layer_norm, group_norm"] = suite(norm_cases),
   ["scaled_dot_product_attention"] = suite(attn_cases),
 

@@ -320,18 +320,21 @@ static void threads_end(thread_plan t) {
     if (t.blas > 0) openblas_set_num_threads(t.blas);
 }
 
-/* ---- f16 / bf16: through f32 copies, on im2col + GEMM (the direct kernel's different order of
- * sums moved bf16 autocast's gradients further from one run to a replay under gradient
- * checkpointing than the tests allow) ------------------------------------------------------ */
+/* ---- f16 / bf16 and channels-last: through contiguous f32 (f64) copies -------------------------
+ * The kernels below read and write contiguous NCHW; other operands are staged through copies
+ * (a correct path, not a fast one: the CPU's channels-last conv is not tuned). f16 and bf16 stay
+ * on im2col + GEMM: the direct kernel's different order of sums moved bf16 autocast's gradients
+ * further from one run to a replay under gradient checkpointing than the tests allow. */
 static int conv2d_run(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
                       const tc_conv_params *p, bool direct_ok);
 static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x,
                         const tc_tensor *w, const tc_conv_params *p, bool direct_ok);
 static bool is_half(const tc_tensor *t) { return t && t->dtype != TC_F32 && t->dtype != TC_F64; }
+static bool nchw(const tc_tensor *t) { return !t || tc_is_contiguous(t); }
 
-static tc_tensor *f32_copy(const tc_tensor *t, bool fill) {
+static tc_tensor *staged_copy(const tc_tensor *t, tc_dtype dt, bool fill) {
     if (!t) return NULL;
-    tc_tensor *c = tc_empty_like(t, TC_F32);
+    tc_tensor *c = tc_empty_like(t, dt);
     if (c && fill) tc_cpu_copy(c, t);
     return c;
 }
@@ -341,10 +344,12 @@ static void release_all(tc_tensor **ts, int n) {
 }
 
 /* ---- forward: y [N, O, OH, OW] = conv(x [N, C, H, W], w [O, C / G, kh, kw]) + b [O] ------ */
-static int conv2d_f32_copy(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
+static int conv2d_staged_copy(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
                            const tc_conv_params *p) {
-    tc_tensor *t[4] = {f32_copy(y, false), f32_copy(x, true), f32_copy(w, true), f32_copy(b, true)};
-    int rc = t[0] && t[1] && t[2] && (!b || t[3]) ? conv2d_run(t[0], t[1], t[2], t[3], p, false) : TC_ERR;
+    tc_dtype dt = is_half(x) ? TC_F32 : x->dtype;
+    tc_tensor *t[4] = {staged_copy(y, dt, false), staged_copy(x, dt, true), staged_copy(w, dt, true),
+                       staged_copy(b, dt, true)};
+    int rc = t[0] && t[1] && t[2] && (!b || t[3]) ? conv2d_run(t[0], t[1], t[2], t[3], p, !is_half(x)) : TC_ERR;
     if (rc == TC_OK) tc_cpu_copy(y, t[0]);
     release_all(t, 4);
     return rc;
@@ -386,7 +391,8 @@ static tc_conv_direct direct_dims(const geom *g, bool grad_input) {
 
 int tc_cpu_conv2d(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
                   const tc_conv_params *p) {
-    return is_half(x) ? conv2d_f32_copy(y, x, w, b, p) : conv2d_run(y, x, w, b, p, true);
+    if (is_half(x) || !nchw(y) || !nchw(x) || !nchw(w)) return conv2d_staged_copy(y, x, w, b, p);
+    return conv2d_run(y, x, w, b, p, true);
 }
 
 static int conv2d_run(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
@@ -439,15 +445,16 @@ static int conv2d_run(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, cons
 /* ---- backward: any of gx, gw, gb may be NULL (not wanted). gx needs w; gw needs x.
  * conv_transpose2d runs its forward through the gx path (gx = its output, gy = its input)
  * and its weight gradient through the gw path. ------------------------------------------- */
-static int conv2d_backward_f32_copy(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+static int conv2d_backward_staged_copy(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                                     const tc_tensor *x, const tc_tensor *w, const tc_conv_params *p) {
-    tc_tensor *t[6] = {f32_copy(gx, false), f32_copy(gw, false), f32_copy(gb, false),
-                       f32_copy(gy, true), f32_copy(x, true), f32_copy(w, true)};
+    tc_dtype dt = is_half(gy) ? TC_F32 : gy->dtype;
+    tc_tensor *t[6] = {staged_copy(gx, dt, false), staged_copy(gw, dt, false), staged_copy(gb, dt, false),
+                       staged_copy(gy, dt, true), staged_copy(x, dt, true), staged_copy(w, dt, true)};
     const tc_tensor *orig[6] = {gx, gw, gb, gy, x, w};
     int rc = TC_OK;
     for (int i = 0; i < 6; i++)
         if (orig[i] && !t[i]) rc = TC_ERR;
-    if (rc == TC_OK) rc = backward_run(t[0], t[1], t[2], t[3], t[4], t[5], p, false);
+    if (rc == TC_OK) rc = backward_run(t[0], t[1], t[2], t[3], t[4], t[5], p, !is_half(gy));
     for (int i = 0; i < 3 && rc == TC_OK; i++)
         if (orig[i]) tc_cpu_copy((tc_tensor *)orig[i], t[i]);
     release_all(t, 6);
@@ -456,7 +463,9 @@ static int conv2d_backward_f32_copy(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb,
 
 int tc_cpu_conv2d_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                            const tc_tensor *x, const tc_tensor *w, const tc_conv_params *p) {
-    return is_half(gy) ? conv2d_backward_f32_copy(gx, gw, gb, gy, x, w, p) : backward_run(gx, gw, gb, gy, x, w, p, true);
+    if (is_half(gy) || !nchw(gy) || !nchw(gx) || !nchw(gw) || !nchw(x) || !nchw(w))
+        return conv2d_backward_staged_copy(gx, gw, gb, gy, x, w, p);
+    return backward_run(gx, gw, gb, gy, x, w, p, true);
 }
 
 static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x,

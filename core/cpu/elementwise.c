@@ -212,6 +212,18 @@ static bool unary_f32_simd(int64_t n, float *restrict y, const float *restrict x
 #undef VEC_CASE_
 #undef SIMD_
 
+/* the vectorised sin and cos hold for |x| < TC_TRIG_MAX: the rare larger arguments (and inf,
+ * NaN) are redone with libm, forward (g NULL: y = f(x)) or derivative (g = gy f'(x)) */
+static void trig_redo(int64_t n, float *out, const float *gy, const float *x, tc_op op) {
+    if (op != TC_OP_SIN && op != TC_OP_COS) return;
+    for (int64_t i = 0; i < n; i++) {
+        if (fabsf(x[i]) < TC_TRIG_MAX) continue;
+        bool sin_ = (op == TC_OP_SIN) != (gy != NULL); /* the derivative of sin is cos */
+        float v = sin_ ? sinf(x[i]) : cosf(x[i]);
+        out[i] = gy ? gy[i] * (op == TC_OP_COS ? -v : v) : v;
+    }
+}
+
 /* f32 runs: contiguous ones straight through unary_f32_simd, strided ones through it in
  * chunks, so that a result never depends on the layout; other ops in the typed loop */
 #define CHUNK 256
@@ -221,6 +233,7 @@ static void unary_f32_run(int64_t n, char **p, const int64_t *st, void *vctx) {
     const float *x = (const float *)p[1];
     if (st[0] == 1 && st[1] == 1) {
         if (!unary_f32_simd(n, y, x, c->op, a)) unary_f32(n, p, st, vctx);
+        else trig_redo(n, y, NULL, x, c->op);
         return;
     }
     float xb[CHUNK], yb[CHUNK];
@@ -228,6 +241,7 @@ static void unary_f32_run(int64_t n, char **p, const int64_t *st, void *vctx) {
         int64_t m = n - i0 < CHUNK ? n - i0 : CHUNK;
         for (int64_t j = 0; j < m; j++) xb[j] = x[(i0 + j) * st[1]];
         if (!unary_f32_simd(m, yb, xb, c->op, a)) { unary_f32(n, p, st, vctx); return; } /* the first chunk */
+        trig_redo(m, yb, NULL, xb, c->op);
         for (int64_t j = 0; j < m; j++) y[(i0 + j) * st[0]] = yb[j];
     }
 }
@@ -306,6 +320,7 @@ static void unary_bw_f32_run(int64_t n, char **p, const int64_t *st, void *vctx)
     if (st[0] == 1 && st[1] == 1 && st[2] == 1 && st[3] == 1) {
         if (!unary_bw_f32_simd(n, g, (const float *)p[1], (const float *)p[2], (const float *)p[3], c->op, a))
             unary_bw_f32(n, p, st, vctx);
+        else trig_redo(n, g, (const float *)p[1], (const float *)p[2], c->op);
         return;
     }
     float in[3][CHUNK], gb[CHUNK];
@@ -314,6 +329,7 @@ static void unary_bw_f32_run(int64_t n, char **p, const int64_t *st, void *vctx)
         for (int k = 0; k < 3; k++)
             for (int64_t j = 0; j < m; j++) in[k][j] = ((const float *)p[k + 1])[(i0 + j) * st[k + 1]];
         if (!unary_bw_f32_simd(m, gb, in[0], in[1], in[2], c->op, a)) { unary_bw_f32(n, p, st, vctx); return; }
+        trig_redo(m, gb, in[0], in[1], c->op);
         for (int64_t j = 0; j < m; j++) g[(i0 + j) * st[0]] = gb[j];
     }
 }

@@ -1,4 +1,4 @@
-/* vecmath.h (cpu): f32 exp, log, log1p, tanh, sigmoid and erf with no libm call and no
+/* vecmath.h (cpu): f32 exp, log, log1p, tanh, sigmoid, erf, sin and cos with no libm call and no
  * branch, so that the loops calling them vectorise under `#pragma omp simd` (libm's scalar
  * expf was most of the time of silu, gelu and softmax; the selects below become vector blends
  * because the build says -fno-trapping-math), and TC_SIMD_CLONES, which builds a hot loop for AVX-512,
@@ -62,13 +62,38 @@ static inline float tc_expf(float x) {
 
 static inline float tc_sigmoidf(float x) { return 1.0f / (1.0f + tc_expf(-x)); }
 
-/* erf(x) to 1.5e-7 (Abramowitz and Stegun 7.1.26, the formula PyTorch's vectorised erf uses) */
+/* erf(x) to 1.8e-7 (absolute), with no exp and no division: an odd polynomial below 1.25 and a
+ * polynomial in |x| - 2.585 on [1.25, 3.92] (above, erf is 1 in f32), both fitted near minimax
+ * for tocha (Lawson's iteration on Chebyshev points) and blended; NaN stays NaN. The
+ * Abramowitz-Stegun formula it replaces cost an exp and a division per element. */
 static inline float tc_erff(float x) {
-    float a = x < 0 ? -x : x;
-    float t = 1.0f / (1.0f + 0.3275911f * a);
-    float r = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
-    float e = 1.0f - r * tc_expf(-a * a);
-    return x < 0 ? -e : e;
+    float a = x < 0 ? -x : x, s = x * x;
+    float p = 5.966941535e-05f;
+    p = p * s - 7.304823375e-04f;
+    p = p * s + 5.085906480e-03f;
+    p = p * s - 2.678185515e-02f;
+    p = p * s + 1.128111482e-01f;
+    p = p * s - 3.761226237e-01f;
+    p = p * s + 1.128378987e+00f;
+    float small = p * x;
+    float t = (a < 3.92f ? a : 3.92f) - 2.585f;
+    float q = -8.509617146e-06f;
+    q = q * t + 1.109273035e-05f;
+    q = q * t + 7.403158816e-05f;
+    q = q * t - 2.161614248e-04f;
+    q = q * t + 1.012283246e-04f;
+    q = q * t + 6.924749468e-04f;
+    q = q * t - 2.439739648e-03f;
+    q = q * t + 4.764289595e-03f;
+    q = q * t - 6.311717909e-03f;
+    q = q * t + 5.830409471e-03f;
+    q = q * t - 3.654986853e-03f;
+    q = q * t + 1.413646038e-03f;
+    q = q * t + 9.997435808e-01f;
+    q = a < 3.92f ? q : 1.0f;
+    q = x < 0 ? -q : q;
+    float e = a < 1.25f ? small : q;
+    return x == x ? e : x;
 }
 
 /* log(x) within about 1 ulp (Cephes' polynomial for log(1 + f), f in [sqrt(1/2) - 1,
@@ -121,6 +146,29 @@ static inline float tc_tanhf(float x) {
     t = x < 0 ? -t : t;
     return a > 0.625f ? t : small;
 }
+
+/* sin(x + shift pi/2) for |x| < TC_TRIG_MAX (Cephes' polynomials on [-pi/4, pi/4]): x = j pi/2 +
+ * r, j rounded to nearest, pi/2 in four parts of which the first two times j are exact while
+ * |j| < 2^13 (the other two keep the results near the zeros accurate where multiply-adds are
+ * fused, as in the AVX2 and AVX-512 clones); then sin(r) or cos(r) by the quadrant j + shift. Beyond the bound (and for inf
+ * and NaN) the result is meaningless: the kernels give those arguments, rare, to libm. */
+#define TC_TRIG_MAX 8192.0f
+static inline float tc_sin_shifted(float x, int32_t shift) {
+    float xc = x > -TC_TRIG_MAX && x < TC_TRIG_MAX ? x : 0.0f; /* keeps j an integer */
+    float j = (xc * 0.636619772f + 12582912.0f) - 12582912.0f;
+    float r = xc - j * 1.5703125f;
+    r = r - j * 4.837512969970703125e-4f;
+    r = r - j * 7.549790126e-8f;
+    r = r - j * -1.715124510e-15f;
+    int32_t q = (int32_t)j + shift;
+    float z = r * r;
+    float sn = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
+    float cs = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z - 0.5f * z + 1.0f;
+    float v = (q & 1) ? cs : sn;
+    return (q & 2) ? -v : v;
+}
+static inline float tc_sinf(float x) { return tc_sin_shifted(x, 0); }
+static inline float tc_cosf(float x) { return tc_sin_shifted(x, 1); }
 
 /* these inline as vector instructions (-fno-math-errno) */
 static inline float tc_sqrtf(float x) { return sqrtf(x); }

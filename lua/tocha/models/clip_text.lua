@@ -21,11 +21,8 @@ local SPEC = {
     model_type = true, architectures = true, torch_dtype = true, transformers_version = true },
 }
 
-local ACTS = {
-  quick_gelu = F.quick_gelu,
-  gelu = function(x) return x:gelu() end,
-  gelu_new = function(x) return x:gelu({ approximate = "tanh" }) end,
-}
+-- transformers' activation names, as F.bias_act's: the MLP adds fc1's bias in the activation's pass
+local ACTS = { quick_gelu = "quick_gelu", gelu = "gelu", gelu_new = "gelu_tanh" }
 
 --- resolve(cfg, overrides): the complete, checked config
 local function resolve(cfg, overrides)
@@ -77,7 +74,7 @@ function MLP:init(c, lo)
   self.fc2 = nn.Linear(c.intermediate_size, c.hidden_size, lo)
 end
 
-function MLP:forward(x) return self.fc2(self.act(self.fc1(x))) end
+function MLP:forward(x) return self.fc2(self.fc1:forward_act(x, self.act)) end
 
 local EncoderLayer = nn.Module:extend("CLIPEncoderLayer")
 

@@ -52,7 +52,7 @@ function B.TimestepEmbedding:init(in_dim, dim, lo)
   self.linear_2 = nn.Linear(dim, dim, lo)
 end
 
-function B.TimestepEmbedding:forward(x) return self.linear_2(self.linear_1(x):silu()) end
+function B.TimestepEmbedding:forward(x) return self.linear_2(self.linear_1:forward_act(x, "silu")) end
 
 ---------------------------------------------------------------------------
 -- ResnetBlock2D
@@ -107,17 +107,11 @@ B.GEGLU = nn.Module:extend("GEGLU")
 
 function B.GEGLU:init(dim, inner, lo) self.proj = nn.Linear(dim, 2 * inner, lo) end
 
--- two GEMMs on the halves of the weight: contiguous outputs, cheaper than one GEMM cut in two
--- (a LoRA-adapted proj runs as a whole, adapter included)
+-- one GEMM, then the bias and both halves in one pass (F.geglu); a LoRA-adapted proj runs as a
+-- whole, adapter included, before it
 function B.GEGLU:forward(x)
-  if self.proj.lora_A then
-    local h, gate = table.unpack(self.proj(x):chunk(2, -1))
-    return h * gate:gelu()
-  end
-  local w, b = self.proj.weight, self.proj.bias
-  local n = w.shape[1] // 2
-  local h = F.linear(x, w:narrow(1, 1, n), b:narrow(1, 1, n))
-  return h * F.linear(x, w:narrow(1, n + 1, n), b:narrow(1, n + 1, n)):gelu()
+  if self.proj.lora_A then return F.geglu(self.proj(x)) end
+  return F.geglu(F.linear(x, self.proj.weight), self.proj.bias)
 end
 
 --- FeedForward(dim): net.0 = GEGLU(dim, 4 dim), net.1 = Dropout, net.2 = Linear(4 dim, dim)

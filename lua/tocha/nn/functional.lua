@@ -32,6 +32,22 @@ function F.leaky_relu(x, slope) return x:leaky_relu(slope or 0.01) end
 --- x * sigmoid(1.702 x) (CLIP's activation), one fused op
 function F.quick_gelu(x) return x:quick_gelu() end
 
+--- F.bias_act(x, b, act): act(x + b) as one op, b [C] (or nil) added along x's last dim; act
+--- "relu", "silu", "gelu", "gelu_tanh", "quick_gelu", "sigmoid" or "tanh". The bias and the
+--- activation of a linear layer in one pass: F.bias_act(F.linear(x, w), b, "silu")
+function F.bias_act(x, b, act) return C.bias_act(x, b, act, false) end
+
+--- F.geglu(x, b, {approximate = "none"}): x [.., 2C] -> [.., C], the first half times the GELU of
+--- the second (diffusers' GEGLU after its projection), with b [2C] (or nil) added first, as one
+--- op; approximate = "tanh" takes GELU's tanh form
+function F.geglu(x, b, opts)
+  local approx = opts and opts.approximate or "none"
+  if approx ~= "none" and approx ~= "tanh" then
+    error("geglu: approximate must be \"none\" or \"tanh\", got " .. tostring(approx), 2)
+  end
+  return C.bias_act(x, b, approx == "tanh" and "gelu_tanh" or "gelu", true)
+end
+
 -- linear and convolution --------------------------------------------------------------------
 function F.linear(x, w, b) return T.linear(x, w, b) end
 

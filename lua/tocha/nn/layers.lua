@@ -67,6 +67,13 @@ L.Linear.reset_parameters = reset_affine
 
 function L.Linear:forward(x) return F.linear(x, self.weight, self.bias) end
 
+--- m:forward_act(x, act): act(m(x)) with the bias added in the activation's pass (F.bias_act;
+--- act as its). A subclass whose forward differs (a LoRA layer) runs that, then the activation.
+function L.Linear:forward_act(x, act)
+  if self.forward ~= L.Linear.forward then return F.bias_act(self:forward(x), nil, act) end
+  return F.bias_act(F.linear(x, self.weight), self.bias, act)
+end
+
 function L.Linear:extra_repr()
   return string.format("in_features=%d, out_features=%d, bias=%s", self.in_features, self.out_features,
     tostring(self.bias ~= nil))
