@@ -136,7 +136,7 @@ void tc_cpu_memory_summary(char *buf, size_t n); /* a readable table of the stat
     X(SUM, "sum") X(MEAN, "mean") X(MAX, "max") X(MIN, "min") X(PROD, "prod")          \
     X(ARGMAX, "argmax") X(ARGMIN, "argmin") X(LOGSUMEXP, "logsumexp") X(NORM, "norm")  \
     /* linear algebra */                                                                \
-    X(MATMUL, "matmul")                                                                 \
+    X(MATMUL, "matmul") X(LINEAR, "linear")                                             \
     /* indexing */                                                                      \
     X(INDEX_SELECT, "index_select") X(GATHER, "gather") X(SCATTER_ADD, "scatter_add")  \
     X(MASKED_FILL, "masked_fill") X(CAT, "cat") X(EMBEDDING, "embedding")              \

@@ -187,6 +187,52 @@ tests["stride 1 at the input's width (one run per tap) matches padding done by F
   end
 end
 
+tests["f32 stride 1, one group: the direct kernel against f64 (forward and gradients)"] = function()
+  -- f32 convolutions with stride 1, no dilation, one group and at least 64 products per output
+  -- run the direct kernel (the input gradient too: a convolution with the flipped weight);
+  -- f64 runs im2col + GEMM, the reference here. Odd sizes: rows of 16-pixel tiles with a
+  -- remainder, images at most 8 wide (two-row tiles, an odd row count), output channels
+  -- not a multiple of 8, padding 0 and uneven, 5x5 and 1x7 kernels, no bias
+  local cases = { -- x shape, w shape, padding, bias
+    { { 3, 16, 9, 21 }, { 11, 16, 3, 3 }, { 1, 1 }, true },
+    { { 2, 64, 7, 7 }, { 8, 64, 3, 3 }, { 1, 1 }, true },
+    { { 1, 8, 5, 8 }, { 17, 8, 3, 3 }, { 0, 2 }, false },
+    { { 2, 4, 6, 35 }, { 5, 4, 5, 5 }, { 2, 1 }, true },
+    { { 5, 10, 4, 12 }, { 3, 10, 1, 7 }, { 0, 3 }, true },
+    { { 1, 9, 3, 3 }, { 2, 9, 3, 3 }, { 2, 2 }, true },
+  }
+  for k, c in ipairs(cases) do
+    local x = T.randn(c[1], { dtype = "f64" })
+    local w = T.randn(c[2], { dtype = "f64" })
+    local b = c[4] and T.randn({ c[2][1] }, { dtype = "f64" }) or nil
+    local function grads(dtype)
+      local xs, ws = x:to(dtype):detach():requires_grad_(true), w:to(dtype):detach():requires_grad_(true)
+      local bs = b and b:to(dtype):detach():requires_grad_(true)
+      local y = F.conv2d(xs, ws, bs, { padding = c[3] })
+      y:backward(T.linspace(-1, 1, y:numel(), { dtype = dtype }):view(y.shape))
+      return y, xs.grad, ws.grad, bs and bs.grad
+    end
+    local ref_out = { grads("f64") }
+    local got = { grads("f32") }
+    for i, what in ipairs({ "y", "gx", "gw", "gb" }) do
+      if ref_out[i] then
+        assert(got[i].dtype == "f32")
+        T.testing.assert_close(got[i]:to("f64"), ref_out[i], { rtol = 1e-4, atol = 1e-4, msg = "case " .. k .. " " .. what })
+      end
+    end
+  end
+  -- a non-contiguous input, and conv_transpose2d with stride 1 (whose forward is the input
+  -- gradient's kernel)
+  local xs = T.randn({ 2, 9, 10, 16 }, { dtype = "f64" })
+  local x = xs:permute(1, 4, 2, 3)
+  local w = T.randn({ 6, 16, 3, 3 }, { dtype = "f64" })
+  T.testing.assert_close(F.conv2d(x:to("f32"), w:to("f32"), nil, { padding = 1 }):to("f64"),
+    F.conv2d(x, w, nil, { padding = 1 }), { rtol = 1e-4, atol = 1e-4, msg = "non-contiguous" })
+  local xt, wt = T.randn({ 3, 16, 6, 10 }, { dtype = "f64" }), T.randn({ 16, 5, 3, 3 }, { dtype = "f64" })
+  T.testing.assert_close(F.conv_transpose2d(xt:to("f32"), wt:to("f32"), nil, { padding = 1 }):to("f64"),
+    F.conv_transpose2d(xt, wt, nil, { padding = 1 }), { rtol = 1e-4, atol = 1e-4, msg = "conv_transpose2d" })
+end
+
 tests["f16 and bf16 go through f32"] = function()
   local x = T.randn({ 2, 3, 6, 6 })
   local w = T.randn({ 4, 3, 3, 3 }) * 0.2

@@ -116,6 +116,47 @@ return {
     assert(gradcheck(function(p) return T.matmul(b:t(), p:t()) end, { a }))
   end,
 
+  ["linear with a bias: one GEMM onto the bias rows, against matmul + add in f64"] = function()
+    -- on the CPU, linear with a 1-d bias starts its output as the bias and lets the GEMM add
+    -- onto it, with a backward of its own; the reference is the unfused composition in f64
+    local function r(shape, dtype) return T.randn(shape, { dtype = dtype or "f64" }) end
+    local big = r({ 7, 9 })
+    local cases = { -- x, w, b (any strides), tolerance for f32
+      { r({ 24, 64, 64 }), r({ 256, 64 }), r({ 256 }) },                  -- the demo's shape
+      { r({ 5, 3 }):t(), r({ 7, 5 }), big:select(2, 4) },                  -- transposed x, strided b
+      { r({ 6 }), r({ 4, 6 }):t():contiguous():t(), r({ 4 }) },           -- 1-d x, transposed w
+      { r({ 2, 3, 5, 11 }):narrow(4, 2, 9), r({ 13, 9 }), r({ 13 }) },  -- strided rows
+      { r({ 0, 4 }), r({ 3, 4 }), r({ 3 }) },                            -- no rows
+    }
+    for k, c in ipairs(cases) do
+      local gy = nil
+      local function run(dtype, fused)
+        local x = c[1]:to(dtype):detach():requires_grad_(true)
+        local w = c[2]:to(dtype):detach():requires_grad_(true)
+        local b = c[3]:to(dtype):detach():requires_grad_(true)
+        local y = fused and T.linear(x, w, b) or T.matmul(x, w:t()) + b
+        gy = gy or T.linspace(-1, 1, y:numel(), { dtype = "f64" }):view(y.shape)
+        y:backward(gy:to(dtype), { retain_graph = true })
+        y:backward(gy:to(dtype)) -- the gradients accumulate
+        return { y, x.grad, w.grad, b.grad }
+      end
+      local want = run("f64", false)
+      for _, dtype in ipairs({ "f64", "f32" }) do
+        local got = run(dtype, true)
+        local tol = dtype == "f64" and 1e-12 or 1e-4
+        for i, what in ipairs({ "y", "gx", "gw", "gb" }) do
+          assert(got[i].dtype == dtype and shape_is(got[i], want[i].shape), k .. " " .. what .. " shape")
+          close(got[i]:to("f64"), want[i], { rtol = tol, atol = tol, msg = dtype .. " case " .. k .. " " .. what })
+        end
+      end
+    end
+    local x, w, b = r({ 3, 4 }), r({ 2, 4 }), big:select(2, 1):narrow(1, 1, 2)
+    for _, t in ipairs({ x, w, b }) do t:requires_grad_(true) end
+    assert(gradcheck(T.linear, { x, w, b }))
+    assert(T.linear(x, w, b).grad_fn == "LinearBackward")
+    assert(not T.no_grad(function() return T.linear(x, w, b) end).requires_grad)
+  end,
+
   ["size and dtype mismatches are errors naming the op"] = function()
     local x = T.zeros(4, 3)
     errors("matmul: size mismatch [4 x 3] @ [4 x 3]", T.matmul, x, x)

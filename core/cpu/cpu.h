@@ -40,4 +40,15 @@ void tc_cpu_store_row(char *dst, const double *src, int64_t n, int64_t stride, t
 double tc_cpu_softmax_row(double *r, int64_t n, bool as_log); /* in place; returns the logsumexp */
 int64_t tc_cpu_offset_of(int64_t k, int n, const int64_t *shape, const int64_t *stride); /* k-th of n dims */
 
+/* ---- conv2d with stride 1, no dilation, one group, f32 (conv_direct.c): y [N, O, OH, OW] =
+ * x [N, C, H, W] zero-padded by ph rows on top and pw columns on the left (as many as the
+ * output needs at the bottom and right), correlated with w [O, C, kh, kw] (flip: w is
+ * [C, O, kh, kw], rotated by 180 degrees: the input gradient of a convolution), plus b [O]
+ * (or NULL). ph and pw are at most kh - 1 and kw - 1. */
+typedef struct {
+    int64_t N, C, H, W, O, OH, OW, kh, kw, ph, pw;
+    bool flip;
+} tc_conv_direct;
+int tc_cpu_conv_direct(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d);
+
 #endif

@@ -142,6 +142,80 @@ done:
 
 tc_tensor *tc_matmul(tc_tensor *a, tc_tensor *b) { return lowered2(matmul, a, b); }
 
+/* ---- linear with a bias on the CPU: one GEMM onto rows that start as the bias (no separate
+ * pass adding it, no zeroing of the output). y [R, O] = x [R, K] @ w^T + b over the R rows of
+ * x's leading dims; gx = gy @ w, gw = gy^T @ x, gb = the column sums of gy. */
+static int linear_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
+    tc_tensor *x3 = tc_saved(n, 0), *w = tc_saved(n, 1);
+    int64_t O = gy->shape[gy->ndim - 1], R = tc_numel(gy) / (O > 0 ? O : 1), s2[2] = {R, O};
+    tc_tensor *g2 = tc_reshape(gy, 2, s2);
+    if (!g2) return TC_ERR;
+    int rc = TC_OK;
+    if (tc_needs_grad(n, 0)) {
+        tc_tensor *g = tc_matmul(g2, w); /* [R, K], then x's shape */
+        int64_t sh[TC_MAX_DIMS];
+        int nd = n->next[0].ndim;
+        memcpy(sh, n->next[0].shape, sizeof(int64_t) * (size_t)nd);
+        gx[0] = g ? tc_reshape(g, nd, sh) : NULL;
+        tc_tensor_release(g);
+        if (!gx[0]) rc = TC_ERR;
+    }
+    if (rc == TC_OK && tc_needs_grad(n, 1)) {
+        int64_t xs[2] = {R, x3->shape[2]};
+        tc_tensor *gt = tc_transpose(g2, 0, 1), *x2 = tc_reshape(x3, 2, xs);
+        gx[1] = gt && x2 ? tc_matmul(gt, x2) : NULL;
+        tc_tensor_release(gt);
+        tc_tensor_release(x2);
+        if (!gx[1]) rc = TC_ERR;
+    }
+    if (rc == TC_OK && tc_needs_grad(n, 2)) {
+        int dims[1] = {0};
+        if (!(gx[2] = tc_reduce(TC_OP_SUM, g2, 1, dims, false))) rc = TC_ERR;
+    }
+    tc_tensor_release(g2);
+    return rc;
+}
+
+/* y [1, R, O] = x3 [1, R, K] @ w3 [1, K, O] + b, computed into y (contiguous) */
+static int linear_gemm(tc_tensor *y, tc_tensor *x3, tc_tensor *w3, tc_tensor *b) {
+    int64_t bst[3] = {0, 0, b->stride[0]};
+    const tc_kernels *k = tc_kern(y->storage->device);
+    /* the rows of y start as b (a stride-0 view of it); the GEMM adds x @ w^T onto them */
+    tc_tensor *brow = tc_tensor_make(b->storage, b->dtype, 3, y->shape, bst, b->offset);
+    int rc = brow ? k->copy(y, brow) : TC_ERR;
+    if (rc == TC_OK) rc = k->gemm(y, x3, w3, 1.0, 1.0);
+    tc_tensor_release(brow);
+    return rc;
+}
+
+static tc_tensor *linear_bias(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
+    int64_t K = w->shape[1], O = w->shape[0], R = 1;
+    for (int i = 0; i < x->ndim - 1; i++) R *= x->shape[i];
+    int64_t s2[2] = {R, K}, ys[3] = {1, R, O}, osh[TC_MAX_DIMS];
+    tc_tensor *x2 = tc_reshape(x, 2, s2), *wt = tc_transpose(w, 0, 1);
+    tc_tensor *x3 = x2 ? tc_unsqueeze(x2, 0) : NULL, *w3 = wt ? tc_unsqueeze(wt, 0) : NULL;
+    tc_tensor *xr = x3 ? gemm_ready(x3) : NULL, *wr = w3 ? gemm_ready(w3) : NULL;
+    memcpy(osh, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    osh[x->ndim - 1] = O;
+    tc_tensor *out = xr && wr ? tc_empty(x->ndim, osh, x->dtype, x->storage->device) : NULL;
+    tc_tensor *y = out ? tc_view(out, 3, ys) : NULL;
+    if (y && linear_gemm(y, xr, wr, b) == TC_OK) {
+        tc_tensor *ins[3] = {x, w, b};
+        tc_node *n = tc_node_new(TC_OP_LINEAR, 3, ins, linear_backward);
+        if (n) { /* x as read ([1, R, K]), w as given */
+            tc_node_save(n, tc_needs_grad(n, 1) ? xr : NULL);
+            tc_node_save(n, tc_needs_grad(n, 0) ? w : NULL);
+        }
+        tc_attach(out, n);
+    } else {
+        tc_tensor_release(out);
+        out = NULL;
+    }
+    tc_tensor *tmp[7] = {x2, wt, x3, w3, xr, wr, y};
+    for (int i = 0; i < 7; i++) tc_tensor_release(tmp[i]);
+    return out;
+}
+
 static tc_tensor *linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
     if (w->ndim != 2) { tc_error("linear: weight must be 2-d [out, in], got %d-d", w->ndim); return NULL; }
     if (x->ndim == 0 || x->shape[x->ndim - 1] != w->shape[1]) return size_mismatch("linear", x, w);
@@ -152,6 +226,9 @@ static tc_tensor *linear(tc_tensor *x, tc_tensor *w, tc_tensor *b) {
         tc_error("linear: bias of shape %s does not match weight of shape %s", sb, sw);
         return NULL;
     }
+    if (b && b->ndim == 1 && x->storage->device.type == TC_CPU && check_operands("linear", x, w) == TC_OK &&
+        check_operands("linear", x, b) == TC_OK && !tc_autocast_enabled())
+        return linear_bias(x, w, b);
     tc_tensor *wt = tc_transpose(w, 0, 1);
     tc_tensor *y = wt ? tc_matmul(x, wt) : NULL;
     tc_tensor_release(wt);
