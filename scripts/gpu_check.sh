@@ -4,15 +4,17 @@
 #   scripts/gpu_check.sh prepare       HERE, on the build machine: builds build/tocha and build/test_c
 #                                      with CUDA, copies into build/gpulibs/ the shared libraries they
 #                                      need beyond glibc, the C++ runtime and CUDA (the GPU machine
-#                                      has libjpeg.so.8, not .62, and maybe no cairo), packs the three
+#                                      has libjpeg.so.8, not .62, and maybe no cairo) and diffusers'
+#                                      Python package into build/pylib/, packs the four
 #                                      into build/gpu.tar.xz (the one path to carry) and prints the size
 #                                      of what a run sends (the limit is 64 MiB)
 #   scripts/gpu_check.sh run [STEPS]   THERE, from the repository root: unpacks build/gpu.tar.xz where
 #                                      needed, then the library check, the card, the C tests, the GPU
-#                                      suite, the benchmarks against PyTorch and the suite under
+#                                      suite, the benchmarks against PyTorch (GPU ops, then SD 1.5
+#                                      at real size) and the suite under
 #                                      compute-sanitizer memcheck; logs and RESULTS.md go to $OUT, and
 #                                      a summary table comes last. STEPS: any of ctest suite bench
-#                                      memcheck (default: all, in that order)
+#                                      sd memcheck (default: all, in that order)
 # Environment for run: TOCHA_BIN (default build/tocha; build-emu/tocha runs it without a GPU, on the
 # CUDA emulator), OUT (default build/gpu_out), GPU_CHECK_BUDGET (seconds for the whole run, default
 # 480: a step that would pass it is cut short or left out, and says so). Without a GPU each step
@@ -50,8 +52,14 @@ prepare() {
     glibc=$(objdump -T build/tocha build/test_c build/gpulibs/* 2>/dev/null | grep -o 'GLIBC_2\.[0-9]*' |
         sort -uV | tail -1)
     echo "newest glibc symbol needed: $glibc (the GPU machine has 2.39)"
+    echo "== copying diffusers (bench/sd_gpu_torch.py's models; not installed there) into build/pylib/"
+    rm -rf build/pylib && mkdir -p build/pylib
+    local dif
+    dif=$(python3 -c 'import diffusers, os; print(os.path.dirname(diffusers.__file__))' 2>/dev/null) &&
+        cp -r "$dif" build/pylib/ && find build/pylib -name __pycache__ -prune -exec rm -rf {} + ||
+        echo "warning: no diffusers here: the SD benchmark will have no PyTorch side"
     echo "== packing $PACK"
-    tar -C build -cf - tocha test_c gpulibs | xz -T2 -6 >"$PACK" || { echo "error: packing failed"; exit 1; }
+    tar -C build -cf - tocha test_c gpulibs pylib | xz -T2 -6 >"$PACK" || { echo "error: packing failed"; exit 1; }
     local pack tree
     pack=$(du -b "$PACK" | cut -f1)
     # what travels besides: tracked files and untracked ones git does not ignore
@@ -216,6 +224,63 @@ step_bench() {
     note "benchmarks" "$met goals met, $missed missed"
 }
 
+# Stable Diffusion 1.5 at real size: the UNet's training step (goal: 1.0x PyTorch eager), its peak
+# memory with and without gradient checkpointing, DDIM sampling (goal 1.5x diffusers' eager
+# pipeline), model FLOPs utilisation against the bf16 GEMM rate each side measured. diffusers is
+# not installed on the GPU machine: prepare carries it in build/pylib.
+step_sd() {
+    section "Stable Diffusion 1.5 (UNet training step, peak memory, DDIM sampling)"
+    local small="" rc
+    [ "$GPU" = 0 ] && small="--small"
+    in_time "SD benchmarks" 240 || return
+    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" bench/sd_gpu.lua $small >"$OUT/sd.log" 2>&1
+    rc=$?
+    [ $rc = 124 ] && echo "tocha's SD benchmark TIMED OUT after $LIMIT s" | tee -a "$OUT/sd.log"
+    if in_time "PyTorch SD benchmarks" 200; then
+        PYTHONPATH=$ROOT/build/pylib${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 timeout "$LIMIT" \
+            python3 bench/sd_gpu_torch.py $small 2>&1 | sed 's/^/torch /' >>"$OUT/sd.log"
+    fi
+    grep -E 'INFO|SKIP|rror' "$OUT/sd.log" | head -10
+    SD_TABLE=$(sd_table "$OUT/sd.log")
+    printf '```\n%s\n```\n' "$SD_TABLE" >>"$OUT/RESULTS.md"
+    echo "$SD_TABLE"
+    note "SD" "$(echo "$SD_TABLE" | grep -c ' ok$') goals met, $(echo "$SD_TABLE" | grep -c ' MISSED$') missed"
+}
+
+# RESULT and MEM lines of sd_gpu.lua / sd_gpu_torch.py -> the table: times, ratios, model FLOPs
+# utilisation (PyTorch's FLOP count of the step over each side's time, against each side's GEMM
+# rate), peak memory; goals 1.0x for the training step, 1.5x for sampling
+sd_table() {
+    awk '
+        $1 == "RESULT" { t[$2] = $3; order[++n] = $2 }
+        $1 == "MEM" { m[$2] = $3; morder[++nm] = $2 }
+        $1 == "torch" && $2 == "RESULT" { p[$3] = $4; fl[$3] = $5 }
+        $1 == "torch" && $2 == "MEM" { pm[$3] = $4 }
+        END {
+            for (i = 1; i <= n; i++) if (order[i] ~ /^sd_gemm/) { g = order[i]; gt = 2 * (substr(g, 14) + 0) ^ 3 }
+            printf "%-40s %12s %12s %8s %10s  %s\n", "benchmark", "tocha", "torch", "ratio", "MFU t/p", "goal"
+            for (i = 1; i <= n; i++) {
+                k = order[i]
+                goal = k ~ /_train_bf16_b[0-9]+_[0-9x]+$/ ? 1.0 : k ~ /^sd15_sample/ ? 1.5 : 0
+                mfu = "-"
+                if (fl[k] > 0 && g != "" && (g in p)) mfu = sprintf("%.0f%%/%.0f%%", 100 * (fl[k] / t[k]) / (gt / t[g]),
+                    100 * (fl[k] / p[k]) / (gt / p[g]))
+                if (k in p) {
+                    r = p[k] / t[k]
+                    printf "%-40s %9.2f ms %9.2f ms %7.2fx %10s  %s\n", k, t[k] * 1e3, p[k] * 1e3, r, mfu,
+                        goal == 0 ? "(no goal)" : sprintf(">= %.2fx %s", goal, r >= goal ? "ok" : "MISSED")
+                } else printf "%-40s %9.2f ms %12s %8s %10s  (no PyTorch number)\n", k, t[k] * 1e3, "-", "-", mfu
+            }
+            for (i = 1; i <= nm; i++) {
+                k = morder[i]
+                printf "%-40s %9.2f GiB %9s GiB  peak memory\n", k, m[k] / 2^30,
+                    (k in pm) ? sprintf("%.2f", pm[k] / 2^30) : "-"
+            }
+            if (n == 0) print "(no tocha results: see sd.log)"
+            print "(ratio = PyTorch time / tocha time; MFU: model FLOPs (PyTorch counter) per second / the side'"'"'s bf16 GEMM rate)"
+        }' "$1"
+}
+
 # RESULT lines (tocha's bare, PyTorch's prefixed "torch ") -> the table; goals: GEMM and conv at
 # least 0.95x PyTorch (NCHW), per-op overhead at most PyTorch eager's, attention (fwd+bwd, bf16)
 # at least 1.0x PyTorch's SDPA; the GroupNorm row is for reference
@@ -256,7 +321,7 @@ run() {
     mkdir -p "$OUT"
     unpack || { echo "error: could not unpack $PACK"; exit 1; }
     printf '# tocha on the GPU: scripts/gpu_check.sh run\n' >"$OUT/RESULTS.md"
-    local steps=${*:-ctest suite bench memcheck}
+    local steps=${*:-ctest suite bench sd memcheck}
     echo "tocha: $BIN; output: $OUT; steps: $steps; budget: $BUDGET s"
     if [ ! -x "$ROOT/$BIN" ]; then
         echo "error: $BIN is missing (run scripts/gpu_check.sh prepare first, and carry $PACK)"; exit 1
@@ -265,17 +330,18 @@ run() {
     step_card
     for s in $steps; do
         case $s in
-        ctest) step_ctest ;; suite) step_suite ;; bench) step_bench ;; memcheck) step_memcheck ;;
-        *) echo "unknown step $s (ctest suite bench memcheck)" ;;
+        ctest) step_ctest ;; suite) step_suite ;; bench) step_bench ;; sd) step_sd ;; memcheck) step_memcheck ;;
+        *) echo "unknown step $s (ctest suite bench sd memcheck)" ;;
         esac
     done
     section "summary"
     printf '%s\n' "card: $CARD" "${SUMMARY[@]}" | tee -a "$OUT/RESULTS.md"
     [ -n "${BENCH_TABLE:-}" ] && echo "$BENCH_TABLE"
+    [ -n "${SD_TABLE:-}" ] && echo "$SD_TABLE"
 }
 
 case ${1:-} in
 prepare) prepare ;;
 run) shift; run "$@" ;;
-*) echo "usage: scripts/gpu_check.sh prepare | run [ctest suite bench memcheck]"; exit 2 ;;
+*) echo "usage: scripts/gpu_check.sh prepare | run [ctest suite bench sd memcheck]"; exit 2 ;;
 esac
