@@ -1,12 +1,13 @@
 -- bench/sd_gpu.lua: Stable Diffusion 1.5 at its real size on the GPU, tocha's side, random
 -- weights: the UNet's training step (bf16 autocast, 64x64 latents, batch 8, noise-prediction
--- MSE, AdamW), its peak memory with and without gradient checkpointing, and sampling (DDIM 50
+-- MSE, AdamW), the fine-tuning recipe's step (batch 16, gradient clipping), the step's peak
+-- memory with and without gradient checkpointing, and sampling (DDIM 50
 -- steps, guidance 7.5, batch 1, the UNet in f16, then the VAE's decode to 512x512), with the
 -- bf16 GEMM rate that model FLOPs utilisation is taken against. bench/sd_gpu_torch.py is the same
 -- work in PyTorch + diffusers; scripts/gpu_check.sh runs both and prints the ratios.
 -- Prints "RESULT <name> <seconds per iteration> 0" lines (the median of synchronized rounds; the
 -- model's FLOPs come from PyTorch's counter on the other side) and "MEM <name> <peak bytes>".
---   tocha bench/sd_gpu.lua [--small] [gemm train memory sample ...]
+--   tocha bench/sd_gpu.lua [--small] [gemm train recipe memory sample ...]
 --   (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps, to check the script)
 local T = require "tocha"
 local F = require "tocha.nn.functional"
@@ -18,7 +19,7 @@ local small, which = false, {}
 for _, a in ipairs(arg) do
   if a == "--small" then small = true else which[#which + 1] = a end
 end
-if #which == 0 then which = { "gemm", "train", "memory", "sample" } end
+if #which == 0 then which = { "gemm", "train", "recipe", "memory", "sample" } end
 if not (T.cuda and T.cuda.is_available()) then
   print("SKIP no CUDA GPU (T.cuda.is_available() is false)")
   return
@@ -63,21 +64,24 @@ function BENCH.gemm()
   bench("sd_gemm_bf16_" .. n, small and 2 or 20, 3, function() local c <close> = a:matmul(b) end)
 end
 
--- the UNet in f32 with AdamW (multi-tensor on CUDA) and one training step under bf16 autocast
-local function trainer(checkpointing)
+-- the UNet in f32 with AdamW (multi-tensor on CUDA) and one training step under bf16 autocast,
+-- on `batch` latents (default BATCH); clip: gradient clipping to that global norm first
+local function trainer(checkpointing, batch, clip)
+  batch = batch or BATCH
   T.manual_seed(0)
   local unet = models.UNet2DConditionModel(UNET, UNET_OVERRIDES):to("cuda")
   unet:train()
   if checkpointing then unet:enable_gradient_checkpointing(true) end
   local params = unet:parameters()
   local opt = optim.AdamW(params, { lr = 1e-5, weight_decay = 1e-2 })
-  local x = T.randn({ BATCH, 4, SIZE, SIZE }, { device = "cuda" })
-  local noise = T.randn({ BATCH, 4, SIZE, SIZE }, { device = "cuda" })
-  local ctx = T.randn({ BATCH, 77, CTX }, { device = "cuda" })
-  local ts = T.randint(0, 1000, { BATCH }, { device = "cuda" })
+  local x = T.randn({ batch, 4, SIZE, SIZE }, { device = "cuda" })
+  local noise = T.randn({ batch, 4, SIZE, SIZE }, { device = "cuda" })
+  local ctx = T.randn({ batch, 77, CTX }, { device = "cuda" })
+  local ts = T.randint(0, 1000, { batch }, { device = "cuda" })
   local function step()
     local pred = T.autocast("bf16", function() return unet(x, ts, ctx) end)
     F.mse_loss(pred:to("f32"), noise):backward()
+    if clip then optim.clip_grad_norm(params, clip) end
     opt:step()
     opt:zero_grad()
   end
@@ -87,6 +91,13 @@ end
 function BENCH.train()
   local step = trainer(false)
   bench(string.format("sd15_unet_train_bf16_b%d_%dx%d", BATCH, SIZE, SIZE), small and 1 or 5, 2, step)
+end
+
+-- the seed's fine-tuning recipe at real size: cached latents of 512x512 images (the VAE is not in
+-- the step), batch 16, bf16 autocast, gradient clipping to norm 1, AdamW; images/s = 16 / time
+function BENCH.recipe()
+  local step = trainer(false, small and 2 or 16, 1.0)
+  bench(string.format("sd15_recipe_bf16_clip_b%d_%dx%d", small and 2 or 16, SIZE, SIZE), small and 1 or 3, 2, step)
 end
 
 -- peak memory of one training step (the model, AdamW's state and the activations), without and
@@ -135,7 +146,7 @@ function BENCH.sample()
 end
 
 for _, name in ipairs(which) do
-  if not BENCH[name] then error("sd_gpu.lua: unknown benchmark " .. name .. " (gemm, train, memory, sample)", 0) end
+  if not BENCH[name] then error("sd_gpu.lua: unknown benchmark " .. name .. " (gemm, train, recipe, memory, sample)", 0) end
   BENCH[name]()
   collectgarbage()
 end

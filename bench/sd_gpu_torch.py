@@ -1,11 +1,12 @@
 """sd_gpu_torch.py: the peer of bench/sd_gpu.lua in PyTorch eager + diffusers, random weights:
 SD 1.5's UNet training step (bf16 autocast, 64x64 latents, batch 8, noise-prediction MSE, AdamW
-with foreach, SDPA attention), its peak memory with and without gradient checkpointing, DDIM
+with foreach, SDPA attention), the fine-tuning recipe's step (batch 16, clipping), the step's
+peak memory with and without gradient checkpointing, DDIM
 sampling (50 steps, guidance 7.5, batch 1, f16, then the VAE's decode to 512x512), and the bf16
 GEMM rate. Timed as tocha's side (synchronize around each round, the median of the rounds).
 Prints "RESULT <name> <seconds per iteration> <model FLOPs per iteration>" (FLOPs from
 torch.utils.flop_counter for the training step, else 0) and "MEM <name> <peak bytes>".
-  python3 bench/sd_gpu_torch.py [--small] [gemm train memory sample ...]
+  python3 bench/sd_gpu_torch.py [--small] [gemm train recipe memory sample ...]
 (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps; runs on the CPU without a GPU)"""
 import statistics
 import sys
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 small = "--small" in sys.argv
-which = [a for a in sys.argv[1:] if a != "--small"] or ["gemm", "train", "memory", "sample"]
+which = [a for a in sys.argv[1:] if a != "--small"] or ["gemm", "train", "recipe", "memory", "sample"]
 gpu = torch.cuda.is_available()
 if not gpu and not small:
     print("SKIP no CUDA GPU (torch.cuda.is_available() is false)")
@@ -72,22 +73,24 @@ def gemm():
     bench(f"sd_gemm_bf16_{n}", 2 if small else 20, 3, lambda: a @ b)
 
 
-def trainer(checkpointing):
+def trainer(checkpointing, batch=BATCH, clip=None):
     from diffusers import UNet2DConditionModel
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET).to(dev).train()
     if checkpointing:
         unet.enable_gradient_checkpointing()
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=1e-2, foreach=True)
-    x = torch.randn(BATCH, 4, SIZE, SIZE, device=dev)
-    noise = torch.randn(BATCH, 4, SIZE, SIZE, device=dev)
-    ctx = torch.randn(BATCH, 77, CTX, device=dev)
-    ts = torch.randint(0, 1000, (BATCH,), device=dev)
+    x = torch.randn(batch, 4, SIZE, SIZE, device=dev)
+    noise = torch.randn(batch, 4, SIZE, SIZE, device=dev)
+    ctx = torch.randn(batch, 77, CTX, device=dev)
+    ts = torch.randint(0, 1000, (batch,), device=dev)
 
     def step():
         with torch.autocast(dev, dtype=torch.bfloat16):
             pred = unet(x, ts, ctx).sample
         F.mse_loss(pred.float(), noise).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
@@ -104,6 +107,13 @@ def train():
     with counter:
         step()
     bench(name_of(), 1 if small else 5, 2, step, counter.get_total_flops())
+
+
+def recipe():
+    """the fine-tuning recipe at real size (diffusers' train_text_to_image.py settings: cached
+    latents, batch 16, bf16 autocast, clipping to 1, AdamW)"""
+    b = 2 if small else 16
+    bench(f"sd15_recipe_bf16_clip_b{b}_{SIZE}x{SIZE}", 1 if small else 3, 2, trainer(False, b, 1.0))
 
 
 def memory():
@@ -148,4 +158,4 @@ def sample():
 
 
 for w in which:
-    {"gemm": gemm, "train": train, "memory": memory, "sample": sample}[w]()
+    {"gemm": gemm, "train": train, "recipe": recipe, "memory": memory, "sample": sample}[w]()

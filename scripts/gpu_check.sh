@@ -229,7 +229,7 @@ step_bench() {
 # pipeline), model FLOPs utilisation against the bf16 GEMM rate each side measured. diffusers is
 # not installed on the GPU machine: prepare carries it in build/pylib.
 step_sd() {
-    section "Stable Diffusion 1.5 (UNet training step, peak memory, DDIM sampling)"
+    section "Stable Diffusion 1.5 (UNet training step, fine-tuning recipe, peak memory, DDIM sampling)"
     local small="" rc
     [ "$GPU" = 0 ] && small="--small"
     in_time "SD benchmarks" 240 || return
@@ -249,7 +249,8 @@ step_sd() {
 
 # RESULT and MEM lines of sd_gpu.lua / sd_gpu_torch.py -> the table: times, ratios, model FLOPs
 # utilisation (PyTorch's FLOP count of the step over each side's time, against each side's GEMM
-# rate), peak memory; goals 1.0x for the training step, 1.5x for sampling
+# rate), images/s of the fine-tuning recipe, peak memory; goals 1.0x for the training step, 1.5x
+# for sampling
 sd_table() {
     awk '
         $1 == "RESULT" { t[$2] = $3; order[++n] = $2 }
@@ -262,13 +263,18 @@ sd_table() {
             for (i = 1; i <= n; i++) {
                 k = order[i]
                 goal = k ~ /_train_bf16_b[0-9]+_[0-9x]+$/ ? 1.0 : k ~ /^sd15_sample/ ? 1.5 : 0
-                mfu = "-"
-                if (fl[k] > 0 && g != "" && (g in p)) mfu = sprintf("%.0f%%/%.0f%%", 100 * (fl[k] / t[k]) / (gt / t[g]),
-                    100 * (fl[k] / p[k]) / (gt / p[g]))
+                mfu = "-"; b = k; sub(/_ckpt$/, "", b) # checkpointing recomputes: the model FLOPs are the same
+                if (fl[b] > 0 && g != "" && (g in p) && (k in p))
+                    mfu = sprintf("%.0f%%/%.0f%%", 100 * (fl[b] / t[k]) / (gt / t[g]), 100 * (fl[b] / p[k]) / (gt / p[g]))
+                note = "(no goal)"
+                if (k ~ /^sd15_recipe/ && match(k, /_b[0-9]+_/)) { # images per second at that batch
+                    bs = substr(k, RSTART + 2, RLENGTH - 3) + 0
+                    note = sprintf("(no goal; images/s %.1f, PyTorch %s)", bs / t[k], (k in p) ? sprintf("%.1f", bs / p[k]) : "-")
+                }
                 if (k in p) {
                     r = p[k] / t[k]
                     printf "%-40s %9.2f ms %9.2f ms %7.2fx %10s  %s\n", k, t[k] * 1e3, p[k] * 1e3, r, mfu,
-                        goal == 0 ? "(no goal)" : sprintf(">= %.2fx %s", goal, r >= goal ? "ok" : "MISSED")
+                        goal == 0 ? note : sprintf(">= %.2fx %s", goal, r >= goal ? "ok" : "MISSED")
                 } else printf "%-40s %9.2f ms %12s %8s %10s  (no PyTorch number)\n", k, t[k] * 1e3, "-", "-", mfu
             }
             for (i = 1; i <= nm; i++) {
