@@ -14,7 +14,8 @@
 #                                      at real size) and the suite under
 #                                      compute-sanitizer memcheck; logs and RESULTS.md go to $OUT, and
 #                                      a summary table comes last. STEPS: any of ctest suite bench
-#                                      sd memcheck (default: all, in that order)
+#                                      sd experiment memcheck (default: all but experiment, in that
+#                                      order; experiment trains the default experiment on the GPU)
 # Environment for run: TOCHA_BIN (default build/tocha; build-emu/tocha runs it without a GPU, on the
 # CUDA emulator), OUT (default build/gpu_out), GPU_CHECK_BUDGET (seconds for the whole run, default
 # 480: a step that would pass it is cut short or left out, and says so). Without a GPU each step
@@ -247,6 +248,31 @@ step_sd() {
     note "SD" "$(echo "$SD_TABLE" | grep -c ' ok$') goals met, $(echo "$SD_TABLE" | grep -c ' MISSED$') missed"
 }
 
+# the default experiment (experiments/t2i_shapes.lua, its default settings) trained and graded on
+# the GPU: steps per second, the whole run's time, and the grades' total row
+step_experiment() {
+    section "the default experiment with --device cuda"
+    [ "$GPU" = 0 ] && { note "experiment" "skipped: no GPU"; return; }
+    in_time "experiment" 400 || return
+    local t0 t1 rc line
+    t0=$(date +%s)
+    timeout "$LIMIT" env TOCHA_RUNS="$OUT/runs" LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" experiments/t2i_shapes.lua \
+        --device cuda >"$OUT/experiment.log" 2>&1
+    rc=$?; t1=$(date +%s)
+    line=$(grep -E '^training: [0-9]+ steps in' "$OUT/experiment.log" | tail -1)
+    if [ $rc != 0 ] || [ -z "$line" ]; then
+        note "experiment" "FAILED (exit $rc$([ $rc = 124 ] && echo ", timed out after $LIMIT s"); see experiment.log)"
+        return
+    fi
+    local steps secs total
+    steps=$(echo "$line" | awk '{ print $2 }'); secs=$(echo "$line" | awk '{ print $5 }')
+    total=$(grep -E '^total ' "$OUT/experiment.log" | tail -1)
+    printf 'default experiment on cuda: %s (%.1f steps/s); whole run %d s; grades: %s\n' "$line" \
+        "$(awk -v a="$steps" -v b="$secs" 'BEGIN { print b > 0 ? a / b : 0 }')" $((t1 - t0)) "$total" |
+        tee -a "$OUT/RESULTS.md"
+    note "experiment" "$steps steps in $secs s, run $((t1 - t0)) s; $total"
+}
+
 # RESULT and MEM lines of sd_gpu.lua / sd_gpu_torch.py -> the table: times, ratios, model FLOPs
 # utilisation (PyTorch's FLOP count of the step over each side's time, against each side's GEMM
 # rate), images/s of the fine-tuning recipe, peak memory; goals 1.0x for the training step, 1.5x
@@ -336,8 +362,9 @@ run() {
     step_card
     for s in $steps; do
         case $s in
-        ctest) step_ctest ;; suite) step_suite ;; bench) step_bench ;; sd) step_sd ;; memcheck) step_memcheck ;;
-        *) echo "unknown step $s (ctest suite bench sd memcheck)" ;;
+        ctest) step_ctest ;; suite) step_suite ;; bench) step_bench ;; sd) step_sd ;;
+        experiment) step_experiment ;; memcheck) step_memcheck ;;
+        *) echo "unknown step $s (ctest suite bench sd experiment memcheck)" ;;
         esac
     done
     section "summary"
@@ -349,5 +376,5 @@ run() {
 case ${1:-} in
 prepare) prepare ;;
 run) shift; run "$@" ;;
-*) echo "usage: scripts/gpu_check.sh prepare | run [ctest suite bench sd memcheck]"; exit 2 ;;
+*) echo "usage: scripts/gpu_check.sh prepare | run [ctest suite bench sd experiment memcheck]"; exit 2 ;;
 esac
