@@ -7,18 +7,24 @@
 /* The hyperparameters come by name from the parameter group (lr, momentum, betas, ...) and
  * the per-parameter state from its table, as PyTorch's param_groups and state hold them. */
 
+/* SGD's options from the group at idx {lr, momentum, dampening, weight_decay, nesterov} */
+static tc_sgd_opts sgd_opts(lua_State *L, int idx) {
+    tc_sgd_opts o = {
+        .lr = tcl_getnumber(L, idx, "lr"),
+        .momentum = tcl_getnumber(L, idx, "momentum"),
+        .dampening = tcl_getnumber(L, idx, "dampening"),
+        .weight_decay = tcl_getnumber(L, idx, "weight_decay"),
+        .nesterov = tcl_optbool(L, idx, "nesterov", 0),
+    };
+    return o;
+}
+
 /* sgd_step(p, grad, group, momentum_buffer|nil) -> the momentum buffer: a new one on the first
  * step with momentum (holding the gradient, as PyTorch's), nothing without momentum */
 static int o_sgd_step(lua_State *L) {
     tc_tensor *p = tcl_check(L, 1), *g = tcl_check(L, 2), *buf = tcl_opt(L, 4);
-    tc_sgd_opts o = {
-        .lr = tcl_getnumber(L, 3, "lr"),
-        .momentum = tcl_getnumber(L, 3, "momentum"),
-        .dampening = tcl_getnumber(L, 3, "dampening"),
-        .weight_decay = tcl_getnumber(L, 3, "weight_decay"),
-        .nesterov = tcl_optbool(L, 3, "nesterov", 0),
-        .first = buf == NULL,
-    };
+    tc_sgd_opts o = sgd_opts(L, 3);
+    o.first = buf == NULL;
     if (o.momentum == 0) {
         tcl_check_rc(L, tc_sgd_step_(p, g, buf, &o));
         return 0;
@@ -112,13 +118,7 @@ static int o_sgd_multi(lua_State *L) {
     lua_settop(L, 5); /* the lists below go above the arguments */
     int n = (int)luaL_len(L, 1);
     tc_tensor **p = tensor_list(L, 1, n, NULL, "sgd_multi"), **g = tensor_list(L, 2, n, NULL, "sgd_multi");
-    tc_sgd_opts o = {
-        .lr = tcl_getnumber(L, 3, "lr"),
-        .momentum = tcl_getnumber(L, 3, "momentum"),
-        .dampening = tcl_getnumber(L, 3, "dampening"),
-        .weight_decay = tcl_getnumber(L, 3, "weight_decay"),
-        .nesterov = tcl_optbool(L, 3, "nesterov", 0),
-    };
+    tc_sgd_opts o = sgd_opts(L, 3);
     tc_tensor **buf = lua_isnoneornil(L, 4) ? NULL : tensor_list(L, 4, n, NULL, "sgd_multi");
     bool *first = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *first, 0);
     for (int i = 0; i < n; i++) {

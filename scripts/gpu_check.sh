@@ -203,20 +203,26 @@ step_memcheck() {
     note "memcheck" "$errs; suite: ${line:-no summary}"
 }
 
+# bench_pair NAME LOG SCRIPT SECONDS TORCH_SECONDS: tocha's bench/SCRIPT.lua, then PyTorch's
+# bench/SCRIPT_torch.py (its lines prefixed "torch "), both into LOG, --small without a GPU
+bench_pair() {
+    local small="" rc
+    [ "$GPU" = 0 ] && small="--small"
+    in_time "$1" "$4" || return 1
+    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" "bench/$3.lua" $small >"$2" 2>&1
+    rc=$?
+    [ $rc = 124 ] && echo "tocha's $1 TIMED OUT after $LIMIT s" | tee -a "$2"
+    if in_time "PyTorch $1" "$5"; then
+        PYTHONPATH=$ROOT/build/pylib${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 timeout "$LIMIT" \
+            python3 "bench/${3}_torch.py" $small 2>&1 | sed 's/^/torch /' >>"$2"
+    fi
+    grep -E 'INFO|SKIP|rror' "$2" | head -10
+}
+
 # the benchmarks: one table of tocha's and PyTorch's times on this card, ratio = PyTorch / tocha
 step_bench() {
     section "benchmarks (bf16 GEMM, conv 3x3 fwd+bwd, per-op overhead, attention fwd+bwd)"
-    local small="" rc
-    [ "$GPU" = 0 ] && small="--small"
-    in_time "benchmarks" 120 || return
-    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" bench/gpu_ops.lua $small >"$OUT/bench.log" 2>&1
-    rc=$?
-    [ $rc = 124 ] && echo "tocha's benchmark TIMED OUT after $LIMIT s" | tee -a "$OUT/bench.log"
-    if in_time "PyTorch benchmarks" 120; then
-        PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 bench/gpu_ops_torch.py $small 2>&1 |
-            sed 's/^/torch /' >>"$OUT/bench.log"
-    fi
-    grep -E 'INFO|SKIP|rror' "$OUT/bench.log" | head -10
+    bench_pair "benchmarks" "$OUT/bench.log" gpu_ops 120 120 || return
     BENCH_TABLE=$(bench_table "$OUT/bench.log")
     printf '```\n%s\n```\n' "$BENCH_TABLE" >>"$OUT/RESULTS.md"
     echo "$BENCH_TABLE"
@@ -231,17 +237,7 @@ step_bench() {
 # not installed on the GPU machine: prepare carries it in build/pylib.
 step_sd() {
     section "Stable Diffusion 1.5 (UNet training step, fine-tuning recipe, peak memory, DDIM sampling)"
-    local small="" rc
-    [ "$GPU" = 0 ] && small="--small"
-    in_time "SD benchmarks" 240 || return
-    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" bench/sd_gpu.lua $small >"$OUT/sd.log" 2>&1
-    rc=$?
-    [ $rc = 124 ] && echo "tocha's SD benchmark TIMED OUT after $LIMIT s" | tee -a "$OUT/sd.log"
-    if in_time "PyTorch SD benchmarks" 200; then
-        PYTHONPATH=$ROOT/build/pylib${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 timeout "$LIMIT" \
-            python3 bench/sd_gpu_torch.py $small 2>&1 | sed 's/^/torch /' >>"$OUT/sd.log"
-    fi
-    grep -E 'INFO|SKIP|rror' "$OUT/sd.log" | head -10
+    bench_pair "SD benchmarks" "$OUT/sd.log" sd_gpu 240 200 || return
     SD_TABLE=$(sd_table "$OUT/sd.log")
     printf '```\n%s\n```\n' "$SD_TABLE" >>"$OUT/RESULTS.md"
     echo "$SD_TABLE"
