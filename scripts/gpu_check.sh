@@ -53,12 +53,16 @@ prepare() {
     glibc=$(objdump -T build/tocha build/test_c build/gpulibs/* 2>/dev/null | grep -o 'GLIBC_2\.[0-9]*' |
         sort -uV | tail -1)
     echo "newest glibc symbol needed: $glibc (the GPU machine has 2.39)"
-    echo "== copying diffusers (bench/sd_gpu_torch.py's models; not installed there) into build/pylib/"
+    echo "== copying diffusers (bench/sd_gpu_torch.py's models; not installed there) and the"
+    echo "   huggingface_hub it needs into build/pylib/"
     rm -rf build/pylib && mkdir -p build/pylib
-    local dif
-    dif=$(python3 -c 'import diffusers, os; print(os.path.dirname(diffusers.__file__))' 2>/dev/null) &&
-        cp -r "$dif" build/pylib/ && find build/pylib -name __pycache__ -prune -exec rm -rf {} + ||
-        echo "warning: no diffusers here: the SD benchmark will have no PyTorch side"
+    local pkg dir
+    for pkg in diffusers huggingface_hub; do
+        dir=$(python3 -c "import $pkg, os; print(os.path.dirname($pkg.__file__))" 2>/dev/null) &&
+            cp -r "$dir" build/pylib/ ||
+            echo "warning: no $pkg here: the SD benchmark may have no PyTorch side"
+    done
+    find build/pylib -name __pycache__ -prune -exec rm -rf {} +
     echo "== packing $PACK"
     tar -C build -cf - tocha test_c gpulibs pylib | xz -T2 -6 >"$PACK" || { echo "error: packing failed"; exit 1; }
     local pack tree
