@@ -39,13 +39,13 @@ LDFLAGS += $(if $(filter 1,$(SAN)),$(SANFLAGS))
 CORE_SRC = $(wildcard core/*.c core/ops/*.c core/cpu/*.c core/io/*.c)
 
 # ---- CUDA: kernels/*.cu by nvcc (sm_80 and sm_90 machine code, plus sm_90 PTX), or under
-# EMU=1 by the C++ compiler against tests/cudaemu/ (without the cuBLASLt and cuDNN files,
-# whose table slots take the CPU kernels there)
+# EMU=1 by the C++ compiler against tests/cudaemu/ (which emulates cuDNN's convolutions; without
+# the cuBLASLt file, whose table slot takes the CPU's GEMM there)
 NVCC      ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
 CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 CUDA_ON   = $(if $(filter 1,$(EMU)),emu,$(if $(filter 0,$(CUDA)),,$(if $(NVCC),nvcc,)))
-CU_SRC    = $(if $(filter emu,$(CUDA_ON)),$(filter-out kernels/gemm.cu kernels/conv.cu,$(wildcard kernels/*.cu)),$(wildcard kernels/*.cu))
+CU_SRC    = $(if $(filter emu,$(CUDA_ON)),$(filter-out kernels/gemm.cu,$(wildcard kernels/*.cu)),$(wildcard kernels/*.cu))
 EMU_SRC   = $(filter-out tests/cudaemu/selftest.cpp,$(wildcard tests/cudaemu/*.cpp))
 NVFLAGS   = -O2 -g -std=c++17 $(CUDA_ARCH) -Xcompiler -fPIC,-Wall,-Wextra,-Wshadow -Werror all-warnings -Icore
 # (g++ ignores nvcc's #pragma unroll)

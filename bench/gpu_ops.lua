@@ -1,5 +1,5 @@
 -- bench/gpu_ops.lua: the GPU benchmarks, tocha's side: bf16 GEMM 8192^3, conv2d 3x3 forward +
--- backward at Stable Diffusion UNet shapes in bf16, the per-op overhead of small tensors,
+-- backward at Stable Diffusion UNet shapes in bf16 (NCHW and channels-last), the per-op overhead of small tensors,
 -- attention forward + backward at SD shapes, and for reference GroupNorm + SiLU.
 -- bench/gpu_ops_torch.py does the same work in PyTorch; scripts/gpu_check.sh runs both on the
 -- GPU machine and prints the ratios. Prints "RESULT <name> <seconds per iteration> <flops per
@@ -50,18 +50,23 @@ do
   bench("gemm_bf16_" .. n, small and 2 or 20, function() local c <close> = a:matmul(b) end, 2 * n ^ 3)
 end
 
--- conv2d 3x3, padding 1, with bias: forward and the backward of x, w and b, as a UNet trains
+-- conv2d 3x3, padding 1, with bias: forward and the backward of x, w and b, as a UNet trains;
+-- in NCHW (with cuDNN's heuristics, then its algorithms timed) and in channels-last (*_cl:
+-- input, weight and output gradient channels-last, cuDNN's NHWC kernels, heuristics)
 for _, s in ipairs({ { 320, 64 }, { 640, 32 }, { 1280, 16 } }) do
   local batch, c, hw = 8, s[1], s[2]
   if small then batch, c, hw = 1, c // 40, hw // 4 end
-  local x = T.randn({ batch, c, hw, hw }, cuda):requires_grad_()
-  local w = (T.randn({ c, c, 3, 3 }, cuda) * (1 / math.sqrt(9 * c))):requires_grad_()
-  local b = (T.randn({ c }, cuda) * 0.1):requires_grad_()
-  local gy = T.randn({ batch, c, hw, hw }, cuda)
   local flops = 3 * 2 * batch * hw * hw * c * c * 9
-  for _, timed in ipairs({ false, true }) do -- cuDNN's heuristics, then its algorithms timed
+  for _, v in ipairs({ { false, false }, { false, true }, { true, false } }) do
+    local cl, timed = v[1], v[2]
+    local fmt = { memory_format = cl and "channels_last" or "contiguous_format" }
+    local x = T.randn({ batch, c, hw, hw }, cuda):contiguous(fmt):requires_grad_()
+    local w = (T.randn({ c, c, 3, 3 }, cuda) * (1 / math.sqrt(9 * c))):contiguous(fmt):requires_grad_()
+    local b = (T.randn({ c }, cuda) * 0.1):requires_grad_()
+    local gy = T.randn({ batch, c, hw, hw }, cuda):contiguous(fmt)
     local prev = T.backends.cudnn_benchmark(timed)
-    bench(string.format("conv3x3_fwd_bwd_bf16_b%d_c%d_%dx%d%s", batch, c, hw, hw, timed and "_timed" or ""),
+    bench(string.format("conv3x3_fwd_bwd_bf16_b%d_c%d_%dx%d%s%s", batch, c, hw, hw, cl and "_cl" or "",
+        timed and "_timed" or ""),
       small and 2 or 20, function()
         local y <close> = F.conv2d(x, w, b, { padding = 1 })
         y:backward(gy)
@@ -113,5 +118,14 @@ do
   local w, b = T.randn({ c }, cuda), T.randn({ c }, cuda)
   bench(string.format("groupnorm32_silu_fwd_bf16_b%d_c%d_%dx%d", nb, c, hw, hw), small and 2 or 20, function()
     local y <close> = F.group_norm(x, 32, w, b):silu()
+  end, 0)
+end
+do -- the same in channels-last (the layout a channels-last UNet hands its norms)
+  local nb, c, hw = 8, 320, 64
+  if small then nb, c, hw = 1, 64, 16 end
+  local x = T.randn({ nb, c, hw, hw }, cuda):contiguous{ memory_format = "channels_last" }
+  local w, b = T.randn({ c }, cuda), T.randn({ c }, cuda)
+  bench(string.format("groupnorm32_silu_fwd_bf16_b%d_c%d_%dx%d_cl", nb, c, hw, hw), small and 2 or 20, function()
+    local y <close> = F.group_norm(x, 32, w, b, { silu = true })
   end, 0)
 end

@@ -2,7 +2,7 @@
 # the same way (synchronize around each batch, median of the batches; no CUDA events, as tocha
 # has none). Prints "RESULT <name> <seconds per iteration> <flops per iteration>" lines, the conv
 # rows once more with torch.backends.cudnn.benchmark on (*_timed, as tocha's cudnn_benchmark rows),
-# and once more in channels-last (PyTorch's fastest layout; tocha's is NCHW) as *_cl.
+# and once more in channels-last (input, weight and output gradient; tocha's *_cl rows alike) as *_cl.
 #   python3 bench/gpu_ops_torch.py [--small]
 import math, statistics, sys, time
 import torch
@@ -107,4 +107,7 @@ nb, c, hw = (1, 64, 16) if small else (8, 320, 64)
 x = torch.randn(nb, c, hw, hw, device=dev, dtype=torch.bfloat16)
 gw, gb = torch.randn(c, device=dev, dtype=torch.bfloat16), torch.randn(c, device=dev, dtype=torch.bfloat16)
 bench(f"groupnorm32_silu_fwd_bf16_b{nb}_c{c}_{hw}x{hw}", 2 if small else 20,
+      lambda: F.silu(F.group_norm(x, 32, gw, gb)), 0)
+x = x.contiguous(memory_format=torch.channels_last)  # the same in channels-last
+bench(f"groupnorm32_silu_fwd_bf16_b{nb}_c{c}_{hw}x{hw}_cl", 2 if small else 20,
       lambda: F.silu(F.group_norm(x, 32, gw, gb)), 0)

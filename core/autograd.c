@@ -275,8 +275,11 @@ static int accumulate(tc_tensor **slot, tc_tensor *g) {
  * kept only when nothing else refers to it, later ones are added into it in place. */
 static int accumulate_grad(tc_tensor *leaf, tc_tensor *g) {
     if (leaf->grad) return tc_binary_(TC_OP_ADD, leaf->grad, g);
-    bool owned = g->refcount == 1 && g->storage->refcount == 1 && tc_is_contiguous(g);
-    leaf->grad = owned ? tc_tensor_retain(g) : tc_clone(g);
+    /* the gradient takes the leaf's memory format, as PyTorch's layout contract for .grad */
+    tc_memory_format f = tc_suggest_format(leaf);
+    bool dense = tc_is_contiguous_format(g, f);
+    bool owned = g->refcount == 1 && g->storage->refcount == 1 && dense;
+    leaf->grad = owned ? tc_tensor_retain(g) : dense ? tc_clone(g) : tc_contiguous_format(g, f);
     return leaf->grad ? TC_OK : TC_ERR;
 }
 

@@ -406,6 +406,46 @@ tc_tensor *tc_empty(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev) 
     return t;
 }
 
+/* ---- memory formats --------------------------------------------------------------- */
+/* channels-last strides: C innermost, then W, H, N; size-1 dims' strides do not matter */
+static bool is_channels_last(const tc_tensor *t) {
+    if (t->ndim != 4) return false;
+    static const int order[4] = {1, 3, 2, 0};
+    int64_t st = 1;
+    for (int i = 0; i < 4; i++) {
+        int d = order[i];
+        if (t->shape[d] != 1 && t->stride[d] != st) return false;
+        st *= t->shape[d];
+    }
+    return true;
+}
+
+bool tc_is_contiguous_format(const tc_tensor *t, tc_memory_format f) {
+    return f == TC_CHANNELS_LAST ? is_channels_last(t) : tc_is_contiguous(t);
+}
+
+tc_memory_format tc_suggest_format(const tc_tensor *x) {
+    return is_channels_last(x) && !tc_is_contiguous(x) ? TC_CHANNELS_LAST : TC_CONTIGUOUS_FORMAT;
+}
+
+tc_tensor *tc_empty_format(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev, tc_memory_format f) {
+    if (f == TC_CONTIGUOUS_FORMAT) return tc_empty(ndim, shape, dt, dev);
+    if (ndim != 4) {
+        char sh[160];
+        tc_shape_str(ndim, shape, sh, sizeof sh);
+        tc_error("channels_last needs a 4-d shape [N, C, H, W], got %s", sh);
+        return NULL;
+    }
+    tc_tensor *t = tc_empty(ndim, shape, dt, dev);
+    if (!t) return NULL;
+    int64_t C = shape[1] ? shape[1] : 1, W = shape[3] ? shape[3] : 1, H = shape[2] ? shape[2] : 1;
+    t->stride[1] = 1;
+    t->stride[3] = C;
+    t->stride[2] = W * C;
+    t->stride[0] = H * W * C;
+    return t;
+}
+
 tc_tensor *tc_empty_like(const tc_tensor *x, tc_dtype dt) {
     return tc_empty(x->ndim, x->shape, dt, x->storage->device);
 }

@@ -185,6 +185,16 @@ tc_tensor *tc_flatten(tc_tensor *x, int start, int end);
 
 /* ---- copies and conversions -------------------------------------------------- */
 tc_tensor *tc_contiguous(tc_tensor *x); /* new reference to x itself when already contiguous */
+/* memory formats (PyTorch's): CONTIGUOUS is row-major; CHANNELS_LAST lays a 4-d [N, C, H, W]
+ * out as [N, H, W, C] (strides {H*W*C, 1, W*C, C}) with its shape unchanged. Ops that take
+ * images (conv2d, group_norm, pooling, interpolate) and elementwise ops keep the layout of
+ * their input; a tensor whose layout is both (C = 1, or H = W = 1) counts as contiguous. */
+typedef enum { TC_CONTIGUOUS_FORMAT, TC_CHANNELS_LAST } tc_memory_format;
+bool tc_is_contiguous_format(const tc_tensor *t, tc_memory_format f);
+tc_tensor *tc_contiguous_format(tc_tensor *x, tc_memory_format f); /* CHANNELS_LAST: 4-d only */
+tc_tensor *tc_empty_format(int ndim, const int64_t *shape, tc_dtype dt, tc_device dev, tc_memory_format f);
+/* the format x is dense in: CHANNELS_LAST when x is 4-d, channels-last and not row-major */
+tc_memory_format tc_suggest_format(const tc_tensor *x);
 tc_tensor *tc_clone(tc_tensor *x);
 tc_tensor *tc_to(tc_tensor *x, tc_dtype dt, tc_device dev); /* x itself when nothing changes */
 tc_tensor *tc_detach(tc_tensor *x);

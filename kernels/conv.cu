@@ -1,5 +1,6 @@
-/* conv.cu: conv2d's forward and both backward passes (NCHW, contiguous) through cuDNN's legacy
- * API; conv_transpose2d reaches the same two entries (core/ops/conv.c). Per (dtype, shapes,
+/* conv.cu: conv2d's forward and both backward passes (contiguous NCHW, or every operand
+ * channels-last: cuDNN's NHWC descriptors, no transposes) through cuDNN's legacy API;
+ * conv_transpose2d reaches the same two entries (core/ops/conv.c). Per (dtype, layout, shapes,
  * params, math mode) key, a plan holds the descriptors and, once chosen, the algorithm of each
  * direction: cuDNN's heuristics' first that runs, or with T.backends.cudnn_benchmark(true) the
  * fastest by timing. All of tocha's cuDNN code lives here, behind kernels/cudnn.h. */
@@ -59,6 +60,7 @@ static const char *const dir_names[NDIRS] = {"forward", "backward data", "backwa
 /* every field an int, so that keys compare with memcmp */
 typedef struct {
     int dtype, tf32, benchmark;
+    int nhwc;                           /* every operand channels-last (strides of [N, H, W, C]) */
     int x[4], w[4];                     /* input [N, C, H, W], weight [O, C / groups, kh, kw] */
     int pad[2], stride[2], dilation[2], groups;
 } conv_key;
@@ -121,13 +123,15 @@ static int describe(conv_plan *pl) {
     TCU_CUDNN(cudnnCreateTensorDescriptor(&pl->yd));
     TCU_CUDNN(cudnnCreateFilterDescriptor(&pl->wd));
     TCU_CUDNN(cudnnCreateConvolutionDescriptor(&pl->cd));
-    TCU_CUDNN(cudnnSetTensor4dDescriptor(pl->xd, CUDNN_TENSOR_NCHW, pl->dt, k->x[0], k->x[1], k->x[2], k->x[3]));
-    TCU_CUDNN(cudnnSetFilter4dDescriptor(pl->wd, pl->dt, CUDNN_TENSOR_NCHW, k->w[0], k->w[1], k->w[2], k->w[3]));
+    /* sizes are given as [N, C, H, W] in both formats; the format says how they lie in memory */
+    cudnnTensorFormat_t fmt = k->nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    TCU_CUDNN(cudnnSetTensor4dDescriptor(pl->xd, fmt, pl->dt, k->x[0], k->x[1], k->x[2], k->x[3]));
+    TCU_CUDNN(cudnnSetFilter4dDescriptor(pl->wd, pl->dt, fmt, k->w[0], k->w[1], k->w[2], k->w[3]));
     TCU_CUDNN(cudnnSetConvolution2dDescriptor(pl->cd, k->pad[0], k->pad[1], k->stride[0], k->stride[1],
                                               k->dilation[0], k->dilation[1], CUDNN_CROSS_CORRELATION, compute));
     TCU_CUDNN(cudnnSetConvolutionGroupCount(pl->cd, k->groups));
     TCU_CUDNN(cudnnSetConvolutionMathType(pl->cd, pl->math));
-    TCU_CUDNN(cudnnSetTensor4dDescriptor(pl->yd, CUDNN_TENSOR_NCHW, pl->dt, pl->y[0], pl->y[1], pl->y[2], pl->y[3]));
+    TCU_CUDNN(cudnnSetTensor4dDescriptor(pl->yd, fmt, pl->dt, pl->y[0], pl->y[1], pl->y[2], pl->y[3]));
     return TC_OK;
 }
 
@@ -338,6 +342,34 @@ __global__ void add_bias_kernel(T *y, const T *b, int64_t rows, int64_t O, int64
     }
 }
 
+/* y [rows, O] += b [O] (channels-last: O innermost) */
+template <typename T>
+__global__ void add_bias_nhwc_kernel(T *y, const T *b, int64_t n, int64_t O) {
+    TCU_GRID_STRIDE(i, n) store(&y[i], tcu_float(y[i]) + tcu_float(b[i % O]));
+}
+
+/* gb [O] = the column sums of gy [rows, O] (channels-last), in double: a block per 32
+ * channels, its 8 warps taking every 8th row so that a warp reads 32 neighbouring channels */
+template <typename T>
+__global__ void bias_grad_nhwc_kernel(T *gb, const T *gy, int64_t rows, int64_t O) {
+    __shared__ double part[8][33];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int64_t o0 = (int64_t)blockIdx.x * 32; o0 < O; o0 += (int64_t)gridDim.x * 32) {
+        int64_t o = o0 + lane;
+        double s = 0;
+        if (o < O)
+            for (int64_t r = warp; r < rows; r += 8) s += tcu_float(gy[r * O + o]);
+        __syncthreads(); /* part is free again after the previous channels */
+        part[warp][lane] = s;
+        __syncthreads();
+        if (warp == 0 && o < O) {
+            double t = 0;
+            for (int k = 0; k < 8; k++) t += part[k][lane];
+            store(&gb[o], (typename tcu_acc<T>::type)t);
+        }
+    }
+}
+
 /* gb [O] = the sums of gy [N, O, hw] over N and hw, in double: a block per channel */
 template <typename T>
 __global__ void bias_grad_kernel(T *gb, const T *gy, int64_t N, int64_t O, int64_t hw) {
@@ -360,18 +392,26 @@ __global__ void bias_grad_kernel(T *gb, const T *gy, int64_t N, int64_t O, int64
     }
 }
 
-/* dst [planes, dh, dw] = src [planes, sh, sw] cropped, or extended with zeros; E is an integer
- * of the element's size (the bits are copied) */
+/* dst [planes, dh, dw, c] = src [planes, sh, sw, c] cropped, or extended with zeros (NCHW:
+ * c = 1; channels-last: planes = N, c = channels); E is an integer of the element's size (the
+ * bits are copied) */
 template <typename E>
-__global__ void resize_kernel(E *dst, const E *src, int64_t planes, int64_t dh, int64_t dw, int64_t sh, int64_t sw) {
-    TCU_GRID_STRIDE(i, planes * dh * dw) {
-        int64_t w = i % dw, h = i / dw % dh, p = i / (dw * dh);
-        dst[i] = h < sh && w < sw ? src[(p * sh + h) * sw + w] : (E)0;
+__global__ void resize_kernel(E *dst, const E *src, int64_t planes, int64_t dh, int64_t dw, int64_t sh, int64_t sw,
+                              int64_t c) {
+    TCU_GRID_STRIDE(i, planes * dh * dw * c) {
+        int64_t k = i % c, w = i / c % dw, h = i / (c * dw) % dh, p = i / (c * dw * dh);
+        dst[i] = h < sh && w < sw ? src[((p * sh + h) * sw + w) * c + k] : (E)0;
     }
 }
 
 template <typename T>
-static int add_bias(tc_tensor *y, const tc_tensor *b) {
+static int add_bias(tc_tensor *y, const tc_tensor *b, bool nhwc) {
+    if (nhwc) {
+        TCU_LAUNCH(add_bias_nhwc_kernel<T>, tcu_blocks(tc_numel(y)), TCU_THREADS, 0, (T *)tcu_ptr(y),
+                   (const T *)tcu_ptr(b), tc_numel(y), y->shape[1]);
+        TCU_LAUNCHED("conv2d bias");
+        return TC_OK;
+    }
     int64_t rows = y->shape[0] * y->shape[1], hw = y->shape[2] * y->shape[3];
     TCU_LAUNCH(add_bias_kernel<T>, (unsigned)(rows < 65535 * 8 ? rows : 65535 * 8), TCU_THREADS, 0, (T *)tcu_ptr(y),
                (const T *)tcu_ptr(b), rows, y->shape[1], hw);
@@ -380,8 +420,15 @@ static int add_bias(tc_tensor *y, const tc_tensor *b) {
 }
 
 template <typename T>
-static int bias_grad(tc_tensor *gb, const tc_tensor *gy) {
+static int bias_grad(tc_tensor *gb, const tc_tensor *gy, bool nhwc) {
     int64_t O = gy->shape[1];
+    if (nhwc) {
+        int64_t blocks = (O + 31) / 32;
+        TCU_LAUNCH(bias_grad_nhwc_kernel<T>, (unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, (T *)tcu_ptr(gb),
+                   (const T *)tcu_ptr(gy), tc_numel(gy) / O, O);
+        TCU_LAUNCHED("conv2d backward bias");
+        return TC_OK;
+    }
     TCU_LAUNCH(bias_grad_kernel<T>, (unsigned)(O < 65535 * 8 ? O : 65535 * 8), TCU_THREADS, 0, (T *)tcu_ptr(gb),
                (const T *)tcu_ptr(gy), gy->shape[0], O, gy->shape[2] * gy->shape[3]);
     TCU_LAUNCHED("conv2d backward bias");
@@ -389,19 +436,22 @@ static int bias_grad(tc_tensor *gb, const tc_tensor *gy) {
 }
 
 template <typename E>
-static int resize_launch(void *dst, const void *src, int64_t planes, int64_t dh, int64_t dw, int64_t sh, int64_t sw) {
-    TCU_LAUNCH(resize_kernel<E>, tcu_blocks(planes * dh * dw), TCU_THREADS, 0, (E *)dst, (const E *)src, planes, dh,
-               dw, sh, sw);
+static int resize_launch(void *dst, const void *src, int64_t planes, int64_t dh, int64_t dw, int64_t sh, int64_t sw,
+                         int64_t c) {
+    TCU_LAUNCH(resize_kernel<E>, tcu_blocks(planes * dh * dw * c), TCU_THREADS, 0, (E *)dst, (const E *)src, planes,
+               dh, dw, sh, sw, c);
     TCU_LAUNCHED("conv2d resize");
     return TC_OK;
 }
 
-static int resize(void *dst, const void *src, size_t es, int64_t planes, int64_t dh, int64_t dw, int64_t sh,
+/* resizes the output-shaped buffer of y's [N, O] images (layout as y's) */
+static int resize(void *dst, const void *src, const tc_tensor *y, bool nhwc, int64_t dh, int64_t dw, int64_t sh,
                   int64_t sw) {
-    switch (es) {
-    case 2: return resize_launch<uint16_t>(dst, src, planes, dh, dw, sh, sw);
-    case 4: return resize_launch<uint32_t>(dst, src, planes, dh, dw, sh, sw);
-    default: return resize_launch<uint64_t>(dst, src, planes, dh, dw, sh, sw);
+    int64_t planes = nhwc ? y->shape[0] : y->shape[0] * y->shape[1], c = nhwc ? y->shape[1] : 1;
+    switch (tc_dtype_size(y->dtype)) {
+    case 2: return resize_launch<uint16_t>(dst, src, planes, dh, dw, sh, sw, c);
+    case 4: return resize_launch<uint32_t>(dst, src, planes, dh, dw, sh, sw, c);
+    default: return resize_launch<uint64_t>(dst, src, planes, dh, dw, sh, sw, c);
     }
 }
 
@@ -413,6 +463,7 @@ static int resize(void *dst, const void *src, size_t es, int64_t planes, int64_t
  * 32-bit sizes go through in chunks of images. */
 typedef struct {
     const tc_tensor *x, *w, *y;   /* the tensors giving the sizes */
+    bool nhwc;                    /* every operand channels-last */
     int64_t oh, ow;               /* cuDNN's output size */
     int64_t chunk;                /* images per call */
     bool empty;                   /* a size is 0: the convolution sums nothing */
@@ -428,6 +479,12 @@ static int shape_of(conv_shape *s, const tc_tensor *x, const tc_tensor *w, const
     int64_t ow = (x->shape[3] + 2 * p->padding[1] - (int64_t)p->dilation[1] * (w->shape[3] - 1) - 1) / p->stride[1] + 1;
     s->empty = tc_numel(x) == 0 || tc_numel(w) == 0 || tc_numel(y) == 0;
     if (s->empty) return TC_OK;
+    /* one layout for all: a tensor both layouts describe (C = 1, or H = W = 1) fits either */
+    s->nhwc = !tc_is_contiguous(x) || !tc_is_contiguous(w) || !tc_is_contiguous(y);
+    const tc_tensor *ops[3] = {x, w, y};
+    for (int i = 0; i < 3; i++)
+        if (!tc_is_contiguous_format(ops[i], s->nhwc ? TC_CHANNELS_LAST : TC_CONTIGUOUS_FORMAT))
+            return tc_error("conv2d: the operands must all be contiguous NCHW or all channels-last");
     if (oh < y->shape[2] || ow < y->shape[3])
         return tc_error("conv2d: the output [%lld x %lld] is larger than the convolution's [%lld x %lld]",
                         (long long)y->shape[2], (long long)y->shape[3], (long long)oh, (long long)ow);
@@ -444,6 +501,7 @@ static int shape_of(conv_shape *s, const tc_tensor *x, const tc_tensor *w, const
     k->dtype = x->dtype;
     k->tf32 = x->dtype == TC_F32 && tc_cuda_allow_tf32();
     k->benchmark = tc_cuda_cudnn_benchmark();
+    k->nhwc = s->nhwc;
     for (int i = 0; i < 4; i++) {
         k->x[i] = (int)x->shape[i];
         k->w[i] = (int)w->shape[i];
@@ -488,11 +546,10 @@ static int output_buffer(const conv_shape *s, tc_tensor *y, bool copy, char **bu
     *buf = tcu_ptr(y);
     if (s->oh == y->shape[2] && s->ow == y->shape[3]) return TC_OK;
     size_t es = tc_dtype_size(y->dtype);
-    int64_t planes = y->shape[0] * y->shape[1];
-    *tmp = tc_cuda_alloc((size_t)(planes * s->oh * s->ow) * es);
+    *tmp = tc_cuda_alloc((size_t)(y->shape[0] * y->shape[1] * s->oh * s->ow) * es);
     if (!*tmp) return TC_ERR;
     *buf = (char *)*tmp;
-    return copy ? resize(*tmp, tcu_ptr(y), es, planes, s->oh, s->ow, y->shape[2], y->shape[3]) : TC_OK;
+    return copy ? resize(*tmp, tcu_ptr(y), y, s->nhwc, s->oh, s->ow, y->shape[2], y->shape[3]) : TC_OK;
 }
 
 /* prefixes the error with the op and its shapes */
@@ -524,11 +581,10 @@ static int conv2d(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc
         rc = output_buffer(&s, y, false, &out, &tmp);
         if (rc == TC_OK) rc = run_batch(&s, FWD, tcu_ptr(x), tcu_ptr(w), out);
         if (rc == TC_OK && tmp)
-            rc = resize(tcu_ptr(y), tmp, tc_dtype_size(y->dtype), y->shape[0] * y->shape[1], y->shape[2],
-                        y->shape[3], s.oh, s.ow);
+            rc = resize(tcu_ptr(y), tmp, y, s.nhwc, y->shape[2], y->shape[3], s.oh, s.ow);
         if (tmp) tc_cuda_free(tmp);
     }
-    if (rc == TC_OK && b) TCU_FLOAT_DISPATCH(y->dtype, T, "conv2d", rc = add_bias<T>(y, b));
+    if (rc == TC_OK && b) TCU_FLOAT_DISPATCH(y->dtype, T, "conv2d", rc = add_bias<T>(y, b, !tc_is_contiguous(y)));
     return rc;
 }
 
@@ -542,7 +598,8 @@ extern "C" int tc_cuda_conv2d(tc_tensor *y, const tc_tensor *x, const tc_tensor 
 static int conv2d_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x,
                            const tc_tensor *w, const tc_conv_params *p) {
     int rc = TC_OK;
-    if (gb && tc_numel(gb) > 0) TCU_FLOAT_DISPATCH(gy->dtype, T, "conv2d backward", rc = bias_grad<T>(gb, gy));
+    if (gb && tc_numel(gb) > 0)
+        TCU_FLOAT_DISPATCH(gy->dtype, T, "conv2d backward", rc = bias_grad<T>(gb, gy, !tc_is_contiguous(gy)));
     if (rc != TC_OK || (!gx && !gw)) return rc;
     conv_shape s;
     if (shape_of(&s, gx ? gx : x, w ? w : gw, gy, p) != TC_OK) return TC_ERR;

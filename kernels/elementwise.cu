@@ -21,10 +21,28 @@ typedef struct {
     int64_t stride[EW_MAX_OPS][TC_MAX_DIMS];
 } ew_layout;
 
-/* the layout of nops tensors of ts[0]'s shape, which must hold at least one element */
+/* the layout of nops tensors of ts[0]'s shape, which must hold at least one element. The
+ * dims are visited in the order of the output's strides, outermost first: an output in any
+ * dense order (channels-last) with inputs in that same order is then one unit-stride run. */
 static ew_layout ew_layout_of(int nops, const tc_tensor *const *ts) {
+    tc_tensor perm[EW_MAX_OPS];
+    const tc_tensor *pts[EW_MAX_OPS];
+    int order[TC_MAX_DIMS], nd = ts[0]->ndim;
+    for (int d = 0; d < nd; d++) { /* a stable insertion sort by the output's stride, largest first */
+        int j = d;
+        while (j > 0 && ts[0]->stride[order[j - 1]] < ts[0]->stride[d]) { order[j] = order[j - 1]; j--; }
+        order[j] = d;
+    }
+    for (int k = 0; k < nops; k++) {
+        perm[k] = *ts[k];
+        for (int d = 0; d < nd; d++) {
+            perm[k].shape[d] = ts[k]->shape[order[d]];
+            perm[k].stride[d] = ts[k]->stride[order[d]];
+        }
+        pts[k] = &perm[k];
+    }
     tcu_layout l[EW_MAX_OPS];
-    tcu_layouts(nops, ts, l);
+    tcu_layouts(nops, pts, l);
     ew_layout e;
     memset(&e, 0, sizeof e);
     e.ndim = l[0].ndim;

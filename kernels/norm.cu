@@ -218,6 +218,23 @@ typedef struct {
     int64_t s0, s1, s2; /* x's strides */
 } gn_shape;
 
+/* an output's strides over [N, C, HW]: channels-last outputs are written in place */
+typedef struct {
+    int64_t s0, s1, s2;
+} gn_strides;
+
+static gn_strides gn_strides_of(const tc_tensor *t) {
+    gn_strides g = {t->stride[0], t->stride[1], t->stride[2]};
+    return g;
+}
+
+/* t [N, C, HW] is dense channels-last (strides {HW C, 1, C}): the NHWC kernels below walk it in
+ * memory order */
+static bool gn_nhwc(const tc_tensor *t) {
+    return t->shape[1] > 1 && t->stride[1] == 1 && t->stride[2] == t->shape[1] &&
+           (t->shape[0] == 1 || t->stride[0] == t->shape[1] * t->shape[2]);
+}
+
 static gn_shape gn_shape_of(const tc_tensor *x, int groups) {
     gn_shape g = {x->shape[0], x->shape[1], x->shape[2], groups, x->shape[1] / groups,
                   x->stride[0], x->stride[1], x->stride[2]};
@@ -236,6 +253,14 @@ __global__ void gn_moments(double *part, const T *x, gn_shape s, int64_t P, int6
         const T *base = x + n * s.s0 + ng % s.G * s.cg * s.s1;
         double shift = tcu_float(base[0]), a = 0, b = 0;
         int64_t e = p * R + threadIdx.x, end = (p + 1) * R < cnt ? (p + 1) * R : cnt;
+        if (s.s1 == 1 && s.cg > 1) { /* channels-last: e = i cg + c, neighbouring threads on neighbouring channels */
+            for (; e < end; e += blockDim.x) {
+                double d = (double)tcu_float(base[e % s.cg + e / s.cg * s.s2]) - shift;
+                a += d;
+                b += d * d;
+            }
+            e = end;
+        }
         int64_t c = e / s.HW, i = e % s.HW; /* e = c HW + i, stepped without dividing */
         for (; e < end; e += blockDim.x) {
             double d = (double)tcu_float(base[c * s.s1 + i * s.s2]) - shift;
@@ -284,9 +309,9 @@ __global__ void gn_stats(typename tcu_acc<T>::type *mean, typename tcu_acc<T>::t
 #define M_(fn) tcu_##fn /* the math functions of core/unary.h's formulas */
 
 /* y = (x - mean) rstd w + b, and with silu the silu of that (one read of x, one write of y), a
- * block per (n, c) row of HW */
+ * block per (n, c) row of HW; y's strides ys (NCHW: {C HW, HW, 1}) */
 template <typename T>
-__global__ void gn_normalize(T *y, const T *x, gn_shape s, const double *st, vec w, vec b, bool silu) {
+__global__ void gn_normalize(T *y, gn_strides ys, const T *x, gn_shape s, const double *st, vec w, vec b, bool silu) {
     typedef typename tcu_acc<T>::type A;
     for (int64_t row = blockIdx.x; row < s.N * s.C; row += gridDim.x) {
         int64_t n = row / s.C, c = row % s.C, ng = n * s.G + c / s.cg;
@@ -295,8 +320,21 @@ __global__ void gn_normalize(T *y, const T *x, gn_shape s, const double *st, vec
         const T *xr = x + n * s.s0 + c * s.s1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x) {
             A h = (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * a + o;
-            tcu_put(y[row * s.HW + i], silu ? TC_SILU(M_, h) : h);
+            tcu_put(y[n * ys.s0 + c * ys.s1 + i * ys.s2], silu ? TC_SILU(M_, h) : h);
         }
+    }
+}
+
+/* gn_normalize for x and y dense channels-last: a thread per element, in memory order */
+template <typename T>
+__global__ void gn_normalize_nhwc(T *y, const T *x, gn_shape s, const double *st, vec w, vec b, bool silu) {
+    typedef typename tcu_acc<T>::type A;
+    TCU_GRID_STRIDE(e, s.N * s.HW * s.C) {
+        int64_t c = e % s.C, n = e / (s.HW * s.C), ng = n * s.G + c / s.cg;
+        double mu = st[ng * 2], rs = st[ng * 2 + 1];
+        A hi = (A)mu, lo = (A)(mu - (double)hi), a = (A)(rs * vec_at(w, c, 1)), o = (A)vec_at(b, c, 0);
+        A h = (((A)tcu_float(x[e]) - hi) - lo) * a + o;
+        tcu_put(y[e], silu ? TC_SILU(M_, h) : h);
     }
 }
 
@@ -336,8 +374,12 @@ static int group_norm_run(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
                (const double *)part, xp, s, P, eps);
     TCU_LAUNCHED("group_norm");
     if (cnt == 0) return TC_OK;
-    TCU_LAUNCH(gn_normalize<T>, grid_of(s.N * s.C), row_threads(s.HW), 0, (T *)tcu_ptr(y), xp, s,
-               (const double *)st, vec_of(w), vec_of(b), silu);
+    if (gn_nhwc(x) && gn_nhwc(y))
+        TCU_LAUNCH(gn_normalize_nhwc<T>, tcu_blocks(s.N * s.HW * s.C), TCU_THREADS, 0, (T *)tcu_ptr(y), xp, s,
+                   (const double *)st, vec_of(w), vec_of(b), silu);
+    else
+        TCU_LAUNCH(gn_normalize<T>, grid_of(s.N * s.C), row_threads(s.HW), 0, (T *)tcu_ptr(y), gn_strides_of(y), xp, s,
+                   (const double *)st, vec_of(w), vec_of(b), silu);
     TCU_LAUNCHED("group_norm");
     return TC_OK;
 }
@@ -366,6 +408,42 @@ __global__ void gn_backward_rows(double *pw, double *pb, const T *gy, int64_t gs
         if (threadIdx.x == 0) {
             pw[row] = sgx * (double)rstd[ng];
             pb[row] = sg;
+        }
+    }
+}
+
+/* gn_backward_rows for x and gy dense channels-last: a block of 8 warps per (n, 32 channels),
+ * a warp's lanes on neighbouring channels of one pixel, its warps on every 8th pixel */
+template <typename T>
+__global__ void gn_backward_rows_nhwc(double *pw, double *pb, const T *gy, const T *x, gn_shape s,
+                                      const typename tcu_acc<T>::type *mean, const typename tcu_acc<T>::type *rstd,
+                                      vec w, vec b, bool silu) {
+    __shared__ double red[2][8][33];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int64_t tiles = (s.C + 31) / 32;
+    for (int64_t bid = blockIdx.x; bid < s.N * tiles; bid += gridDim.x) {
+        int64_t n = bid / tiles, c = bid % tiles * 32 + lane, ng = n * s.G + (c < s.C ? c : 0) / s.cg;
+        double sg = 0, sgx = 0, mu = mean[ng], rs = rstd[ng];
+        if (c < s.C) {
+            const T *xr = x + n * s.s0 + c, *gr = gy + n * s.s0 + c;
+            for (int64_t i = warp; i < s.HW; i += 8) {
+                double g = gn_grad_in(gr, s.C, xr, s.C, i, silu, mu, rs, w, b, c);
+                sg += g;
+                sgx += g * ((double)tcu_float(xr[i * s.C]) - mu);
+            }
+        }
+        __syncthreads(); /* red is free again after the previous tile */
+        red[0][warp][lane] = sg;
+        red[1][warp][lane] = sgx;
+        __syncthreads();
+        if (warp == 0 && c < s.C) {
+            double tg = 0, tgx = 0;
+            for (int k = 0; k < 8; k++) {
+                tg += red[0][k][lane];
+                tgx += red[1][k][lane];
+            }
+            pw[n * s.C + c] = tgx * rs;
+            pb[n * s.C + c] = tg;
         }
     }
 }
@@ -402,7 +480,8 @@ __global__ void gn_backward_channels(void *gw, tc_dtype wdt, void *gb, tc_dtype 
 
 /* gx = gy (rstd w) + (x - mean) (-rstd^2 s2) - rstd s1, a block per (n, c) row */
 template <typename T>
-__global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2, const T *x, gn_shape s,
+__global__ void gn_backward_x(T *gx, gn_strides xs, const T *gy, int64_t gs0, int64_t gs1, int64_t gs2, const T *x,
+                              gn_shape s,
                               const typename tcu_acc<T>::type *mean, const typename tcu_acc<T>::type *rstd,
                               const double *co, vec w, vec b, bool silu) {
     typedef typename tcu_acc<T>::type A;
@@ -413,8 +492,25 @@ __global__ void gn_backward_x(T *gx, const T *gy, int64_t gs0, int64_t gs1, int6
         A bb = (A)(-rs * rs * co[ng * 2 + 1]), cc = (A)(-rs * co[ng * 2]);
         const T *xr = x + n * s.s0 + c * s.s1, *gr = gy + n * gs0 + c * gs1;
         for (int64_t i = threadIdx.x; i < s.HW; i += blockDim.x)
-            tcu_put(gx[row * s.HW + i], (A)gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rs, w, b, c) * a +
-                                            (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
+            tcu_put(gx[n * xs.s0 + c * xs.s1 + i * xs.s2],
+                    (A)gn_grad_in(gr, gs2, xr, s.s2, i, silu, mu, rs, w, b, c) * a +
+                        (((A)tcu_float(xr[i * s.s2]) - hi) - lo) * bb + cc);
+    }
+}
+
+/* gn_backward_x for gx, gy and x dense channels-last: a thread per element, in memory order */
+template <typename T>
+__global__ void gn_backward_x_nhwc(T *gx, const T *gy, const T *x, gn_shape s, const typename tcu_acc<T>::type *mean,
+                                   const typename tcu_acc<T>::type *rstd, const double *co, vec w, vec b, bool silu) {
+    typedef typename tcu_acc<T>::type A;
+    TCU_GRID_STRIDE(e, s.N * s.HW * s.C) {
+        int64_t c = e % s.C, n = e / (s.HW * s.C), i = e / s.C % s.HW, ng = n * s.G + c / s.cg;
+        double mu = mean[ng], rs = rstd[ng];
+        A hi = (A)mu, lo = (A)(mu - (double)hi), a = (A)(rs * vec_at(w, c, 1));
+        A bb = (A)(-rs * rs * co[ng * 2 + 1]), cc = (A)(-rs * co[ng * 2]);
+        const T *xr = x + n * s.s0 + c, *gr = gy + n * s.s0 + c;
+        tcu_put(gx[e], (A)gn_grad_in(gr, s.C, xr, s.C, i, silu, mu, rs, w, b, c) * a +
+                           (((A)tcu_float(x[e]) - hi) - lo) * bb + cc);
     }
 }
 
@@ -428,7 +524,14 @@ static int group_norm_backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
     double *pw = ws, *pb = ws + NC, *co = pb + NC;
     const T *xp = (const T *)tcu_ptr(x), *gp = (const T *)tcu_ptr(gy);
     const A *mp = (const A *)tcu_ptr(mean), *rp = (const A *)tcu_ptr(rstd);
-    if (NC > 0) {
+    /* x and gy channels-last with one sample stride (gx too, when wanted): the NHWC kernels */
+    bool nhwc = gn_nhwc(x) && gn_nhwc(gy) && gy->stride[0] == x->stride[0] && (!gx || gn_nhwc(gx));
+    if (NC > 0 && nhwc) {
+        int64_t tiles = s.N * ((s.C + 31) / 32);
+        TCU_LAUNCH(gn_backward_rows_nhwc<T>, grid_of(tiles), 256, 0, pw, pb, gp, xp, s, mp, rp, vec_of(w), vec_of(b),
+                   silu);
+        TCU_LAUNCHED("group_norm backward");
+    } else if (NC > 0) {
         TCU_LAUNCH(gn_backward_rows<T>, grid_of(NC), row_threads(s.HW), 0, pw, pb, gp, gy->stride[0], gy->stride[1],
                    gy->stride[2], xp, s, mp, rp, vec_of(w), vec_of(b), silu);
         TCU_LAUNCHED("group_norm backward");
@@ -443,8 +546,15 @@ static int group_norm_backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
     TCU_LAUNCH(gn_backward_groups, tcu_blocks(NG), TCU_THREADS, 0, co, (const double *)pw, (const double *)pb,
                vec_of(w), s);
     TCU_LAUNCHED("group_norm backward");
-    TCU_LAUNCH(gn_backward_x<T>, grid_of(NC), row_threads(s.HW), 0, (T *)tcu_ptr(gx), gp, gy->stride[0],
-               gy->stride[1], gy->stride[2], xp, s, mp, rp, (const double *)co, vec_of(w), vec_of(b), silu);
+    if (nhwc) {
+        TCU_LAUNCH(gn_backward_x_nhwc<T>, tcu_blocks(NC * s.HW), TCU_THREADS, 0, (T *)tcu_ptr(gx), gp, xp, s, mp, rp,
+                   (const double *)co, vec_of(w), vec_of(b), silu);
+        TCU_LAUNCHED("group_norm backward");
+        return TC_OK;
+    }
+    TCU_LAUNCH(gn_backward_x<T>, grid_of(NC), row_threads(s.HW), 0, (T *)tcu_ptr(gx), gn_strides_of(gx), gp,
+               gy->stride[0], gy->stride[1], gy->stride[2], xp, s, mp, rp, (const double *)co, vec_of(w), vec_of(b),
+               silu);
     TCU_LAUNCHED("group_norm backward");
     return TC_OK;
 }

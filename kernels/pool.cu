@@ -1,5 +1,6 @@
 /* pool.cu: avg_pool2d, max_pool2d, interpolate (nearest, bilinear) and pad (constant, reflect,
- * replicate) on the GPU, each with its backward, following the window, divisor, index and
+ * replicate) on the GPU, each with its backward (pooling and interpolate in NCHW or
+ * channels-last, read and written in place), following the window, divisor, index and
  * source-coordinate rules of their CPU twins (core/cpu/pool.c). One thread per element of
  * the result; the backward passes gather per input element (deterministic sums), except
  * max_pool2d's, which is given only the argmax and so scatters through it with atomics. */
@@ -16,18 +17,56 @@ __device__ static inline void store(__nv_bfloat16 *p, float v) { *p = __float2bf
 __host__ __device__ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* ---- layouts: [N, C, H, W] tensors as N C planes, contiguous NCHW or channels-last (NHWC, the
+ * caller's tensors all in one of the two) ------------------------------------------------------ */
+/* where plane k = n C + c of an [N, C, H, W] tensor lies: element (h, w) at base + h hs + w ws */
+typedef struct { int64_t base, hs, ws; } plane;
+
+__device__ static inline plane plane_of(int64_t k, int64_t C, int64_t H, int64_t W, bool nhwc) {
+    plane p;
+    if (nhwc) {
+        p.base = k / C * H * W * C + k % C;
+        p.hs = W * C;
+        p.ws = C;
+    } else {
+        p.base = k * H * W;
+        p.hs = W;
+        p.ws = 1;
+    }
+    return p;
+}
+
+/* the plane k, row h and column w of the element at memory offset i of such a tensor */
+__device__ static inline void split_index(int64_t i, int64_t C, int64_t H, int64_t W, bool nhwc, int64_t *k,
+                                          int64_t *h, int64_t *w) {
+    if (nhwc) {
+        int64_t c = i % C, r = i / C;
+        *w = r % W;
+        *h = r / W % H;
+        *k = r / (W * H) * C + c;
+    } else {
+        *w = i % W;
+        *h = i / W % H;
+        *k = i / (W * H);
+    }
+}
+
+/* channels-last: a 4-d tensor not row-major (one that is both counts as NCHW) */
+static bool is_nhwc(const tc_tensor *t) { return !tc_is_contiguous(t); }
+
 /* [N, C, H, W] inputs and [N, C, OH, OW] outputs seen as planes independent planes, with a
  * pooling window's parameters */
 typedef struct {
-    int64_t planes, H, W, OH, OW;
+    int64_t planes, C, H, W, OH, OW;
     int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-    bool count_include_pad;
+    bool count_include_pad, nhwc;
 } pool_geom;
 
 static pool_geom pool_geom_of(const tc_tensor *in, const tc_tensor *out, const tc_pool_params *p) {
-    pool_geom g = {in->shape[0] * in->shape[1], in->shape[2], in->shape[3], out->shape[2], out->shape[3],
-                   p->kernel[0], p->kernel[1], p->stride[0], p->stride[1], p->padding[0], p->padding[1],
-                   p->dilation[0], p->dilation[1], p->count_include_pad};
+    pool_geom g = {in->shape[0] * in->shape[1], in->shape[1], in->shape[2], in->shape[3], out->shape[2],
+                   out->shape[3], p->kernel[0], p->kernel[1], p->stride[0], p->stride[1], p->padding[0],
+                   p->padding[1], p->dilation[0], p->dilation[1], p->count_include_pad,
+                   is_nhwc(in) || is_nhwc(out)};
     return g;
 }
 
@@ -60,12 +99,13 @@ template <typename T>
 __global__ void avg_pool_kernel(T *y, const T *x, pool_geom g) {
     typedef typename tcu_acc<T>::type A;
     TCU_GRID_STRIDE(i, g.planes * g.OH * g.OW) {
-        int64_t ow = i % g.OW, oh = i / g.OW % g.OH, k = i / (g.OW * g.OH);
+        int64_t ow, oh, k;
+        split_index(i, g.C, g.OH, g.OW, g.nhwc, &k, &oh, &ow);
         window r = avg_window(g, oh, ow);
-        const T *xk = x + k * g.H * g.W;
+        plane px = plane_of(k, g.C, g.H, g.W, g.nhwc);
         A s = 0;
         for (int64_t h = r.h0; h < r.h1; h++)
-            for (int64_t w = r.w0; w < r.w1; w++) s += tcu_float(xk[h * g.W + w]);
+            for (int64_t w = r.w0; w < r.w1; w++) s += tcu_float(x[px.base + h * px.hs + w * px.ws]);
         store(&y[i], r.h0 < r.h1 && r.w0 < r.w1 ? s / (A)r.div : (A)0);
     }
 }
@@ -75,16 +115,18 @@ template <typename T>
 __global__ void avg_pool_backward_kernel(T *gx, const T *gy, pool_geom g) {
     typedef typename tcu_acc<T>::type A;
     TCU_GRID_STRIDE(i, g.planes * g.H * g.W) {
-        int64_t w = i % g.W, h = i / g.W % g.H, k = i / (g.W * g.H);
+        int64_t w, h, k;
+        split_index(i, g.C, g.H, g.W, g.nhwc, &k, &h, &w);
         /* outputs oh with oh * sh - ph <= h < oh * sh - ph + kh, likewise ow */
         int64_t oh0 = h + g.ph < g.kh ? 0 : (h + g.ph - g.kh) / g.sh + 1, oh1 = min64((h + g.ph) / g.sh + 1, g.OH);
         int64_t ow0 = w + g.pw < g.kw ? 0 : (w + g.pw - g.kw) / g.sw + 1, ow1 = min64((w + g.pw) / g.sw + 1, g.OW);
-        const T *gyk = gy + k * g.OH * g.OW;
+        plane py = plane_of(k, g.C, g.OH, g.OW, g.nhwc);
         A s = 0;
         for (int64_t oh = oh0; oh < oh1; oh++)
             for (int64_t ow = ow0; ow < ow1; ow++) {
                 window r = avg_window(g, oh, ow);
-                if (h >= r.h0 && h < r.h1 && w >= r.w0 && w < r.w1) s += tcu_float(gyk[oh * g.OW + ow]) / (A)r.div;
+                if (h >= r.h0 && h < r.h1 && w >= r.w0 && w < r.w1)
+                    s += tcu_float(gy[py.base + oh * py.hs + ow * py.ws]) / (A)r.div;
             }
         store(&gx[i], s);
     }
@@ -129,17 +171,18 @@ template <typename T>
 __global__ void max_pool_kernel(T *y, int64_t *arg, const T *x, pool_geom g) {
     typedef typename tcu_acc<T>::type A;
     TCU_GRID_STRIDE(i, g.planes * g.OH * g.OW) {
-        int64_t ow = i % g.OW, oh = i / g.OW % g.OH, k = i / (g.OW * g.OH);
+        int64_t ow, oh, k;
+        split_index(i, g.C, g.OH, g.OW, g.nhwc, &k, &oh, &ow);
         int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
         int64_t h1 = min64(h0 + (g.kh - 1) * g.dh + 1, g.H), w1 = min64(w0 + (g.kw - 1) * g.dw + 1, g.W);
         while (h0 < 0) h0 += g.dh;
         while (w0 < 0) w0 += g.dw;
-        const T *xk = x + k * g.H * g.W;
+        plane px = plane_of(k, g.C, g.H, g.W, g.nhwc);
         A best = -INFINITY;
         int64_t at = 0;
         for (int64_t h = h0; h < h1; h += g.dh)
             for (int64_t w = w0; w < w1; w += g.dw) {
-                A v = tcu_float(xk[h * g.W + w]);
+                A v = tcu_float(x[px.base + h * px.hs + w * px.ws]);
                 if (v > best || isnan(v) || at == 0) {
                     best = v;
                     at = h * g.W + w + 1;
@@ -150,14 +193,18 @@ __global__ void max_pool_kernel(T *y, int64_t *arg, const T *x, pool_geom g) {
     }
 }
 
-/* acc [planes, isz] (zeroed) += gy [planes, osz] at the argmax of each output; acc is gx
- * itself for f32 and f64, a float buffer for f16 and bf16 */
+/* acc (zeroed, gx's shape and layout) += gy at the argmax of each output (gy and arg of one
+ * layout, g's); acc is gx itself for f32 and f64, a float buffer for f16 and bf16 */
 template <typename T>
 __global__ void max_pool_backward_kernel(typename tcu_acc<T>::type *acc, const T *gy, const int64_t *arg,
-                                         int64_t planes, int64_t isz, int64_t osz) {
-    TCU_GRID_STRIDE(i, planes * osz) {
-        int64_t a = arg[i];
-        if (a > 0 && a <= isz) atomicAdd(&acc[i / osz * isz + a - 1], tcu_float(gy[i]));
+                                         pool_geom g) {
+    int64_t isz = g.H * g.W;
+    TCU_GRID_STRIDE(i, g.planes * g.OH * g.OW) {
+        int64_t a = arg[i], k, oh, ow;
+        if (a <= 0 || a > isz) continue;
+        split_index(i, g.C, g.OH, g.OW, g.nhwc, &k, &oh, &ow);
+        plane px = plane_of(k, g.C, g.H, g.W, g.nhwc);
+        atomicAdd(&acc[px.base + (a - 1) / g.W * px.hs + (a - 1) % g.W * px.ws], tcu_float(gy[i]));
     }
 }
 
@@ -182,8 +229,9 @@ static int max_pool_backward_launch(tc_tensor *gx, const tc_tensor *gy, const tc
     if (e != cudaSuccess) {
         rc = tcu_fail("cudaMemsetAsync", cudaGetErrorString(e), __FILE__, __LINE__);
     } else if (planes * osz > 0) {
+        tc_pool_params none = {};
         TCU_LAUNCH(max_pool_backward_kernel<T>, tcu_blocks(planes * osz), TCU_THREADS, 0, acc, (const T *)tcu_ptr(gy),
-                   (const int64_t *)tcu_ptr(argmax), planes, isz, osz);
+                   (const int64_t *)tcu_ptr(argmax), pool_geom_of(gx, gy, &none));
         rc = tcu_after_launch("max_pool2d backward", __FILE__, __LINE__);
     } else {
         rc = TC_OK;
@@ -217,8 +265,8 @@ extern "C" int tc_cuda_max_pool2d_backward(tc_tensor *gx, const tc_tensor *gy, c
  * (nvcc may fuse the half-pixel multiply-add, which can move a weight by one rounding; the
  * CPU does not fuse it.) ------------------------------------------------------------------------ */
 typedef struct {
-    int64_t planes, H, W, OH, OW;
-    bool nearest, align_corners;
+    int64_t planes, C, H, W, OH, OW;
+    bool nearest, align_corners, nhwc;
 } interp_geom;
 
 template <typename A> struct taps { int64_t i0, i1; A l0, l1; };
@@ -283,16 +331,19 @@ template <typename T>
 __global__ void interp_kernel(T *y, const T *x, interp_geom g) {
     typedef typename tcu_acc<T>::type A;
     TCU_GRID_STRIDE(i, g.planes * g.OH * g.OW) {
-        int64_t ow = i % g.OW, oh = i / g.OW % g.OH, k = i / (g.OW * g.OH);
+        int64_t ow, oh, k;
+        split_index(i, g.C, g.OH, g.OW, g.nhwc, &k, &oh, &ow);
         taps<A> th = taps_of<A>(oh, g.H, g.OH, g.nearest, g.align_corners);
         taps<A> tw = taps_of<A>(ow, g.W, g.OW, g.nearest, g.align_corners);
-        const T *r0 = x + (k * g.H + th.i0) * g.W, *r1 = x + (k * g.H + th.i1) * g.W;
+        plane px = plane_of(k, g.C, g.H, g.W, g.nhwc);
+        const T *r0 = x + px.base + th.i0 * px.hs, *r1 = x + px.base + th.i1 * px.hs;
+        int64_t c0 = tw.i0 * px.ws, c1 = tw.i1 * px.ws;
         if (g.nearest) {
-            y[i] = r0[tw.i0];
+            y[i] = r0[c0];
             continue;
         }
-        A top = tw.l0 * tcu_float(r0[tw.i0]) + tw.l1 * tcu_float(r0[tw.i1]);
-        A bot = tw.l0 * tcu_float(r1[tw.i0]) + tw.l1 * tcu_float(r1[tw.i1]);
+        A top = tw.l0 * tcu_float(r0[c0]) + tw.l1 * tcu_float(r0[c1]);
+        A bot = tw.l0 * tcu_float(r1[c0]) + tw.l1 * tcu_float(r1[c1]);
         store(&y[i], th.l0 * top + th.l1 * bot);
     }
 }
@@ -303,18 +354,19 @@ template <typename T>
 __global__ void interp_backward_kernel(T *gx, const T *gy, interp_geom g) {
     typedef typename tcu_acc<T>::type A;
     TCU_GRID_STRIDE(i, g.planes * g.H * g.W) {
-        int64_t w = i % g.W, h = i / g.W % g.H, k = i / (g.W * g.H), back = g.nearest ? 0 : 1;
+        int64_t w, h, k, back = g.nearest ? 0 : 1;
+        split_index(i, g.C, g.H, g.W, g.nhwc, &k, &h, &w);
         int64_t oh0 = first_src_at_least<A>(h - back, g.H, g.OH, g.nearest, g.align_corners);
         int64_t oh1 = first_src_at_least<A>(h + 1, g.H, g.OH, g.nearest, g.align_corners);
         int64_t ow0 = first_src_at_least<A>(w - back, g.W, g.OW, g.nearest, g.align_corners);
         int64_t ow1 = first_src_at_least<A>(w + 1, g.W, g.OW, g.nearest, g.align_corners);
-        const T *gyk = gy + k * g.OH * g.OW;
+        plane py = plane_of(k, g.C, g.OH, g.OW, g.nhwc);
         A s = 0;
         for (int64_t oh = oh0; oh < oh1; oh++) {
             A wh = weight_of(taps_of<A>(oh, g.H, g.OH, g.nearest, g.align_corners), h), row = 0;
             for (int64_t ow = ow0; ow < ow1; ow++)
                 row += weight_of(taps_of<A>(ow, g.W, g.OW, g.nearest, g.align_corners), w) *
-                       tcu_float(gyk[oh * g.OW + ow]);
+                       tcu_float(gy[py.base + oh * py.hs + ow * py.ws]);
             s += wh * row;
         }
         store(&gx[i], s);
@@ -338,8 +390,8 @@ static int interp_backward_launch(tc_tensor *gx, const tc_tensor *gy, const inte
 }
 
 static interp_geom interp_geom_of(const tc_tensor *x, const tc_tensor *y, tc_interp_mode mode, bool align_corners) {
-    interp_geom g = {x->shape[0] * x->shape[1], x->shape[2], x->shape[3], y->shape[2], y->shape[3],
-                     mode == TC_INTERP_NEAREST, align_corners};
+    interp_geom g = {x->shape[0] * x->shape[1], x->shape[1], x->shape[2], x->shape[3], y->shape[2], y->shape[3],
+                     mode == TC_INTERP_NEAREST, align_corners, is_nhwc(x) || is_nhwc(y)};
     return g;
 }
 

@@ -245,8 +245,14 @@ static int like(lua_State *L, int kind) {
     switch (kind) {
     case 2: *slot = tc_rand(x->ndim, x->shape, dt, dev); break;
     case 3: *slot = tc_randn(x->ndim, x->shape, dt, dev); break;
-    case 4: *slot = tc_empty(x->ndim, x->shape, dt, dev); break;
-    default: *slot = tc_full(x->ndim, x->shape, v, dt, dev); break;
+    case 4: *slot = tc_empty_format(x->ndim, x->shape, dt, dev, tc_suggest_format(x)); break;
+    default: /* in x's memory format, as PyTorch's preserve_format (optimizer states match their parameter) */
+        *slot = tc_empty_format(x->ndim, x->shape, dt, dev, tc_suggest_format(x));
+        if (*slot && tc_fill_(*slot, v) != TC_OK) {
+            tc_tensor_release(*slot);
+            *slot = NULL;
+        }
+        break;
     }
     if (!*slot) return tcl_error(L);
     apply_requires_grad(L, opts, *slot);
@@ -369,7 +375,27 @@ static int m_stride(lua_State *L) {
     return 1;
 }
 
-static int m_is_contiguous(lua_State *L) { lua_pushboolean(L, tc_is_contiguous(tcl_check(L, 1))); return 1; }
+/* the memory format named by an options table at index i: {memory_format = "channels_last"} */
+static tc_memory_format opt_memory_format(lua_State *L, int i) {
+    if (lua_isnoneornil(L, i)) return TC_CONTIGUOUS_FORMAT;
+    luaL_checktype(L, i, LUA_TTABLE);
+    lua_getfield(L, i, "memory_format");
+    const char *name = lua_isnil(L, -1) ? "contiguous_format" : lua_tostring(L, -1);
+    tc_memory_format f = TC_CONTIGUOUS_FORMAT;
+    if (name && strcmp(name, "channels_last") == 0) f = TC_CHANNELS_LAST;
+    else if (!name || strcmp(name, "contiguous_format") != 0)
+        luaL_error(L, "memory_format must be \"contiguous_format\" or \"channels_last\", got %s",
+                   name ? name : luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return f;
+}
+
+/* is_contiguous() or is_contiguous{memory_format = "channels_last"} */
+static int m_is_contiguous(lua_State *L) {
+    tc_tensor *x = tcl_check(L, 1);
+    lua_pushboolean(L, tc_is_contiguous_format(x, opt_memory_format(L, 2)));
+    return 1;
+}
 
 /* same storage (for tests of views) */
 static int m_storage_id(lua_State *L) {
@@ -410,7 +436,15 @@ static int m_to(lua_State *L) {
         *slot = call;                                                       \
         return tcl_done(L, *slot);                                          \
     }
-SIMPLE(m_contiguous, 1, tc_contiguous(x))
+/* contiguous() or contiguous{memory_format = "channels_last"} */
+static int m_contiguous(lua_State *L) {
+    tc_tensor *x = tcl_check(L, 1);
+    tc_memory_format f = opt_memory_format(L, 2);
+    lua_settop(L, 2);
+    tc_tensor **slot = tcl_slot(L);
+    *slot = tc_contiguous_format(x, f);
+    return tcl_done(L, *slot);
+}
 SIMPLE(m_clone, 1, tc_clone(x))
 SIMPLE(m_detach, 1, tc_detach(x))
 SIMPLE(m_float, 1, tc_to(x, TC_F32, x->storage->device))

@@ -225,7 +225,7 @@ bench_pair() {
 
 # the benchmarks: one table of tocha's and PyTorch's times on this card, ratio = PyTorch / tocha
 step_bench() {
-    section "benchmarks (bf16 GEMM, conv 3x3 fwd+bwd, per-op overhead, attention fwd+bwd)"
+    section "benchmarks (bf16 GEMM, conv 3x3 fwd+bwd in NCHW and channels-last, per-op overhead, attention fwd+bwd)"
     bench_pair "benchmarks" "$OUT/bench.log" gpu_ops 120 120 || return
     BENCH_TABLE=$(bench_table "$OUT/bench.log")
     printf '```\n%s\n```\n' "$BENCH_TABLE" >>"$OUT/RESULTS.md"
@@ -314,7 +314,8 @@ sd_table() {
 }
 
 # RESULT lines (tocha's bare, PyTorch's prefixed "torch ") -> the table; goals: GEMM and conv at
-# least 0.95x PyTorch (NCHW), per-op overhead at most PyTorch eager's, attention (fwd+bwd, bf16)
+# least 0.95x PyTorch (NCHW against NCHW, channels-last *_cl against channels-last; under each
+# NCHW row PyTorch's channels-last time for reference), per-op overhead at most PyTorch eager's, attention (fwd+bwd, bf16)
 # at least 1.0x PyTorch's SDPA; the GroupNorm row is for reference
 bench_table() {
     awk '

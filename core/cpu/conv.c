@@ -320,12 +320,15 @@ static void threads_end(thread_plan t) {
     if (t.blas > 0) openblas_set_num_threads(t.blas);
 }
 
-/* ---- f16 / bf16: through f32 copies -------------------------------------------------------- */
+/* ---- f16 / bf16 and channels-last: through contiguous f32 (f64) copies -------------------------
+ * The kernels below read and write contiguous NCHW; other operands are staged through copies
+ * (a correct path, not a fast one: the CPU's channels-last conv is not tuned). */
 static bool is_half(const tc_tensor *t) { return t && t->dtype != TC_F32 && t->dtype != TC_F64; }
+static bool nchw(const tc_tensor *t) { return !t || tc_is_contiguous(t); }
 
-static tc_tensor *f32_copy(const tc_tensor *t, bool fill) {
+static tc_tensor *staged_copy(const tc_tensor *t, tc_dtype dt, bool fill) {
     if (!t) return NULL;
-    tc_tensor *c = tc_empty_like(t, TC_F32);
+    tc_tensor *c = tc_empty_like(t, dt);
     if (c && fill) tc_cpu_copy(c, t);
     return c;
 }
@@ -335,9 +338,11 @@ static void release_all(tc_tensor **ts, int n) {
 }
 
 /* ---- forward: y [N, O, OH, OW] = conv(x [N, C, H, W], w [O, C / G, kh, kw]) + b [O] ------ */
-static int conv2d_f32_copy(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
+static int conv2d_staged_copy(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
                            const tc_conv_params *p) {
-    tc_tensor *t[4] = {f32_copy(y, false), f32_copy(x, true), f32_copy(w, true), f32_copy(b, true)};
+    tc_dtype dt = is_half(x) ? TC_F32 : x->dtype;
+    tc_tensor *t[4] = {staged_copy(y, dt, false), staged_copy(x, dt, true), staged_copy(w, dt, true),
+                       staged_copy(b, dt, true)};
     int rc = t[0] && t[1] && t[2] && (!b || t[3]) ? tc_cpu_conv2d(t[0], t[1], t[2], t[3], p) : TC_ERR;
     if (rc == TC_OK) tc_cpu_copy(y, t[0]);
     release_all(t, 4);
@@ -346,7 +351,7 @@ static int conv2d_f32_copy(tc_tensor *y, const tc_tensor *x, const tc_tensor *w,
 
 int tc_cpu_conv2d(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
                   const tc_conv_params *p) {
-    if (is_half(x)) return conv2d_f32_copy(y, x, w, b, p);
+    if (is_half(x) || !nchw(y) || !nchw(x) || !nchw(w)) return conv2d_staged_copy(y, x, w, b, p);
     geom g = make_geom(x, y, w, p);
     size_t es = g.es;
     int64_t nbands = (g.OH + g.rows - 1) / g.rows;
@@ -391,10 +396,11 @@ int tc_cpu_conv2d(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc
 /* ---- backward: any of gx, gw, gb may be NULL (not wanted). gx needs w; gw needs x.
  * conv_transpose2d runs its forward through the gx path (gx = its output, gy = its input)
  * and its weight gradient through the gw path. ------------------------------------------- */
-static int conv2d_backward_f32_copy(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
+static int conv2d_backward_staged_copy(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                                     const tc_tensor *x, const tc_tensor *w, const tc_conv_params *p) {
-    tc_tensor *t[6] = {f32_copy(gx, false), f32_copy(gw, false), f32_copy(gb, false),
-                       f32_copy(gy, true), f32_copy(x, true), f32_copy(w, true)};
+    tc_dtype dt = is_half(gy) ? TC_F32 : gy->dtype;
+    tc_tensor *t[6] = {staged_copy(gx, dt, false), staged_copy(gw, dt, false), staged_copy(gb, dt, false),
+                       staged_copy(gy, dt, true), staged_copy(x, dt, true), staged_copy(w, dt, true)};
     const tc_tensor *orig[6] = {gx, gw, gb, gy, x, w};
     int rc = TC_OK;
     for (int i = 0; i < 6; i++)
@@ -408,7 +414,8 @@ static int conv2d_backward_f32_copy(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb,
 
 int tc_cpu_conv2d_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                            const tc_tensor *x, const tc_tensor *w, const tc_conv_params *p) {
-    if (is_half(gy)) return conv2d_backward_f32_copy(gx, gw, gb, gy, x, w, p);
+    if (is_half(gy) || !nchw(gy) || !nchw(gx) || !nchw(gw) || !nchw(x) || !nchw(w))
+        return conv2d_backward_staged_copy(gx, gw, gb, gy, x, w, p);
     geom g = make_geom(gx ? gx : x, gy, w ? w : gw, p);
     size_t es = g.es;
     bool f32 = g.dt == TC_F32;

@@ -134,7 +134,7 @@ static int group_norm_any(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const 
                 for (int64_t i = 0; i < HW; i++) r[i] = r[i] * a + o;
                 if (silu)
                     for (int64_t i = 0; i < HW; i++) r[i] = TC_SILU(TC_LIBM_F64, r[i]);
-                tc_cpu_store_row((char *)at(y, (n * C + c) * HW), r, HW, 1, y->dtype);
+                tc_cpu_store_row((char *)at(y, n * y->stride[0] + c * y->stride[1]), r, HW, y->stride[2], y->dtype);
             }
             tc_store((char *)at(mean, ng), mean->dtype, mu);
             tc_store((char *)at(rstd, ng), rstd->dtype, rs);
@@ -195,7 +195,7 @@ static int group_norm_backward_any(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, 
                 tc_cpu_load_row(g, at(gy, n * gy->stride[0] + c * gy->stride[1]), HW, gy->stride[2], gy->dtype);
                 if (silu) silu_grad_row(g, xr, HW, rs * wv[c], bv[c] - mu * (rs * wv[c]));
                 for (int64_t i = 0; i < HW; i++) g[i] = rs * (g[i] * wv[c] - s1 - (xr[i] - mu) * rs * s2);
-                tc_cpu_store_row((char *)at(gx, (n * C + c) * HW), g, HW, 1, gx->dtype);
+                tc_cpu_store_row((char *)at(gx, n * gx->stride[0] + c * gx->stride[1]), g, HW, gx->stride[2], gx->dtype);
             }
         }
         free(xr);
@@ -481,7 +481,7 @@ int tc_cpu_layer_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, cons
 
 int tc_cpu_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_tensor *x,
                       const tc_tensor *w, const tc_tensor *b, int groups, double eps, bool silu) {
-    if (!unit_rows(x) || y->dtype != TC_F32 || mean->dtype != TC_F32)
+    if (!unit_rows(x) || !tc_is_contiguous(y) || y->dtype != TC_F32 || mean->dtype != TC_F32)
         return group_norm_any(y, mean, rstd, x, w, b, groups, eps, silu);
     int64_t C = x->shape[1];
     double *wv = vec(w, C, 1), *bv = vec(b, C, 0);
@@ -495,7 +495,8 @@ int tc_cpu_group_norm(tc_tensor *y, tc_tensor *mean, tc_tensor *rstd, const tc_t
 int tc_cpu_group_norm_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy,
                                const tc_tensor *x, const tc_tensor *mean, const tc_tensor *rstd,
                                const tc_tensor *w, const tc_tensor *b, int groups, bool silu) {
-    if (!unit_rows(x) || !unit_rows(gy) || (gx && gx->dtype != TC_F32) || mean->dtype != TC_F32)
+    if (!unit_rows(x) || !unit_rows(gy) || (gx && (gx->dtype != TC_F32 || !tc_is_contiguous(gx))) ||
+        mean->dtype != TC_F32)
         return group_norm_backward_any(gx, gw, gb, gy, x, mean, rstd, w, b, groups, silu);
     int64_t N = x->shape[0], C = x->shape[1];
     double *wv = vec(w, C, 1), *bv = vec(b, C, 0), *pw = calloc((size_t)(2 * N * C) + 1, sizeof *pw);

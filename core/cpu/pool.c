@@ -1,6 +1,7 @@
 /* pool.c (cpu): average and max pooling, nearest and bilinear resampling, and padding
- * (constant, reflect, replicate), each with its backward. Tensors are contiguous; the
- * pooling and resampling kernels see [N, C, H, W] as N * C independent planes. */
+ * (constant, reflect, replicate), each with its backward. The kernels take contiguous tensors
+ * and see [N, C, H, W] as N * C independent planes; channels-last ones (and f16 / bf16) go
+ * through contiguous copies (correct, not tuned: channels-last is the GPU's layout). */
 #include "cpu.h"
 #include "pad.h"
 
@@ -24,13 +25,18 @@ ALWAYS_INLINE void add_to(void *p, int64_t i, double v, bool f32) {
 /* planes worth spreading over threads: below this many elements one thread is faster */
 #define PAR_MIN 32768
 
-/* ---- f16 / bf16: through f32 copies ------------------------------------------------------- */
+/* ---- f16 / bf16 and channels-last: through contiguous (f32) copies ------------------------- */
 static bool is_half(const tc_tensor *t) { return t->dtype != TC_F32 && t->dtype != TC_F64; }
+/* a tensor the plane kernels cannot take as it is */
+static bool staged(const tc_tensor *t) { return t && (is_half(t) || !tc_is_contiguous(t)); }
+static tc_dtype staged_dtype(const tc_tensor *t) { return is_half(t) ? TC_F32 : t->dtype; }
 
-/* runs fn on f32 copies of out and in (and copies out back); aux (argmax, pads) passes through */
+/* runs fn on contiguous copies of out and in, f32 for f16 and bf16 (and copies out back); aux
+ * (pads, resampling mode) passes through */
 typedef int (*plane_fn)(tc_tensor *out, const tc_tensor *in, const void *aux);
-static int via_f32(tc_tensor *out, const tc_tensor *in, const void *aux, plane_fn fn) {
-    tc_tensor *o = tc_empty_like(out, TC_F32), *i = tc_empty_like(in, TC_F32);
+static int via_copies(tc_tensor *out, const tc_tensor *in, const void *aux, plane_fn fn) {
+    tc_dtype dt = staged_dtype(in);
+    tc_tensor *o = tc_empty_like(out, dt), *i = tc_empty_like(in, dt);
     int rc = o && i ? TC_OK : TC_ERR;
     if (rc == TC_OK) {
         tc_cpu_copy(i, in);
@@ -119,11 +125,11 @@ static int avg_forward(tc_tensor *y, const tc_tensor *x, const void *p) { return
 static int avg_backward(tc_tensor *gx, const tc_tensor *gy, const void *p) { return avg_pool_run(gx, gy, p, true); }
 
 int tc_cpu_avg_pool2d(tc_tensor *y, const tc_tensor *x, const tc_pool_params *p) {
-    return is_half(x) ? via_f32(y, x, p, avg_forward) : avg_forward(y, x, p);
+    return staged(x) || staged(y) ? via_copies(y, x, p, avg_forward) : avg_forward(y, x, p);
 }
 
 int tc_cpu_avg_pool2d_backward(tc_tensor *gx, const tc_tensor *gy, const tc_pool_params *p) {
-    return is_half(gy) ? via_f32(gx, gy, p, avg_backward) : avg_backward(gx, gy, p);
+    return staged(gy) || staged(gx) ? via_copies(gx, gy, p, avg_backward) : avg_backward(gx, gy, p);
 }
 
 /* ---- max pooling: argmax holds 1-based offsets h * W + w + 1 within each plane (0: an
@@ -195,13 +201,27 @@ static int max_backward(tc_tensor *gx, const tc_tensor *gy, const void *argmax) 
     return TC_OK;
 }
 
+/* a channels-last argmax (laid out as y) goes through a contiguous copy too */
 int tc_cpu_max_pool2d(tc_tensor *y, tc_tensor *argmax, const tc_tensor *x, const tc_pool_params *p) {
-    max_aux a = {p, argmax};
-    return is_half(x) ? via_f32(y, x, &a, max_forward) : max_forward(y, x, &a);
+    if (tc_is_contiguous(argmax)) {
+        max_aux a = {p, argmax};
+        return staged(x) || staged(y) ? via_copies(y, x, &a, max_forward) : max_forward(y, x, &a);
+    }
+    tc_tensor *ac = tc_empty_like(argmax, TC_I64);
+    int rc = ac ? tc_cpu_max_pool2d(y, ac, x, p) : TC_ERR;
+    if (rc == TC_OK) rc = tc_cpu_copy(argmax, ac);
+    tc_tensor_release(ac);
+    return rc;
 }
 
 int tc_cpu_max_pool2d_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *argmax) {
-    return is_half(gy) ? via_f32(gx, gy, argmax, max_backward) : max_backward(gx, gy, argmax);
+    if (tc_is_contiguous(argmax))
+        return staged(gy) || staged(gx) ? via_copies(gx, gy, argmax, max_backward) : max_backward(gx, gy, argmax);
+    tc_tensor *ac = tc_empty_like(argmax, TC_I64);
+    int rc = ac ? tc_cpu_copy(ac, argmax) : TC_ERR;
+    if (rc == TC_OK) rc = tc_cpu_max_pool2d_backward(gx, gy, ac);
+    tc_tensor_release(ac);
+    return rc;
 }
 
 /* ---- resampling: per output row and column, the source rows/columns and their weights,
@@ -326,12 +346,12 @@ static int interp_backward(tc_tensor *gx, const tc_tensor *gy, const void *a) { 
 
 int tc_cpu_interpolate(tc_tensor *y, const tc_tensor *x, tc_interp_mode mode, bool align_corners) {
     interp_aux a = {mode, align_corners};
-    return is_half(x) ? via_f32(y, x, &a, interp_forward) : interp_forward(y, x, &a);
+    return staged(x) || staged(y) ? via_copies(y, x, &a, interp_forward) : interp_forward(y, x, &a);
 }
 
 int tc_cpu_interpolate_backward(tc_tensor *gx, const tc_tensor *gy, tc_interp_mode mode, bool align_corners) {
     interp_aux a = {mode, align_corners};
-    return is_half(gy) ? via_f32(gx, gy, &a, interp_backward) : interp_backward(gx, gy, &a);
+    return staged(gy) || staged(gx) ? via_copies(gx, gy, &a, interp_backward) : interp_backward(gx, gy, &a);
 }
 
 /* ---- padding: pads holds (before, after) for every dim, from the last dim back ----------- */
@@ -399,10 +419,10 @@ static int pad_backward(tc_tensor *gx, const tc_tensor *gy, const void *a) { ret
 int tc_cpu_pad(tc_tensor *y, const tc_tensor *x, const int64_t *pads, tc_pad_mode mode, double value) {
     pad_aux a = {pads, mode, value};
     /* a constant pad is a fill and a strided copy, which handle every dtype */
-    return is_half(x) && mode != TC_PAD_CONSTANT ? via_f32(y, x, &a, pad_forward) : pad_forward(y, x, &a);
+    return is_half(x) && mode != TC_PAD_CONSTANT ? via_copies(y, x, &a, pad_forward) : pad_forward(y, x, &a);
 }
 
 int tc_cpu_pad_backward(tc_tensor *gx, const tc_tensor *gy, const int64_t *pads, tc_pad_mode mode) {
     pad_aux a = {pads, mode, 0};
-    return is_half(gy) && mode != TC_PAD_CONSTANT ? via_f32(gx, gy, &a, pad_backward) : pad_backward(gx, gy, &a);
+    return is_half(gy) && mode != TC_PAD_CONSTANT ? via_copies(gx, gy, &a, pad_backward) : pad_backward(gx, gy, &a);
 }

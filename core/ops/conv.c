@@ -1,4 +1,5 @@
-/* conv.c: conv2d and conv_transpose2d (NCHW), each one autograd node with a fused backward.
+/* conv.c: conv2d and conv_transpose2d (NCHW, or channels-last when the input or the weight is),
+ * each one autograd node with a fused backward.
  * Both reach the same two kernels: conv2d's forward is conv_transpose2d's input gradient,
  * and conv2d's input gradient is conv_transpose2d's forward. */
 #include "../internal.h"
@@ -49,13 +50,21 @@ static int check_output(const char *op, tc_tensor *x, tc_tensor *w, const int64_
                     shape_of(w, s2, sizeof s2));
 }
 
-/* a contiguous copy (or x itself) made outside autograd: the op records its own node */
-static tc_tensor *plain_contiguous(tc_tensor *x) {
+/* a copy dense in format f (or x itself) made outside autograd: the op records its own node */
+static tc_tensor *plain_contiguous(tc_tensor *x, tc_memory_format f) {
     if (!x) return NULL;
     bool prev = tc_set_grad_enabled(false);
-    tc_tensor *c = tc_contiguous(x);
+    tc_tensor *c = tc_contiguous_format(x, x->ndim == 4 ? f : TC_CONTIGUOUS_FORMAT);
     tc_set_grad_enabled(prev);
     return c;
+}
+
+/* the layout a convolution computes in, as PyTorch's: channels-last when the input or the
+ * weight is; the output and the gradients of x and w come in it */
+static tc_memory_format conv_format(const tc_tensor *x, const tc_tensor *w) {
+    return tc_suggest_format(x) == TC_CHANNELS_LAST || tc_suggest_format(w) == TC_CHANNELS_LAST
+               ? TC_CHANNELS_LAST
+               : TC_CONTIGUOUS_FORMAT;
 }
 
 static void save_params(tc_node *n, const tc_conv_params *p) {
@@ -67,6 +76,8 @@ static void save_params(tc_node *n, const tc_conv_params *p) {
     }
     n->i[8] = p->groups;
 }
+
+static tc_memory_format load_format(const tc_node *n) { return (tc_memory_format)n->i[9]; }
 
 static tc_conv_params load_params(const tc_node *n) {
     tc_conv_params p;
@@ -80,10 +91,11 @@ static tc_conv_params load_params(const tc_node *n) {
     return p;
 }
 
-/* an empty tensor shaped like input i of n, in gy's dtype and device */
+/* an empty tensor shaped like input i of n, in gy's dtype and device and the node's format */
 static tc_tensor *grad_for(tc_node *n, int i, tc_tensor *gy) {
     if (!tc_needs_grad(n, i)) return NULL;
-    return tc_empty(n->next[i].ndim, n->next[i].shape, gy->dtype, gy->storage->device);
+    tc_memory_format f = n->next[i].ndim == 4 ? load_format(n) : TC_CONTIGUOUS_FORMAT;
+    return tc_empty_format(n->next[i].ndim, n->next[i].shape, gy->dtype, gy->storage->device, f);
 }
 
 static void release_all(tc_tensor **ts, int n) {
@@ -100,7 +112,7 @@ static int fail(tc_tensor **ts, int n) {
  * OH = (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1 */
 static int conv2d_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_conv_params p = load_params(n);
-    tc_tensor *g = tc_contiguous(gy);
+    tc_tensor *g = tc_contiguous_format(gy, load_format(n));
     tc_tensor *t[4] = {g, grad_for(n, 0, gy), grad_for(n, 1, gy), grad_for(n, 2, gy)};
     if (!g) return fail(t, 4);
     for (int i = 0; i < 3; i++)
@@ -138,8 +150,9 @@ static tc_tensor *conv2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv
         if (x->shape[2 + i] + 2 * p->padding[i] < p->dilation[i] * (w->shape[2 + i] - 1) + 1) out[2 + i] = 0;
     if (check_output(op, x, w, out) != TC_OK) return NULL;
 
-    tc_tensor *xc = plain_contiguous(x), *wc = plain_contiguous(w), *bc = plain_contiguous(b);
-    tc_tensor *y = xc && wc && (!b || bc) ? tc_empty(4, out, x->dtype, x->storage->device) : NULL;
+    tc_memory_format f = conv_format(x, w);
+    tc_tensor *xc = plain_contiguous(x, f), *wc = plain_contiguous(w, f), *bc = plain_contiguous(b, f);
+    tc_tensor *y = xc && wc && (!b || bc) ? tc_empty_format(4, out, x->dtype, x->storage->device, f) : NULL;
     int rc = y && out[0] > 0 ? tc_kern(x->storage->device)->conv2d(y, xc, wc, bc, p) : y ? TC_OK : TC_ERR;
     tc_tensor *ins[3] = {x, w, b};
     tc_node *n = rc == TC_OK ? tc_node_new(TC_OP_CONV2D, 3, ins, conv2d_backward) : NULL;
@@ -147,6 +160,7 @@ static tc_tensor *conv2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, const tc_conv
         tc_node_save(n, tc_needs_grad(n, 1) ? xc : NULL);
         tc_node_save(n, tc_needs_grad(n, 0) ? wc : NULL);
         save_params(n, p);
+        n->i[9] = f;
     }
     tc_tensor *tmp[3] = {xc, wc, bc};
     release_all(tmp, 3);
@@ -171,7 +185,7 @@ static int add_bias(tc_tensor *y, tc_tensor *b) {
 static int conv_transpose2d_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_conv_params p = load_params(n);
     const tc_kernels *k = tc_kern(gy->storage->device);
-    tc_tensor *g = tc_contiguous(gy);
+    tc_tensor *g = tc_contiguous_format(gy, load_format(n));
     tc_tensor *t[3] = {g, grad_for(n, 0, gy), grad_for(n, 1, gy)};
     if (!g || (tc_needs_grad(n, 0) && !t[1]) || (tc_needs_grad(n, 1) && !t[2])) return fail(t, 3);
     /* the input's gradient is the forward conv of gy; the weight's is conv2d's weight
@@ -214,8 +228,9 @@ static tc_tensor *conv_transpose2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, con
     if (check_output(op, x, w, out) != TC_OK) return NULL;
 
     const tc_kernels *k = tc_kern(x->storage->device);
-    tc_tensor *xc = plain_contiguous(x), *wc = plain_contiguous(w);
-    tc_tensor *y = xc && wc ? tc_empty(4, out, x->dtype, x->storage->device) : NULL;
+    tc_memory_format f = conv_format(x, w);
+    tc_tensor *xc = plain_contiguous(x, f), *wc = plain_contiguous(w, f);
+    tc_tensor *y = xc && wc ? tc_empty_format(4, out, x->dtype, x->storage->device, f) : NULL;
     int rc = y ? TC_OK : TC_ERR;
     if (rc == TC_OK && out[0] > 0) rc = k->conv2d_backward(y, NULL, NULL, xc, NULL, wc, p);
     if (rc == TC_OK && b && out[0] > 0) rc = add_bias(y, b);
@@ -225,6 +240,7 @@ static tc_tensor *conv_transpose2d(tc_tensor *x, tc_tensor *w, tc_tensor *b, con
         tc_node_save(n, tc_needs_grad(n, 1) ? xc : NULL);
         tc_node_save(n, tc_needs_grad(n, 0) ? wc : NULL);
         save_params(n, p);
+        n->i[9] = f;
     }
     tc_tensor *tmp[2] = {xc, wc};
     release_all(tmp, 2);

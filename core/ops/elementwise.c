@@ -54,8 +54,8 @@ static int to_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     return gx[0] ? TC_OK : TC_ERR;
 }
 
-static tc_tensor *copy_of(tc_tensor *x, tc_dtype dt, tc_device dev, tc_op op) {
-    tc_tensor *out = tc_empty(x->ndim, x->shape, dt, dev);
+static tc_tensor *copy_of(tc_tensor *x, tc_dtype dt, tc_device dev, tc_op op, tc_memory_format f) {
+    tc_tensor *out = tc_empty_format(x->ndim, x->shape, dt, dev, f);
     if (!out) return NULL;
     const tc_kernels *k = tc_kern(dev.type == TC_CPU ? x->storage->device : dev);
     if (!k || k->copy(out, x) != TC_OK) { tc_tensor_release(out); return NULL; }
@@ -64,17 +64,37 @@ static tc_tensor *copy_of(tc_tensor *x, tc_dtype dt, tc_device dev, tc_op op) {
     return tc_attach(out, n);
 }
 
-tc_tensor *tc_contiguous(tc_tensor *x) {
-    if (tc_is_contiguous(x)) return tc_tensor_retain(x);
-    return copy_of(x, x->dtype, x->storage->device, TC_OP_CONTIGUOUS);
+tc_tensor *tc_contiguous(tc_tensor *x) { return tc_contiguous_format(x, TC_CONTIGUOUS_FORMAT); }
+
+tc_tensor *tc_contiguous_format(tc_tensor *x, tc_memory_format f) {
+    if (tc_is_contiguous_format(x, f)) return tc_tensor_retain(x);
+    if (f == TC_CHANNELS_LAST && x->ndim != 4) {
+        char sh[160];
+        tc_shape_str(x->ndim, x->shape, sh, sizeof sh);
+        tc_error("contiguous: channels_last needs a 4-d tensor [N, C, H, W], got %s", sh);
+        return NULL;
+    }
+    return copy_of(x, x->dtype, x->storage->device, TC_OP_CONTIGUOUS, f);
 }
 
-tc_tensor *tc_clone(tc_tensor *x) { return copy_of(x, x->dtype, x->storage->device, TC_OP_CLONE); }
+/* copies keep a channels-last layout, as PyTorch's preserve_format */
+tc_tensor *tc_clone(tc_tensor *x) {
+    return copy_of(x, x->dtype, x->storage->device, TC_OP_CLONE, tc_suggest_format(x));
+}
 
 tc_tensor *tc_to(tc_tensor *x, tc_dtype dt, tc_device dev) {
     if (x->dtype == dt && tc_device_eq(x->storage->device, dev)) return tc_tensor_retain(x);
     if (!tc_kern(dev)) return NULL;
-    return copy_of(x, dt, dev, TC_OP_TO);
+    return copy_of(x, dt, dev, TC_OP_TO, tc_suggest_format(x));
+}
+
+/* the layout of an elementwise result of shape (n, sh): that of the first operand with the
+ * full shape (a broadcast one, such as a bias [1, C, 1, 1], has no say) */
+static tc_memory_format result_format(int nops, tc_tensor *const *ops, int n, const int64_t *sh) {
+    if (n != 4) return TC_CONTIGUOUS_FORMAT;
+    for (int i = 0; i < nops; i++)
+        if (ops[i]->ndim == 4 && memcmp(ops[i]->shape, sh, 4 * sizeof *sh) == 0) return tc_suggest_format(ops[i]);
+    return TC_CONTIGUOUS_FORMAT;
 }
 
 tc_tensor *tc_detach(tc_tensor *x) {
@@ -150,7 +170,7 @@ int tc_copy_(tc_tensor *dst, tc_tensor *src) {
     tc_tensor *r;
     if (track || src->storage == dst->storage || !tc_device_eq(src->storage->device, dst->storage->device)) {
         tc_tensor *e = tc_expand(src, dst->ndim, dst->shape);
-        r = e ? copy_of(e, dst->dtype, dst->storage->device, TC_OP_TO) : NULL;
+        r = e ? copy_of(e, dst->dtype, dst->storage->device, TC_OP_TO, tc_suggest_format(dst)) : NULL;
         tc_tensor_release(e);
     } else r = tc_tensor_retain(src);
     return write_back(dst, r, track, "copy_");
@@ -195,7 +215,7 @@ static bool float_op(tc_op op) {
 
 static int unary_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_tensor *x = tc_saved(n, 0), *y = tc_saved(n, 1);
-    tc_tensor *g = tc_empty_like(gy, gy->dtype);
+    tc_tensor *g = tc_empty_format(gy->ndim, gy->shape, gy->dtype, gy->storage->device, tc_suggest_format(gy));
     if (!g) return TC_ERR;
     if (tc_kern(gy->storage->device)->unary_backward(g, gy, x, y, n->op, n->d[0], n->d[1]) != TC_OK) {
         tc_tensor_release(g);
@@ -220,7 +240,7 @@ tc_tensor *tc_unary_s(tc_op op, tc_tensor *x, double a, double b) {
     tc_dtype out_dt = op == TC_OP_LOGICAL_NOT || op == TC_OP_ISFINITE ? TC_BOOL : dt;
     tc_tensor *xc = as_dtype(x, dt);
     if (!xc) return NULL;
-    tc_tensor *out = tc_empty_like(x, out_dt);
+    tc_tensor *out = tc_empty_format(x->ndim, x->shape, out_dt, x->storage->device, tc_suggest_format(x));
     if (!out || tc_kern(x->storage->device)->unary(out, xc, op, a, b) != TC_OK) {
         tc_tensor_release(out);
         tc_tensor_release(xc);
@@ -351,7 +371,9 @@ tc_tensor *tc_binary(tc_op op, tc_tensor *a, tc_tensor *b) {
     if (dt == TC_BOOL && !is_comparison(op) && op != TC_OP_MUL) dt = TC_I64;
     tc_tensor *ac = as_dtype(a, dt), *bc = as_dtype(b, dt);
     tc_tensor *ea = ac ? broadcast_view(ac, n, sh) : NULL, *eb = bc ? broadcast_view(bc, n, sh) : NULL;
-    tc_tensor *out = ea && eb ? tc_empty(n, sh, is_comparison(op) ? TC_BOOL : dt, a->storage->device) : NULL;
+    tc_tensor *out = ea && eb ? tc_empty_format(n, sh, is_comparison(op) ? TC_BOOL : dt, a->storage->device,
+                                                result_format(2, (tc_tensor *[]){a, b}, n, sh))
+                              : NULL;
     int rc = out ? tc_kern(a->storage->device)->binary(out, ea, eb, op) : TC_ERR;
     tc_tensor_release(ea);
     tc_tensor_release(eb);
@@ -397,7 +419,9 @@ tc_tensor *tc_where(tc_tensor *cond, tc_tensor *a, tc_tensor *b) {
     tc_tensor *cc = as_dtype(cond, TC_BOOL), *ac = as_dtype(a, dt), *bc = as_dtype(b, dt);
     tc_tensor *ec = cc ? broadcast_view(cc, n, sh) : NULL, *ea = ac ? broadcast_view(ac, n, sh) : NULL,
               *eb = bc ? broadcast_view(bc, n, sh) : NULL;
-    tc_tensor *out = ec && ea && eb ? tc_empty(n, sh, dt, a->storage->device) : NULL;
+    tc_tensor *out = ec && ea && eb ? tc_empty_format(n, sh, dt, a->storage->device,
+                                                      result_format(3, (tc_tensor *[]){a, b, cond}, n, sh))
+                                    : NULL;
     int rc = out ? tc_kern(a->storage->device)->where(out, ec, ea, eb) : TC_ERR;
     tc_tensor *ins[3] = {NULL, a, b};
     tc_node *node = rc == TC_OK ? tc_node_new(TC_OP_WHERE, 3, ins, where_backward) : NULL;

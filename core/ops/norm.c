@@ -16,6 +16,16 @@ static tc_tensor *reshaped(tc_tensor *x, int ndim, const int64_t *shape) {
 
 static tc_dtype stat_dtype(tc_dtype dt) { return dt == TC_F64 ? TC_F64 : TC_F32; }
 
+/* an empty channels-last tensor of the 4-d shape, and in *rows its view [N, C, H W] (strides
+ * {H W C, 1, C}) that the kernels read and write: group norm keeps a channels-last layout */
+static tc_tensor *empty_channels_last(const int64_t *shape, tc_dtype dt, tc_device dev, tc_tensor **rows) {
+    tc_tensor *t = tc_empty_format(4, shape, dt, dev, TC_CHANNELS_LAST);
+    int64_t s3[3] = {shape[0], shape[1], shape[2] * shape[3]}, st[3] = {t ? t->stride[0] : 0, 1, shape[1]};
+    *rows = t ? tc_tensor_make(t->storage, dt, 3, s3, st, 0) : NULL;
+    if (!*rows) { tc_tensor_release(t); return NULL; }
+    return t;
+}
+
 /* checks an optional affine parameter: float, on x's device, of the given shape */
 static int check_param(const char *op, const char *name, tc_tensor *x, tc_tensor *p, int ndim, const int64_t *shape) {
     if (!p) return TC_OK;
@@ -32,16 +42,18 @@ static int check_param(const char *op, const char *name, tc_tensor *x, tc_tensor
 }
 
 /* Every node: saved x (2-d or 3-d view), mean, rstd, w, and b where the silu of group norm
- * needs it to recompute what it activated; i[0] = groups (group norm). Gradients come back in
- * the shapes of x, w and b. */
+ * needs it to recompute what it activated; i[0] = groups (group norm), i[1] = the memory
+ * format of x and y. Gradients come back in the shapes of x, w and b (x's in its format). */
 static int norm_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_tensor *x = tc_saved(n, 0), *mean = tc_saved(n, 1), *rstd = tc_saved(n, 2), *w = tc_saved(n, 3);
     tc_tensor *b = n->op == TC_OP_GROUP_NORM_SILU ? tc_saved(n, 4) : NULL;
-    tc_tensor *g = reshaped(gy, x->ndim, x->shape), *r[3] = {NULL, NULL, NULL};
+    bool cl = n->i[1] == TC_CHANNELS_LAST;
+    tc_tensor *g = reshaped(gy, x->ndim, x->shape), *r[3] = {NULL, NULL, NULL}, *gx4 = NULL;
     int rc = g ? TC_OK : TC_ERR;
     for (int i = 0; i < 3 && rc == TC_OK; i++) {
         if (!tc_needs_grad(n, i)) continue;
-        r[i] = i == 0 ? tc_empty_like(x, x->dtype) : tc_empty(1, &x->shape[1], n->next[i].dtype, x->storage->device);
+        if (i == 0 && cl) gx4 = empty_channels_last(n->next[0].shape, x->dtype, x->storage->device, &r[0]);
+        else r[i] = i == 0 ? tc_empty_like(x, x->dtype) : tc_empty(1, &x->shape[1], n->next[i].dtype, x->storage->device);
         if (!r[i]) rc = TC_ERR;
     }
     const tc_kernels *k = tc_kern(x->storage->device);
@@ -50,9 +62,11 @@ static int norm_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
                                        : k->group_norm_backward(r[0], r[1], r[2], g, x, mean, rstd, w, b, (int)n->i[0],
                                                                 n->op == TC_OP_GROUP_NORM_SILU);
     for (int i = 0; i < 3; i++) {
-        if (rc == TC_OK && r[i] && !(gx[i] = tc_reshape(r[i], n->next[i].ndim, n->next[i].shape))) rc = TC_ERR;
+        if (rc == TC_OK && i == 0 && gx4) gx[0] = tc_tensor_retain(gx4);
+        else if (rc == TC_OK && r[i] && !(gx[i] = tc_reshape(r[i], n->next[i].ndim, n->next[i].shape))) rc = TC_ERR;
         tc_tensor_release(r[i]);
     }
+    tc_tensor_release(gx4);
     tc_tensor_release(g);
     return rc;
 }
@@ -61,7 +75,11 @@ static int norm_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
 static tc_tensor *norm_forward(tc_op op, tc_tensor *x, tc_tensor *xs, int64_t nstat, tc_tensor *w, tc_tensor *b,
                                int groups, double eps) {
     tc_device dev = x->storage->device;
-    tc_tensor *y = tc_empty_like(xs, x->dtype);
+    /* group norm of a channels-last x: y channels-last, the kernels reading and writing it in place */
+    tc_memory_format f = op == TC_OP_LAYER_NORM ? TC_CONTIGUOUS_FORMAT : tc_suggest_format(x);
+    tc_tensor *y4 = NULL, *y = NULL;
+    if (f == TC_CHANNELS_LAST) y4 = empty_channels_last(x->shape, x->dtype, dev, &y);
+    else y = tc_empty_like(xs, x->dtype);
     tc_tensor *mean = y ? tc_empty(1, &nstat, stat_dtype(x->dtype), dev) : NULL;
     tc_tensor *rstd = mean ? tc_empty(1, &nstat, stat_dtype(x->dtype), dev) : NULL;
     /* w and b as 1-d vectors over the normalised features (layer norm) or channels */
@@ -71,7 +89,9 @@ static tc_tensor *norm_forward(tc_op op, tc_tensor *x, tc_tensor *xs, int64_t ns
     if (rc == TC_OK)
         rc = op == TC_OP_LAYER_NORM ? k->layer_norm(y, mean, rstd, xs, wv, bv, eps)
                                     : k->group_norm(y, mean, rstd, xs, wv, bv, groups, eps, op == TC_OP_GROUP_NORM_SILU);
-    tc_tensor *out = rc == TC_OK ? tc_tensor_make(y->storage, y->dtype, x->ndim, x->shape, NULL, 0) : NULL;
+    tc_tensor *out = rc != TC_OK ? NULL
+                     : y4        ? tc_tensor_retain(y4)
+                                 : tc_tensor_make(y->storage, y->dtype, x->ndim, x->shape, NULL, 0);
     tc_tensor *ins[3] = {x, w, b};
     tc_node *n = out ? tc_node_new(op, 3, ins, norm_backward) : NULL;
     if (n) {
@@ -81,9 +101,10 @@ static tc_tensor *norm_forward(tc_op op, tc_tensor *x, tc_tensor *xs, int64_t ns
         tc_node_save(n, wv);
         tc_node_save(n, op == TC_OP_GROUP_NORM_SILU ? bv : NULL);
         n->i[0] = groups;
+        n->i[1] = f;
     }
-    tc_tensor *tmp[] = {y, mean, rstd, wv, bv};
-    for (int i = 0; i < 5; i++) tc_tensor_release(tmp[i]);
+    tc_tensor *tmp[] = {y, y4, mean, rstd, wv, bv};
+    for (int i = 0; i < 6; i++) tc_tensor_release(tmp[i]);
     return out ? tc_attach(out, n) : NULL;
 }
 

@@ -19,14 +19,15 @@ static int check_state(const char *op, const char *what, tc_tensor *param, tc_te
     if (t->dtype != param->dtype)
         return tc_error("%s: %s is %s but the parameter is %s", op, what, tc_dtype_name(t->dtype),
                         tc_dtype_name(param->dtype));
-    if (!tc_is_contiguous(t)) return tc_error("%s: %s must be contiguous", op, what);
+    if (!tc_is_contiguous_format(t, tc_suggest_format(param)))
+        return tc_error("%s: %s must be contiguous in the parameter's memory format", op, what);
     return TC_OK;
 }
 
 static int check_param(const char *op, tc_tensor *param) {
     if (param->dtype != TC_F32 && param->dtype != TC_F64)
         return tc_error("%s: parameters must be f32 or f64, got %s", op, tc_dtype_name(param->dtype));
-    if (!tc_is_contiguous(param))
+    if (!tc_is_contiguous_format(param, tc_suggest_format(param)))
         return tc_error("%s: parameters must be contiguous (update a contiguous tensor, not a view of one)", op);
     return TC_OK;
 }
@@ -46,7 +47,7 @@ static tc_tensor *ready_grad(const char *op, tc_tensor *param, tc_tensor *g) {
         return NULL;
     }
     tc_tensor *t = tc_to(g, param->dtype, param->storage->device);
-    tc_tensor *c = t ? tc_contiguous(t) : NULL;
+    tc_tensor *c = t ? tc_contiguous_format(t, tc_suggest_format(param)) : NULL;
     tc_tensor_release(t);
     return c;
 }
@@ -213,7 +214,7 @@ int tc_total_norm(int n, tc_tensor **xs, double p, double *out) {
         /* f16/bf16 are summed through an f32 copy */
         tc_dtype dt = xs[i]->dtype == TC_F64 ? TC_F64 : TC_F32;
         tc_tensor *t = tc_to(xs[i], dt, xs[i]->storage->device);
-        tc_tensor *c = t ? tc_contiguous(t) : NULL;
+        tc_tensor *c = t ? tc_contiguous_format(t, tc_suggest_format(t)) : NULL; /* any dense order sums alike */
         double s = 0;
         rc = c ? tc_kern(c->storage->device)->pow_sum(c, p, &s) : TC_ERR;
         tc_tensor_release(c);

@@ -20,23 +20,28 @@ static int check_nchw(const char *op, tc_tensor *x) {
     return TC_OK;
 }
 
-/* a contiguous copy (or x itself) made outside autograd: the op records its own node */
-static tc_tensor *plain_contiguous(tc_tensor *x) {
+/* a copy dense in format f (or x itself) made outside autograd: the op records its own node */
+static tc_tensor *plain_contiguous(tc_tensor *x, tc_memory_format f) {
     bool prev = tc_set_grad_enabled(false);
-    tc_tensor *c = tc_contiguous(x);
+    tc_tensor *c = tc_contiguous_format(x, f);
     tc_set_grad_enabled(prev);
     return c;
 }
 
+/* Pooling and interpolate keep a channels-last input's layout: x, y and both gradients in it
+ * (the node's d[5]; 0, row-major, for pad) */
+#define FORMAT_SLOT 5
+static tc_memory_format node_format(const tc_node *n) { return (tc_memory_format)n->d[FORMAT_SLOT]; }
+
 /* a fresh tensor shaped like input i of n, for its gradient */
 static tc_tensor *grad_like_input(tc_node *n, int i, tc_tensor *gy) {
-    return tc_empty(n->next[i].ndim, n->next[i].shape, gy->dtype, gy->storage->device);
+    return tc_empty_format(n->next[i].ndim, n->next[i].shape, gy->dtype, gy->storage->device, node_format(n));
 }
 
-/* gx[0] = kernel(gx shaped like the input, contiguous gy, ...): the common backward shape */
+/* gx[0] = kernel(gx shaped like the input, dense gy, ...): the common backward shape */
 typedef int (*grad_kernel)(tc_node *n, const tc_kernels *k, tc_tensor *gx, tc_tensor *gy);
 static int run_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx, grad_kernel fn) {
-    tc_tensor *g = tc_contiguous(gy), *r = g ? grad_like_input(n, 0, gy) : NULL;
+    tc_tensor *g = tc_contiguous_format(gy, node_format(n)), *r = g ? grad_like_input(n, 0, gy) : NULL;
     int rc = r ? fn(n, tc_kern(gy->storage->device), r, g) : TC_ERR;
     tc_tensor_release(g);
     if (rc != TC_OK) { tc_tensor_release(r); return TC_ERR; }
@@ -117,13 +122,17 @@ static int avg_pool2d_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
 tc_tensor *tc_avg_pool2d(tc_tensor *x, const tc_pool_params *p) {
     int64_t out[4];
     if (check_pool("avg_pool2d", x, p, false, out) != TC_OK) return NULL;
-    tc_tensor *xc = plain_contiguous(x);
-    tc_tensor *y = xc ? tc_empty(4, out, x->dtype, x->storage->device) : NULL;
+    tc_memory_format f = tc_suggest_format(x);
+    tc_tensor *xc = plain_contiguous(x, f);
+    tc_tensor *y = xc ? tc_empty_format(4, out, x->dtype, x->storage->device, f) : NULL;
     int rc = y ? tc_kern(x->storage->device)->avg_pool2d(y, xc, p) : TC_ERR;
     tc_tensor_release(xc);
     if (rc != TC_OK) { tc_tensor_release(y); return NULL; }
     tc_node *n = tc_node_new(TC_OP_AVG_POOL2D, 1, &x, avg_pool2d_backward);
-    if (n) save_pool(n, p);
+    if (n) {
+        save_pool(n, p);
+        n->d[FORMAT_SLOT] = f;
+    }
     return tc_attach(y, n);
 }
 
@@ -138,15 +147,17 @@ static int max_pool2d_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
 tc_tensor *tc_max_pool2d(tc_tensor *x, const tc_pool_params *p) {
     int64_t out[4];
     if (check_pool("max_pool2d", x, p, true, out) != TC_OK) return NULL;
-    tc_tensor *xc = plain_contiguous(x);
-    tc_tensor *y = xc ? tc_empty(4, out, x->dtype, x->storage->device) : NULL;
-    tc_tensor *arg = y ? tc_empty(4, out, TC_I64, x->storage->device) : NULL;
+    tc_memory_format f = tc_suggest_format(x);
+    tc_tensor *xc = plain_contiguous(x, f);
+    tc_tensor *y = xc ? tc_empty_format(4, out, x->dtype, x->storage->device, f) : NULL;
+    tc_tensor *arg = y ? tc_empty_format(4, out, TC_I64, x->storage->device, f) : NULL;
     int rc = arg ? tc_kern(x->storage->device)->max_pool2d(y, arg, xc, p) : TC_ERR;
     tc_tensor_release(xc);
     tc_node *n = rc == TC_OK ? tc_node_new(TC_OP_MAX_POOL2D, 1, &x, max_pool2d_backward) : NULL;
     if (n) {
         tc_node_save(n, arg);
         save_pool(n, p);
+        n->d[FORMAT_SLOT] = f;
     }
     tc_tensor_release(arg);
     if (rc != TC_OK) { tc_tensor_release(y); return NULL; }
@@ -181,8 +192,9 @@ tc_tensor *tc_interpolate(tc_tensor *x, int64_t out_h, int64_t out_w, tc_interp_
         return NULL;
     }
     int64_t out[4] = {x->shape[0], x->shape[1], out_h, out_w};
-    tc_tensor *xc = plain_contiguous(x);
-    tc_tensor *y = xc ? tc_empty(4, out, x->dtype, x->storage->device) : NULL;
+    tc_memory_format f = tc_suggest_format(x);
+    tc_tensor *xc = plain_contiguous(x, f);
+    tc_tensor *y = xc ? tc_empty_format(4, out, x->dtype, x->storage->device, f) : NULL;
     int rc = y ? tc_kern(x->storage->device)->interpolate(y, xc, mode, align_corners) : TC_ERR;
     tc_tensor_release(xc);
     if (rc != TC_OK) { tc_tensor_release(y); return NULL; }
@@ -190,6 +202,7 @@ tc_tensor *tc_interpolate(tc_tensor *x, int64_t out_h, int64_t out_w, tc_interp_
     if (n) {
         n->i[0] = mode;
         n->i[1] = align_corners;
+        n->d[FORMAT_SLOT] = f;
     }
     return tc_attach(y, n);
 }
@@ -247,7 +260,7 @@ tc_tensor *tc_pad(tc_tensor *x, int npairs, const int64_t *pads, tc_pad_mode mod
     if (check_pad(x, npairs, pads, mode, out) != TC_OK) return NULL;
     memcpy(all, pads, (size_t)(2 * npairs) * sizeof *pads);
     /* the kernel reads any strides for a constant pad; the others walk contiguous planes */
-    tc_tensor *xc = mode == TC_PAD_CONSTANT ? tc_tensor_retain(x) : plain_contiguous(x);
+    tc_tensor *xc = mode == TC_PAD_CONSTANT ? tc_tensor_retain(x) : plain_contiguous(x, TC_CONTIGUOUS_FORMAT);
     tc_tensor *y = xc ? tc_empty(x->ndim, out, x->dtype, x->storage->device) : NULL;
     int rc = y ? tc_kern(x->storage->device)->pad(y, xc, all, mode, value) : TC_ERR;
     tc_tensor_release(xc);

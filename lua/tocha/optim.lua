@@ -220,7 +220,7 @@ function Optimizer:add_param_group(group)
     end
   end
   for j, p in ipairs(g.params) do
-    if not p:is_contiguous() then
+    if not (p:is_contiguous() or p:is_contiguous{ memory_format = "channels_last" }) then
       error(string.format("%s: parameter %d is not contiguous (an optimizer updates parameters in place)", who, j), 2)
     end
     if p.dtype ~= "f32" and p.dtype ~= "f64" then

@@ -410,36 +410,46 @@ function Module:apply(fn)
   return self
 end
 
--- the dtype and device named by to()'s arguments: strings, or a table {dtype =, device =}
+-- the dtype, device and memory format named by to()'s arguments: strings, or a table
+-- {dtype =, device =, memory_format =}
 local function target(...)
-  local dt, dev
+  local dt, dev, fmt
   for i = 1, select("#", ...) do
     local a = select(i, ...)
-    if type(a) == "table" then dt, dev = a.dtype or dt, a.device or dev
+    if type(a) == "table" then dt, dev, fmt = a.dtype or dt, a.device or dev, a.memory_format or fmt
     elseif type(a) == "string" then
       if DTYPES[a] then dt = a else dev = a end
     elseif a ~= nil then error("to: expected a dtype or device string, got " .. type(a), 3) end
   end
   if dt and not FLOAT[dt] then error("to: a module's dtype must be floating (f32, f64, f16, bf16), got " .. dt, 3) end
-  return dt, dev
+  if fmt ~= nil and fmt ~= "channels_last" and fmt ~= "contiguous_format" then
+    error("to: memory_format must be \"contiguous_format\" or \"channels_last\", got " .. tostring(fmt), 3)
+  end
+  return dt, dev, fmt
 end
 
 --- to(device or dtype, ...): converts parameters and buffers IN PLACE (t.data = converted),
 --- so the tensor objects an optimizer already holds stay the ones the module uses; gradients
 --- are converted too. A dtype applies to floating tensors only (integer buffers keep theirs).
---- Returns self.
+--- to{memory_format = "channels_last"} lays out the 4-d ones (conv weights) channels-last
+--- ("contiguous_format" back). Returns self.
 function Module:to(...)
-  local dt, dev = target(...)
+  local dt, dev, fmt = target(...)
   local function convert(t)
     local args = {}
     if dt and FLOAT[t.dtype] then args[#args + 1] = dt end
     if dev then args[#args + 1] = dev end
-    if #args == 0 then return t end
+    local layout = fmt and t:dim() == 4 and FLOAT[t.dtype] and not t:is_contiguous{ memory_format = fmt }
+    if #args == 0 and not layout then return t end
+    local function move(x)
+      if #args > 0 then x = x:to(table.unpack(args)) end
+      return layout and x:contiguous{ memory_format = fmt } or x
+    end
     local g = t.grad
-    local new = t:detach():to(table.unpack(args))
+    local new = move(t:detach())
     if not t.is_leaf then return new end
     t.data = new
-    if g then t.grad = g:to(table.unpack(args)) end
+    if g then t.grad = move(g) end
     return t
   end
   T.no_grad(function()
