@@ -7,17 +7,20 @@
 -- work in PyTorch + diffusers; scripts/gpu_check.sh runs both and prints the ratios.
 -- Prints "RESULT <name> <seconds per iteration> 0" lines (the median of synchronized rounds; the
 -- model's FLOPs come from PyTorch's counter on the other side) and "MEM <name> <peak bytes>".
---   tocha bench/sd_gpu.lua [--small] [gemm train recipe memory sample ...]
---   (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps, to check the script)
+--   tocha bench/sd_gpu.lua [--small] [--channels_last] [gemm train recipe memory sample ...]
+--   (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps, to check the script;
+--   --channels_last: the UNet's weights and the latents channels-last, for the training steps)
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 local models = require "tocha.models"
 local optim = require "tocha.optim"
 local registry = require "tocha.diffusion.registry"
 
-local small, which = false, {}
+local small, channels_last, which = false, false, {}
 for _, a in ipairs(arg) do
-  if a == "--small" then small = true else which[#which + 1] = a end
+  if a == "--small" then small = true
+  elseif a == "--channels_last" then channels_last = true
+  else which[#which + 1] = a end
 end
 if #which == 0 then which = { "gemm", "train", "recipe", "memory", "sample" } end
 if not (T.cuda and T.cuda.is_available()) then
@@ -70,11 +73,13 @@ local function trainer(checkpointing, batch, clip)
   batch = batch or BATCH
   T.manual_seed(0)
   local unet = models.UNet2DConditionModel(UNET, UNET_OVERRIDES):to("cuda")
+  if channels_last then unet:to{ memory_format = "channels_last" } end
   unet:train()
   if checkpointing then unet:enable_gradient_checkpointing(true) end
   local params = unet:parameters()
   local opt = optim.AdamW(params, { lr = 1e-5, weight_decay = 1e-2 })
   local x = T.randn({ batch, 4, SIZE, SIZE }, { device = "cuda" })
+  if channels_last then x = x:contiguous{ memory_format = "channels_last" } end
   local noise = T.randn({ batch, 4, SIZE, SIZE }, { device = "cuda" })
   local ctx = T.randn({ batch, 77, CTX }, { device = "cuda" })
   local ts = T.randint(0, 1000, { batch }, { device = "cuda" })

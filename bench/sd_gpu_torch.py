@@ -6,7 +6,7 @@ sampling (50 steps, guidance 7.5, batch 1, f16, then the VAE's decode to 512x512
 GEMM rate. Timed as tocha's side (synchronize around each round, the median of the rounds).
 Prints "RESULT <name> <seconds per iteration> <model FLOPs per iteration>" (FLOPs from
 torch.utils.flop_counter for the training step, else 0) and "MEM <name> <peak bytes>".
-  python3 bench/sd_gpu_torch.py [--small] [gemm train recipe memory sample ...]
+  python3 bench/sd_gpu_torch.py [--small] [--channels_last] [gemm train recipe memory sample ...]
 (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps; runs on the CPU without a GPU)"""
 import statistics
 import sys
@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 small = "--small" in sys.argv
-which = [a for a in sys.argv[1:] if a != "--small"] or ["gemm", "train", "recipe", "memory", "sample"]
+channels_last = "--channels_last" in sys.argv
+which = [a for a in sys.argv[1:] if a not in ("--small", "--channels_last")] or ["gemm", "train", "recipe", "memory", "sample"]
 gpu = torch.cuda.is_available()
 if not gpu and not small:
     print("SKIP no CUDA GPU (torch.cuda.is_available() is false)")
@@ -77,10 +78,14 @@ def trainer(checkpointing, batch=BATCH, clip=None):
     from diffusers import UNet2DConditionModel
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET).to(dev).train()
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
     if checkpointing:
         unet.enable_gradient_checkpointing()
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=1e-2, foreach=True)
     x = torch.randn(batch, 4, SIZE, SIZE, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     noise = torch.randn(batch, 4, SIZE, SIZE, device=dev)
     ctx = torch.randn(batch, 77, CTX, device=dev)
     ts = torch.randint(0, 1000, (batch,), device=dev)

@@ -32,7 +32,9 @@ static int o_sgd_step(lua_State *L) {
     if (buf) lua_pushvalue(L, 4);
     else {
         tc_tensor **slot = tcl_slot(L);
-        if (!(*slot = tc_empty(p->ndim, p->shape, p->dtype, p->storage->device))) return tcl_error(L);
+        /* in the parameter's memory format, as the update requires */
+        *slot = tc_empty_format(p->ndim, p->shape, p->dtype, p->storage->device, tc_suggest_format(p));
+        if (!*slot) return tcl_error(L);
         buf = *slot;
     }
     tcl_check_rc(L, tc_sgd_step_(p, g, buf, &o));

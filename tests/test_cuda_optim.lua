@@ -127,6 +127,35 @@ return {
     if n_diff(multi[4], ws[4]) > 0 then error("the frozen weight's average is not its copy", 0) end
   end,
 
+  ["multi-tensor SGD with momentum and AdamW on channels-last parameters: the per-tensor bits"] = function()
+    need_gpu()
+    T.manual_seed(6)
+    local p0, g0 = data({ { 6, 5, 3, 3 }, { 4, 7, 1, 1 }, { 9 } }, 2)
+    for _, cfg in ipairs({ { "SGD", { lr = 0.1, momentum = 0.9 } }, { "AdamW", { lr = 1e-2 } } }) do
+      local function go(foreach)
+        local ps = {}
+        for i, p in ipairs(p0) do
+          ps[i] = p:to("f32"):to(DEV)
+          if #p.shape == 4 then ps[i] = ps[i]:contiguous{ memory_format = "channels_last" } end
+        end
+        local opt = optim[cfg[1]](ps, { lr = cfg[2].lr, momentum = cfg[2].momentum, foreach = foreach })
+        for _, gs in ipairs(g0) do
+          for i, p in ipairs(ps) do p.grad = gs[i]:to("f32"):to(DEV) end
+          opt:step()
+        end
+        return ps
+      end
+      local multi, single = go(nil), go(false)
+      for i = 1, #p0 do
+        local d = n_diff(multi[i], single[i])
+        if d > 0 then error(string.format("%s param %d: %d elements differ", cfg[1], i, d), 0) end
+        if i == 1 and not multi[i]:is_contiguous{ memory_format = "channels_last" } then
+          error(cfg[1] .. ": the parameter lost its channels-last layout", 0)
+        end
+      end
+    end
+  end,
+
   ["multi-tensor updates: bad lists name what is wrong"] = function()
     need_gpu()
     local C = T._optim
