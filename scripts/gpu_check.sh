@@ -18,7 +18,8 @@
 #                                      order; experiment trains the default experiment on the GPU)
 # Environment for run: TOCHA_BIN (default build/tocha; build-emu/tocha runs it without a GPU, on the
 # CUDA emulator), OUT (default build/gpu_out), GPU_CHECK_BUDGET (seconds for the whole run, default
-# 480: a step that would pass it is cut short or left out, and says so). Without a GPU each step
+# 480: a step that would pass it is cut short or left out, and says so), SD_GPU_FLAGS (e.g.
+# --channels_last: passed to both sides of the sd step). Without a GPU each step
 # says why it is skipped, and the benchmarks run at --small sizes.
 set -u
 cd "$(dirname "$0")/.."
@@ -207,11 +208,11 @@ step_memcheck() {
     note "memcheck" "$errs; suite: ${line:-no summary}"
 }
 
-# bench_pair NAME LOG SCRIPT SECONDS TORCH_SECONDS: tocha's bench/SCRIPT.lua, then PyTorch's
+# bench_pair NAME LOG SCRIPT SECONDS TORCH_SECONDS [FLAGS]: tocha's bench/SCRIPT.lua, then PyTorch's
 # bench/SCRIPT_torch.py (its lines prefixed "torch "), both into LOG, --small without a GPU
 bench_pair() {
-    local small="" rc
-    [ "$GPU" = 0 ] && small="--small"
+    local small="${6:-}" rc
+    [ "$GPU" = 0 ] && small="$small --small"
     in_time "$1" "$4" || return 1
     timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" "bench/$3.lua" $small >"$2" 2>&1
     rc=$?
@@ -241,7 +242,7 @@ step_bench() {
 # not installed on the GPU machine: prepare carries it in build/pylib.
 step_sd() {
     section "Stable Diffusion 1.5 (UNet training step, fine-tuning recipe, peak memory, DDIM sampling)"
-    bench_pair "SD benchmarks" "$OUT/sd.log" sd_gpu 240 200 || return
+    bench_pair "SD benchmarks" "$OUT/sd.log" sd_gpu 240 200 "${SD_GPU_FLAGS:-}" || return
     SD_TABLE=$(sd_table "$OUT/sd.log")
     printf '```\n%s\n```\n' "$SD_TABLE" >>"$OUT/RESULTS.md"
     echo "$SD_TABLE"
