@@ -96,6 +96,18 @@ void tc_shape_str(int ndim, const int64_t *shape, char *buf, size_t n); /* "[4 x
  * its data (monotonic; the binding paces Lua's collector with it) */
 size_t tc_mem_allocated_total(void);
 size_t tc_mem_in_use(void);
+/* the CPU's caching allocator (core/cpu/alloc.c): tensor data above 256 bytes. Counts as the
+ * cuda allocator's, "os" for what came from (or went back to) the system. */
+typedef struct {
+    size_t allocated, max_allocated;   /* bytes in blocks handed out now / at the peak */
+    size_t reserved, max_reserved;     /* bytes held from the system (handed out + cached) */
+    int64_t allocs, frees, cache_hits, os_allocs, os_frees, ooms;
+    bool caching;                      /* false under TOCHA_CPU_CACHE=0 and sanitizer builds */
+} tc_cpu_memory_stats;
+void tc_cpu_memory(tc_cpu_memory_stats *out);
+void tc_cpu_empty_cache(void);                   /* gives every cached block back to the system */
+void tc_cpu_reset_peak(void);                    /* the peaks restart from the current values */
+void tc_cpu_memory_summary(char *buf, size_t n); /* a readable table of the stats and lists */
 
 /* ---- ops: one enum, one name table ----------------------------------------- */
 #define TC_OP_LIST(X) \

@@ -22,6 +22,14 @@ void tcl_register(lua_State *L, const luaL_Reg *fns) {
     luaL_setfuncs(L, fns, 1);
 }
 
+void tcl_push_counts(lua_State *L, const tcl_count *counts, int n) {
+    lua_createtable(L, 0, n);
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, counts[i].v);
+        lua_setfield(L, -2, counts[i].k);
+    }
+}
+
 void tcl_pushstate(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY); }
 
 /* Lua sees 8 bytes per tensor; the storage it holds lives outside the Lua heap. So after

@@ -66,7 +66,7 @@ static int c_empty_cache(lua_State *L) {
 /* T.cuda.memory_stats(): a table of byte counts and call counts */
 static int c_memory_stats(lua_State *L) {
     tc_cuda_memory_stats s = stats();
-    const struct { const char *k; lua_Integer v; } f[] = {
+    const tcl_count f[] = {
         {"allocated", (lua_Integer)s.allocated}, {"max_allocated", (lua_Integer)s.max_allocated},
         {"reserved", (lua_Integer)s.reserved}, {"max_reserved", (lua_Integer)s.max_reserved},
         {"cached", (lua_Integer)(s.reserved - s.allocated)},
@@ -74,12 +74,7 @@ static int c_memory_stats(lua_State *L) {
         {"allocs", s.allocs}, {"frees", s.frees}, {"cache_hits", s.cache_hits},
         {"driver_allocs", s.driver_allocs}, {"driver_frees", s.driver_frees}, {"ooms", s.ooms},
     };
-    int n = (int)(sizeof f / sizeof f[0]);
-    lua_createtable(L, 0, n);
-    for (int i = 0; i < n; i++) {
-        lua_pushinteger(L, f[i].v);
-        lua_setfield(L, -2, f[i].k);
-    }
+    tcl_push_counts(L, f, (int)(sizeof f / sizeof f[0]));
     return 1;
 }
 

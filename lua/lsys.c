@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -195,10 +196,19 @@ static int s_hostname(lua_State *L) {
     return 1;
 }
 
+/* page_faults() -> minor, major: this process's page faults so far (getrusage) */
+static int s_page_faults(lua_State *L) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return fail(L, "cannot read", "the resource usage");
+    lua_pushinteger(L, ru.ru_minflt);
+    lua_pushinteger(L, ru.ru_majflt);
+    return 2;
+}
+
 const luaL_Reg tcl_sys_funcs[] = {
     {"mkdir", s_mkdir},     {"mkdirs", s_mkdirs}, {"listdir", s_listdir}, {"isdir", s_isdir},
     {"fsync", s_fsync},     {"mkdtemp", s_mkdtemp}, {"isatty", s_isatty}, {"now", s_now},
-    {"hostname", s_hostname}, {NULL, NULL},
+    {"hostname", s_hostname}, {"page_faults", s_page_faults}, {NULL, NULL},
 };
 
 /* ---- process control: what a sweep needs to run trials as processes ----------------------- */

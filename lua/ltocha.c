@@ -35,6 +35,7 @@ static const family families[] = {
     {"linalg", tcl_linalg_funcs, NULL, NULL},                 /* llinalg.c */
     {"cuda", tcl_cuda_funcs, NULL, tcl_open_cuda},            /* lcuda.c */
     {"backends", tcl_backends_funcs, NULL, NULL},             /* lcuda.c */
+    {"cpu", tcl_cpu_funcs, NULL, NULL},                       /* lmemory.c */
 };
 
 /* opens one family into T (at index t) and the methods table (at index m) */

@@ -23,6 +23,9 @@ void tcl_newstate(lua_State *L);  /* makes the state (once, in luaopen_tocha) */
 void tcl_pushstate(lua_State *L); /* pushes it, to make a closure over it */
 /* registers fns into the table on top of the stack, each with the module state as upvalue */
 void tcl_register(lua_State *L, const luaL_Reg *fns);
+/* pushes a table of integers {k = v, ...} (the allocators' memory_stats) */
+typedef struct { const char *k; lua_Integer v; } tcl_count;
+void tcl_push_counts(lua_State *L, const tcl_count *counts, int n);
 
 /* ---- tensors on the Lua stack (laux.c) ---------------------------------------------------- */
 tc_tensor *tcl_check(lua_State *L, int idx);  /* raises unless a tensor */
@@ -91,5 +94,6 @@ extern const luaL_Reg tcl_linalg_funcs[]; /* llinalg.c: T.linalg: eigh, eigvalsh
 extern const luaL_Reg tcl_cuda_funcs[];   /* lcuda.c: T.cuda */
 void tcl_open_cuda(lua_State *L);         /*   the out-of-memory hook */
 extern const luaL_Reg tcl_backends_funcs[]; /* lcuda.c: T.backends */
+extern const luaL_Reg tcl_cpu_funcs[];    /* lmemory.c: T.cpu, the CPU allocator */
 
 #endif

@@ -10,7 +10,7 @@
 #include <math.h>
 #include <omp.h>
 
-#define PAR_MIN 32768 /* elements below which threads cost more than they save */
+#define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* elements below which one thread runs (cpu.h) */
 
 /* ---- dropout -------------------------------------------------------------------------------- */
 

@@ -20,6 +20,17 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts);
 typedef void (*tc_iter_fn)(int64_t n, char **p, const int64_t *stride, void *ctx);
 void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx);
 
+/* ---- threads: below a minimum amount of work a loop runs on the calling thread ------------
+ * Work counts elements: those read plus those written for a loop bound by memory (copies,
+ * elementwise arithmetic through the iterator, reductions, pooling and interpolation), the
+ * elements processed for one doing tens of operations on each (norms, softmax, losses,
+ * attention's rows, optimizer steps, random fills). The minima (threads.c) are measured by
+ * bench/threads.sh: below them a second thread costs more than it saves, and on a machine
+ * shared with other work every parallel region risks waiting for a core. */
+typedef enum { TC_PAR_MEMORY, TC_PAR_COMPUTE, TC_PAR_KINDS } tc_par_kind;
+int64_t tc_cpu_par_min(tc_par_kind kind);
+static inline bool tc_cpu_parallel(int64_t work, tc_par_kind kind) { return work >= tc_cpu_par_min(kind); }
+
 /* ---- the kernels of the table in cpu.c: tc_cpu_<name> for every kernel of kernels.h ---- */
 TC_KERNELS(TC_KERNEL_CPU)
 

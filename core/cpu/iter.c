@@ -3,6 +3,7 @@
  * split across threads. */
 #include "cpu.h"
 
+#include <omp.h>
 #include <string.h>
 
 void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
@@ -43,8 +44,6 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
     }
 }
 
-#define PARALLEL_MIN 65536
-
 /* the o-th innermost run: its operands' addresses from the outer multi-index */
 static void outer_run(const tc_iter *it, int64_t o, const int64_t *st, tc_iter_fn fn, void *ctx) {
     char *p[4];
@@ -65,8 +64,12 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
     if (inner == 0) return;
     int64_t outer = 1;
     for (int d = 0; d < nd - 1; d++) outer *= it->shape[d];
-    if (outer == 1 && inner >= PARALLEL_MIN) { /* one long run: split it */
-        int64_t chunks = inner / (PARALLEL_MIN / 2);
+    /* small work runs here without entering OpenMP at all: even a parallel region with
+     * a false if-clause costs more than a 16-element add */
+    bool parallel = tc_cpu_parallel(outer * inner * nops, TC_PAR_MEMORY) && omp_get_max_threads() > 1;
+    if (parallel && outer == 1) { /* one long run: split it, in pieces of 4,096 elements or more */
+        int64_t chunks = inner / 4096 > 4 * omp_get_max_threads() ? 4 * omp_get_max_threads() : inner / 4096;
+        if (chunks < 2) chunks = 2;
 #pragma omp parallel for schedule(static)
         for (int64_t c = 0; c < chunks; c++) {
             int64_t lo = inner * c / chunks, hi = inner * (c + 1) / chunks;
@@ -76,9 +79,6 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
         }
         return;
     }
-    /* small work runs here without entering OpenMP at all: even a parallel region with
-     * a false if-clause costs more than a 16-element add */
-    bool parallel = outer > 1 && outer * inner >= PARALLEL_MIN;
     if (!parallel) {
         for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
         return;

@@ -9,7 +9,7 @@
 
 #include <math.h>
 
-#define PAR_MIN 32768 /* elements below which threads cost more than they save */
+#define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* elements below which one thread runs (cpu.h) */
 
 static const char *at(const tc_tensor *t, int64_t off) {
     return (const char *)tc_data(t) + off * (int64_t)tc_dtype_size(t->dtype);

@@ -8,7 +8,7 @@
 
 /* Below this many elements a loop runs on one thread: waking the team costs more. Threads
  * take blocks of BLOCK elements, in order (schedule static). */
-#define PAR_MIN 32768
+#define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* parameters below which one thread runs (cpu.h) */
 #define BLOCK 16384
 
 /* -DTC_NO_SIMD builds only the portable loops (to test them on a machine with AVX2) */

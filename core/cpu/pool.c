@@ -23,7 +23,7 @@ ALWAYS_INLINE void add_to(void *p, int64_t i, double v, bool f32) {
 }
 
 /* planes worth spreading over threads: below this many elements one thread is faster */
-#define PAR_MIN 32768
+#define PAR_MIN tc_cpu_par_min(TC_PAR_MEMORY) /* elements read + written below which one thread runs (cpu.h) */
 
 /* ---- f16 / bf16 and channels-last: through contiguous (f32) copies ------------------------- */
 static bool is_half(const tc_tensor *t) { return t->dtype != TC_F32 && t->dtype != TC_F64; }

@@ -11,7 +11,7 @@ int tc_cpu_fill_uniform(tc_tensor *t, uint64_t seed, uint64_t offset, double lo,
     char *p = tc_data(t);
     size_t es = tc_dtype_size(t->dtype);
     int bits = tc_philox_bits(t->dtype);
-#pragma omp parallel for schedule(static) if (n >= 65536)
+#pragma omp parallel for schedule(static) if (tc_cpu_parallel(n, TC_PAR_COMPUTE))
     for (int64_t blk = 0; blk < (n + 3) / 4; blk++) {
         uint32_t w[4];
         tc_philox(seed, offset + (uint64_t)blk, w);
@@ -28,7 +28,7 @@ int tc_cpu_fill_normal(tc_tensor *t, uint64_t seed, uint64_t offset, double mean
     int64_t n = tc_numel(t);
     char *p = tc_data(t);
     size_t es = tc_dtype_size(t->dtype);
-#pragma omp parallel for schedule(static) if (n >= 65536)
+#pragma omp parallel for schedule(static) if (tc_cpu_parallel(n, TC_PAR_COMPUTE))
     for (int64_t blk = 0; blk < (n + 3) / 4; blk++) {
         uint32_t w[4];
         tc_philox(seed, offset + (uint64_t)blk, w);

@@ -129,7 +129,7 @@ int tc_cpu_reduce(tc_tensor *out, const tc_tensor *x, tc_op op, int nred) {
         double *acc = calloc((size_t)nout, sizeof *acc);
         if (!acc) return tc_error("reduce: out of memory");
         int64_t blocks = (nout + 255) / 256; /* columns in blocks of 256, each block one thread's */
-#pragma omp parallel for schedule(static) if (blocks > 1 && nout * l.rcount >= 65536)
+#pragma omp parallel for schedule(static) if (blocks > 1 && tc_cpu_parallel(nout * l.rcount, TC_PAR_MEMORY))
         for (int64_t k = 0; k < blocks; k++)
             add_rows_f32(acc, (const float *)xb, l.rcount, l.rstride[0], k * 256, k + 1 < blocks ? (k + 1) * 256 : nout);
         for (int64_t i = 0; i < nout; i++)
@@ -137,7 +137,7 @@ int tc_cpu_reduce(tc_tensor *out, const tc_tensor *x, tc_op op, int nred) {
         free(acc);
         return TC_OK;
     }
-#pragma omp parallel for schedule(static) if (nout > 1 && nout * l.rcount >= 65536)
+#pragma omp parallel for schedule(static) if (nout > 1 && tc_cpu_parallel(nout * l.rcount, TC_PAR_MEMORY))
     for (int64_t o = 0; o < nout; o++) {
         const char *base = xb + offset_of(o, l.nout, l.oshape, l.ostride) * (int64_t)es;
         tc_store(ob + o * (int64_t)eo, out->dtype, reduce_one(base, x->dtype, &l, run, op));

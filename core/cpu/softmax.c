@@ -92,7 +92,7 @@ static char *out_row(const tc_tensor *t, const rows *r, int64_t k) {
     return (char *)tc_data(t) + (o * r->n * r->inner + i) * (int64_t)tc_dtype_size(t->dtype);
 }
 
-#define PAR_MIN 32768 /* elements below which threads cost more than they save */
+#define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* elements below which one thread runs (cpu.h) */
 
 /* ---- f32 along a unit-stride last dim: vectorised, sums in double ------------------------ */
 static bool f32_rows(const rows *r, const tc_tensor *a, const tc_tensor *b, int dim) {

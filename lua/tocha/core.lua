@@ -302,6 +302,30 @@ function core.checkpoint(fn, ...)
 end
 
 ---------------------------------------------------------------------------
+-- memory, either device: T.cpu and T.cuda hold the rest of each allocator's calls
+---------------------------------------------------------------------------
+local function allocator(device, fname)
+  if device == nil or device == "cpu" then return T.cpu end
+  if type(device) == "string" and device:match("^cuda") then return T.cuda end
+  error(string.format("%s: unknown device %s (expected \"cpu\" or \"cuda\")", fname, tostring(device)), 3)
+end
+
+-- T.cpu.memory_allocated(), ...: single fields of T.cpu.memory_stats(), named as T.cuda's
+for name, key in pairs { memory_allocated = "allocated", max_memory_allocated = "max_allocated",
+                         memory_reserved = "reserved", max_memory_reserved = "max_reserved" } do
+  T.cpu[name] = function() return T.cpu.memory_stats()[key] end
+end
+
+--- T.memory_stats([device]): the allocator's stats table of "cpu" (the default) or "cuda"
+function core.memory_stats(device) return allocator(device, "memory_stats").memory_stats() end
+
+--- T.empty_cache([device]): gives cached blocks back to the system (both devices without one)
+function core.empty_cache(device)
+  if device == nil then T.cpu.empty_cache(); T.cuda.empty_cache(); return end
+  allocator(device, "empty_cache").empty_cache()
+end
+
+---------------------------------------------------------------------------
 -- the library's modules on first use: T.nn, T.optim, T.run{...}, T.testing, ... are
 -- require "tocha.nn", ...
 ---------------------------------------------------------------------------
