@@ -139,7 +139,16 @@ typedef struct {
     X(int, sgd_step, (tc_tensor *p, const tc_tensor *g, tc_tensor *buf, const tc_sgd_opts *o))     \
     X(int, adam_step, (tc_tensor *p, const tc_tensor *g, tc_tensor *m, tc_tensor *v,               \
                        tc_tensor *vmax, const tc_adam_opts *o))                                    \
-    X(int, ema_update, (tc_tensor *shadow, const tc_tensor *p, double decay))
+    X(int, ema_update, (tc_tensor *shadow, const tc_tensor *p, double decay))                      \
+    /* the same over n tensors, one dtype (CUDA: many tensors per launch). vmax, buf: NULL       \
+     * arrays without amsgrad / momentum; steps[i] is tensor i's step (o->step is ignored);       \
+     * first[i]: tensor i's momentum buffer starts on this step */                               \
+    X(int, sgd_multi, (int n, tc_tensor *const *p, const tc_tensor *const *g, tc_tensor *const *buf, \
+                       const bool *first, const tc_sgd_opts *o))                                   \
+    X(int, adam_multi, (int n, tc_tensor *const *p, const tc_tensor *const *g, tc_tensor *const *m, \
+                        tc_tensor *const *v, tc_tensor *const *vmax, const int64_t *steps,         \
+                        const tc_adam_opts *o))                                                    \
+    X(int, ema_multi, (int n, tc_tensor *const *shadow, const tc_tensor *const *p, double decay))
 
 #define TC_KERNEL_FIELD_(ret, name, args) ret(*name) args;
 typedef struct tc_kernels { TC_KERNELS(TC_KERNEL_FIELD_) } tc_kernels;

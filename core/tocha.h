@@ -350,6 +350,15 @@ int tc_adam_step_(tc_tensor *param, tc_tensor *grad, tc_tensor *exp_avg, tc_tens
                   tc_tensor *max_exp_avg_sq /* NULL unless amsgrad */, const tc_adam_opts *o);
 /* shadow -= (1 - decay) * (shadow - param), diffusers' EMAModel update */
 int tc_ema_update_(tc_tensor *shadow, tc_tensor *param, double decay);
+/* The same updates over n parameters of one device and dtype (lists of n; max_exp_avg_sq and
+ * momentum_buf NULL as above, else arrays of n), each tensor as the single-tensor update would
+ * update it; on CUDA many tensors share one launch. steps[i]: parameter i's step (o->step is
+ * not read); first[i]: parameter i's momentum buffer starts on this step (o->first not read). */
+int tc_sgd_multi_step_(int n, tc_tensor **params, tc_tensor **grads, tc_tensor **momentum_buf, const bool *first,
+                       const tc_sgd_opts *o);
+int tc_adam_multi_step_(int n, tc_tensor **params, tc_tensor **grads, tc_tensor **exp_avg, tc_tensor **exp_avg_sq,
+                        tc_tensor **max_exp_avg_sq, const int64_t *steps, const tc_adam_opts *o);
+int tc_ema_multi_update_(int n, tc_tensor **shadows, tc_tensor **params, double decay);
 /* the p-norm of n tensors taken together (p = INFINITY: the largest |x|), accumulated in double */
 int tc_total_norm(int n, tc_tensor **xs, double p, double *out);
 

@@ -7,18 +7,24 @@
 /* The hyperparameters come by name from the parameter group (lr, momentum, betas, ...) and
  * the per-parameter state from its table, as PyTorch's param_groups and state hold them. */
 
+/* SGD's options from the group at idx {lr, momentum, dampening, weight_decay, nesterov} */
+static tc_sgd_opts sgd_opts(lua_State *L, int idx) {
+    tc_sgd_opts o = {
+        .lr = tcl_getnumber(L, idx, "lr"),
+        .momentum = tcl_getnumber(L, idx, "momentum"),
+        .dampening = tcl_getnumber(L, idx, "dampening"),
+        .weight_decay = tcl_getnumber(L, idx, "weight_decay"),
+        .nesterov = tcl_optbool(L, idx, "nesterov", 0),
+    };
+    return o;
+}
+
 /* sgd_step(p, grad, group, momentum_buffer|nil) -> the momentum buffer: a new one on the first
  * step with momentum (holding the gradient, as PyTorch's), nothing without momentum */
 static int o_sgd_step(lua_State *L) {
     tc_tensor *p = tcl_check(L, 1), *g = tcl_check(L, 2), *buf = tcl_opt(L, 4);
-    tc_sgd_opts o = {
-        .lr = tcl_getnumber(L, 3, "lr"),
-        .momentum = tcl_getnumber(L, 3, "momentum"),
-        .dampening = tcl_getnumber(L, 3, "dampening"),
-        .weight_decay = tcl_getnumber(L, 3, "weight_decay"),
-        .nesterov = tcl_optbool(L, 3, "nesterov", 0),
-        .first = buf == NULL,
-    };
+    tc_sgd_opts o = sgd_opts(L, 3);
+    o.first = buf == NULL;
     if (o.momentum == 0) {
         tcl_check_rc(L, tc_sgd_step_(p, g, buf, &o));
         return 0;
@@ -26,7 +32,9 @@ static int o_sgd_step(lua_State *L) {
     if (buf) lua_pushvalue(L, 4);
     else {
         tc_tensor **slot = tcl_slot(L);
-        if (!(*slot = tc_empty(p->ndim, p->shape, p->dtype, p->storage->device))) return tcl_error(L);
+        /* in the parameter's memory format, as the update requires */
+        *slot = tc_empty_format(p->ndim, p->shape, p->dtype, p->storage->device, tc_suggest_format(p));
+        if (!*slot) return tcl_error(L);
         buf = *slot;
     }
     tcl_check_rc(L, tc_sgd_step_(p, g, buf, &o));
@@ -83,7 +91,88 @@ static int o_total_norm(lua_State *L) {
     return 1;
 }
 
+/* ---- the multi-tensor forms ------------------------------------------------------------------ */
+/* the n tensors of the list at idx (field `key` of each element when key is not NULL), in a
+ * userdata left on the stack (so an error frees it); the list's tables keep them alive */
+static tc_tensor **tensor_list(lua_State *L, int idx, int n, const char *key, const char *who) {
+    luaL_checktype(L, idx, LUA_TTABLE);
+    if ((int)luaL_len(L, idx) != n) luaL_error(L, "%s: list %d holds %d entries, expected %d", who, idx,
+                                               (int)luaL_len(L, idx), n);
+    tc_tensor **ts = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *ts, 0);
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, idx, i + 1);
+        if (key) {
+            if (!lua_istable(L, -1)) luaL_error(L, "%s: entry %d of list %d is not a table", who, i + 1, idx);
+            lua_getfield(L, -1, key);
+            lua_remove(L, -2);
+        }
+        ts[i] = tcl_test(L, -1);
+        if (!ts[i]) luaL_error(L, "%s: entry %d of list %d has no tensor%s%s", who, i + 1, idx, key ? " " : "",
+                               key ? key : "");
+        lua_pop(L, 1);
+    }
+    return ts;
+}
+
+/* sgd_multi({p...}, {grad...}, group, {momentum_buffer...}|nil, {first...}): every buffer
+ * exists (first[i] true: it starts as the gradient on this step) */
+static int o_sgd_multi(lua_State *L) {
+    lua_settop(L, 5); /* the lists below go above the arguments */
+    int n = (int)luaL_len(L, 1);
+    tc_tensor **p = tensor_list(L, 1, n, NULL, "sgd_multi"), **g = tensor_list(L, 2, n, NULL, "sgd_multi");
+    tc_sgd_opts o = sgd_opts(L, 3);
+    tc_tensor **buf = lua_isnoneornil(L, 4) ? NULL : tensor_list(L, 4, n, NULL, "sgd_multi");
+    bool *first = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *first, 0);
+    for (int i = 0; i < n; i++) {
+        first[i] = false;
+        if (buf) {
+            luaL_checktype(L, 5, LUA_TTABLE);
+            lua_geti(L, 5, i + 1);
+            first[i] = lua_toboolean(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    tcl_check_rc(L, tc_sgd_multi_step_(n, p, g, buf, first, &o));
+    return 0;
+}
+
+/* adam_multi({p...}, {grad...}, {state...}, group, decoupled): each state {step, exp_avg,
+ * exp_avg_sq, max_exp_avg_sq (amsgrad)} */
+static int o_adam_multi(lua_State *L) {
+    lua_settop(L, 5);
+    int n = (int)luaL_len(L, 1);
+    tc_adam_opts o = {
+        .lr = tcl_getnumber(L, 4, "lr"),
+        .eps = tcl_getnumber(L, 4, "eps"),
+        .weight_decay = tcl_getnumber(L, 4, "weight_decay"),
+        .amsgrad = tcl_optbool(L, 4, "amsgrad", 0),
+        .decoupled = lua_toboolean(L, 5),
+    };
+    tcl_getpair(L, 4, "betas", &o.beta1, &o.beta2);
+    tc_tensor **p = tensor_list(L, 1, n, NULL, "adam_multi"), **g = tensor_list(L, 2, n, NULL, "adam_multi");
+    tc_tensor **m = tensor_list(L, 3, n, "exp_avg", "adam_multi"), **v = tensor_list(L, 3, n, "exp_avg_sq", "adam_multi");
+    tc_tensor **vmax = o.amsgrad ? tensor_list(L, 3, n, "max_exp_avg_sq", "adam_multi") : NULL;
+    int64_t *steps = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *steps, 0);
+    for (int i = 0; i < n; i++) {
+        lua_geti(L, 3, i + 1);
+        steps[i] = tcl_getinteger(L, lua_gettop(L), "step");
+        lua_pop(L, 1);
+    }
+    tcl_check_rc(L, tc_adam_multi_step_(n, p, g, m, v, vmax, steps, &o));
+    return 0;
+}
+
+/* ema_multi({shadow...}, {param...}, decay) */
+static int o_ema_multi(lua_State *L) {
+    lua_settop(L, 3);
+    int n = (int)luaL_len(L, 1);
+    tc_tensor **s = tensor_list(L, 1, n, NULL, "ema_multi"), **p = tensor_list(L, 2, n, NULL, "ema_multi");
+    tcl_check_rc(L, tc_ema_multi_update_(n, s, p, luaL_checknumber(L, 3)));
+    return 0;
+}
+
 const luaL_Reg tcl_optim_funcs[] = {
+    {"sgd_multi", o_sgd_multi},   {"adam_multi", o_adam_multi}, {"ema_multi", o_ema_multi},
     {"sgd_step", o_sgd_step},     {"adam_step", o_adam_step}, {"adamw_step", o_adamw_step},
     {"ema_update", o_ema_update}, {"total_norm", o_total_norm}, {NULL, NULL},
 };

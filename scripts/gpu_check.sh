@@ -4,18 +4,22 @@
 #   scripts/gpu_check.sh prepare       HERE, on the build machine: builds build/tocha and build/test_c
 #                                      with CUDA, copies into build/gpulibs/ the shared libraries they
 #                                      need beyond glibc, the C++ runtime and CUDA (the GPU machine
-#                                      has libjpeg.so.8, not .62, and maybe no cairo), packs the three
+#                                      has libjpeg.so.8, not .62, and maybe no cairo) and diffusers'
+#                                      Python package into build/pylib/, packs the four
 #                                      into build/gpu.tar.xz (the one path to carry) and prints the size
 #                                      of what a run sends (the limit is 64 MiB)
 #   scripts/gpu_check.sh run [STEPS]   THERE, from the repository root: unpacks build/gpu.tar.xz where
 #                                      needed, then the library check, the card, the C tests, the GPU
-#                                      suite, the benchmarks against PyTorch and the suite under
+#                                      suite, the benchmarks against PyTorch (GPU ops, then SD 1.5
+#                                      at real size) and the suite under
 #                                      compute-sanitizer memcheck; logs and RESULTS.md go to $OUT, and
 #                                      a summary table comes last. STEPS: any of ctest suite bench
-#                                      memcheck (default: all, in that order)
+#                                      sd experiment memcheck (default: all but experiment, in that
+#                                      order; experiment trains the default experiment on the GPU)
 # Environment for run: TOCHA_BIN (default build/tocha; build-emu/tocha runs it without a GPU, on the
 # CUDA emulator), OUT (default build/gpu_out), GPU_CHECK_BUDGET (seconds for the whole run, default
-# 480: a step that would pass it is cut short or left out, and says so). Without a GPU each step
+# 480: a step that would pass it is cut short or left out, and says so), SD_GPU_FLAGS (e.g.
+# --channels_last: passed to both sides of the sd step). Without a GPU each step
 # says why it is skipped, and the benchmarks run at --small sizes.
 set -u
 cd "$(dirname "$0")/.."
@@ -50,8 +54,18 @@ prepare() {
     glibc=$(objdump -T build/tocha build/test_c build/gpulibs/* 2>/dev/null | grep -o 'GLIBC_2\.[0-9]*' |
         sort -uV | tail -1)
     echo "newest glibc symbol needed: $glibc (the GPU machine has 2.39)"
+    echo "== copying diffusers (bench/sd_gpu_torch.py's models; not installed there) and the"
+    echo "   huggingface_hub it needs into build/pylib/"
+    rm -rf build/pylib && mkdir -p build/pylib
+    local pkg dir
+    for pkg in diffusers huggingface_hub; do
+        dir=$(python3 -c "import $pkg, os; print(os.path.dirname($pkg.__file__))" 2>/dev/null) &&
+            cp -r "$dir" build/pylib/ ||
+            echo "warning: no $pkg here: the SD benchmark may have no PyTorch side"
+    done
+    find build/pylib -name __pycache__ -prune -exec rm -rf {} +
     echo "== packing $PACK"
-    tar -C build -cf - tocha test_c gpulibs | xz -T2 -6 >"$PACK" || { echo "error: packing failed"; exit 1; }
+    tar -C build -cf - tocha test_c gpulibs pylib | xz -T2 -6 >"$PACK" || { echo "error: packing failed"; exit 1; }
     local pack tree
     pack=$(du -b "$PACK" | cut -f1)
     # what travels besides: tracked files and untracked ones git does not ignore
@@ -194,26 +208,110 @@ step_memcheck() {
     note "memcheck" "$errs; suite: ${line:-no summary}"
 }
 
+# bench_pair NAME LOG SCRIPT SECONDS TORCH_SECONDS [FLAGS]: tocha's bench/SCRIPT.lua, then PyTorch's
+# bench/SCRIPT_torch.py (its lines prefixed "torch "), both into LOG, --small without a GPU
+bench_pair() {
+    local small="${6:-}" rc
+    [ "$GPU" = 0 ] && small="$small --small"
+    in_time "$1" "$4" || return 1
+    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" "bench/$3.lua" $small >"$2" 2>&1
+    rc=$?
+    [ $rc = 124 ] && echo "tocha's $1 TIMED OUT after $LIMIT s" | tee -a "$2"
+    if in_time "PyTorch $1" "$5"; then
+        PYTHONPATH=$ROOT/build/pylib${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 timeout "$LIMIT" \
+            python3 "bench/${3}_torch.py" $small 2>&1 | sed 's/^/torch /' >>"$2"
+    fi
+    grep -E 'INFO|SKIP|rror' "$2" | head -10
+}
+
 # the benchmarks: one table of tocha's and PyTorch's times on this card, ratio = PyTorch / tocha
 step_bench() {
     section "benchmarks (bf16 GEMM, conv 3x3 fwd+bwd in NCHW and channels-last, per-op overhead, attention fwd+bwd)"
-    local small="" rc
-    [ "$GPU" = 0 ] && small="--small"
-    in_time "benchmarks" 120 || return
-    timeout "$LIMIT" env LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" bench/gpu_ops.lua $small >"$OUT/bench.log" 2>&1
-    rc=$?
-    [ $rc = 124 ] && echo "tocha's benchmark TIMED OUT after $LIMIT s" | tee -a "$OUT/bench.log"
-    if in_time "PyTorch benchmarks" 120; then
-        PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 bench/gpu_ops_torch.py $small 2>&1 |
-            sed 's/^/torch /' >>"$OUT/bench.log"
-    fi
-    grep -E 'INFO|SKIP|rror' "$OUT/bench.log" | head -10
+    bench_pair "benchmarks" "$OUT/bench.log" gpu_ops 120 120 || return
     BENCH_TABLE=$(bench_table "$OUT/bench.log")
     printf '```\n%s\n```\n' "$BENCH_TABLE" >>"$OUT/RESULTS.md"
     echo "$BENCH_TABLE"
     local met missed
     met=$(echo "$BENCH_TABLE" | grep -c ' ok$'); missed=$(echo "$BENCH_TABLE" | grep -c ' MISSED$')
     note "benchmarks" "$met goals met, $missed missed"
+}
+
+# Stable Diffusion 1.5 at real size: the UNet's training step (goal: 1.0x PyTorch eager), its peak
+# memory with and without gradient checkpointing, DDIM sampling (goal 1.5x diffusers' eager
+# pipeline), model FLOPs utilisation against the bf16 GEMM rate each side measured. diffusers is
+# not installed on the GPU machine: prepare carries it in build/pylib.
+step_sd() {
+    section "Stable Diffusion 1.5 (UNet training step, fine-tuning recipe, peak memory, DDIM sampling)"
+    bench_pair "SD benchmarks" "$OUT/sd.log" sd_gpu 240 200 "${SD_GPU_FLAGS:-}" || return
+    SD_TABLE=$(sd_table "$OUT/sd.log")
+    printf '```\n%s\n```\n' "$SD_TABLE" >>"$OUT/RESULTS.md"
+    echo "$SD_TABLE"
+    note "SD" "$(echo "$SD_TABLE" | grep -c ' ok$') goals met, $(echo "$SD_TABLE" | grep -c ' MISSED$') missed"
+}
+
+# the default experiment (experiments/t2i_shapes.lua, its default settings) trained and graded on
+# the GPU: steps per second, the whole run's time, and the grades' total row
+step_experiment() {
+    section "the default experiment with --device cuda"
+    [ "$GPU" = 0 ] && { note "experiment" "skipped: no GPU"; return; }
+    in_time "experiment" 400 || return
+    local t0 t1 rc line
+    t0=$(date +%s)
+    timeout "$LIMIT" env TOCHA_RUNS="$OUT/runs" LD_LIBRARY_PATH=$LIBPATH "$ROOT/$BIN" experiments/t2i_shapes.lua \
+        --device cuda >"$OUT/experiment.log" 2>&1
+    rc=$?; t1=$(date +%s)
+    line=$(grep -E '^training: [0-9]+ steps in' "$OUT/experiment.log" | tail -1)
+    if [ $rc != 0 ] || [ -z "$line" ]; then
+        note "experiment" "FAILED (exit $rc$([ $rc = 124 ] && echo ", timed out after $LIMIT s"); see experiment.log)"
+        return
+    fi
+    local steps secs total
+    steps=$(echo "$line" | awk '{ print $2 }'); secs=$(echo "$line" | awk '{ print $5 }')
+    total=$(grep -E '^total ' "$OUT/experiment.log" | tail -1)
+    printf 'default experiment on cuda: %s (%.1f steps/s); whole run %d s; grades: %s\n' "$line" \
+        "$(awk -v a="$steps" -v b="$secs" 'BEGIN { print b > 0 ? a / b : 0 }')" $((t1 - t0)) "$total" |
+        tee -a "$OUT/RESULTS.md"
+    note "experiment" "$steps steps in $secs s, run $((t1 - t0)) s; $total"
+}
+
+# RESULT and MEM lines of sd_gpu.lua / sd_gpu_torch.py -> the table: times, ratios, model FLOPs
+# utilisation (PyTorch's FLOP count of the step over each side's time, against each side's GEMM
+# rate), images/s of the fine-tuning recipe, peak memory; goals 1.0x for the training step, 1.5x
+# for sampling
+sd_table() {
+    awk '
+        $1 == "RESULT" { t[$2] = $3; order[++n] = $2 }
+        $1 == "MEM" { m[$2] = $3; morder[++nm] = $2 }
+        $1 == "torch" && $2 == "RESULT" { p[$3] = $4; fl[$3] = $5 }
+        $1 == "torch" && $2 == "MEM" { pm[$3] = $4 }
+        END {
+            for (i = 1; i <= n; i++) if (order[i] ~ /^sd_gemm/) { g = order[i]; gt = 2 * (substr(g, 14) + 0) ^ 3 }
+            printf "%-40s %12s %12s %8s %10s  %s\n", "benchmark", "tocha", "torch", "ratio", "MFU t/p", "goal"
+            for (i = 1; i <= n; i++) {
+                k = order[i]
+                goal = k ~ /_train_bf16_b[0-9]+_[0-9x]+$/ ? 1.0 : k ~ /^sd15_sample/ ? 1.5 : 0
+                mfu = "-"; b = k; sub(/_ckpt$/, "", b) # checkpointing recomputes: the model FLOPs are the same
+                if (fl[b] > 0 && g != "" && (g in p) && (k in p))
+                    mfu = sprintf("%.0f%%/%.0f%%", 100 * (fl[b] / t[k]) / (gt / t[g]), 100 * (fl[b] / p[k]) / (gt / p[g]))
+                note = "(no goal)"
+                if (k ~ /^sd15_recipe/ && match(k, /_b[0-9]+_/)) { # images per second at that batch
+                    bs = substr(k, RSTART + 2, RLENGTH - 3) + 0
+                    note = sprintf("(no goal; images/s %.1f, PyTorch %s)", bs / t[k], (k in p) ? sprintf("%.1f", bs / p[k]) : "-")
+                }
+                if (k in p) {
+                    r = p[k] / t[k]
+                    printf "%-40s %9.2f ms %9.2f ms %7.2fx %10s  %s\n", k, t[k] * 1e3, p[k] * 1e3, r, mfu,
+                        goal == 0 ? note : sprintf(">= %.2fx %s", goal, r >= goal ? "ok" : "MISSED")
+                } else printf "%-40s %9.2f ms %12s %8s %10s  (no PyTorch number)\n", k, t[k] * 1e3, "-", "-", mfu
+            }
+            for (i = 1; i <= nm; i++) {
+                k = morder[i]
+                printf "%-40s %9.2f GiB %9s GiB  peak memory\n", k, m[k] / 2^30,
+                    (k in pm) ? sprintf("%.2f", pm[k] / 2^30) : "-"
+            }
+            if (n == 0) print "(no tocha results: see sd.log)"
+            print "(ratio = PyTorch time / tocha time; MFU: model FLOPs (PyTorch counter) per second / the side'"'"'s bf16 GEMM rate)"
+        }' "$1"
 }
 
 # RESULT lines (tocha's bare, PyTorch's prefixed "torch ") -> the table; goals: GEMM and conv at
@@ -258,7 +356,7 @@ run() {
     mkdir -p "$OUT"
     unpack || { echo "error: could not unpack $PACK"; exit 1; }
     printf '# tocha on the GPU: scripts/gpu_check.sh run\n' >"$OUT/RESULTS.md"
-    local steps=${*:-ctest suite bench memcheck}
+    local steps=${*:-ctest suite bench sd memcheck}
     echo "tocha: $BIN; output: $OUT; steps: $steps; budget: $BUDGET s"
     if [ ! -x "$ROOT/$BIN" ]; then
         echo "error: $BIN is missing (run scripts/gpu_check.sh prepare first, and carry $PACK)"; exit 1
@@ -267,17 +365,19 @@ run() {
     step_card
     for s in $steps; do
         case $s in
-        ctest) step_ctest ;; suite) step_suite ;; bench) step_bench ;; memcheck) step_memcheck ;;
-        *) echo "unknown step $s (ctest suite bench memcheck)" ;;
+        ctest) step_ctest ;; suite) step_suite ;; bench) step_bench ;; sd) step_sd ;;
+        experiment) step_experiment ;; memcheck) step_memcheck ;;
+        *) echo "unknown step $s (ctest suite bench sd experiment memcheck)" ;;
         esac
     done
     section "summary"
     printf '%s\n' "card: $CARD" "${SUMMARY[@]}" | tee -a "$OUT/RESULTS.md"
     [ -n "${BENCH_TABLE:-}" ] && echo "$BENCH_TABLE"
+    [ -n "${SD_TABLE:-}" ] && echo "$SD_TABLE"
 }
 
 case ${1:-} in
 prepare) prepare ;;
 run) shift; run "$@" ;;
-*) echo "usage: scripts/gpu_check.sh prepare | run [ctest suite bench memcheck]"; exit 2 ;;
+*) echo "usage: scripts/gpu_check.sh prepare | run [ctest suite bench sd experiment memcheck]"; exit 2 ;;
 esac

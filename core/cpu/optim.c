@@ -179,6 +179,33 @@ int tc_cpu_ema_update(tc_tensor *shadow, const tc_tensor *p, double decay) {
     return TC_OK;
 }
 
+/* the multi-tensor forms: one tensor after another */
+int tc_cpu_sgd_multi(int n, tc_tensor *const *p, const tc_tensor *const *g, tc_tensor *const *buf, const bool *first,
+                     const tc_sgd_opts *o) {
+    for (int i = 0; i < n; i++) {
+        tc_sgd_opts oi = *o;
+        oi.first = first[i];
+        if (tc_cpu_sgd_step(p[i], g[i], buf ? buf[i] : NULL, &oi) != TC_OK) return TC_ERR;
+    }
+    return TC_OK;
+}
+
+int tc_cpu_adam_multi(int n, tc_tensor *const *p, const tc_tensor *const *g, tc_tensor *const *m, tc_tensor *const *v,
+                      tc_tensor *const *vmax, const int64_t *steps, const tc_adam_opts *o) {
+    for (int i = 0; i < n; i++) {
+        tc_adam_opts oi = *o;
+        oi.step = steps[i];
+        if (tc_cpu_adam_step(p[i], g[i], m[i], v[i], vmax ? vmax[i] : NULL, &oi) != TC_OK) return TC_ERR;
+    }
+    return TC_OK;
+}
+
+int tc_cpu_ema_multi(int n, tc_tensor *const *shadow, const tc_tensor *const *p, double decay) {
+    for (int i = 0; i < n; i++)
+        if (tc_cpu_ema_update(shadow[i], p[i], decay) != TC_OK) return TC_ERR;
+    return TC_OK;
+}
+
 /* ---- sum of |x|^p -----------------------------------------------------------------------------
  * Fixed blocks added in a fixed order: the result does not depend on the number of threads, so
  * a resumed run clips exactly like the uninterrupted one. */

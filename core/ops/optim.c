@@ -5,6 +5,7 @@
 #include "../internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* t must be a contiguous float tensor shaped and placed like param (what = its role) */
 static int check_state(const char *op, const char *what, tc_tensor *param, tc_tensor *t) {
@@ -107,6 +108,96 @@ int tc_ema_update_(tc_tensor *shadow, tc_tensor *param, double decay) {
     tc_tensor_release(p);
     tc_set_grad_enabled(prev);
     return rc;
+}
+
+/* ---- the multi-tensor forms ---------------------------------------------------------------------
+ * Every parameter is checked as the single-tensor update checks it, and must share the first's
+ * device and dtype; the gradients are brought to the parameters' layout first, then every
+ * written tensor is marked, then one kernel call updates them all. */
+typedef struct {
+    int n;
+    tc_tensor **g; /* the ready gradients (or EMA's weights), owned */
+    bool prev;     /* grad mode before */
+} multi_call;
+
+static int multi_begin(multi_call *c, const char *op, int n, tc_tensor **params, tc_tensor **grads) {
+    c->n = 0;
+    c->prev = tc_set_grad_enabled(false);
+    c->g = calloc(n > 0 ? (size_t)n : 1, sizeof *c->g);
+    if (!c->g) return tc_error("%s: out of memory", op);
+    for (int i = 0; i < n; i++) {
+        if (check_param(op, params[i]) != TC_OK || tc_check_same_device(op, params[0], params[i]) != TC_OK)
+            return TC_ERR;
+        if (params[i]->dtype != params[0]->dtype)
+            return tc_error("%s: parameter %d is %s, parameter 1 %s (one dtype per call)", op, i + 1,
+                            tc_dtype_name(params[i]->dtype), tc_dtype_name(params[0]->dtype));
+        if (!(c->g[i] = ready_grad(op, params[i], grads[i]))) return TC_ERR;
+        c->n = i + 1;
+    }
+    return TC_OK;
+}
+
+static int multi_end(multi_call *c, int rc) {
+    for (int i = 0; i < c->n; i++) tc_tensor_release(c->g[i]);
+    free(c->g);
+    tc_set_grad_enabled(c->prev);
+    return rc;
+}
+
+/* marks lists[k][i] for every k < nl (a NULL list is skipped) */
+static int mark_lists(const char *op, int n, int nl, tc_tensor **const *lists) {
+    for (int k = 0; k < nl; k++)
+        if (lists[k] && mark_written(op, n, lists[k]) != TC_OK) return TC_ERR;
+    return TC_OK;
+}
+
+int tc_sgd_multi_step_(int n, tc_tensor **params, tc_tensor **grads, tc_tensor **buf, const bool *first,
+                       const tc_sgd_opts *o) {
+    if (n == 0) return TC_OK;
+    if (o->momentum != 0 && !buf) return tc_error("sgd: momentum %g needs momentum buffers", o->momentum);
+    if (o->momentum == 0) buf = NULL;
+    for (int i = 0; buf && i < n; i++)
+        if (check_state("sgd", "momentum buffer", params[i], buf[i]) != TC_OK) return TC_ERR;
+    multi_call c;
+    int rc = multi_begin(&c, "sgd", n, params, grads);
+    tc_tensor **written[2] = {params, buf};
+    if (rc == TC_OK) rc = mark_lists("sgd", n, 2, written);
+    if (rc == TC_OK) rc = tc_kern(params[0]->storage->device)->sgd_multi(n, params, (const tc_tensor *const *)c.g,
+                                                                        buf, first, o);
+    return multi_end(&c, rc);
+}
+
+int tc_adam_multi_step_(int n, tc_tensor **params, tc_tensor **grads, tc_tensor **exp_avg, tc_tensor **exp_avg_sq,
+                        tc_tensor **vmax, const int64_t *steps, const tc_adam_opts *o) {
+    const char *op = o->decoupled ? "adamw" : "adam";
+    if (n == 0) return TC_OK;
+    if (o->amsgrad && !vmax) return tc_error("%s: amsgrad needs max_exp_avg_sq buffers", op);
+    if (!o->amsgrad) vmax = NULL;
+    for (int i = 0; i < n; i++) {
+        if (steps[i] < 1) return tc_error("%s: step must be at least 1 (got %lld)", op, (long long)steps[i]);
+        if (check_state(op, "exp_avg", params[i], exp_avg[i]) != TC_OK ||
+            check_state(op, "exp_avg_sq", params[i], exp_avg_sq[i]) != TC_OK ||
+            (vmax && check_state(op, "max_exp_avg_sq", params[i], vmax[i]) != TC_OK))
+            return TC_ERR;
+    }
+    multi_call c;
+    int rc = multi_begin(&c, op, n, params, grads);
+    tc_tensor **written[4] = {params, exp_avg, exp_avg_sq, vmax};
+    if (rc == TC_OK) rc = mark_lists(op, n, 4, written);
+    if (rc == TC_OK)
+        rc = tc_kern(params[0]->storage->device)
+                 ->adam_multi(n, params, (const tc_tensor *const *)c.g, exp_avg, exp_avg_sq, vmax, steps, o);
+    return multi_end(&c, rc);
+}
+
+int tc_ema_multi_update_(int n, tc_tensor **shadows, tc_tensor **params, double decay) {
+    if (n == 0) return TC_OK;
+    multi_call c;
+    int rc = multi_begin(&c, "ema", n, shadows, params);
+    if (rc == TC_OK) rc = mark_written("ema", n, shadows);
+    if (rc == TC_OK)
+        rc = tc_kern(shadows[0]->storage->device)->ema_multi(n, shadows, (const tc_tensor *const *)c.g, decay);
+    return multi_end(&c, rc);
 }
 
 /* ---- total norm ---------------------------------------------------------------------------------- */

@@ -76,15 +76,46 @@ local function check_sgd(g)
   return msg
 end
 
-local function adam_update(self, g, p, grad)
+local function adam_state(self, g, p)
   local st = self.state[p]
   if not st then
     st = { step = 0, exp_avg = T.zeros_like(p), exp_avg_sq = T.zeros_like(p) }
     self.state[p] = st
   end
   if g.amsgrad and not st.max_exp_avg_sq then st.max_exp_avg_sq = T.zeros_like(p) end
+  return st
+end
+
+local function adam_update(self, g, p, grad)
+  local st = adam_state(self, g, p)
   st.step = st.step + 1
   self.kind.step(p, grad, st, g)
+end
+
+-- the multi-tensor updates: ps and grads are lists of one device and dtype
+local function adam_multi(self, g, ps, grads)
+  local states = {}
+  for i, p in ipairs(ps) do
+    local st = adam_state(self, g, p)
+    st.step = st.step + 1
+    states[i] = st
+  end
+  C.adam_multi(ps, grads, states, g, self.kind.decoupled)
+end
+
+local function sgd_multi(self, g, ps, grads)
+  if g.momentum == 0 then return C.sgd_multi(ps, grads, g) end
+  local bufs, first = {}, {}
+  for i, p in ipairs(ps) do
+    local st = self.state[p]
+    if not st then -- the buffer starts as the gradient, written by this step
+      st = { momentum_buffer = T.empty_like(p) }
+      self.state[p] = st
+      first[i] = true
+    end
+    bufs[i] = st.momentum_buffer
+  end
+  C.sgd_multi(ps, grads, g, bufs, first)
 end
 
 local KINDS = {
@@ -96,16 +127,38 @@ local KINDS = {
       local buf = C.sgd_step(p, grad, g, st and st.momentum_buffer) -- made on the first step with momentum
       if buf and not st then self.state[p] = { momentum_buffer = buf } end
     end,
+    multi = sgd_multi,
   },
   Adam = {
     defaults = { lr = 1e-3, lr_scale = 1, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 0, amsgrad = false },
-    check = check_adam, update = adam_update, step = C.adam_step,
+    check = check_adam, update = adam_update, step = C.adam_step, multi = adam_multi, decoupled = false,
   },
   AdamW = {
     defaults = { lr = 1e-3, lr_scale = 1, betas = { 0.9, 0.999 }, eps = 1e-8, weight_decay = 1e-2, amsgrad = false },
-    check = check_adam, update = adam_update, step = C.adamw_step,
+    check = check_adam, update = adam_update, step = C.adamw_step, multi = adam_multi, decoupled = true,
   },
 }
+
+-- The tensors of a step in lists by device and dtype, in first-seen order: {{items, at, cuda}}
+-- where items[j] is ps[at[j]].
+local function by_device(ps)
+  local lists, index = {}, {}
+  for i, p in ipairs(ps) do
+    local key = p.device .. " " .. p.dtype
+    local l = index[key]
+    if not l then
+      l = { cuda = p.device:sub(1, 4) == "cuda", items = {}, at = {} }
+      index[key] = l
+      lists[#lists + 1] = l
+    end
+    l.items[#l.items + 1], l.at[#l.at + 1] = p, i
+  end
+  return lists
+end
+
+-- foreach: true (multi-tensor updates on every device), false (one tensor at a time) or nil
+-- (multi-tensor on CUDA, as PyTorch's default)
+local function use_multi(foreach, list) return foreach == true or (foreach == nil and list.cuda) end
 
 ---------------------------------------------------------------------------------------------
 -- Optimizer: the methods every kind shares
@@ -184,11 +237,20 @@ end
 function Optimizer:step(closure)
   local loss
   if closure then loss = T.enable_grad(closure) end
-  local update = self.kind.update
+  local kind = self.kind
   for _, g in ipairs(self.param_groups) do
+    local ps = {}
     for _, p in ipairs(g.params) do
-      local grad = p.grad
-      if grad then update(self, g, p, grad) end
+      if p.grad then ps[#ps + 1] = p end
+    end
+    for _, list in ipairs(by_device(ps)) do
+      if use_multi(self.foreach, list) then
+        local grads = {}
+        for i, p in ipairs(list.items) do grads[i] = p.grad end
+        kind.multi(self, g, list.items, grads)
+      else
+        for _, p in ipairs(list.items) do kind.update(self, g, p, p.grad) end
+      end
     end
   end
   return loss
@@ -291,15 +353,19 @@ local function new_optimizer(name, params, opts)
   local who = "optim." .. name
   opts = opts or {}
   if type(opts) ~= "table" then error(who .. ": options must be a table", 2) end
+  if opts.foreach ~= nil and type(opts.foreach) ~= "boolean" then
+    error(who .. ": foreach must be true, false or nil", 2)
+  end
   local defaults = copy_options(kind.defaults)
   for k, v in pairs(opts) do
-    if kind.defaults[k] == nil then error(string.format("%s: unknown option %q", who, tostring(k)), 2) end
+    if k == "foreach" then -- not a group option
+    elseif kind.defaults[k] == nil then error(string.format("%s: unknown option %q", who, tostring(k)), 2) end
     defaults[k] = type(v) == "table" and copy_options({ v })[1] or v
   end
   local msg = kind.check(defaults)
   if msg then error(who .. ": " .. msg, 2) end
-  local self = setmetatable({ name = name, kind = kind, defaults = defaults, param_groups = {}, state = {} },
-    Optimizer_meta)
+  local self = setmetatable({ name = name, kind = kind, defaults = defaults, param_groups = {}, state = {},
+    foreach = opts.foreach }, Optimizer_meta)
   local groups = is_group_list(params) and params or { { params = params } }
   for _, g in ipairs(groups) do
     local ok, err = pcall(self.add_param_group, self, g)
@@ -308,6 +374,9 @@ local function new_optimizer(name, params, opts)
   return self
 end
 
+--- Every optimizer also takes foreach: nil (the default) updates the parameters on CUDA with
+--- multi-tensor kernels (many tensors per launch) and the others one tensor at a time; true
+--- takes the multi-tensor path on every device, false the per-tensor one. Both give the same bits.
 --- optim.SGD(params, {lr, lr_scale, momentum, dampening, weight_decay, nesterov})
 function M.SGD(params, opts) return new_optimizer("SGD", params, opts) end
 --- optim.Adam(params, {lr, lr_scale, betas, eps, weight_decay, amsgrad}): L2 penalty added to the gradient
@@ -515,7 +584,7 @@ local EMA = {}
 EMA.__index = EMA
 
 local EMA_FIELDS = { decay = true, min_decay = true, update_after_step = true, use_ema_warmup = true,
-  warmup = true, inv_gamma = true, power = true, device = true }
+  warmup = true, inv_gamma = true, power = true, device = true, foreach = true }
 
 --- optim.EMA(model_or_params, {decay = 0.9999, min_decay = 0, update_after_step = 0,
 ---   warmup = false, inv_gamma = 1, power = 2/3}): the average starts as a copy of the weights.
@@ -523,7 +592,7 @@ local EMA_FIELDS = { decay = true, min_decay = true, update_after_step = true, u
 --- k <= 0, then 1 - (1 + k / inv_gamma)^-power with warmup, else (1 + k) / (10 + k); capped by
 --- decay and floored by min_decay. (warmup is diffusers' use_ema_warmup; either name works.)
 --- device (e.g. "cpu" while the model trains on "cuda"): where the average lives, as diffusers'
---- EMA offload; each update then copies the weights there first.
+--- EMA offload; each update then copies the weights there first. foreach: as the optimizers'.
 function M.EMA(model, opts)
   opts = opts or {}
   for k in pairs(opts) do
@@ -547,6 +616,10 @@ function M.EMA(model, opts)
     end
   end)
   self.device = opts.device
+  if opts.foreach ~= nil and type(opts.foreach) ~= "boolean" then
+    error("optim.EMA: foreach must be true, false or nil", 2)
+  end
+  self.foreach = opts.foreach
   return self
 end
 
@@ -577,10 +650,25 @@ function EMA:update(model)
   local decay = self:get_decay(self.optimization_step)
   self.cur_decay_value = decay
   T.no_grad(function()
+    local shadows, ws = {}, {}
     for i, p in ipairs(ps) do
       local s = self.shadow_params[i]
       local w = self.device and p:detach():to(self.device) or p
-      if p.requires_grad then C.ema_update(s, w, decay) else s:copy_(w) end
+      if p.requires_grad then
+        shadows[#shadows + 1], ws[#ws + 1] = s, w
+      else
+        s:copy_(w)
+      end
+    end
+    -- the averages on CUDA blend in multi-tensor launches, one list per device and dtype
+    for _, list in ipairs(by_device(shadows)) do
+      local l_ws = {}
+      for j, i in ipairs(list.at) do l_ws[j] = ws[i] end
+      if use_multi(self.foreach, list) then
+        C.ema_multi(list.items, l_ws, decay)
+      else
+        for j, s in ipairs(list.items) do C.ema_update(s, l_ws[j], decay) end
+      end
     end
   end)
 end
