@@ -375,10 +375,14 @@ static bool avx512(void) {
  * padding 1, forward ms direct / im2col: 16 -> 16 at 32x32 2.2 / 2.8, 64 -> 64 at 8x8
  * 1.8 / 1.9, 32 -> 32 at 16x16 1.4 / 2.1, 16 -> 3 at 32x32 0.67 / 1.0, 48 -> 16 at 32x32
  * 3.8 / 5.8, 4 x 128 -> 128 at 32x32 12.4 / 15.4, 1 x 320 -> 320 at 32x32 22.6 / 26.6; 1x1
- * convolutions stay GEMMs on the image itself. */
+ * convolutions stay GEMMs on the image itself. Each block of output channels reads the whole
+ * padded image again, so images over 2 MiB (C * H * W above 2^19 floats) go to im2col + GEMM,
+ * whose packing keeps its blocks in cache: 2 threads, batch 1, ms direct / im2col: 128 -> 128
+ * at 256x256 275 / 121 (a VAE decoder's), 640 -> 640 at 32x32 85 / 72, 320 -> 320 at 64x64
+ * 51 / 47; under the limit 4 x 128 -> 128 at 32x32 6.5 / 7.7. */
 static bool direct_fits(const geom *g) {
     return avx512() && g->dt == TC_F32 && g->G == 1 && g->sh == 1 && g->sw == 1 && g->dh == 1 && g->dw == 1 &&
-           g->ph < g->kh && g->pw < g->kw && !g->direct && g->ckk >= 64;
+           g->ph < g->kh && g->pw < g->kw && !g->direct && g->ckk >= 64 && g->C * g->H * g->W <= (1 << 19);
 }
 
 static tc_conv_direct direct_dims(const geom *g, bool grad_input) {
