@@ -145,19 +145,21 @@ static void repl(lua_State *L) {
     printf("\n");
 }
 
-/* OpenMP's idle threads sleep instead of spinning, unless the user chose (OMP_WAIT_POLICY,
- * GOMP_SPINCOUNT). On a machine shared with other work a spinning thread spends its share of
- * a core, then is last in line when a parallel region needs it: an op of 0.05 ms took 60 to
- * 150 ms per call for seconds at a time (2 threads, 2 cores, load 14). libgomp reads the
- * setting when it loads, before main, so the runner sets it and starts itself once more. */
-static void openmp_threads_sleep(char **argv) {
+/* OpenMP's idle threads spin for a bounded time, then sleep, unless the user chose
+ * (OMP_WAIT_POLICY, GOMP_SPINCOUNT). libgomp's default spin is long: on a machine shared with
+ * other work a spinning thread spends its share of a core, then is last in line when a parallel
+ * region needs it (an op of 0.05 ms took 60 to 150 ms per call, 2 threads, 2 cores, load 14).
+ * Sleeping at once (OMP_WAIT_POLICY=passive) costs a wake-up per region on a quiet machine
+ * (the demo's step 214-235 ms against 185-190 ms with 20,000 spins). libgomp reads the setting
+ * when it loads, before main, so the runner sets it and starts itself once more. */
+static void openmp_spin_bounded(char **argv) {
     if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
-    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+    if (setenv("GOMP_SPINCOUNT", "20000", 1) != 0) return;
     execv("/proc/self/exe", argv); /* returns only on failure: then run with libgomp's default */
 }
 
 int main(int argc, char **argv) {
-    openmp_threads_sleep(argv);
+    openmp_spin_bounded(argv);
     lua_State *L = luaL_newstate();
     if (!L) { fprintf(stderr, "tocha: cannot create a Lua state (out of memory)\n"); return 1; }
     luaL_openlibs(L);

@@ -42,11 +42,11 @@ return {
     end
   end,
 
-  ["the runner makes OpenMP's idle threads sleep unless the user chose"] = function()
-    local code = [[io.write(os.getenv("OMP_WAIT_POLICY") or "unset")]]
-    assert(run("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT", code) == "passive")
-    assert(run("OMP_WAIT_POLICY=active", code) == "active")
-    assert(run("env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=1000", code) == "unset")
+  ["the runner bounds OpenMP's spinning unless the user chose"] = function()
+    local code = [[io.write(os.getenv("OMP_WAIT_POLICY") or "unset", " ", os.getenv("GOMP_SPINCOUNT") or "unset")]]
+    assert(run("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT", code) == "unset 20000")
+    assert(run("env -u GOMP_SPINCOUNT OMP_WAIT_POLICY=active", code) == "active unset")
+    assert(run("env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=1000", code) == "unset 1000")
     assert(T.get_num_threads() >= 1)
   end,
 }
