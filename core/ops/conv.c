@@ -60,11 +60,15 @@ static tc_tensor *plain_contiguous(tc_tensor *x, tc_memory_format f) {
 }
 
 /* the layout a convolution computes in, as PyTorch's: channels-last when the input or the
- * weight is; the output and the gradients of x and w come in it */
+ * weight is; the output and the gradients of x and w come in it. On the CPU, whose kernels
+ * compute in NCHW, only a channels-last weight (a model turned so) makes it channels-last: an
+ * input that is channels-last by accident (an attention's [N, HW, C] output viewed back as
+ * [N, C, H, W]) would otherwise make every convolution after it copy its input and output
+ * (SD's VAE decode took 1.6x as long) */
 static tc_memory_format conv_format(const tc_tensor *x, const tc_tensor *w) {
-    return tc_suggest_format(x) == TC_CHANNELS_LAST || tc_suggest_format(w) == TC_CHANNELS_LAST
-               ? TC_CHANNELS_LAST
-               : TC_CONTIGUOUS_FORMAT;
+    bool x_cl = tc_suggest_format(x) == TC_CHANNELS_LAST, w_cl = tc_suggest_format(w) == TC_CHANNELS_LAST;
+    if (x->storage->device.type == TC_CPU) x_cl = false;
+    return x_cl || w_cl ? TC_CHANNELS_LAST : TC_CONTIGUOUS_FORMAT;
 }
 
 static void save_params(tc_node *n, const tc_conv_params *p) {
