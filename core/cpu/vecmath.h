@@ -149,17 +149,19 @@ static inline float tc_tanhf(float x) {
 
 /* sin(x + shift pi/2) for |x| < TC_TRIG_MAX (Cephes' polynomials on [-pi/4, pi/4]): x = j pi/2 +
  * r, j rounded to nearest, pi/2 in four parts of which the first two times j are exact while
- * |j| < 2^13 (the other two keep the results near the zeros accurate where multiply-adds are
- * fused, as in the AVX2 and AVX-512 clones); then sin(r) or cos(r) by the quadrant j + shift. Beyond the bound (and for inf
- * and NaN) the result is meaningless: the kernels give those arguments, rare, to libm. */
+ * |j| < 2^13; the other two keep the results near the zeros accurate only with fused
+ * multiply-adds (6 ulps rounded apart), so all four are fmaf: one instruction in the AVX2 and
+ * AVX-512 clones, libm's exact fmaf elsewhere. Then sin(r) or cos(r) by the quadrant j + shift.
+ * Beyond the bound (and for inf and NaN) the result is meaningless: the kernels give those
+ * arguments, rare, to libm. */
 #define TC_TRIG_MAX 8192.0f
 static inline float tc_sin_shifted(float x, int32_t shift) {
     float xc = x > -TC_TRIG_MAX && x < TC_TRIG_MAX ? x : 0.0f; /* keeps j an integer */
     float j = (xc * 0.636619772f + 12582912.0f) - 12582912.0f;
-    float r = xc - j * 1.5703125f;
-    r = r - j * 4.837512969970703125e-4f;
-    r = r - j * 7.549790126e-8f;
-    r = r - j * -1.715124510e-15f;
+    float r = fmaf(-j, 1.5703125f, xc);
+    r = fmaf(-j, 4.837512969970703125e-4f, r);
+    r = fmaf(-j, 7.549790126e-8f, r);
+    r = fmaf(-j, -1.715124510e-15f, r);
     int32_t q = (int32_t)j + shift;
     float z = r * r;
     float sn = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
