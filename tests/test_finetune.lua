@@ -494,12 +494,12 @@ tests["finetune_demo.lua: both fine-tunes side by side on a tiny base, graded; t
   assert(T.testing.read_file(root .. "/out/base-graded.json") == kept)
   -- the lr search's sweep names a metric the demo reports, for both methods
   T.testing.write_file(root .. "/metric.lua", 'print(assert(require("tocha.sweep").load("experiments/finetune_sweep.lua")).metric)')
-  for _, method in ipairs({ "lora", "full" }) do
+  for method, kind in pairs({ lora = "lora", lora2 = "lora", full = "full" }) do
     out, rc = T.testing.tocha(root .. "/metric.lua", "FINETUNE_SWEEP=" .. method .. " ")
-    assert(rc == 0 and out:find("eval/" .. method .. "_score", 1, true), out)
+    assert(rc == 0 and out:find("eval/" .. kind .. "_score", 1, true), out)
   end
   out, rc = T.testing.tocha(root .. "/metric.lua", "FINETUNE_SWEEP=half ")
-  assert(rc ~= 0 and out:find("FINETUNE_SWEEP must be lora or full, not half", 1, true), out)
+  assert(rc ~= 0 and out:find("FINETUNE_SWEEP must be lora, lora2 or full, not half", 1, true), out)
 end
 
 return tests
