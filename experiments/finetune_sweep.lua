@@ -8,7 +8,7 @@
 -- The demo's data, prior images and base must exist first (run `make finetune-demo` once).
 --   build/tocha sweep run experiments/finetune_sweep.lua                 (LoRA, first round)
 --   FINETUNE_SWEEP=lora2 build/tocha sweep run experiments/finetune_sweep.lua   (second round)
---   FINETUNE_SWEEP=full build/tocha sweep run experiments/finetune_sweep.lua
+--   FINETUNE_SWEEP=full build/tocha sweep run experiments/finetune_sweep.lua   (and full2-4)
 --   build/tocha sweep best experiments/finetune_sweep.lua                (then: export, plot)
 local sweep = require "tocha.sweep"
 
@@ -24,9 +24,16 @@ local SPACES = {
   -- the cross-attention targets (as good as every projection, with fewer weights trained)
   lora2 = { lr_lora = sweep.grid { 1e-4, 1.5e-4 }, prior_loss_weight = sweep.grid { 2, 4 }, lora_targets = sweep.grid { CROSS } },
   full = { lr_full = sweep.grid { 1.5e-5, 2e-5 }, prior_loss_weight = sweep.grid { 2, 4 } },
+  -- the whole UNet forgets at every setting of the first: train fewer of its parts, fully
+  full2 = { lr_full = sweep.grid { 2e-5, 1e-4 }, prior_loss_weight = sweep.grid { 2 },
+    full_trainable = sweep.grid { CROSS, { "attn1", "attn2", "class_embedding" } } },
+  -- those parts learn nothing of the new color below 1e-4: higher learning rates
+  full3 = { lr_full = sweep.grid { 3e-4, 1e-3 }, prior_loss_weight = sweep.grid { 2 }, full_trainable = sweep.grid { CROSS } },
+  -- between 1e-4 (nothing learnt) and 3e-4 (learnt, and forgetting)
+  full4 = { lr_full = sweep.grid { 1.5e-4, 2e-4 }, prior_loss_weight = sweep.grid { 2 }, full_trainable = sweep.grid { CROSS } },
 }
 local space = SPACES[method]
-if not space then error("finetune_sweep: FINETUNE_SWEEP must be lora, lora2 or full, not " .. method, 0) end
+if not space then error("finetune_sweep: FINETUNE_SWEEP must be lora, lora2, full, full2, full3 or full4, not " .. method, 0) end
 local kind = method:match("^%a+")
 
 return sweep {
