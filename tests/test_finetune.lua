@@ -333,7 +333,7 @@ tests["finetune_sd.lua: --help lists every option; bad combinations fail with th
     "mixed_precision", "gradient_checkpointing", "max_grad_norm", "train_text_encoder", "checkpoint_every",
     "checkpoints_total_limit", "resume", "validation_prompts", "validation_every", "seed", "caption_dropout", "recipe",
     "no_cache", "buckets", "log_attention", "lora", "prior_data", "prior_prompts", "prior_loss_weight", "eval_prompts",
-    "eval_images", "eval_real", "eval_model", "inception_weights" }) do
+    "eval_images", "eval_real", "eval_model", "inception_weights", "trainable" }) do
     assert(out:find("--" .. o .. "[ ,]"), "--help lacks --" .. o)
   end
   assert(out:find("cosine_with_restarts", 1, true) and out:find("no, fp16, bf16", 1, true))
