@@ -40,7 +40,7 @@ extern "C" int tcu_after_launch(const char *op, const char *file, int line);
 extern "C" cudaStream_t tcu_stream(void);
 #ifdef TCU_EMU
 #define TCU_LAUNCH(kernel, blocks, threads, shmem, ...) \
-    tcu_emu_launch(dim3(blocks), dim3(threads), (shmem), [=]() { kernel(__VA_ARGS__); })
+    tcu_emu_launch(dim3(blocks), dim3(threads), (shmem), tcu_stream(), [=]() { kernel(__VA_ARGS__); })
 #else
 #define TCU_LAUNCH(kernel, blocks, threads, shmem, ...) \
     kernel<<<(blocks), (threads), (shmem), tcu_stream()>>>(__VA_ARGS__)
