@@ -398,6 +398,11 @@ template <typename F> static inline void tcu_emu_launch(dim3 grid, dim3 block, s
     if (tcu_emu_capturing(s)) tcu_emu_record(s, grid, block, shmem, tcu_emu_call<F>, new F(f), tcu_emu_delete<F>);
     else tcu_emu_run(grid, block, shmem, tcu_emu_call<F>, &f);
 }
+/* a launch of k(args...): the arguments are copied now, as CUDA copies a launch's arguments */
+template <typename K, typename... A>
+static inline void tcu_emu_launch_args(dim3 grid, dim3 block, size_t shmem, cudaStream_t s, K k, A... args) {
+    tcu_emu_launch(grid, block, shmem, s, [k, args...]() { k(args...); });
+}
 
 static inline void __threadfence(void) {}
 static inline void __threadfence_block(void) {}
