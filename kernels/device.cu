@@ -114,7 +114,7 @@ extern "C" int tcu_after_launch(const char *op, const char *file, int line) {
         const char *r = cudaGetErrorString(e);
         return tc_error("%s: kernel launch failed: %s (%s:%d)%s", op, r, file, line, hint(r));
     }
-    if (debug_sync()) {
+    if (debug_sync() && !tc_cuda_is_capturing()) { /* a capture runs nothing to wait for */
         e = cudaStreamSynchronize(tcu_stream());
         if (e != cudaSuccess) {
             (void)cudaGetLastError();

@@ -175,6 +175,12 @@ return {
     capture_fails(function() return T.randn({ 4 }, { device = DEV }) end, { "random numbers", "repeat at every replay" })
     capture_fails(function() return F.dropout(x, 0.5, { training = true }) end, { "dropout", "random numbers" })
     capture_fails(function() T.cuda.synchronize() end, { "synchronize during CUDA graph capture" })
+    local logits, target = T.randn({ 3, 4 }):to(DEV), T.tensor({ 1, 4, 2 }, { dtype = "i64" }):to(DEV)
+    capture_fails(function() return F.cross_entropy(logits, target) end, { "cross_entropy", "graph capture" })
+    capture_fails(function() return logits:index_select(1, target) end, { "index tensor", "graph capture" })
+    local p = T.randn({ 4 }):to(DEV)
+    p.grad = T.randn({ 4 }):to(DEV)
+    capture_fails(function() return optim.clip_grad_norm({ p }, 1.0) end, { "total_norm", "graph capture" })
     capture_fails(function() T.cuda.empty_cache() end, { "empty_cache", "capturing" })
     capture_fails(function() T.cuda.graph(function() end) end, { "already capturing" })
     T.cuda.empty_cache() -- no page-locked block cached: pinning must call cudaMallocHost
