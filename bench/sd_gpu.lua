@@ -2,12 +2,13 @@
 -- weights: the UNet's training step (bf16 autocast, 64x64 latents, batch 8, noise-prediction
 -- MSE, AdamW), the fine-tuning recipe's step (batch 16, gradient clipping), the step's peak
 -- memory with and without gradient checkpointing, and sampling (DDIM 50
--- steps, guidance 7.5, batch 1, the UNet in f16, then the VAE's decode to 512x512), with the
+-- steps, guidance 7.5, batch 1, the UNet in f16, then the VAE's decode to 512x512; sample_graph:
+-- the same with the UNet's guided pass replayed from a CUDA graph), with the
 -- bf16 GEMM rate that model FLOPs utilisation is taken against. bench/sd_gpu_torch.py is the same
 -- work in PyTorch + diffusers; scripts/gpu_check.sh runs both and prints the ratios.
 -- Prints "RESULT <name> <seconds per iteration> 0" lines (the median of synchronized rounds; the
 -- model's FLOPs come from PyTorch's counter on the other side) and "MEM <name> <peak bytes>".
---   tocha bench/sd_gpu.lua [--small] [--channels_last] [gemm train recipe memory sample ...]
+--   tocha bench/sd_gpu.lua [--small] [--channels_last] [gemm train recipe memory sample sample_graph ...]
 --   (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps, to check the script;
 --   --channels_last: the UNet's weights and the latents channels-last, for the training steps)
 local T = require "tocha"
@@ -22,7 +23,7 @@ for _, a in ipairs(arg) do
   elseif a == "--channels_last" then channels_last = true
   else which[#which + 1] = a end
 end
-if #which == 0 then which = { "gemm", "train", "recipe", "memory", "sample" } end
+if #which == 0 then which = { "gemm", "train", "recipe", "memory", "sample", "sample_graph" } end
 if not (T.cuda and T.cuda.is_available()) then
   print("SKIP no CUDA GPU (T.cuda.is_available() is false)")
   return
@@ -125,8 +126,10 @@ function BENCH.memory()
 end
 
 -- DDIM sampling with classifier-free guidance (the two passes in one batch of 2) and the VAE's
--- decode, f16 weights and activations
-function BENCH.sample()
+-- decode, f16 weights and activations; graph: the guided UNet pass captured once as a CUDA graph
+-- on static inputs (latents, timesteps, context) and replayed at each step, the scheduler's
+-- step eager
+local function sampling(graph)
   T.manual_seed(0)
   local unet = models.UNet2DConditionModel(UNET, UNET_OVERRIDES):to("cuda"):to("f16")
   local vae = models.AutoencoderKL(VAE):to("cuda"):to("f16")
@@ -134,24 +137,42 @@ function BENCH.sample()
   local s = registry.by_name("ddim", { beta_start = 0.00085, beta_end = 0.012, beta_schedule = "scaled_linear",
     clip_sample = false, set_alpha_to_one = false, steps_offset = 1 })
   local ctx = T.randn({ 2, 77, CTX }, { device = "cuda", dtype = "f16" })
+  local inp, ts = T.zeros({ 1, 4, SIZE, SIZE }, { device = "cuda", dtype = "f16" }), T.zeros({ 2 }, { device = "cuda" })
+  local function guided()
+    local out = unet(T.cat({ inp, inp }, 1), ts, ctx)
+    local uncond, cond = out:narrow(1, 1, 1), out:narrow(1, 2, 1)
+    return uncond + (cond - uncond) * 7.5
+  end
+  local g, eps
+  if graph then
+    T.no_grad(function()
+      guided() -- the warm-up: what the first call makes (workspaces, plans) exists before the capture
+      g, eps = T.cuda.graph(guided)
+    end)
+  end
   local function run()
     T.no_grad(function()
       s:set_timesteps(STEPS)
       local x = T.randn({ 1, 4, SIZE, SIZE }, { device = "cuda", dtype = "f16" }) * s.init_noise_sigma
       for _, t in ipairs(s.timesteps) do
-        local inp = s:scale_model_input(x, t)
-        local out = unet(T.cat({ inp, inp }, 1), T.full({ 2 }, t, { device = "cuda" }), ctx)
-        local uncond, cond = out:narrow(1, 1, 1), out:narrow(1, 2, 1)
-        x = s:step(uncond + (cond - uncond) * 7.5, t, x)
+        inp:copy_(s:scale_model_input(x, t))
+        ts:fill_(t)
+        local e
+        if g then g:replay(); e = eps else e = guided() end
+        x = s:step(e, t, x)
       end
       return vae:decode(x / (vae.scaling_factor or 0.18215))
     end)
   end
-  bench(string.format("sd15_sample_ddim%d_f16_%dx%d", STEPS, SIZE * 8, SIZE * 8), 1, 1, run)
+  bench(string.format("sd15_sample_ddim%d_f16_%dx%d%s", STEPS, SIZE * 8, SIZE * 8, graph and "_graph" or ""), 1, 1, run)
+  if g then g:release() end
 end
 
+function BENCH.sample() sampling(false) end
+function BENCH.sample_graph() sampling(true) end
+
 for _, name in ipairs(which) do
-  if not BENCH[name] then error("sd_gpu.lua: unknown benchmark " .. name .. " (gemm, train, recipe, memory, sample)", 0) end
+  if not BENCH[name] then error("sd_gpu.lua: unknown benchmark " .. name .. " (gemm, train, recipe, memory, sample, sample_graph)", 0) end
   BENCH[name]()
   collectgarbage()
 end

@@ -337,6 +337,11 @@ typedef struct {
     double lr, momentum, dampening, weight_decay;
     bool nesterov;
     bool first; /* the first step with momentum: the buffer starts as the gradient */
+    /* the CUDA multi-tensor update: NULL, or a device buffer its scalars are read from, written
+     * first (tc_cuda_sgd_scalars) unless scalars_ready (a CUDA graph's capture: a function run
+     * before each replay writes them); as Adam's below */
+    tc_tensor *scalars;
+    bool scalars_ready;
 } tc_sgd_opts;
 int tc_sgd_step_(tc_tensor *param, tc_tensor *grad, tc_tensor *momentum_buf /* NULL if momentum 0 */,
                  const tc_sgd_opts *o);
@@ -345,6 +350,8 @@ typedef struct {
     int64_t step;   /* steps taken, this one included (1 on the first) */
     bool amsgrad;
     bool decoupled; /* AdamW: decay the weights, not the gradient */
+    tc_tensor *scalars; /* as tc_sgd_opts' */
+    bool scalars_ready;
 } tc_adam_opts;
 int tc_adam_step_(tc_tensor *param, tc_tensor *grad, tc_tensor *exp_avg, tc_tensor *exp_avg_sq,
                   tc_tensor *max_exp_avg_sq /* NULL unless amsgrad */, const tc_adam_opts *o);
@@ -376,6 +383,7 @@ typedef struct {
     size_t allocated, max_allocated;   /* bytes in blocks handed out (tensors, temporaries) now / at the peak */
     size_t reserved, max_reserved;     /* bytes held from the driver (handed out + cached) */
     size_t pinned_allocated, pinned_reserved; /* page-locked host memory in tensors / held */
+    size_t graph_reserved;             /* of reserved: held by CUDA graphs' private pools */
     int64_t allocs, frees, cache_hits, driver_allocs, driver_frees, ooms;
 } tc_cuda_memory_stats;
 int tc_cuda_memory(tc_cuda_memory_stats *out);
@@ -396,6 +404,29 @@ bool tc_cuda_cudnn_benchmark(void);
  * tc_is_pinned says whether a tensor's memory is page-locked. */
 tc_tensor *tc_pin_memory(tc_tensor *x);
 bool tc_is_pinned(const tc_tensor *x);
+/* CUDA graphs (kernels/graph.cu): _begin starts capturing the stream into a new graph, whose
+ * private pool then serves every device allocation; the ops queued until _end are recorded,
+ * not run. _end instantiates the graph; on failure (the capture was invalidated) the error
+ * names the cause and the graph stays unusable. _replay queues the recorded work on the
+ * stream. _free ends a capture still running and releases the graph and its pool (NULL is a
+ * no-op). During a capture, what would break it fails at once with an error naming the cause
+ * (tc_cuda_capture_error: a copy between the host and the GPU, a synchronization...). */
+typedef struct tc_cuda_graph tc_cuda_graph;
+tc_cuda_graph *tc_cuda_graph_begin(void);
+int tc_cuda_graph_end(tc_cuda_graph *g);
+int tc_cuda_graph_replay(tc_cuda_graph *g);
+int tc_cuda_graph_free(tc_cuda_graph *g);
+size_t tc_cuda_graph_pool_bytes(const tc_cuda_graph *g); /* device memory its pool holds */
+bool tc_cuda_is_capturing(void);
+/* The per-step scalars of the CUDA multi-tensor updates (bias corrections, learning rate...),
+ * computed on the host as the updates compute them and written to the device buffer `scalars`
+ * by a kernel (no host synchronization), where a captured update reads them: _adam_ writes one
+ * slot per run of equal steps[i] (the runs tc_adam_multi_step_ makes), _sgd_ one slot; dt is
+ * the parameters' dtype. The buffer holds TC_OPTIM_SCALARS_BYTES per slot. */
+#define TC_OPTIM_SCALARS_BYTES 128
+int tc_cuda_adam_scalars(tc_tensor *scalars, int n, const int64_t *steps, const tc_adam_opts *o, tc_dtype dt);
+int tc_cuda_sgd_scalars(tc_tensor *scalars, const tc_sgd_opts *o, tc_dtype dt);
+int tc_cuda_capture_error(const char *what); /* "<what> during CUDA graph capture: ..." */
 
 #ifdef __cplusplus
 }

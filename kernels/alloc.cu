@@ -2,10 +2,12 @@
  * and the kernels' temporaries) and page-locked host memory (pinned tensors, staging for copies)
  * are each kept in a pool of freed blocks by size class and handed out again without a driver
  * call; tc_cuda_empty_cache gives the unused ones back. Out of device memory: empty the cache,
- * let the binding collect garbage, empty it again, retry once, then fail with the sizes. */
+ * let the binding collect garbage, empty it again, retry once, then fail with the sizes. While
+ * a CUDA graph captures, device memory comes from the graph's private pool (graph pools below). */
 #include "runtime.h"
 
 #include <map>
+#include <new>
 #include <mutex>
 #include <stdarg.h>
 #include <stdio.h>
@@ -52,6 +54,7 @@ struct block_pool {
     std::mutex mu;
     std::multimap<size_t, std::pair<void *, cudaStream_t>> cached; /* size -> block, stream */
     std::unordered_map<void *, std::pair<size_t, cudaStream_t>> used;
+    std::vector<void *> held; /* a graph's pool: blocks of the device pool its capture freed */
     size_t allocated = 0, max_allocated = 0, reserved = 0, max_reserved = 0;
     int64_t allocs = 0, frees = 0, cache_hits = 0, driver_allocs = 0, driver_frees = 0, ooms = 0;
 
@@ -184,8 +187,13 @@ static bool no_cache(void) {
     return on;
 }
 
+static void *graph_alloc(block_pool &pool, size_t nbytes);
+static block_pool *capture_pool(void);
+static bool graph_free(void *p);
+
 extern "C" void *tc_cuda_alloc(size_t nbytes) {
     if (nbytes > LARGEST) { out_of_memory(nbytes); return NULL; }
+    if (block_pool *gp = capture_pool()) return graph_alloc(*gp, nbytes);
     block_pool &pool = device_pool();
     size_t size = no_cache() ? (nbytes ? nbytes : 1) : round_size(nbytes);
     cudaStream_t s = tcu_stream();
@@ -210,7 +218,7 @@ extern "C" void *tc_cuda_alloc(size_t nbytes) {
 }
 
 extern "C" void tc_cuda_free(void *p) {
-    if (!p) return;
+    if (!p || graph_free(p)) return;
     device_pool().give_back(p);
     if (no_cache()) drain_to_driver(device_pool(), false);
 }
@@ -219,6 +227,125 @@ void tc_cuda_set_oom_hook(void (*hook)(void *ctx), void *ctx) {
     std::lock_guard<std::mutex> g(hook_mu);
     oom_hook = hook;
     oom_ctx = ctx;
+}
+
+/* ---- graph pools ---------------------------------------------------------------------------
+ * While a graph captures, tc_cuda_alloc hands out blocks of the graph's own pool: cached ones
+ * its capture freed, or new ones from cudaMalloc in relaxed capture mode (the allocation itself
+ * is not part of the graph; CUDA forbids cudaMalloc during a capture otherwise). Blocks the
+ * capture frees go back to that pool, so later allocations of the same capture reuse them in
+ * the graph's own order, and no one else gets them while the graph lives: each replay writes
+ * where the capture did. A block of the device pool freed during the capture is held by the
+ * graph too (the graph may still read it). Releasing the graph gives its free blocks to the
+ * driver, its held ones back to the device pool's cache, and moves blocks still in use
+ * (tensors made during the capture) to the device pool, where their release caches them. */
+namespace {
+std::mutex graphs_mu;
+std::vector<block_pool *> graph_pools; /* the live ones */
+block_pool *capturing;                 /* the one allocations come from, or NULL */
+} // namespace
+
+static block_pool *capture_pool(void) {
+    std::lock_guard<std::mutex> g(graphs_mu);
+    return capturing;
+}
+
+static void *graph_alloc(block_pool &pool, size_t nbytes) {
+    size_t size = round_size(nbytes);
+    cudaStream_t s = tcu_stream();
+    void *p = pool.take(size, s);
+    if (p) return p;
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaError_t e = cudaThreadExchangeStreamCaptureMode(&mode);
+    if (e == cudaSuccess) {
+        e = cudaMalloc(&p, size);
+        cudaError_t r = cudaThreadExchangeStreamCaptureMode(&mode);
+        if (e == cudaSuccess) e = r;
+    }
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        char a[32];
+        tc_error("cuda graph: allocating %s for the graph's memory pool during capture failed: %s "
+                 "(the cache is not emptied while a graph captures)",
+                 human(nbytes, a, sizeof a), cudaGetErrorString(e));
+        return NULL;
+    }
+    pool.add_new(p, size, s);
+    return p;
+}
+
+/* a block of a graph's pool goes back to it; one of the device pool freed during a capture is
+ * held by the capturing graph. False: neither, the device pool takes it. */
+static bool graph_free(void *p) {
+    std::lock_guard<std::mutex> g(graphs_mu);
+    for (block_pool *gp : graph_pools) {
+        bool mine;
+        {
+            std::lock_guard<std::mutex> pg(gp->mu);
+            mine = gp->used.count(p) != 0;
+        }
+        if (mine) {
+            gp->give_back(p);
+            return true;
+        }
+    }
+    if (!capturing) return false;
+    block_pool &d = device_pool();
+    std::lock_guard<std::mutex> dg(d.mu);
+    if (!d.used.count(p)) return false;
+    std::lock_guard<std::mutex> pg(capturing->mu);
+    capturing->held.push_back(p);
+    return true;
+}
+
+tcu_graph_pool *tcu_graph_pool_new(void) {
+    block_pool *gp = new (std::nothrow) block_pool;
+    if (!gp) { tc_error("cuda graph: out of host memory"); return NULL; }
+    std::lock_guard<std::mutex> g(graphs_mu);
+    graph_pools.push_back(gp);
+    return (tcu_graph_pool *)gp;
+}
+
+int tcu_graph_pool_capture(tcu_graph_pool *pool) {
+    std::lock_guard<std::mutex> g(graphs_mu);
+    if (pool && capturing) return tc_error("cuda graph: another graph is capturing");
+    capturing = (block_pool *)pool;
+    return TC_OK;
+}
+
+size_t tcu_graph_pool_reserved(tcu_graph_pool *pool) {
+    block_pool *gp = (block_pool *)pool;
+    std::lock_guard<std::mutex> g(gp->mu);
+    return gp->reserved;
+}
+
+int tcu_graph_pool_release(tcu_graph_pool *pool) {
+    block_pool *gp = (block_pool *)pool;
+    {
+        std::lock_guard<std::mutex> g(graphs_mu);
+        if (capturing == gp) capturing = NULL;
+        for (size_t i = 0; i < graph_pools.size(); i++)
+            if (graph_pools[i] == gp) { graph_pools.erase(graph_pools.begin() + (ptrdiff_t)i); break; }
+    }
+    block_pool &d = device_pool();
+    for (void *p : gp->held) d.give_back(p);
+    {
+        std::lock_guard<std::mutex> dg(d.mu);
+        std::lock_guard<std::mutex> pg(gp->mu);
+        for (auto &u : gp->used) {
+            d.used[u.first] = u.second;
+            d.allocated += u.second.first;
+            d.reserved += u.second.first;
+            gp->reserved -= u.second.first;
+        }
+        if (d.allocated > d.max_allocated) d.max_allocated = d.allocated;
+        if (d.reserved > d.max_reserved) d.max_reserved = d.reserved;
+        gp->used.clear();
+        gp->allocated = 0;
+    }
+    int rc = drain_to_driver(*gp, false);
+    delete gp;
+    return rc;
 }
 
 /* ---- page-locked host memory ------------------------------------------------------------------ */
@@ -373,6 +500,15 @@ int tc_cuda_memory(tc_cuda_memory_stats *out) {
         out->driver_frees = d.driver_frees;
         out->ooms = d.ooms;
     }
+    {
+        std::lock_guard<std::mutex> g(graphs_mu);
+        for (block_pool *gp : graph_pools) {
+            std::lock_guard<std::mutex> pg(gp->mu);
+            out->allocated += gp->allocated;
+            out->reserved += gp->reserved;
+            out->graph_reserved += gp->reserved;
+        }
+    }
     std::lock_guard<std::mutex> g(h.mu);
     out->pinned_allocated = h.allocated;
     out->pinned_reserved = h.reserved;
@@ -388,6 +524,7 @@ void tc_cuda_reset_peak(void) {
 
 int tc_cuda_empty_cache(void) {
     if (!tc_cuda_is_available()) return TC_OK; /* nothing was ever cached */
+    if (capture_pool()) return tc_error("empty_cache: a CUDA graph is capturing (cudaFree is not allowed then)");
     tcu_pinned_reap(false);
     int rc = drain_to_driver(device_pool(), false);
     int rh = drain_to_driver(host_pool(), true);

@@ -39,8 +39,11 @@ extern "C" int tcu_after_launch(const char *op, const char *file, int line);
  * bytes, args...) and follow it with TCU_LAUNCHED("op name"). */
 extern "C" cudaStream_t tcu_stream(void);
 #ifdef TCU_EMU
+/* the arguments are evaluated at the launch, as CUDA's are: a recorded launch (a graph's
+ * capture) keeps their values, not the expressions */
 #define TCU_LAUNCH(kernel, blocks, threads, shmem, ...) \
-    tcu_emu_launch(dim3(blocks), dim3(threads), (shmem), [=]() { kernel(__VA_ARGS__); })
+    tcu_emu_launch_args(dim3(blocks), dim3(threads), (shmem), tcu_stream(), \
+                        [](auto... tcu_a_) { kernel(tcu_a_...); }, __VA_ARGS__)
 #else
 #define TCU_LAUNCH(kernel, blocks, threads, shmem, ...) \
     kernel<<<(blocks), (threads), (shmem), tcu_stream()>>>(__VA_ARGS__)

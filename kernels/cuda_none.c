@@ -33,3 +33,18 @@ void tc_cuda_set_cudnn_benchmark(bool on) { bench = on; }
 bool tc_cuda_cudnn_benchmark(void) { return bench; }
 tc_tensor *tc_pin_memory(tc_tensor *x) { (void)x; tc_error("pin_memory: %s", NO_CUDA); return NULL; }
 bool tc_is_pinned(const tc_tensor *x) { return x->storage->pinned; }
+tc_cuda_graph *tc_cuda_graph_begin(void) { tc_error("cuda graph: %s", NO_CUDA); return NULL; }
+int tc_cuda_graph_end(tc_cuda_graph *g) { (void)g; return tc_error("cuda graph: %s", NO_CUDA); }
+int tc_cuda_graph_replay(tc_cuda_graph *g) { (void)g; return tc_error("cuda graph: %s", NO_CUDA); }
+int tc_cuda_graph_free(tc_cuda_graph *g) { (void)g; return TC_OK; }
+size_t tc_cuda_graph_pool_bytes(const tc_cuda_graph *g) { (void)g; return 0; }
+bool tc_cuda_is_capturing(void) { return false; }
+int tc_cuda_capture_error(const char *what) { return tc_error("%s: %s", what, NO_CUDA); }
+int tc_cuda_adam_scalars(tc_tensor *scalars, int n, const int64_t *steps, const tc_adam_opts *o, tc_dtype dt) {
+    (void)scalars; (void)n; (void)steps; (void)o; (void)dt;
+    return tc_error("adam: %s", NO_CUDA);
+}
+int tc_cuda_sgd_scalars(tc_tensor *scalars, const tc_sgd_opts *o, tc_dtype dt) {
+    (void)scalars; (void)o; (void)dt;
+    return tc_error("sgd: %s", NO_CUDA);
+}

@@ -93,6 +93,9 @@ bool from_earlier_kernel(const char *reason) {
 }
 
 const char *hint(const char *reason) {
+    if (tc_cuda_is_capturing() && (strcmp(reason, cudaGetErrorString(cudaErrorStreamCaptureUnsupported)) == 0 ||
+                                   strcmp(reason, cudaGetErrorString(cudaErrorStreamCaptureInvalidated)) == 0))
+        return "; a CUDA graph is capturing, and this call is not allowed then";
     return !debug_sync() && from_earlier_kernel(reason)
                ? "; a kernel queued earlier failed: run with TOCHA_DEBUG=1 to find which op"
                : "";
@@ -111,7 +114,7 @@ extern "C" int tcu_after_launch(const char *op, const char *file, int line) {
         const char *r = cudaGetErrorString(e);
         return tc_error("%s: kernel launch failed: %s (%s:%d)%s", op, r, file, line, hint(r));
     }
-    if (debug_sync()) {
+    if (debug_sync() && !tc_cuda_is_capturing()) { /* a capture runs nothing to wait for */
         e = cudaStreamSynchronize(tcu_stream());
         if (e != cudaSuccess) {
             (void)cudaGetLastError();
@@ -149,6 +152,7 @@ static int sync_stream(void) {
 
 int tc_cuda_synchronize(void) {
     if (!device().ok) return tc_error("synchronize: cuda is not available (%s)", device().why);
+    if (tc_cuda_is_capturing()) return tc_cuda_capture_error("synchronize");
     return sync_stream();
 }
 
@@ -232,6 +236,8 @@ extern "C" int tc_cuda_copy(tc_tensor *dst, const tc_tensor *src) {
     bool dg = on_gpu(dst), sg = on_gpu(src);
     if (dg && sg) return tc_cuda_copy_device(dst, src);
     if (!dg && !sg) return tc_cpu_copy(dst, src);
+    if (tc_cuda_is_capturing())
+        return tc_cuda_capture_error(dg ? "a copy from the CPU to the GPU" : "a copy from the GPU to the CPU (reading a value: item, tolist, printing)");
     tcu_pinned_reap(false); /* pinned buffers of copies done by now go back to the cache */
     return dg ? copy_to_device(dst, src) : copy_to_host(dst, src);
 }

@@ -79,6 +79,7 @@ static int check_index(const tc_tensor *idx, int dim, int64_t limit) {
     if (idx->dtype != TC_I64 && idx->dtype != TC_I32)
         return tc_error("index must be an i64 or i32 tensor (got %s)", tc_dtype_name(idx->dtype));
     if (tc_numel(idx) == 0) return TC_OK;
+    if (tc_cuda_is_capturing()) return tc_cuda_capture_error("checking an index tensor's values on the host");
     bad_index *dev = (bad_index *)tc_cuda_alloc(sizeof(bad_index)), host;
     if (!dev) return TC_ERR;
     int rc = find_bad(dev, &host, idx, limit);

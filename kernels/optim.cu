@@ -37,7 +37,8 @@ template <typename T, int D> struct mt_list {
 };
 
 /* block b updates elements [chunk * MT_CHUNK, min(n, that + MT_CHUNK)) of its tensor with
- * op(pointers of the tensor, i, flag) */
+ * f(pointers of the tensor, i, flag), f = op.load(): the op with its scalars, read once per
+ * thread when they live in device memory */
 template <typename T, int D, typename Op>
 __global__ void mt_kernel(mt_list<T, D> l, Op op) {
     int t = l.tensor[blockIdx.x];
@@ -45,8 +46,40 @@ __global__ void mt_kernel(mt_list<T, D> l, Op op) {
     int64_t end = start + MT_CHUNK < n ? start + MT_CHUNK : n;
     T *ps[D];
     for (int k = 0; k < D; k++) ps[k] = l.ptr[k][t];
-    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) op(ps, i, l.flag[t]);
+    auto f = op.load();
+    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) f(ps, i, l.flag[t]);
 }
+
+/* ---- scalars in device memory -------------------------------------------------------------
+ * A captured graph replays its kernels' arguments as they were; the per-step scalars of an
+ * update (bias corrections, learning rate) must change from replay to replay, so the
+ * multi-tensor updates can read them from a device buffer instead: slot r (of
+ * TC_OPTIM_SCALARS_BYTES) holds run r's scalar struct, written by a one-thread kernel from
+ * values the host computed exactly as for a kernel argument (the same bits either way). */
+template <typename S> __global__ void scalars_set_kernel(S *dst, S v) { *dst = v; }
+
+template <typename S> static int scalars_write(tc_tensor *buf, int slot, const S &v, const char *op) {
+    static_assert(sizeof(S) <= TC_OPTIM_SCALARS_BYTES, "an update's scalars fit a slot");
+    TCU_LAUNCH(scalars_set_kernel<S>, 1, 1, 0, (S *)((char *)tcu_ptr(buf) + (size_t)slot * TC_OPTIM_SCALARS_BYTES), v);
+    TCU_LAUNCHED(op);
+    return TC_OK;
+}
+
+static int check_scalars(const char *op, const tc_tensor *buf, int slots) {
+    if (buf->storage->device.type != TC_CUDA || !tc_is_contiguous(buf))
+        return tc_error("%s: the scalars buffer must be a contiguous CUDA tensor", op);
+    size_t bytes = (size_t)tc_numel(buf) * tc_dtype_size(buf->dtype);
+    if (bytes < (size_t)slots * TC_OPTIM_SCALARS_BYTES)
+        return tc_error("%s: the scalars buffer holds %zu bytes, %d runs need %zu", op, bytes, slots,
+                        (size_t)slots * TC_OPTIM_SCALARS_BYTES);
+    return TC_OK;
+}
+
+/* an op reading its scalars S from device memory: Op{S} once per thread */
+template <typename Op, typename S> struct dev_op {
+    const S *s;
+    __device__ Op load(void) const { return Op{*s}; }
+};
 
 /* the tensors [i, j) of the list: D arrays of n tensors (an array may be NULL: that pointer
  * is NULL for every tensor), flags (or NULL), launched with op in as few launches as fit */
@@ -124,6 +157,7 @@ __global__ void sgd_kernel(T *p, const T *g, T *buf, int64_t n, sgd_t<T> s, bool
 
 template <typename T> struct sgd_op {
     sgd_t<T> s;
+    __device__ sgd_op load(void) const { return *this; }
     __device__ void operator()(T **t, int64_t i, bool first) const { sgd_elem(t[0], t[1], t[2], i, s, first); }
 };
 
@@ -147,8 +181,23 @@ extern "C" int tc_cuda_sgd_multi(int n, tc_tensor *const *p, const tc_tensor *co
     if (n == 0) return TC_OK;
     if (check_list("sgd", n, p, g) != TC_OK) return TC_ERR;
     tc_tensor *const *ts[3] = {p, (tc_tensor *const *)g, buf};
-    if (p[0]->dtype == TC_F32) return mt_apply<float, 3>("sgd", 0, n, ts, first, sgd_op<float>{sgd_scalars<float>(o)});
+    bool f32 = p[0]->dtype == TC_F32;
+    if (o->scalars) {
+        if (!o->scalars_ready && tc_cuda_sgd_scalars(o->scalars, o, p[0]->dtype) != TC_OK) return TC_ERR;
+        if (check_scalars("sgd", o->scalars, 1) != TC_OK) return TC_ERR;
+        void *s = tcu_ptr(o->scalars);
+        if (f32) return mt_apply<float, 3>("sgd", 0, n, ts, first, dev_op<sgd_op<float>, sgd_t<float>>{(const sgd_t<float> *)s});
+        return mt_apply<double, 3>("sgd", 0, n, ts, first, dev_op<sgd_op<double>, sgd_t<double>>{(const sgd_t<double> *)s});
+    }
+    if (f32) return mt_apply<float, 3>("sgd", 0, n, ts, first, sgd_op<float>{sgd_scalars<float>(o)});
     return mt_apply<double, 3>("sgd", 0, n, ts, first, sgd_op<double>{sgd_scalars<double>(o)});
+}
+
+extern "C" int tc_cuda_sgd_scalars(tc_tensor *scalars, const tc_sgd_opts *o, tc_dtype dt) {
+    if (check_scalars("sgd", scalars, 1) != TC_OK) return TC_ERR;
+    if (dt == TC_F32) return scalars_write(scalars, 0, sgd_scalars<float>(o), "sgd scalars");
+    if (dt == TC_F64) return scalars_write(scalars, 0, sgd_scalars<double>(o), "sgd scalars");
+    return tc_error("sgd: unsupported dtype %s", tc_dtype_name(dt));
 }
 
 /* ---- Adam and AdamW: core/adam.h's update; the scalars in double on the host ---------------- */
@@ -161,6 +210,7 @@ __global__ void adam_kernel(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, ad
 
 template <typename T> struct adam_op {
     adam_t<T> s;
+    __device__ adam_op load(void) const { return *this; }
     __device__ void operator()(T **t, int64_t i, bool) const {
         TC_ADAM_UPDATE(T, fma, tcu_mul_rn, sqrt, s, t[0], t[1], t[2], t[3], t[4], i);
     }
@@ -190,18 +240,46 @@ extern "C" int tc_cuda_adam_step(tc_tensor *p, const tc_tensor *g, tc_tensor *m,
                               : adam_launch<double>(p, g, m, v, vmax, o, n);
 }
 
-/* the tensors in runs of one step count (their scalars), each run in as few launches as fit */
+/* the tensors in runs of one step count (their scalars), each run in as few launches as fit;
+ * with o->scalars, run r reads its scalars from slot r there (written first unless ready) */
 template <typename T>
 static int adam_multi(int n, tc_tensor *const *const *ts, const int64_t *steps, const tc_adam_opts *o) {
-    for (int lo = 0, hi; lo < n; lo = hi) {
+    const char *name = o->decoupled ? "adamw" : "adam";
+    for (int lo = 0, hi, r = 0; lo < n; lo = hi, r++) {
         for (hi = lo + 1; hi < n && steps[hi] == steps[lo];) hi++;
         tc_adam_opts run = *o;
         run.step = steps[lo];
-        if (mt_apply<T, 5>(o->decoupled ? "adamw" : "adam", lo, hi, ts, NULL, adam_op<T>{adam_scalars<T>(&run)}) !=
-            TC_OK)
+        int rc;
+        if (o->scalars) {
+            if (check_scalars(name, o->scalars, r + 1) != TC_OK) return TC_ERR;
+            if (!o->scalars_ready && scalars_write(o->scalars, r, adam_scalars<T>(&run), name) != TC_OK) return TC_ERR;
+            const adam_t<T> *s = (const adam_t<T> *)((char *)tcu_ptr(o->scalars) + (size_t)r * TC_OPTIM_SCALARS_BYTES);
+            rc = mt_apply<T, 5>(name, lo, hi, ts, NULL, dev_op<adam_op<T>, adam_t<T>>{s});
+        } else rc = mt_apply<T, 5>(name, lo, hi, ts, NULL, adam_op<T>{adam_scalars<T>(&run)});
+        if (rc != TC_OK) return TC_ERR;
+    }
+    return TC_OK;
+}
+
+template <typename T> static int adam_scalars_runs(tc_tensor *buf, int n, const int64_t *steps, const tc_adam_opts *o) {
+    for (int lo = 0, hi, r = 0; lo < n; lo = hi, r++) {
+        for (hi = lo + 1; hi < n && steps[hi] == steps[lo];) hi++;
+        tc_adam_opts run = *o;
+        run.step = steps[lo];
+        if (check_scalars("adam", buf, r + 1) != TC_OK ||
+            scalars_write(buf, r, adam_scalars<T>(&run), o->decoupled ? "adamw scalars" : "adam scalars") != TC_OK)
             return TC_ERR;
     }
     return TC_OK;
+}
+
+extern "C" int tc_cuda_adam_scalars(tc_tensor *scalars, int n, const int64_t *steps, const tc_adam_opts *o,
+                                    tc_dtype dt) {
+    for (int i = 0; i < n; i++)
+        if (steps[i] < 1) return tc_error("adam: step must be at least 1 (got %lld)", (long long)steps[i]);
+    if (dt == TC_F32) return adam_scalars_runs<float>(scalars, n, steps, o);
+    if (dt == TC_F64) return adam_scalars_runs<double>(scalars, n, steps, o);
+    return tc_error("adam: unsupported dtype %s", tc_dtype_name(dt));
 }
 
 extern "C" int tc_cuda_adam_multi(int n, tc_tensor *const *p, const tc_tensor *const *g, tc_tensor *const *m,
@@ -225,6 +303,7 @@ __global__ void ema_kernel(T *s, const T *p, int64_t n, T w) {
 
 template <typename T> struct ema_op {
     T w;
+    __device__ ema_op load(void) const { return *this; }
     __device__ void operator()(T **t, int64_t i, bool) const { ema_elem(t[0], t[1], i, w); }
 };
 

@@ -32,7 +32,18 @@ __global__ void normal_kernel(void *t, tc_dtype dt, int64_t n, uint64_t seed, ui
     }
 }
 
+/* a CUDA graph replays a kernel's arguments as captured: a draw inside a capture would give
+ * the same numbers at every replay */
+static int no_capture(const char *op) {
+    if (!tc_cuda_is_capturing()) return TC_OK;
+    return tc_error("%s: random numbers during CUDA graph capture would repeat at every replay (the "
+                    "generator's seed and offset are kernel arguments); draw them before the capture "
+                    "into a tensor the captured work reads",
+                    op);
+}
+
 static int check_fill(const tc_tensor *t, const char *op) {
+    if (no_capture(op) != TC_OK) return TC_ERR;
     if (!tc_dtype_is_float(t->dtype))
         return tc_error("%s: dtype %s is not supported on cuda", op, tc_dtype_name(t->dtype));
     if (!tc_is_contiguous(t)) return tc_error("%s: the tensor must be contiguous", op);
@@ -75,6 +86,7 @@ __global__ void dropout_kernel(void *y, const void *x, tcu_layout lx, tc_dtype d
 }
 
 extern "C" int tc_cuda_dropout(tc_tensor *y, const tc_tensor *x, double p, uint64_t seed, uint64_t offset) {
+    if (no_capture("dropout") != TC_OK) return TC_ERR;
     if (!tc_dtype_is_float(x->dtype) || y->dtype != x->dtype)
         return tc_error("dropout: dtype %s is not supported on cuda", tc_dtype_name(x->dtype));
     int64_t n = tc_numel(x);

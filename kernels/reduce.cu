@@ -318,6 +318,7 @@ extern "C" int tc_cuda_pow_sum(const tc_tensor *x, double p, double *out) {
     if (!tc_dtype_is_float(x->dtype))
         return tc_error("total_norm: dtype %s is not supported", tc_dtype_name(x->dtype));
     *out = 0;
+    if (tc_cuda_is_capturing()) return tc_cuda_capture_error("total_norm (a norm returned to the host)");
     if (tc_numel(x) == 0) return TC_OK;
     red_plan pl;
     memset(&pl, 0, sizeof pl);

@@ -16,4 +16,13 @@ tc_tensor *tcu_pinned_empty(int ndim, const int64_t *shape, tc_dtype dt);
 int tcu_pinned_hold(tc_storage *s);
 void tcu_pinned_reap(bool all);
 
+/* ---- alloc.cu: graph pools -------------------------------------------------------------------
+ * A CUDA graph's private memory (graph.cu). _capture(pool): device allocations come from pool
+ * until _capture(NULL); _release: frees the pool (its blocks still in use join the device pool). */
+typedef struct tcu_graph_pool tcu_graph_pool;
+tcu_graph_pool *tcu_graph_pool_new(void);
+int tcu_graph_pool_capture(tcu_graph_pool *pool);
+size_t tcu_graph_pool_reserved(tcu_graph_pool *pool);
+int tcu_graph_pool_release(tcu_graph_pool *pool);
+
 #endif

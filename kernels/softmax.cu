@@ -386,6 +386,10 @@ static int ce_backward_typed(tc_tensor *glogits, tc_tensor *gtarget, const tc_te
 /* the bad-target counters of a cross entropy launch: allocated here, read back, checked and
  * freed by ce_finish (which returns rc, or the error for a bad target) */
 static unsigned long long *ce_counters(void) {
+    if (tc_cuda_is_capturing()) {
+        tc_cuda_capture_error("cross_entropy (its targets are checked on the host)");
+        return NULL;
+    }
     unsigned long long *bad = (unsigned long long *)tc_cuda_alloc(2 * sizeof *bad);
     if (!bad) tc_error("cross_entropy: out of GPU memory");
     return bad;

@@ -71,6 +71,7 @@ static int c_memory_stats(lua_State *L) {
         {"reserved", (lua_Integer)s.reserved}, {"max_reserved", (lua_Integer)s.max_reserved},
         {"cached", (lua_Integer)(s.reserved - s.allocated)},
         {"pinned_allocated", (lua_Integer)s.pinned_allocated}, {"pinned_reserved", (lua_Integer)s.pinned_reserved},
+        {"graph_reserved", (lua_Integer)s.graph_reserved},
         {"allocs", s.allocs}, {"frees", s.frees}, {"cache_hits", s.cache_hits},
         {"driver_allocs", s.driver_allocs}, {"driver_frees", s.driver_frees}, {"ooms", s.ooms},
     };
@@ -86,7 +87,80 @@ static int c_memory_summary(lua_State *L) {
     return 1;
 }
 
+/* ---- CUDA graphs: the handle lua/tocha/graph.lua builds T.cuda.graph on -------------------
+ * Made closed (no graph) with its metatable before the capture starts, so a failed start
+ * leaves nothing behind; one release shared by __gc, __close and :release(). */
+#define TCL_GRAPH "tocha.cuda.graph_handle"
+
+typedef struct {
+    tc_cuda_graph *g;
+} graph_handle;
+
+static graph_handle *check_graph(lua_State *L) {
+    graph_handle *h = luaL_checkudata(L, 1, TCL_GRAPH);
+    if (!h->g) luaL_error(L, "cuda graph: the graph was released");
+    return h;
+}
+
+static int g_release(lua_State *L) {
+    graph_handle *h = luaL_checkudata(L, 1, TCL_GRAPH);
+    tc_cuda_graph *g = h->g;
+    h->g = NULL;
+    tcl_check_rc(L, tc_cuda_graph_free(g));
+    return 0;
+}
+
+static int g_gc(lua_State *L) {
+    graph_handle *h = luaL_checkudata(L, 1, TCL_GRAPH);
+    (void)tc_cuda_graph_free(h->g); /* a finalizer cannot raise */
+    h->g = NULL;
+    return 0;
+}
+
+static int g_end(lua_State *L) {
+    tcl_check_rc(L, tc_cuda_graph_end(check_graph(L)->g));
+    return 0;
+}
+
+static int g_replay(lua_State *L) {
+    tcl_check_rc(L, tc_cuda_graph_replay(check_graph(L)->g));
+    return 0;
+}
+
+static int g_pool_bytes(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)tc_cuda_graph_pool_bytes(check_graph(L)->g));
+    return 1;
+}
+
+/* T.cuda._graph_begin() -> a handle whose capture has started */
+static int c_graph_begin(lua_State *L) {
+    graph_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+    h->g = NULL;
+    if (luaL_newmetatable(L, TCL_GRAPH)) {
+        static const luaL_Reg methods[] = {
+            {"finish", g_end}, {"replay", g_replay}, {"release", g_release}, {"pool_bytes", g_pool_bytes},
+            {NULL, NULL},
+        };
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, g_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, g_gc);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_setmetatable(L, -2);
+    if (!(h->g = tc_cuda_graph_begin())) return tcl_error(L);
+    return 1;
+}
+
+/* T.cuda.is_current_stream_capturing() */
+static int c_is_capturing(lua_State *L) {
+    lua_pushboolean(L, tc_cuda_is_capturing());
+    return 1;
+}
+
 const luaL_Reg tcl_cuda_funcs[] = {
+    {"_graph_begin", c_graph_begin}, {"is_current_stream_capturing", c_is_capturing},
     {"is_available", c_is_available}, {"device_count", c_device_count},
     {"get_device_name", c_get_device_name}, {"synchronize", c_synchronize},
     {"memory_allocated", c_memory_allocated}, {"memory_reserved", c_memory_reserved},

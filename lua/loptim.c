@@ -114,13 +114,21 @@ static tc_tensor **tensor_list(lua_State *L, int idx, int n, const char *key, co
     return ts;
 }
 
-/* sgd_multi({p...}, {grad...}, group, {momentum_buffer...}|nil, {first...}): every buffer
- * exists (first[i] true: it starts as the gradient on this step) */
+/* the optional device scalars at idx (a CUDA tensor; see tc_sgd_opts) and, at idx + 1, true
+ * when they are written already (a capture: a function run before each replay writes them) */
+static void opt_scalars(lua_State *L, int idx, tc_tensor **scalars, bool *ready) {
+    *scalars = tcl_opt(L, idx);
+    *ready = lua_toboolean(L, idx + 1);
+}
+
+/* sgd_multi({p...}, {grad...}, group, {momentum_buffer...}|nil, {first...}, scalars, ready):
+ * every buffer exists (first[i] true: it starts as the gradient on this step) */
 static int o_sgd_multi(lua_State *L) {
-    lua_settop(L, 5); /* the lists below go above the arguments */
+    lua_settop(L, 7); /* the lists below go above the arguments */
     int n = (int)luaL_len(L, 1);
     tc_tensor **p = tensor_list(L, 1, n, NULL, "sgd_multi"), **g = tensor_list(L, 2, n, NULL, "sgd_multi");
     tc_sgd_opts o = sgd_opts(L, 3);
+    opt_scalars(L, 6, &o.scalars, &o.scalars_ready);
     tc_tensor **buf = lua_isnoneornil(L, 4) ? NULL : tensor_list(L, 4, n, NULL, "sgd_multi");
     bool *first = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *first, 0);
     for (int i = 0; i < n; i++) {
@@ -136,28 +144,59 @@ static int o_sgd_multi(lua_State *L) {
     return 0;
 }
 
-/* adam_multi({p...}, {grad...}, {state...}, group, decoupled): each state {step, exp_avg,
- * exp_avg_sq, max_exp_avg_sq (amsgrad)} */
-static int o_adam_multi(lua_State *L) {
-    lua_settop(L, 5);
-    int n = (int)luaL_len(L, 1);
-    tc_adam_opts o = {
-        .lr = tcl_getnumber(L, 4, "lr"),
-        .eps = tcl_getnumber(L, 4, "eps"),
-        .weight_decay = tcl_getnumber(L, 4, "weight_decay"),
-        .amsgrad = tcl_optbool(L, 4, "amsgrad", 0),
-        .decoupled = lua_toboolean(L, 5),
+/* Adam's options from the group at idx and the state list at sidx: their steps in a userdata
+ * left on the stack */
+static int64_t *adam_opts(lua_State *L, int idx, int sidx, int n, bool decoupled, tc_adam_opts *o) {
+    *o = (tc_adam_opts){
+        .lr = tcl_getnumber(L, idx, "lr"),
+        .eps = tcl_getnumber(L, idx, "eps"),
+        .weight_decay = tcl_getnumber(L, idx, "weight_decay"),
+        .amsgrad = tcl_optbool(L, idx, "amsgrad", 0),
+        .decoupled = decoupled,
     };
-    tcl_getpair(L, 4, "betas", &o.beta1, &o.beta2);
-    tc_tensor **p = tensor_list(L, 1, n, NULL, "adam_multi"), **g = tensor_list(L, 2, n, NULL, "adam_multi");
-    tc_tensor **m = tensor_list(L, 3, n, "exp_avg", "adam_multi"), **v = tensor_list(L, 3, n, "exp_avg_sq", "adam_multi");
-    tc_tensor **vmax = o.amsgrad ? tensor_list(L, 3, n, "max_exp_avg_sq", "adam_multi") : NULL;
+    tcl_getpair(L, idx, "betas", &o->beta1, &o->beta2);
+    luaL_checktype(L, sidx, LUA_TTABLE);
     int64_t *steps = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *steps, 0);
     for (int i = 0; i < n; i++) {
-        lua_geti(L, 3, i + 1);
+        lua_geti(L, sidx, i + 1);
         steps[i] = tcl_getinteger(L, lua_gettop(L), "step");
         lua_pop(L, 1);
     }
+    return steps;
+}
+
+/* adam_scalars(scalars, {state...}, group, decoupled, param): writes the device scalars of the
+ * next update of parameters in state (a captured step's, before each replay) */
+static int o_adam_scalars(lua_State *L) {
+    lua_settop(L, 5);
+    tc_tensor *buf = tcl_check(L, 1), *p = tcl_check(L, 5);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int n = (int)luaL_len(L, 2);
+    tc_adam_opts o;
+    int64_t *steps = adam_opts(L, 3, 2, n, lua_toboolean(L, 4), &o);
+    tcl_check_rc(L, tc_cuda_adam_scalars(buf, n, steps, &o, p->dtype));
+    return 0;
+}
+
+/* sgd_scalars(scalars, group, param): as adam_scalars, for SGD */
+static int o_sgd_scalars(lua_State *L) {
+    tc_tensor *buf = tcl_check(L, 1), *p = tcl_check(L, 3);
+    tc_sgd_opts o = sgd_opts(L, 2);
+    tcl_check_rc(L, tc_cuda_sgd_scalars(buf, &o, p->dtype));
+    return 0;
+}
+
+/* adam_multi({p...}, {grad...}, {state...}, group, decoupled, scalars, ready): each state
+ * {step, exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad)} */
+static int o_adam_multi(lua_State *L) {
+    lua_settop(L, 7);
+    int n = (int)luaL_len(L, 1);
+    tc_adam_opts o;
+    int64_t *steps = adam_opts(L, 4, 3, n, lua_toboolean(L, 5), &o);
+    tc_tensor **p = tensor_list(L, 1, n, NULL, "adam_multi"), **g = tensor_list(L, 2, n, NULL, "adam_multi");
+    tc_tensor **m = tensor_list(L, 3, n, "exp_avg", "adam_multi"), **v = tensor_list(L, 3, n, "exp_avg_sq", "adam_multi");
+    tc_tensor **vmax = o.amsgrad ? tensor_list(L, 3, n, "max_exp_avg_sq", "adam_multi") : NULL;
+    opt_scalars(L, 6, &o.scalars, &o.scalars_ready);
     tcl_check_rc(L, tc_adam_multi_step_(n, p, g, m, v, vmax, steps, &o));
     return 0;
 }
@@ -174,5 +213,6 @@ static int o_ema_multi(lua_State *L) {
 const luaL_Reg tcl_optim_funcs[] = {
     {"sgd_multi", o_sgd_multi},   {"adam_multi", o_adam_multi}, {"ema_multi", o_ema_multi},
     {"sgd_step", o_sgd_step},     {"adam_step", o_adam_step}, {"adamw_step", o_adamw_step},
-    {"ema_update", o_ema_update}, {"total_norm", o_total_norm}, {NULL, NULL},
+    {"ema_update", o_ema_update}, {"total_norm", o_total_norm}, {"adam_scalars", o_adam_scalars},
+    {"sgd_scalars", o_sgd_scalars}, {NULL, NULL},
 };

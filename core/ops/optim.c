@@ -158,6 +158,8 @@ int tc_sgd_multi_step_(int n, tc_tensor **params, tc_tensor **grads, tc_tensor *
     if (o->momentum == 0) buf = NULL;
     for (int i = 0; buf && i < n; i++)
         if (check_state("sgd", "momentum buffer", params[i], buf[i]) != TC_OK) return TC_ERR;
+    if (o->scalars && params[0]->storage->device.type != TC_CUDA)
+        return tc_error("sgd: scalars on the device are for CUDA parameters");
     multi_call c;
     int rc = multi_begin(&c, "sgd", n, params, grads);
     tc_tensor **written[2] = {params, buf};
@@ -180,6 +182,8 @@ int tc_adam_multi_step_(int n, tc_tensor **params, tc_tensor **grads, tc_tensor 
             (vmax && check_state(op, "max_exp_avg_sq", params[i], vmax[i]) != TC_OK))
             return TC_ERR;
     }
+    if (o->scalars && params[0]->storage->device.type != TC_CUDA)
+        return tc_error("%s: scalars on the device are for CUDA parameters", op);
     multi_call c;
     int rc = multi_begin(&c, op, n, params, grads);
     tc_tensor **written[4] = {params, exp_avg, exp_avg_sq, vmax};

@@ -325,6 +325,10 @@ function core.empty_cache(device)
   allocator(device, "empty_cache").empty_cache()
 end
 
+-- CUDA graphs (tocha/graph.lua), loaded on first use
+function T.cuda.graph(...) return require("tocha.graph").graph(...) end
+function T.cuda.CUDAGraph() return require("tocha.graph").CUDAGraph() end
+
 ---------------------------------------------------------------------------
 -- the library's modules on first use: T.nn, T.optim, T.run{...}, T.testing, ... are
 -- require "tocha.nn", ...

@@ -92,30 +92,71 @@ local function adam_update(self, g, p, grad)
   self.kind.step(p, grad, st, g)
 end
 
+-- On CUDA the multi-tensor updates read their per-step scalars (learning rate, bias
+-- corrections) from a device buffer, one per group and list, so that a CUDA graph's capture of
+-- a step replays with each step's values: while a capture runs, the update reads what a
+-- function run before each replay writes (tocha.graph's on_replay), from the step counts and
+-- learning rate then; the step counts advance at each replay.
+local function capturing() return T.cuda.is_current_stream_capturing() end
+
+local function device_scalars(self, g, ps)
+  local key = ps[1].device .. " " .. ps[1].dtype
+  local per = self._scalars[g]
+  if not per then per = {}; self._scalars[g] = per end
+  local buf = per[key]
+  if not buf or buf:numel() < #ps * 16 then -- 16 f64 = one 128-byte slot per run of equal steps
+    buf = T.empty({ #ps * 16 }, { dtype = "f64", device = ps[1].device })
+    per[key] = buf
+  end
+  return buf
+end
+
+local function no_state_in_capture(self, name)
+  error("optim." .. self.name .. ": a parameter has no " .. name .. " yet, and a CUDA graph is capturing: "
+        .. "run one step before the capture (a warm-up), so that the state exists", 3)
+end
+
 -- the multi-tensor updates: ps and grads are lists of one device and dtype
 local function adam_multi(self, g, ps, grads)
+  local capture = capturing()
   local states = {}
   for i, p in ipairs(ps) do
+    if capture and not self.state[p] then no_state_in_capture(self, "state") end
     local st = adam_state(self, g, p)
-    st.step = st.step + 1
+    if not capture then st.step = st.step + 1 end
     states[i] = st
   end
-  C.adam_multi(ps, grads, states, g, self.kind.decoupled)
+  local decoupled = self.kind.decoupled
+  if ps[1].device:sub(1, 4) ~= "cuda" then return C.adam_multi(ps, grads, states, g, decoupled) end
+  local buf = device_scalars(self, g, ps)
+  if capture then
+    require("tocha.graph").on_replay(function()
+      for _, st in ipairs(states) do st.step = st.step + 1 end
+      C.adam_scalars(buf, states, g, decoupled, ps[1])
+    end)
+  end
+  C.adam_multi(ps, grads, states, g, decoupled, buf, capture)
 end
 
 local function sgd_multi(self, g, ps, grads)
-  if g.momentum == 0 then return C.sgd_multi(ps, grads, g) end
-  local bufs, first = {}, {}
-  for i, p in ipairs(ps) do
-    local st = self.state[p]
-    if not st then -- the buffer starts as the gradient, written by this step
-      st = { momentum_buffer = T.empty_like(p) }
-      self.state[p] = st
-      first[i] = true
+  local capture, bufs, first = capturing(), nil, {}
+  if g.momentum ~= 0 then
+    bufs = {}
+    for i, p in ipairs(ps) do
+      local st = self.state[p]
+      if not st then -- the buffer starts as the gradient, written by this step
+        if capture then no_state_in_capture(self, "momentum buffer") end
+        st = { momentum_buffer = T.empty_like(p) }
+        self.state[p] = st
+        first[i] = true
+      end
+      bufs[i] = st.momentum_buffer
     end
-    bufs[i] = st.momentum_buffer
   end
-  C.sgd_multi(ps, grads, g, bufs, first)
+  if ps[1].device:sub(1, 4) ~= "cuda" then return C.sgd_multi(ps, grads, g, bufs, first) end
+  local buf = device_scalars(self, g, ps)
+  if capture then require("tocha.graph").on_replay(function() C.sgd_scalars(buf, g, ps[1]) end) end
+  C.sgd_multi(ps, grads, g, bufs, first, buf, capture)
 end
 
 local KINDS = {
@@ -244,6 +285,10 @@ function Optimizer:step(closure)
       if p.grad then ps[#ps + 1] = p end
     end
     for _, list in ipairs(by_device(ps)) do
+      if list.cuda and capturing() and not use_multi(self.foreach, list) then
+        error("optim." .. self.name .. ": a CUDA graph captures only the multi-tensor update (foreach = false "
+              .. "bakes each step's scalars into the graph)", 2)
+      end
       if use_multi(self.foreach, list) then
         local grads = {}
         for i, p in ipairs(list.items) do grads[i] = p.grad end
@@ -365,7 +410,7 @@ local function new_optimizer(name, params, opts)
   local msg = kind.check(defaults)
   if msg then error(who .. ": " .. msg, 2) end
   local self = setmetatable({ name = name, kind = kind, defaults = defaults, param_groups = {}, state = {},
-    foreach = opts.foreach }, Optimizer_meta)
+    foreach = opts.foreach, _scalars = setmetatable({}, { __mode = "k" }) }, Optimizer_meta)
   local groups = is_group_list(params) and params or { { params = params } }
   for _, g in ipairs(groups) do
     local ok, err = pcall(self.add_param_group, self, g)
@@ -664,6 +709,10 @@ function EMA:update(model)
     for _, list in ipairs(by_device(shadows)) do
       local l_ws = {}
       for j, i in ipairs(list.at) do l_ws[j] = ws[i] end
+      if list.cuda and capturing() and not use_multi(self.foreach, list) then
+        error("optim." .. self.name .. ": a CUDA graph captures only the multi-tensor update (foreach = false "
+              .. "bakes each step's scalars into the graph)", 2)
+      end
       if use_multi(self.foreach, list) then
         C.ema_multi(list.items, l_ws, decay)
       else

@@ -224,12 +224,54 @@ static cudnnStatus_t convolve(int dir, const tcu_emu_cudnn_tensor *xd, const voi
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* a convolution on a capturing stream: checked now, recorded with copies of its descriptors
+ * and scalars, run at each graph launch */
+struct recorded_conv {
+    int dir;
+    tcu_emu_cudnn_tensor xd, wd, yd, od;
+    tcu_emu_cudnn_conv c;
+    const void *x, *w, *y;
+    double alpha[1], beta[1]; /* room for either a float or a double */
+    void *ws, *out;
+    size_t wsize;
+};
+static recorded_conv *recording(int dir, const tcu_emu_cudnn_tensor *xd, const void *x, const tcu_emu_cudnn_tensor *wd,
+                                const void *w, const tcu_emu_cudnn_conv *c, const tcu_emu_cudnn_tensor *yd,
+                                const void *y, const void *alpha, const void *beta, void *ws, size_t wsize,
+                                const tcu_emu_cudnn_tensor *od, void *out) {
+    recorded_conv *r = new recorded_conv{dir, *xd, *wd, *yd, *od, *c, x, w, y, {0}, {0}, ws, out, wsize};
+    size_t n = xd->dt == CUDNN_DATA_DOUBLE ? sizeof(double) : sizeof(float);
+    memcpy(r->alpha, alpha, n);
+    memcpy(r->beta, beta, n);
+    return r;
+}
+static void run_recorded(void *ctx) {
+    const recorded_conv *r = (const recorded_conv *)ctx;
+    (void)convolve(r->dir, &r->xd, r->x, &r->wd, r->w, &r->c, &r->yd, r->y, r->alpha, r->beta, r->ws, r->wsize,
+                   &r->od, r->out);
+}
+static void free_recorded(void *ctx) { delete (recorded_conv *)ctx; }
+
+static cudnnStatus_t convolve_on(cudnnHandle_t h, int dir, const tcu_emu_cudnn_tensor *xd, const void *x,
+                                 const tcu_emu_cudnn_tensor *wd, const void *w, const tcu_emu_cudnn_conv *c,
+                                 const tcu_emu_cudnn_tensor *yd, const void *y, const void *alpha, const void *beta,
+                                 void *ws, size_t wsize, const tcu_emu_cudnn_tensor *od, void *out) {
+    if (!tcu_emu_capturing(h->stream)) return convolve(dir, xd, x, wd, w, c, yd, y, alpha, beta, ws, wsize, od, out);
+    cudnnStatus_t st = check(xd, wd, c, yd);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
+    tcu_emu_record(h->stream, dim3(0), dim3(1), 0, run_recorded,
+                   recording(dir, xd, x, wd, w, c, yd, y, alpha, beta, ws, wsize, od, out), free_recorded);
+    return cudaPeekAtLastError() == cudaErrorStreamCaptureInvalidated ? CUDNN_STATUS_EXECUTION_FAILED
+                                                                      : CUDNN_STATUS_SUCCESS;
+}
+
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, cudnnTensorDescriptor_t xd, const void *x,
                                       cudnnFilterDescriptor_t wd, const void *w, cudnnConvolutionDescriptor_t conv,
                                       cudnnConvolutionFwdAlgo_t algo, void *ws, size_t wsize, const void *beta,
                                       cudnnTensorDescriptor_t yd, void *y) {
     if (!h || algo != 0) return CUDNN_STATUS_BAD_PARAM;
-    return convolve(FWD, xd, x, wd, w, conv, yd, y, alpha, beta, ws, wsize, yd, y);
+    return convolve_on(h, FWD, xd, x, wd, w, conv, yd, y, alpha, beta, ws, wsize, yd, y);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha, cudnnFilterDescriptor_t wd,
@@ -238,7 +280,7 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha, c
                                            void *ws, size_t wsize, const void *beta, cudnnTensorDescriptor_t dxd,
                                            void *dx) {
     if (!h || algo != 0) return CUDNN_STATUS_BAD_PARAM;
-    return convolve(BWD_DATA, dxd, dx, wd, w, conv, dyd, dy, alpha, beta, ws, wsize, dxd, dx);
+    return convolve_on(h, BWD_DATA, dxd, dx, wd, w, conv, dyd, dy, alpha, beta, ws, wsize, dxd, dx);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha, cudnnTensorDescriptor_t xd,
@@ -247,7 +289,7 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha,
                                              void *ws, size_t wsize, const void *beta, cudnnFilterDescriptor_t dwd,
                                              void *dw) {
     if (!h || algo != 0) return CUDNN_STATUS_BAD_PARAM;
-    return convolve(BWD_FILTER, xd, x, dwd, dw, conv, dyd, dy, alpha, beta, ws, wsize, dwd, dw);
+    return convolve_on(h, BWD_FILTER, xd, x, dwd, dw, conv, dyd, dy, alpha, beta, ws, wsize, dwd, dw);
 }
 
 /* ---- algorithms: one per direction, asking for WORKSPACE bytes under the descriptor's math mode -- */

@@ -73,6 +73,11 @@ static const struct { cudaError_t e; const char *name, *text; } errors[] = {
     {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
     {cudaErrorNotPermitted, "cudaErrorNotPermitted", "operation not permitted"},
     {cudaErrorNotSupported, "cudaErrorNotSupported", "operation not supported"},
+    {cudaErrorIllegalState, "cudaErrorIllegalState", "operation not permitted when the resource is in the current state"},
+    {cudaErrorStreamCaptureUnsupported, "cudaErrorStreamCaptureUnsupported", "operation not permitted when stream is capturing"},
+    {cudaErrorStreamCaptureInvalidated, "cudaErrorStreamCaptureInvalidated", "operation failed due to a previous error during capture"},
+    {cudaErrorStreamCaptureUnmatched, "cudaErrorStreamCaptureUnmatched", "capture was not ended in the same stream as it began"},
+    {cudaErrorStreamCaptureImplicit, "cudaErrorStreamCaptureImplicit", "operation would make the legacy stream depend on a capturing blocking stream"},
     {cudaErrorUnknown, "cudaErrorUnknown", "unknown error"},
 };
 
@@ -130,6 +135,11 @@ static size_t memory_total(void) {
 }
 
 #define NEED_DEVICE() do { if (tcu_emu_no_device()) return fail(cudaErrorNoDevice); } while (0)
+/* a potentially unsafe call during a capture (graph.cpp) */
+#define CAPTURE_UNSAFE(what)                                                                     \
+    do {                                                                                         \
+        if (tcu_emu_capture_forbids(what, true)) return cudaErrorStreamCaptureUnsupported;       \
+    } while (0)
 
 cudaError_t cudaGetDeviceCount(int *count) {
     if (!count) return fail(cudaErrorInvalidValue);
@@ -235,7 +245,11 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { NEED_DEVICE(); return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+    NEED_DEVICE();
+    if (tcu_emu_capture_forbids("cudaDeviceSynchronize", false)) return cudaErrorStreamCaptureUnsupported;
+    return cudaSuccess;
+}
 cudaError_t cudaDeviceReset(void) { NEED_DEVICE(); last_error = cudaSuccess; return cudaSuccess; }
 cudaError_t cudaDriverGetVersion(int *v) { if (!v) return fail(cudaErrorInvalidValue); *v = CUDART_VERSION; return cudaSuccess; }
 cudaError_t cudaRuntimeGetVersion(int *v) { if (!v) return fail(cudaErrorInvalidValue); *v = CUDART_VERSION; return cudaSuccess; }
@@ -307,6 +321,7 @@ static bool poison_fresh(void) {
 
 cudaError_t cudaMalloc(void **p, size_t size) {
     NEED_DEVICE();
+    CAPTURE_UNSAFE("cudaMalloc");
     if (!p) return fail(cudaErrorInvalidValue);
     *p = NULL;
     if (size == 0) return cudaSuccess;
@@ -333,6 +348,7 @@ cudaError_t cudaMalloc(void **p, size_t size) {
 cudaError_t cudaFree(void *p) {
     if (!p) return cudaSuccess;
     NEED_DEVICE();
+    CAPTURE_UNSAFE("cudaFree");
     {
         std::lock_guard<std::mutex> lock(mem_mutex);
         auto it = allocs.find((uintptr_t)p);
@@ -355,6 +371,7 @@ cudaError_t cudaFreeAsync(void *p, cudaStream_t stream) {
 
 cudaError_t cudaHostAlloc(void **p, size_t size, unsigned int flags) {
     NEED_DEVICE();
+    CAPTURE_UNSAFE("cudaHostAlloc");
     if (!p || flags > 0x0f) return fail(cudaErrorInvalidValue);
     *p = NULL;
     if (size == 0) return cudaSuccess;
@@ -369,6 +386,7 @@ cudaError_t cudaMallocHost(void **p, size_t size) { return cudaHostAlloc(p, size
 
 cudaError_t cudaFreeHost(void *p) {
     if (!p) return cudaSuccess;
+    CAPTURE_UNSAFE("cudaFreeHost");
     {
         std::lock_guard<std::mutex> lock(mem_mutex);
         auto it = allocs.find((uintptr_t)p);
@@ -439,44 +457,78 @@ static cudaError_t check_copy(void *dst, size_t dn, const void *src, size_t sn, 
     }
 }
 
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
-    NEED_DEVICE();
-    cudaError_t e = check_copy(dst, count, src, count, kind);
-    if (e != cudaSuccess) return e;
-    if (count) memmove(dst, src, count);
+/* a copy or memset a capturing stream records: the arguments, run at each graph launch */
+struct recorded_copy {
+    void *dst;
+    const void *src;
+    size_t dpitch, spitch, width, height;
+    int value; /* a memset (src NULL) */
+};
+static void run_copy(void *ctx) {
+    const recorded_copy *c = (const recorded_copy *)ctx;
+    for (size_t r = 0; r < c->height; r++) {
+        char *d = (char *)c->dst + r * c->dpitch;
+        if (c->src) memmove(d, (const char *)c->src + r * c->spitch, c->width);
+        else memset(d, c->value, c->width);
+    }
+}
+static void free_copy(void *ctx) { delete (recorded_copy *)ctx; }
+
+/* runs the checked copy (or memset) now, or records it when stream s captures */
+static cudaError_t copy_on(cudaStream_t s, const recorded_copy &c) {
+    if (c.width == 0 || c.height == 0) return cudaSuccess;
+    if (tcu_emu_capturing(s)) {
+        tcu_emu_record(s, dim3(0), dim3(1), 0, run_copy, new recorded_copy(c), free_copy);
+        return cudaPeekAtLastError() == cudaErrorStreamCaptureInvalidated ? cudaErrorStreamCaptureInvalidated
+                                                                          : cudaSuccess;
+    }
+    recorded_copy now = c;
+    run_copy(&now);
     return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind, cudaStream_t stream) {
-    if (!tcu_emu_stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle);
-    return cudaMemcpy(dst, src, count, kind);
-}
 
-cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
-                         size_t height, enum cudaMemcpyKind kind) {
+static cudaError_t copy_2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
+                           enum cudaMemcpyKind kind, cudaStream_t s) {
     NEED_DEVICE();
     if (width == 0 || height == 0) return cudaSuccess;
     if (width > dpitch || width > spitch) return fail(cudaErrorInvalidPitchValue);
     cudaError_t e = check_copy(dst, (height - 1) * dpitch + width, src, (height - 1) * spitch + width, kind);
     if (e != cudaSuccess) return e;
-    for (size_t r = 0; r < height; r++)
-        memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
-    return cudaSuccess;
+    return copy_on(s, recorded_copy{dst, src, dpitch, spitch, width, height, 0});
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+    CAPTURE_UNSAFE("cudaMemcpy (synchronous)");
+    return copy_2d(dst, count, src, count, count, 1, kind, NULL);
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind, cudaStream_t stream) {
+    if (!tcu_emu_stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle);
+    return copy_2d(dst, count, src, count, count, 1, kind, stream);
+}
+
+cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                         size_t height, enum cudaMemcpyKind kind) {
+    CAPTURE_UNSAFE("cudaMemcpy2D (synchronous)");
+    return copy_2d(dst, dpitch, src, spitch, width, height, kind, NULL);
 }
 cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
                               size_t height, enum cudaMemcpyKind kind, cudaStream_t stream) {
     if (!tcu_emu_stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle);
-    return cudaMemcpy2D(dst, dpitch, src, spitch, width, height, kind);
+    return copy_2d(dst, dpitch, src, spitch, width, height, kind, stream);
 }
 
-cudaError_t cudaMemset(void *p, int value, size_t count) {
+static cudaError_t memset_on(void *p, int value, size_t count, cudaStream_t s) {
     NEED_DEVICE();
     if (!side_ok(p, count, true)) return fail(cudaErrorInvalidValue);
-    if (count) memset(p, value, count);
-    return cudaSuccess;
+    return copy_on(s, recorded_copy{p, NULL, count, 0, count, 1, value});
+}
+cudaError_t cudaMemset(void *p, int value, size_t count) {
+    CAPTURE_UNSAFE("cudaMemset (synchronous)");
+    return memset_on(p, value, count, NULL);
 }
 cudaError_t cudaMemsetAsync(void *p, int value, size_t count, cudaStream_t stream) {
     if (!tcu_emu_stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle);
-    return cudaMemset(p, value, count);
+    return memset_on(p, value, count, stream);
 }
 
 /* ---- streams and events -----------------------------------------------------------------
@@ -515,9 +567,16 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     NEED_DEVICE();
-    return tcu_emu_stream_ok(stream) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+    if (!tcu_emu_stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle);
+    if (tcu_emu_capture_forbids_sync(stream, "cudaStreamSynchronize")) return cudaErrorStreamCaptureUnsupported;
+    return cudaSuccess;
 }
-cudaError_t cudaStreamQuery(cudaStream_t stream) { return cudaStreamSynchronize(stream); }
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+    NEED_DEVICE();
+    if (!tcu_emu_stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle);
+    if (tcu_emu_capture_forbids_sync(stream, "cudaStreamQuery")) return cudaErrorStreamCaptureUnsupported;
+    return cudaSuccess;
+}
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
     NEED_DEVICE();
     if (!tcu_emu_stream_ok(stream) || !event_ok(event)) return fail(cudaErrorInvalidResourceHandle);

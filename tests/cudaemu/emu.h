@@ -14,6 +14,11 @@ cudaError_t tcu_emu_fail(cudaError_t e, const char *fmt, ...) __attribute__((for
 bool tcu_emu_no_device(void);
 bool tcu_emu_is_device(const void *p, size_t n); /* [p, p + n) lies in one cudaMalloc block */
 bool tcu_emu_stream_ok(cudaStream_t s);
+/* graph.cpp: a call CUDA forbids while a stream captures (what names it) fails with
+ * cudaErrorStreamCaptureUnsupported and invalidates the capture: true then. relaxed_ok: relaxed
+ * mode allows it. _sync: a synchronization of stream s, forbidden on the capturing stream. */
+bool tcu_emu_capture_forbids(const char *what, bool relaxed_ok);
+bool tcu_emu_capture_forbids_sync(cudaStream_t s, const char *what);
 extern size_t tcu_emu_shared_limit; /* dynamic shared memory a launch may ask for */
 
 #endif

@@ -13,6 +13,11 @@
 #include <unistd.h>
 
 static int failures, checks;
+
+/* the stream TCU_LAUNCH queues on (tocha's runtime, kernels/device.cu, is not linked here):
+ * the legacy default stream, except while test_graph captures */
+static cudaStream_t launch_stream;
+extern "C" cudaStream_t tcu_stream(void) { return launch_stream; }
 #define CHECK(cond, ...)                                                                  \
     do {                                                                                  \
         checks++;                                                                         \
@@ -635,6 +640,68 @@ static void test_host_api(void) {
     CHECK(strcmp(cudaGetErrorName(cudaErrorNoDevice), "cudaErrorNoDevice") == 0, "error name");
 }
 
+/* ---- stream capture and graphs ------------------------------------------------------------- */
+__global__ void add_one(float *x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += 1;
+}
+
+static void test_graph(void) {
+    const int n = 100;
+    float *x = dev_alloc<float>(n), *y = dev_alloc<float>(n), host[n];
+    for (int i = 0; i < n; i++) host[i] = (float)i;
+    cudaMemcpy(x, host, sizeof host, cudaMemcpyHostToDevice);
+    cudaStream_t s;
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    cudaStreamCaptureStatus st;
+    CHECK(cudaStreamBeginCapture(NULL, cudaStreamCaptureModeGlobal) == cudaErrorStreamCaptureUnsupported,
+          "the legacy stream cannot capture");
+    cudaGetLastError();
+
+    /* a capture records: nothing runs until the graph is launched */
+    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin");
+    CHECK(cudaStreamIsCapturing(s, &st) == cudaSuccess && st == cudaStreamCaptureStatusActive, "capturing");
+    launch_stream = s;
+    TCU_LAUNCH(add_one, 1, 128, 0, x, n);
+    CHECK(cudaMemcpyAsync(y, x, sizeof host, cudaMemcpyDeviceToDevice, s) == cudaSuccess, "recorded copy");
+    CHECK(cudaMemsetAsync(x, 0, 4 * sizeof(float), s) == cudaSuccess, "recorded memset");
+    launch_stream = NULL;
+    CHECK(x[5] == 5 && y[5] != 5, "nothing ran during the capture");
+    cudaGraph_t g;
+    cudaGraphExec_t e;
+    CHECK(cudaStreamEndCapture(s, &g) == cudaSuccess && g, "end");
+    CHECK(cudaStreamIsCapturing(s, &st) == cudaSuccess && st == cudaStreamCaptureStatusNone, "not capturing");
+    CHECK(cudaGraphInstantiate(&e, g, 0) == cudaSuccess, "instantiate");
+    CHECK(cudaGraphLaunch(e, s) == cudaSuccess && x[5] == 6 && y[5] == 6 && x[0] == 0 && y[0] == 1, "first launch");
+    CHECK(cudaGraphLaunch(e, s) == cudaSuccess && x[5] == 7 && y[5] == 7 && x[3] == 0 && y[3] == 1, "second launch");
+    CHECK(cudaGraphExecDestroy(e) == cudaSuccess && cudaGraphDestroy(g) == cudaSuccess, "destroy");
+    CHECK(cudaGraphLaunch(e, s) == cudaErrorInvalidValue, "a destroyed graph");
+    cudaGetLastError();
+
+    /* forbidden calls fail and invalidate the capture; relaxed mode allows cudaMalloc */
+    void *p = NULL;
+    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin again");
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    CHECK(cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess && mode == cudaStreamCaptureModeGlobal, "relax");
+    CHECK(cudaMalloc(&p, 256) == cudaSuccess && p, "cudaMalloc in relaxed mode");
+    CHECK(cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess && mode == cudaStreamCaptureModeRelaxed, "restore");
+    CHECK(cudaStreamSynchronize(s) == cudaErrorStreamCaptureUnsupported, "synchronizing the capturing stream");
+    CHECK(cudaStreamIsCapturing(s, &st) == cudaSuccess && st == cudaStreamCaptureStatusInvalidated, "invalidated");
+    CHECK(cudaMemcpyAsync(y, x, 4, cudaMemcpyDeviceToDevice, s) == cudaErrorStreamCaptureInvalidated, "no more work");
+    CHECK(cudaStreamEndCapture(s, &g) == cudaErrorStreamCaptureInvalidated && !g, "the capture fails");
+    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess, "begin a third time");
+    CHECK(cudaFree(p) == cudaErrorStreamCaptureUnsupported, "cudaFree");
+    CHECK(cudaMemcpy(host, x, 4, cudaMemcpyDeviceToHost) == cudaErrorStreamCaptureUnsupported, "a synchronous copy");
+    CHECK(cudaDeviceSynchronize() == cudaErrorStreamCaptureUnsupported, "cudaDeviceSynchronize");
+    CHECK(cudaStreamEndCapture(s, &g) == cudaErrorStreamCaptureInvalidated, "fails");
+    CHECK(cudaStreamEndCapture(s, &g) == cudaErrorIllegalState, "ending twice");
+    cudaGetLastError();
+    CHECK(cudaFree(p) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess, "usable afterwards");
+    cudaStreamDestroy(s);
+    cudaFree(x);
+    cudaFree(y);
+}
+
 /* TOCHA_EMU_DEVICES=0, in a child process (the count is read once) */
 static void test_no_device(void) {
     fflush(stdout);
@@ -690,6 +757,7 @@ int main(void) {
     printf("cudaemu selftest%s\n", order && !strcmp(order, "reverse") ? " (TOCHA_EMU_ORDER=reverse)" : "");
     test_no_device();
     test_host_api();
+    test_graph();
     test_block_reduction();
     test_barrier_after_return();
     check_warp_sums<float>("float");

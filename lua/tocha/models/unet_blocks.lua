@@ -31,12 +31,23 @@ local function f32(x) return (string.unpack("f", string.pack("f", x))) end
 --- B.timestep_embedding(t [N], dim, flip_sin_to_cos, freq_shift, dtype = "f32") -> [N, dim]:
 --- diffusers' get_timestep_embedding (max_period 10000), computed in f32 with diffusers' order
 --- of operations; dtype "f64" computes it in f64 instead (for f64 models and their tests)
+-- the frequencies by device, dtype, size and shift: made once (arange is made on the CPU), so
+-- that a CUDA graph's capture of the model copies nothing from the host
+local freq_cache = {}
+
 function B.timestep_embedding(t, dim, flip_sin_to_cos, freq_shift, dtype)
   dtype = dtype or "f32"
   local half = dim // 2
-  local c = -math.log(10000)
-  if dtype == "f32" then c = f32(c) end
-  local freqs = (T.arange(0, half, { dtype = dtype, device = t.device }) * c / (half - freq_shift)):exp()
+  local key = table.concat({ t.device, dtype, half, freq_shift }, " ")
+  local freqs = freq_cache[key]
+  if not freqs then
+    local c = -math.log(10000)
+    if dtype == "f32" then c = f32(c) end
+    freqs = T.no_grad(function()
+      return (T.arange(0, half, { dtype = dtype, device = t.device }) * c / (half - freq_shift)):exp()
+    end)
+    freq_cache[key] = freqs
+  end
   local args = t:to(dtype):view(t.shape[1], 1) * freqs:view(1, half)
   local sin, cos = args:sin(), args:cos()
   local emb = flip_sin_to_cos and T.cat({ cos, sin }, 2) or T.cat({ sin, cos }, 2)

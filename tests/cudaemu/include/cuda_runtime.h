@@ -53,6 +53,7 @@ enum cudaError {
     cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorIllegalState = 401,
     cudaErrorNotReady = 600,
     cudaErrorIllegalAddress = 700,
     cudaErrorLaunchOutOfResources = 701,
@@ -66,6 +67,10 @@ enum cudaError {
     cudaErrorLaunchFailure = 719,
     cudaErrorNotPermitted = 800,
     cudaErrorNotSupported = 801,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureUnmatched = 903,
+    cudaErrorStreamCaptureImplicit = 906,
     cudaErrorUnknown = 999
 };
 typedef enum cudaError cudaError_t;
@@ -93,6 +98,18 @@ struct cudaPointerAttributes {
 
 typedef struct CUstream_st *cudaStream_t;
 typedef struct CUevent_st *cudaEvent_t;
+typedef struct CUgraph_st *cudaGraph_t;
+typedef struct CUgraphExec_st *cudaGraphExec_t;
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2
+};
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0,
+    cudaStreamCaptureStatusActive = 1,
+    cudaStreamCaptureStatusInvalidated = 2
+};
 #define cudaStreamLegacy ((cudaStream_t)0x1)
 #define cudaStreamPerThread ((cudaStream_t)0x2)
 #define cudaStreamDefault 0x00
@@ -307,6 +324,17 @@ cudaError_t cudaEventQuery(cudaEvent_t event);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
+
+/* stream capture and graphs (graph.cpp): what a capturing stream is given is recorded, not
+ * run; a graph launch runs the recording in order */
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status);
+cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 }
 
 /* the C++ overloads of the real cuda_runtime.h */
@@ -355,10 +383,25 @@ TCU_EMU_HIDDEN void tcu_emu_warp_exchange(const void *mine, size_t n, void *all)
 /* a misaligned address where the GPU faults (what: the instruction): the launch fails with
  * cudaErrorMisalignedAddress */
 TCU_EMU_HIDDEN void tcu_emu_misaligned(const char *what, const void *p);
+/* stream capture (graph.cpp): whether work queued on s is recorded rather than run; the
+ * recording of a launch (grid.x 0: a host step, as a copy, run as call(ctx)); the graph owns
+ * ctx and frees it with del. A stream whose capture was invalidated records nothing: the
+ * call fails with cudaErrorStreamCaptureInvalidated. */
+TCU_EMU_HIDDEN bool tcu_emu_capturing(cudaStream_t s);
+TCU_EMU_HIDDEN void tcu_emu_record(cudaStream_t s, dim3 grid, dim3 block, size_t shmem, void (*call)(void *),
+                                   void *ctx, void (*del)(void *));
 }
 template <typename F> static void tcu_emu_call(void *f) { (*(F *)f)(); }
-template <typename F> static inline void tcu_emu_launch(dim3 grid, dim3 block, size_t shmem, F f) {
-    tcu_emu_run(grid, block, shmem, tcu_emu_call<F>, &f);
+template <typename F> static void tcu_emu_delete(void *f) { delete (F *)f; }
+/* a kernel launch on stream s: run now, or recorded while s is capturing */
+template <typename F> static inline void tcu_emu_launch(dim3 grid, dim3 block, size_t shmem, cudaStream_t s, F f) {
+    if (tcu_emu_capturing(s)) tcu_emu_record(s, grid, block, shmem, tcu_emu_call<F>, new F(f), tcu_emu_delete<F>);
+    else tcu_emu_run(grid, block, shmem, tcu_emu_call<F>, &f);
+}
+/* a launch of k(args...): the arguments are copied now, as CUDA copies a launch's arguments */
+template <typename K, typename... A>
+static inline void tcu_emu_launch_args(dim3 grid, dim3 block, size_t shmem, cudaStream_t s, K k, A... args) {
+    tcu_emu_launch(grid, block, shmem, s, [k, args...]() { k(args...); });
 }
 
 static inline void __threadfence(void) {}
