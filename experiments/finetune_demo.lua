@@ -24,15 +24,17 @@ local defaults = {
   images = { 600, help = "captioned images of the new color to fine-tune on" },
   epochs = { 10, help = "passes over them (the seed's recipe)" },
   batch = { 16, help = "images per step (the seed's recipe)" },
-  lr_full = { 2e-5, help = "learning rate of the full fine-tune (chosen by the search in docs/finetune.md)" },
-  lr_lora = { 3e-4, help = "learning rate of the LoRA fine-tune (chosen likewise)" },
+  lr_full = { 3e-4, help = "learning rate of the full fine-tune (chosen by the search in docs/finetune.md)" },
+  lr_lora = { 2e-4, help = "learning rate of the LoRA fine-tune (chosen likewise)" },
   caption_dropout = { 0.1, help = "fraction of captions dropped, as the base was trained (keeps the unconditional half of guidance in step)" },
   timestep_power = { 0.5, help = "training timesteps t = T u^p, as the base was trained (the noisy steps decide the shapes)" },
   prior_images = { 300, help = "prior preservation: images of the base's own concepts it draws first and trains on alongside (0: none)" },
   lora_rank = { 4, help = "LoRA rank" },
   lora_targets = { { "to_q", "to_k", "to_v", "to_out.0", "class_embedding.linear_1", "class_embedding.linear_2" },
     help = "the layers that get adapters: the attention projections and the pooled caption's projection" },
-  prior_loss_weight = { 1.0, help = "weight of the prior images' loss against the new images'" },
+  full_trainable = { { "attn2.to_k", "attn2.to_v", "class_embedding.linear_1", "class_embedding.linear_2" },
+    help = "the UNet modules the full fine-tune trains (finetune_sd.lua's --trainable): the cross-attention's keys and values and the pooled caption's projection, as the search chose (\"\": the whole UNet)" },
+  prior_loss_weight = { 2.0, help = "weight of the prior images' loss against the new images' (chosen by the search)" },
   ema = { false, help = "fine-tune an exponential moving average of the weights (decay 0.9999, diffusers' default, unless --extra sets --ema_decay)" },
   extra = { "", help = "more options for experiments/finetune_sd.lua, given to every fine-tune (for example \"--ema_decay 0.99\")" },
   eval_new = { 100, help = "held-out prompts of the new color drawn and graded per model" },
@@ -195,6 +197,7 @@ local function finetune_command(method, threads)
       table.concat(cfg.lora_targets, ","))
   else
     args = args .. string.format(" --lr %g", cfg.lr_full)
+    if #cfg.full_trainable > 0 then args = args .. " --trainable " .. table.concat(cfg.full_trainable, ",") end
   end
   return string.format(CHILD .. "%s experiments/finetune_sd.lua %s", threads, tocha_bin, args)
 end

@@ -67,6 +67,7 @@ local defaults = {
   lora_alpha = { 0.0, help = "LoRA alpha (0: the rank)" },
   lora_targets = { { "to_q", "to_k", "to_v", "to_out.0" }, help = "the layers that get adapters" },
   lora_dropout = { 0.0, help = "dropout on the adapters' input" },
+  trainable = { {}, help = "full fine-tune of these UNet modules only (module paths or their last components, as --lora_targets; default: the whole UNet)" },
   checkpoint_every = { 500, help = "optimizer steps between checkpoints (0: none)" },
   checkpoints_total_limit = { 0, help = "keep only the newest N checkpoints (0: all)" },
   checkpoint_dir = { "", help = "where checkpoints go (default: the run directory's checkpoints/)" },
@@ -102,6 +103,7 @@ end
 local function usage(msg) io.stderr:write("finetune_sd: ", msg, "\n"); os.exit(2) end
 if cfg.model == "" then usage("give the model to fine-tune: --model DIR_OR_FILE") end
 if cfg.data == "" then usage("give the training images: --data DIR") end
+if #cfg.trainable > 0 and cfg.lora > 0 then usage("--trainable chooses what a full fine-tune trains; with --lora, --lora_targets does") end
 if cfg.train_text_encoder and not cfg.no_cache then usage("--train_text_encoder needs --no_cache (cached text embeddings would not change)") end
 if cfg.device == "cuda" and not T.cuda.is_available() then usage("--device cuda: no GPU is available here") end
 if #cfg.guidance_interval ~= 0 and #cfg.guidance_interval ~= 2 then usage("--guidance_interval takes lo,hi") end
@@ -162,7 +164,18 @@ if cfg.lora > 0 then
     for _, p in ipairs(lora.parameters(d.text_encoder)) do params[#params + 1] = p end
   end
 else
-  params = d.unet:parameters()
+  if #cfg.trainable > 0 then -- the matching modules' parameters train, the rest of the UNet stays
+    d.unet:requires_grad_(false)
+    local found = 0
+    for name, m in d.unet:named_modules() do
+      for _, t in ipairs(cfg.trainable) do
+        if name == t or name:sub(-(#t + 1)) == "." .. t then m:requires_grad_(true); found = found + 1; break end
+      end
+    end
+    if found == 0 then usage("--trainable: no UNet module matches " .. table.concat(cfg.trainable, ",")) end
+  end
+  params = {}
+  for _, p in ipairs(d.unet:parameters()) do if p.requires_grad then params[#params + 1] = p end end
   if trained.text_encoder then for _, p in ipairs(d.text_encoder:parameters()) do params[#params + 1] = p end end
 end
 for _, p in ipairs(params) do assert(p.dtype == "f32", "trained weights must be f32") end
@@ -170,7 +183,8 @@ if cfg.gradient_checkpointing then d.unet:enable_gradient_checkpointing() end
 local n_trained = 0
 for _, p in ipairs(params) do n_trained = n_trained + p:numel() end
 print(string.format("%s model, %d parameters trained (%s), predicting %s", d.latent and "latent" or "pixel-space",
-  n_trained, cfg.lora > 0 and ("LoRA rank " .. cfg.lora) or "full UNet", prediction))
+  n_trained, cfg.lora > 0 and ("LoRA rank " .. cfg.lora) or #cfg.trainable > 0 and ("UNet: " .. table.concat(cfg.trainable, ","))
+  or "full UNet", prediction))
 
 -- mixed precision: one setting; fp16 scales the loss, bf16 has f32's range and needs no scaling
 local amp = ({ fp16 = "f16", bf16 = "bf16" })[cfg.mixed_precision]

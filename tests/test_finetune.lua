@@ -333,7 +333,7 @@ tests["finetune_sd.lua: --help lists every option; bad combinations fail with th
     "mixed_precision", "gradient_checkpointing", "max_grad_norm", "train_text_encoder", "checkpoint_every",
     "checkpoints_total_limit", "resume", "validation_prompts", "validation_every", "seed", "caption_dropout", "recipe",
     "no_cache", "buckets", "log_attention", "lora", "prior_data", "prior_prompts", "prior_loss_weight", "eval_prompts",
-    "eval_images", "eval_real", "eval_model", "inception_weights" }) do
+    "eval_images", "eval_real", "eval_model", "inception_weights", "trainable" }) do
     assert(out:find("--" .. o .. "[ ,]"), "--help lacks --" .. o)
   end
   assert(out:find("cosine_with_restarts", 1, true) and out:find("no, fp16, bf16", 1, true))
@@ -378,6 +378,32 @@ tests["finetune_sd.lua: a pixel-space model, full fine-tune in bf16, validation,
   assert(changed, "the UNet trained")
   T.testing.assert_close(back.text_encoder.text_model.embeddings.token_embedding.weight,
     parts.text_encoder.text_model.embeddings.token_embedding.weight, { rtol = 0, atol = 0, msg = "the text encoder is frozen" })
+end
+
+tests["finetune_sd.lua: --trainable trains the matching UNet modules only; no match, or with --lora, is an error"] = function()
+  local root = T.testing.tmpdir()
+  local data = write_folder(root .. "/data", 8, 16)
+  local parts = tiny_parts(false)
+  models.save_pretrained(root .. "/base", parts)
+  local base = string.format("--model %s/base --data %s --max_steps 2 --batch 4 --validation_every 0 --checkpoint_every 0 "
+    .. "--threads 1", root, data)
+  local env = "TOCHA_RUNS=" .. root .. "/runs"
+  local out, rc = script(base .. " --trainable attn2.to_k,class_embedding.linear_1 --lr 1e-3", env)
+  assert(rc == 0, out)
+  assert(out:find("UNet: attn2.to_k,class_embedding.linear_1", 1, true), out)
+  local back, before = models.load(run_dir(out) .. "/model"), parts.unet:state_dict()
+  local n_changed = 0
+  for name, p in back.unet:named_parameters() do
+    local changed = (p - before[name]):abs():max():item() > 0
+    local wanted = name:find("attn2%.to_k%.") ~= nil or name:find("^class_embedding%.linear_1%.") ~= nil
+    assert(changed == wanted, name .. (changed and " trained" or " did not train"))
+    if changed then n_changed = n_changed + 1 end
+  end
+  assert(n_changed >= 3, "too few trained: " .. n_changed)
+  out, rc = script(base .. " --trainable no_such_layer", env)
+  assert(rc == 2 and out:find("--trainable: no UNet module matches no_such_layer", 1, true), out)
+  out, rc = script(base .. " --trainable to_k --lora 2", env)
+  assert(rc == 2 and out:find("with --lora, --lora_targets does", 1, true), out)
 end
 
 tests["finetune_sd.lua: a latent model, LoRA in fp16 with loss scaling and buckets; resume gives the uninterrupted run"] = function()
@@ -494,12 +520,12 @@ tests["finetune_demo.lua: both fine-tunes side by side on a tiny base, graded; t
   assert(T.testing.read_file(root .. "/out/base-graded.json") == kept)
   -- the lr search's sweep names a metric the demo reports, for both methods
   T.testing.write_file(root .. "/metric.lua", 'print(assert(require("tocha.sweep").load("experiments/finetune_sweep.lua")).metric)')
-  for _, method in ipairs({ "lora", "full" }) do
+  for method, kind in pairs({ lora = "lora", lora2 = "lora", full = "full", full2 = "full", full3 = "full", full4 = "full" }) do
     out, rc = T.testing.tocha(root .. "/metric.lua", "FINETUNE_SWEEP=" .. method .. " ")
-    assert(rc == 0 and out:find("eval/" .. method .. "_score", 1, true), out)
+    assert(rc == 0 and out:find("eval/" .. kind .. "_score", 1, true), out)
   end
   out, rc = T.testing.tocha(root .. "/metric.lua", "FINETUNE_SWEEP=half ")
-  assert(rc ~= 0 and out:find("FINETUNE_SWEEP must be lora or full, not half", 1, true), out)
+  assert(rc ~= 0 and out:find("FINETUNE_SWEEP must be lora, lora2, full, full2, full3 or full4, not half", 1, true), out)
 end
 
 return tests
