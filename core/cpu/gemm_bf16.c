@@ -6,8 +6,6 @@
  * tile over the whole K, and its f32 sums are scaled, added to beta C and rounded once. */
 #include "cpu.h"
 
-#include <omp.h>
-
 #define MR 12 /* rows of a tile: 12 x 2 zmm accumulators, 2 for B, 1 for A's broadcast pair */
 #define NR 32 /* columns of a tile: two zmm of 16 f32 sums */
 
@@ -45,7 +43,9 @@ static void pack(uint32_t *out, const uint16_t *x, int64_t n, int64_t K, int64_t
                 if (is == 1) {
 #pragma omp simd
                     for (int64_t j = 0; j < w; j++) o[j] = (uint32_t)lo[j] | (uint32_t)hi[j] << 16;
-                } else
+                } else if (ks == 1) /* a pair is one 32-bit word of the line (little-endian) */
+                    for (int64_t j = 0; j < w; j++) memcpy(o + j, lo + j * is, sizeof *o);
+                else
                     for (int64_t j = 0; j < w; j++) o[j] = (uint32_t)lo[j * is] | (uint32_t)hi[j * is] << 16;
             } else
                 for (int64_t j = 0; j < w; j++) o[j] = lo[j * is];
