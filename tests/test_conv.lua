@@ -233,6 +233,40 @@ tests["f32 stride 1, one group: the direct kernel against f64 (forward and gradi
     F.conv_transpose2d(xt, wt, nil, { padding = 1 }), { rtol = 1e-4, atol = 1e-4, msg = "conv_transpose2d" })
 end
 
+tests["f32 weight gradient of the direct kernel against f64, random inputs, 1 and 2 threads"] = function()
+  -- the direct kernel's weight gradient sums 16-pixel vectors of the flat output plane over
+  -- groups of images (8 images of 8x8) split between threads: batches that leave a short
+  -- group and an uneven split, planes that end in a partial vector (7x7, 5x9), output channels
+  -- not a multiple of 8, tap counts not a multiple of 3 (1x7, 5x5), padding 0 and uneven
+  local cases = { -- x shape, w shape, padding
+    { { 11, 64, 8, 8 }, { 13, 64, 3, 3 }, { 1, 1 } },
+    { { 3, 16, 7, 7 }, { 8, 16, 3, 3 }, { 1, 1 } },
+    { { 5, 10, 5, 9 }, { 6, 10, 1, 7 }, { 0, 3 } },
+    { { 2, 4, 9, 6 }, { 3, 4, 5, 5 }, { 2, 1 } },
+    { { 1, 8, 6, 20 }, { 9, 8, 3, 3 }, { 0, 0 } },
+  }
+  local threads = T.get_num_threads()
+  for k, c in ipairs(cases) do
+    local x = T.randn(c[1], { dtype = "f64" })
+    local w = T.randn(c[2], { dtype = "f64" })
+    local y = F.conv2d(x, w, nil, { padding = c[3] })
+    local gy = T.randn(y.shape, { dtype = "f64" })
+    local function grad_w(dtype)
+      local ws = w:to(dtype):detach():requires_grad_(true)
+      F.conv2d(x:to(dtype), ws, nil, { padding = c[3] }):backward(gy:to(dtype))
+      return ws.grad:to("f64")
+    end
+    local ref = grad_w("f64")
+    for _, nt in ipairs({ 1, 2 }) do
+      T.set_num_threads(nt)
+      local ok, err = pcall(T.testing.assert_close, grad_w("f32"), ref,
+        { rtol = 1e-4, atol = 1e-3, msg = "case " .. k .. ", " .. nt .. " threads" })
+      T.set_num_threads(threads)
+      if not ok then error(err, 0) end
+    end
+  end
+end
+
 tests["f16 and bf16 go through f32"] = function()
   local x = T.randn({ 2, 3, 6, 6 })
   local w = T.randn({ 4, 3, 3, 3 }) * 0.2

@@ -475,11 +475,18 @@ int tc_cpu_conv2d_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc
 static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x,
                         const tc_tensor *w, const tc_conv_params *p, bool direct_ok) {
     geom g = make_geom(gx ? gx : x, gy, w ? w : gw, p);
-    if (direct_ok && gx && direct_fits(&g)) { /* gx by the direct kernel; gw and gb below */
+    if (direct_ok && direct_fits(&g)) { /* gx and gw by the direct kernels; the rest below */
         tc_conv_direct d = direct_dims(&g, true);
-        if (tc_cpu_conv_direct(tc_data(gx), tc_data(gy), tc_data(w), NULL, &d) != TC_OK) return TC_ERR;
-        if (!gw && !gb) return TC_OK;
+        if (gx && tc_cpu_conv_direct(tc_data(gx), tc_data(gy), tc_data(w), NULL, &d) != TC_OK) return TC_ERR;
         gx = NULL;
+        /* the weight gradient's threads take whole images: with fewer images than threads, the
+         * GEMM below (threaded inside OpenBLAS) uses them all */
+        d = direct_dims(&g, false);
+        if (gw && g.N >= omp_get_max_threads()) {
+            if (tc_cpu_conv_direct_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d) != TC_OK) return TC_ERR;
+            gw = NULL;
+        }
+        if (!gw && !gb) return TC_OK;
     }
     size_t es = g.es;
     bool f32 = g.dt == TC_F32;

@@ -69,5 +69,8 @@ typedef struct {
     bool flip;
 } tc_conv_direct;
 int tc_cpu_conv_direct(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d);
+/* its weight gradient: gw [O, C, kh, kw] = the correlation of the padded x with gy [N, O, OH, OW]
+ * (d as for the forward; flip unused) */
+int tc_cpu_conv_direct_grad_weight(float *gw, const float *x, const float *gy, const tc_conv_direct *d);
 
 #endif
