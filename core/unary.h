@@ -11,8 +11,8 @@
  *   x, y, a, b  the input, the output f(x) and the op's scalar arguments, which the caller
  *       has in scope;
  *   fk, dk  V where the CPU's contiguous f32 loop vectorises the formula (it calls no math
- *       function but those core/cpu/vecmath.h provides: exp, log, log1p, tanh, erf, sin, cos,
- *       sqrt, fabs; sin and cos beyond TC_TRIG_MAX are redone with libm), S where it does not;
+ *       function but those core/cpu/vecmath.h provides: exp, log, log1p, tanh, erf, pow, sin,
+ *       cos, sqrt, fabs; sin and cos beyond TC_TRIG_MAX are redone with libm), S where it does not;
  *       dk is N for an op with no derivative;
  *   uses  what the derivative reads besides the scalars: X (x), Y (y = f(x), saved by the
  *       forward) or C (neither), so an op saves only what its derivative needs. */
@@ -81,9 +81,9 @@
     /* with scalar arguments a, b */                                                                     \
     ENTRY(ADD_SCALAR,  V, (x) + (a),                             V, C, 1)                                \
     ENTRY(MUL_SCALAR,  V, (x) * (a),                             V, C, a)                                \
-    ENTRY(POW_SCALAR,  S, (a) == 2 ? (x) * (x) : M(pow)(x, a),                                           \
-                          S, X, (a) == 0 ? 0 : (a) * M(pow)(x, (a) - 1))                                 \
-    ENTRY(RPOW_SCALAR, S, M(pow)(a, x),                          S, Y, (y) * M(log)(a))                  \
+    ENTRY(POW_SCALAR,  V, (a) == 2 ? (x) * (x) : M(pow)(x, a),                                           \
+                          V, X, (a) == 0 ? 0 : (a) * M(pow)(x, (a) - 1))                                 \
+    ENTRY(RPOW_SCALAR, V, M(pow)(a, x),                          V, Y, (y) * M(log)(a))                  \
     ENTRY(RSUB_SCALAR, V, (a) - (x),                             V, C, -1)                               \
     ENTRY(RDIV_SCALAR, V, (a) / (x),                             V, X, -(a) / ((x) * (x)))               \
     ENTRY(CLAMP,       S, isnan(x) ? (x) : (x) < (a) ? (a) : (x) > (b) ? (b) : (x),                      \

@@ -84,6 +84,7 @@ static void add_library_path(lua_State *L) {
 /* ---- the module ---------------------------------------------------------------------------- */
 int luaopen_tocha(lua_State *L);
 int luaopen_tocha(lua_State *L) {
+    lua_gc(L, LUA_GCGEN, 0, 0); /* young collections free the temporaries (laux.c's pacing) */
     tcl_newstate(L);
     add_library_path(L);
     lua_newtable(L); /* T */

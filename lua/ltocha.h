@@ -15,7 +15,7 @@
 /* module state, shared by every binding function as upvalue 1 */
 typedef struct {
     size_t gc_mark;      /* tc_mem_allocated_total() at the last collection */
-    size_t gc_in_use;    /* tc_mem_in_use() after it */
+    size_t gc_in_use;    /* tc_mem_in_use() after the last full collection (or less, since) */
     lua_State *L;        /* the thread running backward, for Lua-written derivatives */
 } tcl_state;
 tcl_state *tcl_getstate(lua_State *L);

@@ -2,7 +2,7 @@
 # tests/check_simd.sh OBJ...: checks that the AVX2 and AVX-512 clones of the CPU's hot loops
 # (the functions built with TC_SIMD_CLONES, named <fn>.arch_x86_64_v3 and .arch_x86_64_v4 in
 # the objects) really run on vectors. In each clone, every innermost loop that does scalar
-# float arithmetic (vmulss, vfmadd213ss, vdivss, ...: a vectorised loop's remainder) needs a
+# float or double arithmetic (vmulss, vfmadd213sd, vdivss, ...: a vectorised loop's remainder) needs a
 # vector twin: a loop of the same clone doing at least 3/8 as much arithmetic packed on the
 # clone's registers (ymm for AVX2, zmm for AVX-512; a remainder may be unrolled twice). A
 # clone whose polynomial loops were left scalar (exp's once were, in AVX2) has no such loop
@@ -21,7 +21,7 @@ function hex(s,   i, v) {
 }
 function family(m) {
     if (m ~ /^vfn?m(add|sub)(132|213|231)/) return "fma"
-    if (m ~ /^v(add|sub|mul|div|sqrt|min|max)/) { sub(/^v/, "", m); sub(/(ss|ps)$/, "", m); return m }
+    if (m ~ /^v(add|sub|mul|div|sqrt|min|max)/) { sub(/^v/, "", m); sub(/(ss|ps|sd|pd)$/, "", m); return m }
     return ""
 }
 # the clone just read: its instructions (address, mnemonic, line) and its loops (a jump back
@@ -46,8 +46,8 @@ function finish(   i, j, k, f, L, best, twin, what) {
         for (j = 1; j <= nloops; j++)
             if (ad[i] >= lo[j] && ad[i] <= hi[j] && (!best || hi[j] - lo[j] < hi[best] - lo[best])) best = j
         if (!best || !inner[best]) continue
-        if (mn[i] ~ /ps$/ && index(ln[i], "%" wide)) np[best]++
-        else if (mn[i] ~ /ss$/) { sc[best, f]++; ns[best]++; fams[best] = fams[best] " " f }
+        if (mn[i] ~ /p[sd]$/ && index(ln[i], "%" wide)) np[best]++
+        else if (mn[i] ~ /s[sd]$/) { sc[best, f]++; ns[best]++; fams[best] = fams[best] " " f }
     }
     for (L in fams) {
         split(substr(fams[L], 2), fl, " ")

@@ -153,6 +153,7 @@ tests["tiles: forward and gradients against f64 across blocks and ragged edges (
   against_f64(q, k, v, {}, f64)
   against_f64(q, k, v, { is_causal = true }, f64) -- L < S: the later keys are never attended
   against_f64(k:narrow(2, 1, 700), q, q:narrow(3, 1, 5), { is_causal = true }, f64) -- L > S
+  against_f64(k:narrow(2, 1, 600), k, v, {}, f64) -- 600 queries: blocks of 256 and a ragged one
   local bm = T.rand({ 150, 1100 }):gt(0.7)
   bm:narrow(2, 1, 1):fill_(1)
   bm:narrow(1, 40, 1):fill_(0) -- a row with nothing to attend

@@ -187,20 +187,9 @@ tests["stride 1 at the input's width (one run per tap) matches padding done by F
   end
 end
 
-tests["f32 stride 1, one group: the direct kernel against f64 (forward and gradients)"] = function()
-  -- f32 convolutions with stride 1, no dilation, one group and at least 64 products per output
-  -- run the direct kernel (the input gradient too: a convolution with the flipped weight);
-  -- f64 runs im2col + GEMM, the reference here. Odd sizes: rows of 16-pixel tiles with a
-  -- remainder, images at most 8 wide (two-row tiles, an odd row count), output channels
-  -- not a multiple of 8, padding 0 and uneven, 5x5 and 1x7 kernels, no bias
-  local cases = { -- x shape, w shape, padding, bias
-    { { 3, 16, 9, 21 }, { 11, 16, 3, 3 }, { 1, 1 }, true },
-    { { 2, 64, 7, 7 }, { 8, 64, 3, 3 }, { 1, 1 }, true },
-    { { 1, 8, 5, 8 }, { 17, 8, 3, 3 }, { 0, 2 }, false },
-    { { 2, 4, 6, 35 }, { 5, 4, 5, 5 }, { 2, 1 }, true },
-    { { 5, 10, 4, 12 }, { 3, 10, 1, 7 }, { 0, 3 }, true },
-    { { 1, 9, 3, 3 }, { 2, 9, 3, 3 }, { 2, 2 }, true },
-  }
+-- f32 convolutions (forward, and gradients of a fixed gy) against the same in f64, which runs
+-- im2col + GEMM; cases: { x shape, w shape, padding, bias }
+local function f32_against_f64(cases)
   for k, c in ipairs(cases) do
     local x = T.randn(c[1], { dtype = "f64" })
     local w = T.randn(c[2], { dtype = "f64" })
@@ -221,6 +210,23 @@ tests["f32 stride 1, one group: the direct kernel against f64 (forward and gradi
       end
     end
   end
+end
+
+tests["f32 stride 1, one group: the direct kernel against f64 (forward and gradients)"] = function()
+  -- f32 convolutions with stride 1, no dilation, one group and at least 64 products per output
+  -- run the direct kernel (the input gradient too: a convolution with the flipped weight);
+  -- f64 runs im2col + GEMM, the reference here. Odd sizes: rows of 16-pixel tiles with a
+  -- remainder, images at most 8 wide (two-row tiles, an odd row count), output channels
+  -- not a multiple of 8, padding 0 and uneven, 5x5 and 1x7 kernels, no bias
+  local cases = { -- x shape, w shape, padding, bias
+    { { 3, 16, 9, 21 }, { 11, 16, 3, 3 }, { 1, 1 }, true },
+    { { 2, 64, 7, 7 }, { 8, 64, 3, 3 }, { 1, 1 }, true },
+    { { 1, 8, 5, 8 }, { 17, 8, 3, 3 }, { 0, 2 }, false },
+    { { 2, 4, 6, 35 }, { 5, 4, 5, 5 }, { 2, 1 }, true },
+    { { 5, 10, 4, 12 }, { 3, 10, 1, 7 }, { 0, 3 }, true },
+    { { 1, 9, 3, 3 }, { 2, 9, 3, 3 }, { 2, 2 }, true },
+  }
+  f32_against_f64(cases)
   -- a non-contiguous input, and conv_transpose2d with stride 1 (whose forward is the input
   -- gradient's kernel)
   local xs = T.randn({ 2, 9, 10, 16 }, { dtype = "f64" })
@@ -231,6 +237,16 @@ tests["f32 stride 1, one group: the direct kernel against f64 (forward and gradi
   local xt, wt = T.randn({ 3, 16, 6, 10 }, { dtype = "f64" }), T.randn({ 16, 5, 3, 3 }, { dtype = "f64" })
   T.testing.assert_close(F.conv_transpose2d(xt:to("f32"), wt:to("f32"), nil, { padding = 1 }):to("f64"),
     F.conv_transpose2d(xt, wt, nil, { padding = 1 }), { rtol = 1e-4, atol = 1e-4, msg = "conv_transpose2d" })
+end
+
+tests["many input channels: bands of at least 256 pixels, small images on im2col (f32 against f64)"] = function()
+  -- C * kh * kw of 2048 and more: the column matrix's bands hold at least 256 output pixels
+  -- (here two bands, of 7 and 6 rows of 29, in f32 and f64 alike), and images
+  -- under 32x32 stay on im2col + GEMM in f32; odd sizes, uneven padding, no bias
+  f32_against_f64({
+    { { 2, 230, 13, 29 }, { 20, 230, 3, 3 }, { 1, 1 }, true },
+    { { 1, 100, 11, 31 }, { 9, 100, 5, 5 }, { 2, 1 }, false },
+  })
 end
 
 tests["f32 weight gradient of the direct kernel against f64, random inputs, 1 and 2 threads"] = function()

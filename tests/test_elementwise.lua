@@ -427,4 +427,34 @@ return {
       close(a.grad:double(), d, { rtol = 3e-7, atol = 1e-7 })
     end
   end,
+
+  ["pow in f32 (vectorised) matches libm's f64 pow: negative bases, 0, inf, NaN; scalar or tensor exponents, any layout"] = function()
+    local inf, nan = math.huge, 0 / 0
+    local x = T.tensor({ 0, -0.0, 1, -1, 2, -2, 0.5, -0.5, 3, -3, 7.25, -7.25, 1e-30, 3e38, -1e30, 1.5e-40, 1e-20,
+                         inf, -inf, nan })
+    local y = T.tensor({ 0, -0.0, 1, -1, 2, 3, -3, 0.5, -0.5, 2.5, -1.25, 7, 1e10, -1e10, 8388609, 33554432, 0.3,
+                         inf, -inf, nan })
+    local x64, y64 = x:double(), y:double()
+    local strided = T.stack({ x, x }, 2):select(2, 1) -- stride 2: the chunked path
+    local opts = { rtol = 3e-7, atol = 1e-44, equal_nan = true }
+    for _, a in ipairs(y:tolist()) do
+      local want = (x64 ^ a):float():double() -- rounded to f32: overflows to inf there
+      close((x ^ a):double(), want, opts)
+      close((strided ^ a):double(), want, opts)
+      if a == a and math.abs(a) < 1e9 then close((a ^ x):double(), (a ^ x64):float():double(), opts) end
+    end
+    -- every base to every exponent: broadcast (the vector loop) and transposed (the strided one)
+    local xx, yy = x:reshape(20, 1), y:reshape(1, 20)
+    local want = (x64:reshape(20, 1) ^ y64:reshape(1, 20)):float():double()
+    close((xx ^ yy):double(), want, opts)
+    close((xx:expand(20, 20):t():contiguous():t() ^ yy):double(), want, opts)
+    -- the derivatives through the vectorised pow, against f64
+    local b = T.tensor({ 0.5, 1.5, 3, 10 }):requires_grad_()
+    local e = T.tensor({ 2.5, -1.5, 0.5, 3.25 }):requires_grad_()
+    local loss = (b ^ 1.75):sum() + (b ^ e):sum() + (T.tensor(1.5) ^ e):sum()
+    loss:backward()
+    local b64, e64 = b:detach():double(), e:detach():double()
+    close(b.grad:double(), 1.75 * b64 ^ 0.75 + e64 * b64 ^ (e64 - 1), { rtol = 1e-6 })
+    close(e.grad:double(), b64 ^ e64 * b64:log() + 1.5 ^ e64 * math.log(1.5), { rtol = 1e-6 })
+  end,
 }

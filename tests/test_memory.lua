@@ -77,6 +77,33 @@ return {
     assert(faults1 - faults0 < 5 * 64, string.format("%d page faults in 5 steps after warm-up", faults1 - faults0))
   end,
 
+  -- the binding paces Lua's (generational) collector by tensor bytes: young collections free a
+  -- loop's temporaries, a full one the tensors that lived long enough to be old
+  ["a loop's memory stays flat without collectgarbage, temporaries and old tensors alike"] = function()
+    collectgarbage()
+    local x = T.randn({ 256, 256 }) -- 256 KiB
+    local base = T.cpu.memory_allocated()
+    local pace = math.max(2 * 2 ^ 20, base / 4) -- bytes allocated between collections (the binding's rule)
+    local peak = 0
+    for _ = 1, 200 do
+      local y = x * 2 + 1 -- two temporaries of 256 KiB each
+      peak = math.max(peak, T.cpu.memory_allocated() - base)
+      assert(y.shape[1] == 256)
+    end
+    assert(peak <= 2 * pace + 4 * 2 ^ 20, string.format("temporaries: %.1f MiB above the inputs", peak / 2 ^ 20))
+    -- tensors kept alive across many collections (a forward's activations) become old; once
+    -- dropped, the next collections must still give their memory back
+    for _ = 1, 10 do
+      local kept = {}
+      for i = 1, 40 do kept[i] = x + i end -- 10 MiB held, then dropped
+      kept = nil
+      for _ = 1, 20 do local _ = x * 3 end -- kept is old by now: young collections keep it
+    end
+    local held = T.cpu.memory_allocated() - base
+    -- (without full collections: 100 MiB)
+    assert(held <= 10 * 2 ^ 20 + pace + 2 * 2 ^ 20, string.format("%.0f MiB still held after the loops", held / 2 ^ 20))
+  end,
+
   ["TOCHA_CPU_CACHE=0 gives every block back at once"] = function()
     local code = "local T = require 'tocha'; local x = T.ones({ 1000, 1000 }); x = nil; collectgarbage(); "
       .. "local s = T.cpu.memory_stats(); io.write(tostring(s.caching), ' ', s.cached, ' ', s.os_frees)"

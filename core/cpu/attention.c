@@ -1,6 +1,6 @@
 /* attention.c (cpu): dropout, and scaled dot-product attention with its fused backward, never
- * with an [L, S] buffer. The forward walks blocks of BR queries against tiles of BC keys with an
- * online softmax (a running max and sum per row; the output rows rescaled when the max grows)
+ * with an [L, S] buffer. The forward walks blocks of FWD_BR queries against tiles of BC keys
+ * with an online softmax (a running max and sum per row; the output rows rescaled when the max grows)
  * and saves each row's logsumexp; the backward recomputes the probabilities of a block's row
  * strip [BR, S] from q, k and that logsumexp. Products are OpenBLAS GEMMs on tiles and strips;
  * the row arithmetic is built once per compute dtype (f32 vectorised, f64 for the gradient
@@ -14,8 +14,12 @@
 #include <omp.h>
 
 #define PAR_MIN tc_cpu_par_min(TC_PAR_COMPUTE) /* elements below which one thread runs (cpu.h) */
-#define BR 64         /* query rows per block */
-#define BC 512        /* keys per tile in the forward */
+#define BR 64         /* query rows per block in the backward */
+/* the forward's blocks of queries and tiles of keys: each tile's GEMMs pack k and v again for
+ * each block, and at SD's 4,096 tokens with heads of 40 (one thread, CPU time, the machine
+ * shared) 64 x 512 took 416 ms, 128 x 256 371, 256 x 256 350, 512 x 256 346 */
+#define FWD_BR 256
+#define BC 256
 
 /* ---- the row arithmetic, once per compute dtype ----------------------------------------------
  * r is a row of scores or probabilities. drop: dropout's rule on elements first.. of the Philox
@@ -257,7 +261,7 @@ static bool threaded(const attn *a) { return a->B * a->L * a->S >= PAR_MIN && om
 /* ---- forward -------------------------------------------------------------------------------- */
 
 /* rows [i0, i0 + nr) of slice b: o [nr, Ev] (the output's rows) and the rows' logsumexp;
- * sc: a [BR, min(S, BC)] tile, m and l: BR running maxima and sums */
+ * sc: a [FWD_BR, min(S, BC)] tile, m and l: FWD_BR running maxima and sums */
 static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat q, mat k, mat v, char *o,
                           tc_tensor *lse, char *sc, double *m, double *l) {
     const row_math *rm = a->rm;
@@ -290,19 +294,19 @@ static void forward_block(const attn *a, int64_t b, int64_t i0, int64_t nr, mat 
 static int sdpa_forward(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
                         const tc_tensor *mask, const tc_sdpa_params *p) {
     attn a = attn_of(q, k, v, mask, p);
-    int64_t nblk = (a.L + BR - 1) / BR, Ev = a.Ev, tile = a.S < BC ? a.S : BC;
+    int64_t nblk = (a.L + FWD_BR - 1) / FWD_BR, Ev = a.Ev, tile = a.S < BC ? a.S : BC;
     int err = 0;
 #pragma omp parallel reduction(max : err) if (threaded(&a))
     {
-        char *sc = malloc((size_t)(BR * tile + 1) * a.es);
-        double *m = malloc(2 * BR * sizeof *m);
+        char *sc = malloc((size_t)(FWD_BR * tile + 1) * a.es);
+        double *m = malloc(2 * FWD_BR * sizeof *m);
         if (!sc || !m) err = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < a.B * nblk; t++) {
             if (!sc || !m) continue;
-            int64_t b = t / nblk, i0 = t % nblk * BR, nr = a.L - i0 < BR ? a.L - i0 : BR;
+            int64_t b = t / nblk, i0 = t % nblk * FWD_BR, nr = a.L - i0 < FWD_BR ? a.L - i0 : FWD_BR;
             forward_block(&a, b, i0, nr, mat_of(q, b), mat_of(k, b), mat_of(v, b),
-                          at(tc_data(out), a.es, (b * a.L + i0) * Ev), lse, sc, m, m + BR);
+                          at(tc_data(out), a.es, (b * a.L + i0) * Ev), lse, sc, m, m + FWD_BR);
         }
         free(sc);
         free(m);

@@ -17,6 +17,13 @@
 #define BAND_BYTES (1 << 20)
 #define SMALL_BAND_BYTES (256 << 10)
 #define SMALL_BAND_CHANNELS 16
+/* Other bands hold at least 256 output pixels when the image has them: each GEMM packs the
+ * whole weight matrix [og, ckk] again, and with wide inputs 1 MiB held one row of 64 pixels or
+ * less, so the packing cost as much as the products. One thread, batch 1, 3x3, ms with 1 MiB
+ * bands / 256 pixels: 320 -> 320 at 64x64 116 / 91, 1280 -> 1280 at 16x16 214 / 86, 2560 ->
+ * 1280 at 8x8 188 / 64, 1920 -> 640 at 32x32 435 / 289 (the machine shared; 512 and 1024
+ * pixels measured alike, 4096 slower). */
+#define MIN_BAND_COLS 256
 
 /* the shapes of one convolution, read from the tensors: input [N, C, H, W], output
  * [N, O, OH, OW], kernel [kh, kw]; ckk = (C / G) * kh * kw rows of a group's column matrix */
@@ -46,7 +53,9 @@ static geom make_geom(const tc_tensor *in, const tc_tensor *out, const tc_tensor
                g.OH == g.H && g.OW == g.W;
     /* bands of equal height, each at most `band` bytes (or one row) */
     int64_t row_bytes = g.C * g.kh * g.kw * g.OW * (int64_t)g.es;
-    int64_t band = g.og <= SMALL_BAND_CHANNELS ? SMALL_BAND_BYTES : BAND_BYTES;
+    int64_t band = BAND_BYTES, wide = g.C * g.kh * g.kw * MIN_BAND_COLS * (int64_t)g.es;
+    if (g.og <= SMALL_BAND_CHANNELS) band = SMALL_BAND_BYTES;
+    else if (band < wide) band = wide;
     int64_t most = band / (row_bytes > 0 ? row_bytes : 1), nbands;
     if (most < 1) most = 1;
     nbands = g.direct || g.OH < 1 ? 1 : (g.OH + most - 1) / most;
@@ -379,10 +388,16 @@ static bool avx512(void) {
  * padded image again, so images over 2 MiB (C * H * W above 2^19 floats) go to im2col + GEMM,
  * whose packing keeps its blocks in cache: 2 threads, batch 1, ms direct / im2col: 128 -> 128
  * at 256x256 275 / 121 (a VAE decoder's), 640 -> 640 at 32x32 85 / 72, 320 -> 320 at 64x64
- * 51 / 47; under the limit 4 x 128 -> 128 at 32x32 6.5 / 7.7. */
+ * 51 / 47; under the limit 4 x 128 -> 128 at 32x32 6.5 / 7.7. Images under 32x32 with
+ * C * kh * kw of 2048 and more go to im2col + GEMM too, since its bands hold 256 pixels
+ * (MIN_BAND_COLS): batch 1, 3x3, CPU ms direct / im2col on one thread (two alike; the machine
+ * shared): 256 -> 256 at 16x16 4.4 / 4.0, 512 -> 512 at 16x16 15.2 / 14.4, 512 -> 512 at 8x8
+ * 6.2 / 4.7, 1280 -> 1280 at 16x16 154 / 86, 1280 -> 1280 at 8x8 81 / 29; at 32x32 direct
+ * still wins: 256 -> 256 14.4 / 16.3, 320 -> 640 41 / 49. */
 static bool direct_fits(const geom *g) {
     return avx512() && g->dt == TC_F32 && g->G == 1 && g->sh == 1 && g->sw == 1 && g->dh == 1 && g->dw == 1 &&
-           g->ph < g->kh && g->pw < g->kw && !g->direct && g->ckk >= 64 && g->C * g->H * g->W <= (1 << 19);
+           g->ph < g->kh && g->pw < g->kw && !g->direct && g->ckk >= 64 && g->C * g->H * g->W <= (1 << 19) &&
+           (g->ckk < 2048 || g->ohw >= 1024);
 }
 
 static tc_conv_direct direct_dims(const geom *g, bool grad_input) {
@@ -409,7 +424,8 @@ static int conv2d_run(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, cons
     size_t es = g.es;
     int64_t nbands = (g.OH + g.rows - 1) / g.rows;
     thread_plan tp = threads_begin(g.N * nbands);
-    char *cols = g.direct ? NULL : malloc((size_t)(tp.nt * g.colsize) * es);
+    /* from the caching allocator: a fresh mapping of tens of MiB each call took page faults */
+    char *cols = g.direct ? NULL : tc_cpu_alloc((size_t)(tp.nt * g.colsize) * es);
     if (!g.direct && !cols) { threads_end(tp); return tc_error("conv2d: out of memory for the column buffer"); }
     const char *xd = tc_data(x), *wd = tc_data(w), *bd = b ? tc_data(b) : NULL;
     char *yd = tc_data(y);
@@ -442,7 +458,7 @@ static int conv2d_run(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, cons
                  src + k * g.ckk * lds * (int64_t)es, lds, bd ? 1 : 0, yn + k * g.og * g.ohw * (int64_t)es, g.ohw);
     }
     threads_end(tp);
-    free(cols);
+    tc_cpu_free(cols);
     return TC_OK;
 }
 
@@ -495,8 +511,9 @@ static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_te
     /* per thread: a column buffer, and private sums of the weight and bias gradients */
     int64_t csize = gx || gw ? g.colsize : 0, wsize = gw ? g.O * g.ckk : 0, bsize = gb ? g.O : 0;
     int64_t per = csize + wsize + bsize;
-    char *ws = per ? calloc((size_t)(tp.nt * per), es) : NULL;
+    char *ws = per ? tc_cpu_alloc((size_t)(tp.nt * per) * es) : NULL;
     if (per && !ws) { threads_end(tp); return tc_error("conv2d backward: out of memory for the column buffer"); }
+    if (ws) memset(ws, 0, (size_t)(tp.nt * per) * es);
     const char *gyd = tc_data(gy), *xd = x ? tc_data(x) : NULL, *wd = w ? tc_data(w) : NULL;
     char *gxd = gx ? tc_data(gx) : NULL;
 #pragma omp parallel num_threads(tp.nt)
@@ -552,6 +569,6 @@ static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_te
             else ((double *)od)[i] = s;
         }
     }
-    free(ws);
+    tc_cpu_free(ws);
     return TC_OK;
 }

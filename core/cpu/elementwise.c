@@ -330,6 +330,7 @@ static inline __attribute__((always_inline)) bool binary_f32_run(int64_t n, floa
     case TC_OP_SUB: SIMD_(x - y)
     case TC_OP_MUL: SIMD_(x * y)
     case TC_OP_DIV: SIMD_(x / y)
+    case TC_OP_POW: SIMD_(tc_powf(x, y))
     default: return false;
     }
 }

@@ -1,4 +1,4 @@
-/* vecmath.h (cpu): f32 exp, log, log1p, tanh, sigmoid, erf, sin and cos with no libm call and no
+/* vecmath.h (cpu): f32 exp, log, log1p, tanh, sigmoid, erf, pow, sin and cos with no libm call and no
  * branch, so that the loops calling them vectorise under `#pragma omp simd` (libm's scalar
  * expf was most of the time of silu, gelu and softmax; the selects below become vector blends
  * because the build says -fno-trapping-math), and TC_SIMD_CLONES, which builds a hot loop for AVX-512,
@@ -145,6 +145,60 @@ static inline float tc_tanhf(float x) {
     float t = 1.0f - 2.0f / (tc_expf(2.0f * (a < 10.0f ? a : 10.0f)) + 1.0f); /* 1 in f32 from 9.01 */
     t = x < 0 ? -t : t;
     return a > 0.625f ? t : small;
+}
+
+/* x^y within about 1 ulp, as 2^(y log2|x|) with the logarithm and the power of 2 in double:
+ * in f32, log's half-ulp error times y log|x| (up to 88) would be that many half-ulps of the
+ * result. |x| = 2^e m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1),
+ * |s| < 0.172, by atanh's series to s^13; 2^r, r = t - round(t) in [-1/2, 1/2], by its Taylor
+ * series to r^9 (each within 1e-11), rounded to f32 and scaled by 2^round(t) in two halves (as
+ * tc_expf). The special cases are C's pow's: x^0 = 1^y = 1; a finite x < 0 only to an integer
+ * y (all are from 2^23 up; odd ones keep x's sign); 0 and inf by the sign of y; else NaN in,
+ * NaN out. */
+static inline __attribute__((always_inline)) float tc_powf(float x, float y) { /* inlined: a call stops the vectoriser */
+    float ax = x < 0 ? -x : x, ay = y < 0 ? -y : y;
+    float yr = ay < 8388608.0f ? ay : 0.0f;                   /* from 2^23 up, every float is an integer */
+    int32_t frac = (yr + 8388608.0f) - 8388608.0f != yr;      /* y is no integer (rounds to nearest) */
+    int32_t odd = (int32_t)(ay < 16777216.0f ? ay : 0.0f) & 1 & (1 - frac); /* from 2^24 up, all even */
+    int32_t sign = tc_f32_bits(x) & -odd & INT32_MIN;         /* an odd power keeps x's sign, -0's too */
+    int32_t sub = ax < 1.17549435e-38f;                       /* subnormal (or 0) */
+    int32_t i = tc_f32_bits(sub ? ax * 8388608.0f : ax), e = (i - 0x3f3504f3) >> 23;
+    double m = (double)tc_bits_f32(i - e * (1 << 23)), s = (m - 1) / (m + 1), s2 = s * s;
+    double p = 1.0 / 13;
+    p = p * s2 + 1.0 / 11;
+    p = p * s2 + 1.0 / 9;
+    p = p * s2 + 1.0 / 7;
+    p = p * s2 + 1.0 / 5;
+    p = p * s2 + 1.0 / 3;
+    p = p * s2 + 1.0;
+    double t = (double)y * ((double)(sub ? e - 23 : e) + 2.8853900817779268 * s * p); /* 2 / ln 2 */
+    t = t == t ? t : 0.0; /* NaN (0 * inf: |x| = 1, y infinite): the result is set below */
+    t = t > -160.0 ? t : -160.0;
+    t = t < 130.0 ? t : 130.0;
+    double k = (t + 6755399441055744.0) - 6755399441055744.0, r = t - k; /* 1.5 2^52: rounds */
+    double q = 1.0178086009239696e-07;                                /* ln2^9 / 9! */
+    q = q * r + 1.3215486790144305e-06;
+    q = q * r + 1.5252733804059838e-05;
+    q = q * r + 1.5403530393381606e-04;
+    q = q * r + 1.3333558146428441e-03;
+    q = q * r + 9.6181291076284770e-03;
+    q = q * r + 5.5504108664821576e-02;
+    q = q * r + 2.4022650695910070e-01;
+    q = q * r + 6.9314718055994530e-01;
+    q = q * r + 1.0;
+    int32_t ki = (int32_t)k, k1 = ki >> 1, k2 = ki - k1; /* k in [-160, 130] */
+    float v = (float)q * tc_bits_f32((k1 + 127) << 23) * tc_bits_f32((k2 + 127) << 23);
+    float ys = ax == INFINITY ? y : -y, edge = ys > 0 ? INFINITY : 0.0f; /* x = 0 or inf */
+    v = ax == 0 ? edge : v;
+    v = ax == INFINITY ? edge : v;
+    v = tc_bits_f32(tc_f32_bits(v) | sign);
+    float xn = frac ? x : 0.0f; /* (one select per line: gcc vectorises these, not their || and ?: nests) */
+    xn = xn > -INFINITY ? xn : 0.0f;
+    v = xn < 0 ? NAN : v; /* a finite x < 0 to a fractional y */
+    v = x != x ? x : v;
+    v = y != y ? y : v;
+    v = y == 0 ? 1.0f : v;
+    return x == 1 ? 1.0f : v;
 }
 
 /* sin(x + shift pi/2) for |x| < TC_TRIG_MAX (Cephes' polynomials on [-pi/4, pi/4]): x = j pi/2 +

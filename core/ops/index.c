@@ -314,20 +314,20 @@ tc_tensor *tc_cat(int n, tc_tensor **xs, int dim) {
     for (int k = 0; k < n; k++) {
         tc_tensor *t = xs[k];
         if (k != ref && skipped(t)) continue;
-        char a[128], b[128];
-        tc_shape_str(r->ndim, r->shape, a, sizeof a);
-        tc_shape_str(t->ndim, t->shape, b, sizeof b);
-        if (t->ndim != r->ndim) {
-            tc_error("cat: tensors must have the same number of dimensions: entry %d has shape %s but entry %d has shape %s",
-                     ref + 1, a, k + 1, b);
-            return NULL;
-        }
-        for (int i = 0; i < t->ndim; i++)
-            if (i != d && t->shape[i] != r->shape[i]) {
+        bool same_rank = t->ndim == r->ndim, fits = same_rank;
+        for (int i = 0; i < t->ndim && fits; i++) fits = i == d || t->shape[i] == r->shape[i];
+        if (!fits) { /* formatted only here: snprintf on every call was 3% of a small cat */
+            char a[128], b[128];
+            tc_shape_str(r->ndim, r->shape, a, sizeof a);
+            tc_shape_str(t->ndim, t->shape, b, sizeof b);
+            if (!same_rank)
+                tc_error("cat: tensors must have the same number of dimensions: entry %d has shape %s but entry %d has shape %s",
+                         ref + 1, a, k + 1, b);
+            else
                 tc_error("cat: sizes must match except in dimension %d: entry %d has shape %s but entry %d has shape %s",
                          d + 1, ref + 1, a, k + 1, b);
-                return NULL;
-            }
+            return NULL;
+        }
         sh[d] += t->shape[d];
     }
     tc_tensor *out = tc_empty(r->ndim, sh, dt, r->storage->device);

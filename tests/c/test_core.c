@@ -395,16 +395,22 @@ static int64_t sweep_inputs(float lim, tc_tensor **x32, tc_tensor **x64) {
  * left tail, x < -3), f32 arithmetic holds no more than that, libm's erff neither.
  * Derivative (gy = 1): the largest |error| / max(|f'(x)|, 1) in ulps of 1. */
 static void test_vecmath_ulp(void) {
-    static const struct { tc_op op; const char *name; float lim; bool of_x; double fwd, bwd; } ops[] = {
-        {TC_OP_EXP, "exp", 100, false, 2, 2},         {TC_OP_LOG, "log", FLT_MAX, false, 2, 2},
-        {TC_OP_TANH, "tanh", 1e4f, false, 2, 2},      {TC_OP_SIGMOID, "sigmoid", 1e4f, false, 3, 2},
-        {TC_OP_SOFTPLUS, "softplus", 1e4f, false, 3, 2}, {TC_OP_SILU, "silu", 1e4f, true, 2, 12},
-        {TC_OP_GELU, "gelu", 1e4f, true, 3, 2},       {TC_OP_GELU_TANH, "gelu_tanh", 1e4f, true, 2, 8},
-        {TC_OP_QUICK_GELU, "quick_gelu", 1e4f, true, 2, 12}, {TC_OP_SIN, "sin", FLT_MAX, false, 2, 1},
-        {TC_OP_COS, "cos", FLT_MAX, false, 2, 1},
+    static const struct { tc_op op; const char *name; float lim; bool of_x; double fwd, bwd, a; } ops[] = {
+        {TC_OP_EXP, "exp", 100, false, 2, 2, 0},         {TC_OP_LOG, "log", FLT_MAX, false, 2, 2, 0},
+        {TC_OP_TANH, "tanh", 1e4f, false, 2, 2, 0},      {TC_OP_SIGMOID, "sigmoid", 1e4f, false, 3, 2, 0},
+        {TC_OP_SOFTPLUS, "softplus", 1e4f, false, 3, 2, 0}, {TC_OP_SILU, "silu", 1e4f, true, 2, 12, 0},
+        {TC_OP_GELU, "gelu", 1e4f, true, 3, 2, 0},       {TC_OP_GELU_TANH, "gelu_tanh", 1e4f, true, 2, 8, 0},
+        {TC_OP_QUICK_GELU, "quick_gelu", 1e4f, true, 2, 12, 0}, {TC_OP_SIN, "sin", FLT_MAX, false, 2, 1, 0},
+        {TC_OP_COS, "cos", FLT_MAX, false, 2, 1, 0},
+        /* x^a (odd, even, fractional and negative a; x < 0 too) and a^x (up to where a^x
+         * nears FLT_MAX: past it the derivative a^x log a is finite and f32's a^x is inf) */
+        {TC_OP_POW_SCALAR, "pow2.5", FLT_MAX, false, 1, 2, 2.5}, {TC_OP_POW_SCALAR, "pow-1.25", FLT_MAX, false, 1, 2, -1.25},
+        {TC_OP_POW_SCALAR, "pow3", FLT_MAX, false, 1, 2, 3},     {TC_OP_POW_SCALAR, "pow-4", FLT_MAX, false, 1, 2, -4},
+        {TC_OP_POW_SCALAR, "pow0.5", FLT_MAX, false, 1, 2, 0.5}, {TC_OP_POW_SCALAR, "pow13.75", FLT_MAX, false, 1, 2, 13.75},
+        {TC_OP_RPOW_SCALAR, "rpow2.5", 90, false, 1, 2, 2.5},    {TC_OP_RPOW_SCALAR, "rpow0.125", 40, false, 1, 2, 0.125},
     };
     const tc_kernels *k = tc_kern(TC_DEV_CPU);
-    char line[512];
+    char line[1024];
     int len = snprintf(line, sizeof line, "vecmath: max ulp vs f64 (forward / derivative):");
     for (size_t o = 0; o < sizeof ops / sizeof ops[0]; o++) {
         tc_tensor *x32, *x64;
@@ -412,9 +418,10 @@ static void test_vecmath_ulp(void) {
         tc_tensor *y32 = tc_empty(1, &n, TC_F32, TC_DEV_CPU), *y64 = tc_empty(1, &n, TC_F64, TC_DEV_CPU);
         tc_tensor *g32 = tc_empty(1, &n, TC_F32, TC_DEV_CPU), *g64 = tc_empty(1, &n, TC_F64, TC_DEV_CPU);
         tc_tensor *one32 = tc_full(1, &n, 1, TC_F32, TC_DEV_CPU), *one64 = tc_full(1, &n, 1, TC_F64, TC_DEV_CPU);
-        CHECK(k->unary(y32, x32, ops[o].op, 0, 0) == TC_OK && k->unary(y64, x64, ops[o].op, 0, 0) == TC_OK);
-        CHECK(k->unary_backward(g32, one32, x32, y32, ops[o].op, 0, 0) == TC_OK &&
-              k->unary_backward(g64, one64, x64, y64, ops[o].op, 0, 0) == TC_OK);
+        double a = ops[o].a;
+        CHECK(k->unary(y32, x32, ops[o].op, a, 0) == TC_OK && k->unary(y64, x64, ops[o].op, a, 0) == TC_OK);
+        CHECK(k->unary_backward(g32, one32, x32, y32, ops[o].op, a, 0) == TC_OK &&
+              k->unary_backward(g64, one64, x64, y64, ops[o].op, a, 0) == TC_OK);
         double fwd = 0, bwd = 0;
         float worst = 0;
         for (int64_t i = 0; i < n; i++) {
