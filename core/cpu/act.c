@@ -1,8 +1,9 @@
 /* act.c (cpu): bias + activation and GEGLU, forward and backward, over the rows of [M, K]. f32
  * takes vectorised row loops (the activations' formulas from core/unary.h with vecmath.h's
- * functions, built per instruction set); f64, f16 and bf16 go through double rows with libm, as
- * the norms' generic path does. The bias gradient (when wanted) is summed per thread, in float
- * over blocks of rows and in double across them, then added in thread order. */
+ * functions, built per instruction set), f16 and bf16 too, a row at a time widened to f32 and
+ * rounded back (as PyTorch computes them); f64 goes through double rows with libm. The bias
+ * gradient (when wanted) is summed per thread, in float over blocks of rows and in double
+ * across them, then added in thread order. */
 #include "cpu.h"
 #include "unary.h"
 #include "vecmath.h"
@@ -72,7 +73,118 @@ static bool act_row_backward_f32(float *restrict gu, float *restrict gv, const f
 #undef BWD_LOOP_
 #undef BWD_
 
-/* ---- double rows (f64, f16, bf16): the same formulas in double with libm ------------------- */
+/* the shape of a call: M rows of K inputs, C outputs (K / 2 for glu) */
+typedef struct { int64_t M, K, C; } act_shape;
+static act_shape shape_of(const tc_tensor *x, bool glu) {
+    act_shape s = {x->shape[0], x->shape[1], glu ? x->shape[1] / 2 : x->shape[1]};
+    return s;
+}
+
+/* ---- f32, f16 and bf16: f32 rows (a half row widened into a buffer, its result rounded back) -- */
+static bool is_half(const tc_tensor *t) { return t->dtype == TC_F16 || t->dtype == TC_BF16; }
+
+/* row m of the [M, n] tensor t as f32: t's own memory when t is f32, else widened into buf */
+static const float *row_in(const tc_tensor *t, int64_t m, int64_t n, float *buf) {
+    if (!is_half(t)) return (const float *)tc_data(t) + m * n;
+    tc_cpu_f32_from_half(buf, 1, (const uint16_t *)tc_data(t) + m * n, 1, n, t->dtype);
+    return buf;
+}
+
+/* where row m of the [M, n] tensor t is computed: in place when f32, else buf (row_out stores it) */
+static float *row_at(tc_tensor *t, int64_t m, int64_t n, float *buf) {
+    return is_half(t) ? buf : (float *)tc_data(t) + m * n;
+}
+static void row_out(tc_tensor *t, int64_t m, int64_t n, const float *buf) {
+    if (is_half(t)) tc_cpu_half_from_f32((uint16_t *)tc_data(t) + m * n, 1, buf, 1, n, t->dtype);
+}
+
+/* the bias as f32 (zeros without one); NULL when out of memory */
+static float *bias_f32(const tc_tensor *b, int64_t K) {
+    float *v = calloc((size_t)(K ? K : 1), sizeof *v);
+    if (v && b) {
+        if (is_half(b)) tc_cpu_f32_from_half(v, 1, tc_data(b), 1, K, b->dtype);
+        else memcpy(v, tc_data(b), (size_t)K * sizeof *v);
+    }
+    return v;
+}
+
+static int forward_f32(tc_tensor *y, const tc_tensor *x, const tc_tensor *b, tc_op act, bool glu) {
+    act_shape s = shape_of(x, glu);
+    int64_t M = s.M, K = s.K, C = s.C, gate = glu ? C : 0; /* the activated half starts at gate */
+    float *bp = bias_f32(b, K);
+    if (!bp) return tc_error("bias_act: out of memory");
+    int err = 0;
+#pragma omp parallel reduction(max : err) if (M > 1 && M * K >= PAR_MIN)
+    {
+        float *xb = is_half(x) ? malloc((size_t)(K + C) * sizeof *xb) : NULL, *yb = xb ? xb + K : NULL;
+        bool ok = !is_half(x) || xb;
+        if (!ok) err = 1;
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            if (!ok) continue;
+            const float *r = row_in(x, m, K, xb);
+            float *o = row_at(y, m, C, yb);
+            if (!act_row_f32(o, r + gate, bp + gate, r, bp, C, act, glu)) err = 2;
+            row_out(y, m, C, o);
+        }
+        free(xb);
+    }
+    free(bp);
+    if (err == 2) return tc_error("bias_act: %s is not a fused activation", tc_op_name(act));
+    return err ? tc_error("bias_act: out of memory") : TC_OK;
+}
+
+/* the bias sums: float over blocks of SUM_ROWS rows (the row loop stays in single precision),
+ * each block's added to the thread's double sums, those added in thread order */
+#define SUM_ROWS 64
+static int backward_f32(tc_tensor *gx, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *b,
+                        tc_op act, bool glu) {
+    act_shape s = shape_of(x, glu);
+    int64_t M = s.M, K = s.K, C = s.C, gate = glu ? C : 0;
+    float *bp = bias_f32(b, K);
+    double *acc = gb ? calloc((size_t)(K + 1), sizeof *acc) : NULL;
+    int err = bp && (acc || !gb) ? 0 : 1;
+    bool half = is_half(x);
+#pragma omp parallel reduction(max : err) if (!err && M > 1 && M * K >= PAR_MIN)
+    {
+        /* this thread's sums: double, and float for the current block of rows; half rows'
+         * buffers (x, gy and gx) */
+        double *part = gb ? calloc((size_t)(K + 1), sizeof *part) : NULL;
+        float *blk = gb ? calloc((size_t)(K + 1), sizeof *blk) : NULL;
+        float *xb = half ? malloc((size_t)(2 * K + C) * sizeof *xb) : NULL, *gyb = xb ? xb + K : NULL;
+        float *gxb = xb ? xb + K + C : NULL;
+        bool ok = (!gb || (part && blk)) && (!half || xb);
+        int64_t rows = 0;
+        if (!ok) err = 1;
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            if (!ok) continue;
+            const float *r = row_in(x, m, K, xb), *g = row_in(gy, m, C, gyb);
+            float *gr = row_at(gx, m, K, gxb);
+            if (!act_row_backward_f32(gr + gate, gr, g, r + gate, bp + gate, r, bp, blk ? blk + gate : NULL, blk,
+                                      C, act, glu))
+                err = 2;
+            row_out(gx, m, K, gr);
+            if (blk && ++rows % SUM_ROWS == 0)
+                for (int64_t i = 0; i < K; i++) { part[i] += blk[i]; blk[i] = 0; }
+        }
+        if (ok && gb) {
+            for (int64_t i = 0; i < K; i++) part[i] += blk[i];
+#pragma omp critical(tc_bias_act_sums)
+            for (int64_t i = 0; i < K; i++) acc[i] += part[i];
+        }
+        free(part);
+        free(blk);
+        free(xb);
+    }
+    if (!err && gb) tc_cpu_store_row(tc_data(gb), acc, K, 1, gb->dtype);
+    free(bp);
+    free(acc);
+    if (err == 2) return tc_error("bias_act backward: %s is not a fused activation", tc_op_name(act));
+    return err ? tc_error("bias_act backward: out of memory") : TC_OK;
+}
+
+/* ---- f64: double rows, the same formulas with libm (the gradient checks' precision) -------- */
 #define ACT_D_(OP) case TC_OP_##OP: *f = TC_ACT_##OP(double, TC_LIBM_F64, z); \
                                     *d = TC_ACT_##OP##_D(double, TC_LIBM_F64, z, *f); return;
 static void act_double(double z, tc_op op, double *f, double *d) {
@@ -83,30 +195,10 @@ static void act_double(double z, tc_op op, double *f, double *d) {
 }
 #undef ACT_D_
 
-/* the shape of a call: M rows of K inputs, C outputs (K / 2 for glu) */
-typedef struct { int64_t M, K, C; } act_shape;
-static act_shape shape_of(const tc_tensor *x, bool glu) {
-    act_shape s = {x->shape[0], x->shape[1], glu ? x->shape[1] / 2 : x->shape[1]};
-    return s;
-}
-
 int tc_cpu_bias_act(tc_tensor *y, const tc_tensor *x, const tc_tensor *b, tc_op act, bool glu) {
+    if (x->dtype != TC_F64) return forward_f32(y, x, b, act, glu);
     act_shape s = shape_of(x, glu);
     int64_t M = s.M, K = s.K, C = s.C, gate = glu ? C : 0; /* the activated half starts at gate */
-    if (x->dtype == TC_F32) {
-        float *zero = b ? NULL : calloc((size_t)(K ? K : 1), sizeof *zero);
-        if (!b && !zero) return tc_error("bias_act: out of memory");
-        const float *bp = b ? (const float *)tc_data(b) : zero, *xp = tc_data(x);
-        float *yp = tc_data(y);
-        bool ok = true;
-#pragma omp parallel for schedule(static) reduction(&& : ok) if (M > 1 && M * K >= PAR_MIN)
-        for (int64_t m = 0; m < M; m++) {
-            const float *r = xp + m * K;
-            ok = ok && act_row_f32(yp + m * C, r + gate, bp + gate, r, bp, C, act, glu);
-        }
-        free(zero);
-        return ok ? TC_OK : tc_error("bias_act: %s is not a fused activation", tc_op_name(act));
-    }
     double *buf = malloc((size_t)(K + C + 1) * sizeof *buf), *bd = calloc((size_t)(K + 1), sizeof *bd);
     if (!buf || !bd) { free(buf); free(bd); return tc_error("bias_act: out of memory"); }
     if (b) tc_cpu_load_row(bd, tc_data(b), K, 1, b->dtype);
@@ -126,55 +218,9 @@ int tc_cpu_bias_act(tc_tensor *y, const tc_tensor *x, const tc_tensor *b, tc_op 
     return TC_OK;
 }
 
-/* the bias sums: float over blocks of SUM_ROWS rows (the row loop stays in single precision),
- * each block's added to the thread's double sums, those added in thread order */
-#define SUM_ROWS 64
-static int backward_f32(tc_tensor *gx, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x, const tc_tensor *b,
-                        tc_op act, bool glu) {
-    act_shape s = shape_of(x, glu);
-    int64_t M = s.M, K = s.K, C = s.C, gate = glu ? C : 0;
-    float *zero = b ? NULL : calloc((size_t)(K ? K : 1), sizeof *zero);
-    double *acc = gb ? calloc((size_t)(K + 1), sizeof *acc) : NULL;
-    int err = (b || zero) && (acc || !gb) ? 0 : 1;
-    const float *bp = b ? (const float *)tc_data(b) : zero, *xp = tc_data(x), *gp = tc_data(gy);
-    float *gxp = tc_data(gx);
-#pragma omp parallel reduction(max : err) if (!err && M > 1 && M * K >= PAR_MIN)
-    {
-        /* this thread's sums: double, and float for the current block of rows */
-        double *part = gb ? calloc((size_t)(K + 1), sizeof *part) : NULL;
-        float *blk = gb ? calloc((size_t)(K + 1), sizeof *blk) : NULL;
-        bool ok = !gb || (part && blk);
-        int64_t rows = 0;
-        if (!ok) err = 1;
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; m++) {
-            if (!ok) continue;
-            const float *r = xp + m * K;
-            float *gr = gxp + m * K;
-            if (!act_row_backward_f32(gr + gate, gr, gp + m * C, r + gate, bp + gate, r, bp, blk ? blk + gate : NULL,
-                                      blk, C, act, glu))
-                err = 2;
-            if (blk && ++rows % SUM_ROWS == 0)
-                for (int64_t i = 0; i < K; i++) { part[i] += blk[i]; blk[i] = 0; }
-        }
-        if (ok && gb) {
-            for (int64_t i = 0; i < K; i++) part[i] += blk[i];
-#pragma omp critical(tc_bias_act_sums)
-            for (int64_t i = 0; i < K; i++) acc[i] += part[i];
-        }
-        free(part);
-        free(blk);
-    }
-    if (!err && gb) tc_cpu_store_row(tc_data(gb), acc, K, 1, gb->dtype);
-    free(zero);
-    free(acc);
-    if (err == 2) return tc_error("bias_act backward: %s is not a fused activation", tc_op_name(act));
-    return err ? tc_error("bias_act backward: out of memory") : TC_OK;
-}
-
 int tc_cpu_bias_act_backward(tc_tensor *gx, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x,
                              const tc_tensor *b, tc_op act, bool glu) {
-    if (x->dtype == TC_F32) return backward_f32(gx, gb, gy, x, b, act, glu);
+    if (x->dtype != TC_F64) return backward_f32(gx, gb, gy, x, b, act, glu);
     act_shape s = shape_of(x, glu);
     int64_t M = s.M, K = s.K, C = s.C, gate = glu ? C : 0;
     double *buf = malloc((size_t)(2 * K + C + 1) * sizeof *buf), *bd = calloc((size_t)(2 * K + 1), sizeof *bd);

@@ -40,6 +40,25 @@ void tc_cpu_store_row(char *dst, const double *src, int64_t n, int64_t stride, t
 double tc_cpu_softmax_row(double *r, int64_t n, bool as_log); /* in place; returns the logsumexp */
 int64_t tc_cpu_offset_of(int64_t k, int n, const int64_t *shape, const int64_t *stride); /* k-th of n dims */
 
+/* ---- f32 <-> f16 / bf16 runs (half.c): n elements, strides in elements; dt the half dtype -- */
+void tc_cpu_half_from_f32(uint16_t *d, int64_t sd, const float *s, int64_t ss, int64_t n, tc_dtype dt);
+void tc_cpu_f32_from_half(float *d, int64_t sd, const uint16_t *s, int64_t ss, int64_t n, tc_dtype dt);
+
+/* ---- bf16 GEMM with f32 sums, AVX512-BF16 (gemm_bf16.c): row-major C [M, N] (f32 or bf16) =
+ * alpha op(A) op(B) + beta C, A [M, K] (ta: stored [K, M]), B [K, N] (tb: stored [N, K]);
+ * threads: split the tiles between OpenMP threads (false inside a parallel region). Only where
+ * tc_cpu_gemm_bf16_ok(); tc_cpu_gemm and the convolution choose it. */
+typedef struct {
+    int64_t M, N, K, lda, ldb, ldc;
+    bool ta, tb, threads;
+    float alpha, beta;
+    const uint16_t *a, *b;
+    void *c;
+    tc_dtype cdt;
+} tc_gemm_bf16;
+bool tc_cpu_gemm_bf16_ok(void);
+int tc_cpu_gemm_bf16(const tc_gemm_bf16 *g);
+
 /* ---- conv2d with stride 1, no dilation, one group, f32 (conv_direct.c): y [N, O, OH, OW] =
  * x [N, C, H, W] zero-padded by ph rows on top and pw columns on the left (as many as the
  * output needs at the bottom and right), correlated with w [O, C, kh, kw] (flip: w is

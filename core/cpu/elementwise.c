@@ -13,68 +13,10 @@
 typedef struct { tc_op op; double a, b; tc_dtype dt[4]; } ew_ctx;
 
 /* ---- copy and fill ---------------------------------------------------------------------- */
-/* ---- f32 <-> f16 / bf16: the casts autocast makes around every lowered op. bf16 is the top
- * half of an f32 (rounded to nearest even; NaN kept quiet); f16 through the F16C instructions
- * where the CPU has them, else the scalar conversions of tensor.c. */
-static inline uint16_t bf16_of(uint32_t x) {
-    uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? (x >> 16) | 0x40u : r);
-}
-
-static void bf16_from_f32(uint16_t *restrict d, int64_t sd, const uint32_t *restrict s, int64_t ss, int64_t n) {
-    if (sd == 1 && ss == 1) {
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) d[i] = bf16_of(s[i]);
-    } else
-        for (int64_t i = 0; i < n; i++) d[i * sd] = bf16_of(s[i * ss]);
-}
-
-static void f32_from_bf16(uint32_t *restrict d, int64_t sd, const uint16_t *restrict s, int64_t ss, int64_t n) {
-    if (sd == 1 && ss == 1) {
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) d[i] = (uint32_t)s[i] << 16;
-    } else
-        for (int64_t i = 0; i < n; i++) d[i * sd] = (uint32_t)s[i * ss] << 16;
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define HAVE_F16C_PATH 1
-__attribute__((target("avx,f16c"))) static void f16_from_f32_f16c(uint16_t *d, const float *s, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; i++) d[i] = tc_f32_to_f16(s[i]);
-}
-
-__attribute__((target("avx,f16c"))) static void f32_from_f16_f16c(float *d, const uint16_t *s, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
-    for (; i < n; i++) d[i] = tc_f16_to_f32(s[i]);
-}
-
-static bool has_f16c(void) {
-    static int known = -1;
-    if (known < 0) known = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
-    return known;
-}
-#endif
-
-/* d (dtype dd) from s (dtype ds), one of them f32 and the other f16 or bf16 */
+/* d (dtype dd) from s (dtype ds), one of them f32 and the other f16 or bf16 (half.c) */
 static void half_run(int64_t n, char *d, int64_t sd, tc_dtype dd, const char *s, int64_t ss, tc_dtype ds) {
-    if (dd == TC_BF16) { bf16_from_f32((uint16_t *)d, sd, (const uint32_t *)s, ss, n); return; }
-    if (ds == TC_BF16) { f32_from_bf16((uint32_t *)d, sd, (const uint16_t *)s, ss, n); return; }
-#ifdef HAVE_F16C_PATH
-    if (sd == 1 && ss == 1 && has_f16c()) {
-        if (dd == TC_F16) f16_from_f32_f16c((uint16_t *)d, (const float *)s, n);
-        else f32_from_f16_f16c((float *)d, (const uint16_t *)s, n);
-        return;
-    }
-#endif
-    if (dd == TC_F16)
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * sd] = tc_f32_to_f16(((const float *)s)[i * ss]);
-    else
-        for (int64_t i = 0; i < n; i++) ((float *)d)[i * sd] = tc_f16_to_f32(((const uint16_t *)s)[i * ss]);
+    if (dd == TC_F32) tc_cpu_f32_from_half((float *)d, sd, (const uint16_t *)s, ss, n, ds);
+    else tc_cpu_half_from_f32((uint16_t *)d, sd, (const float *)s, ss, n, dd);
 }
 
 static bool is_half(tc_dtype dt) { return dt == TC_F16 || dt == TC_BF16; }

@@ -1,5 +1,6 @@
-/* gemm.c (cpu): batched matrix products through OpenBLAS. Each inner matrix is read in
- * whichever layout it has (row- or column-major), so transposed views need no copy. */
+/* gemm.c (cpu): batched matrix products through OpenBLAS (bf16 through gemm_bf16.c's kernel
+ * where the CPU has AVX512-BF16). Each inner matrix is read in whichever layout it has (row-
+ * or column-major), so transposed views need no copy. */
 #include "cpu.h"
 
 #include <cblas.h>
@@ -18,7 +19,7 @@ static int operand(const tc_tensor *t, CBLAS_TRANSPOSE *tr, int *ld) {
     return TC_OK;
 }
 
-/* f16 and bf16 go through f32 copies: correct, and the CPU is not where they are fast */
+/* f16 (and bf16 where the CPU lacks AVX512-BF16) go through f32 copies */
 static int gemm_via_f32(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alpha, double beta) {
     tc_tensor *af = tc_empty_like(a, TC_F32), *bf = tc_empty_like(b, TC_F32), *cf = tc_empty_like(c, TC_F32);
     int rc = af && bf && cf ? TC_OK : TC_ERR;
@@ -35,7 +36,30 @@ static int gemm_via_f32(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, do
     return rc;
 }
 
+/* bf16 A and B by gemm_bf16.c's kernel, straight from their memory */
+static int gemm_bf16(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alpha, double beta) {
+    CBLAS_TRANSPOSE ta, tb;
+    int lda, ldb;
+    if (operand(a, &ta, &lda) != TC_OK || operand(b, &tb, &ldb) != TC_OK) return TC_ERR;
+    int64_t M = c->shape[1], N = c->shape[2];
+    tc_gemm_bf16 g = {.M = M, .N = N, .K = a->shape[2], .lda = lda, .ldb = ldb, .ldc = N,
+                      .ta = ta == CblasTrans, .tb = tb == CblasTrans, .threads = true,
+                      .alpha = (float)alpha, .beta = (float)beta, .cdt = c->dtype};
+    for (int64_t i = 0; i < c->shape[0]; i++) {
+        g.a = (const uint16_t *)tc_data(a) + i * a->stride[0];
+        g.b = (const uint16_t *)tc_data(b) + i * b->stride[0];
+        g.c = (char *)tc_data(c) + i * M * N * (int64_t)tc_dtype_size(c->dtype);
+        if (tc_cpu_gemm_bf16(&g) != TC_OK) return TC_ERR;
+    }
+    return TC_OK;
+}
+
+/* which kernel: bf16 by its own where the CPU has AVX512-BF16, other half products through
+ * f32 copies, f32 and f64 by OpenBLAS */
 int tc_cpu_gemm(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alpha, double beta) {
+    if (a->dtype == TC_BF16 && b->dtype == TC_BF16 && (c->dtype == TC_BF16 || c->dtype == TC_F32) &&
+        tc_cpu_gemm_bf16_ok())
+        return gemm_bf16(c, a, b, alpha, beta);
     if (a->dtype != TC_F32 && a->dtype != TC_F64) return gemm_via_f32(c, a, b, alpha, beta);
     int64_t B = c->shape[0], M = c->shape[1], N = c->shape[2], K = a->shape[2];
     if (M == 0 || N == 0) return TC_OK;

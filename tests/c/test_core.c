@@ -3,6 +3,7 @@
  * error messages, graphs too deep to free recursively, and the error of the CPU's vectorised f32
  * math (the ops' forward and derivative against the f64 ones, in ulps), and the CPU's caching
  * allocator under threads. Prints "N passed, N failed" last. */
+#include "cpu/cpu.h"
 #include "kernels.h"
 #include "tocha.h"
 
@@ -495,6 +496,100 @@ static void test_cpu_allocator(void) {
     CHECK(b.max_allocated == b.allocated && b.max_reserved == b.reserved);
 }
 
+/* ---- bf16 on the CPU: the vectorised conversions and the AVX512-BF16 GEMM ------------------- */
+/* the runs of half.c round as tc_f32_to_bf16 does, contiguous (vector loops) and strided */
+static void test_bf16_runs(void) {
+    enum { N = 1 << 16 };
+    float *f = malloc(N * sizeof *f), *back = malloc(N * sizeof *back);
+    uint16_t *h = malloc(N * sizeof *h), *hs = malloc(2 * N * sizeof *hs);
+    uint64_t st = 7;
+    int bad = 0;
+    for (int i = 0; i < N; i++) { /* every bf16 with random low bits (ties, NaN payloads, subnormals) */
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t u = (uint32_t)i << 16 | (uint32_t)(st >> 48);
+        if (i % 7 == 0) u = (uint32_t)i << 16 | 0x8000u; /* exact ties */
+        memcpy(&f[i], &u, 4);
+    }
+    tc_cpu_half_from_f32(h, 1, f, 1, N, TC_BF16);
+    tc_cpu_half_from_f32(hs, 2, f, 1, N, TC_BF16);
+    tc_cpu_f32_from_half(back, 1, h, 1, N, TC_BF16);
+    for (int i = 0; i < N; i++) {
+        uint16_t want = tc_f32_to_bf16(f[i]);
+        if (h[i] != want || hs[2 * i] != want || !(isnan(f[i]) ? isnan(back[i]) : back[i] == tc_bf16_to_f32(want)))
+            bad++;
+    }
+    CHECK(bad == 0);
+    free(f);
+    free(back);
+    free(h);
+    free(hs);
+}
+
+/* tc_cpu_gemm_bf16 against an f64 product of the same bf16 values: odd sizes, every layout of
+ * A and B, f32 and bf16 C, beta 0 over a NaN-filled C and beta 0.5; a bound per element of
+ * K * 2^-22 sum |a b| for f32's sums (and half an ulp of bf16 for a bf16 C) */
+static void test_gemm_bf16(void) {
+    if (!tc_cpu_gemm_bf16_ok()) {
+        printf("skip  gemm_bf16: this CPU (or build) has no AVX512-BF16; bf16 products take f32 copies\n");
+        return;
+    }
+    static const int64_t sizes[][3] = {{1, 1, 1}, {13, 37, 29}, {25, 65, 3}, {12, 32, 64}, {50, 70, 131}, {7, 100, 2}};
+    uint64_t st = 11;
+    double worst[2] = {0, 0}; /* f32 C, bf16 C */
+    int bad = 0;
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int64_t M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+        uint16_t *a = malloc((size_t)(M * K) * 2), *b = malloc((size_t)(K * N) * 2), *cb = malloc((size_t)(M * N) * 2);
+        float *cf = malloc((size_t)(M * N) * 4), *c0 = malloc((size_t)(M * N) * 4);
+        uint16_t *at = malloc((size_t)(M * K) * 2), *bt = malloc((size_t)(K * N) * 2); /* stored transposed */
+        for (int64_t i = 0; i < M * K; i++) a[i] = tc_f32_to_bf16((float)((st = st * 6364136223846793005ull + 1) >> 40) / 8388608.0f - 1);
+        for (int64_t i = 0; i < K * N; i++) b[i] = tc_f32_to_bf16((float)((st = st * 6364136223846793005ull + 1) >> 40) / 4194304.0f - 2);
+        for (int64_t i = 0; i < M * K; i++) at[i % K * M + i / K] = a[i];
+        for (int64_t i = 0; i < K * N; i++) bt[i % N * K + i / N] = b[i];
+        for (int64_t i = 0; i < M * N; i++) c0[i] = tc_bf16_to_f32(tc_f32_to_bf16((float)(i % 17) - 8));
+        for (int layout = 0; layout < 4; layout++)
+            for (int cdt = 0; cdt < 2; cdt++)
+                for (int withbeta = 0; withbeta < 2; withbeta++) {
+                    bool ta = layout & 1, tb = layout & 2;
+                    float alpha = 1.5f, beta = withbeta ? 0.5f : 0;
+                    for (int64_t i = 0; i < M * N; i++) {
+                        cf[i] = withbeta ? c0[i] : NAN;
+                        cb[i] = tc_f32_to_bf16(cf[i]);
+                    }
+                    tc_gemm_bf16 g = {.M = M, .N = N, .K = K, .lda = ta ? M : K, .ldb = tb ? K : N, .ldc = N,
+                                      .ta = ta, .tb = tb, .threads = layout % 2 == 0, .alpha = alpha, .beta = beta,
+                                      .a = ta ? at : a, .b = tb ? bt : b, .c = cdt ? (void *)cb : (void *)cf, .cdt = cdt ? TC_BF16 : TC_F32};
+                    if (tc_cpu_gemm_bf16(&g) != TC_OK) { bad++; continue; }
+                    for (int64_t i = 0; i < M; i++)
+                        for (int64_t j = 0; j < N; j++) {
+                            double ref = 0, mag = 0;
+                            for (int64_t k = 0; k < K; k++) {
+                                /* the same bf16 values in either layout: A(i, k), B(k, j) */
+                                double x = tc_bf16_to_f32(a[i * K + k]), y = tc_bf16_to_f32(b[k * N + j]);
+                                ref += x * y;
+                                mag += fabs(x * y);
+                            }
+                            ref = alpha * ref + beta * (withbeta ? c0[i * N + j] : 0);
+                            mag = alpha * mag + fabs(beta * c0[i * N + j]);
+                            double got = cdt ? tc_bf16_to_f32(cb[i * N + j]) : cf[i * N + j];
+                            double bound = (double)K * ldexp(mag, -22) + (cdt ? ldexp(fabs(ref), -8) : 0) + 1e-30;
+                            double e = fabs(got - ref) / bound;
+                            if (!(e <= 1)) bad++;
+                            if (e > worst[cdt]) worst[cdt] = e;
+                        }
+                }
+        free(a);
+        free(b);
+        free(at);
+        free(bt);
+        free(cb);
+        free(cf);
+        free(c0);
+    }
+    printf("gemm_bf16: worst error vs f64, in bounds: f32 C %.3g, bf16 C %.3g\n", worst[0], worst[1]);
+    CHECK(bad == 0);
+}
+
 int main(void) {
     test_refcounts();
     test_wrapped_storage();
@@ -508,6 +603,8 @@ int main(void) {
     test_custom_function();
     test_vecmath_ulp();
     test_cpu_allocator();
+    test_bf16_runs();
+    test_gemm_bf16();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }
