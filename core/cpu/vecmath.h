@@ -162,7 +162,8 @@ static inline __attribute__((always_inline)) float tc_powf(float x, float y) { /
     int32_t odd = (int32_t)(ay < 16777216.0f ? ay : 0.0f) & 1 & (1 - frac); /* from 2^24 up, all even */
     int32_t sign = tc_f32_bits(x) & -odd & INT32_MIN;         /* an odd power keeps x's sign, -0's too */
     int32_t sub = ax < 1.17549435e-38f;                       /* subnormal (or 0) */
-    int32_t i = tc_f32_bits(sub ? ax * 8388608.0f : ax), e = (i - 0x3f3504f3) >> 23;
+    int32_t i = tc_f32_bits(sub ? ax * 8388608.0f : ax) & INT32_MAX; /* -0, -NaN: no sign */
+    int32_t e = (i - 0x3f3504f3) >> 23;
     double m = (double)tc_bits_f32(i - e * (1 << 23)), s = (m - 1) / (m + 1), s2 = s * s;
     double p = 1.0 / 13;
     p = p * s2 + 1.0 / 11;
