@@ -283,6 +283,50 @@ tests["f32 weight gradient of the direct kernel against f64, random inputs, 1 an
   end
 end
 
+tests["f32 3x3 with 32+ input channels: Winograd F(2x2, 3x3) against f64, 1 and 2 threads"] = function()
+  -- 3x3 kernels with at least 32 input channels run Winograd's F(2x2, 3x3): blocks of 32 tiles
+  -- gathered across images, masks for padding and for the last tiles of odd sizes. The input
+  -- gradient runs it too when the output channels are 32 or more. Cases: odd images whose tiles
+  -- cross images (7x9), output channels not a multiple of 8, batch 1 (one block, its channels
+  -- split between threads), padding 0, 2 and uneven, 1-pixel rows, more blocks than threads.
+  local cases = { -- x shape, w shape, padding, bias
+    { { 3, 32, 7, 9 }, { 11, 32, 3, 3 }, { 1, 1 }, true },
+    { { 1, 40, 8, 8 }, { 64, 40, 3, 3 }, { 1, 1 }, true },
+    { { 2, 33, 5, 6 }, { 35, 33, 3, 3 }, { 0, 2 }, false },
+    { { 5, 48, 1, 3 }, { 40, 48, 3, 3 }, { 1, 1 }, true },
+    { { 1, 32, 3, 3 }, { 32, 32, 3, 3 }, { 2, 2 }, true },
+    { { 7, 64, 8, 8 }, { 64, 64, 3, 3 }, { 1, 1 }, true },
+  }
+  local threads = T.get_num_threads()
+  for _, nt in ipairs({ 1, 2 }) do
+    T.set_num_threads(nt)
+    local ok, err = pcall(f32_against_f64, cases)
+    T.set_num_threads(threads)
+    if not ok then error(nt .. " threads: " .. tostring(err), 0) end
+  end
+end
+
+tests["f32 Winograd convolution: finite differences of its forward against its gradients"] = function()
+  -- a convolution is linear in x and in w, so with L = <gy, conv(x, w)> the central difference
+  -- (L(x + v) - L(x - v)) / 2 equals <gx, v> up to rounding, for any step v: an f64-summed
+  -- finite-difference check of the f32 kernels (forward, input and weight gradients) on their own
+  for k, c in ipairs({ { { 3, 32, 7, 9 }, { 36, 32, 3, 3 }, { 1, 1 } }, { { 1, 48, 5, 4 }, { 33, 48, 3, 3 }, { 0, 2 } } }) do
+    local x, w = T.randn(c[1]), T.randn(c[2]) * 0.2
+    local y = F.conv2d(x, w, nil, { padding = c[3] })
+    local gy = T.randn(y.shape)
+    local xs, ws = x:detach():requires_grad_(true), w:detach():requires_grad_(true)
+    F.conv2d(xs, ws, nil, { padding = c[3] }):backward(gy)
+    local function L(a, b) return (F.conv2d(a, b, nil, { padding = c[3] }):to("f64") * gy:to("f64")):sum():item() end
+    local vx, vw = T.randn(c[1]), T.randn(c[2]) * 0.2
+    local dx = (L(x + vx, w) - L(x - vx, w)) / 2
+    local dw = (L(x, w + vw) - L(x, w - vw)) / 2
+    local gx = (xs.grad:to("f64") * vx:to("f64")):sum():item()
+    local gw = (ws.grad:to("f64") * vw:to("f64")):sum():item()
+    assert(math.abs(dx - gx) <= 1e-4 * (1 + math.abs(gx)), ("case %d: gx %.8g, differences %.8g"):format(k, gx, dx))
+    assert(math.abs(dw - gw) <= 1e-4 * (1 + math.abs(gw)), ("case %d: gw %.8g, differences %.8g"):format(k, gw, dw))
+  end
+end
+
 tests["f16 and bf16 go through f32"] = function()
   local x = T.randn({ 2, 3, 6, 6 })
   local w = T.randn({ 4, 3, 3, 3 }) * 0.2
