@@ -286,9 +286,11 @@ end
 tests["f32 3x3 with 32+ input channels: Winograd F(2x2, 3x3) against f64, 1 and 2 threads"] = function()
   -- 3x3 kernels with at least 32 input channels run Winograd's F(2x2, 3x3): blocks of 32 tiles
   -- gathered across images, masks for padding and for the last tiles of odd sizes. The input
-  -- gradient runs it too when the output channels are 32 or more. Cases: odd images whose tiles
-  -- cross images (7x9), output channels not a multiple of 8, batch 1 (one block, its channels
-  -- split between threads), padding 0, 2 and uneven, 1-pixel rows, more blocks than threads.
+  -- gradient runs it too when the output channels are 32 or more, and the weight gradient
+  -- (vectors of 16 input channels, tiles of 6 output channels) when the batch has an image per
+  -- thread. Cases: odd images whose tiles cross images (7x9), output channels not a multiple of
+  -- 8 or 6, input channels not a multiple of 16 or 64, batch 1 (one block, its channels split
+  -- between threads), padding 0, 2 and uneven, 1-pixel rows, more blocks than threads.
   local cases = { -- x shape, w shape, padding, bias
     { { 3, 32, 7, 9 }, { 11, 32, 3, 3 }, { 1, 1 }, true },
     { { 1, 40, 8, 8 }, { 64, 40, 3, 3 }, { 1, 1 }, true },
@@ -296,6 +298,7 @@ tests["f32 3x3 with 32+ input channels: Winograd F(2x2, 3x3) against f64, 1 and 
     { { 5, 48, 1, 3 }, { 40, 48, 3, 3 }, { 1, 1 }, true },
     { { 1, 32, 3, 3 }, { 32, 32, 3, 3 }, { 2, 2 }, true },
     { { 7, 64, 8, 8 }, { 64, 64, 3, 3 }, { 1, 1 }, true },
+    { { 2, 80, 6, 5 }, { 9, 80, 3, 3 }, { 1, 1 }, false },
   }
   local threads = T.get_num_threads()
   for _, nt in ipairs({ 1, 2 }) do

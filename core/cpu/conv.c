@@ -516,7 +516,9 @@ static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_te
          * GEMM below (threaded inside OpenBLAS) uses them all */
         d = direct_dims(&g, false);
         if (gw && g.N >= omp_get_max_threads()) {
-            if (tc_cpu_conv_direct_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d) != TC_OK) return TC_ERR;
+            int rc = winograd_fits(&d) ? tc_cpu_conv_winograd_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d)
+                                       : tc_cpu_conv_direct_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d);
+            if (rc != TC_OK) return TC_ERR;
             gw = NULL;
         }
         if (!gw && !gb) return TC_OK;

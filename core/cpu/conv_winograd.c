@@ -201,9 +201,207 @@ int tc_cpu_conv_winograd(float *y, const float *x, const float *w, const float *
     return TC_OK;
 }
 
+/* ---- the weight gradient. With Y = A^T (U . V) A for each tile (. elementwise), the gradient
+ * of U is (A gY A^T) . V, summed over tiles: for each of the 16 positions a GEMM gU_xi [O, C]
+ * += gM_xi [O, T] @ V_xi [C, T]^T, whose sums run over tiles; then gw = G^T gU G. Here the
+ * vectors hold channels, not tiles: each tile's transforms are gathered across 16 channels at
+ * a time (planes apart), stored tile-major (Vt [XI][TB][Cp], gMt [XI][TB][Op], Cp and Op
+ * rounded up to 16), and a GEMM tile keeps 6 output channels x 64 input channels in 24
+ * accumulators over the block's tiles. Threads take whole blocks into private sums of gU,
+ * added in thread order at the end (reproducible for a given thread count). */
+#define GO 6 /* output channels per weight-gradient tile */
+
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+/* Vt [XI][TB][Cp] <- B^T d B of each tile of the block, 16 input channels per vector */
+AVX512 static void transform_input_t(float *Vt, const float *x, const tc_conv_direct *d, int64_t t0) {
+    int64_t tw = (d->OW + 1) / 2, P = (d->OH + 1) / 2 * tw, T = d->N * P, C = d->C, Cp = round16(C), hw = d->H * d->W;
+    __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_epi32((int)hw));
+    for (int64_t l = 0; l < TB; l++) {
+        int64_t t = t0 + l, n = t / P, r = t % P / tw * 2 - d->ph, s = t % P % tw * 2 - d->pw;
+        for (int64_t c0 = 0; c0 < Cp; c0 += 16) {
+            __mmask16 cm = t >= T ? 0 : C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+            const float *base = x + (n * C + c0) * hw;
+            __m512 v[4][4], u[4][4];
+#pragma GCC unroll 16
+            for (int xi = 0; xi < XI; xi++) {
+                int64_t row = r + xi / 4, col = s + xi % 4;
+                bool in = row >= 0 && row < d->H && col >= 0 && col < d->W;
+                v[xi / 4][xi % 4] = in ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), cm, lanes, base + row * d->W + col, 4)
+                                       : _mm512_setzero_ps();
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                u[0][j] = _mm512_sub_ps(v[0][j], v[2][j]);
+                u[1][j] = _mm512_add_ps(v[1][j], v[2][j]);
+                u[2][j] = _mm512_sub_ps(v[2][j], v[1][j]);
+                u[3][j] = _mm512_sub_ps(v[1][j], v[3][j]);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                float *o = Vt + ((i * 4) * TB + l) * Cp + c0;
+                _mm512_storeu_ps(o, _mm512_sub_ps(u[i][0], u[i][2]));
+                _mm512_storeu_ps(o + TB * Cp, _mm512_add_ps(u[i][1], u[i][2]));
+                _mm512_storeu_ps(o + 2 * TB * Cp, _mm512_sub_ps(u[i][2], u[i][1]));
+                _mm512_storeu_ps(o + 3 * TB * Cp, _mm512_sub_ps(u[i][1], u[i][3]));
+            }
+        }
+    }
+}
+
+/* gMt [XI][TB][Op] <- A gY A^T of each tile's 2x2 output gradient (outputs past the edge are
+ * 0), 16 output channels per vector; A = [1 0; 1 1; 1 -1; 0 -1] */
+AVX512 static void transform_grad_t(float *gMt, const float *gy, const tc_conv_direct *d, int64_t t0) {
+    int64_t tw = (d->OW + 1) / 2, P = (d->OH + 1) / 2 * tw, T = d->N * P, O = d->O, Op = round16(O);
+    int64_t ohw = d->OH * d->OW;
+    __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_epi32((int)ohw));
+    for (int64_t l = 0; l < TB; l++) {
+        int64_t t = t0 + l, n = t / P, r = t % P / tw * 2, s = t % P % tw * 2;
+        for (int64_t o0 = 0; o0 < Op; o0 += 16) {
+            __mmask16 om = t >= T ? 0 : O - o0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (O - o0)) - 1);
+            const float *base = gy + (n * O + o0) * ohw;
+            __m512 g[2][2], a[4][2];
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                int64_t row = r + k / 2, col = s + k % 2;
+                g[k / 2][k % 2] = row < d->OH && col < d->OW
+                                      ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), om, lanes, base + row * d->OW + col, 4)
+                                      : _mm512_setzero_ps();
+            }
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                a[0][j] = g[0][j];
+                a[1][j] = _mm512_add_ps(g[0][j], g[1][j]);
+                a[2][j] = _mm512_sub_ps(g[0][j], g[1][j]);
+                a[3][j] = _mm512_sub_ps(_mm512_setzero_ps(), g[1][j]);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                float *o = gMt + ((i * 4) * TB + l) * Op + o0;
+                _mm512_storeu_ps(o, a[i][0]);
+                _mm512_storeu_ps(o + TB * Op, _mm512_add_ps(a[i][0], a[i][1]));
+                _mm512_storeu_ps(o + 2 * TB * Op, _mm512_sub_ps(a[i][0], a[i][1]));
+                _mm512_storeu_ps(o + 3 * TB * Op, _mm512_sub_ps(_mm512_setzero_ps(), a[i][1]));
+            }
+        }
+    }
+}
+
+/* gU [XI][O][Cp] += the block's gMt_xi^T @ Vt_xi for the channels [o0, o0 + no) (no <= GO) and
+ * nv vectors of input channels from c0 */
+static inline __attribute__((always_inline)) AVX512 void grad_products(float *gU, const float *gMt, const float *Vt,
+                                                                       int64_t O, int64_t Op, int64_t Cp, int64_t o0,
+                                                                       int no, int64_t c0, const int nv) {
+    for (int xi = 0; xi < XI; xi++) {
+        const float *gm = gMt + xi * TB * Op + o0, *v = Vt + xi * TB * Cp + c0;
+        __m512 acc[GO][4];
+#pragma GCC unroll 6
+        for (int o = 0; o < GO; o++)
+#pragma GCC unroll 4
+            for (int k = 0; k < nv; k++) acc[o][k] = _mm512_setzero_ps();
+        for (int64_t t = 0; t < TB; t++) {
+            __m512 vv[4];
+#pragma GCC unroll 4
+            for (int k = 0; k < nv; k++) vv[k] = _mm512_loadu_ps(v + t * Cp + 16 * k);
+#pragma GCC unroll 6
+            for (int o = 0; o < GO; o++) {
+                __m512 g = _mm512_set1_ps(gm[t * Op + o]); /* past O: gMt's zero padding, or the next block's rows */
+#pragma GCC unroll 4
+                for (int k = 0; k < nv; k++) acc[o][k] = _mm512_fmadd_ps(g, vv[k], acc[o][k]);
+            }
+        }
+        for (int o = 0; o < no; o++) {
+            float *u = gU + (xi * O + o0 + o) * Cp + c0;
+#pragma GCC unroll 4
+            for (int k = 0; k < nv; k++) _mm512_storeu_ps(u + 16 * k, _mm512_add_ps(_mm512_loadu_ps(u + 16 * k), acc[o][k]));
+        }
+    }
+}
+
+/* one thread's blocks [b0, b1): gU [XI][O][Cp] += their sums */
+AVX512 static void grad_blocks(float *gU, float *Vt, float *gMt, const float *x, const float *gy, const tc_conv_direct *d,
+                               int64_t b0, int64_t b1) {
+    int64_t O = d->O, Op = round16(O), Cp = round16(d->C);
+    for (int64_t blk = b0; blk < b1; blk++) {
+        transform_input_t(Vt, x, d, blk * TB);
+        transform_grad_t(gMt, gy, d, blk * TB);
+        for (int64_t o0 = 0; o0 < O; o0 += GO) {
+            int no = O - o0 < GO ? (int)(O - o0) : GO;
+            int64_t c0 = 0;
+            for (; c0 + 64 <= Cp; c0 += 64) grad_products(gU, gMt, Vt, O, Op, Cp, o0, no, c0, 4);
+            if (Cp - c0 == 48) grad_products(gU, gMt, Vt, O, Op, Cp, o0, no, c0, 3);
+            else if (Cp - c0 == 32) grad_products(gU, gMt, Vt, O, Op, Cp, o0, no, c0, 2);
+            else if (Cp - c0 == 16) grad_products(gU, gMt, Vt, O, Op, Cp, o0, no, c0, 1);
+        }
+    }
+}
+
+/* gw [O, C, 3, 3] <- G^T (the threads' gU summed in order) G, 16 input channels per vector */
+AVX512 static void grad_to_weights(float *gw, const float *gU, size_t per, int nt, const tc_conv_direct *d) {
+    int64_t O = d->O, C = d->C, Cp = round16(C);
+    __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_epi32(9));
+    __m512 half = _mm512_set1_ps(0.5f);
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t c0 = 0; c0 < Cp; c0 += 16) {
+            __mmask16 cm = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+            __m512 u[4][4], t[3][4];
+#pragma GCC unroll 16
+            for (int xi = 0; xi < XI; xi++) {
+                const float *p = gU + (xi * O + o) * Cp + c0;
+                __m512 s = _mm512_loadu_ps(p);
+                for (int k = 1; k < nt; k++) s = _mm512_add_ps(s, _mm512_loadu_ps(p + (size_t)k * per));
+                u[xi / 4][xi % 4] = s;
+            }
+            /* G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1] on both sides */
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m512 p = _mm512_mul_ps(_mm512_add_ps(u[1][j], u[2][j]), half);
+                t[0][j] = _mm512_add_ps(u[0][j], p);
+                t[1][j] = _mm512_mul_ps(_mm512_sub_ps(u[1][j], u[2][j]), half);
+                t[2][j] = _mm512_add_ps(p, u[3][j]);
+            }
+            float *g = gw + (o * C + c0) * 9;
+#pragma GCC unroll 3
+            for (int i = 0; i < 3; i++) {
+                __m512 p = _mm512_mul_ps(_mm512_add_ps(t[i][1], t[i][2]), half);
+                _mm512_mask_i32scatter_ps(g + i * 3, cm, lanes, _mm512_add_ps(t[i][0], p), 4);
+                _mm512_mask_i32scatter_ps(g + i * 3 + 1, cm, lanes, _mm512_mul_ps(_mm512_sub_ps(t[i][1], t[i][2]), half), 4);
+                _mm512_mask_i32scatter_ps(g + i * 3 + 2, cm, lanes, _mm512_add_ps(p, t[i][3]), 4);
+            }
+        }
+}
+
+int tc_cpu_conv_winograd_grad_weight(float *gw, const float *x, const float *gy, const tc_conv_direct *d) {
+    int64_t T = d->N * ((d->OH + 1) / 2) * ((d->OW + 1) / 2), nblk = (T + TB - 1) / TB;
+    int64_t Cp = round16(d->C), Op = round16(d->O) + GO; /* gMt's rows read up to GO past O */
+    int nt = omp_get_max_threads();
+    if (nt > nblk) nt = nblk > 0 ? (int)nblk : 1;
+    /* per thread: its sums of gU, then the block's transforms */
+    size_t gsize = (size_t)(XI * d->O * Cp), per = gsize + (size_t)(XI * TB * (Cp + Op));
+    float *buf = tc_cpu_alloc((size_t)nt * per * sizeof(float));
+    if (!buf) return tc_error("conv2d backward: out of memory for the Winograd weight gradient");
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        float *mine = buf + (size_t)t * per;
+        memset(mine, 0, gsize * sizeof(float));
+        grad_blocks(mine, mine + gsize, mine + gsize + XI * TB * Cp, x, gy, d, nblk * t / nt, nblk * (t + 1) / nt);
+    }
+    grad_to_weights(gw, buf, per, nt, d);
+    tc_cpu_free(buf);
+    return TC_OK;
+}
+
 #else /* needs gcc's AVX-512 intrinsics; conv.c does not pick it elsewhere */
 int tc_cpu_conv_winograd(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d) {
     (void)y, (void)x, (void)w, (void)b, (void)d;
+    return tc_error("conv2d: the Winograd kernel is not built here");
+}
+int tc_cpu_conv_winograd_grad_weight(float *gw, const float *x, const float *gy, const tc_conv_direct *d) {
+    (void)gw, (void)x, (void)gy, (void)d;
     return tc_error("conv2d: the Winograd kernel is not built here");
 }
 #endif
