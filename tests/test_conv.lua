@@ -283,22 +283,22 @@ tests["f32 weight gradient of the direct kernel against f64, random inputs, 1 an
   end
 end
 
-tests["f32 3x3 with 32+ input channels: Winograd F(2x2, 3x3) against f64, 1 and 2 threads"] = function()
-  -- 3x3 kernels with at least 32 input channels run Winograd's F(2x2, 3x3): blocks of 32 tiles
-  -- gathered across images, masks for padding and for the last tiles of odd sizes. The input
-  -- gradient runs it too when the output channels are 32 or more, and the weight gradient
-  -- (vectors of 16 input channels, tiles of 6 output channels) when the batch has an image per
-  -- thread. Cases: odd images whose tiles cross images (7x9), output channels not a multiple of
+tests["f32 3x3 with many channels: Winograd F(2x2, 3x3) against f64, 1 and 2 threads"] = function()
+  -- 3x3 kernels with 32 or more input and output channels (and C * O >= 1536) run Winograd's
+  -- F(2x2, 3x3): blocks of 32 tiles gathered across images, masks for padding and for the last
+  -- tiles of odd sizes. The input gradient runs it too, and the weight gradient (vectors of 16
+  -- input channels, tiles of 6 output channels; on small images from 32 input channels) when
+  -- the batch has an image per thread. Cases: odd images whose tiles cross images (7x9), output channels not a multiple of
   -- 8 or 6, input channels not a multiple of 16 or 64, batch 1 (one block, its channels split
   -- between threads), padding 0, 2 and uneven, 1-pixel rows, more blocks than threads.
   local cases = { -- x shape, w shape, padding, bias
-    { { 3, 32, 7, 9 }, { 11, 32, 3, 3 }, { 1, 1 }, true },
+    { { 3, 32, 7, 9 }, { 50, 32, 3, 3 }, { 1, 1 }, true },
     { { 1, 40, 8, 8 }, { 64, 40, 3, 3 }, { 1, 1 }, true },
-    { { 2, 33, 5, 6 }, { 35, 33, 3, 3 }, { 0, 2 }, false },
+    { { 2, 33, 5, 6 }, { 49, 33, 3, 3 }, { 0, 2 }, false },
     { { 5, 48, 1, 3 }, { 40, 48, 3, 3 }, { 1, 1 }, true },
-    { { 1, 32, 3, 3 }, { 32, 32, 3, 3 }, { 2, 2 }, true },
+    { { 1, 32, 3, 3 }, { 56, 32, 3, 3 }, { 2, 2 }, true },
     { { 7, 64, 8, 8 }, { 64, 64, 3, 3 }, { 1, 1 }, true },
-    { { 2, 80, 6, 5 }, { 9, 80, 3, 3 }, { 1, 1 }, false },
+    { { 2, 80, 6, 5 }, { 9, 80, 3, 3 }, { 1, 1 }, false }, -- the weight gradient only
   }
   local threads = T.get_num_threads()
   for _, nt in ipairs({ 1, 2 }) do
@@ -313,7 +313,7 @@ tests["f32 Winograd convolution: finite differences of its forward against its g
   -- a convolution is linear in x and in w, so with L = <gy, conv(x, w)> the central difference
   -- (L(x + v) - L(x - v)) / 2 equals <gx, v> up to rounding, for any step v: an f64-summed
   -- finite-difference check of the f32 kernels (forward, input and weight gradients) on their own
-  for k, c in ipairs({ { { 3, 32, 7, 9 }, { 36, 32, 3, 3 }, { 1, 1 } }, { { 1, 48, 5, 4 }, { 33, 48, 3, 3 }, { 0, 2 } } }) do
+  for k, c in ipairs({ { { 3, 32, 7, 9 }, { 50, 32, 3, 3 }, { 1, 1 } }, { { 1, 48, 5, 4 }, { 33, 48, 3, 3 }, { 0, 2 } } }) do
     local x, w = T.randn(c[1]), T.randn(c[2]) * 0.2
     local y = F.conv2d(x, w, nil, { padding = c[3] })
     local gy = T.randn(y.shape)

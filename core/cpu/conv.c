@@ -408,17 +408,29 @@ static tc_conv_direct direct_dims(const geom *g, bool grad_input) {
                             g->kw - 1 - g->pw, true};
 }
 
-/* Among those, 3x3 kernels with at least 32 input channels run by Winograd's F(2x2, 3x3)
- * (conv_winograd.c: 16 products per input channel and 2x2 outputs instead of 36; the input
- * gradient too, whose input channels are the forward's output channels). One thread, batch 24,
- * padding 1, forward ms direct / Winograd: 64 -> 64 at 8x8 1.36 / 0.78, 128 -> 128 at 8x8
- * 5.3 / 2.7, 32 -> 64 at 8x8 0.64 / 0.38, 64 -> 64 at 16x16 4.9 / 3.1, 32 -> 32 at 16x16
- * 1.42 / 1.41; batch 1, 320 -> 320 at 32x32 20.6 / 12.1. With 16 input channels the
- * transforms cost more than the products save: 16 -> 16 at 32x32 1.24 / 2.81. Its gathers
- * and scatters index the whole batch with 32-bit offsets. */
+/* Among those, 3x3 kernels with many channels run by Winograd's F(2x2, 3x3) (conv_winograd.c:
+ * 16 products per input channel and 2x2 outputs instead of 36, plus the transforms of the
+ * input and output tiles, which cost per input and per output channel). One thread, batch 24,
+ * padding 1, ms direct / Winograd. Forward (and the input gradient, a convolution with C and O
+ * swapped): 64 -> 64 at 8x8 1.36 / 0.78, 128 -> 64 at 8x8 2.7 / 1.4, 32 -> 48 at 16x16
+ * 1.9 / 1.4, 48 -> 32 at 16x16 1.96 / 1.86, 64 -> 64 at 32x32 35 / 26, batch 1 320 -> 320 at
+ * 32x32 20.6 / 12.1; but 32 -> 32 at 16x16 1.42 / 1.41, at 32x32 4.7 / 5.2, 48 -> 16 at 32x32
+ * 4.3 / 6.8, 16 -> 16 at 32x32 1.24 / 2.81, 64 -> 3 at 8x8 0.29 / 0.31. The weight gradient
+ * (whose transforms gather 16 channels of one pixel: planes of 4 KiB and more then fall in one
+ * cache set) wins more often on small images: 64 -> 64 at 8x8 1.75 / 0.82, 64 -> 3 at 8x8
+ * 0.65 / 0.27, 32 -> 16 at 16x16 1.17 / 0.93, 48 -> 48 at 32x32 18.9 / 13.0; but 32 -> 32 at
+ * 32x32 6.1 / 6.5, 48 -> 16 at 32x32 5.8-10.8 / 11.6-18.6. The gathers and scatters index the
+ * whole batch with 32-bit offsets. */
+static bool winograd_shape(const tc_conv_direct *d) {
+    return d->kh == 3 && d->kw == 3 && d->N * d->C * d->H * d->W < INT32_MAX && d->N * d->O * d->OH * d->OW < INT32_MAX;
+}
+
 static bool winograd_fits(const tc_conv_direct *d) {
-    return d->kh == 3 && d->kw == 3 && d->C >= 32 && d->N * d->C * d->H * d->W < INT32_MAX &&
-           d->N * d->O * d->OH * d->OW < INT32_MAX;
+    return winograd_shape(d) && d->C >= 32 && d->O >= 32 && d->C * d->O >= 1536;
+}
+
+static bool winograd_grad_weight_fits(const tc_conv_direct *d) {
+    return winograd_shape(d) && d->C >= 32 && (d->OH * d->OW < 1024 || (d->O >= 32 && d->C * d->O >= 1536));
 }
 
 static int conv_stride1(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d) {
@@ -516,8 +528,8 @@ static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_te
          * GEMM below (threaded inside OpenBLAS) uses them all */
         d = direct_dims(&g, false);
         if (gw && g.N >= omp_get_max_threads()) {
-            int rc = winograd_fits(&d) ? tc_cpu_conv_winograd_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d)
-                                       : tc_cpu_conv_direct_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d);
+            int rc = winograd_grad_weight_fits(&d) ? tc_cpu_conv_winograd_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d)
+                                                  : tc_cpu_conv_direct_grad_weight(tc_data(gw), tc_data(x), tc_data(gy), &d);
             if (rc != TC_OK) return TC_ERR;
             gw = NULL;
         }
