@@ -157,6 +157,68 @@ return {
     assert(not T.no_grad(function() return T.linear(x, w, b) end).requires_grad)
   end,
 
+  ["short f32 products (the AVX-512 kernel) against f64: every layout, 1 and 2 threads"] = function()
+    -- f32 products with op(B) at most 256 columns and 512 KiB and 2^24 or more multiply-adds run
+    -- tocha's own kernel (6 x 64 tiles, threads over rows): rows not a multiple of 6, columns
+    -- not a multiple of 16 or 64, A and B in either layout, a batch, a transposed A as in a
+    -- weight gradient
+    local cases = { -- a shape, b shape
+      { { 1100, 70 }, { 70, 250 } },
+      { { 2, 700, 130 }, { 130, 200 } },
+      { { 4100, 64 }, { 64, 65 } },
+    }
+    local threads = T.get_num_threads()
+    for _, nt in ipairs({ 1, 2 }) do
+      T.set_num_threads(nt)
+      local ok, err = pcall(function()
+        for k, c in ipairs(cases) do
+          local a, b = T.randn(c[1], { dtype = "f64" }), T.randn(c[2], { dtype = "f64" })
+          local want = T.matmul(a, b)
+          for _, la in ipairs({ false, true }) do
+            for _, lb in ipairs({ false, true }) do
+              local a32, b32 = a:to("f32"), b:to("f32")
+              if la then a32 = transposed_copy(a32) end
+              if lb then b32 = transposed_copy(b32) end
+              close(T.matmul(a32, b32):to("f64"), want, { rtol = 1e-4, atol = 1e-4,
+                msg = ("case %d, a %s, b %s, %d threads"):format(k, la and "transposed" or "rows", lb and "transposed" or "rows", nt) })
+            end
+          end
+        end
+        local g, x = T.randn({ 1537, 257 }, { dtype = "f64" }), T.randn({ 1537, 61 }, { dtype = "f64" })
+        close(T.matmul(g:to("f32"):t(), x:to("f32")):to("f64"), T.matmul(g:t(), x), { rtol = 1e-4, atol = 1e-3, msg = "a^T, " .. nt .. " threads" })
+      end)
+      T.set_num_threads(threads)
+      if not ok then error(err, 0) end
+    end
+  end,
+
+  ["linear 64 -> 256 at batch x tokens in f32 (the short-product kernel): against f64 and by finite differences"] = function()
+    -- the forward onto the bias rows (C read: beta 1), the input gradient gy @ w and the weight
+    -- gradient gy^T @ x all run the kernel; linear in x and in w, so central differences with
+    -- any step equal the gradients' inner products up to rounding
+    local x, w, b = T.randn({ 24, 64, 64 }, { dtype = "f64" }), T.randn({ 256, 64 }, { dtype = "f64" }) * 0.2,
+      T.randn({ 256 }, { dtype = "f64" })
+    local gy = T.randn({ 24, 64, 256 }, { dtype = "f64" })
+    local function run(dt)
+      local xs, ws, bs = x:to(dt):detach():requires_grad_(true), w:to(dt):detach():requires_grad_(true),
+        b:to(dt):detach():requires_grad_(true)
+      local y = T.linear(xs, ws, bs)
+      y:backward(gy:to(dt))
+      return y:to("f64"), xs.grad:to("f64"), ws.grad:to("f64"), bs.grad:to("f64")
+    end
+    local want, got = { run("f64") }, { run("f32") }
+    for i, what in ipairs({ "y", "gx", "gw", "gb" }) do
+      close(got[i], want[i], { rtol = 1e-4, atol = 1e-3, msg = what })
+    end
+    local x32, w32, b32, gy64 = x:to("f32"), w:to("f32"), b:to("f32"), gy
+    local function L(xx, ww) return (T.linear(xx, ww, b32):to("f64") * gy64):sum():item() end
+    local vx, vw = T.randn({ 24, 64, 64 }), T.randn({ 256, 64 }) * 0.2
+    local dx, dw = (L(x32 + vx, w32) - L(x32 - vx, w32)) / 2, (L(x32, w32 + vw) - L(x32, w32 - vw)) / 2
+    local gx, gw = (got[2] * vx:to("f64")):sum():item(), (got[3] * vw:to("f64")):sum():item()
+    assert(math.abs(dx - gx) <= 1e-4 * (1 + math.abs(gx)), ("gx %.8g, differences %.8g"):format(gx, dx))
+    assert(math.abs(dw - gw) <= 1e-4 * (1 + math.abs(gw)), ("gw %.8g, differences %.8g"):format(gw, dw))
+  end,
+
   ["size and dtype mismatches are errors naming the op"] = function()
     local x = T.zeros(4, 3)
     errors("matmul: size mismatch [4 x 3] @ [4 x 3]", T.matmul, x, x)

@@ -312,10 +312,12 @@ static inline __attribute__((always_inline)) AVX512 void grad_products(float *gU
                 for (int k = 0; k < nv; k++) acc[o][k] = _mm512_fmadd_ps(g, vv[k], acc[o][k]);
             }
         }
-        for (int o = 0; o < no; o++) {
+#pragma GCC unroll 6 /* fixed indices: a loop to no kept acc in memory throughout */
+        for (int o = 0; o < GO; o++) {
             float *u = gU + (xi * O + o0 + o) * Cp + c0;
 #pragma GCC unroll 4
-            for (int k = 0; k < nv; k++) _mm512_storeu_ps(u + 16 * k, _mm512_add_ps(_mm512_loadu_ps(u + 16 * k), acc[o][k]));
+            for (int k = 0; k < nv; k++)
+                if (o < no) _mm512_storeu_ps(u + 16 * k, _mm512_add_ps(_mm512_loadu_ps(u + 16 * k), acc[o][k]));
         }
     }
 }

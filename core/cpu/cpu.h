@@ -59,6 +59,20 @@ typedef struct {
 bool tc_cpu_gemm_bf16_ok(void);
 int tc_cpu_gemm_bf16(const tc_gemm_bf16 *g);
 
+/* ---- f32 GEMM for short products, AVX-512 (gemm_f32.c): row-major C [M, N] = op(A) [M, K]
+ * op(B) [K, N] + beta C (C not read when beta is 0); op(A)[i][k] = ta ? a[k * lda + i] :
+ * a[i * lda + k], op(B)[k][n] = tb ? b[n * ldb + k] : b[k * ldb + n]; threads: split rows
+ * between OpenMP threads (outside a parallel region). tc_cpu_gemm_f32_ok(): the CPU has it. */
+typedef struct {
+    int64_t M, N, K, lda, ldb, ldc;
+    const float *a, *b;
+    float *c;
+    float beta;
+    bool ta, tb, threads;
+} tc_gemm_f32;
+bool tc_cpu_gemm_f32_ok(void);
+int tc_cpu_gemm_f32(const tc_gemm_f32 *g);
+
 /* ---- conv2d with stride 1, no dilation, one group, f32 (conv_direct.c): y [N, O, OH, OW] =
  * x [N, C, H, W] zero-padded by ph rows on top and pw columns on the left (as many as the
  * output needs at the bottom and right), correlated with w [O, C, kh, kw] (flip: w is
