@@ -86,32 +86,37 @@ static void map_block(block_map *m, const tc_conv_direct *d, int64_t t0) {
         }
 }
 
-/* V [XI][C][TB] <- B^T d B of every tile of the block and input channel,
+/* o[xi * step] <- (B^T v B)[xi] for the 16 positions xi of a transformed tile,
  * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] */
+static inline __attribute__((always_inline)) AVX512 void store_input_tile(float *o, int64_t step, __m512 v[4][4]) {
+    __m512 t[4][4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        t[0][j] = _mm512_sub_ps(v[0][j], v[2][j]);
+        t[1][j] = _mm512_add_ps(v[1][j], v[2][j]);
+        t[2][j] = _mm512_sub_ps(v[2][j], v[1][j]);
+        t[3][j] = _mm512_sub_ps(v[1][j], v[3][j]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        _mm512_storeu_ps(o + (i * 4) * step, _mm512_sub_ps(t[i][0], t[i][2]));
+        _mm512_storeu_ps(o + (i * 4 + 1) * step, _mm512_add_ps(t[i][1], t[i][2]));
+        _mm512_storeu_ps(o + (i * 4 + 2) * step, _mm512_sub_ps(t[i][2], t[i][1]));
+        _mm512_storeu_ps(o + (i * 4 + 3) * step, _mm512_sub_ps(t[i][1], t[i][3]));
+    }
+}
+
+/* V [XI][C][TB] <- B^T d B of every tile of the block and input channel */
 AVX512 static void transform_input(float *V, const float *x, const block_map *m, const tc_conv_direct *d) {
     int64_t C = d->C, hw = d->H * d->W;
     for (int64_t c = 0; c < C; c++)
         for (int h = 0; h < 2; h++) {
-            __m512 v[4][4], t[4][4];
+            __m512 v[4][4];
 #pragma GCC unroll 16
             for (int xi = 0; xi < XI; xi++)
                 v[xi / 4][xi % 4] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m->inm[h][xi],
                                                              _mm512_loadu_si512(m->in[h][xi]), x + c * hw, 4);
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                t[0][j] = _mm512_sub_ps(v[0][j], v[2][j]);
-                t[1][j] = _mm512_add_ps(v[1][j], v[2][j]);
-                t[2][j] = _mm512_sub_ps(v[2][j], v[1][j]);
-                t[3][j] = _mm512_sub_ps(v[1][j], v[3][j]);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
-                float *o = V + ((i * 4) * C + c) * TB + h * 16;
-                _mm512_storeu_ps(o, _mm512_sub_ps(t[i][0], t[i][2]));
-                _mm512_storeu_ps(o + C * TB, _mm512_add_ps(t[i][1], t[i][2]));
-                _mm512_storeu_ps(o + 2 * C * TB, _mm512_sub_ps(t[i][2], t[i][1]));
-                _mm512_storeu_ps(o + 3 * C * TB, _mm512_sub_ps(t[i][1], t[i][3]));
-            }
+            store_input_tile(V + c * TB + h * 16, C * TB, v);
         }
 }
 
@@ -230,7 +235,7 @@ AVX512 static void transform_input_t(float *Vt, const float *x, const tc_conv_di
         for (int64_t c0 = 0; c0 < Cp; c0 += 16) {
             __mmask16 cm = t >= T ? 0 : C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
             const float *base = x + (n * C + c0) * hw;
-            __m512 v[4][4], u[4][4];
+            __m512 v[4][4];
 #pragma GCC unroll 16
             for (int xi = 0; xi < XI; xi++) {
                 int64_t row = r + xi / 4, col = s + xi % 4;
@@ -238,21 +243,7 @@ AVX512 static void transform_input_t(float *Vt, const float *x, const tc_conv_di
                 v[xi / 4][xi % 4] = in ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), cm, lanes, base + row * d->W + col, 4)
                                        : _mm512_setzero_ps();
             }
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                u[0][j] = _mm512_sub_ps(v[0][j], v[2][j]);
-                u[1][j] = _mm512_add_ps(v[1][j], v[2][j]);
-                u[2][j] = _mm512_sub_ps(v[2][j], v[1][j]);
-                u[3][j] = _mm512_sub_ps(v[1][j], v[3][j]);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
-                float *o = Vt + ((i * 4) * TB + l) * Cp + c0;
-                _mm512_storeu_ps(o, _mm512_sub_ps(u[i][0], u[i][2]));
-                _mm512_storeu_ps(o + TB * Cp, _mm512_add_ps(u[i][1], u[i][2]));
-                _mm512_storeu_ps(o + 2 * TB * Cp, _mm512_sub_ps(u[i][2], u[i][1]));
-                _mm512_storeu_ps(o + 3 * TB * Cp, _mm512_sub_ps(u[i][1], u[i][3]));
-            }
+            store_input_tile(Vt + l * Cp + c0, TB * Cp, v);
         }
     }
 }
