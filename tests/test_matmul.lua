@@ -158,14 +158,15 @@ return {
   end,
 
   ["short f32 products (the AVX-512 kernel) against f64: every layout, 1 and 2 threads"] = function()
-    -- f32 products with op(B) at most 256 columns and 512 KiB and 2^24 or more multiply-adds run
-    -- tocha's own kernel (6 x 64 tiles, threads over rows): rows not a multiple of 6, columns
-    -- not a multiple of 16 or 64, A and B in either layout, a batch, a transposed A as in a
-    -- weight gradient
+    -- f32 products with op(B) at most 256 columns and 512 KiB and 2^21 or more multiply-adds run
+    -- tocha's own kernel (6 x 64 tiles, threads over rows; see gemm.c for the rule): rows not a
+    -- multiple of 6, columns not a multiple of 16 or 64, A and B in either layout, a batch, a
+    -- transposed A as in a weight gradient
     local cases = { -- a shape, b shape
       { { 1100, 70 }, { 70, 250 } },
       { { 2, 700, 130 }, { 130, 200 } },
       { { 4100, 64 }, { 64, 65 } },
+      { { 1030, 33 }, { 33, 70 } },
     }
     local threads = T.get_num_threads()
     for _, nt in ipairs({ 1, 2 }) do

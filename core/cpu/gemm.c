@@ -55,15 +55,21 @@ static int gemm_bf16(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, doubl
 }
 
 /* f32 products that gemm_f32.c's kernel runs faster than OpenBLAS: op(B) at most 256 columns
- * wide and 512 KiB in all (it is read again for each 6-row tile), and at least 2^24
- * multiply-adds (below, OpenBLAS's smaller overheads win). Measured, ms OpenBLAS / the kernel,
- * M x N x K, one thread: 1536 x 256 x 64 (linear 64 -> 256 at batch x tokens) 0.50 / 0.50,
- * its input gradient 1536 x 64 x 256 0.50 / 0.43, its weight gradient (A transposed)
- * 256 x 64 x 1536 0.51 / 0.43, 1536 x 128 x 512 2.16 / 1.93; two threads 0.46 / 0.38,
- * 0.28-0.30 / 0.22, 0.71 / 0.23. Slower: 384 x 256 x 64 0.125 / 0.134, 1536 x 512 x 128
- * 2.0 / 2.4, 512 x 128 x 1536 (A transposed) 2.3 / 2.9, 4096 x 640 x 320 17.6 / 22.7. */
-static bool short_product(int64_t M, int64_t N, int64_t K) {
-    return N <= 256 && N * K <= (1 << 17) && M * N * K >= (1 << 24) && tc_cpu_gemm_f32_ok();
+ * wide and 512 KiB in all (it is read again for each 6-row tile, with no cache blocking), at
+ * least 2^21 multiply-adds, 256 columns only with 1,024 rows or more, and a transposed B (copied
+ * once per call) only with 512 rows or more. Measured, ms OpenBLAS / the kernel, M x N x K, best
+ * of 100-300, the machine shared; one thread: 1536 x 256 x 64 (linear 64 -> 256 at batch x
+ * tokens, B transposed) 0.50 / 0.50, its input gradient 1536 x 64 x 256 0.50 / 0.43, its weight
+ * gradient (A transposed) 256 x 64 x 1536 0.51 / 0.43, 1536 x 64 x 64 (B transposed) 0.127 /
+ * 0.117, 64 x 64 x 1536 (A transposed) 0.135 / 0.110, 1024 x 32 x 64 0.045 / 0.040, 16 x 256 x
+ * 512 0.055 / 0.041, 1536 x 128 x 512 2.16 / 1.93; two threads (OpenBLAS splits these poorly)
+ * 1536 x 256 x 64 0.25 / 0.25, 1536 x 64 x 256 0.28-0.30 / 0.22, 256 x 64 x 1536 0.71 / 0.23,
+ * 1536 x 64 x 64 0.074 / 0.060. Slower in the kernel: 384 x 256 x 64 0.125 / 0.134, 64 x 128 x
+ * 256 (B transposed) 0.045 / 0.060, 1536 x 512 x 64 1.00 / 1.17, 512 x 128 x 1536 (A
+ * transposed) 2.3 / 2.9, 4096 x 640 x 320 17.6 / 22.7. */
+static bool short_product(int64_t M, int64_t N, int64_t K, bool tb) {
+    return N <= 256 && N * K <= (1 << 17) && M * N * K >= (1 << 21) && (N < 256 || M >= 1024) && (!tb || M >= 512) &&
+           tc_cpu_gemm_f32_ok();
 }
 
 /* which kernel: bf16 by its own where the CPU has AVX512-BF16, other half products through
@@ -89,7 +95,7 @@ int tc_cpu_gemm(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, double alp
                 tc_store(pc + j * (int64_t)es, c->dtype, beta == 0 ? 0 : beta * tc_load(pc + j * (int64_t)es, c->dtype));
             continue;
         }
-        if (c->dtype == TC_F32 && alpha == 1 && short_product(M, N, K)) {
+        if (c->dtype == TC_F32 && alpha == 1 && short_product(M, N, K, tb == CblasTrans)) {
             tc_gemm_f32 g = {.M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = N, .a = (const float *)pa,
                              .b = (const float *)pb, .c = (float *)pc, .beta = (float)beta, .ta = ta == CblasTrans,
                              .tb = tb == CblasTrans, .threads = true};
