@@ -188,6 +188,7 @@ int tc_cpu_conv_winograd(float *y, const float *x, const float *w, const float *
     int64_t C = d->C, nob = (d->O + OB - 1) / OB;
     int64_t T = d->N * ((d->OH + 1) / 2) * ((d->OW + 1) / 2), nblk = (T + TB - 1) / TB;
     int nt = omp_get_max_threads();
+    if (T == 0) return TC_OK;
     /* fewer blocks than threads: each block's output channels are split into groups, each
      * group transforming the block's input again */
     int64_t groups = nblk >= nt ? 1 : (nt + nblk - 1) / nblk;
@@ -305,7 +306,7 @@ static inline __attribute__((always_inline)) AVX512 void grad_products(float *gU
             for (int k = 0; k < nv; k++) vv[k] = _mm512_loadu_ps(v + t * Cp + 16 * k);
 #pragma GCC unroll 6
             for (int o = 0; o < GO; o++) {
-                __m512 g = _mm512_set1_ps(gm[t * Op + o]); /* past O: gMt's zero padding, or the next block's rows */
+                __m512 g = _mm512_set1_ps(gm[t * Op + o]); /* o past O: padding or the next tile's values, summed, never stored */
 #pragma GCC unroll 4
                 for (int k = 0; k < nv; k++) acc[o][k] = _mm512_fmadd_ps(g, vv[k], acc[o][k]);
             }
