@@ -294,19 +294,21 @@ static inline __attribute__((always_inline)) AVX512 void grad_products(float *gU
                                                                        int64_t O, int64_t Op, int64_t Cp, int64_t o0,
                                                                        int no, int64_t c0, const int nv) {
     for (int xi = 0; xi < XI; xi++) {
-        const float *gm = gMt + xi * TB * Op + o0, *v = Vt + xi * TB * Cp + c0;
+        const float *gm[GO], *v = Vt + xi * TB * Cp + c0;
         __m512 acc[GO][4];
 #pragma GCC unroll 6
-        for (int o = 0; o < GO; o++)
+        for (int o = 0; o < GO; o++) {
+            gm[o] = gMt + xi * TB * Op + o0 + (o < no ? o : no - 1); /* a short tile repeats its last channel */
 #pragma GCC unroll 4
             for (int k = 0; k < nv; k++) acc[o][k] = _mm512_setzero_ps();
+        }
         for (int64_t t = 0; t < TB; t++) {
             __m512 vv[4];
 #pragma GCC unroll 4
             for (int k = 0; k < nv; k++) vv[k] = _mm512_loadu_ps(v + t * Cp + 16 * k);
 #pragma GCC unroll 6
             for (int o = 0; o < GO; o++) {
-                __m512 g = _mm512_set1_ps(gm[t * Op + o]); /* o past O: padding or the next tile's values, summed, never stored */
+                __m512 g = _mm512_set1_ps(gm[o][t * Op]);
 #pragma GCC unroll 4
                 for (int k = 0; k < nv; k++) acc[o][k] = _mm512_fmadd_ps(g, vv[k], acc[o][k]);
             }
@@ -377,7 +379,7 @@ AVX512 static void grad_to_weights(float *gw, const float *gU, size_t per, int n
 
 int tc_cpu_conv_winograd_grad_weight(float *gw, const float *x, const float *gy, const tc_conv_direct *d) {
     int64_t T = d->N * ((d->OH + 1) / 2) * ((d->OW + 1) / 2), nblk = (T + TB - 1) / TB;
-    int64_t Cp = round16(d->C), Op = round16(d->O) + GO; /* gMt's rows read up to GO past O */
+    int64_t Cp = round16(d->C), Op = round16(d->O);
     int nt = omp_get_max_threads();
     if (nt > nblk) nt = nblk > 0 ? (int)nblk : 1;
     /* per thread: its sums of gU, then the block's transforms */
