@@ -133,7 +133,10 @@ static void gb_matmul(builder *g, cudnnBackendDescriptor_t a, cudnnBackendDescri
 static void gb_pw(builder *g, cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
                   cudnnBackendDescriptor_t t, cudnnBackendDescriptor_t y, int64_t axis = -1) {
     cudnnBackendDescriptor_t pw = gb_new(g, CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
-    cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+    /* the compute type: indices in int32, comparisons in bool, the rest in f32 */
+    cudnnDataType_t prec = mode == CUDNN_POINTWISE_GEN_INDEX ? CUDNN_DATA_INT32
+                           : mode == CUDNN_POINTWISE_CMP_GE  ? CUDNN_DATA_BOOLEAN
+                                                             : CUDNN_DATA_FLOAT;
     gb_set(g, pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
     gb_set(g, pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
     if (axis >= 0) gb_set(g, pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis);
@@ -181,18 +184,15 @@ typedef struct {
     int mdt;
 } sdpa_key;
 
-/* an operand's [b, h] batch strides and row stride, from tocha's batch dims (stride 0 where a
- * dim is broadcast: cuDNN's strides are positive, so the caller declines those) */
+/* an operand's [b, h] batch strides and row stride, from tocha's batch dims; a dim of size 1
+ * gets the packed stride (cuDNN's strides are positive; tocha's may be anything there). A
+ * broadcast dim of size > 1 keeps its stride 0: the caller declines those, or (a mask) makes
+ * them dims of 1. */
 static void strides_of(const attn &a, const operand &o, int64_t rows, int64_t cols, int64_t out[3]) {
-    int64_t inner = rows * cols;
-    out[2] = o.rs;
-    if (a.nb == 2) {
-        out[0] = o.bs[0];
-        out[1] = o.bs[1];
-    } else {
-        out[1] = a.nb == 1 ? o.bs[0] : inner;
-        out[0] = out[1] * (a.nb == 1 ? a.bshape[0] : 1);
-    }
+    int64_t bsz = a.nb == 2 ? a.bshape[0] : 1, hsz = a.nb == 2 ? a.bshape[1] : a.nb == 1 ? a.bshape[0] : 1;
+    out[2] = rows == 1 ? cols : o.rs;
+    out[1] = hsz == 1 ? rows * cols : a.nb == 2 ? o.bs[1] : o.bs[0];
+    out[0] = bsz == 1 ? hsz * rows * cols : o.bs[0];
 }
 
 /* a contiguous tensor's strides in the same form */
@@ -441,10 +441,11 @@ static const char *unfit(tc_dtype dt, const attn &a, bool gmask) {
     if (a.m.p && a.mdt == TC_BOOL) return "a bool mask (cuDNN takes a float mask, as an additive bias)";
     if (a.m.p && a.mdt != dt && a.mdt != TC_F32) return "a float mask of another dtype";
     const operand *ops[4] = {&a.q, &a.k, &a.v, &a.go};
+    int64_t rows[4] = {a.L, a.S, a.S, a.L}, cols[4] = {a.E, a.E, a.Ev, a.Ev};
     for (int i = 0; i < 4; i++) {
         if (!ops[i]->p) continue;
-        if (ops[i]->cs != 1) return "an operand's head dim is not unit-stride";
-        if (ops[i]->rs < 1) return "an operand is broadcast over its rows";
+        if (ops[i]->cs != 1 && cols[i] > 1) return "an operand's head dim is not unit-stride";
+        if (ops[i]->rs < 1 && rows[i] > 1) return "an operand is broadcast over its rows";
         for (int d = 0; d < a.nb; d++)
             if (ops[i]->bs[d] == 0 && a.bshape[d] > 1) return "an operand is broadcast over a batch dim";
         if (!aligned(ops[i]->p)) return "an operand is not 16-byte aligned";
@@ -492,13 +493,16 @@ static sdpa_key key_of(int dir, tc_dtype dt, const attn &a, const tc_tensor *o, 
     return k;
 }
 
-/* runs plan p with the variant pack of (uid, pointer) pairs */
-static int run_plan(cudnnHandle_t handle, sdpa_plan *p, int n, const int64_t *uids, void *const *ptrs) {
+/* runs plan p with the variant pack of (uid, pointer) pairs: TC_OK, or TCU_DECLINED (why in
+ * *reason) where the workspace cannot be had or cuDNN fails the call; a plan whose execute failed
+ * is not tried again (its reason says why) */
+static int run_plan(cudnnHandle_t handle, sdpa_plan *p, int n, const int64_t *uids, void *const *ptrs,
+                    const char **reason) {
     void *ws = NULL;
     if (p->workspace > 0 && !(ws = tc_cuda_alloc((size_t)p->workspace)))
-        return tc_error("scaled_dot_product_attention: out of GPU memory for cuDNN's %lld-byte workspace",
-                        (long long)p->workspace);
+        return *reason = "out of GPU memory for cuDNN's workspace", TCU_DECLINED;
     cudnnBackendDescriptor_t pack = NULL;
+    const char *what = "cudnnBackendCreateDescriptor (variant pack)";
     cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
     if (st == CUDNN_STATUS_SUCCESS)
         st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
@@ -506,19 +510,29 @@ static int run_plan(cudnnHandle_t handle, sdpa_plan *p, int n, const int64_t *ui
         st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs);
     if (st == CUDNN_STATUS_SUCCESS)
         st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
-    if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(pack);
-    if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendExecute(handle, p->plan, pack);
+    if (st == CUDNN_STATUS_SUCCESS) {
+        what = "cudnnBackendFinalize (variant pack)";
+        st = cudnnBackendFinalize(pack);
+    }
+    if (st == CUDNN_STATUS_SUCCESS) {
+        what = "cudnnBackendExecute";
+        st = cudnnBackendExecute(handle, p->plan, pack);
+    }
     if (pack) cudnnBackendDestroyDescriptor(pack);
     if (ws) tc_cuda_free(ws); /* the caching allocator's stream order keeps it until the plan has run */
-    if (st != CUDNN_STATUS_SUCCESS)
-        return tc_error("scaled_dot_product_attention: cudnnBackendExecute failed: %s", cudnnGetErrorString(st));
-    return TC_OK;
+    if (st == CUDNN_STATUS_SUCCESS) return TC_OK;
+    p->plan = NULL; /* its descriptor stays in p->g, destroyed with the rest */
+    snprintf(p->reason, sizeof p->reason, "cuDNN's plan failed to run: %s returned %s", what,
+             cudnnGetErrorString(st));
+    *reason = p->reason;
+    return TCU_DECLINED;
 }
 
-/* TC_OK: cuDNN ran it; TCU_DECLINED (why in *reason): the caller runs flash; TC_ERR: an error */
+/* TC_OK: cuDNN ran it; TCU_DECLINED (why in *reason): the caller runs flash */
 int tcu_cudnn_sdpa_forward(tc_tensor *out, tc_tensor *lse, tc_dtype dt, const attn &a, const char **reason) {
     if ((*reason = unfit(dt, a, false))) return TCU_DECLINED;
-    if (!aligned(tcu_ptr(out))) return *reason = "the output is not 16-byte aligned", TCU_DECLINED;
+    if (!aligned(tcu_ptr(out)) || !aligned(tcu_ptr(lse)))
+        return *reason = "the output or the logsumexp is not 16-byte aligned", TCU_DECLINED;
     cudnnHandle_t handle;
     if (tcu_cudnn_handle(&handle) != TC_OK) return *reason = "cuDNN does not start", TCU_DECLINED;
     sdpa_key k = key_of(0, dt, a, out, NULL, NULL, NULL);
@@ -534,7 +548,7 @@ int tcu_cudnn_sdpa_forward(tc_tensor *out, tc_tensor *lse, tc_dtype dt, const at
         uids[n] = U_BIAS;
         ptrs[n++] = (void *)a.m.p;
     }
-    return run_plan(handle, p, n, uids, ptrs);
+    return run_plan(handle, p, n, uids, ptrs, reason);
 }
 
 /* gq, gk, gv may be NULL (temporaries take their place); dsum: B L floats of workspace */
@@ -546,8 +560,8 @@ int tcu_cudnn_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_dtyp
     for (int i = 0; i < 3; i++)
         if (like[i] && (!aligned(tcu_ptr(like[i])) || like[i]->stride[like[i]->ndim - 1] != 1))
             return *reason = "a gradient is not unit-stride and 16-byte aligned", TCU_DECLINED;
-    if (!aligned(tcu_ptr(out)) || out->stride[out->ndim - 1] != 1)
-        return *reason = "the output is not unit-stride and 16-byte aligned", TCU_DECLINED;
+    if (!aligned(tcu_ptr(out)) || out->stride[out->ndim - 1] != 1 || !aligned(tcu_ptr(lse)))
+        return *reason = "the output or the logsumexp is not unit-stride and 16-byte aligned", TCU_DECLINED;
     cudnnHandle_t handle;
     if (tcu_cudnn_handle(&handle) != TC_OK) return *reason = "cuDNN does not start", TCU_DECLINED;
     /* missing gradients: contiguous temporaries */
@@ -561,7 +575,7 @@ int tcu_cudnn_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_dtyp
         shp[i][a.nb + 1] = cols[i];
         if (!(tmp[i] = g[i] = tc_empty(a.nb + 2, shp[i], dt, out->storage->device))) {
             for (int j = 0; j < i; j++) tc_tensor_release(tmp[j]);
-            return TC_ERR;
+            return *reason = "out of GPU memory for a gradient cuDNN writes and tocha does not want", TCU_DECLINED;
         }
     }
     sdpa_key k = key_of(1, dt, a, out, g[0], g[1], g[2]);
@@ -578,7 +592,7 @@ int tcu_cudnn_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_dtyp
             uids[n] = U_BIAS;
             ptrs[n++] = (void *)a.m.p;
         }
-        rc = run_plan(handle, p, n, uids, ptrs);
+        rc = run_plan(handle, p, n, uids, ptrs, reason);
     }
     for (int i = 0; i < 3; i++) tc_tensor_release(tmp[i]);
     return rc;
