@@ -223,21 +223,11 @@ extern "C" void tcu_cudnn_attention_release(void) {
     nplans = next_evict = 0;
 }
 
-/* the forward graph (see the top of the file) */
-static void forward_graph(builder *g, const sdpa_key *k) {
-    cudnnDataType_t dt = k->dt == TC_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
-    int64_t b = k->b, h = k->h, L = k->L, S = k->S, E = k->E, Ev = k->Ev;
-    int64_t qd[4] = {b, h, L, E}, qs[4] = {k->q[0], k->q[1], k->q[2], 1};
-    int64_t ktd[4] = {b, h, E, S}, kts[4] = {k->k[0], k->k[1], 1, k->k[2]};
-    int64_t vd[4] = {b, h, S, Ev}, vs[4] = {k->v[0], k->v[1], k->v[2], 1};
-    int64_t od[4] = {b, h, L, Ev}, os[4] = {k->o[0], k->o[1], k->o[2], 1};
-    int64_t sd[4] = {b, h, L, 1}, ss[4] = {h * L, L, 1, 1};
-    cudnnBackendDescriptor_t Q = gb_tensor(g, U_Q, dt, qd, qs, false, false);
-    cudnnBackendDescriptor_t Kt = gb_tensor(g, U_KT, dt, ktd, kts, false, false);
-    cudnnBackendDescriptor_t V = gb_tensor(g, U_V, dt, vd, vs, false, false);
-    cudnnBackendDescriptor_t O = gb_tensor(g, U_O, dt, od, os, false, false);
-    cudnnBackendDescriptor_t stats = gb_tensor(g, U_STATS, CUDNN_DATA_FLOAT, sd, ss, false, false);
-    cudnnBackendDescriptor_t scale = gb_scalar(g, U_SCALE);
+/* the scores both graphs start from: S = Q K^T * scale, plus the bias, with the causal mask
+ * (row >= column kept, else the lowest float) */
+static cudnnBackendDescriptor_t scores(builder *g, const sdpa_key *k, cudnnBackendDescriptor_t Q,
+                                       cudnnBackendDescriptor_t Kt, cudnnBackendDescriptor_t scale) {
+    int64_t b = k->b, h = k->h, L = k->L, S = k->S;
     cudnnBackendDescriptor_t s = gb_virtual(g, b, h, L, S), cur = gb_virtual(g, b, h, L, S);
     gb_matmul(g, Q, Kt, s);
     gb_pw(g, CUDNN_POINTWISE_MUL, s, scale, NULL, cur);
@@ -261,6 +251,25 @@ static void forward_graph(builder *g, const sdpa_key *k) {
         gb_pw(g, CUDNN_POINTWISE_BINARY_SELECT, cur, neg, keep, s3);
         cur = s3;
     }
+    return cur;
+}
+
+/* the forward graph (see the top of the file) */
+static void forward_graph(builder *g, const sdpa_key *k) {
+    cudnnDataType_t dt = k->dt == TC_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
+    int64_t b = k->b, h = k->h, L = k->L, S = k->S, E = k->E, Ev = k->Ev;
+    int64_t qd[4] = {b, h, L, E}, qs[4] = {k->q[0], k->q[1], k->q[2], 1};
+    int64_t ktd[4] = {b, h, E, S}, kts[4] = {k->k[0], k->k[1], 1, k->k[2]};
+    int64_t vd[4] = {b, h, S, Ev}, vs[4] = {k->v[0], k->v[1], k->v[2], 1};
+    int64_t od[4] = {b, h, L, Ev}, os[4] = {k->o[0], k->o[1], k->o[2], 1};
+    int64_t sd[4] = {b, h, L, 1}, ss[4] = {h * L, L, 1, 1};
+    cudnnBackendDescriptor_t Q = gb_tensor(g, U_Q, dt, qd, qs, false, false);
+    cudnnBackendDescriptor_t Kt = gb_tensor(g, U_KT, dt, ktd, kts, false, false);
+    cudnnBackendDescriptor_t V = gb_tensor(g, U_V, dt, vd, vs, false, false);
+    cudnnBackendDescriptor_t O = gb_tensor(g, U_O, dt, od, os, false, false);
+    cudnnBackendDescriptor_t stats = gb_tensor(g, U_STATS, CUDNN_DATA_FLOAT, sd, ss, false, false);
+    cudnnBackendDescriptor_t scale = gb_scalar(g, U_SCALE);
+    cudnnBackendDescriptor_t cur = scores(g, k, Q, Kt, scale);
     cudnnBackendDescriptor_t m = gb_virtual(g, b, h, L, 1), d = gb_virtual(g, b, h, L, S);
     cudnnBackendDescriptor_t e = gb_virtual(g, b, h, L, S), z = gb_virtual(g, b, h, L, 1);
     cudnnBackendDescriptor_t lz = gb_virtual(g, b, h, L, 1), p = gb_virtual(g, b, h, L, S);
@@ -304,29 +313,7 @@ static void backward_graph(builder *g, const sdpa_key *k) {
     gb_pw(g, CUDNN_POINTWISE_MUL, dO, O, NULL, dOO);
     gb_reduce(g, CUDNN_REDUCE_TENSOR_ADD, dOO, dsum);
     /* P from the scores and stats */
-    cudnnBackendDescriptor_t s = gb_virtual(g, b, h, L, S), cur = gb_virtual(g, b, h, L, S);
-    gb_matmul(g, Q, Kt, s);
-    gb_pw(g, CUDNN_POINTWISE_MUL, s, scale, NULL, cur);
-    if (k->bias) {
-        int64_t md[4] = {k->mdim[0], k->mdim[1], k->mdim[2], S};
-        cudnnDataType_t mdt = k->mdt == TC_F16 ? CUDNN_DATA_HALF : k->mdt == TC_BF16 ? CUDNN_DATA_BFLOAT16
-                                                                                     : CUDNN_DATA_FLOAT;
-        cudnnBackendDescriptor_t bias = gb_tensor(g, U_BIAS, mdt, md, k->m, false, false);
-        cudnnBackendDescriptor_t s2 = gb_virtual(g, b, h, L, S);
-        gb_pw(g, CUDNN_POINTWISE_ADD, cur, bias, NULL, s2);
-        cur = s2;
-    }
-    if (k->causal) {
-        cudnnBackendDescriptor_t row = gb_virtual(g, b, h, L, S, CUDNN_DATA_INT32);
-        cudnnBackendDescriptor_t col = gb_virtual(g, b, h, L, S, CUDNN_DATA_INT32);
-        cudnnBackendDescriptor_t keep = gb_virtual(g, b, h, L, S, CUDNN_DATA_BOOLEAN);
-        cudnnBackendDescriptor_t neg = gb_scalar(g, U_NEG), s3 = gb_virtual(g, b, h, L, S);
-        gb_pw(g, CUDNN_POINTWISE_GEN_INDEX, cur, NULL, NULL, row, 2);
-        gb_pw(g, CUDNN_POINTWISE_GEN_INDEX, cur, NULL, NULL, col, 3);
-        gb_pw(g, CUDNN_POINTWISE_CMP_GE, row, col, NULL, keep);
-        gb_pw(g, CUDNN_POINTWISE_BINARY_SELECT, cur, neg, keep, s3);
-        cur = s3;
-    }
+    cudnnBackendDescriptor_t cur = scores(g, k, Q, Kt, scale);
     cudnnBackendDescriptor_t d = gb_virtual(g, b, h, L, S), p = gb_virtual(g, b, h, L, S);
     gb_pw(g, CUDNN_POINTWISE_SUB, cur, stats, NULL, d);
     gb_pw(g, CUDNN_POINTWISE_EXP, d, NULL, NULL, p);

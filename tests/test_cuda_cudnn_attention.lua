@@ -56,14 +56,7 @@ local function C(name, make, f, o)
   H.case(list, name, make, f, o)
 end
 
-local function key_padding(S, keep)
-  local rows = {}
-  for b, n in ipairs(keep) do
-    rows[b] = {}
-    for s = 1, S do rows[b][s] = s <= n end
-  end
-  return T.tensor(rows):view(#keep, 1, 1, S)
-end
+local key_padding = H.key_padding
 
 C("head dim 40, L = S = 77 (cuDNN)", function() return { N(2, 2, 77, 40), N(2, 2, 77, 40), N(2, 2, 77, 40) } end,
   attn({}, "cudnn"))
@@ -88,6 +81,8 @@ C("q and v transposed views, head dim unit-stride (cuDNN)", function()
   end, function(q, k, v)
     return attn({}, "cudnn")(q:transpose(2, 3), k, v:transpose(2, 3))
   end)
+C("no batch dims, one query (L = 1) against S 77 (cuDNN)", function() return { N(1, 40), N(77, 40), N(77, 40) } end,
+  attn({}, "cudnn"))
 C("only v wants a gradient (cuDNN writes the others to temporaries)",
   function() return { N(2, 70, 96), N(2, 90, 96), N(2, 90, 96) } end,
   attn({ causal = true }, "cudnn"), { nograd = { [1] = true, [2] = true } })

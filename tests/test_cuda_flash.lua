@@ -27,15 +27,7 @@ end
 local attn = function(o) return function(q, k, v, m) return F.scaled_dot_product_attention(q, k, v,
   { attn_mask = m, is_causal = o.causal, scale = o.scale, dropout_p = o.p }) end end
 
---- a key padding mask [B, 1, 1, S]: batch b attends to its first keep[b] keys
-local function key_padding(S, keep)
-  local rows = {}
-  for b, n in ipairs(keep) do
-    rows[b] = {}
-    for s = 1, S do rows[b][s] = s <= n end
-  end
-  return T.tensor(rows):view(#keep, 1, 1, S)
-end
+local key_padding = H.key_padding
 
 C("head dim 40, L = S = 77", function() return { N(2, 2, 77, 40), N(2, 2, 77, 40), N(2, 2, 77, 40) } end, attn({}))
 C("head dim 64, cross-attention L 130 x S 77", function() return { N(2, 130, 64), N(2, 77, 64), N(2, 77, 64) } end,
