@@ -6,7 +6,7 @@
 -- inputs, gradients wanted for some inputs only), and the fallback to flash, with its reason,
 -- where cuDNN declines a problem (a head dim its engines refuse at the plan's finalize, bool
 -- masks, dropout, broadcast or non-unit-stride operands, an output changed in place before the
--- backward). On the CUDA emulator the graph API is emulated (tests/cudaemu/cudnn_graph.cpp): it
+-- backward, an execute that fails), and TOCHA_SDPA_BACKEND. On the CUDA emulator the graph API is emulated (tests/cudaemu/cudnn_graph.cpp): it
 -- computes the graph's operations in double and refuses head dims above 128. Without a GPU
 -- every test skips.
 local T = require "tocha"
@@ -181,6 +181,43 @@ return {
       fail("ran %s forward, %s backward (%s)", fwd, bwd, why)
     end
     close(gb, ga, "flash after an in-place change against cuDNN")
+  end,
+
+  ["cuDNN attention: TOCHA_SDPA_BACKEND, and a failed execute falls back to flash (emulator)"] = function()
+    need_gpu()
+    if not emulated() then skip("TOCHA_EMU_CUDNN_FAIL_EXECUTE is the CUDA emulator's") end
+    local exe = arg and arg[-1]
+    if not exe or not io.popen then skip("no interpreter path to start a process with") end
+    local script = [[ -e 'local T = require "tocha"
+      local F = require "tocha.nn.functional"
+      T.manual_seed(1)
+      local q, k, v = T.randn({2, 40, 32}), T.randn({2, 50, 32}), T.randn({2, 50, 32})
+      local ref = F.scaled_dot_product_attention(q, k, v)
+      local d = {}
+      for i, x in ipairs({q, k, v}) do d[i] = x:to("bf16"):to("cuda"):requires_grad_() end
+      local out = F.scaled_dot_product_attention(d[1], d[2], d[3])
+      out:sum():backward()
+      local last = T.backends.sdpa_last()
+      local err = (out:to("cpu"):double() - ref:double()):abs():max():item()
+      io.write(string.format("ran=%s/%s err=%.4f why=%s\n", last.forward, last.backward, err, last.forward_reason))' 2>&1]]
+    local function run(env)
+      local p = io.popen(env .. " " .. exe .. script)
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+    local out = run("TOCHA_EMU_CUDNN_FAIL_EXECUTE=1")
+    local err = tonumber(out:match("err=([%d.]+)"))
+    if not (out:find("ran=flash/flash", 1, true) and out:find("failed to run: cudnnBackendExecute returned", 1, true)
+        and err and err < 0.05) then
+      fail("with every execute failing: %s", out)
+    end
+    out = run("TOCHA_SDPA_BACKEND=flash")
+    if not out:find("ran=flash/flash", 1, true) or not out:find("TOCHA_SDPA_BACKEND", 1, true) then
+      fail("with TOCHA_SDPA_BACKEND=flash: %s", out)
+    end
+    out = run("TOCHA_SDPA_BACKEND=cudnn")
+    if not out:find("ran=cudnn/cudnn", 1, true) then fail("with TOCHA_SDPA_BACKEND=cudnn: %s", out) end
   end,
 
   ["cuDNN attention: the backend switch takes cudnn or flash, and nothing else"] = function()

@@ -14,6 +14,7 @@
 #include <cudnn.h>
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <map>
@@ -653,6 +654,8 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t
         return CUDNN_STATUS_BAD_PARAM;
     if (!plan->fin || !pack->fin) return CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED;
     if (!tcu_emu_is_device(pack->ws, (size_t)WORKSPACE_BYTES)) return CUDNN_STATUS_BAD_PARAM;
+    const char *fail = getenv("TOCHA_EMU_CUDNN_FAIL_EXECUTE"); /* a failure at execute, to test its fallback */
+    if (fail && !strcmp(fail, "1")) return CUDNN_STATUS_EXECUTION_FAILED;
     run_ctx *r = new run_ctx{*plan->gcopy, {}, {}};
     for (size_t i = 0; i < pack->uids.size(); i++) r->ptr[pack->uids[i]] = pack->ptrs[i];
     for (const desc &o : r->ops) { /* every non-virtual tensor has its buffer, in device memory (host: by value) */
