@@ -163,6 +163,27 @@ tests["norms: large inputs match an f64 reference (threaded path, big offsets)"]
   T.testing.assert_close(y:var(3, false, { correction = 0 }), T.ones({ 4, 8 }, { dtype = "f64" }), { rtol = 1e-4 })
 end
 
+tests["group_norm f32: whole-group and per-channel sums, silu, 1 and 2 threads, match f64"] = function()
+  local threads = T.get_num_threads()
+  local w, b = T.randn({ 12 }), T.randn({ 12 })
+  local cases = {
+    T.randn({ 24, 12, 7, 9 }) * 2 + 40,             -- contiguous: each group one run, threaded at 2
+    T.randn({ 5, 12, 11 }):narrow(3, 2, 9),         -- rows of 9, 11 apart: the per-channel sums
+    T.randn({ 3, 12, 1 }),                          -- one element per channel
+  }
+  for nt = 1, 2 do
+    T.set_num_threads(nt)
+    for i, x in ipairs(cases) do
+      for _, silu in ipairs({ false, true }) do
+        local y = F.group_norm(x, 4, w, b, { silu = silu })
+        local r = F.group_norm(x:double(), 4, w:double(), b:double(), { silu = silu })
+        T.testing.assert_close(y, r, { rtol = 1e-5, atol = 1e-5, msg = string.format("case %d, silu %s, %d threads", i, silu, nt) })
+      end
+    end
+  end
+  T.set_num_threads(threads)
+end
+
 tests["norms: errors name what was wrong"] = function()
   local x = T.randn({ 2, 6, 4 })
   raises("does not match the input's trailing dims", F.layer_norm, x, { 5 })

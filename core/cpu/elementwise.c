@@ -190,10 +190,25 @@ static void unary_f32_run(int64_t n, char **p, const int64_t *st, void *vctx) {
 
 static void unary_half(int64_t n, char **p, const int64_t *st, void *vctx) { through_f32(n, p, st, vctx, 2, unary_f32_run); }
 
+/* the ops whose formula calls exp, log, erf, tanh, sin, cos or pow (forward or derivative):
+ * tens of operations an element, so their loops go parallel at the compute minimum (a
+ * quick_gelu of 200K elements takes 85 us on one thread, a copy of that size 15 us) */
+static tc_par_kind par_kind(tc_op op, double a) {
+    switch (op) {
+    case TC_OP_EXP: case TC_OP_LOG: case TC_OP_SIN: case TC_OP_COS: case TC_OP_TANH: case TC_OP_SIGMOID:
+    case TC_OP_SILU: case TC_OP_GELU: case TC_OP_GELU_TANH: case TC_OP_QUICK_GELU: case TC_OP_SOFTPLUS:
+    case TC_OP_RPOW_SCALAR: case TC_OP_POW:
+        return TC_PAR_COMPUTE;
+    case TC_OP_POW_SCALAR: return a == 2 ? TC_PAR_MEMORY : TC_PAR_COMPUTE;
+    default: return TC_PAR_MEMORY;
+    }
+}
+
 int tc_cpu_unary(tc_tensor *out, const tc_tensor *x, tc_op op, double a, double b) {
     const tc_tensor *ts[2] = {out, x};
     tc_iter it;
     tc_iter_init(&it, 2, ts);
+    it.kind = par_kind(op, a);
     ew_ctx c = {op, a, b, {out->dtype, x->dtype}};
     bool same = out->dtype == x->dtype;
     tc_iter_run(&it, same && x->dtype == TC_F32 ? unary_f32_run : same && x->dtype == TC_F64 ? unary_f64
@@ -286,6 +301,7 @@ int tc_cpu_unary_backward(tc_tensor *gx, const tc_tensor *gy, const tc_tensor *x
     const tc_tensor *ts[4] = {gx, gy, x ? x : gy, y ? y : gy};
     tc_iter it;
     tc_iter_init(&it, 4, ts);
+    it.kind = par_kind(op, a);
     ew_ctx c = {op, a, b, {gx->dtype, gy->dtype, ts[2]->dtype, ts[3]->dtype}};
     bool f32 = true, f64 = true, half = is_half(gx->dtype);
     for (int k = 0; k < 4; k++) {
@@ -401,6 +417,7 @@ int tc_cpu_binary(tc_tensor *out, const tc_tensor *a, const tc_tensor *b, tc_op 
     const tc_tensor *ts[3] = {out, a, b};
     tc_iter it;
     tc_iter_init(&it, 3, ts);
+    it.kind = par_kind(op, 0);
     ew_ctx c = {op, 0, 0, {out->dtype, a->dtype, b->dtype}};
     tc_iter_fn fn = binary_any;
     bool pow_int = op == TC_OP_POW && !tc_dtype_is_float(a->dtype);

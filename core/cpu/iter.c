@@ -10,6 +10,7 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
     const tc_tensor *t0 = ts[0];
     it->nops = nops;
     it->ndim = 0;
+    it->kind = TC_PAR_MEMORY;
     for (int k = 0; k < nops; k++) {
         it->base[k] = (char *)tc_data(ts[k]);
         it->esize[k] = tc_dtype_size(ts[k]->dtype);
@@ -66,7 +67,8 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
     for (int d = 0; d < nd - 1; d++) outer *= it->shape[d];
     /* small work runs here without entering OpenMP at all: even a parallel region with
      * a false if-clause costs more than a 16-element add */
-    bool parallel = tc_cpu_parallel(outer * inner * nops, TC_PAR_MEMORY) && omp_get_max_threads() > 1;
+    int64_t work = outer * inner * (it->kind == TC_PAR_MEMORY ? nops : 1);
+    bool parallel = tc_cpu_parallel(work, it->kind) && omp_get_max_threads() > 1;
     if (parallel && outer == 1) { /* one long run: split it, in pieces of 4,096 elements or more */
         int64_t chunks = inner / 4096 > 4 * omp_get_max_threads() ? 4 * omp_get_max_threads() : inner / 4096;
         if (chunks < 2) chunks = 2;
