@@ -45,17 +45,31 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
     }
 }
 
-/* the o-th innermost run: its operands' addresses from the outer multi-index */
-static void outer_run(const tc_iter *it, int64_t o, const int64_t *st, tc_iter_fn fn, void *ctx) {
+/* the innermost runs [lo, hi): the operands' addresses from the outer multi-index of run lo
+ * (divisions, once), then stepped through the outer dims as an odometer (a division per dim
+ * and run was a fifth of a transposing copy's time) */
+static void outer_runs(const tc_iter *it, int64_t lo, int64_t hi, const int64_t *st, tc_iter_fn fn, void *ctx) {
+    int nd = it->ndim, nops = it->nops;
+    int64_t idx[TC_MAX_DIMS], step[4][TC_MAX_DIMS], rem = lo;
     char *p[4];
-    int64_t rem = o;
-    for (int k = 0; k < it->nops; k++) p[k] = it->base[k];
-    for (int d = it->ndim - 2; d >= 0; d--) {
-        int64_t i = rem % it->shape[d];
+    for (int k = 0; k < nops; k++) p[k] = it->base[k];
+    for (int d = nd - 2; d >= 0; d--) {
+        idx[d] = rem % it->shape[d];
         rem /= it->shape[d];
-        for (int k = 0; k < it->nops; k++) p[k] += i * it->stride[k][d] * (int64_t)it->esize[k];
+        for (int k = 0; k < nops; k++) {
+            step[k][d] = it->stride[k][d] * (int64_t)it->esize[k];
+            p[k] += idx[d] * step[k][d];
+        }
     }
-    fn(it->shape[it->ndim - 1], p, st, ctx);
+    for (int64_t o = lo; o < hi; o++) {
+        fn(it->shape[nd - 1], p, st, ctx);
+        for (int d = nd - 2; d >= 0; d--) { /* the next run: carry through the outer dims */
+            for (int k = 0; k < nops; k++) p[k] += step[k][d];
+            if (++idx[d] < it->shape[d]) break;
+            for (int k = 0; k < nops; k++) p[k] -= it->shape[d] * step[k][d];
+            idx[d] = 0;
+        }
+    }
 }
 
 void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
@@ -82,9 +96,12 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
         return;
     }
     if (!parallel) {
-        for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
+        outer_runs(it, 0, outer, st, fn, ctx);
         return;
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
+#pragma omp parallel
+    { /* each thread a contiguous range of runs, as schedule(static) would give it */
+        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        outer_runs(it, outer * t / nt, outer * (t + 1) / nt, st, fn, ctx);
+    }
 }
