@@ -119,20 +119,21 @@ static void transpose_part(char *d, const char *s, int64_t i0, int64_t i1, int64
 }
 #undef TRANSPOSE_
 
-/* d[i ds + j] = s[i + j ss] for i < A, j < B (strides in elements of es bytes) */
-static void transpose(char *d, const char *s, int64_t A, int64_t B, int64_t ds, int64_t ss, size_t es) {
-    int64_t A4 = es == 4 ? A / 4 * 4 : 0, B4 = es == 4 ? B / 4 * 4 : 0; /* the blocks' part */
-    for (int64_t i0 = 0; i0 < A4; i0 += TILE)
+/* d[i ds + j] = s[i + j ss] for i in [a0, a1), j < B (strides in elements of es bytes); a0 a
+ * multiple of TILE */
+static void transpose(char *d, const char *s, int64_t a0, int64_t a1, int64_t B, int64_t ds, int64_t ss, size_t es) {
+    int64_t A4 = es == 4 ? a0 + (a1 - a0) / 4 * 4 : a0, B4 = es == 4 ? B / 4 * 4 : 0; /* the blocks' part */
+    for (int64_t i0 = a0; i0 < A4; i0 += TILE)
         for (int64_t j0 = 0; j0 < B4; j0 += TILE) {
             int64_t i1 = i0 + TILE < A4 ? i0 + TILE : A4, j1 = j0 + TILE < B4 ? j0 + TILE : B4;
             for (int64_t i = i0; i < i1; i += 4)
                 for (int64_t j = j0; j < j1; j += 4)
                     transpose4((uint32_t *)d + i * ds + j, (const uint32_t *)s + i + j * ss, ds, ss);
         }
-    transpose_part(d, s, 0, A4, B4, B, ds, ss, es); /* the columns right of the blocks */
-    for (int64_t i0 = A4; i0 < A; i0 += TILE)        /* the rows below them, all columns */
+    transpose_part(d, s, a0, A4, B4, B, ds, ss, es); /* the columns right of the blocks */
+    for (int64_t i0 = A4; i0 < a1; i0 += TILE)        /* the rows below them, all columns */
         for (int64_t j0 = 0; j0 < B; j0 += TILE)
-            transpose_part(d, s, i0, i0 + TILE < A ? i0 + TILE : A, j0, j0 + TILE < B ? j0 + TILE : B, ds, ss, es);
+            transpose_part(d, s, i0, i0 + TILE < a1 ? i0 + TILE : a1, j0, j0 + TILE < B ? j0 + TILE : B, ds, ss, es);
 }
 
 /* a copy between one dtype of the transposing kind, done: true; false when it is not one */
@@ -143,13 +144,14 @@ static bool copy_transposed(const tc_iter *it) {
     int64_t A = it->shape[nd - 2], B = it->shape[nd - 1], ds = it->stride[0][nd - 2], ss = it->stride[1][nd - 1];
     if (it->stride[0][nd - 1] != 1 || it->stride[1][nd - 2] != 1 || ss == 0 || A < TILE / 2 || B < TILE / 2)
         return false;
-    int64_t slabs = 1;
+    int64_t slabs = 1, bands = (A + TILE - 1) / TILE; /* each slab in bands of a tile's rows */
     for (int d = 0; d < nd - 2; d++) slabs *= it->shape[d];
-#pragma omp parallel for schedule(static) if (slabs > 1 && tc_cpu_parallel(2 * slabs * A * B, TC_PAR_MEMORY))
-    for (int64_t k = 0; k < slabs; k++) {
-        int64_t od = tc_cpu_offset_of(k, nd - 2, it->shape, it->stride[0]);
-        int64_t os = tc_cpu_offset_of(k, nd - 2, it->shape, it->stride[1]);
-        transpose(it->base[0] + od * (int64_t)es, it->base[1] + os * (int64_t)es, A, B, ds, ss, es);
+#pragma omp parallel for schedule(static) if (slabs * bands > 1 && tc_cpu_parallel(2 * slabs * A * B, TC_PAR_MEMORY))
+    for (int64_t k = 0; k < slabs * bands; k++) {
+        int64_t od = tc_cpu_offset_of(k / bands, nd - 2, it->shape, it->stride[0]);
+        int64_t os = tc_cpu_offset_of(k / bands, nd - 2, it->shape, it->stride[1]);
+        int64_t a0 = k % bands * TILE, a1 = a0 + TILE < A ? a0 + TILE : A;
+        transpose(it->base[0] + od * (int64_t)es, it->base[1] + os * (int64_t)es, a0, a1, B, ds, ss, es);
     }
     return true;
 }

@@ -98,6 +98,23 @@ static double sum_f32(int64_t n, const float *restrict p) {
     return s;
 }
 
+/* a long contiguous f32 run summed in chunks of SUM_CHUNK elements, split across threads when
+ * there is enough of it; the chunks' sums are added in order, so any number of threads gives
+ * the same result (NaN and *ok false when out of memory). */
+#define SUM_CHUNK 32768
+static double sum_f32_chunked(int64_t n, const float *p, bool *ok) {
+    int64_t chunks = (n + SUM_CHUNK - 1) / SUM_CHUNK;
+    double *part = malloc((size_t)chunks * sizeof *part);
+    if (!(*ok = part != NULL)) return NAN;
+#pragma omp parallel for schedule(static) if (chunks > 1 && tc_cpu_parallel(n, TC_PAR_MEMORY))
+    for (int64_t c = 0; c < chunks; c++)
+        part[c] = sum_f32(c + 1 < chunks ? SUM_CHUNK : n - c * SUM_CHUNK, p + c * SUM_CHUNK);
+    double s = 0;
+    for (int64_t c = 0; c < chunks; c++) s += part[c];
+    free(part);
+    return s;
+}
+
 /* acc[i] += row[i] for each of the rows (stride apart) of columns [lo, hi) */
 TC_SIMD_CLONES
 static void add_rows_f32(double *restrict acc, const float *restrict x, int64_t rows, int64_t stride, int64_t lo,
@@ -152,6 +169,13 @@ int tc_cpu_reduce(tc_tensor *out, const tc_tensor *x, tc_op op, int nred) {
     size_t es = tc_dtype_size(x->dtype), eo = tc_dtype_size(out->dtype);
     const char *xb = tc_data(x);
     char *ob = tc_data(out);
+    if ((op == TC_OP_SUM || op == TC_OP_MEAN) && run && nout == 1 && x->dtype == TC_F32 && l.rcount > SUM_CHUNK) {
+        bool ok;
+        double sum = sum_f32_chunked(l.rcount, (const float *)xb, &ok);
+        if (!ok) return tc_error("reduce: out of memory");
+        tc_store(ob, out->dtype, op == TC_OP_MEAN ? sum / (double)l.rcount : sum);
+        return TC_OK;
+    }
     /* a sum over a leading dim of a contiguous tensor (bias gradients): add rows */
     if ((op == TC_OP_SUM || op == TC_OP_MEAN) && !run && x->dtype == TC_F32 && out->dtype == TC_F32 &&
         l.nout == 1 && l.nred == 1 && l.ostride[0] == 1 && l.rstride[0] == l.oshape[0]) {
