@@ -163,7 +163,7 @@ tests["norms: large inputs match an f64 reference (threaded path, big offsets)"]
   T.testing.assert_close(y:var(3, false, { correction = 0 }), T.ones({ 4, 8 }, { dtype = "f64" }), { rtol = 1e-4 })
 end
 
-tests["group_norm f32: whole-group and per-channel sums, silu, 1 and 2 threads, match f64"] = function()
+tests["group_norm f32: whole-group and per-channel sums, silu, 1 and 2 threads, forward and gradients match f64"] = function()
   local threads = T.get_num_threads()
   local w, b = T.randn({ 12 }), T.randn({ 12 })
   local cases = {
@@ -175,9 +175,19 @@ tests["group_norm f32: whole-group and per-channel sums, silu, 1 and 2 threads, 
     T.set_num_threads(nt)
     for i, x in ipairs(cases) do
       for _, silu in ipairs({ false, true }) do
-        local y = F.group_norm(x, 4, w, b, { silu = silu })
-        local r = F.group_norm(x:double(), 4, w:double(), b:double(), { silu = silu })
-        T.testing.assert_close(y, r, { rtol = 1e-5, atol = 1e-5, msg = string.format("case %d, silu %s, %d threads", i, silu, nt) })
+        local msg = string.format("case %d, silu %s, %d threads", i, silu, nt)
+        local xs = { x:detach():requires_grad_(true), x:double():requires_grad_(true) }
+        local ws = { w:clone():requires_grad_(true), w:double():requires_grad_(true) }
+        local bs = { b:clone():requires_grad_(true), b:double():requires_grad_(true) }
+        local ys, gy = {}, T.randn(x.shape)
+        for k = 1, 2 do
+          ys[k] = F.group_norm(xs[k], 4, ws[k], bs[k], { silu = silu })
+          ys[k]:backward(gy:to(ys[k].dtype))
+        end
+        T.testing.assert_close(ys[1], ys[2], { rtol = 1e-5, atol = 1e-5, msg = msg })
+        T.testing.assert_close(xs[1].grad, xs[2].grad, { rtol = 1e-4, atol = 1e-4, msg = msg .. " gx" })
+        T.testing.assert_close(ws[1].grad, ws[2].grad, { rtol = 1e-4, atol = 1e-3, msg = msg .. " gw" })
+        T.testing.assert_close(bs[1].grad, bs[2].grad, { rtol = 1e-4, atol = 1e-3, msg = msg .. " gb" })
       end
     end
   end

@@ -274,11 +274,11 @@ static void group_forward(float *restrict y, const float *restrict x, int64_t cg
         normalize(y + c * HW, x + c * sx, HW, split(*mu), (float)(*rs * w[c]), (float)b[c], silu);
 }
 
-/* gh = g * silu'(h) with h = (x - mu) * a + o, as row_normalize activated it: the gradient that
+/* gh = g * silu'(h) with h = (x - mu) * a + o, as normalize activated it: the gradient that
  * reaches the norm through the silu */
-TC_SIMD_CLONES
-static void row_silu_grad(float *restrict gh, const float *restrict g, const float *restrict x, int64_t n,
-                          split_mean mu, float a, float o) {
+static inline __attribute__((always_inline)) void silu_grad(float *restrict gh, const float *restrict g,
+                                                            const float *restrict x, int64_t n, split_mean mu,
+                                                            float a, float o) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) {
         float h = ((x[i] - mu.hi) - mu.lo) * a + o;
@@ -295,9 +295,8 @@ static void row_normalize_affine(float *restrict y, const float *restrict x, int
 }
 
 /* *sg = sum of g, *sgx = sum of g (x - mu) */
-TC_SIMD_CLONES
-static void row_grad_sums(const float *restrict g, const float *restrict x, int64_t n, double mu, double *sg,
-                          double *sgx) {
+static inline __attribute__((always_inline)) void grad_sums(const float *restrict g, const float *restrict x,
+                                                            int64_t n, double mu, double *sg, double *sgx) {
     double a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
     for (int64_t i = 0; i < n; i++) {
@@ -309,11 +308,41 @@ static void row_grad_sums(const float *restrict g, const float *restrict x, int6
 }
 
 /* gx = g * a + (x - mu) * b + c */
-TC_SIMD_CLONES
-static void row_grad(float *restrict gx, const float *restrict g, const float *restrict x, int64_t n, split_mean mu,
-                     float a, float b, float c) {
+static inline __attribute__((always_inline)) void grad_row(float *restrict gx, const float *restrict g,
+                                                           const float *restrict x, int64_t n, split_mean mu,
+                                                           float a, float b, float c) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) gx[i] = g[i] * a + ((x[i] - mu.hi) - mu.lo) * b + c;
+}
+
+/* one group of group norm's backward, as group_forward: cg channels of HW (x's and gy's sx and
+ * sy apart, gx's HW apart; gh a scratch of cg HW floats, with silu); pw[c] and pb[c] get each
+ * channel's share of gw and gb, gx (unless NULL) the input's gradient */
+TC_SIMD_CLONES
+static void group_backward(float *restrict gx, const float *restrict gy, const float *restrict x, float *restrict gh,
+                           int64_t cg, int64_t HW, int64_t sx, int64_t sy, double mu, double rs, const double *w,
+                           const double *b, bool silu, double *pw, double *pb) {
+    double s1 = 0, s2 = 0; /* sums of gh and gh * xh over the group */
+    for (int64_t c = 0; c < cg; c++) {
+        const float *g = gy + c * sy;
+        if (silu) {
+            silu_grad(gh + c * HW, g, x + c * sx, HW, split(mu), (float)(rs * w[c]), (float)b[c]);
+            g = gh + c * HW;
+        }
+        double sg, sgx;
+        grad_sums(g, x + c * sx, HW, mu, &sg, &sgx);
+        pw[c] = sgx * rs;
+        pb[c] = sg;
+        s1 += sg * w[c];
+        s2 += sgx * rs * w[c];
+    }
+    if (!gx) return;
+    double cnt = (double)(cg * HW);
+    s1 /= cnt;
+    s2 /= cnt;
+    for (int64_t c = 0; c < cg; c++)
+        grad_row(gx + c * HW, silu ? gh + c * HW : gy + c * sy, x + c * sx, HW, split(mu), (float)(rs * w[c]),
+                 (float)(-rs * rs * s2), (float)(-rs * s1));
 }
 
 /* w and b as floats (1 and 0 where absent); NULL when out of memory */
@@ -426,11 +455,8 @@ static int group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_
                                    const tc_tensor *rstd, const double *wv, const double *bv, int64_t G, bool silu,
                                    double *pw, double *pb) {
     int64_t N = x->shape[0], C = x->shape[1], HW = x->shape[2], cg = C / G;
-    double cnt = (double)(cg * HW);
     const float *xp = tc_data(x), *gp = tc_data(gy), *mp = tc_data(mean), *rp = tc_data(rstd);
     int err = 0;
-#define XROW(c) (xp + n * x->stride[0] + (c) * x->stride[1])
-#define GROW(c) (gp + n * gy->stride[0] + (c) * gy->stride[1])
 #pragma omp parallel reduction(max : err) if (N * G > 1 && N * C * HW >= PAR_MIN)
     {
         float *gh = silu ? malloc((size_t)(cg * HW + 1) * sizeof *gh) : NULL;
@@ -440,34 +466,13 @@ static int group_norm_backward_f32(tc_tensor *gx, const tc_tensor *gy, const tc_
         for (int64_t ng = 0; ng < N * G; ng++) {
             if (!ok) continue;
             int64_t n = ng / G, c0 = ng % G * cg;
-            double mu = mp[ng], rs = rp[ng], s1 = 0, s2 = 0; /* sums of gh and gh * xh over the group */
-            for (int64_t c = c0; c < c0 + cg; c++) {
-                const float *g = GROW(c);
-                if (silu) {
-                    float *ghc = gh + (c - c0) * HW;
-                    row_silu_grad(ghc, g, XROW(c), HW, split(mu), (float)(rs * wv[c]), (float)bv[c]);
-                    g = ghc;
-                }
-                double sg, sgx;
-                row_grad_sums(g, XROW(c), HW, mu, &sg, &sgx);
-                pw[n * C + c] = sgx * rs;
-                pb[n * C + c] = sg;
-                s1 += sg * wv[c];
-                s2 += sgx * rs * wv[c];
-            }
-            if (!gx) continue;
-            s1 /= cnt;
-            s2 /= cnt;
-            for (int64_t c = c0; c < c0 + cg; c++) {
-                const float *g = silu ? gh + (c - c0) * HW : GROW(c);
-                row_grad((float *)tc_data(gx) + (n * C + c) * HW, g, XROW(c), HW, split(mu), (float)(rs * wv[c]),
-                         (float)(-rs * rs * s2), (float)(-rs * s1));
-            }
+            group_backward(gx ? (float *)tc_data(gx) + (n * C + c0) * HW : NULL,
+                           gp + n * gy->stride[0] + c0 * gy->stride[1], xp + n * x->stride[0] + c0 * x->stride[1], gh,
+                           cg, HW, x->stride[1], gy->stride[1], mp[ng], rp[ng], wv + c0, bv + c0, silu,
+                           pw + n * C + c0, pb + n * C + c0);
         }
         free(gh);
     }
-#undef XROW
-#undef GROW
     return err ? tc_error("group_norm backward: out of memory") : TC_OK;
 }
 
