@@ -74,6 +74,18 @@ static inline __attribute__((always_inline)) AVX512 void tile(const tc_gemm_f32 
 TILE_NV(false)
 TILE_NV(true)
 
+/* out [K][N] <- B^T (b [N, K] with row stride ldb), 16 columns of out per gather */
+AVX512 static void pack_transposed(float *out, const tc_gemm_f32 *g) {
+    __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_epi32((int)g->ldb));
+    for (int64_t n0 = 0; n0 < g->N; n0 += 16) {
+        __mmask16 m = g->N - n0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (g->N - n0)) - 1);
+        const float *col = g->b + n0 * g->ldb;
+        for (int64_t k = 0; k < g->K; k++)
+            _mm512_mask_storeu_ps(out + k * g->N + n0, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lanes, col + k, 4));
+    }
+}
+
 bool tc_cpu_gemm_f32_ok(void) {
 #ifndef TC_SIMD_NO_AVX512
     static int known = -1;
@@ -91,8 +103,7 @@ int tc_cpu_gemm_f32(const tc_gemm_f32 *g) {
     if (g->tb) { /* op(B) = B^T: rows of op(B) are columns of B, copied out once */
         packed = tc_cpu_alloc((size_t)(g->K * g->N) * sizeof(float));
         if (!packed) return tc_error("gemm: out of memory for a packed operand");
-        for (int64_t n = 0; n < g->N; n++)
-            for (int64_t k = 0; k < g->K; k++) packed[k * g->N + n] = g->b[n * g->ldb + k];
+        pack_transposed(packed, g);
         b = packed;
         ldb = g->N;
     }
