@@ -65,7 +65,7 @@ static int gemm_bf16(tc_tensor *c, const tc_tensor *a, const tc_tensor *b, doubl
  * 512 0.055 / 0.041, 1536 x 128 x 512 2.16 / 1.93; two threads (OpenBLAS splits these poorly)
  * 1536 x 256 x 64 0.25 / 0.25, 1536 x 64 x 256 0.28-0.30 / 0.22, 256 x 64 x 1536 0.71 / 0.23,
  * 1536 x 64 x 64 0.074 / 0.060. Slower in the kernel: 384 x 256 x 64 0.125 / 0.134, 64 x 128 x
- * 256 (B transposed) 0.045 / 0.060, 1536 x 512 x 64 1.00 / 1.17, 512 x 128 x 1536 (A
+ * 256 (B transposed) 0.045 / 0.049, 1536 x 512 x 64 1.00 / 1.17, 512 x 128 x 1536 (A
  * transposed) 2.3 / 2.9, 4096 x 640 x 320 17.6 / 22.7. */
 static bool short_product(int64_t M, int64_t N, int64_t K, bool tb) {
     return N <= 256 && N * K <= (1 << 17) && M * N * K >= (1 << 21) && (N < 256 || M >= 1024) && (!tb || M >= 512) &&
