@@ -4,12 +4,16 @@
 -- memory with and without gradient checkpointing, and sampling (DDIM 50
 -- steps, guidance 7.5, batch 1, the UNet in f16, then the VAE's decode to 512x512; sample_graph:
 -- the same with the UNet's guided pass replayed from a CUDA graph), with the
--- bf16 GEMM rate that model FLOPs utilisation is taken against. bench/sd_gpu_torch.py is the same
+-- bf16 GEMM rate that model FLOPs utilisation is taken against, and attention at SD's shapes (fwd+bwd,
+-- bf16, batch 8, 8 heads: L 4096 / head dim 40, L 1024 / 80, L 256 / 160, cross-attention L 4096 x
+-- S 77 / 40) once on each backend, cuDNN's fused attention and the flash kernel, with the backend
+-- that ran and why ("INFO attention ..."). bench/sd_gpu_torch.py is the same
 -- work in PyTorch + diffusers; scripts/gpu_check.sh runs both and prints the ratios.
 -- Prints "RESULT <name> <seconds per iteration> 0" lines (the median of synchronized rounds; the
 -- model's FLOPs come from PyTorch's counter on the other side) and "MEM <name> <peak bytes>".
---   tocha bench/sd_gpu.lua [--small] [--channels_last] [gemm train recipe memory sample sample_graph ...]
---   (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps, to check the script;
+--   tocha bench/sd_gpu.lua [--small] [--channels_last] [gemm attention train recipe memory sample sample_graph ...]
+--   (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps, attention at batch 1, 2 heads
+--   and L / 16, to check the script;
 --   --channels_last: the UNet's weights and the latents channels-last, for the training steps)
 local T = require "tocha"
 local F = require "tocha.nn.functional"
@@ -23,7 +27,7 @@ for _, a in ipairs(arg) do
   elseif a == "--channels_last" then channels_last = true
   else which[#which + 1] = a end
 end
-if #which == 0 then which = { "gemm", "train", "recipe", "memory", "sample", "sample_graph" } end
+if #which == 0 then which = { "gemm", "attention", "train", "recipe", "memory", "sample", "sample_graph" } end
 if not (T.cuda and T.cuda.is_available()) then
   print("SKIP no CUDA GPU (T.cuda.is_available() is false)")
   return
@@ -66,6 +70,42 @@ function BENCH.gemm()
   local n = small and 256 or 8192
   local a, b = T.randn({ n, n }, { device = "cuda", dtype = "bf16" }), T.randn({ n, n }, { device = "cuda", dtype = "bf16" })
   bench("sd_gemm_bf16_" .. n, small and 2 or 20, 3, function() local c <close> = a:matmul(b) end)
+end
+
+-- attention fwd+bwd in bf16 at SD's shapes, on each backend of T.backends.sdpa_backend: a row per
+-- backend that ran (a shape cuDNN declines runs flash both times: one row, and the reason)
+local ATTN_SHAPES = { { L = 4096, S = 4096, E = 40 }, { L = 1024, S = 1024, E = 80 }, { L = 256, S = 256, E = 160 },
+  { L = 4096, S = 77, E = 40 } }
+function BENCH.attention()
+  local B, Hd = small and 1 or 8, small and 2 or 8
+  local prev = T.backends.sdpa_backend()
+  for _, sh in ipairs(ATTN_SHAPES) do
+    local L, S = small and sh.L // 16 or sh.L, sh.S == 77 and 77 or (small and sh.S // 16 or sh.S)
+    local opt = { device = "cuda", dtype = "bf16" }
+    T.manual_seed(0)
+    local q, k, v = T.randn({ B, Hd, L, sh.E }, opt), T.randn({ B, Hd, S, sh.E }, opt), T.randn({ B, Hd, S, sh.E }, opt)
+    q:requires_grad_(); k:requires_grad_(); v:requires_grad_()
+    local gy = T.randn({ B, Hd, L, sh.E }, opt)
+    local name = string.format("sd_attn_b%dh%d_L%d_S%d_d%d", B, Hd, L, S, sh.E)
+    local seen = {}
+    for _, backend in ipairs({ "cudnn", "flash" }) do
+      T.backends.sdpa_backend(backend)
+      local function step()
+        F.scaled_dot_product_attention(q, k, v):backward(gy)
+        q.grad, k.grad, v.grad = nil, nil, nil
+      end
+      step()
+      local last = T.backends.sdpa_last()
+      local ran = last.forward .. (last.backward ~= last.forward and "+" .. last.backward or "")
+      print(string.format("INFO attention %s asked %s: forward %s (%s), backward %s (%s)", name, backend, last.forward,
+        last.forward_reason, last.backward, last.backward_reason))
+      if not seen[ran] then
+        seen[ran] = true
+        bench(name .. "_" .. ran, small and 2 or 20, 3, step)
+      end
+    end
+  end
+  T.backends.sdpa_backend(prev)
 end
 
 -- the UNet in f32 with AdamW (multi-tensor on CUDA) and one training step under bf16 autocast,
@@ -172,7 +212,7 @@ function BENCH.sample() sampling(false) end
 function BENCH.sample_graph() sampling(true) end
 
 for _, name in ipairs(which) do
-  if not BENCH[name] then error("sd_gpu.lua: unknown benchmark " .. name .. " (gemm, train, recipe, memory, sample, sample_graph)", 0) end
+  if not BENCH[name] then error("sd_gpu.lua: unknown benchmark " .. name .. " (gemm, attention, train, recipe, memory, sample, sample_graph)", 0) end
   BENCH[name]()
   collectgarbage()
 end

@@ -2,11 +2,13 @@
 SD 1.5's UNet training step (bf16 autocast, 64x64 latents, batch 8, noise-prediction MSE, AdamW
 with foreach, SDPA attention), the fine-tuning recipe's step (batch 16, clipping), the step's
 peak memory with and without gradient checkpointing, DDIM
-sampling (50 steps, guidance 7.5, batch 1, f16, then the VAE's decode to 512x512), and the bf16
-GEMM rate. Timed as tocha's side (synchronize around each round, the median of the rounds).
+sampling (50 steps, guidance 7.5, batch 1, f16, then the VAE's decode to 512x512; sample_graph:
+the same with the guided UNet pass captured once in a torch.cuda.CUDAGraph on static inputs and
+replayed at each step, as diffusers users do), the bf16 GEMM rate, and attention fwd+bwd in bf16 at
+SD's shapes (scaled_dot_product_attention, its best backend). Timed as tocha's side (synchronize around each round, the median of the rounds).
 Prints "RESULT <name> <seconds per iteration> <model FLOPs per iteration>" (FLOPs from
 torch.utils.flop_counter for the training step, else 0) and "MEM <name> <peak bytes>".
-  python3 bench/sd_gpu_torch.py [--small] [--channels_last] [gemm train recipe memory sample ...]
+  python3 bench/sd_gpu_torch.py [--small] [--channels_last] [gemm attention train recipe memory sample sample_graph ...]
 (--small: the tiny UNet and VAE at 16x16 latents, 3 sampling steps; runs on the CPU without a GPU)"""
 import statistics
 import sys
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 
 small = "--small" in sys.argv
 channels_last = "--channels_last" in sys.argv
-which = [a for a in sys.argv[1:] if a not in ("--small", "--channels_last")] or ["gemm", "train", "recipe", "memory", "sample"]
+which = [a for a in sys.argv[1:] if a not in ("--small", "--channels_last")] or [
+    "gemm", "attention", "train", "recipe", "memory", "sample", "sample_graph"]
 gpu = torch.cuda.is_available()
 if not gpu and not small:
     print("SKIP no CUDA GPU (torch.cuda.is_available() is false)")
@@ -72,6 +75,26 @@ def gemm():
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     bench(f"sd_gemm_bf16_{n}", 2 if small else 20, 3, lambda: a @ b)
+
+
+ATTN_SHAPES = ((4096, 4096, 40), (1024, 1024, 80), (256, 256, 160), (4096, 77, 40))
+
+
+def attention():
+    """fwd+bwd of scaled_dot_product_attention in bf16 (its own choice of backend), tocha's shapes"""
+    b, h = (1, 2) if small else (8, 8)
+    for L, S, E in ATTN_SHAPES:
+        if small:
+            L, S = L // 16, S if S == 77 else S // 16
+        torch.manual_seed(0)
+        dt = torch.bfloat16 if gpu else torch.float32
+        q, k, v = (torch.randn(b, h, n, E, device=dev, dtype=dt, requires_grad=True) for n in (L, S, S))
+        gy = torch.randn(b, h, L, E, device=dev, dtype=dt)
+
+        def step():
+            F.scaled_dot_product_attention(q, k, v).backward(gy)
+            q.grad = k.grad = v.grad = None
+        bench(f"sd_attn_b{b}h{h}_L{L}_S{S}_d{E}", 2 if small else 20, 3, step)
 
 
 def trainer(checkpointing, batch=BATCH, clip=None):
@@ -139,8 +162,14 @@ def memory():
             torch.cuda.empty_cache()
 
 
-def sample():
+def sample(graph=False):
+    """graph: the guided UNet pass (both halves of classifier-free guidance in one batch) captured
+    once in a CUDA graph on static latents, timesteps and context, replayed at each step; the
+    scheduler's step stays eager (tocha's sample_graph does the same)"""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    if graph and not gpu:
+        print("SKIP sample_graph: CUDA graphs need a GPU", flush=True)
+        return
     torch.manual_seed(0)
     dt = torch.float16 if gpu else torch.float32  # f16 convolutions on the CPU are too slow to check with
     unet = UNet2DConditionModel(**UNET).to(dev, dt).eval()
@@ -148,19 +177,48 @@ def sample():
     s = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                       set_alpha_to_one=False, steps_offset=1)
     ctx = torch.randn(2, 77, CTX, device=dev, dtype=dt)
+    inp = torch.zeros(1, 4, SIZE, SIZE, device=dev, dtype=dt)
+    ts = torch.zeros(2, device=dev, dtype=torch.long)
+
+    def guided():
+        out = unet(torch.cat([inp, inp]), ts, ctx).sample
+        uncond, cond = out.chunk(2)
+        return uncond + (cond - uncond) * 7.5
+
+    g, eps = None, None
+    if graph:
+        with torch.no_grad():
+            side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graphs' docs ask
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    guided()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                eps = guided()
 
     @torch.no_grad()
     def run():
         s.set_timesteps(STEPS)
         x = torch.randn(1, 4, SIZE, SIZE, device=dev, dtype=dt) * s.init_noise_sigma
         for t in s.timesteps:
-            inp = s.scale_model_input(x, t)
-            out = unet(torch.cat([inp, inp]), t, ctx).sample
-            uncond, cond = out.chunk(2)
-            x = s.step(uncond + (cond - uncond) * 7.5, t, x).prev_sample
+            inp.copy_(s.scale_model_input(x, t))
+            ts.fill_(int(t))
+            if g is not None:
+                g.replay()
+                e = eps
+            else:
+                e = guided()
+            x = s.step(e, t, x).prev_sample
         return vae.decode(x / 0.18215).sample
-    bench(f"sd15_sample_ddim{STEPS}_f16_{SIZE * 8}x{SIZE * 8}", 1, 1, run)
+    bench(f"sd15_sample_ddim{STEPS}_f16_{SIZE * 8}x{SIZE * 8}" + ("_graph" if graph else ""), 1, 1, run)
+
+
+def sample_graph():
+    sample(True)
 
 
 for w in which:
-    {"gemm": gemm, "train": train, "recipe": recipe, "memory": memory, "sample": sample}[w]()
+    {"gemm": gemm, "attention": attention, "train": train, "recipe": recipe, "memory": memory, "sample": sample,
+     "sample_graph": sample_graph}[w]()

@@ -26,9 +26,21 @@ local CASES = {
     local x = T.randn({ n // 64, 64 }):t()
     return function() return x:contiguous() end
   end },
-  { "exp", "memory", function(n) return 2 * n end, function(n)
+  { "copy", "memory", function(n) return 2 * n end, function(n)
+    local x = T.randn({ n // 1024, 1024 })
+    return function() return x:clone() end
+  end },
+  { "cat", "memory", function(n) return n end, function(n)
+    local a, b = T.randn({ 8, n // 16 }), T.randn({ 8, n // 16 })
+    return function() return T.cat({ a, b }, 2) end
+  end },
+  { "exp", "compute", function(n) return n end, function(n)
     local x = T.randn({ n })
     return function() return x:exp() end
+  end },
+  { "quick_gelu", "compute", function(n) return n end, function(n)
+    local x = T.randn({ n })
+    return function() return F.quick_gelu(x) end
   end },
   { "sum", "memory", function(n) return n end, function(n)
     local x = T.randn({ n // 1024, 1024 })
@@ -44,7 +56,7 @@ local CASES = {
   end },
   { "softmax", "compute", function(n) return n end, function(n)
     local x = T.randn({ n // 64, 64 })
-    return function() return x:softmax(2) end
+    return function() return F.softmax(x, 2) end
   end },
   { "layer_norm", "compute", function(n) return n end, function(n)
     local x, w, b = T.randn({ n // 64, 64 }), T.randn({ 64 }), T.randn({ 64 })

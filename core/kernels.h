@@ -19,6 +19,7 @@ typedef struct {
     double scale, dropout_p;
     bool causal; /* top-left aligned: row l attends to columns s <= l */
     uint64_t seed, offset;
+    const tc_tensor *out; /* backward: the forward's output where kept (CUDA f16/bf16), else NULL */
 } tc_sdpa_params;
 
 /* A kernel computes; it never allocates autograd state and never sees Lua. Unless a contract

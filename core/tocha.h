@@ -399,6 +399,13 @@ void tc_cuda_set_allow_tf32(bool on);   /* f32 matmul and conv on TF32 tensor co
 bool tc_cuda_allow_tf32(void);
 void tc_cuda_set_cudnn_benchmark(bool on); /* pick conv algorithms by timing them, per shape */
 bool tc_cuda_cudnn_benchmark(void);
+/* scaled_dot_product_attention's f16/bf16 backend: "cudnn" (the default; cuDNN's fused attention
+ * where its plan for the problem finalizes, else the flash kernel) or "flash" (the flash kernel
+ * always); TOCHA_SDPA_BACKEND sets the first value. _last: the backend the last forward
+ * (backward: true) ran and why ("none" before any) */
+int tc_cuda_set_sdpa_backend(const char *name);
+const char *tc_cuda_sdpa_backend(void);
+const char *tc_cuda_sdpa_last(bool backward, const char **reason);
 /* a contiguous copy of a CPU tensor in page-locked host memory (x itself when already
  * pinned), without autograd history: copies from it to the GPU are asynchronous.
  * tc_is_pinned says whether a tensor's memory is page-locked. */

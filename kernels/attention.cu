@@ -3,9 +3,13 @@
  * products run over shared-memory chunks of the head dim, an online softmax forward, and a
  * backward that recomputes the probabilities from each row's logsumexp. Dropout follows the
  * Philox rule of kernels->dropout over the [B.., L, S] probabilities. Math in float (double for f64).
- * The entries send f16 and bf16 problems that tcu_flash_fits takes to the tensor-core kernels of
- * flash.cu; this kernel serves f32, f64 and the rest. */
+ * The entries send f16 and bf16 problems that tcu_flash_fits takes to cuDNN's fused attention
+ * (cudnn_attention.cu) where it takes them, else to the tensor-core kernels of flash.cu; this
+ * kernel serves f32, f64 and the rest. */
 #include "attention.h"
+
+#include <stdio.h>
+#include <stdlib.h>
 
 /* ---- tiles --------------------------------------------------------------------------------------
  * A block of ATT_THREADS threads works on a TILE x TILE tile of (row, column) pairs: thread t
@@ -303,13 +307,62 @@ static int sdpa_backward_typed(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_t
     return TC_OK;
 }
 
+/* ---- the choice for f16 and bf16: cuDNN's fused attention or flash.cu -----------------------------
+ * "cudnn" (the default): cuDNN where its plan for the problem finalizes, flash.cu where cuDNN
+ * declines it (kept with the reason); "flash": flash.cu always. TOCHA_SDPA_BACKEND sets the
+ * first value; T.backends.sdpa_backend changes it. The last choice of each direction is kept
+ * for tc_cuda_sdpa_last. */
+static int backend = -1; /* -1: not read from the environment yet; 0: cudnn, 1: flash */
+static const char *last_backend[2] = {"none", "none"};
+static char last_reason[2][240];
+
+static int backend_now(void) {
+    if (backend < 0) {
+        const char *e = getenv("TOCHA_SDPA_BACKEND");
+        backend = e && !strcmp(e, "flash") ? 1 : 0;
+    }
+    return backend;
+}
+
+static void chose(int dir, const char *name, const char *why) {
+    last_backend[dir] = name;
+    snprintf(last_reason[dir], sizeof last_reason[dir], "%s", why ? why : "");
+}
+
+/* whether to try cuDNN; the choice is recorded either way */
+static bool use_cudnn(int dir) {
+    if (backend_now() == 0) return true;
+    chose(dir, "flash", "T.backends.sdpa_backend (or TOCHA_SDPA_BACKEND) is \"flash\"");
+    return false;
+}
+
 /* ---- exported entries ---------------------------------------------------------------------------- */
 extern "C" {
+int tc_cuda_set_sdpa_backend(const char *name) {
+    if (strcmp(name, "cudnn") && strcmp(name, "flash"))
+        return tc_error("sdpa_backend: expected \"cudnn\" or \"flash\", got \"%s\"", name);
+    backend = !strcmp(name, "flash");
+    return TC_OK;
+}
+
+const char *tc_cuda_sdpa_backend(void) { return backend_now() ? "flash" : "cudnn"; }
+
+const char *tc_cuda_sdpa_last(bool backward, const char **reason) {
+    if (reason) *reason = last_reason[backward];
+    return last_backend[backward];
+}
+
 int tc_cuda_sdpa(tc_tensor *out, tc_tensor *lse, const tc_tensor *q, const tc_tensor *k, const tc_tensor *v,
                  const tc_tensor *mask, const tc_sdpa_params *p) {
     attn a = attn_of(q, k, v, mask, NULL, p);
-    if (tcu_flash_fits(q->dtype, a, false)) return tcu_flash_forward(out, lse, q->dtype, a);
-    return sdpa_typed(out, lse, q, a);
+    if (!tcu_flash_fits(q->dtype, a, false)) return sdpa_typed(out, lse, q, a);
+    if (use_cudnn(0)) {
+        const char *why = NULL;
+        int rc = tcu_cudnn_sdpa_forward(out, lse, q->dtype, a, &why);
+        if (rc != TCU_DECLINED) return chose(0, "cudnn", why), rc;
+        chose(0, "flash", why);
+    }
+    return tcu_flash_forward(out, lse, q->dtype, a);
 }
 
 int tc_cuda_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor *gmask, const tc_tensor *gout,
@@ -322,9 +375,15 @@ int tc_cuda_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_tensor
     size_t n = (size_t)(a.B * a.L > 0 ? a.B * a.L : 1) * tc_dtype_size(lse->dtype);
     void *dsum = tc_cuda_alloc(n);
     if (!dsum) return tc_error("scaled_dot_product_attention backward: out of GPU memory for a %zu-byte workspace", n);
-    int rc = tcu_flash_fits(q->dtype, a, gmask != NULL)
-                 ? tcu_flash_backward(gq, gk, gv, q->dtype, a, lse, (float *)dsum)
-                 : sdpa_backward_typed(gq, gk, gv, gmask, q, lse, a, dsum);
+    int rc = TCU_DECLINED;
+    if (tcu_flash_fits(q->dtype, a, gmask != NULL) && use_cudnn(1)) {
+        const char *why = NULL;
+        rc = tcu_cudnn_sdpa_backward(gq, gk, gv, q->dtype, a, p->out, lse, (float *)dsum, &why);
+        chose(1, rc == TCU_DECLINED ? "flash" : "cudnn", why);
+    }
+    if (rc == TCU_DECLINED)
+        rc = tcu_flash_fits(q->dtype, a, gmask != NULL) ? tcu_flash_backward(gq, gk, gv, q->dtype, a, lse, (float *)dsum)
+                                                        : sdpa_backward_typed(gq, gk, gv, gmask, q, lse, a, dsum);
     tc_cuda_free(dsum);
     return rc;
 }

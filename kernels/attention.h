@@ -124,4 +124,15 @@ int tcu_flash_forward(tc_tensor *out, tc_tensor *lse, tc_dtype dt, const attn &a
 int tcu_flash_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_dtype dt, const attn &a, const tc_tensor *lse,
                        float *dsum);
 
+/* ---- cuDNN's fused attention (cudnn_attention.cu) ---------------------------------------------------
+ * For f16 and bf16: TC_OK where cuDNN ran the problem, TCU_DECLINED where it did not (why in
+ * *reason, a static string or one a cached plan keeps; the caller runs flash.cu): cuDNN refusing
+ * the graph, failing a call, or the memory it needs missing is never an error. The backward needs the forward's output (out) for rowsum(dO * O), and dsum: B L floats of
+ * workspace; gq, gk, gv may be NULL. Plans are cached per problem; _release frees them (their
+ * descriptors name the cuDNN handle, which tcu_cudnn_release destroys after calling it). */
+#define TCU_DECLINED 1
+int tcu_cudnn_sdpa_forward(tc_tensor *out, tc_tensor *lse, tc_dtype dt, const attn &a, const char **reason);
+int tcu_cudnn_sdpa_backward(tc_tensor *gq, tc_tensor *gk, tc_tensor *gv, tc_dtype dt, const attn &a,
+                            const tc_tensor *out, const tc_tensor *lse, float *dsum, const char **reason);
+
 #endif

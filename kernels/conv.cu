@@ -96,6 +96,7 @@ static void plan_free(conv_plan *pl) {
 }
 
 extern "C" void tcu_cudnn_release(void) {
+    tcu_cudnn_attention_release(); /* its plans name the handle */
     for (int i = 0; i < nplans; i++) plan_free(plans[i]);
     free(plans);
     plans = NULL;

@@ -5,6 +5,7 @@
 #include "../core/internal.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #define WHY "tocha was built without CUDA: nvcc was not found, or CUDA=0"
 #define NO_CUDA "cuda is not available (" WHY ")"
@@ -30,6 +31,19 @@ static bool tf32, bench;
 void tc_cuda_set_allow_tf32(bool on) { tf32 = on; }
 bool tc_cuda_allow_tf32(void) { return tf32; }
 void tc_cuda_set_cudnn_benchmark(bool on) { bench = on; }
+static bool sdpa_flash;
+int tc_cuda_set_sdpa_backend(const char *name) {
+    if (strcmp(name, "cudnn") && strcmp(name, "flash"))
+        return tc_error("sdpa_backend: expected \"cudnn\" or \"flash\", got \"%s\"", name);
+    sdpa_flash = !strcmp(name, "flash");
+    return TC_OK;
+}
+const char *tc_cuda_sdpa_backend(void) { return sdpa_flash ? "flash" : "cudnn"; }
+const char *tc_cuda_sdpa_last(bool backward, const char **reason) {
+    (void)backward;
+    if (reason) *reason = "tocha was built without CUDA";
+    return "none";
+}
 bool tc_cuda_cudnn_benchmark(void) { return bench; }
 tc_tensor *tc_pin_memory(tc_tensor *x) { (void)x; tc_error("pin_memory: %s", NO_CUDA); return NULL; }
 bool tc_is_pinned(const tc_tensor *x) { return x->storage->pinned; }

@@ -22,5 +22,7 @@ extern "C" int tcu_cudnn_fail(const char *call, cudnnStatus_t status, const char
 extern "C" int tcu_cudnn_handle(cudnnHandle_t *out);
 /* frees the cached plans, the workspace and the handle; the next conv starts afresh */
 extern "C" void tcu_cudnn_release(void);
+/* frees cudnn_attention.cu's cached plans (tcu_cudnn_release calls it) */
+extern "C" void tcu_cudnn_attention_release(void);
 
 #endif

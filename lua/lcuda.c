@@ -183,8 +183,33 @@ static int flag(lua_State *L, bool (*get)(void), void (*set)(bool)) {
 static int b_allow_tf32(lua_State *L) { return flag(L, tc_cuda_allow_tf32, tc_cuda_set_allow_tf32); }
 static int b_cudnn_benchmark(lua_State *L) { return flag(L, tc_cuda_cudnn_benchmark, tc_cuda_set_cudnn_benchmark); }
 
+/* sdpa_backend([name]): sets "cudnn" or "flash", returns the previous; sdpa_last(): what the
+ * last f16/bf16 attention on cuda ran, {forward =, forward_reason =, backward =, backward_reason =} */
+static int b_sdpa_backend(lua_State *L) {
+    const char *prev = tc_cuda_sdpa_backend();
+    if (!lua_isnoneornil(L, 1) && tc_cuda_set_sdpa_backend(luaL_checkstring(L, 1)) != TC_OK)
+        return luaL_error(L, "%s", tc_last_error());
+    lua_pushstring(L, prev);
+    return 1;
+}
+static int b_sdpa_last(lua_State *L) {
+    const char *fwhy, *bwhy;
+    const char *f = tc_cuda_sdpa_last(false, &fwhy), *b = tc_cuda_sdpa_last(true, &bwhy);
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, f);
+    lua_setfield(L, -2, "forward");
+    lua_pushstring(L, fwhy);
+    lua_setfield(L, -2, "forward_reason");
+    lua_pushstring(L, b);
+    lua_setfield(L, -2, "backward");
+    lua_pushstring(L, bwhy);
+    lua_setfield(L, -2, "backward_reason");
+    return 1;
+}
+
 const luaL_Reg tcl_backends_funcs[] = {
     {"allow_tf32", b_allow_tf32}, {"cudnn_benchmark", b_cudnn_benchmark},
+    {"sdpa_backend", b_sdpa_backend}, {"sdpa_last", b_sdpa_last},
     {NULL, NULL},
 };
 

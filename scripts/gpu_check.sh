@@ -236,16 +236,21 @@ step_bench() {
     note "benchmarks" "$met goals met, $missed missed"
 }
 
-# Stable Diffusion 1.5 at real size: the UNet's training step (goal: 1.0x PyTorch eager), its peak
-# memory with and without gradient checkpointing, DDIM sampling (goal 1.5x diffusers' eager
-# pipeline), model FLOPs utilisation against the bf16 GEMM rate each side measured. diffusers is
+# Stable Diffusion 1.5 at real size: attention fwd+bwd at SD's four shapes on cuDNN's fused
+# attention and on the flash kernel (goal: 1.0x PyTorch's SDPA; "INFO attention" lines say which
+# backend ran and why), the UNet's training step (goal: 1.0x PyTorch eager), its peak memory with
+# and without gradient checkpointing, DDIM sampling eager and from CUDA graphs against PyTorch's
+# eager and CUDA-graph pipelines (goal 1.5x), model FLOPs utilisation against the bf16 GEMM rate
+# each side measured. diffusers is
 # not installed on the GPU machine: prepare carries it in build/pylib.
 step_sd() {
-    section "Stable Diffusion 1.5 (UNet training step, fine-tuning recipe, peak memory, DDIM sampling)"
+    section "Stable Diffusion 1.5 (attention on cuDNN and flash, UNet training step, fine-tuning recipe, peak memory, DDIM sampling)"
     bench_pair "SD benchmarks" "$OUT/sd.log" sd_gpu 240 200 "${SD_GPU_FLAGS:-}" || return
     SD_TABLE=$(sd_table "$OUT/sd.log")
     printf '```\n%s\n```\n' "$SD_TABLE" >>"$OUT/RESULTS.md"
     echo "$SD_TABLE"
+    # which attention backend each shape ran, and why (cuDNN's refusals name the failing call)
+    grep '^INFO attention' "$OUT/sd.log" | tee -a "$OUT/RESULTS.md"
     note "SD" "$(echo "$SD_TABLE" | grep -c ' ok$') goals met, $(echo "$SD_TABLE" | grep -c ' MISSED$') missed"
 }
 
@@ -289,7 +294,7 @@ sd_table() {
             printf "%-40s %12s %12s %8s %10s  %s\n", "benchmark", "tocha", "torch", "ratio", "MFU t/p", "goal"
             for (i = 1; i <= n; i++) {
                 k = order[i]
-                goal = k ~ /_train_bf16_b[0-9]+_[0-9x]+$/ ? 1.0 : k ~ /^sd15_sample/ ? 1.5 : 0
+                goal = k ~ /_train_bf16_b[0-9]+_[0-9x]+$/ || k ~ /^sd_attn/ ? 1.0 : k ~ /^sd15_sample/ ? 1.5 : 0
                 mfu = "-"; b = k; sub(/_ckpt$/, "", b) # checkpointing recomputes: the model FLOPs are the same
                 if (fl[b] > 0 && g != "" && (g in p) && (k in p))
                     mfu = sprintf("%.0f%%/%.0f%%", 100 * (fl[b] / t[k]) / (gt / t[g]), 100 * (fl[b] / p[k]) / (gt / p[g]))
@@ -298,7 +303,9 @@ sd_table() {
                     bs = substr(k, RSTART + 2, RLENGTH - 3) + 0
                     note = sprintf("(no goal; images/s %.1f, PyTorch %s)", bs / t[k], (k in p) ? sprintf("%.1f", bs / p[k]) : "-")
                 }
-                pk = k; sub(/_graph$/, "", pk) # sampling from CUDA graphs: against diffusers' eager pipeline
+                # sampling from CUDA graphs: against the PyTorch CUDA-graph row where there is one, else the eager
+                # pipeline; attention on each tocha backend (suffix _cudnn, _flash): against PyTorch SDPA
+                pk = k; sub(/_graph$/, "", pk); sub(/_(cudnn|flash)([+](cudnn|flash))?$/, "", pk)
                 if (!(k in p) && (pk in p)) p[k] = p[pk]
                 if (k in p) {
                     r = p[k] / t[k]
@@ -331,7 +338,7 @@ bench_table() {
                 k = order[i]; per_op = k ~ /per_op/; goal = per_op || k ~ /^(sdpa|geglu|bias_gelu|layernorm|groupnorm32_silu_fused)/ ? 1.0 : k ~ /^(gemm|conv)/ ? 0.95 : 0
                 s = per_op ? 1e6 : 1e3; u = per_op ? "us" : "ms"
                 tf = fl[k] > 0 ? sprintf("%9.1f", fl[k] / t[k] / 1e12) : sprintf("%9s", "-")
-                pk = k; sub(/_graph$/, "", pk) # sampling from CUDA graphs: against diffusers' eager pipeline
+                pk = k; sub(/_graph$/, "", pk) # sampling from CUDA graphs: against the diffusers eager pipeline
                 if (!(k in p) && (pk in p)) p[k] = p[pk]
                 if (k in p) {
                     r = p[k] / t[k]

@@ -193,9 +193,20 @@ local function case(list, name, make, f, o)
   list[#list + 1] = o
 end
 
+--- a key padding mask [B, 1, 1, S] (bool): batch b attends to its first keep[b] keys
+local function key_padding(S, keep)
+  local rows = {}
+  for b, n in ipairs(keep) do
+    rows[b] = {}
+    for s = 1, S do rows[b][s] = s <= n end
+  end
+  return T.tensor(rows):view(#keep, 1, 1, S)
+end
+
 return {
   DEV = DEV, VERBOSE = VERBOSE, QUICK = QUICK, DTYPES = DTYPES, ALL_FLOAT = ALL_FLOAT, TOL = TOL,
   need_gpu = need_gpu, sync = sync, on_dev = on_dev, is_float = is_float, count = count, same_shape = same_shape,
   shape_str = shape_str,
   fail = fail, rel_err = rel_err, n_diff = n_diff, assert_same = assert_same, suite = suite, case = case,
+  key_padding = key_padding,
 }

@@ -4,7 +4,8 @@
 -- Diffusion's attention (40, 80, 160) and others, query and key tiles cut short (L, S not
 -- multiples of 64), cross-attention (S 77), causal with L < S and L > S, key padding masks
 -- (bool and float), E ~= Ev, strided and broadcast inputs, dropout, fully masked rows, and
--- gradients wanted for only some of q, k, v. Without a GPU every test skips.
+-- gradients wanted for only some of q, k, v; the flash kernel forced (T.backends.sdpa_backend).
+-- Without a GPU every test skips.
 --   TOCHA_CUDA_VERBOSE=1   prints every check's largest error
 local T = require "tocha"
 local F = require "tocha.nn.functional"
@@ -26,15 +27,7 @@ end
 local attn = function(o) return function(q, k, v, m) return F.scaled_dot_product_attention(q, k, v,
   { attn_mask = m, is_causal = o.causal, scale = o.scale, dropout_p = o.p }) end end
 
---- a key padding mask [B, 1, 1, S]: batch b attends to its first keep[b] keys
-local function key_padding(S, keep)
-  local rows = {}
-  for b, n in ipairs(keep) do
-    rows[b] = {}
-    for s = 1, S do rows[b][s] = s <= n end
-  end
-  return T.tensor(rows):view(#keep, 1, 1, S)
-end
+local key_padding = H.key_padding
 
 C("head dim 40, L = S = 77", function() return { N(2, 2, 77, 40), N(2, 2, 77, 40), N(2, 2, 77, 40) } end, attn({}))
 C("head dim 64, cross-attention L 130 x S 77", function() return { N(2, 130, 64), N(2, 77, 64), N(2, 77, 64) } end,
@@ -81,10 +74,21 @@ C("head dim 40, only k wants a gradient", function() return { N(2, 70, 40), N(2,
 C("dropout 0.3 (the CPU's mask), head dim 32, L 70, S 90", function() return { N(2, 70, 32), N(2, 90, 32), N(2, 90, 32) } end,
   attn({ p = 0.3 }))
 
-return {
-  ["f16, bf16 attention on tensor cores: forward and gradients against f64"] = suite(list),
+--- runs fn with the flash kernel forced (cuDNN's fused attention, where it takes a problem, is
+--- tested in test_cuda_cudnn_attention.lua)
+local function on_flash(fn)
+  return function()
+    local prev = T.backends.sdpa_backend("flash")
+    local ok, err = pcall(fn)
+    T.backends.sdpa_backend(prev)
+    if not ok then error(err, 0) end
+  end
+end
 
-  ["f16 causal attention at L 200 matches the f32 tiled kernel on the device"] = function()
+return {
+  ["f16, bf16 attention on tensor cores: forward and gradients against f64"] = on_flash(suite(list)),
+
+  ["f16 causal attention at L 200 matches the f32 tiled kernel on the device"] = on_flash(function()
     need_gpu()
     T.manual_seed(5)
     local q, k, v = N(1, 4, 200, 40), N(1, 4, 200, 40), N(1, 4, 200, 40)
@@ -92,5 +96,5 @@ return {
     local ref = F.scaled_dot_product_attention(on(q, "f32"), on(k, "f32"), on(v, "f32"), { is_causal = true })
     local out = F.scaled_dot_product_attention(on(q, "f16"), on(k, "f16"), on(v, "f16"), { is_causal = true })
     T.testing.assert_close(out:to("f32"):to("cpu"), ref:to("cpu"), { rtol = 1e-2, atol = 1e-2 })
-  end,
+  end),
 }

@@ -163,6 +163,37 @@ tests["norms: large inputs match an f64 reference (threaded path, big offsets)"]
   T.testing.assert_close(y:var(3, false, { correction = 0 }), T.ones({ 4, 8 }, { dtype = "f64" }), { rtol = 1e-4 })
 end
 
+tests["group_norm f32: whole-group and per-channel sums, silu, 1 and 2 threads, forward and gradients match f64"] = function()
+  local threads = T.get_num_threads()
+  local w, b = T.randn({ 12 }), T.randn({ 12 })
+  local cases = {
+    T.randn({ 24, 12, 7, 9 }) * 2 + 40,             -- contiguous: each group one run, threaded at 2
+    T.randn({ 5, 12, 11 }):narrow(3, 2, 9),         -- rows of 9, 11 apart: the per-channel sums
+    T.randn({ 3, 12, 1 }),                          -- one element per channel
+  }
+  for nt = 1, 2 do
+    T.set_num_threads(nt)
+    for i, x in ipairs(cases) do
+      for _, silu in ipairs({ false, true }) do
+        local msg = string.format("case %d, silu %s, %d threads", i, silu, nt)
+        local xs = { x:detach():requires_grad_(true), x:double():requires_grad_(true) }
+        local ws = { w:clone():requires_grad_(true), w:double():requires_grad_(true) }
+        local bs = { b:clone():requires_grad_(true), b:double():requires_grad_(true) }
+        local ys, gy = {}, T.randn(x.shape)
+        for k = 1, 2 do
+          ys[k] = F.group_norm(xs[k], 4, ws[k], bs[k], { silu = silu })
+          ys[k]:backward(gy:to(ys[k].dtype))
+        end
+        T.testing.assert_close(ys[1], ys[2], { rtol = 1e-5, atol = 1e-5, msg = msg })
+        T.testing.assert_close(xs[1].grad, xs[2].grad, { rtol = 1e-4, atol = 1e-4, msg = msg .. " gx" })
+        T.testing.assert_close(ws[1].grad, ws[2].grad, { rtol = 1e-4, atol = 1e-3, msg = msg .. " gw" })
+        T.testing.assert_close(bs[1].grad, bs[2].grad, { rtol = 1e-4, atol = 1e-3, msg = msg .. " gb" })
+      end
+    end
+  end
+  T.set_num_threads(threads)
+end
+
 tests["norms: errors name what was wrong"] = function()
   local x = T.randn({ 2, 6, 4 })
   raises("does not match the input's trailing dims", F.layer_norm, x, { 5 })

@@ -100,6 +100,13 @@ tests["scale_factor 2 nearest upsampling repeats each pixel"] = function()
   local x = T.arange(0, 6, { dtype = "f64" }):view(1, 1, 2, 3)
   local y = F.interpolate(x, { scale_factor = 2 })
   T.testing.assert_close(y:view(4, 6), { { 0, 0, 1, 1, 2, 2 }, { 0, 0, 1, 1, 2, 2 }, { 3, 3, 4, 4, 5, 5 }, { 3, 3, 4, 4, 5, 5 } })
+  -- f32 (rows repeated by copying the row above) picks the pixels the f64 path picks, upsampling by
+  -- 2, by 7 / 3 and downsampling
+  local r = T.randn({ 2, 3, 3, 5 })
+  for _, size in ipairs({ { 6, 10 }, { 7, 12 }, { 2, 3 } }) do
+    T.testing.assert_close(F.interpolate(r, { size = size }):double(), F.interpolate(r:double(), { size = size }),
+      { rtol = 0, atol = 0, msg = size[1] .. "x" .. size[2] })
+  end
 end
 
 tests["max_pool2d propagates NaN and routes the gradient to the maximum"] = function()

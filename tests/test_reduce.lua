@@ -137,6 +137,23 @@ return {
     close(T.ones(3, 40000):sum(1), T.full({ 40000 }, 3))
   end,
 
+  ["f32 sums of contiguous runs of every length match f64, whole and per row"] = function()
+    -- lengths around the 64-element vectors and the 2,048-element blocks of the f32 sum
+    for _, n in ipairs({ 1, 5, 63, 64, 65, 127, 2047, 2048, 2049, 6150, 100003 }) do
+      local x = T.randn({ n }) + 0.25
+      local ref = x:double():sum():item()
+      local tol = 1e-6 * (x:double():abs():sum():item() + 1)
+      local s = x:sum():item()
+      assert(math.abs(s - ref) <= tol, string.format("n %d: %.9g against %.9g", n, s, ref))
+      close(x:mean(), { ref / n }, { rtol = 1e-5, atol = 1e-6, msg = "mean " .. n })
+    end
+    -- rows of 131 (a run each), a strided view of them, and values far from 0
+    local x = T.randn({ 7, 3, 131 }) * 10 + 1000
+    close(x:sum(3), x:double():sum(3), { rtol = 1e-6 })
+    close(x:transpose(1, 2):sum({ 1, 3 }), x:double():transpose(1, 2):sum({ 1, 3 }), { rtol = 1e-6 })
+    close(x:narrow(3, 2, 100):sum(3), x:double():narrow(3, 2, 100):sum(3), { rtol = 1e-6 })
+  end,
+
   ["omitted optional arguments take their defaults"] = function()
     local x = T.randn(3, 4)
     assert(shape_is(x:argmax(2), { 3 }) and shape_is(x:argmin(1), { 4 }) and shape_is(x:argmax(), {}))

@@ -136,6 +136,33 @@ return {
     errors("squeeze: dimension 3 out of range", x.squeeze, x, 3)
   end,
 
+  ["transposing copies (permuted views made contiguous) move every element, any dtype and size"] = function()
+    local threads = T.get_num_threads()
+    -- each: a shape and the permutation; the reference copies through a dtype change, which
+    -- walks element by element
+    local cases = {
+      { { 3, 17, 23 }, { 1, 3, 2 } }, { { 64, 64 }, { 2, 1 } }, { { 5, 9, 8, 6 }, { 1, 3, 4, 2 } },
+      { { 2, 3, 4 }, { 1, 3, 2 } }, { { 7, 33, 18 }, { 3, 2, 1 } }, { { 64, 64, 16, 16 }, { 1, 3, 4, 2 } },
+      { { 301, 203 }, { 2, 1 } }, -- one slab, threaded in bands of rows
+    }
+    for nt = 1, 2 do
+      T.set_num_threads(nt)
+      for _, c in ipairs(cases) do
+        local x = T.randn(c[1])
+        local v = x:permute(table.unpack(c[2]))
+        local msg = table.concat(c[1], "x") .. " " .. nt .. " threads"
+        close(v:contiguous():double(), v:double(), { rtol = 0, atol = 0, msg = msg .. " f32" })
+        local d = x:double():permute(table.unpack(c[2]))
+        close(d:contiguous():float(), d:float(), { rtol = 0, atol = 0, msg = msg .. " f64" })
+        local h = x:to("f16"):permute(table.unpack(c[2]))
+        close(h:contiguous():float(), h:float(), { rtol = 0, atol = 0, msg = msg .. " f16" })
+        local i = (x * 100):to("i64"):permute(table.unpack(c[2]))
+        close(i:contiguous():double(), i:double(), { rtol = 0, atol = 0, msg = msg .. " i64" })
+      end
+    end
+    T.set_num_threads(threads)
+  end,
+
   ["0-d and zero-size views"] = function()
     local s = T.tensor(3.0)
     assert(s:view(1):item() == 3 and s:reshape(1, 1):item() == 3 and s:unsqueeze(1):dim() == 1)

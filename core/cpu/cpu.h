@@ -6,20 +6,6 @@
 
 #include "../internal.h"
 
-/* ---- strided iteration: up to 4 tensors of one shape, dims merged where possible -------- */
-typedef struct {
-    int nops, ndim;
-    int64_t shape[TC_MAX_DIMS];
-    int64_t stride[4][TC_MAX_DIMS];   /* in elements, per operand */
-    char *base[4];
-    size_t esize[4];
-} tc_iter;
-
-void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts);
-/* calls fn on each innermost run: n elements, pointers, and element strides */
-typedef void (*tc_iter_fn)(int64_t n, char **p, const int64_t *stride, void *ctx);
-void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx);
-
 /* ---- threads: below a minimum amount of work a loop runs on the calling thread ------------
  * Work counts elements: those read plus those written for a loop bound by memory (copies,
  * elementwise arithmetic through the iterator, reductions, pooling and interpolation), the
@@ -30,6 +16,22 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx);
 typedef enum { TC_PAR_MEMORY, TC_PAR_COMPUTE, TC_PAR_KINDS } tc_par_kind;
 int64_t tc_cpu_par_min(tc_par_kind kind);
 static inline bool tc_cpu_parallel(int64_t work, tc_par_kind kind) { return work >= tc_cpu_par_min(kind); }
+
+/* ---- strided iteration: up to 4 tensors of one shape, dims merged where possible -------- */
+typedef struct {
+    int nops, ndim;
+    int64_t shape[TC_MAX_DIMS];
+    int64_t stride[4][TC_MAX_DIMS];   /* in elements, per operand */
+    char *base[4];
+    size_t esize[4];
+    tc_par_kind kind; /* how tc_iter_run counts the work for the threads' minimum: MEMORY (set
+                       * by tc_iter_init), COMPUTE for the ops that call exp, erf, tanh... */
+} tc_iter;
+
+void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts);
+/* calls fn on each innermost run: n elements, pointers, and element strides */
+typedef void (*tc_iter_fn)(int64_t n, char **p, const int64_t *stride, void *ctx);
+void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx);
 
 /* ---- the kernels of the table in cpu.c: tc_cpu_<name> for every kernel of kernels.h ---- */
 TC_KERNELS(TC_KERNEL_CPU)

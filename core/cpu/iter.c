@@ -10,6 +10,7 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
     const tc_tensor *t0 = ts[0];
     it->nops = nops;
     it->ndim = 0;
+    it->kind = TC_PAR_MEMORY;
     for (int k = 0; k < nops; k++) {
         it->base[k] = (char *)tc_data(ts[k]);
         it->esize[k] = tc_dtype_size(ts[k]->dtype);
@@ -44,17 +45,31 @@ void tc_iter_init(tc_iter *it, int nops, const tc_tensor *const *ts) {
     }
 }
 
-/* the o-th innermost run: its operands' addresses from the outer multi-index */
-static void outer_run(const tc_iter *it, int64_t o, const int64_t *st, tc_iter_fn fn, void *ctx) {
+/* the innermost runs [lo, hi): the operands' addresses from the outer multi-index of run lo
+ * (divisions, once), then stepped through the outer dims as an odometer (a division per dim
+ * and run was a fifth of a transposing copy's time) */
+static void outer_runs(const tc_iter *it, int64_t lo, int64_t hi, const int64_t *st, tc_iter_fn fn, void *ctx) {
+    int nd = it->ndim, nops = it->nops;
+    int64_t idx[TC_MAX_DIMS], step[4][TC_MAX_DIMS], rem = lo;
     char *p[4];
-    int64_t rem = o;
-    for (int k = 0; k < it->nops; k++) p[k] = it->base[k];
-    for (int d = it->ndim - 2; d >= 0; d--) {
-        int64_t i = rem % it->shape[d];
+    for (int k = 0; k < nops; k++) p[k] = it->base[k];
+    for (int d = nd - 2; d >= 0; d--) {
+        idx[d] = rem % it->shape[d];
         rem /= it->shape[d];
-        for (int k = 0; k < it->nops; k++) p[k] += i * it->stride[k][d] * (int64_t)it->esize[k];
+        for (int k = 0; k < nops; k++) {
+            step[k][d] = it->stride[k][d] * (int64_t)it->esize[k];
+            p[k] += idx[d] * step[k][d];
+        }
     }
-    fn(it->shape[it->ndim - 1], p, st, ctx);
+    for (int64_t o = lo; o < hi; o++) {
+        fn(it->shape[nd - 1], p, st, ctx);
+        for (int d = nd - 2; d >= 0; d--) { /* the next run: carry through the outer dims */
+            for (int k = 0; k < nops; k++) p[k] += step[k][d];
+            if (++idx[d] < it->shape[d]) break;
+            for (int k = 0; k < nops; k++) p[k] -= it->shape[d] * step[k][d];
+            idx[d] = 0;
+        }
+    }
 }
 
 void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
@@ -66,7 +81,8 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
     for (int d = 0; d < nd - 1; d++) outer *= it->shape[d];
     /* small work runs here without entering OpenMP at all: even a parallel region with
      * a false if-clause costs more than a 16-element add */
-    bool parallel = tc_cpu_parallel(outer * inner * nops, TC_PAR_MEMORY) && omp_get_max_threads() > 1;
+    int64_t work = outer * inner * (it->kind == TC_PAR_MEMORY ? nops : 1);
+    bool parallel = tc_cpu_parallel(work, it->kind) && omp_get_max_threads() > 1;
     if (parallel && outer == 1) { /* one long run: split it, in pieces of 4,096 elements or more */
         int64_t chunks = inner / 4096 > 4 * omp_get_max_threads() ? 4 * omp_get_max_threads() : inner / 4096;
         if (chunks < 2) chunks = 2;
@@ -80,9 +96,12 @@ void tc_iter_run(tc_iter *it, tc_iter_fn fn, void *ctx) {
         return;
     }
     if (!parallel) {
-        for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
+        outer_runs(it, 0, outer, st, fn, ctx);
         return;
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < outer; o++) outer_run(it, o, st, fn, ctx);
+#pragma omp parallel
+    { /* each thread a contiguous range of runs, as schedule(static) would give it */
+        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        outer_runs(it, outer * t / nt, outer * (t + 1) / nt, st, fn, ctx);
+    }
 }

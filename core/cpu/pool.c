@@ -272,6 +272,10 @@ static taps *make_taps(int64_t in, int64_t out, tc_interp_mode mode, bool align_
 ALWAYS_INLINE void interp_plane(char *y, const char *x, const taps *th, const taps *tw, int64_t OH, int64_t OW,
                                 int64_t W, bool nearest, bool f32) {
     for (int64_t oh = 0; oh < OH; oh++) {
+        if (nearest && oh > 0 && th[oh].i0 == th[oh - 1].i0) { /* the row above again (upsampling) */
+            memcpy(y + oh * OW * (f32 ? 4 : 8), y + (oh - 1) * OW * (f32 ? 4 : 8), (size_t)OW * (f32 ? 4 : 8));
+            continue;
+        }
         const char *r0 = x + th[oh].i0 * W * (f32 ? 4 : 8), *r1 = x + th[oh].i1 * W * (f32 ? 4 : 8);
         for (int64_t ow = 0; ow < OW; ow++) {
             const taps *c = &tw[ow];

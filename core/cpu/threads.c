@@ -8,8 +8,8 @@
 #include <stdlib.h>
 
 static int64_t par_min[TC_PAR_KINDS] = {
-    [TC_PAR_MEMORY] = 1 << 19,
-    [TC_PAR_COMPUTE] = 1 << 16,
+    [TC_PAR_MEMORY] = 1 << 18,
+    [TC_PAR_COMPUTE] = 1 << 15,
 };
 
 __attribute__((constructor)) static void read_env(void) {

@@ -30,11 +30,17 @@ static tc_tensor *gemm_ready(tc_tensor *x) {
 }
 
 /* saved: q, k, v, mask views with the full batch dims, lse; d[0] = scale, d[1] = dropout p,
- * i[0] = causal, i[1], i[2] = dropout seed and offset */
+ * i[0] = causal, i[1], i[2] = dropout seed and offset. On CUDA for f16 and bf16, ctx holds an
+ * alias of the output (cuDNN's backward reads it) and i[3] its storage's version: changed in
+ * place since, it is not passed (the kernels then do without it) */
 static tc_sdpa_params params_of(const tc_node *n) {
-    tc_sdpa_params p = {n->d[0], n->d[1], n->i[0] != 0, (uint64_t)n->i[1], (uint64_t)n->i[2]};
+    tc_sdpa_params p = {n->d[0], n->d[1], n->i[0] != 0, (uint64_t)n->i[1], (uint64_t)n->i[2], NULL};
+    const tc_tensor *out = (const tc_tensor *)n->ctx;
+    if (out && (int64_t)out->storage->version == n->i[3]) p.out = out;
     return p;
 }
+
+static void release_out(void *out) { tc_tensor_release((tc_tensor *)out); }
 
 static int sdpa_backward(tc_node *n, tc_tensor *gy, tc_tensor **gx) {
     tc_tensor *q = tc_saved(n, 0), *k = tc_saved(n, 1), *v = tc_saved(n, 2), *mask = tc_saved(n, 3);
@@ -129,7 +135,7 @@ static tc_tensor *sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask
     }
     int64_t L = q->shape[q->ndim - 2], S = k->shape[k->ndim - 2], E = q->shape[q->ndim - 1];
     int64_t Ev = v->shape[v->ndim - 1], B = tc_shape_numel(nb, batch);
-    tc_sdpa_params p = {scale > 0 ? scale : 1 / sqrt((double)E), dropout_p, is_causal, 0, 0};
+    tc_sdpa_params p = {scale > 0 ? scale : 1 / sqrt((double)E), dropout_p, is_causal, 0, 0, NULL};
     if (dropout_p > 0) {
         tc_rng_get(&p.seed, &p.offset);
         p.offset = tc_rng_reserve(((uint64_t)(B * L * S) + 3) / 4);
@@ -160,6 +166,11 @@ static tc_tensor *sdpa(tc_tensor *q, tc_tensor *k, tc_tensor *v, tc_tensor *mask
     if (n) {
         for (int i = 0; i < 4; i++) tc_node_save(n, view[i]);
         tc_node_save(n, lse);
+        /* an alias: the output holds the node, which must not hold the output */
+        if (dev.type == TC_CUDA && (q->dtype == TC_F16 || q->dtype == TC_BF16) && (n->ctx = tc_alias(out))) {
+            n->free_ctx = release_out;
+            n->i[3] = (int64_t)out->storage->version;
+        }
         n->d[0] = p.scale;
         n->d[1] = p.dropout_p;
         n->i[0] = is_causal;

@@ -42,6 +42,8 @@ const char *cudnnGetErrorString(cudnnStatus_t status) {
     }
 }
 
+cudaStream_t tcu_emu_cudnn_stream(tcu_emu_cudnn_context *h) { return h->stream; }
+
 /* ---- handle and descriptors ------------------------------------------------------------------ */
 cudnnStatus_t cudnnCreate(cudnnHandle_t *handle) {
     if (tcu_emu_no_device()) return CUDNN_STATUS_NOT_INITIALIZED;

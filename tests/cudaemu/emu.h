@@ -19,6 +19,9 @@ bool tcu_emu_stream_ok(cudaStream_t s);
  * mode allows it. _sync: a synchronization of stream s, forbidden on the capturing stream. */
 bool tcu_emu_capture_forbids(const char *what, bool relaxed_ok);
 bool tcu_emu_capture_forbids_sync(cudaStream_t s, const char *what);
-extern size_t tcu_emu_shared_limit; /* dynamic shared memory a launch may ask for */
+extern size_t tcu_emu_shared_limit;
+/* cudnn.cpp: the stream a cuDNN handle works on (cudnn_graph.cpp's executes follow it) */
+struct tcu_emu_cudnn_context;
+cudaStream_t tcu_emu_cudnn_stream(struct tcu_emu_cudnn_context *h); /* dynamic shared memory a launch may ask for */
 
 #endif

@@ -1,9 +1,11 @@
 /* selftest.cpp (cudaemu): checks the emulator itself, through kernels/cuda.h's launch macros
  * as tocha's kernels use them: block and warp reductions, grid-stride loops on 2D grids,
  * dynamic shared memory, atomics, half rounding, warp exchanges and the tensor-core
- * instructions of kernels/mma.h, launch errors, deadlock reports and the host API. Run: make EMU=1 cudaemu-selftest (it runs twice, once with TOCHA_EMU_ORDER=reverse). */
+ * instructions of kernels/mma.h, cuDNN's graph API (checks and a small graph), launch errors, deadlock reports and the host API. Run: make EMU=1 cudaemu-selftest (it runs twice, once with TOCHA_EMU_ORDER=reverse). */
 #include "../../kernels/cuda.h"
 #include "../../kernels/mma.h"
+
+#include <cudnn.h>
 
 #include <float.h>
 #include <stdio.h>
@@ -751,6 +753,153 @@ static void test_barrier_cost(void) {
     cudaFree(x);
 }
 
+/* ---- cuDNN's graph API (cudnn_graph.cpp) -------------------------------------------------------- */
+static cudnnBackendDescriptor_t gtensor(int64_t uid, cudnnDataType_t dt, int64_t d2, int64_t d3, bool virt,
+                                        bool byval = false, bool fin = true) {
+    cudnnBackendDescriptor_t t;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_TENSOR_DESCRIPTOR, &t);
+    int64_t dim[4] = {1, 1, d2, d3}, str[4] = {d2 * d3, d2 * d3, d3, 1}, align = 16;
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt);
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dim);
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, str);
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align);
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &virt);
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &byval);
+    if (fin) cudnnBackendFinalize(t);
+    return t;
+}
+
+/* a matmul operation a b -> c; returns its finalize's status */
+static cudnnStatus_t gmatmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c,
+                             cudnnBackendDescriptor_t *op) {
+    cudnnBackendDescriptor_t mm;
+    cudnnDataType_t comp = CUDNN_DATA_FLOAT;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_MATMUL_DESCRIPTOR, &mm);
+    cudnnBackendSetAttribute(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp);
+    cudnnBackendFinalize(mm);
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, op);
+    cudnnBackendSetAttribute(*op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a);
+    cudnnBackendSetAttribute(*op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
+    cudnnBackendSetAttribute(*op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
+    cudnnBackendSetAttribute(*op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm);
+    cudnnBackendDestroyDescriptor(mm); /* the operation holds what it needs */
+    return cudnnBackendFinalize(*op);
+}
+
+/* graph -> heuristics -> plan; returns the plan's finalize status */
+static cudnnStatus_t gplan(cudnnHandle_t h, int n, cudnnBackendDescriptor_t *ops, cudnnBackendDescriptor_t *plan) {
+    cudnnBackendDescriptor_t g, heur, cfg;
+    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &g);
+    cudnnBackendSetAttribute(g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h);
+    cudnnBackendSetAttribute(g, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, ops);
+    cudnnStatus_t st = cudnnBackendFinalize(g);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        cudnnBackendDestroyDescriptor(g);
+        return st;
+    }
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, &heur);
+    cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g);
+    cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+    cudnnBackendFinalize(heur);
+    int64_t got = 0;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfg);
+    cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got, &cfg);
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, plan);
+    cudnnBackendSetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h);
+    cudnnBackendSetAttribute(*plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg);
+    st = cudnnBackendFinalize(*plan);
+    cudnnBackendDestroyDescriptor(cfg);
+    cudnnBackendDestroyDescriptor(heur);
+    cudnnBackendDestroyDescriptor(g);
+    return st;
+}
+
+static void test_cudnn_graph(void) {
+    cudnnHandle_t h;
+    CHECK(cudnnCreate(&h) == CUDNN_STATUS_SUCCESS, "cudnnCreate");
+    /* finalize checks: a tensor without its id; an unfinalized tensor as an operand; shapes */
+    cudnnBackendDescriptor_t t;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_TENSOR_DESCRIPTOR, &t);
+    cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+    cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f32);
+    CHECK(cudnnBackendFinalize(t) == CUDNN_STATUS_BAD_PARAM, "a tensor without dims, strides, id");
+    cudnnBackendDestroyDescriptor(t);
+    cudnnBackendDescriptor_t a = gtensor(1, f32, 2, 3, false), b = gtensor(2, f32, 3, 2, false);
+    cudnnBackendDescriptor_t c = gtensor(3, f32, 2, 2, false), open = gtensor(9, f32, 3, 2, false, false, false);
+    cudnnBackendDescriptor_t op, bad;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, &bad);
+    CHECK(cudnnBackendSetAttribute(bad, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &open) ==
+              CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED, "an unfinalized tensor as an operand");
+    cudnnBackendDestroyDescriptor(bad);
+    CHECK(gmatmul(a, a, c, &bad) == CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH, "matmul [2, 3] x [2, 3]");
+    cudnnBackendDestroyDescriptor(bad);
+    /* C = (A B) * s, s by value, through a virtual tensor */
+    cudnnBackendDescriptor_t v = gtensor(10, f32, 2, 2, true), s = gtensor(4, f32, 1, 1, false, true);
+    CHECK(gmatmul(a, b, v, &op) == CUDNN_STATUS_SUCCESS, "matmul");
+    cudnnBackendDescriptor_t pw, pop;
+    cudnnPointwiseMode_t mul = CUDNN_POINTWISE_MUL;
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, &pw);
+    cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mul);
+    cudnnBackendSetAttribute(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &f32);
+    cudnnBackendFinalize(pw);
+    cudnnBackendCreateDescriptor(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, &pop);
+    cudnnBackendSetAttribute(pop, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw);
+    cudnnBackendSetAttribute(pop, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &v);
+    cudnnBackendSetAttribute(pop, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &s);
+    cudnnBackendSetAttribute(pop, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c);
+    CHECK(cudnnBackendFinalize(pop) == CUDNN_STATUS_SUCCESS, "pointwise");
+    cudnnBackendDescriptor_t ops[2] = {pop, op}, plan; /* out of order: execute orders them */
+    CHECK(gplan(h, 1, &pop, &plan) == CUDNN_STATUS_BAD_PARAM, "a graph reading a virtual tensor nothing writes");
+    CHECK(gplan(h, 2, ops, &plan) == CUDNN_STATUS_SUCCESS, "plan");
+    int64_t ws = -1, n = 0;
+    cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws);
+    CHECK(ws > 0, "the plan asks for a workspace (%lld bytes)", (long long)ws);
+    float ha[6] = {1, 2, 3, 4, 5, 6}, hb[6] = {1, 0, 0, 1, 1, 1}, hc[4] = {0}, scale = 0.5f;
+    float *da, *db, *dc;
+    void *dws;
+    cudaMalloc((void **)&da, sizeof ha);
+    cudaMalloc((void **)&db, sizeof hb);
+    cudaMalloc((void **)&dc, sizeof hc);
+    cudaMalloc(&dws, (size_t)ws);
+    cudaMemcpy(da, ha, sizeof ha, cudaMemcpyHostToDevice);
+    cudaMemcpy(db, hb, sizeof hb, cudaMemcpyHostToDevice);
+    int64_t uids[4] = {1, 2, 3, 4};
+    void *ptrs[4] = {da, db, dc, &scale};
+    for (int missing = 1; missing >= 0; missing--) { /* first without the scale's pointer */
+        cudnnBackendDescriptor_t pack;
+        cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
+        cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 4 - missing, uids);
+        cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 4 - missing, ptrs);
+        cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &dws);
+        cudnnBackendFinalize(pack);
+        cudnnStatus_t st = cudnnBackendExecute(h, plan, pack);
+        CHECK(st == (missing ? CUDNN_STATUS_BAD_PARAM : CUDNN_STATUS_SUCCESS), "execute %s the scale's pointer: %d",
+              missing ? "without" : "with", (int)st);
+        cudnnBackendDestroyDescriptor(pack);
+    }
+    cudaMemcpy(hc, dc, sizeof hc, cudaMemcpyDeviceToHost);
+    /* A B = [[4, 5], [10, 11]] */
+    CHECK(hc[0] == 2 && hc[1] == 2.5f && hc[2] == 5 && hc[3] == 5.5f, "(A B) * 0.5: %g %g %g %g", hc[0], hc[1],
+          hc[2], hc[3]);
+    cudnnBackendDestroyDescriptor(plan);
+    /* the support rule: f16 operands of a matmul with head dim 12 */
+    cudnnDataType_t f16 = CUDNN_DATA_HALF;
+    cudnnBackendDescriptor_t ha16 = gtensor(21, f16, 8, 12, false), hb16 = gtensor(22, f16, 12, 8, false);
+    cudnnBackendDescriptor_t hc16 = gtensor(23, f16, 8, 8, false), hop;
+    CHECK(gmatmul(ha16, hb16, hc16, &hop) == CUDNN_STATUS_SUCCESS, "f16 matmul");
+    CHECK(gplan(h, 1, &hop, &plan) == CUDNN_STATUS_NOT_SUPPORTED, "head dim 12: the plan is refused");
+    cudnnBackendDestroyDescriptor(plan);
+    cudnnBackendDescriptor_t all[] = {a, b, c, open, v, s, op, pw, pop, ha16, hb16, hc16, hop};
+    for (cudnnBackendDescriptor_t d : all) cudnnBackendDestroyDescriptor(d);
+    cudaFree(da);
+    cudaFree(db);
+    cudaFree(dc);
+    cudaFree(dws);
+    cudnnDestroy(h);
+}
+
 int main(void) {
     setenv("TOCHA_EMU_MEMORY", "64M", 1);
     const char *order = getenv("TOCHA_EMU_ORDER");
@@ -774,6 +923,7 @@ int main(void) {
     test_half();
     test_exchange_and_mma();
     test_errors();
+    test_cudnn_graph();
     test_barrier_cost();
     printf("%d checks, %d failed\n", checks, failures);
     return failures != 0;

@@ -15,7 +15,10 @@ typedef enum {
     CUDNN_STATUS_SUCCESS = 0,
     CUDNN_STATUS_NOT_INITIALIZED = 1001,
     CUDNN_STATUS_BAD_PARAM = 2000,
+    CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED = 2004,
+    CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH = 2008,
     CUDNN_STATUS_NOT_SUPPORTED = 3000,
+    CUDNN_STATUS_NOT_SUPPORTED_GRAPH_PATTERN = 3001,
     CUDNN_STATUS_EXECUTION_FAILED = 5000,
 } cudnnStatus_t;
 
@@ -23,7 +26,10 @@ typedef enum {
     CUDNN_DATA_FLOAT = 0,
     CUDNN_DATA_DOUBLE = 1,
     CUDNN_DATA_HALF = 2,
+    CUDNN_DATA_INT32 = 4,
     CUDNN_DATA_BFLOAT16 = 9,
+    CUDNN_DATA_INT64 = 10,
+    CUDNN_DATA_BOOLEAN = 11,
 } cudnnDataType_t;
 typedef enum { CUDNN_TENSOR_NCHW = 0, CUDNN_TENSOR_NHWC = 1 } cudnnTensorFormat_t;
 typedef enum {
@@ -145,5 +151,10 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha,
                                              cudnnConvolutionDescriptor_t conv, cudnnConvolutionBwdFilterAlgo_t algo,
                                              void *ws, size_t wsize, const void *beta, cudnnFilterDescriptor_t dwd,
                                              void *dw);
+
+
+/* the graph (backend) API: cudnn_graph.h's subset that kernels/cudnn_attention.cu uses, with
+ * cuDNN 9's values (cudnn_graph.cpp emulates it) */
+#include "cudnn_graph.h"
 
 #endif
