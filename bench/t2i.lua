@@ -6,7 +6,9 @@
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the bests of the timed repetitions).
 --   ./build/tocha bench/t2i.lua [--ops]      (THREADS=2 STEPS=5 by default; DEVICE=cuda runs the
 --                                            training step on the GPU, synchronized after each step;
---                                            OPS=silu,exp REPS=40: some cases, more repetitions)
+--                                            OPS=silu,exp REPS=40: some cases, more repetitions;
+--                                            PERF_CTL=fifo: perf's control fifo, enabled around
+--                                            the timed steps only: bench/t2i_profile.sh)
 local T = require "tocha"
 local F = require "tocha.nn.functional"
 local models = require "tocha.models"
@@ -57,7 +59,18 @@ local function train_step_bench()
     opt:zero_grad()
     if DEVICE ~= "cpu" then T.cuda.synchronize() end
   end
-  result("train_step", best_of(step, STEPS))
+  for _ = 1, 2 do step() end -- warm-up, outside a profile
+  local ctl = os.getenv("PERF_CTL")
+  local function perf(cmd)
+    if not ctl then return end
+    local f = assert(io.open(ctl, "w"))
+    f:write(cmd, "\n")
+    f:close()
+  end
+  perf("enable")
+  local wall, cpu = best_of(step, STEPS, { warm = 0 })
+  perf("disable")
+  result("train_step", wall, cpu)
 end
 
 ---------------------------------------------------------------------------------------------

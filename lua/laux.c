@@ -39,10 +39,14 @@ void tcl_pushstate(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &STATE_KEY)
  * collections. The collector is generational (luaopen_tocha sets it): that collection is a
  * young one, which visits only the objects made since the one before, and frees the
  * temporaries of a loop in a microsecond; a full collection visits the whole Lua heap (the
- * library's modules: 14 us in a bare script, more under a benchmark; 40% of the small ops'
- * time). Tensors that lived through two young collections (a forward's activations) are old,
- * and only a full collection frees them: one runs when the bytes in use still exceed by a
- * quarter those after the last full one. */
+ * library's modules: 14 us in a bare script, 1-2 ms under the demo's training step). Tensors
+ * that lived through two young collections (a forward's activations) are old, and only a full
+ * collection frees them: one runs when the bytes in use still exceed by a quarter those after
+ * the last full one. A forward's growth is mostly live (the graph holds it), and a full
+ * collection then frees next to nothing: after one that freed less than a quarter of the growth
+ * it was run for, the next waits for twice as much growth (up to 8 times, and 1 GiB), and one
+ * that frees more starts again from a quarter. The demo's training step ran five full
+ * collections a step, each freeing under 2 MB but the first, and one with this. */
 static void pace_collector(lua_State *L) {
     tcl_state *st = lua_touserdata(L, lua_upvalueindex(1));
     if (!st) return;
@@ -53,11 +57,16 @@ static void pace_collector(lua_State *L) {
     if (since < limit) return;
     st->gc_mark = total;
     lua_gc(L, LUA_GCSTEP, 0); /* young (a step of the incremental collector, if a script chose that one) */
-    size_t in_use = tc_mem_in_use();
+    size_t in_use = tc_mem_in_use(), full_limit = limit << st->gc_backoff;
+    if (full_limit > (1u << 30)) full_limit = 1u << 30;
     if (in_use < st->gc_in_use) st->gc_in_use = in_use; /* memory went back: the bound follows it down */
-    else if (in_use - st->gc_in_use > limit) {
+    else if (in_use - st->gc_in_use > full_limit) {
+        size_t grown = in_use - st->gc_in_use;
         lua_gc(L, LUA_GCCOLLECT);
-        st->gc_in_use = tc_mem_in_use();
+        size_t after = tc_mem_in_use(), freed = after < in_use ? in_use - after : 0;
+        if (freed >= grown / 4) st->gc_backoff = 0;
+        else if (st->gc_backoff < 3) st->gc_backoff++;
+        st->gc_in_use = after;
     }
 }
 

@@ -16,6 +16,7 @@
 typedef struct {
     size_t gc_mark;      /* tc_mem_allocated_total() at the last collection */
     size_t gc_in_use;    /* tc_mem_in_use() after the last full collection (or less, since) */
+    unsigned gc_backoff; /* the next full collection waits for 2^gc_backoff times the usual growth */
     lua_State *L;        /* the thread running backward, for Lua-written derivatives */
 } tcl_state;
 tcl_state *tcl_getstate(lua_State *L);

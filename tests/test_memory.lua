@@ -104,6 +104,34 @@ return {
     assert(held <= 10 * 2 ^ 20 + pace + 2 * 2 ^ 20, string.format("%.0f MiB still held after the loops", held / 2 ^ 20))
   end,
 
+  -- a forward's growth is held by the graph, not by Lua: a full collection there frees next to
+  -- nothing, and the binding stops running one at every step (it ran four or more per step here)
+  ["a graph's growth does not run full collections step after step"] = function()
+    collectgarbage()
+    local x = T.randn({ 256, 256 }, { requires_grad = true }) -- 256 KiB
+    local fulls -- set by the finalizer of an old object, which only a full collection runs
+    local function plant_old()
+      local sentinel = setmetatable({}, { __gc = function() fulls = (fulls or 0) + 1 end })
+      collectgarbage("step")
+      collectgarbage("step") -- survived two young collections: old
+      return sentinel
+    end
+    -- the graph grows the bytes in use by at least 1.5 times (a full collection waits for a
+    -- quarter of them at first, up to 8 times a quarter once those free little)
+    local n = math.min(400, math.max(48, math.ceil(1.5 * T.cpu.memory_allocated() / 2 ^ 18)))
+    local steps_with_full = 0
+    for step = 1, 15 do
+      plant_old() -- dropped at once: old garbage
+      fulls = nil
+      local y = x
+      for _ = 1, n do y = y * x end -- the graph holds n products of 256 KiB
+      y:sum():backward()
+      x.grad = nil
+      if step > 5 and fulls then steps_with_full = steps_with_full + 1 end
+    end
+    assert(steps_with_full <= 3, string.format("%d of 10 steps ran a full collection", steps_with_full))
+  end,
+
   ["TOCHA_CPU_CACHE=0 gives every block back at once"] = function()
     local code = "local T = require 'tocha'; local x = T.ones({ 1000, 1000 }); x = nil; collectgarbage(); "
       .. "local s = T.cpu.memory_stats(); io.write(tostring(s.caching), ' ', s.cached, ' ', s.os_frees)"
