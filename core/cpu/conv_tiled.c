@@ -142,6 +142,7 @@ int tc_cpu_conv_tiled(float *y, const float *x, const float *w, const float *b, 
                         for (int64_t t = 0; t < KK; t++) dst[t * MR + m] = 0;
                     else if (!d->flip) {
                         const float *src = w + (o * C + c) * KK;
+                        __builtin_prefetch(src + 8 * KK);
                         for (int64_t t = 0; t < KK; t++) dst[t * MR + m] = src[t];
                     } else { /* w is [C, O, 3, 3], read rotated by 180 degrees (an input gradient) */
                         const float *src = w + (c * O + o) * KK;
