@@ -14,7 +14,7 @@
 #define AVX512 __attribute__((target("arch=x86-64-v4")))
 #define MR 12   /* output channels per tile */
 #define NR 32   /* grid positions per tile (two zmm) */
-#define CC 16   /* input channels per chunk: a tile's packed weights for one chunk (13.5 KiB) stay in L1 */
+#define CC 32   /* input channels per chunk: a tile's packed weights for one chunk (13.5 KiB) stay in L1 */
 #define KK 9    /* taps */
 #define MIN_BLOCK 256 /* grid positions per work item, at least */
 
