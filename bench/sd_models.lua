@@ -6,7 +6,8 @@
 -- forward + backward. bench/sd_models_torch.py is the same in diffusers / transformers; bench/sd.sh runs
 -- both, alternating, and prints the ratios.
 -- Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the best of the timed calls).
---   ./build/tocha bench/sd_models.lua [unet|vae|text|attn ...]   (THREADS=2; REPS scales the repetitions)
+-- "convs" times the UNet's 3x3 convolutions at 32x32 and 64x64 one by one.
+--   ./build/tocha bench/sd_models.lua [unet|vae|text|attn|convs ...]   (THREADS=2; REPS scales the repetitions)
 local T = require "tocha"
 local models = require "tocha.models"
 
@@ -61,9 +62,27 @@ function BENCH.attn()
   end
 end
 
+-- every 3x3 convolution of the UNet at its 32x32 and 64x64 levels (the largest share of its
+-- time), forward, batch 1; "convs" is not in the default list
+local CONVS = { -- C, O, side (at SIZE = 64)
+  { 320, 320, 64 }, { 640, 320, 64 }, { 960, 320, 64 }, { 640, 640, 64 },
+  { 320, 640, 32 }, { 640, 640, 32 }, { 960, 640, 32 }, { 1280, 640, 32 }, { 1920, 640, 32 }, { 1280, 1280, 32 },
+}
+
+function BENCH.convs()
+  local F = require "tocha.nn.functional"
+  for _, c in ipairs(CONVS) do
+    local side = c[3] * SIZE // 64
+    local x, w, b = T.randn({ 1, c[1], side, side }), T.randn({ c[2], c[1], 3, 3 }), T.randn({ c[2] })
+    result(string.format("conv3x3_%dto%d_%dx%d", c[1], c[2], side, side), best_of(function()
+      T.no_grad(function() return F.conv2d(x, w, b, { padding = 1 }) end)
+    end, 3 * REPS, { warm = 1 }))
+  end
+end
+
 local which = #arg > 0 and arg or { "text", "unet", "vae", "attn" }
 for _, name in ipairs(which) do
-  assert(BENCH[name], "unknown benchmark " .. name .. " (text, unet, vae, attn)")
+  assert(BENCH[name], "unknown benchmark " .. name .. " (text, unet, vae, attn, convs)")
   BENCH[name]()
   collectgarbage()
 end

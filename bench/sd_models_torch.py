@@ -1,8 +1,8 @@
-"""sd_models_torch.py [unet|vae|text ...]: the peer of bench/sd_models.lua: Stable Diffusion 1.5's
+"""sd_models_torch.py [unet|vae|text|attn|convs ...]: the peer of bench/sd_models.lua: Stable Diffusion 1.5's
 UNet (64x64 latents, batch 1), VAE decoder (512x512) and text encoder (77 tokens) with random
 weights in diffusers / transformers, forward only under inference_mode, f32, THREADS threads,
-and torch.nn.functional.scaled_dot_product_attention at the UNet's largest attention (forward,
-forward + backward).
+torch.nn.functional.scaled_dot_product_attention at the UNet's largest attention (forward,
+forward + backward), and (convs, not run by default) the UNet's 3x3 convolutions at 32x32 and 64x64.
 Prints "RESULT <name> <wall seconds> <CPU seconds>" lines (the best of the timed calls)."""
 import os
 import sys
@@ -66,5 +66,19 @@ def attn():
         result(name + "_fwdbwd", best_of(fwdbwd, 2 * REPS, warm=1))
 
 
+CONVS = [(320, 320, 64), (640, 320, 64), (960, 320, 64), (640, 640, 64), (320, 640, 32), (640, 640, 32),
+         (960, 640, 32), (1280, 640, 32), (1920, 640, 32), (1280, 1280, 32)]  # C, O, side (at SIZE = 64)
+
+
+def convs():
+    import torch.nn.functional as F
+    for c, o, side in CONVS:
+        side = side * SIZE // 64
+        x, w, b = torch.randn(1, c, side, side), torch.randn(o, c, 3, 3), torch.randn(o)
+        with torch.inference_mode():
+            result("conv3x3_%dto%d_%dx%d" % (c, o, side, side),
+                   best_of(lambda: F.conv2d(x, w, b, padding=1), 3 * REPS, warm=1))
+
+
 for name in sys.argv[1:] or ["text", "unet", "vae", "attn"]:
-    {"text": text, "unet": unet, "vae": vae, "attn": attn}[name]()
+    {"text": text, "unet": unet, "vae": vae, "attn": attn, "convs": convs}[name]()

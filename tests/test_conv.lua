@@ -249,6 +249,29 @@ tests["many input channels: bands of at least 256 pixels, small images on im2col
   })
 end
 
+tests["the tiled kernel (3x3, 32x32 and larger, 128 channels or more): f32 against f64, 1 and 2 threads"] = function()
+  -- f32 3x3 convolutions with stride 1, one group, outputs of at least 1,024 pixels and 128 or
+  -- more input channels run the tiled kernel, and so does the input gradient when the output
+  -- has 128 channels or more (a convolution of gy with the flipped weight). Rows a multiple of
+  -- 32 wide are computed in place (32 and 64 wide here), others on the padded grid through a
+  -- scratch (35 and 38 wide); output channels not a multiple of 12 (13, 131, 14, 140, and 128
+  -- and 130 for the input gradients), input channels not a multiple of its 32-channel chunks,
+  -- padding 0 and uneven, a batch of two, no bias
+  local cases = {
+    { { 1, 130, 33, 35 }, { 13, 130, 3, 3 }, { 1, 1 }, true },
+    { { 1, 128, 32, 32 }, { 131, 128, 3, 3 }, { 1, 1 }, false },
+    { { 2, 129, 34, 36 }, { 14, 129, 3, 3 }, { 0, 2 }, true },
+    { { 2, 130, 33, 64 }, { 140, 130, 3, 3 }, { 1, 1 }, true },
+  }
+  local threads = T.get_num_threads()
+  for _, nt in ipairs({ 1, 2 }) do
+    T.set_num_threads(nt)
+    local ok, err = pcall(f32_against_f64, cases)
+    T.set_num_threads(threads)
+    if not ok then error(nt .. " threads: " .. tostring(err), 0) end
+  end
+end
+
 tests["f32 weight gradient of the direct kernel against f64, random inputs, 1 and 2 threads"] = function()
   -- the direct kernel's weight gradient sums 16-pixel vectors of the flat output plane over
   -- groups of images (8 images of 8x8) split between threads: batches that leave a short

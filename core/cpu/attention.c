@@ -28,7 +28,9 @@
  * what the row's output so far must be multiplied by. probs: exp(score - lse), 0 where the row
  * attends nothing. dscores: dS = P * (dP - rowsum(P dP)) in place of dP. */
 /* a row's max and sum through LANES partial results, folded in halves: gcc's own reduction
- * epilogues (lane by lane through memory) cost more than the row itself at 32 to 64 keys */
+ * epilogues (lane by lane through memory) cost more than the row itself at 32 to 64 keys. The
+ * folds are unrolled so that they stay in registers: looped, each step went through memory,
+ * and the causal 4 x 32 x 16 forward (batch 24, one thread) took 0.40 instead of 0.34 ms */
 #define LANES 16
 static inline float maxf(const float *r, int64_t n) {
     float acc[LANES];
@@ -37,7 +39,9 @@ static inline float maxf(const float *r, int64_t n) {
     for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++) acc[j] = r[i + j] > acc[j] ? r[i + j] : acc[j];
     for (; i < n; i++) acc[0] = r[i] > acc[0] ? r[i] : acc[0];
+#pragma GCC unroll 4
     for (int w = LANES / 2; w > 0; w /= 2)
+#pragma GCC unroll 8
         for (int j = 0; j < w; j++) acc[j] = acc[j + w] > acc[j] ? acc[j + w] : acc[j];
     return acc[0];
 }
@@ -47,7 +51,9 @@ static inline double sumf(const float *r, int64_t n) {
     for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++) acc[j] += r[i + j];
     for (; i < n; i++) acc[0] += r[i];
+#pragma GCC unroll 4
     for (int w = LANES / 2; w > 0; w /= 2)
+#pragma GCC unroll 8
         for (int j = 0; j < w; j++) acc[j] += acc[j + w];
     return acc[0];
 }

@@ -400,6 +400,21 @@ static bool direct_fits(const geom *g) {
            (g->ckk < 2048 || g->ohw >= 1024);
 }
 
+/* ---- the tiled kernel (conv_tiled.c): 3x3 at 32x32 and larger with at least TILED_MIN_C
+ * input channels (Stable Diffusion's UNet and VAE levels), and their input gradients when the
+ * output has as many. Batch 1, CPU ms on one thread, tiled / im2col + GEMM (the direct kernel
+ * for 320 -> 640 at 32; the machine shared): 320 -> 320 at 64x64 72 / 91, 640 -> 640 at 32x32
+ * 75 / 92, 960 -> 320 at 64x64 221 / 260, 1920 -> 640 at 32x32 229 / 251, 320 -> 640 at
+ * 32x32 38 / 40, 128 -> 128 at 32x32 3.2 / 3.4, 512 -> 512 at 128x128 837 / 960, 128 -> 128
+ * at 256x256 208 / 236. Under 32x32 im2col's 256-pixel bands stay ahead (the grid's two
+ * extra columns cost more on narrow rows). */
+#define TILED_MIN_C 128
+static bool tiled_fits(const geom *g) {
+    return avx512() && g->dt == TC_F32 && g->G == 1 && g->sh == 1 && g->sw == 1 && g->dh == 1 && g->dw == 1 &&
+           g->kh == 3 && g->kw == 3 && g->ph <= 2 && g->pw <= 2 && g->OH + 2 >= g->H + g->ph &&
+           g->OW + 2 >= g->W + g->pw && g->ohw >= 1024 && g->C >= TILED_MIN_C;
+}
+
 static tc_conv_direct direct_dims(const geom *g, bool grad_input) {
     if (!grad_input)
         return (tc_conv_direct){g->N, g->C, g->H, g->W, g->O, g->OH, g->OW, g->kh, g->kw, g->ph, g->pw, false};
@@ -446,6 +461,10 @@ int tc_cpu_conv2d(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc
 static int conv2d_run(tc_tensor *y, const tc_tensor *x, const tc_tensor *w, const tc_tensor *b,
                       const tc_conv_params *p, bool direct_ok) {
     geom g = make_geom(x, y, w, p);
+    if (direct_ok && tiled_fits(&g)) {
+        tc_conv_direct d = direct_dims(&g, false);
+        return tc_cpu_conv_tiled(tc_data(y), tc_data(x), tc_data(w), b ? tc_data(b) : NULL, &d);
+    }
     if (direct_ok && direct_fits(&g)) {
         tc_conv_direct d = direct_dims(&g, false);
         return conv_stride1(tc_data(y), tc_data(x), tc_data(w), b ? tc_data(b) : NULL, &d);
@@ -520,6 +539,12 @@ int tc_cpu_conv2d_backward(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc
 static int backward_run(tc_tensor *gx, tc_tensor *gw, tc_tensor *gb, const tc_tensor *gy, const tc_tensor *x,
                         const tc_tensor *w, const tc_conv_params *p, bool direct_ok) {
     geom g = make_geom(gx ? gx : x, gy, w ? w : gw, p);
+    if (direct_ok && gx && tiled_fits(&g) && g.O >= TILED_MIN_C) { /* gx: gy correlated with w flipped */
+        tc_conv_direct d = direct_dims(&g, true);
+        if (tc_cpu_conv_tiled(tc_data(gx), tc_data(gy), tc_data(w), NULL, &d) != TC_OK) return TC_ERR;
+        gx = NULL;
+        if (!gw && !gb) return TC_OK;
+    }
     if (direct_ok && direct_fits(&g)) { /* gx and gw by the direct kernels; the rest below */
         tc_conv_direct d = direct_dims(&g, true);
         if (gx && conv_stride1(tc_data(gx), tc_data(gy), tc_data(w), NULL, &d) != TC_OK) return TC_ERR;

@@ -91,5 +91,8 @@ int tc_cpu_conv_direct_grad_weight(float *gw, const float *x, const float *gy, c
 /* the same for 3x3 kernels by Winograd's F(2x2, 3x3) (conv_winograd.c; d as above, kh = kw = 3) */
 int tc_cpu_conv_winograd(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d);
 int tc_cpu_conv_winograd_grad_weight(float *gw, const float *x, const float *gy, const tc_conv_direct *d);
+/* the same for 3x3 kernels on large images with many channels (conv_tiled.c): d as above,
+ * kh = kw = 3, OH + 2 >= H + ph and OW + 2 >= W + pw */
+int tc_cpu_conv_tiled(float *y, const float *x, const float *w, const float *b, const tc_conv_direct *d);
 
 #endif
